@@ -1,0 +1,3 @@
+from entra_mcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""Configuration: a TOML file validated with pydantic.
+
+Where the file comes from: `--config PATH`, else `$ENTRA_MCP_CONFIG`, else `./config.toml`.
+Secrets never live in the file: it names an environment variable (or a file path) that holds them, and nothing in
+this module ever puts a secret's value into a message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from entra_mcp.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "config.toml"
+CONFIG_ENV = "ENTRA_MCP_CONFIG"
+
+# login host and Graph host per national cloud (graph-notes.md, "Clouds")
+CLOUDS: dict[str, tuple[str, str]] = {
+    "global": ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+    "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+    "usgov-dod": ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+    "china": ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
+}
+
+CloudName = Literal["global", "usgov", "usgov-dod", "china", "custom"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthSettings(_Section):
+    mode: Literal["entra", "api_key", "none"] = "none"
+    tenant: str | None = None
+    audience: str | None = None
+    required_scopes: list[str] = Field(default_factory=lambda: ["Identity.Investigate"])
+    allow_app_tokens: bool = False
+    api_keys_env: str = "ENTRA_MCP_API_KEYS"
+
+    def api_keys(self) -> list[str]:
+        """The configured API keys (api_key mode). Raises ConfigError naming the variable when there are none."""
+        raw = os.environ.get(self.api_keys_env, "")
+        keys = [k.strip() for k in raw.split(",") if k.strip()]
+        if not keys:
+            raise ConfigError(
+                f"server.auth.mode is 'api_key' but the environment variable {self.api_keys_env} is empty or unset. "
+                f"Fix: export {self.api_keys_env}=<key1>,<key2> (or change server.auth.api_keys_env)."
+            )
+        return keys
+
+
+class ServerSettings(_Section):
+    cache_dir: Path = Path("~/.cache/entra-mcp")
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    public_url: str | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expandvars(str(v))).expanduser()
+
+    @property
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class SyncSettings(_Section):
+    users: bool = True
+    groups: bool = True
+    applications: bool = True
+    service_principals: bool = True
+    sign_in_activity: bool = True
+    interval_minutes: float = Field(default=15, gt=0, le=24 * 60)
+
+
+class TenantSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    client_certificate_path: Path | None = None
+    client_certificate_password_env: str | None = None
+    cloud: CloudName = "global"
+    login_url: str | None = None
+    graph_url: str | None = None
+    ca_bundle: Path | None = None
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TenantSettings":
+        creds = [self.client_secret_env, self.client_secret_file, self.client_certificate_path]
+        if sum(c is not None for c in creds) != 1:
+            raise ValueError(
+                "set exactly one credential: client_secret_env (name of an environment variable holding the "
+                "secret), client_secret_file, or client_certificate_path"
+            )
+        if self.cloud == "custom":
+            if not self.login_url or not self.graph_url:
+                raise ValueError('cloud = "custom" needs both login_url and graph_url')
+        elif self.login_url or self.graph_url:
+            raise ValueError(f'login_url and graph_url are only for cloud = "custom" (this tenant has cloud = "{self.cloud}")')
+        for url in (self.login_url, self.graph_url):
+            if url is not None and not url.startswith("https://"):
+                raise ValueError(f"login_url and graph_url must start with https:// (got {url!r})")
+        return self
+
+    @property
+    def login_host(self) -> str:
+        return (self.login_url if self.cloud == "custom" else CLOUDS[self.cloud][0]).rstrip("/")  # type: ignore[union-attr]
+
+    @property
+    def graph_host(self) -> str:
+        return (self.graph_url if self.cloud == "custom" else CLOUDS[self.cloud][1]).rstrip("/")  # type: ignore[union-attr]
+
+    @property
+    def authority(self) -> str:
+        return f"{self.login_host}/{self.tenant_id}"
+
+    @property
+    def issuer(self) -> str:
+        return f"{self.login_host}/{self.tenant_id}/v2.0"
+
+    def client_secret(self) -> str | None:
+        """The client secret, read from its variable or file at the moment it is needed."""
+        if self.client_secret_env:
+            value = os.environ.get(self.client_secret_env)
+            if not value:
+                raise ConfigError(
+                    f"tenants.{self.name}.client_secret_env names the environment variable "
+                    f"{self.client_secret_env}, which is unset or empty. Fix: export {self.client_secret_env}=<the "
+                    "app registration's client secret>."
+                )
+            return value
+        if self.client_secret_file:
+            path = Path(self.client_secret_file).expanduser()
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"tenants.{self.name}.client_secret_file: cannot read {path} ({exc.strerror}). "
+                    "Fix: point it at a readable file that holds only the secret."
+                ) from None
+            if not value:
+                raise ConfigError(f"tenants.{self.name}.client_secret_file: {path} is empty.")
+            return value
+        return None
+
+    def client_certificate(self) -> tuple[bytes, str | None]:
+        """PEM bytes (certificate and private key) and the key's password, if any."""
+        assert self.client_certificate_path is not None
+        path = Path(self.client_certificate_path).expanduser()
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"tenants.{self.name}.client_certificate_path: cannot read {path} ({exc.strerror}). "
+                "Fix: point it at a PEM file holding the certificate and its private key."
+            ) from None
+        password = None
+        if self.client_certificate_password_env:
+            password = os.environ.get(self.client_certificate_password_env)
+            if password is None:
+                raise ConfigError(
+                    f"tenants.{self.name}.client_certificate_password_env names {self.client_certificate_password_env}, "
+                    f"which is unset. Fix: export {self.client_certificate_password_env}=<the key's password>."
+                )
+        return pem, password
+
+
+class OidcSettings(_Section):
+    enabled: bool = False
+    tenant: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    allowed_tenants: list[str] = Field(default_factory=list)
+    allowed_return_to: list[str] = Field(default_factory=list)
+    session_idle_minutes: float = Field(default=60, gt=0)
+    session_max_hours: float = Field(default=12, gt=0)
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+
+    def client_secret(self) -> str | None:
+        if not self.client_secret_env:
+            return None
+        value = os.environ.get(self.client_secret_env)
+        if not value:
+            raise ConfigError(
+                f"oidc.client_secret_env names {self.client_secret_env}, which is unset or empty. "
+                f"Fix: export {self.client_secret_env}=<the web app registration's client secret>."
+            )
+        return value
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    tenants: list[TenantSettings] = Field(default_factory=list)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        names = [t.name for t in self.tenants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tenant names must be unique; repeated: {', '.join(dupes)}")
+        auth = self.server.auth
+        if auth.mode == "entra":
+            if not auth.tenant or auth.tenant not in names:
+                raise ValueError("server.auth.mode = 'entra' needs server.auth.tenant set to the name of a [[tenants]] entry")
+            if not auth.audience:
+                raise ValueError("server.auth.mode = 'entra' needs server.auth.audience (the API app registration's client id)")
+        if auth.mode == "none" and self.server.transport == "http" and not _is_loopback(self.server.host):
+            raise ValueError(
+                f"server.auth.mode = 'none' is only allowed on a loopback host, and server.host is {self.server.host!r}. "
+                "Fix: set server.auth.mode to 'entra' or 'api_key', or bind 127.0.0.1."
+            )
+        if self.oidc.enabled:
+            if not self.oidc.tenant or self.oidc.tenant not in names:
+                raise ValueError("oidc.enabled needs oidc.tenant set to the name of a [[tenants]] entry")
+            if not self.oidc.client_id:
+                raise ValueError("oidc.enabled needs oidc.client_id (the web app registration's client id)")
+        return self
+
+    def tenant(self, name: str | None) -> TenantSettings:
+        """The tenant called `name`, or the only one when `name` is None."""
+        if name is None:
+            if len(self.tenants) == 1:
+                return self.tenants[0]
+            if not self.tenants:
+                raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml).")
+            raise ConfigError(
+                f"several tenants are configured ({', '.join(t.name for t in self.tenants)}): name one."
+            )
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        close = difflib.get_close_matches(name, [t.name for t in self.tenants], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else f" Configured: {', '.join(t.name for t in self.tenants) or 'none'}."
+        raise ConfigError(f"unknown tenant {name!r}.{hint}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return [k for k in model.model_fields if k != "source"]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc` (for suggestions on unknown keys)."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        nxt = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = _dotted(loc, data)
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            key = str(loc[-1])
+            close = difflib.get_close_matches(key, _known_keys(owner), n=1) if owner else []
+            fix = f"did you mean '{close[0]}'?" if close else "remove it (config.example.toml lists every key)"
+            lines.append(f"  {path}: unknown key; {fix}")
+        elif err["type"] == "missing":
+            lines.append(f"  {path}: required key is missing; add it (see config.example.toml)")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {path or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for part in loc:
+        if isinstance(part, int):
+            name = None
+            if isinstance(node, list) and part < len(node) and isinstance(node[part], dict):
+                name = node[part].get("name")
+            parts[-1] = f"{parts[-1]}[{name!r}]" if name else f"{parts[-1]}[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            parts.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def parse_settings(data: dict[str, Any], *, source: Path | None = None) -> Settings:
+    """Validate a config mapping; a ConfigError lists every problem with its key and the fix."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"invalid configuration{where}:\n{_describe(exc, data)}") from None
+    return settings.model_copy(update={"source": source})
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load and validate the config file. Raises ConfigError (exit code 2 at the CLI) with the key and the fix."""
+    p = config_path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no config file at {p}. Fix: pass --config PATH, set {CONFIG_ENV}, or copy config.example.toml to "
+            "./config.toml. To try entra-mcp without a tenant, run `entra-mcp demo`."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    return parse_settings(data, source=p)
+
+
+__all__ = [
+    "CLOUDS",
+    "AuthSettings",
+    "OidcSettings",
+    "ServerSettings",
+    "Settings",
+    "SyncSettings",
+    "TenantSettings",
+    "config_path",
+    "load_settings",
+    "parse_settings",
+]
