@@ -31,6 +31,8 @@ class ClientCertificate:
     thumbprint_sha1_b64url: str  # x5t of the certificate, as a client assertion names it
     thumbprint_sha256_b64url: str  # x5t#S256
     public_key_pem: bytes
+    certificate_pem: bytes = b""
+    private_key_pem: bytes = b""  # kept so the control API can hand the test bed a working PEM (cert + key)
     end_date_time: str = "2299-12-31T00:00:00Z"
 
 
@@ -64,6 +66,14 @@ class EmulatedTenant:
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     applications: dict[str, dict[str, Any]] = field(default_factory=dict)
     service_principals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # group id -> {member id: kind}, DIRECT members only; kind is the tail of @odata.type ("user", "group",
+    # "servicePrincipal", "device")
+    members: dict[str, dict[str, str]] = field(default_factory=dict)
+    # user id -> manager's user id
+    managers: dict[str, str] = field(default_factory=dict)
+    # appRoleAssignment id -> Graph-shaped appRoleAssignment (id, appRoleId, createdDateTime, principalDisplayName,
+    # principalId, principalType, resourceDisplayName, resourceId)
+    app_role_assignments: dict[str, dict[str, Any]] = field(default_factory=dict)
     domains: list[dict[str, Any]] = field(default_factory=list)
     organization: dict[str, Any] = field(default_factory=dict)
     # user id -> password for the authorize page (DEFAULT_USER_PASSWORD unless set)
