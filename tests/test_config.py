@@ -93,3 +93,10 @@ def test_unknown_tenant_suggests_close_name() -> None:
     with pytest.raises(ConfigError) as e:
         parse_settings(data).tenant("contosso")
     assert "contoso" in str(e.value)
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    s = load_settings(root / "config.example.toml")
+    assert s.tenants[0].name == "contoso"
+    assert s.server.port == 8765
