@@ -1,0 +1,156 @@
+"""Helpers for the sign-in and token tests: a counting/switchable transport and token forging.
+
+`LocalIdP` is a tiny in-process stand-in for a login host's discovery + JWKS (through httpx.MockTransport, httpx's
+public test seam), with keys generated in the test. It exists for the rules that need control the emulator does not
+give (a JWKS endpoint that goes down, counted fetches). Everything else runs against the emulator over HTTPS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def sign_rs256(private_key: rsa.RSAPrivateKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}".encode()
+    sig = private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return signing_input.decode() + "." + b64url(sig)
+
+
+def sign_hs256(secret: bytes, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}".encode()
+    h = hmac.HMAC(secret, hashes.SHA256())
+    h.update(signing_input)
+    return signing_input.decode() + "." + b64url(h.finalize())
+
+
+def unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}."
+
+
+def public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+    nums = key.public_key().public_numbers()
+    n = nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")
+    e = nums.e.to_bytes((nums.e.bit_length() + 7) // 8, "big")
+    return {"kty": "RSA", "use": "sig", "kid": kid, "n": b64url(n), "e": b64url(e)}
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass
+class LocalIdP:
+    """Discovery + JWKS for one or more tenants on https://login.test, with counters and a down switch."""
+
+    login: str = "https://login.test"
+    tenants: list[str] = field(default_factory=lambda: [str(uuid.uuid4()), str(uuid.uuid4())])
+    keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
+    jwks_down: bool = False
+    jwks_requests: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.add_key("key-1")
+
+    @property
+    def tid(self) -> str:
+        return self.tenants[0]
+
+    def add_key(self, kid: str) -> rsa.RSAPrivateKey:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.keys[kid] = key
+        return key
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        for tid in self.tenants:
+            if path == f"/{tid}/v2.0/.well-known/openid-configuration":
+                return httpx.Response(200, json=self.discovery(tid))
+            if path == f"/{tid}/discovery/v2.0/keys":
+                self.jwks_requests += 1
+                if self.jwks_down:
+                    return httpx.Response(503)
+                return httpx.Response(200, json={"keys": [public_jwk(k, kid) for kid, k in self.keys.items()]})
+        return httpx.Response(404)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handler)
+
+    def discovery(self, tid: str) -> dict[str, Any]:
+        return {
+            "issuer": f"{self.login}/{tid}/v2.0",
+            "authorization_endpoint": f"{self.login}/{tid}/oauth2/v2.0/authorize",
+            "token_endpoint": f"{self.login}/{tid}/oauth2/v2.0/token",
+            "jwks_uri": f"{self.login}/{tid}/discovery/v2.0/keys",
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
+
+    def claims(self, *, aud: str, now: float | None = None, **extra: Any) -> dict[str, Any]:
+        """Good v2 claims; keyword arguments override, and a None value removes the claim."""
+        tid = extra.get("tid") or self.tid
+        now = time.time() if now is None else now
+        base: dict[str, Any] = {
+            "iss": f"{self.login}/{tid}/v2.0",
+            "aud": aud,
+            "tid": tid,
+            "oid": str(uuid.uuid4()),
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(now) + 3600,
+            "ver": "2.0",
+            "name": "Test User",
+            "preferred_username": "test.user@contoso.example",
+        }
+        base.update(extra)
+        return {k: v for k, v in base.items() if v is not None}
+
+    def mint(self, claims: dict[str, Any], *, kid: str = "key-1", header: dict[str, Any] | None = None) -> str:
+        h = {"alg": "RS256", "typ": "JWT", "kid": kid}
+        h.update(header or {})
+        return sign_rs256(self.keys[kid], h, claims)
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Wraps a real transport: counts requests per path and can refuse chosen paths (an endpoint 'going down')."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.paths: list[str] = []
+        self.down: Callable[[httpx.Request], bool] = lambda r: False
+
+    def count(self, fragment: str) -> int:
+        return sum(1 for p in self.paths if fragment in p)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if self.down(request):
+            raise httpx.ConnectError("endpoint down (test)", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
