@@ -493,3 +493,45 @@ def test_medium_counts(medium: EmulatedTenant) -> None:
     assert 2_000 <= len(medium.app_role_assignments) <= 3_000
     total = sum(len(m) for m in medium.members.values())
     assert 20_000 <= total <= 40_000
+
+
+_DIGEST = """
+import hashlib, json, sys
+from datetime import datetime
+sys.path.insert(0, {tests!r})
+from test_devtenant_generate import _fingerprint
+from entra_mcp.devtenant.generate import generate_tenant
+t = generate_tenant("small", 5, 2, now=datetime.fromisoformat({now!r}))
+print(hashlib.sha256(json.dumps(_fingerprint(t), sort_keys=True, default=str).encode()).hexdigest())
+"""
+
+
+def test_deterministic_across_processes_and_hash_seeds() -> None:
+    """Set iteration order depends on PYTHONHASHSEED; generation must not."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _DIGEST.format(tests=str(Path(__file__).parent), now=NOW.isoformat())
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                             check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1 and len(digests.pop()) == 64
+
+
+def test_dates_follow_the_real_clock_by_default() -> None:
+    """Without `now`, dates are relative to today: every finding example exists against the real clock."""
+    lines: list[str] = []
+    state = generate_state("small", 9, progress=lines.append)
+    (t,) = state.tenants.values()
+    ex = examples(t)
+    assert len(ex) == 19
+    today = datetime.now(UTC)
+    newest = max(_ts(u["signInActivity"]["lastSignInDateTime"]) for u in t.users.values()
+                 if u["signInActivity"]["lastSignInDateTime"] != NEVER)
+    assert timedelta(0) < today - newest < timedelta(days=2)
+    assert lines == ["generating tenant contoso (small: 50 users, 15 groups, 30 service principals)"]

@@ -41,7 +41,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from entra_mcp.devtenant.model import (
     DEFAULT_ACCESS_ROLE,
@@ -1050,15 +1050,24 @@ def generate_tenant(size: str, seed: int, index: int = 0, *, now: datetime | Non
     return t
 
 
-def generate_state(size: str = "small", seed: int = 1, tenants: int = 1, *, now: datetime | None = None
-                   ) -> EmulatorState:
-    """`tenants` tenants (contoso, fabrikam, ...) keyed by lower-case tenant id."""
+def generate_state(size: str = "small", seed: int = 1, tenants: int = 1, *, now: datetime | None = None,
+                   progress: Callable[[str], None] | None = None) -> EmulatorState:
+    """`tenants` tenants (contoso, fabrikam, ...) keyed by lower-case tenant id.
+
+    `progress`, when given, is called with a short line before each tenant (for a terminal; no secrets in it).
+    """
     if tenants < 1:
         raise InvalidArgument("tenants must be at least 1")
+    if size not in SIZES:
+        raise InvalidArgument(f"unknown tenant size {size!r}; use one of: {', '.join(SIZES)}")
     state = EmulatorState()
     for index in range(tenants):
+        if progress is not None:
+            spec = SIZES[size]
+            progress(f"generating tenant {tenant_name(index)[0]} ({size}: {spec.users:,} users, "
+                     f"{spec.groups:,} groups, {spec.service_principals:,} service principals)")
         t = generate_tenant(size, seed, index, now=now)
-        state.tenants[t.tenant_id.lower()] = t
+        state.add_tenant(t)
     return state
 
 
