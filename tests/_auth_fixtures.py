@@ -154,3 +154,100 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The emulator-backed sign-in harness: the product's /auth/* routes in-process (httpx ASGITransport) against the
+# emulator's login host over HTTPS (real discovery, JWKS, authorize page and token endpoint).
+
+import re as _re
+import tomllib as _tomllib
+from pathlib import Path as _Path
+from urllib.parse import parse_qs as _parse_qs
+from urllib.parse import urlsplit as _urlsplit
+
+PUBLIC_URL = "http://127.0.0.1:8765"
+WIDGET_ORIGIN = "https://chat.example.test"
+
+
+def emulator_settings(emu: Any, cache_dir: _Path, *, public_url: str = PUBLIC_URL, tenants: int | None = 0,
+                      allowed_tenants: list[str] | None = None, **server: Any) -> Any:
+    """The product's Settings for `emu` with sign-in and /mcp protection on (parsed like a real config file)."""
+    from entra_mcp.config import parse_settings
+
+    data = _tomllib.loads(emu.config_toml(tenants, cache_dir, with_sign_in=True))
+    data["server"].update({"public_url": public_url, "transport": "http", **server})
+    data["oidc"]["allowed_return_to"] = [f"{public_url}/", f"{WIDGET_ORIGIN}/"]
+    if allowed_tenants:
+        data["oidc"]["allowed_tenants"] = allowed_tenants
+    emu.add_redirect_uri(public_url + "/auth/callback", None)
+    return parse_settings(data)
+
+
+def user_upn(emu: Any, tenant_index: int = 0, n: int = 0) -> str:
+    users = [u for u in emu.tenant(tenant_index).users.values() if u.get("accountEnabled", True) and u.get("userType", "Member") == "Member"]
+    users.sort(key=lambda u: u["userPrincipalName"])
+    return str(users[n]["userPrincipalName"])
+
+
+class Harness:
+    """A browser-like client of the product app plus a client of the emulator's login pages."""
+
+    def __init__(self, emu: Any, settings: Any, app: Any, counting: CountingTransport) -> None:
+        self.emu = emu
+        self.settings = settings
+        self.app = app
+        self.counting = counting
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=settings.server.resolved_public_url)
+        self.idp = httpx.AsyncClient(verify=_ssl_ctx(emu.ca_bundle))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.idp.aclose()
+
+    async def login(self, flow: str = "portal", return_to: str | None = None, **params: str) -> httpx.Response:
+        q = {"flow": flow, **params}
+        if return_to is not None:
+            q["return_to"] = return_to
+        return await self.client.get("/auth/login", params=q)
+
+    async def authenticate(self, authorize_url: str, username: str, password: str | None = None) -> str:
+        """Fill in the emulator's sign-in form; returns the redirect (callback) URL with code and state."""
+        from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
+
+        page = await self.idp.get(authorize_url)
+        assert page.status_code == 200, page.text[:500]
+        ctx = _re.search(r'name="ctx" value="([^"]+)"', page.text)
+        action = _re.search(r'action="([^"]+)"', page.text)
+        assert ctx and action, page.text[:500]
+        base = _urlsplit(authorize_url)
+        resp = await self.idp.post(
+            f"{base.scheme}://{base.netloc}{action.group(1)}",
+            data={"ctx": ctx.group(1), "username": username, "password": password or DEFAULT_USER_PASSWORD},
+        )
+        assert resp.status_code == 302, resp.text[:500]
+        return resp.headers["location"]
+
+    async def sign_in(self, flow: str = "portal", return_to: str | None = None, user: str | None = None) -> httpx.Response:
+        start = await self.login(flow, return_to)
+        assert start.status_code == 302, start.text
+        callback = await self.authenticate(start.headers["location"], user or user_upn(self.emu))
+        return await self.client.get(callback)
+
+    async def chat_token(self, user: str | None = None) -> str:
+        done = await self.sign_in("chat", f"{WIDGET_ORIGIN}/chat", user)
+        assert done.status_code == 303, done.text
+        code = _parse_qs(_urlsplit(done.headers["location"]).fragment)["chat_code"][0]
+        resp = await self.client.post("/auth/chat/exchange", json={"code": code}, headers={"Origin": WIDGET_ORIGIN})
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["chatSessionToken"])
+
+
+def _ssl_ctx(ca: Any) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=str(ca))
+
+
+def counting_transport(emu: Any) -> CountingTransport:
+    return CountingTransport(httpx.AsyncHTTPTransport(verify=_ssl_ctx(emu.ca_bundle)))

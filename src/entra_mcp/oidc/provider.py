@@ -129,6 +129,11 @@ class OidcProvider:
         return bool(self.allowed_tenants)
 
     @property
+    def http(self) -> httpx.AsyncClient:
+        """The client used for the login host (token endpoint calls share it)."""
+        return self._http
+
+    @property
     def home(self) -> ProviderMetadata | None:
         """The home tenant's discovery document once fetched (signing_key() fetches it)."""
         return self._metadata.get(self.tenant.lower())

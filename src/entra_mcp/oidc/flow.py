@@ -1,0 +1,291 @@
+"""Authorization code + PKCE sign-in against Entra ID (security-notes.md 9-12). No web framework in here.
+
+`begin()` picks a fresh `state` (256 bits), `nonce` and PKCE verifier, stores them server-side for 10 minutes bound
+to the browser (the hash of a random value the browser keeps in a cookie) and gives the authorize URL.
+`complete()` takes the `state` back exactly once, checks the browser binding and the age BEFORE the code is redeemed,
+redeems the code at the token endpoint (client secret + verifier, the configured redirect URI), validates the ID
+token (nonce included) and starts a session: a portal session (cookie) or, for chat, a one-time code the widget trades
+for a chat-session token. The ID token is dropped after validation; nothing of it but the identity is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from entra_mcp.config import Settings
+from entra_mcp.errors import AuthError, ConfigError
+from entra_mcp.logs import get_logger
+from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
+from entra_mcp.oidc.sessions import Session, SessionService, looks_like_secret, new_secret
+from entra_mcp.oidc.validate import TokenRejected, TokenValidator
+
+log = get_logger("oidc.flow")
+
+Flow = Literal["portal", "chat"]
+FLOWS: tuple[Flow, ...] = ("portal", "chat")
+STATE_SECONDS = 600.0
+_STATE_NS = "state"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNSAFE_RE = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+class SignInError(AuthError):
+    """The sign-in cannot go on (bad request, replayed or expired state, refused code). Shown to the user as 400."""
+
+    code = "SIGN_IN"
+
+
+def origin_of(url: str) -> str | None:
+    """scheme://host[:port] with the default port dropped and case folded; None when `url` is not absolute http(s)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username is not None or parts.password is not None:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def safe_return_to(value: str | None, *, allowed_origins: Collection[str], default: str = "/") -> str:
+    """`value` if it is a relative path on this server or an absolute URL on an allow-listed origin (rule 10).
+
+    Refused: protocol-relative `//evil`, `/\\evil`, other origins, userinfo tricks, `javascript:` and every scheme
+    but http(s), control characters and backslashes anywhere.
+    """
+    if value is None or value == "":
+        return default
+    if len(value) > 2048 or _UNSAFE_RE.search(value):
+        raise SignInError("return_to contains characters that are not allowed")
+    if value.startswith("/"):
+        if value.startswith("//"):
+            raise SignInError("return_to must be a path on this server or an allow-listed URL (got a protocol-relative URL)")
+        parts = urlsplit(value)
+        if parts.scheme or parts.netloc:
+            raise SignInError("return_to must be a path on this server or an allow-listed URL")
+        return value
+    origin = origin_of(value)
+    if origin is None or origin not in allowed_origins:
+        raise SignInError("return_to is not an allow-listed origin (oidc.allowed_return_to)")
+    return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def pkce_challenge(verifier: str) -> str:
+    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
+
+
+@dataclass(frozen=True)
+class LoginStart:
+    authorize_url: str
+    binding: str  # the value the browser must keep in the sign-in cookie
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    flow: Flow
+    return_to: str
+    session_id: str | None = None  # portal: the new session's id (cookie value)
+    session: Session | None = None
+    chat_code: str | None = None  # chat: the one-time code for the widget
+
+    def redirect_target(self) -> str:
+        if self.flow == "chat":
+            parts = urlsplit(self.return_to)
+            return urlunsplit(parts._replace(fragment=urlencode({"chat_code": self.chat_code or ""})))
+        return self.return_to
+
+
+class SignInFlow:
+    """Authorization code + PKCE for one web app registration ([oidc])."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: Callable[[], str | None],
+        redirect_uri: str,
+        scopes: Collection[str],
+        provider: OidcProvider,
+        validator: TokenValidator,
+        sessions: SessionService,
+        allowed_return_origins: Collection[str],
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.redirect_uri = redirect_uri
+        self.scopes = list(dict.fromkeys(["openid", *scopes]))
+        self.provider = provider
+        self.validator = validator
+        self.sessions = sessions
+        self.allowed_return_origins = frozenset(allowed_return_origins)
+        self._http = http or provider.http
+        self._clock = clock
+        self.token_requests = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        provider: OidcProvider,
+        validator: TokenValidator,
+        sessions: SessionService,
+        **kw: object,
+    ) -> "SignInFlow":
+        o = settings.oidc
+        if not o.client_id:
+            raise ConfigError("oidc.client_id is not set (the web app registration's client id)")
+        public = settings.server.resolved_public_url
+        origins = {origin_of(public)} | {origin_of(u) for u in o.allowed_return_to}
+        bad = [u for u in o.allowed_return_to if origin_of(u) is None]
+        if bad:
+            raise ConfigError(f"oidc.allowed_return_to entries must be absolute http(s) URLs; not usable: {', '.join(bad)}")
+        return cls(
+            client_id=o.client_id,
+            client_secret=o.client_secret,
+            redirect_uri=public + "/auth/callback",
+            scopes=o.scopes,
+            provider=provider,
+            validator=validator,
+            sessions=sessions,
+            allowed_return_origins={x for x in origins if x},
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def check_return_to(self, value: str | None) -> str:
+        return safe_return_to(value, allowed_origins=self.allowed_return_origins)
+
+    async def begin(self, *, flow: str, return_to: str | None, tenant: str | None = None, binding: str | None = None) -> LoginStart:
+        """Where to send the browser to sign in, and the binding value for its sign-in cookie."""
+        if flow not in FLOWS:
+            raise SignInError("flow must be 'portal' or 'chat'")
+        target = self.check_return_to(return_to)
+        home = await self.provider.metadata()
+        if tenant and tenant.lower() not in (self.provider.tenant.lower(), home.tenant_id.lower()):
+            if tenant.lower() not in self.provider.allowed_tenants:
+                raise SignInError("tenant is not one of the tenants allowed to sign in (oidc.allowed_tenants)")
+        meta = await self.provider.metadata(tenant) if tenant else home
+        binding = binding if looks_like_secret(binding) else new_secret()
+        state, nonce, verifier = new_secret(), new_secret(), new_secret() + new_secret()[:20]
+        self.sessions.store.put(
+            _STATE_NS,
+            state,
+            {
+                "binding": _digest(binding),
+                "nonce": nonce,
+                "verifier": verifier,
+                "flow": flow,
+                "returnTo": target,
+                "tenant": meta.tenant_id,
+                "createdAt": self._clock(),
+            },
+            ttl=STATE_SECONDS,
+        )
+        query = {
+            "client_id": self.client_id,
+            "response_type": "code",
+            "redirect_uri": self.redirect_uri,
+            "response_mode": "query",
+            "scope": " ".join(self.scopes),
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": pkce_challenge(verifier),
+            "code_challenge_method": "S256",
+        }
+        return LoginStart(f"{meta.authorization_endpoint}?{urlencode(query)}", binding)
+
+    async def complete(
+        self, *, code: str | None, state: str | None, binding: str | None, previous_session: str | None = None
+    ) -> LoginResult:
+        """Finish the sign-in at the callback. Every check on `state` happens before the code goes anywhere."""
+        if not looks_like_secret(state):
+            raise SignInError("the sign-in response has no valid state; start again from the sign-in link")
+        assert state is not None
+        record = self.sessions.store.take(_STATE_NS, state)  # single use, whatever happens next
+        if record is None:
+            raise SignInError("this sign-in response was already used or has expired; start again from the sign-in link")
+        if not binding or not hmac.compare_digest(_digest(binding), str(record.get("binding"))):
+            raise SignInError("this sign-in was started in another browser; start again from the sign-in link")
+        if self._clock() - float(record.get("createdAt", 0)) > STATE_SECONDS:
+            raise SignInError("the sign-in took longer than 10 minutes; start again from the sign-in link")
+        if not code or len(code) > 4096:
+            raise SignInError("the sign-in response has no authorization code")
+        id_token = await self._redeem(code, record)
+        try:
+            result = await self.validator.validate_id_token(id_token, client_id=self.client_id, nonce=record["nonce"])
+        except TokenRejected as exc:
+            log.warning("ID token refused at sign-in: %s", exc.reason)
+            raise SignInError(f"the identity provider's answer was refused ({exc.reason})") from None
+        flow: Flow = record["flow"]
+        identity = result.identity
+        if flow == "chat":
+            return LoginResult("chat", record["returnTo"], chat_code=self.sessions.issue_chat_code(identity))
+        sid, session = self.sessions.create(identity, kind="portal", replaces=previous_session)
+        return LoginResult("portal", record["returnTo"], session_id=sid, session=session)
+
+    def discard_state(self, state: str | None) -> None:
+        """Consume a state without redeeming anything (the IdP answered with an error)."""
+        if looks_like_secret(state):
+            self.sessions.store.take(_STATE_NS, state)  # type: ignore[arg-type]
+
+    async def _redeem(self, code: str, record: dict[str, object]) -> str:
+        meta = await self.provider.metadata(str(record["tenant"]))
+        form = {
+            "client_id": self.client_id,
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.redirect_uri,
+            "code_verifier": str(record["verifier"]),
+            "scope": " ".join(self.scopes),
+        }
+        secret = self._client_secret()
+        if secret:
+            form["client_secret"] = secret
+        self.token_requests += 1
+        try:
+            resp = await self._http.post(meta.token_endpoint, data=form, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailable(f"cannot reach the token endpoint ({type(exc).__name__})") from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if resp.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("id_token"), str):
+            codes = body.get("error_codes") if isinstance(body, dict) else None
+            aadsts = codes[0] if isinstance(codes, list) and codes and isinstance(codes[0], int) else None
+            error = body.get("error") if isinstance(body, dict) else None
+            log.warning("code redemption refused: HTTP %s %s AADSTS%s", resp.status_code, error, aadsts)
+            raise SignInError(
+                f"the identity provider refused the sign-in code ({error or 'HTTP ' + str(resp.status_code)}"
+                f"{f', AADSTS{aadsts}' if aadsts else ''}); start again from the sign-in link",
+                aadsts=aadsts,
+            )
+        return body["id_token"]
+
+
+__all__ = ["FLOWS", "LoginResult", "LoginStart", "SignInError", "SignInFlow", "origin_of", "pkce_challenge", "safe_return_to"]

@@ -1,0 +1,274 @@
+"""The /auth/* routes (Starlette adapter over flow.py and sessions.py).
+
+| route | method | does |
+|---|---|---|
+| /auth/login?flow=portal\\|chat&return_to=URL[&tenant=TID] | GET | 302 to the tenant's authorize endpoint (PKCE S256, state, nonce) |
+| /auth/callback | GET | the configured redirect URI: checks state, redeems the code, starts the session |
+| /auth/session | GET | the signed-in session as JSON (cookie, or `Authorization: Bearer <chat-session token>`), else 401 |
+| /auth/logout | POST | ends the cookie's session and/or the bearer chat session; the old cookie/token stops working |
+| /auth/chat/exchange | POST | `{"code": ...}` (the one-time `#chat_code`) -> `{"chatSessionToken", "expiresAt", "identity"}` |
+
+Cookies: HttpOnly, SameSite=Lax, Secure unless the public URL is plain-http loopback, `__Host-` prefix over https.
+POSTs with an Origin that is not this server's or an allow-listed return origin are refused (403), `null` included.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from entra_mcp.config import Settings, _is_loopback
+from entra_mcp.errors import ConfigError, EntraMcpError
+from entra_mcp.logs import get_logger
+from entra_mcp.mirror.session_store import SessionStore
+from entra_mcp.oidc.flow import SignInError, SignInFlow, origin_of
+from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
+from entra_mcp.oidc.sessions import SessionService
+from entra_mcp.oidc.validate import TokenValidator
+
+log = get_logger("oidc.routes")
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+MAX_EXCHANGE_BODY = 4096
+
+
+@dataclass(frozen=True)
+class CookiePolicy:
+    secure: bool
+    host_prefix: bool
+
+    @classmethod
+    def for_public_url(cls, public_url: str) -> "CookiePolicy":
+        origin = origin_of(public_url) or ""
+        https = origin.startswith("https://")
+        host = (httpx.URL(public_url).host or "") if origin else ""
+        if not https and not _is_loopback(host):
+            log.warning(
+                "server.public_url is plain http on a non-loopback host: session cookies are marked Secure and "
+                "browsers will not send them back. Serve the portal over https."
+            )
+        return cls(secure=https or not _is_loopback(host), host_prefix=https)
+
+    def name(self, base: str) -> str:
+        return f"__Host-{base}" if self.host_prefix else base
+
+    def set(self, response: Response, base: str, value: str, *, max_age: int) -> None:
+        response.set_cookie(
+            self.name(base), value, max_age=max_age, path="/", secure=self.secure, httponly=True, samesite="lax"
+        )
+
+    def clear(self, response: Response, base: str) -> None:
+        response.delete_cookie(self.name(base), path="/", secure=self.secure, httponly=True, samesite="lax")
+
+
+SESSION_COOKIE = "entra_mcp_session"
+SIGNIN_COOKIE = "entra_mcp_signin"
+
+
+@dataclass
+class SignIn:
+    """Everything sign-in needs, built once per server: provider, validator, sessions, the flow and its routes."""
+
+    flow: SignInFlow
+    sessions: SessionService
+    cookies: CookiePolicy
+    post_origins: frozenset[str]
+    cors_origins: frozenset[str]
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        sessions: SessionService | None = None,
+        store: SessionStore | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> "SignIn":
+        o = settings.oidc
+        if not o.enabled:
+            raise ConfigError("sign-in routes need [oidc] enabled = true")
+        tenant = settings.tenant(o.tenant)
+        provider = OidcProvider.from_tenant(tenant, allowed_tenants=o.allowed_tenants, transport=transport)
+        validator = TokenValidator(provider)
+        sessions = sessions or SessionService.from_settings(settings, store=store)
+        flow = SignInFlow.from_settings(settings, provider=provider, validator=validator, sessions=sessions)
+        public_origin = origin_of(settings.server.resolved_public_url)
+        return_origins = {origin_of(u) for u in o.allowed_return_to}
+        extra = {origin_of(u) for u in settings.server.allowed_origins}
+        post = {x for x in {public_origin, *return_origins, *extra} if x}
+        cors = {x for x in {*return_origins, *extra} if x and x != public_origin}
+        return cls(flow, sessions, CookiePolicy.for_public_url(settings.server.resolved_public_url), frozenset(post),
+                   frozenset(cors), [provider.aclose])
+
+    async def aclose(self) -> None:
+        for close in self._closers:
+            await close()
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _cookie(self, request: Request, base: str) -> str | None:
+        return request.cookies.get(self.cookies.name(base))
+
+    def _cors(self, request: Request, response: Response) -> Response:
+        origin = request.headers.get("origin")
+        if origin and origin in self.cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    def _origin_refused(self, request: Request) -> bool:
+        origin = request.headers.get("origin")
+        return origin is not None and (origin == "null" or origin_of(origin) not in self.post_origins)
+
+    @staticmethod
+    def _bearer(request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return auth[7:].strip()
+        return None
+
+    # -- handlers --------------------------------------------------------------------------------------------
+    async def login(self, request: Request) -> Response:
+        q = request.query_params
+        try:
+            start = await self.flow.begin(
+                flow=q.get("flow", "portal"),
+                return_to=q.get("return_to"),
+                tenant=q.get("tenant"),
+                binding=self._cookie(request, SIGNIN_COOKIE),
+            )
+        except SignInError as exc:
+            return _error_page(400, str(exc))
+        except (ProviderUnavailable, EntraMcpError) as exc:
+            return _error_page(503, f"sign-in is unavailable: {exc}")
+        response = RedirectResponse(start.authorize_url, status_code=302, headers=_NO_STORE)
+        self.cookies.set(response, SIGNIN_COOKIE, start.binding, max_age=600)
+        return response
+
+    async def callback(self, request: Request) -> Response:
+        q = request.query_params
+        if q.get("error"):
+            # The IdP's own error (user cancelled, consent missing...): show it; state is consumed all the same.
+            self.flow.discard_state(q.get("state"))
+            return _error_page(400, f"sign-in did not complete: {q.get('error')}: {q.get('error_description', '')[:300]}")
+        try:
+            result = await self.flow.complete(
+                code=q.get("code"),
+                state=q.get("state"),
+                binding=self._cookie(request, SIGNIN_COOKIE),
+                previous_session=self._cookie(request, SESSION_COOKIE),
+            )
+        except SignInError as exc:
+            return _error_page(400, str(exc))
+        except (ProviderUnavailable, EntraMcpError) as exc:
+            return _error_page(503, f"sign-in is unavailable: {exc}")
+        response = RedirectResponse(result.redirect_target(), status_code=303, headers=_NO_STORE)
+        if result.flow == "portal" and result.session_id and result.session:
+            self.cookies.set(response, SESSION_COOKIE, result.session_id, max_age=int(result.session.max_seconds))
+        return response
+
+    async def session(self, request: Request) -> Response:
+        bearer = self._bearer(request)
+        if bearer is not None:
+            found, reason = self.sessions.lookup(bearer, kind="chat")
+        else:
+            found, reason = self.sessions.lookup(self._cookie(request, SESSION_COOKIE), kind="portal")
+        if found is None:
+            return self._cors(request, JSONResponse({"error": "not_signed_in", "reason": reason}, 401, headers=_NO_STORE))
+        return self._cors(request, JSONResponse(found.public(), headers=_NO_STORE))
+
+    async def logout(self, request: Request) -> Response:
+        if self._origin_refused(request):
+            return JSONResponse({"error": "origin_not_allowed"}, 403)
+        ended = False
+        bearer = self._bearer(request)
+        if bearer is not None:
+            ended = self.sessions.revoke_chat_token(bearer) or ended
+        ended = self.sessions.delete(self._cookie(request, SESSION_COOKIE)) or ended
+        response = self._cors(request, JSONResponse({"signedOut": ended}, headers=_NO_STORE))
+        self.cookies.clear(response, SESSION_COOKIE)
+        return response
+
+    async def chat_exchange(self, request: Request) -> Response:
+        if self._origin_refused(request):
+            return JSONResponse({"error": "origin_not_allowed"}, 403)
+        body = await request.body()
+        if len(body) > MAX_EXCHANGE_BODY:
+            return JSONResponse({"error": "request_too_large"}, 413)
+        code: Any = None
+        ctype = request.headers.get("content-type", "")
+        try:
+            if ctype.startswith("application/json"):
+                data = json.loads(body or b"{}")
+                code = data.get("code") if isinstance(data, dict) else None
+            else:
+                code = (await request.form()).get("code")
+        except (ValueError, UnicodeDecodeError):
+            code = None
+        redeemed = self.sessions.redeem_chat_code(code if isinstance(code, str) else None)
+        if redeemed is None:
+            return self._cors(
+                request,
+                JSONResponse({"error": "invalid_code", "error_description": "unknown, used or expired chat code"}, 400),
+            )
+        token, session = redeemed
+        payload = {
+            "chatSessionToken": token,
+            "tokenType": "chat_session",
+            "expiresAt": session.public()["expiresAt"],
+            "identity": session.identity.as_dict(),
+        }
+        return self._cors(request, JSONResponse(payload, headers=_NO_STORE))
+
+    async def preflight(self, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if not origin or origin not in self.cors_origins:
+            return Response(status_code=403)
+        return Response(
+            status_code=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/auth/login", self.login, methods=["GET"]),
+            Route("/auth/callback", self.callback, methods=["GET"]),
+            Route("/auth/session", self.session, methods=["GET"]),
+            Route("/auth/session", self.preflight, methods=["OPTIONS"]),
+            Route("/auth/logout", self.logout, methods=["POST"]),
+            Route("/auth/logout", self.preflight, methods=["OPTIONS"]),
+            Route("/auth/chat/exchange", self.chat_exchange, methods=["POST"]),
+            Route("/auth/chat/exchange", self.preflight, methods=["OPTIONS"]),
+        ]
+
+
+def _error_page(status: int, message: str) -> Response:
+    body = (
+        "<!doctype html><meta charset=utf-8><title>Sign-in</title>"
+        f"<h1>Sign-in failed</h1><p id=error>{html.escape(message)}</p><p><a href=\"/\">Back</a></p>"
+    )
+    return Response(body, status_code=status, media_type="text/html", headers=_NO_STORE)
+
+
+def auth_routes(settings: Settings, *, sign_in: SignIn | None = None, **kw: Any) -> list[BaseRoute]:
+    """The /auth/* routes for `create_http_app(extra_routes=...)`; empty when [oidc] is not enabled."""
+    if not settings.oidc.enabled:
+        return []
+    return (sign_in or SignIn.from_settings(settings, **kw)).routes()
+
+
+__all__ = ["SESSION_COOKIE", "SIGNIN_COOKIE", "CookiePolicy", "SignIn", "auth_routes"]
