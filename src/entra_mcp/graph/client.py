@@ -1,0 +1,336 @@
+"""The async Microsoft Graph client: the only code that sends requests to Graph.
+
+What it does for every request:
+- bounded concurrency (a semaphore) over one keep-alive HTTP/1.1 connection pool;
+- a bearer token from the tenant's token source; a 401 InvalidAuthenticationToken gets ONE forced refresh and one
+  retry;
+- retries of 429, 503, 504 and dropped connections, honouring Retry-After in every form (integer, decimal seconds,
+  HTTP date), else capped exponential back-off with jitter; all retries of one run draw from one budget and each
+  back-off is logged;
+- everything else becomes a typed error (errors.py): PermissionDenied (with the Graph code and the permission to
+  grant), DeltaTokenExpired (410, syncStateNotFound, resyncRequired), NotFound, GraphError, TransientError when the
+  retry budget runs out;
+- counts requests, retries, throttled responses and time spent, for `status` and the benchmark.
+
+`transport=`, `sleep=`, `wall_clock=` and `random=` are injectable so tests exercise the real retry logic without
+waiting.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random as _random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Mapping, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from entra_mcp.errors import AuthError, DeltaTokenExpired, GraphError, NotFound, PermissionDenied, TransientError
+from entra_mcp.logs import get_logger
+
+log = get_logger("graph.client")
+
+RETRY_STATUSES = frozenset({429, 503, 504})
+DELTA_EXPIRED_CODES = frozenset({"syncStateNotFound", "resyncRequired", "SyncStateNotFound", "ResyncRequired"})
+# Entra's signInActivity refusals (graph-notes.md, "Account-state fields")
+SIGNIN_CODES = frozenset({"Authentication_MSGraphPermissionMissing", "Authentication_RequestFromNonPremiumTenantOrB2CTenant"})
+
+
+class TokenSource(Protocol):
+    async def token(self, *, force_refresh: bool = False) -> str: ...
+
+
+def permission_for(path: str) -> str:
+    """The least-privileged application permission that reads `path` (graph-notes.md, "Permissions")."""
+    p = path.lower()
+    if "signinactivity" in p:
+        return "AuditLog.Read.All"
+    if p.startswith("/users"):
+        return "User.Read.All"
+    if p.startswith("/groups"):
+        return "GroupMember.Read.All"
+    if p.startswith("/applications") or p.startswith("/serviceprincipals"):
+        return "Application.Read.All"
+    if p.startswith("/domains"):
+        return "Domain.Read.All"
+    return "Directory.Read.All"
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: "10", "2.128" or an HTTP date. None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        now = now or datetime.now(timezone.utc)
+        return max(0.0, (when - now).total_seconds())
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return None
+    return seconds
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 8  # per request (the first try included)
+    budget: int = 400  # retries per run, all requests together
+    base_backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0  # a Retry-After beyond this is capped (and logged)
+
+    def backoff(self, attempt: int, rnd: float) -> float:
+        """Capped exponential back-off with full jitter in [50%, 100%] of the step."""
+        step = min(self.max_backoff, self.base_backoff * (2 ** max(0, attempt - 1)))
+        return step * (0.5 + 0.5 * rnd)
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    token_refreshes: int = 0
+    seconds_waiting: float = 0.0  # time slept in back-off
+    seconds: float = 0.0  # wall time spent in requests (incl. back-off)
+    by_area: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "throttled": self.throttled,
+            "tokenRefreshes": self.token_refreshes,
+            "secondsWaiting": round(self.seconds_waiting, 3),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _graph_error_of(response: httpx.Response) -> tuple[str | None, str]:
+    """(code, message) from a Graph error body; tolerant of bodies that are not Graph-shaped."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, (response.text[:200].strip() or response.reason_phrase)
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return (str(err["code"]) if err.get("code") else None), str(err.get("message") or "")[:300]
+    if isinstance(err, str):  # OAuth-shaped
+        return err, str(body.get("error_description") or "")[:300]
+    return None, response.reason_phrase
+
+
+class GraphClient:
+    """One tenant's Graph client. Use `async with GraphClient(...)` or call `aclose()`."""
+
+    def __init__(
+        self,
+        graph_host: str,
+        tokens: TokenSource,
+        *,
+        ca_bundle: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        wall_clock: Callable[[], datetime] | None = None,
+        random: Callable[[], float] = _random.random,
+        api_version: str = "v1.0",
+    ) -> None:
+        self.graph_host = graph_host.rstrip("/")
+        self.base_url = f"{self.graph_host}/{api_version}"
+        self._origin = urlsplit(self.graph_host)[:2]
+        self._tokens = tokens
+        self._sem = anyio.Semaphore(max_concurrency)
+        self.retry = retry or RetryPolicy()
+        self._budget = self.retry.budget
+        self._sleep = sleep
+        self._wall_clock = wall_clock or (lambda: datetime.now(timezone.utc))
+        self._random = random
+        self.stats = ClientStats()
+        self._token: str | None = None
+        self._token_lock = anyio.Lock()
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            verify=str(ca_bundle) if ca_bundle else True,
+            timeout=httpx.Timeout(timeout, connect=15.0),
+            limits=limits,
+            http2=False,
+            headers={"Accept": "application/json", "User-Agent": "entra-mcp"},
+        )
+
+    async def __aenter__(self) -> "GraphClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def reset_budget(self) -> None:
+        self._budget = self.retry.budget
+
+    def url(self, path_or_url: str) -> str:
+        """An absolute URL: paths are relative to /v1.0; absolute URLs (nextLink, deltaLink) must stay on Graph's host,
+        since the bearer token goes with them."""
+        if path_or_url.startswith("https://") or path_or_url.startswith("http://"):
+            if urlsplit(path_or_url)[:2] != self._origin:
+                raise GraphError(
+                    f"Graph returned a link to another host ({urlsplit(path_or_url).netloc}); refusing to send the "
+                    f"token there (expected {self._origin[1]})."
+                )
+            return path_or_url
+        return f"{self.base_url}/{path_or_url.lstrip('/')}"
+
+    async def get(self, path_or_url: str, *, params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None, area: str | None = None) -> dict[str, Any]:
+        return await self.request("GET", path_or_url, params=params, headers=headers, area=area)
+
+    async def post(self, path_or_url: str, *, json: Any, headers: Mapping[str, str] | None = None, area: str | None = None) -> dict[str, Any]:
+        return await self.request("POST", path_or_url, json=json, headers=headers, area=area)
+
+    async def ensure_token(self) -> None:
+        """Get a token now (raises AuthError when the login host refuses the credential)."""
+        await self._bearer(force=False)
+
+    async def _bearer(self, force: bool) -> str:
+        if force or self._token is None:
+            if force:
+                self.stats.token_refreshes += 1
+            self._token = await self._tokens.token(force_refresh=force)
+        return self._token
+
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        area: str | None = None,
+    ) -> dict[str, Any]:
+        url = self.url(path_or_url)
+        path = urlsplit(url).path.removeprefix(urlsplit(self.base_url).path)
+        attempt = 0
+        refreshed = False
+        started = time.monotonic()
+        try:
+            while True:
+                attempt += 1
+                token = await self._bearer(force=False)
+                hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
+                self.stats.requests += 1
+                if area:
+                    self.stats.by_area[area] = self.stats.by_area.get(area, 0) + 1
+                try:
+                    async with self._sem:
+                        response = await self._http.request(method, url, params=params, headers=hdrs, json=json)
+                except httpx.TransportError as exc:
+                    self._raise_if_fatal_transport(exc)
+                    if isinstance(exc, httpx.ConnectError) and attempt >= 3:
+                        raise TransientError(
+                            f"cannot connect to the Graph host {self._origin[1]} ({type(exc).__name__}). Fix: check "
+                            "cloud (or graph_url for cloud = \"custom\"), the network or proxy, and ca_bundle."
+                        ) from None
+                    await self._back_off(attempt, None, f"{type(exc).__name__} on {method} {path}")
+                    continue
+                status = response.status_code
+                if status < 300:
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        await self._back_off(attempt, None, f"unreadable JSON body on {method} {path}")
+                        continue
+                    return data if isinstance(data, dict) else {"value": data}
+                if status == 401 and not refreshed:
+                    # an expired or revoked token: one fresh token, one retry (graph-notes.md, "Errors"). When a
+                    # concurrent request already renewed it, use that one.
+                    refreshed = True
+                    async with self._token_lock:
+                        if self._token == token:
+                            await self._bearer(force=True)
+                    log.info("Graph answered 401 on %s %s; retrying once with a fresh token", method, path)
+                    continue
+                if status in RETRY_STATUSES:
+                    if status == 429:
+                        self.stats.throttled += 1
+                    wait = parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock())
+                    await self._back_off(attempt, wait, f"HTTP {status} on {method} {path}")
+                    continue
+                raise self._error(response, method, path)
+        finally:
+            self.stats.seconds += time.monotonic() - started
+
+    def _raise_if_fatal_transport(self, exc: httpx.TransportError) -> None:
+        text = str(exc)
+        host = self._origin[1]
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text.lower():
+            raise GraphError(
+                f"cannot verify the TLS certificate of the Graph host {host}. Fix: if a TLS-inspecting proxy or a local "
+                "emulator sits in between, set ca_bundle to its CA certificate; otherwise check cloud / graph_url."
+            ) from None
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            raise GraphError(f"the Graph URL {self.graph_host} is not usable: {exc}. Fix: check cloud / graph_url.") from None
+
+    async def back_off(self, attempt: int, retry_after: float | None, what: str) -> None:
+        """Wait before retry number `attempt` (Retry-After when given), drawing on this run's retry budget; raises
+        TransientError when the attempts or the budget are used up. Also used by $batch item retries."""
+        await self._back_off(attempt, retry_after, what)
+
+    async def _back_off(self, attempt: int, retry_after: float | None, what: str) -> None:
+        if attempt >= self.retry.max_attempts or self._budget <= 0:
+            why = "retry budget of this run is used up" if self._budget <= 0 else f"gave up after {attempt} attempts"
+            raise TransientError(f"{what}: {why}. Graph ({self._origin[1]}) may be throttling or unavailable; the next run retries.")
+        self._budget -= 1
+        self.stats.retries += 1
+        if retry_after is not None:
+            wait = retry_after
+            if wait > self.retry.max_retry_after:
+                log.warning("%s: Retry-After %.1fs is longer than %.0fs; waiting %.0fs", what, wait, self.retry.max_retry_after, self.retry.max_retry_after)
+                wait = self.retry.max_retry_after
+            source = "Retry-After"
+        else:
+            wait = self.retry.backoff(attempt, self._random())
+            source = "back-off"
+        log.info("%s: retrying in %.2fs (%s, attempt %d)", what, wait, source, attempt + 1)
+        self.stats.seconds_waiting += wait
+        await self._sleep(wait)
+
+    def _error(self, response: httpx.Response, method: str, path: str) -> Exception:
+        status = response.status_code
+        code, message = _graph_error_of(response)
+        where = f"{method} {path}"
+        if status == 410 or (code in DELTA_EXPIRED_CODES):
+            return DeltaTokenExpired(f"the delta link is no longer valid ({code or status}) on {where}: a full resync follows", status=status, graph_code=code)
+        if status == 403:
+            perm = "AuditLog.Read.All" if code == "Authentication_MSGraphPermissionMissing" else permission_for(path + "?" + (response.request.url.query.decode() if response.request else ""))
+            if code == "Authentication_RequestFromNonPremiumTenantOrB2CTenant":
+                msg = f"Graph refused ({code}): the tenant needs an Entra ID P1/P2 licence for sign-in activity"
+            else:
+                msg = f"Graph refused ({code or 'HTTP 403'}): grant {perm}"
+            err = PermissionDenied(msg, status=status, graph_code=code)
+            err.permission = perm  # type: ignore[attr-defined]
+            return err
+        if status == 401:
+            return AuthError(f"Graph refused the access token twice ({code or 401}) on {where}: {message}", code="GRAPH_UNAUTHORIZED")
+        if status == 404:
+            return NotFound(f"Graph found nothing at {where} ({code or 404})", status=status, graph_code=code)
+        return GraphError(f"Graph answered HTTP {status} ({code or 'no code'}) on {where}: {message}", status=status, graph_code=code)
+
+
+__all__ = ["ClientStats", "GraphClient", "RetryPolicy", "TokenSource", "parse_retry_after", "permission_for"]

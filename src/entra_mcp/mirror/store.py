@@ -1,0 +1,608 @@
+"""The local mirror of each tenant, on diskcache under `cache_dir/<tenant name>/`.
+
+Layout (one diskcache per tenant):
+  "root"                      one small dict, the only thing a commit switches: schema version, version counter,
+                              tenant id, as_of, and per area its AreaStatus, delta link, bookkeeping ("meta") and,
+                              per collection, the bucket count and the revision of every bucket.
+  "b/<area>/<coll>/<i>/<rev>" one bucket: a pickled dict {object id: object} holding the objects whose
+                              crc32(id) % n == i. A bucket is never rewritten in place: a changed bucket is written
+                              under a new revision (the version of the commit that wrote it).
+
+Why: a full load reads a few hundred values (fast even at 100,000 users), a delta run rewrites only the buckets it
+touched, and a commit is ONE atomic write of "root" (SQLite underneath), so
+- readers never lock and always see a consistent state: they read "root" then the buckets it names; a bucket that
+  vanished meanwhile (deleted after a newer commit) means "read root again";
+- a full resync of an area writes a new set of buckets aside and switches "root" once; a delta run switches it once
+  too (touched buckets + delta link + area status + version bump, all or nothing);
+- a run killed at any point (kill -9) leaves the last committed root; buckets it wrote but never committed are
+  unreferenced and swept when the next writer opens the mirror;
+- a stored schema version different from SCHEMA_VERSION makes readers see "no mirror" and the next writer rebuild.
+
+One writer per tenant across processes (fcntl.flock on `writer.lock`); any number of readers.
+Only this package imports diskcache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import diskcache
+
+from entra_mcp.errors import MirrorError
+from entra_mcp.logs import get_logger
+from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
+
+log = get_logger("mirror.store")
+
+SCHEMA_VERSION = 1
+
+# area -> its collections (each a dict {id: object} split into buckets)
+COLLECTIONS: dict[str, tuple[str, ...]] = {
+    "users": ("users",),
+    "sign_in_activity": ("sign_in",),  # user id -> signInActivity
+    "groups": ("groups", "members"),  # members: group id -> {member id: kind}
+    "applications": ("applications",),
+    "service_principals": ("service_principals",),
+    "app_role_assignments": ("assignments",),  # resource service principal id -> [appRoleAssignment]
+    "domains": ("domains",),  # domain id -> domain
+}
+
+MAX_BUCKETS = 256
+_ITEMS_PER_BUCKET = 400
+_MISSING = object()
+_ROOT = "root"
+_DIRTY = "writer/running"
+_SETTINGS = {
+    "eviction_policy": "none",  # a mirror is not a cache: never evict
+    "size_limit": 2**62,
+    "cull_limit": 0,
+    "statistics": 0,
+    "tag_index": 0,
+}
+
+
+def bucket_of(object_id: str, n: int) -> int:
+    return zlib.crc32(object_id.encode()) % n if n > 1 else 0
+
+
+def _bucket_count(data: dict[str, Any]) -> int:
+    weight = sum(len(v) if isinstance(v, (dict, list)) and not _is_object(v) else 1 for v in data.values())
+    n = 1
+    while n < MAX_BUCKETS and n * _ITEMS_PER_BUCKET < weight:
+        n *= 2
+    return n
+
+
+def _is_object(v: Any) -> bool:
+    return isinstance(v, dict) and "id" in v
+
+
+def _key(area: str, coll: str, i: int, rev: int) -> str:
+    return f"b/{area}/{coll}/{i}/{rev}"
+
+
+def _status_to_dict(s: AreaStatus) -> dict[str, Any]:
+    return asdict(s)
+
+
+def _status_from_dict(d: dict[str, Any] | None) -> AreaStatus:
+    if not d:
+        return AreaStatus(enabled=True)
+    known = {f.name for f in fields(AreaStatus)}
+    return AreaStatus(**{k: v for k, v in d.items() if k in known})
+
+
+def _empty_area() -> dict[str, Any]:
+    return {"status": None, "delta_link": None, "meta": {}, "colls": {}}
+
+
+def _empty_root(version: int = 0) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "version": version,
+        "tenant_id": "",
+        "as_of": None,
+        "interval_minutes": 15.0,
+        "areas": {a: _empty_area() for a in AREAS},
+    }
+
+
+def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
+    text = str(exc)
+    err = getattr(exc, "errno", None)
+    if err == errno.ENOSPC or "disk is full" in text or "No space" in text:
+        why = "the disk is full. Fix: free space on that disk or move server.cache_dir"
+    elif err in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in text or "read-only" in text:
+        why = "it is read-only or not writable by this user. Fix: check the permissions of server.cache_dir"
+    elif isinstance(exc, diskcache.Timeout) or "locked" in text:
+        why = "the database stayed locked. Fix: retry; check that no other process holds it"
+    else:
+        why = f"{type(exc).__name__}: {text[:200]}"
+    return MirrorError(f"cannot write the mirror at {path}: {why}. The last good state is kept.")
+
+
+class MirrorStore:
+    """All tenants' mirrors under one cache_dir. Thread-safe; one instance per process is enough."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
+        self.cache_dir = Path(cache_dir).expanduser()
+        self._caches: dict[str, diskcache.Cache] = {}
+        self._lock = threading.Lock()
+
+    # ---------- reading ----------
+    def tenant_dir(self, tenant_name: str) -> Path:
+        return self.cache_dir / tenant_name
+
+    def _cache(self, tenant_name: str, *, create: bool) -> diskcache.Cache | None:
+        with self._lock:
+            cache = self._caches.get(tenant_name)
+            if cache is not None:
+                return cache
+            d = self.tenant_dir(tenant_name)
+            if not create and not (d / "cache.db").exists():
+                return None
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                cache = diskcache.Cache(str(d), **_SETTINGS)
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                if not create:
+                    raise MirrorError(f"cannot open the mirror at {d}: {exc}") from None
+                raise _mirror_error(d, exc) from None
+            self._caches[tenant_name] = cache
+            return cache
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._caches.values():
+                c.close()
+            self._caches.clear()
+
+    def _root(self, tenant_name: str) -> dict[str, Any] | None:
+        cache = self._cache(tenant_name, create=False)
+        if cache is None:
+            return None
+        try:
+            root = cache.get(_ROOT)
+        except (OSError, sqlite3.Error) as exc:
+            raise MirrorError(f"cannot read the mirror of tenant {tenant_name} at {self.tenant_dir(tenant_name)}: {exc}") from None
+        if not isinstance(root, dict) or root.get("schema") != SCHEMA_VERSION:
+            return None
+        return root
+
+    def version(self, tenant_name: str) -> int:
+        """Grows with every commit; 0 when there is no (usable) mirror. Cheap: one small read."""
+        root = self._root(tenant_name)
+        return int(root["version"]) if root else 0
+
+    def area_status(self, tenant_name: str) -> dict[str, AreaStatus]:
+        """AreaStatus of every area (never-synced areas: enabled, no last_success)."""
+        root = self._root(tenant_name) or _empty_root()
+        return {a: _status_from_dict(root["areas"].get(a, {}).get("status")) for a in AREAS}
+
+    def info(self, tenant_name: str) -> dict[str, Any] | None:
+        """version, tenant_id, as_of and per-area status, delta-link presence and meta (no object data)."""
+        root = self._root(tenant_name)
+        if root is None:
+            return None
+        return {
+            "version": root["version"],
+            "tenant_id": root["tenant_id"],
+            "as_of": root["as_of"],
+            "interval_minutes": root["interval_minutes"],
+            "areas": {
+                a: {
+                    "status": _status_from_dict(root["areas"][a]["status"]),
+                    "has_delta_link": bool(root["areas"][a]["delta_link"]),
+                    "meta": dict(root["areas"][a]["meta"]),
+                }
+                for a in AREAS
+            },
+        }
+
+    def _read_coll(self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not spec:
+            return out
+        _n, revs = spec
+        for i, rev in enumerate(revs):
+            if rev < 0:
+                continue
+            bucket = cache.get(_key(area, coll, i, rev), default=_MISSING)
+            if bucket is _MISSING:
+                raise _Stale()
+            out.update(bucket)
+        return out
+
+    def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None:
+        """The tenant's mirror as one consistent DirectorySnapshot; None when it was never synced (or the stored schema
+        is from another release)."""
+        for _ in range(50):
+            root = self._root(tenant_name)
+            if root is None:
+                return None
+            cache = self._cache(tenant_name, create=False)
+            assert cache is not None
+            try:
+                data: dict[str, dict[str, Any]] = {}
+                for area in AREAS:
+                    colls = root["areas"][area]["colls"]
+                    for coll in COLLECTIONS[area]:
+                        data[coll] = self._read_coll(cache, area, coll, colls.get(coll))
+            except _Stale:
+                continue  # a newer commit replaced a bucket while we read: start again from the new root
+            except (OSError, sqlite3.Error) as exc:
+                raise MirrorError(f"cannot read the mirror of tenant {tenant_name}: {exc}") from None
+            return self._snapshot(tenant_name, root, data)
+        raise MirrorError(f"the mirror of tenant {tenant_name} kept changing while it was read; try again")
+
+    def _snapshot(self, tenant_name: str, root: dict[str, Any], data: dict[str, dict[str, Any]]) -> DirectorySnapshot:
+        users = data["users"]
+        sign_in = data["sign_in"]
+        if sign_in:
+            for uid, activity in sign_in.items():
+                u = users.get(uid)
+                if u is not None:
+                    u["signInActivity"] = activity
+        domains = sorted(data["domains"].values(), key=lambda d: str(d.get("id", "")))
+        return DirectorySnapshot(
+            tenant=tenant_name,
+            tenant_id=root["tenant_id"],
+            as_of=root["as_of"],
+            interval_minutes=root["interval_minutes"],
+            users=users,
+            groups=data["groups"],
+            members=data["members"],
+            applications=data["applications"],
+            service_principals=data["service_principals"],
+            app_role_assignments=data["assignments"],
+            domains=domains,
+            areas={a: _status_from_dict(root["areas"][a]["status"]) for a in AREAS},
+            version=int(root["version"]),
+        )
+
+    # ---------- writing ----------
+    @contextlib.contextmanager
+    def writer(self, tenant_name: str, *, wait_seconds: float = 0.0) -> Iterator["MirrorWriter"]:
+        """The one writer of a tenant's mirror (a lock across processes). Waits up to `wait_seconds` for another
+        writer to finish, then raises MirrorError."""
+        d = self.tenant_dir(tenant_name)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd = os.open(d / "writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _mirror_error(d, exc) from None
+        try:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        try:
+                            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                        except OSError:
+                            holder = "?"
+                        raise MirrorError(
+                            f"another sync of tenant {tenant_name} is running (pid {holder}) and holds {d / 'writer.lock'}; "
+                            "wait for it to finish"
+                        ) from None
+                    time.sleep(0.1)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            cache = self._cache(tenant_name, create=True)
+            assert cache is not None
+            w = MirrorWriter(self, tenant_name, cache)
+            w._open()
+            try:
+                yield w
+            finally:
+                w._close()
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+class _Stale(Exception):
+    pass
+
+
+class AreaChange:
+    """A delta run's changes to one area, applied all or nothing by MirrorWriter.commit_delta."""
+
+    def __init__(self, writer: "MirrorWriter", area: str) -> None:
+        self._w = writer
+        self.area = area
+        self._buckets: dict[tuple[str, int], dict[str, Any]] = {}  # loaded (and maybe changed) buckets
+        self._dirty: set[tuple[str, int]] = set()
+        self._full_colls: dict[str, dict[str, Any]] = {}  # collections replaced wholesale
+
+    def _spec(self, coll: str) -> list[Any]:
+        spec = self._w._root["areas"][self.area]["colls"].get(coll)
+        return spec if spec else [1, [-1]]
+
+    def _bucket(self, coll: str, object_id: str) -> tuple[tuple[str, int], dict[str, Any]]:
+        n, revs = self._spec(coll)
+        i = bucket_of(object_id, n)
+        k = (coll, i)
+        b = self._buckets.get(k)
+        if b is None:
+            rev = revs[i]
+            b = {} if rev < 0 else dict(self._w._get(_key(self.area, coll, i, rev)))
+            self._buckets[k] = b
+        return k, b
+
+    def get(self, coll: str, object_id: str) -> Any:
+        if coll in self._full_colls:
+            return self._full_colls[coll].get(object_id)
+        return self._bucket(coll, object_id)[1].get(object_id)
+
+    def put(self, coll: str, object_id: str, value: Any) -> None:
+        if coll in self._full_colls:
+            self._full_colls[coll][object_id] = value
+            return
+        k, b = self._bucket(coll, object_id)
+        b[object_id] = value
+        self._dirty.add(k)
+
+    def delete(self, coll: str, object_id: str) -> None:
+        if coll in self._full_colls:
+            self._full_colls[coll].pop(object_id, None)
+            return
+        k, b = self._bucket(coll, object_id)
+        if object_id in b:
+            del b[object_id]
+            self._dirty.add(k)
+
+    def replace(self, coll: str, data: dict[str, Any]) -> None:
+        """Replace a whole collection in this change (e.g. domains, or assignments after a full refresh)."""
+        self._full_colls[coll] = data
+
+    @property
+    def touched(self) -> int:
+        return len(self._dirty) + len(self._full_colls)
+
+
+class MirrorWriter:
+    """Writes one tenant's mirror. Get it from MirrorStore.writer(); thread-safe (commits are serialised)."""
+
+    def __init__(self, store: MirrorStore, tenant_name: str, cache: diskcache.Cache) -> None:
+        self.store = store
+        self.tenant_name = tenant_name
+        self._cache = cache
+        self._lock = threading.RLock()
+        self._root: dict[str, Any] = _empty_root()
+        self.rebuilt = False  # True when an unusable (other schema) mirror was found and discarded
+
+    @property
+    def path(self) -> Path:
+        return self.store.tenant_dir(self.tenant_name)
+
+    def _get(self, key: str) -> Any:
+        try:
+            value = self._cache.get(key, default=_MISSING)
+        except (OSError, sqlite3.Error) as exc:
+            raise MirrorError(f"cannot read the mirror at {self.path}: {exc}") from None
+        if value is _MISSING:
+            raise MirrorError(f"the mirror at {self.path} is damaged (missing {key}); run `entra-mcp sync --full`")
+        return value
+
+    def _open(self) -> None:
+        try:
+            root = self._cache.get(_ROOT)
+            crashed = self._cache.get(_DIRTY) is not None
+            if not isinstance(root, dict) or root.get("schema") != SCHEMA_VERSION:
+                if isinstance(root, dict):
+                    log.warning("tenant %s: the mirror has schema %s, this release uses %s: rebuilding it with a full sync",
+                                self.tenant_name, root.get("schema"), SCHEMA_VERSION)
+                    self.rebuilt = True
+                old_version = int(root.get("version", 0)) if isinstance(root, dict) else 0
+                self._root = _empty_root(old_version)
+                if isinstance(root, dict):
+                    self._cache.set(_ROOT, self._root)
+            else:
+                self._root = root
+                for area in AREAS:  # areas added by a newer release of the same schema
+                    self._root["areas"].setdefault(area, _empty_area())
+            self._cache.set(_DIRTY, os.getpid())
+            self._sweep(check_files=crashed)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise _mirror_error(self.path, exc) from None
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
+            self._cache.delete(_DIRTY)
+
+    def _referenced(self) -> set[str]:
+        keys = set()
+        for area, a in self._root["areas"].items():
+            for coll, spec in a["colls"].items():
+                if spec:
+                    keys.update(_key(area, coll, i, rev) for i, rev in enumerate(spec[1]) if rev >= 0)
+        return keys
+
+    def _sweep(self, *, check_files: bool) -> None:
+        """Delete buckets no root references (left by a run that died before its commit, or by an old schema)."""
+        live = self._referenced() | {_ROOT, _DIRTY}
+        stale = [k for k in self._cache.iterkeys() if k not in live]
+        for k in stale:
+            self._cache.delete(k)
+        if stale:
+            log.info("tenant %s: removed %d leftover values of an interrupted run", self.tenant_name, len(stale))
+        if check_files:
+            # files written by a killed run whose row never committed
+            with contextlib.suppress(Exception):
+                self._cache.check(fix=True)
+
+    # --- what the sync reads ---
+    @property
+    def version(self) -> int:
+        return int(self._root["version"])
+
+    def delta_link(self, area: str) -> str | None:
+        return self._root["areas"][area]["delta_link"]  # type: ignore[no-any-return]
+
+    def status(self, area: str) -> AreaStatus:
+        return _status_from_dict(self._root["areas"][area]["status"])
+
+    def meta(self, area: str) -> dict[str, Any]:
+        return dict(self._root["areas"][area]["meta"])
+
+    def has_data(self, area: str) -> bool:
+        return bool(self._root["areas"][area]["colls"])
+
+    def read_all(self, area: str, coll: str) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {}
+            spec = self._root["areas"][area]["colls"].get(coll)
+            if spec:
+                for i, rev in enumerate(spec[1]):
+                    if rev >= 0:
+                        out.update(self._get(_key(area, coll, i, rev)))
+            return out
+
+    def begin(self, area: str) -> AreaChange:
+        return AreaChange(self, area)
+
+    # --- commits ---
+    def set_tenant(self, *, tenant_id: str, interval_minutes: float) -> None:
+        """Remembered with the next commit."""
+        with self._lock:
+            self._root["tenant_id"] = tenant_id
+            self._root["interval_minutes"] = float(interval_minutes)
+
+    def _write_collection(self, area: str, coll: str, items: dict[str, Any], rev: int, written: list[str]) -> list[Any]:
+        """Write a whole collection as fresh buckets (revision `rev`); returns its spec [n, revs]."""
+        n = _bucket_count(items)
+        parts: list[dict[str, Any]] = [{} for _ in range(n)]
+        for oid, obj in items.items():
+            parts[bucket_of(oid, n)][oid] = obj
+        revs = []
+        for i, part in enumerate(parts):
+            if part:
+                k = _key(area, coll, i, rev)
+                self._cache.set(k, part)
+                written.append(k)
+            revs.append(rev if part else -1)
+        return [n, revs]
+
+    def commit_full(
+        self,
+        area: str,
+        data: dict[str, dict[str, Any]],
+        *,
+        delta_link: str | None,
+        status: AreaStatus,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """Replace an area's data (every collection of the area) in one switch. Returns the new version."""
+        with self._lock:
+            rev = self.version + 1
+            colls: dict[str, list[Any]] = {}
+            written: list[str] = []
+            try:
+                for coll in COLLECTIONS[area]:
+                    colls[coll] = self._write_collection(area, coll, data.get(coll, {}), rev, written)
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                self._forget(written)
+                raise _mirror_error(self.path, exc) from None
+            new_area = {"status": _status_to_dict(status), "delta_link": delta_link,
+                        "meta": dict(meta) if meta is not None else dict(self._root["areas"][area]["meta"]), "colls": colls}
+            return self._switch(area, new_area, rev, written)
+
+    def commit_delta(
+        self,
+        change: AreaChange,
+        *,
+        delta_link: str | None,
+        status: AreaStatus,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """Apply a delta run's changes, delta link, status and meta all together. Returns the new version."""
+        with self._lock:
+            area = change.area
+            rev = self.version + 1
+            old = self._root["areas"][area]
+            colls = {c: [s[0], list(s[1])] for c, s in old["colls"].items()}
+            written: list[str] = []
+            try:
+                for coll, full in change._full_colls.items():
+                    colls[coll] = self._write_collection(area, coll, full, rev, written)
+                for coll, i in sorted(change._dirty):
+                    if coll in change._full_colls:
+                        continue
+                    spec = colls.setdefault(coll, [1, [-1]])
+                    part = change._buckets[(coll, i)]
+                    if part:
+                        k = _key(area, coll, i, rev)
+                        self._cache.set(k, part)
+                        written.append(k)
+                        spec[1][i] = rev
+                    else:
+                        spec[1][i] = -1
+                for coll in COLLECTIONS[area]:
+                    colls.setdefault(coll, [1, [-1]])
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                self._forget(written)
+                raise _mirror_error(self.path, exc) from None
+            new_area = {"status": _status_to_dict(status), "delta_link": delta_link,
+                        "meta": dict(meta) if meta is not None else dict(old["meta"]), "colls": colls}
+            return self._switch(area, new_area, rev, written)
+
+    def set_status(self, area: str, status: AreaStatus, *, meta: dict[str, Any] | None = None, drop_delta_link: bool = False) -> int:
+        """Commit only an area's status (data untouched), e.g. disabled for a missing permission, or a failed run."""
+        with self._lock:
+            old = self._root["areas"][area]
+            new_area = dict(old)
+            new_area["status"] = _status_to_dict(status)
+            if meta is not None:
+                new_area["meta"] = dict(meta)
+            if drop_delta_link:
+                new_area["delta_link"] = None
+            return self._switch(area, new_area, self.version + 1, [], touch_as_of=False)
+
+    def clear_area(self, area: str, status: AreaStatus) -> int:
+        """Drop an area's data and delta link (turned off in config: nothing stale stays behind)."""
+        with self._lock:
+            new_area = {"status": _status_to_dict(status), "delta_link": None, "meta": {}, "colls": {}}
+            return self._switch(area, new_area, self.version + 1, [], touch_as_of=False)
+
+    def _switch(self, area: str, new_area: dict[str, Any], rev: int, written: list[str], *, touch_as_of: bool = True) -> int:
+        old_keys = self._referenced()
+        root = dict(self._root)
+        root["areas"] = dict(root["areas"])
+        root["areas"][area] = new_area
+        root["version"] = rev
+        if touch_as_of:
+            root["as_of"] = datetime.now(timezone.utc)
+        try:
+            self._cache.set(_ROOT, root)  # the commit point
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            self._forget(written)
+            raise _mirror_error(self.path, exc) from None
+        self._root = root
+        for k in old_keys - self._referenced():
+            with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
+                self._cache.delete(k)
+        return rev
+
+    def _forget(self, keys: list[str]) -> None:
+        for k in keys:
+            with contextlib.suppress(Exception):
+                self._cache.delete(k)
+
+
+__all__ = ["COLLECTIONS", "SCHEMA_VERSION", "AreaChange", "MirrorStore", "MirrorWriter", "bucket_of"]
