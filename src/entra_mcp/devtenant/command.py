@@ -1,15 +1,110 @@
-"""`entra-mcp devtenant`: run the local emulator of Entra ID and Microsoft Graph."""
+"""`entra-mcp devtenant`: run the local emulator of Entra ID and Microsoft Graph.
+
+stdout gets the config block that points the product at the emulator and the `export` line of the generated client
+secret (this is a local test bed: printing its own throw-away secret is the point). stderr gets progress, then a line
+"ready" once it serves. It runs until SIGINT or SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from entra_mcp.devtenant.faults import FaultPlan
+from entra_mcp.logs import get_logger
+
+log = get_logger("devtenant")
+
+
+def _ranged(kind: Callable[[str], Any], lo: float, hi: float | None, what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo:g} and {hi:g}" if hi is not None else f"at least {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}")
+        return value
+
+    return parse
+
+
+def _redirect_uri(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an absolute http(s) URL without a fragment, e.g. http://127.0.0.1:8765/auth/callback"
+        )
+    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=8443, help="HTTPS port on 127.0.0.1 (0 picks a free one)")
-    p.add_argument("--size", choices=["small", "medium", "large"], default="small")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--port", type=_ranged(int, 0, 65535, "a port number"), default=8443,
+                   help="HTTPS port on 127.0.0.1 (default 8443; 0 picks a free one)")
+    p.add_argument("--size", choices=["small", "medium", "large"], default="small", help="size of each tenant")
+    p.add_argument("--seed", type=_ranged(int, 0, None, "a whole number"), default=1,
+                   help="seed of the generated directory (same seed, same tenant)")
+    p.add_argument("--tenants", type=_ranged(int, 1, 20, "a whole number"), default=1, help="how many tenants")
+    p.add_argument("--state-dir", metavar="DIR", help="where ca.pem and the TLS files go (default: a fresh temp dir)")
+    p.add_argument("--latency-ms", type=_ranged(float, 0, 60_000, "a number"), default=0.0,
+                   help="added to every login and Graph response")
+    p.add_argument("--throttle-next", type=_ranged(int, 0, None, "a whole number"), default=0, metavar="N",
+                   help="the next N Graph requests get 429")
+    p.add_argument("--error-next", type=_ranged(int, 0, None, "a whole number"), default=0, metavar="N",
+                   help="the next N Graph requests get 503/504")
+    p.add_argument("--drop-next", type=_ranged(int, 0, None, "a whole number"), default=0, metavar="N",
+                   help="the next N Graph responses are cut mid-body")
+    p.add_argument("--token-lifetime", type=_ranged(int, 1, 86_400, "a whole number of seconds"), default=3599,
+                   metavar="S", help="lifetime of issued access tokens in seconds (default 3599)")
+    p.add_argument("--no-throttling", action="store_true", help="turn off Graph's resource-unit throttling")
+    p.add_argument("--redirect-uri", action="append", type=_redirect_uri, default=[], metavar="URI",
+                   help="add a redirect URI to the portal app (repeatable)")
+
+
+def faults_from(args: argparse.Namespace) -> FaultPlan:
+    return FaultPlan(
+        latency_ms=args.latency_ms, throttle_next=args.throttle_next, error_next=args.error_next,
+        drop_next=args.drop_next, token_lifetime_s=args.token_lifetime, throttling_enabled=not args.no_throttling,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from entra_mcp.devtenant.server import run_emulator
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def progress(message: str) -> None:
+        sys.stderr.write(f"devtenant: {message}\n")
+        sys.stderr.flush()
+
+    started = time.monotonic()
+    progress(f"generating {args.tenants} {args.size} tenant(s) with seed {args.seed}")
+    with run_emulator(
+        size=args.size, seed=args.seed, tenants=args.tenants, port=args.port, faults=faults_from(args),
+        state_dir=args.state_dir, progress=progress,
+    ) as emu:
+        for uri in args.redirect_uri:
+            emu.add_redirect_uri(uri)
+        out = [emu.config_toml(tenant_index=None)]
+        for i, tenant in enumerate(emu.tenants()):
+            out.append(f"# {emu.tenant_name(i)} ({tenant.domain}): portal app (sign-in) {emu.portal_app(i).client_id}, "
+                       f"API app (bearer audience) {emu.api_app(i).client_id}; users sign in with their UPN")
+        out.append("")
+        out += [f"export {name}={value}" for name, value in emu.secret_env(tenant_index=None).items()]
+        sys.stdout.write("\n".join(out) + "\n")
+        sys.stdout.flush()
+        progress(f"serving {emu.base_url} (login and Graph) after {time.monotonic() - started:.1f} s; "
+                 "control API at /_emulator; Ctrl+C stops")
+        sys.stderr.write("ready\n")
+        sys.stderr.flush()
+        stop.wait()
+        progress("stopping")
+    return 0

@@ -1,0 +1,46 @@
+"""Shared fixtures: the local Entra ID + Graph emulator, served over real HTTPS on 127.0.0.1.
+
+`emulator` (session scope)
+    One emulator for the whole run: `run_emulator(size="small", seed=1)`. Treat it as READ-ONLY: do not change its
+    state, faults, keys or grants (other tests see the same instance). It is a `RunningEmulator`:
+      emu.base_url / emu.login_url / emu.graph_url   "https://127.0.0.1:PORT" (all three equal)
+      emu.ca_bundle                                  Path of ca.pem: msal `verify=str(...)`, httpx `verify=ssl ctx`
+      emu.state, emu.runtime, emu.tokens, emu.faults, emu.login
+      emu.tenant(i), emu.sync_app(i), emu.portal_app(i), emu.api_app(i)    (i = tenant index, default 0)
+      emu.config_toml(tenant_index=0, cache_dir=...), emu.secret_env()     the product's config and its secret env
+      emu.ssl_context()                                                    an SSLContext trusting only ca.pem
+
+`fresh_emulator` (function scope)
+    A factory for tests that change state or inject faults: `emu = fresh_emulator(**run_emulator_kwargs)` starts a
+    new emulator (same keyword arguments as `run_emulator`, e.g. `faults=FaultPlan(throttle_next=3)`, `tenants=2`,
+    `state=my_state`) and stops it when the test ends. Start ~0.3 s for a small tenant.
+
+msal and REQUESTS_CA_BUNDLE: `requests` lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment override a
+session's `verify` (psf/requests#3829), so msal's `verify=ca_bundle` is silently ignored when either is set. The
+fixtures do not hide this; product code must not rely on `verify=` alone (see tests/test_devtenant_login.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from entra_mcp.devtenant.server import RunningEmulator, run_emulator
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(size="small", seed=1) as emu:
+        yield emu
+
+
+@pytest.fixture
+def fresh_emulator() -> Iterator[Callable[..., RunningEmulator]]:
+    with ExitStack() as stack:
+
+        def start(**kwargs: Any) -> RunningEmulator:
+            return stack.enter_context(run_emulator(**kwargs))
+
+        yield start
