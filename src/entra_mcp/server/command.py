@@ -1,0 +1,373 @@
+"""`entra-mcp serve` and `entra-mcp demo`.
+
+serve: load the config, open the mirror, start the background sync (unless --no-sync), serve MCP over stdio or
+streamable HTTP. In stdio mode stdout is the MCP wire and nothing else: the real stdout is claimed first thing and
+file descriptor 1 is pointed at stderr, so a stray print or a chatty library cannot corrupt the protocol.
+
+demo: the same server over a local emulator of Entra ID + Graph started in-process, with a throw-away config and
+cache; needs no config file and no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from entra_mcp.config import Settings, load_settings, parse_settings
+from entra_mcp.errors import ConfigError
+from entra_mcp.logs import get_logger
+
+log = get_logger("server.command")
+
+
+# ------------------------------------------------------------------ stdio wire
+
+
+class _StdoutWire:
+    """The process's real stdout, claimed for the MCP wire; fd 1 then points at stderr."""
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        self.fd = os.dup(1)
+        os.set_inheritable(self.fd, False)
+        os.dup2(2, 1)
+
+    def release(self) -> None:
+        try:
+            os.dup2(self.fd, 1)
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _run_stdio(server: Any, wire: _StdoutWire) -> None:
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    async def main() -> None:
+        raw = os.fdopen(wire.fd, "wb", buffering=0, closefd=False)
+        stdout = anyio.wrap_file(io.TextIOWrapper(raw, encoding="utf-8", write_through=True))
+        lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs, with our claimed stdout
+        async with stdio_server(stdout=stdout) as (read_stream, write_stream):
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+    anyio.run(main)
+
+
+# ------------------------------------------------------------------ sign-in hooks
+
+
+def _sign_in_hooks(settings: Settings, store: Any) -> tuple[Any, Sequence[Any], Any]:
+    """(protect, extra_routes, sessions) from the sign-in part, when it is present.
+
+    The sign-in part provides `entra_mcp.server.auth.build_hooks(settings, store)` returning an object with
+    `protect` (wraps the /mcp ASGI app, or None for mode "none"), `routes` (Starlette routes: /auth/*,
+    /.well-known/oauth-protected-resource...) and `sessions` (the chat-session validator, or None when [oidc] is
+    off). Until it exists, /mcp can only be served with server.auth.mode = "none".
+    """
+    try:
+        from entra_mcp.server import auth  # type: ignore[attr-defined]
+    except ImportError:
+        auth = None
+    build = getattr(auth, "build_hooks", None)
+    if build is None:
+        if settings.server.auth.mode != "none" and settings.server.transport == "http":
+            raise ConfigError(
+                f"server.auth.mode is {settings.server.auth.mode!r} but this build has no /mcp protection; "
+                "refusing to serve HTTP unprotected. Use server.auth.mode = 'none' on a loopback host, or stdio."
+            )
+        return None, (), None
+    hooks = build(settings, store)
+    return getattr(hooks, "protect", None), tuple(getattr(hooks, "routes", ()) or ()), getattr(hooks, "sessions", None)
+
+
+# ------------------------------------------------------------------ background sync
+
+
+def _start_scheduler(settings: Settings, store: Any, stop: threading.Event) -> threading.Thread | None:
+    try:
+        from entra_mcp.sync import run_scheduler  # type: ignore[attr-defined]
+    except ImportError:
+        try:
+            from entra_mcp.sync.scheduler import run_scheduler  # type: ignore[no-redef]
+        except ImportError:
+            log.warning("background sync is not available in this build; serving the mirror as it is")
+            return None
+
+    def work() -> None:
+        import inspect
+
+        try:
+            result = run_scheduler(settings, store, stop_event=stop)
+            if inspect.iscoroutine(result):
+                import asyncio
+
+                asyncio.run(result)
+        except Exception:  # the server goes on answering from the mirror it has
+            log.exception("background sync stopped")
+
+    t = threading.Thread(target=work, name="entra-mcp-sync", daemon=True)
+    t.start()
+    return t
+
+
+# ------------------------------------------------------------------ serving
+
+
+def _apply_overrides(settings: Settings, **overrides: Any) -> Settings:
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return settings
+    data = settings.model_dump(mode="python")
+    data["server"].update(changes)
+    return parse_settings(data, source=settings.source)
+
+
+def serve(
+    settings: Settings,
+    *,
+    background_sync: bool,
+    wire: _StdoutWire | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Serve until stopped. `on_ready(where)` is called once the server accepts connections (or reads stdin)."""
+    from entra_mcp.mirror.store import MirrorStore
+    from entra_mcp.server.app import create_server
+    from entra_mcp.server.views import ViewProvider
+
+    if not settings.tenants:
+        raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
+    started = time.perf_counter()
+    store = MirrorStore(settings.server.cache_dir)
+    views = ViewProvider.from_settings(settings, store)
+    views.warm()
+    for tv in views.all():
+        if not tv.synced:
+            log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
+    protect, routes, sessions = _sign_in_hooks(settings, store)
+    server = create_server(settings, views=views, sessions=sessions)
+    stop = threading.Event()
+    scheduler = _start_scheduler(settings, store, stop) if background_sync else None
+    try:
+        if settings.server.transport == "stdio":
+            log.info("serving MCP over stdio (ready in %.2f s)", time.perf_counter() - started)
+            if on_ready:
+                on_ready("stdio")
+            _run_stdio(server, wire or _StdoutWire())
+        else:
+            _run_http(settings, server, views, protect=protect, routes=routes, started=started, on_ready=on_ready)
+    finally:
+        stop.set()
+        if scheduler is not None:
+            scheduler.join(timeout=5)
+        store.close()
+    return 0
+
+
+def _run_http(
+    settings: Settings,
+    server: Any,
+    views: Any,
+    *,
+    protect: Any,
+    routes: Sequence[Any],
+    started: float,
+    on_ready: Callable[[str], None] | None,
+) -> None:
+    import uvicorn
+
+    from entra_mcp.server.http import create_http_app
+
+    app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+        log_config=None,
+    )
+    http_server = uvicorn.Server(config)
+    url = f"{settings.server.resolved_public_url}/mcp"
+
+    def announce() -> None:
+        deadline = time.monotonic() + 30
+        while not http_server.started and time.monotonic() < deadline and not http_server.should_exit:
+            time.sleep(0.01)
+        if http_server.started:
+            log.info("serving MCP at %s (ready in %.2f s)", url, time.perf_counter() - started)
+            if on_ready:
+                on_ready(url)
+
+    threading.Thread(target=announce, name="entra-mcp-ready", daemon=True).start()
+    http_server.run()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    wire = _StdoutWire() if _wants_stdio(args) else None
+    try:
+        settings = load_settings(getattr(args, "config", None))
+        settings = _apply_overrides(settings, transport=args.transport, host=args.host, port=args.port)
+        if settings.server.transport == "stdio" and wire is None:
+            wire = _StdoutWire()
+        return serve(settings, background_sync=not args.no_sync, wire=wire)
+    finally:
+        if wire is not None:
+            wire.release()
+
+
+def _wants_stdio(args: argparse.Namespace) -> bool:
+    """Claim stdout before anything can write to it, unless http is asked for explicitly."""
+    return getattr(args, "transport", None) != "http"
+
+
+# ------------------------------------------------------------------ demo
+
+
+def demo_settings(emulator: Any, cache_dir: Path, *, transport: str, port: int | None, tenant_name: str = "demo") -> tuple[Settings, dict[str, str]]:
+    """A config pointing at a running emulator (its first tenant, the sync app's secret in an env variable)."""
+    info = emulator.demo_tenant() if hasattr(emulator, "demo_tenant") else emulator.tenants()[0]
+    env_name = "ENTRA_MCP_DEMO_SECRET"
+    data = {
+        "server": {"cache_dir": str(cache_dir), "transport": transport, "host": "127.0.0.1", "port": port or 8765},
+        "tenants": [
+            {
+                "name": tenant_name,
+                "tenant_id": info["tenant_id"],
+                "client_id": info["client_id"],
+                "client_secret_env": env_name,
+                "cloud": "custom",
+                "login_url": emulator.base_url,
+                "graph_url": emulator.base_url,
+                "ca_bundle": str(emulator.ca_bundle),
+                "sync": {"interval_minutes": 5},
+            }
+        ],
+    }
+    return parse_settings(data), {env_name: info["client_secret"]}
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    transport = getattr(args, "transport", None) or "stdio"
+    wire = _StdoutWire() if transport == "stdio" else None
+    try:
+        return _demo(args, transport, wire)
+    finally:
+        if wire is not None:
+            wire.release()
+
+
+def _demo(args: argparse.Namespace, transport: str, wire: _StdoutWire | None) -> int:
+    from entra_mcp.devtenant.server import run_emulator
+
+    started = time.perf_counter()
+    size = getattr(args, "size", None) or "small"
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="entra-mcp-demo-")))
+        _say(f"entra-mcp demo: starting the local Entra ID + Graph emulator ({size} tenant)...")
+        emulator = stack.enter_context(run_emulator(size=size))
+        port = getattr(args, "port", None)
+        if transport == "http" and port is None:
+            port = 8765
+        settings, env = demo_settings(_EmulatorInfo(emulator), tmp / "cache", transport=transport, port=port)
+        os.environ.update(env)
+        config_file = tmp / "config.toml"
+        config_file.write_text(_toml(settings), encoding="utf-8")
+        config_file.chmod(0o600)
+        _say(f"entra-mcp demo: syncing the emulated tenant into {tmp / 'cache'}...")
+        _sync_once(settings)
+        _say(f"entra-mcp demo: mirror ready in {time.perf_counter() - started:.1f} s")
+
+        def ready(where: str) -> None:
+            if where == "stdio":
+                _say(
+                    "entra-mcp demo: serving MCP over stdio. Point an MCP client at the command `entra-mcp demo` "
+                    "(it speaks MCP on stdin/stdout); try the tool lookup_user with query \"adele\"."
+                )
+            else:
+                _say(f"entra-mcp demo: serving MCP over streamable HTTP at {where}  (health: {where[:-4]}/healthz)")
+            _say(f"entra-mcp demo: config used: {config_file} (stop with Ctrl-C; everything is deleted on exit)")
+
+        return serve(settings, background_sync=True, wire=wire, on_ready=ready)
+
+
+class _EmulatorInfo:
+    """Adapts the running emulator to what demo_settings needs."""
+
+    def __init__(self, emulator: Any) -> None:
+        self._e = emulator
+        self.base_url = emulator.base_url
+        self.ca_bundle = getattr(emulator, "ca_bundle", None) or emulator.tls.ca_bundle
+
+    def demo_tenant(self) -> dict[str, str]:
+        e = self._e
+        if hasattr(e, "demo_tenant"):
+            return dict(e.demo_tenant())
+        tenant = next(iter(e.state.tenants.values()))
+        reg = next(r for r in tenant.registrations.values() if r.display_name == "entra-mcp sync")
+        return {"tenant_id": tenant.tenant_id, "client_id": reg.client_id, "client_secret": reg.secrets[0].value}
+
+
+def _sync_once(settings: Settings) -> None:
+    from entra_mcp.mirror.store import MirrorStore
+
+    try:
+        from entra_mcp.sync import run_sync  # type: ignore[attr-defined]
+    except ImportError:
+        from entra_mcp.sync.engine import run_sync  # type: ignore[no-redef]
+    import inspect
+
+    store = MirrorStore(settings.server.cache_dir)
+    try:
+        result = run_sync(settings, store, full=True)
+        if inspect.iscoroutine(result):
+            import asyncio
+
+            asyncio.run(result)
+    finally:
+        store.close()
+
+
+def _toml(settings: Settings) -> str:
+    """The demo config as TOML (for people who want to reuse it; no secret in it)."""
+    s = settings.server
+    lines = [
+        "[server]",
+        f'cache_dir = "{s.cache_dir}"',
+        f'transport = "{s.transport}"',
+        f'host = "{s.host}"',
+        f"port = {s.port}",
+    ]
+    for t in settings.tenants:
+        lines += [
+            "",
+            "[[tenants]]",
+            f'name = "{t.name}"',
+            f'tenant_id = "{t.tenant_id}"',
+            f'client_id = "{t.client_id}"',
+            f'client_secret_env = "{t.client_secret_env}"',
+            'cloud = "custom"',
+            f'login_url = "{t.login_url}"',
+            f'graph_url = "{t.graph_url}"',
+            f'ca_bundle = "{t.ca_bundle}"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+__all__ = ["demo_settings", "run_demo", "run_serve", "serve"]

@@ -1,0 +1,208 @@
+"""The HTTP transport: a Starlette app serving `/mcp` (streamable HTTP), `/healthz` and whatever routes the sign-in
+part adds (`/auth/*`, the protected-resource metadata).
+
+Checks on every request, before any route: the Host header must name this server (else 421), a browser Origin must
+be one of ours (a missing Origin is fine, `null` is not: 403), and bodies over server.max_body_bytes get 413. The
+sign-in part protects `/mcp` through `protect`, a function that wraps the MCP ASGI app (it answers 401/403 itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from entra_mcp import __version__
+from entra_mcp.logs import get_logger
+from entra_mcp.server.views import ViewProvider
+
+log = get_logger("server.http")
+
+Protect = Callable[[ASGIApp], ASGIApp]
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def allowed_hosts_and_origins(settings: Any) -> tuple[list[str], list[str]]:
+    """The Host values and browser Origins this server answers: its bind address and port, its public URL, the
+    loopback names when bound to loopback, plus server.allowed_hosts / server.allowed_origins from the config."""
+    srv = settings.server
+    hosts: list[str] = []
+    origins: list[str] = []
+
+    def add(host: str, port: int | None, scheme: str) -> None:
+        h = _bracket(host.lower())
+        default = port is None or (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
+        if default:
+            hosts.append(h)
+            origins.append(f"{scheme}://{h}")
+        if port is not None:
+            hosts.append(f"{h}:{port}")
+            origins.append(f"{scheme}://{h}:{port}")
+
+    if srv.host not in ("0.0.0.0", "::", ""):
+        add(srv.host, srv.port, "http")
+    if srv.host in _LOOPBACK or srv.host.startswith("127."):
+        for name in ("127.0.0.1", "localhost", "::1"):
+            add(name, srv.port, "http")
+    public = urlsplit(srv.resolved_public_url)
+    if public.hostname:
+        add(public.hostname, public.port or (443 if public.scheme == "https" else 80), public.scheme or "http")
+    for h in srv.allowed_hosts:
+        hosts.append(h.lower())
+    for o in srv.allowed_origins:
+        origins.append(o.rstrip("/").lower())
+    return sorted(set(hosts)), sorted(set(origins))
+
+
+class HostOriginMiddleware:
+    """DNS-rebinding and cross-origin guard for every route (the SDK's own check covers only /mcp)."""
+
+    def __init__(self, app: ASGIApp, hosts: Iterable[str], origins: Iterable[str]) -> None:
+        self.app = app
+        self.hosts = {h.lower() for h in hosts}
+        self.host_wildcards = {h[:-2] for h in self.hosts if h.endswith(":*")}
+        self.origins = {o.lower() for o in origins}
+        self.origin_wildcards = {o[:-2] for o in self.origins if o.endswith(":*")}
+
+    def _host_ok(self, host: str | None) -> bool:
+        if not host:
+            return False
+        host = host.lower()
+        if host in self.hosts:
+            return True
+        base, _, port = host.rpartition(":")
+        return bool(port.isdigit() and base in self.host_wildcards)
+
+    def _origin_ok(self, origin: str | None) -> bool:
+        if origin is None:
+            return True  # not a browser, or a same-origin GET
+        origin = origin.lower().rstrip("/")
+        if origin in self.origins:
+            return True
+        base, _, port = origin.rpartition(":")
+        return bool(port.isdigit() and base in self.origin_wildcards)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if not self._host_ok(headers.get("host")):
+            log.warning("refused a request for an unknown Host header (%d chars)", len(headers.get("host") or ""))
+            await PlainTextResponse("Misdirected request: unknown Host header", status_code=421)(scope, receive, send)
+            return
+        if not self._origin_ok(headers.get("origin")):
+            log.warning("refused a request from a foreign Origin")
+            await PlainTextResponse("Forbidden: cross-origin request refused", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if dt else None
+
+
+def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[str, Any]:
+    """Liveness and per-tenant freshness; names and times only (no ids, no errors, nothing secret)."""
+    now = now or datetime.now(timezone.utc)
+    tenants = []
+    for tv in views.all() if views is not None else []:
+        snap = tv.snapshot
+        as_of = snap.as_of if snap is not None else None
+        age = (now - as_of).total_seconds() if as_of else None
+        areas = {}
+        if snap is not None:
+            for name, st in snap.areas.items():
+                areas[name] = {
+                    "enabled": st.enabled,
+                    "lastSuccess": _iso(st.last_success),
+                    "ok": st.enabled and st.last_success is not None and (st.last_error_at is None or st.last_error_at <= st.last_success),
+                }
+        tenants.append(
+            {
+                "tenant": tv.name,
+                "synced": as_of is not None,
+                "asOf": _iso(as_of),
+                "ageSeconds": round(age) if age is not None else None,
+                "fresh": age is not None and age <= 2 * tv.interval_minutes * 60,
+                "areas": areas,
+            }
+        )
+    return {"status": "ok", "version": __version__, "tenants": tenants}
+
+
+def create_http_app(
+    settings: Any,
+    server: MCPServer[Any],
+    *,
+    views: ViewProvider | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+    protect: Protect | None = None,
+    json_response: bool = False,
+    stateless: bool = False,
+) -> Starlette:
+    """The Starlette app of the HTTP transport.
+
+    Hooks for the sign-in part:
+      extra_routes  Starlette routes mounted beside /mcp (the /auth/* routes, /.well-known/... metadata). They sit
+                    behind the same Host/Origin and body-size checks.
+      protect       wraps the /mcp ASGI app, e.g. `lambda app: RequireBearer(app, settings)`: it answers 401 with
+                    WWW-Authenticate / 403 insufficient_scope itself and calls the wrapped app when the caller may
+                    pass. None leaves /mcp open (server.auth.mode = "none", loopback only).
+    """
+    hosts, origins = allowed_hosts_and_origins(settings)
+    max_body = settings.server.max_body_bytes
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+    # Builds the session manager (and the SDK's own /mcp app, which we do not use) on the server.
+    server.streamable_http_app(
+        json_response=json_response,
+        stateless_http=stateless,
+        transport_security=security,
+        max_request_body_size=max_body,
+        host=settings.server.host,
+    )
+    manager = server.session_manager
+    mcp_app: ASGIApp = StreamableHTTPASGIApp(manager)
+    if protect is not None:
+        mcp_app = protect(mcp_app)
+    started = time.monotonic()
+
+    async def healthz(request: Request) -> Response:
+        data = health(views)
+        data["uptimeSeconds"] = round(time.monotonic() - started)
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            yield
+
+    routes: list[BaseRoute] = [
+        Route("/mcp", endpoint=mcp_app),
+        Route("/healthz", endpoint=healthz, methods=["GET"]),
+        *extra_routes,
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    # Outermost first: Host/Origin, then the body limit, then routing.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_body)
+    app.add_middleware(HostOriginMiddleware, hosts=hosts, origins=origins)
+    return app
+
+
+__all__ = ["Protect", "allowed_hosts_and_origins", "create_http_app", "health"]

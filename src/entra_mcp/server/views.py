@@ -1,0 +1,190 @@
+"""The current DirectoryView of each configured tenant, as the tools read it.
+
+The sync writes the mirror in another thread or process; the server only reads. Each call asks the store for the
+tenant's version (cheap) and, when it moved, builds a new view from the new snapshot. The first view of a tenant is
+built on the calling thread; later rebuilds happen on a background thread while the old view keeps answering, so a
+sync of a large tenant never stalls a request. A tenant that was never synced has no view: the tools then answer
+with nulls and a finding (see server/app.py), never a crash.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from entra_mcp.errors import InvalidArgument, NotFoundError
+from entra_mcp.logs import get_logger
+from entra_mcp.mirror.snapshot import DirectorySnapshot
+
+log = get_logger("server.views")
+
+
+class SnapshotSource(Protocol):
+    """What the provider needs from mirror/store.py's MirrorStore."""
+
+    def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None: ...
+
+    def version(self, tenant_name: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """One tenant as of one mirror version. `view` and `snapshot` are None when the tenant was never synced."""
+
+    name: str
+    tenant_id: str
+    interval_minutes: float
+    version: int
+    snapshot: DirectorySnapshot | None
+    view: Any  # entra_mcp.identity DirectoryView, or None
+
+    @property
+    def synced(self) -> bool:
+        return self.view is not None
+
+
+def _default_build(snapshot: DirectorySnapshot) -> Any:
+    from entra_mcp.identity.view import DirectoryView
+
+    return DirectoryView.build(snapshot)
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    name: str
+    tenant_id: str
+    interval_minutes: float = 15.0
+
+
+class ViewProvider:
+    """Hands out the current TenantView per tenant name, reloading from the store when its version changes.
+
+    `check_interval` (seconds) bounds how often the store is asked for the version; 0 asks on every call.
+    `background_reload=False` rebuilds on the calling thread (tests that need the new data at once).
+    """
+
+    def __init__(
+        self,
+        tenants: Sequence[TenantInfo],
+        store: SnapshotSource,
+        *,
+        build: Callable[[DirectorySnapshot], Any] = _default_build,
+        check_interval: float = 0.2,
+        background_reload: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tenants = {t.name: t for t in tenants}
+        self._store = store
+        self._build = build
+        self._check_interval = check_interval
+        self._background = background_reload
+        self._clock = clock
+        self._held: dict[str, TenantView] = {}
+        self._checked_at: dict[str, float] = {}
+        self._reloading: set[str] = set()
+        self._lock = threading.Lock()
+        self._load_locks = {name: threading.Lock() for name in self._tenants}
+
+    @classmethod
+    def from_settings(cls, settings: Any, store: SnapshotSource, **kwargs: Any) -> "ViewProvider":
+        tenants = [TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in settings.tenants]
+        return cls(tenants, store, **kwargs)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tenants)
+
+    def resolve(self, tenant: str | None) -> str:
+        """The configured tenant name meant by `tenant` (None: the only one). Raises NotFoundError/InvalidArgument."""
+        if tenant is None or tenant == "":
+            if len(self._tenants) == 1:
+                return next(iter(self._tenants))
+            if not self._tenants:
+                raise InvalidArgument("no tenants are configured on this server; add a [[tenants]] entry to its config.")
+            raise InvalidArgument(
+                f"several tenants are configured ({', '.join(self._tenants)}); pass `tenant` with one of these names."
+            )
+        if tenant in self._tenants:
+            return tenant
+        folded = {n.casefold(): n for n in self._tenants}
+        if tenant.casefold() in folded:
+            return folded[tenant.casefold()]
+        for info in self._tenants.values():  # the tenant id or domain is accepted too
+            if tenant.casefold() == info.tenant_id.casefold():
+                return info.name
+        close = difflib.get_close_matches(tenant, list(self._tenants), n=3)
+        raise NotFoundError(
+            f"unknown tenant {tenant[:80]!r}. Configured tenants: {', '.join(self._tenants) or 'none'}.",
+            suggestions=close,
+        )
+
+    def current(self, tenant: str | None = None) -> TenantView:
+        """The freshest view of `tenant` this provider holds (loading it when the store has a newer version)."""
+        name = self.resolve(tenant)
+        held = self._held.get(name)
+        now = self._clock()
+        if held is not None and now - self._checked_at.get(name, 0.0) < self._check_interval:
+            return held
+        self._checked_at[name] = now
+        version = self._store.version(name)
+        if held is not None and held.version == version:
+            return held
+        if held is None or not self._background:
+            return self._load(name, version)
+        self._reload_in_background(name, version)
+        return held
+
+    def all(self) -> list[TenantView]:
+        return [self.current(name) for name in self._tenants]
+
+    def warm(self) -> None:
+        """Load every tenant now (at start-up, so the first question is answered at full speed)."""
+        for name in self._tenants:
+            self._load(name, self._store.version(name))
+
+    def _load(self, name: str, version: int) -> TenantView:
+        with self._load_locks[name]:
+            held = self._held.get(name)
+            if held is not None and held.version == version:
+                return held
+            info = self._tenants[name]
+            started = time.perf_counter()
+            snapshot = self._store.load_snapshot(name)
+            view = self._build(snapshot) if snapshot is not None and snapshot.as_of is not None else None
+            if snapshot is not None:
+                version = max(version, snapshot.version)
+            tv = TenantView(
+                name=name,
+                tenant_id=snapshot.tenant_id if snapshot is not None and snapshot.tenant_id else info.tenant_id,
+                interval_minutes=info.interval_minutes,
+                version=version,
+                snapshot=snapshot,
+                view=view,
+            )
+            self._held[name] = tv
+            if view is not None:
+                log.info("tenant %s: view of mirror version %s ready in %.0f ms", name, version, (time.perf_counter() - started) * 1000)
+            return tv
+
+    def _reload_in_background(self, name: str, version: int) -> None:
+        with self._lock:
+            if name in self._reloading:
+                return
+            self._reloading.add(name)
+
+        def work() -> None:
+            try:
+                self._load(name, version)
+            except Exception:  # a bad snapshot must not take the server down; the old view keeps answering
+                log.exception("tenant %s: reloading the mirror failed; still answering from version %s", name, self._held[name].version)
+            finally:
+                with self._lock:
+                    self._reloading.discard(name)
+
+        threading.Thread(target=work, name=f"entra-mcp-reload-{name}", daemon=True).start()
+
+
+__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewProvider"]
