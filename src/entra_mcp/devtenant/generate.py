@@ -104,7 +104,7 @@ class SizeSpec:
 
 
 SIZES: dict[str, SizeSpec] = {
-    "small": SizeSpec(users=50, groups=15, applications=10, service_principals=30, assignments=40, memberships=260,
+    "small": SizeSpec(users=50, groups=15, applications=10, service_principals=30, assignments=40, memberships=200,
                       cycle=False),
     "medium": SizeSpec(users=5_000, groups=600, applications=200, service_principals=500, assignments=2_500,
                        memberships=30_000, cycle=True),
@@ -259,7 +259,10 @@ class _Gen:
         self.now_dt = day
 
     def uuid(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        """str(uuid.UUID(int=rng.getrandbits(128), version=4)), without the object (hot in the large tenant)."""
+        n = (self.rng.getrandbits(128) & _V4_CLEAR) | _V4_SET
+        h = f"{n:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def ago(self, lo_days: float, hi_days: float) -> int:
         """A timestamp between lo and hi days before now (negative days are in the future)."""
@@ -273,8 +276,19 @@ class _Gen:
         return head + "Q~" + "".join(r.choice(alphabet) for _ in range(34))
 
 
+_V4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_V4_SET = (0x8000 << 48) | (4 << 76)
+_DAYS: dict[int, str] = {}
+
+
 def _iso(ts: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    """Graph's timestamp form, "2026-11-01T08:15:00Z" (day prefixes cached: hot in the large tenant)."""
+    day, sec = divmod(ts, 86400)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        prefix = _DAYS[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
+    hours, rest = divmod(sec, 3600)
+    return f"{prefix}{hours:02d}:{rest // 60:02d}:{rest % 60:02d}Z"
 
 
 def _sid(object_id: str) -> str:
@@ -364,7 +378,7 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
                    [{"disabledPlans": _EMPTY, "skuId": _SKU_M365_E5}],
                    [{"disabledPlans": _EMPTY, "skuId": _SKU_O365_E3}, {"disabledPlans": _EMPTY, "skuId": _SKU_AAD_P1}]]
 
-    depts = _DEPT_NAMES
+    depts = _DEPT_NAMES if n >= 200 else _DEPT_NAMES[:7]  # a small company has fewer departments
     by_dept: dict[str, list[int]] = {d: [] for d in depts}
     dept_of: list[str] = []
     title_of: list[str] = []
@@ -540,7 +554,8 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
         idx = by_dept[d]
         if not idx:
             continue
-        head = 1 if d == "Finance" else next((i for i in idx if i != inj_job), idx[0])
+        # heads are random people: the fixed ones (Alex Johnson, José Müller, ...) stay ordinary staff
+        head = 1 if d == "Finance" else next((i for i in idx if i > inj_job), idx[0])
         # the injection-text job title stays on a staff member (never overwritten by a manager title)
         rest = sorted((i for i in idx if i != head), key=lambda i: i == inj_job)
         managers[ids[head]] = ceo
@@ -685,19 +700,23 @@ def _gen_groups(g: _Gen, t: EmulatedTenant, spec: SizeSpec, facts: dict[str, Any
     total_w = sum(weights) or 1.0
     per_group = max(0, budget - big * 6_000)
     levels: list[list[str]] = [[], [], [], []]
+    dept_names = list(by_dept)
     kinds = ["security"] * 40 + ["microsoft365"] * 35 + ["distribution"] * 15 + ["mailEnabledSecurity"] * 10
     for n in range(remaining):
         kind = r.choice(kinds)
-        if n < 4:
-            kind = "security"  # guarantee a level-0..3 chain in every size
-        name = f"{r.choice(_DEPT_NAMES)} {r.choice(_GROUP_TOPICS)}{r.choice(_REGIONS)}"
+        if remaining < 20 and n < 3:
+            kind = ("security", "distribution", "microsoft365")[n]  # every kind, even in a small tenant
+        elif n < 4:
+            kind = "security"  # guarantee a generic level-0..3 chain
+        name = f"{r.choice(dept_names)} {r.choice(_GROUP_TOPICS)}{r.choice(_REGIONS)}"
         synced = kind != "microsoft365" and r.random() < 0.15
         gid = _group(g, t, name, kind, synced=synced,
                      description=INJECTION_TEXTS["group.description"] if n == 0 else None)
-        size = 5_000 + r.randrange(3_000) if n < big else max(1, round(weights[n] / total_w * per_group))
+        size = 5_000 + r.randrange(3_000) if n < big else \
+            max(1, min(len(all_users) // 2, round(weights[n] / total_w * per_group)))
         add_users(gid, sample(size))
         if kind in ("security", "mailEnabledSecurity"):
-            lvl = n if n < 4 else r.choice((0, 0, 0, 0, 1, 1, 1, 2, 2, 3))
+            lvl = n if n < 4 and remaining >= 20 else r.choice((0, 0, 0, 0, 1, 1, 1, 2, 2, 3))
             if lvl and not levels[lvl - 1]:
                 lvl = 0
             levels[lvl].append(gid)
