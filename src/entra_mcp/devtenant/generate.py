@@ -239,6 +239,8 @@ _GROUP_TOPICS = ["Project Phoenix", "Project Atlas", "Quarterly Planning", "Book
 _REGIONS = ["", " - EMEA", " - APAC", " - Americas", " - Nordics", " - DACH"]
 
 _EMPTY: list[Any] = []  # shared; see the module docstring
+_LICENCE_SETS = [[{"disabledPlans": _EMPTY, "skuId": _SKU_M365_E3}], [{"disabledPlans": _EMPTY, "skuId": _SKU_M365_E5}],
+                 [{"disabledPlans": _EMPTY, "skuId": _SKU_O365_E3}, {"disabledPlans": _EMPTY, "skuId": _SKU_AAD_P1}]]
 _TAGS_INTEGRATED = ["WindowsAzureActiveDirectoryIntegratedApp"]
 
 
@@ -301,6 +303,17 @@ def _k(n: int, rate: float, minimum: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------- users
+
+
+def _activity(interactive: str, interactive_id: str | None, non_interactive: str, non_interactive_id: str | None,
+              success: str, success_id: str | None) -> dict[str, Any]:
+    """A signInActivity; NEVER (with a null request id) where there was none."""
+    return {"lastSignInDateTime": interactive, "lastSignInRequestId": interactive_id,
+            "lastNonInteractiveSignInDateTime": non_interactive, "lastNonInteractiveSignInRequestId": non_interactive_id,
+            "lastSuccessfulSignInDateTime": success, "lastSuccessfulSignInRequestId": success_id}
+
+
+_NEVER_SIGNED_IN = _activity(NEVER, None, NEVER, None, NEVER, None)
 
 
 @dataclass
@@ -373,10 +386,6 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
     cloud_only = expired_pw | expiring_pw | was_synced
     candidates = [i for i in range(2, n_members) if i not in cloud_only]
     synced = set(r.sample(candidates, min(len(candidates), round(n * 0.30))))
-    # one fixed expired-password user among the named people, one pending guest: handy for ticket tests
-    e3_e5_lists = [[{"disabledPlans": _EMPTY, "skuId": _SKU_M365_E3}],
-                   [{"disabledPlans": _EMPTY, "skuId": _SKU_M365_E5}],
-                   [{"disabledPlans": _EMPTY, "skuId": _SKU_O365_E3}, {"disabledPlans": _EMPTY, "skuId": _SKU_AAD_P1}]]
 
     depts = _DEPT_NAMES if n >= 200 else _DEPT_NAMES[:7]  # a small company has fewer departments
     by_dept: dict[str, list[int]] = {d: [] for d in depts}
@@ -429,24 +438,18 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
                 "DisablePasswordExpiration, DisableStrongPassword"
         # sign-in activity
         if i in never_signed:
-            sia = {"lastSignInDateTime": NEVER, "lastSignInRequestId": None,
-                   "lastNonInteractiveSignInDateTime": NEVER, "lastNonInteractiveSignInRequestId": None,
-                   "lastSuccessfulSignInDateTime": NEVER, "lastSuccessfulSignInRequestId": None}
+            sia = dict(_NEVER_SIGNED_IN)  # its own copy: the emulator may record a sign-in in it
         elif i in noninteractive_only:
             ni = _iso(g.ago(0.1, 10))
             rid = g.uuid()
-            sia = {"lastSignInDateTime": NEVER, "lastSignInRequestId": None,
-                   "lastNonInteractiveSignInDateTime": ni, "lastNonInteractiveSignInRequestId": rid,
-                   "lastSuccessfulSignInDateTime": ni, "lastSuccessfulSignInRequestId": rid}
+            sia = _activity(NEVER, None, ni, rid, ni, rid)
         else:
             last = g.ago(120, 500) if (i in stale or i in disabled) else g.ago(0.05, 20)
             ni = last - int(r.uniform(0, 3) * 86400)
             rid = g.uuid()
             okid = rid if r.random() < 0.95 else g.uuid()
-            sia = {"lastSignInDateTime": _iso(last), "lastSignInRequestId": rid,
-                   "lastNonInteractiveSignInDateTime": _iso(ni), "lastNonInteractiveSignInRequestId": g.uuid(),
-                   "lastSuccessfulSignInDateTime": _iso(last) if okid == rid else _iso(last - 3600),
-                   "lastSuccessfulSignInRequestId": okid}
+            # now and then the last attempt failed: the last success is an hour older
+            sia = _activity(_iso(last), rid, _iso(ni), g.uuid(), _iso(last if okid == rid else last - 3600), okid)
         employee_id = f"E{100000 + i}"
         sam = local.replace(".", "")[:20]
         u: dict[str, Any] = {
@@ -483,7 +486,7 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
             "onPremisesDistinguishedName": None,
             "onPremisesUserPrincipalName": None,
             "usageLocation": usage,
-            "assignedLicenses": _EMPTY if i in no_licence else e3_e5_lists[i % 3 if i % 7 else 1],
+            "assignedLicenses": _EMPTY if i in no_licence else _LICENCE_SETS[i % 3 if i % 7 else 1],
             "signInActivity": sia,
         }
         if is_synced or i in was_synced:
@@ -519,15 +522,11 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
         created = g.ago(5, 900)
         state_change = created + int(r.uniform(0, 3) * 86400)
         if pending:
-            sia = {"lastSignInDateTime": NEVER, "lastSignInRequestId": None,
-                   "lastNonInteractiveSignInDateTime": NEVER, "lastNonInteractiveSignInRequestId": None,
-                   "lastSuccessfulSignInDateTime": NEVER, "lastSuccessfulSignInRequestId": None}
+            sia = dict(_NEVER_SIGNED_IN)  # its own copy: the emulator may record a sign-in in it
         else:
             last = g.ago(0.1, 200)
             rid = g.uuid()
-            sia = {"lastSignInDateTime": _iso(last), "lastSignInRequestId": rid,
-                   "lastNonInteractiveSignInDateTime": NEVER, "lastNonInteractiveSignInRequestId": None,
-                   "lastSuccessfulSignInDateTime": _iso(last), "lastSuccessfulSignInRequestId": rid}
+            sia = _activity(_iso(last), rid, NEVER, None, _iso(last), rid)
         users[uid] = {
             "id": uid, "displayName": f"{gv} {sn}", "givenName": gv, "surname": sn,
             "userPrincipalName": upn, "mail": mail, "mailNickname": upn.split("@")[0],
@@ -1130,9 +1129,10 @@ def examples(tenant: EmulatedTenant, *, now: datetime | None = None) -> dict[str
     password_expiring_user, stale_sign_in_user, never_signed_in_user, unlicensed_user, all_staff, dynamic_group,
     nested_leaf_group (Service Desk Tier 1), expired_secret_app (application id), salesforce_sp, servicenow_sp.
 
-    Computed from the current data (the first match in generation order), so it follows emulator mutations.
+    Computed from the current data (the first match in generation order) at `now` (default: the tenant's emulator
+    clock), so it follows emulator mutations and clock advances.
     """
-    now = now or datetime.now(UTC)
+    now = now or tenant.clock.now()
     out: dict[str, str] = {}
 
     def first(key: str, objs: dict[str, dict[str, Any]], pred: Any) -> None:
