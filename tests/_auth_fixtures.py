@@ -251,3 +251,77 @@ def _ssl_ctx(ca: Any) -> Any:
 
 def counting_transport(emu: Any) -> CountingTransport:
     return CountingTransport(httpx.AsyncHTTPTransport(verify=_ssl_ctx(emu.ca_bundle)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Serving the product's HTTP app for real (uvicorn on a free loopback port, in a thread) and speaking MCP to it.
+
+import contextlib as _contextlib
+import socket as _socket
+import threading as _threading
+
+
+def free_port() -> int:
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@_contextlib.contextmanager
+def serve(app: Any, port: int) -> Any:
+    """Run `app` with uvicorn on 127.0.0.1:port until the block ends (bounded start, no sleeps)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = _threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        _threading.Event().wait(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def rpc_result(resp: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC message in a streamable-HTTP answer (JSON or SSE)."""
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        return dict(resp.json())
+    for line in resp.text.splitlines():
+        if line.startswith("data:"):
+            return dict(json.loads(line[5:]))
+    raise AssertionError(f"no JSON-RPC message in: {resp.status_code} {resp.text[:300]}")
+
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+}
+
+
+async def mcp_open(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
+    """initialize + notifications/initialized; returns the initialize response (its Mcp-Session-Id header)."""
+    resp = await client.post(url, json=INIT, headers={**MCP_HEADERS, **headers})
+    if resp.status_code == 200:
+        sid = resp.headers["mcp-session-id"]
+        note = await client.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                                 headers={**MCP_HEADERS, **headers, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"})
+        assert note.status_code in (200, 202), note.text
+    return resp
+
+
+async def mcp_call(client: httpx.AsyncClient, url: str, headers: dict[str, str], sid: str, tool: str,
+                   arguments: dict[str, Any] | None = None, *, id: int = 2) -> httpx.Response:
+    body = {"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments or {}}}
+    return await client.post(url, json=body, headers={**MCP_HEADERS, **headers, "Mcp-Session-Id": sid,
+                                                       "MCP-Protocol-Version": "2025-06-18"})

@@ -242,6 +242,10 @@ class SessionService:
             return ChatSessionCheck(False, "wrong_tenant")
         return ChatSessionCheck(True, None, session.identity.as_dict())
 
+    def validate_chat_session(self, session_token: str) -> dict[str, Any]:
+        """The mapping the `validate_chat_session` tool expects: valid, reason, identity."""
+        return self.validate_chat_token(session_token).as_dict()
+
     def revoke_chat_token(self, token: str | None) -> bool:
         session, _ = self.lookup(token, kind="chat", touch=False)
         return session is not None and self.delete(token)

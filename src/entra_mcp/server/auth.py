@@ -1,0 +1,300 @@
+"""Protection of the hosted /mcp endpoint per [server.auth] (security-notes.md 13, 15, 16).
+
+Modes:
+- entra: `Authorization: Bearer <access token>` for this API (aud = server.auth.audience or api://audience), with
+  every server.auth.required_scopes in `scp`; app-only tokens only with allow_app_tokens. No credential or a bad
+  one -> 401 with `WWW-Authenticate: Bearer resource_metadata="{public_url}/.well-known/oauth-protected-resource/mcp"`;
+  a valid token without the scope -> 403 `insufficient_scope`. The metadata routes (RFC 9728) come from `routes()`.
+- api_key: `Authorization: Bearer <key>` with one of the keys in the environment variable server.auth.api_keys_env,
+  compared in constant time.
+- none: open (config refuses it on a non-loopback host).
+
+Whatever the mode: a token in the query string is never read; the Authorization header is removed before the request
+reaches the MCP app, so no tool can pass the caller's token on (no passthrough to Graph); and an Mcp-Session-Id is
+bound to the principal that opened it: another principal presenting it gets 404, as if it did not exist. mcp 2.3's
+session manager does the same when `scope["user"]` is an AuthenticatedUser (CVE-2026-52869 fix), which this wrapper
+also sets; the binding here keeps holding if the SDK's check changes or a stateless app is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from starlette.authentication import AuthCredentials
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from entra_mcp.config import Settings
+from entra_mcp.logs import get_logger
+from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
+from entra_mcp.oidc.routes import SignIn
+from entra_mcp.oidc.sessions import SessionService
+from entra_mcp.oidc.validate import InsufficientScope, TokenRejected, TokenValidator
+
+log = get_logger("server.auth")
+
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+MCP_SESSION_HEADER = "mcp-session-id"
+MAX_BOUND_SESSIONS = 100_000
+PRINCIPAL_SCOPE_KEY = "entra_mcp.principal"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling /mcp. `key` identifies it (entra: tid/oid, api_key: a hash of the key); never a secret."""
+
+    kind: str  # "entra" | "api_key" | "anonymous"
+    key: str
+    tid: str | None = None
+    oid: str | None = None
+    name: str | None = None
+    preferred_username: str | None = None
+    app_only: bool = False
+    scopes: tuple[str, ...] = ()
+
+
+ANONYMOUS = Principal("anonymous", "anonymous")
+
+
+class McpGuard:
+    """Authenticates /mcp requests per [server.auth] and serves the protected-resource metadata."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        validator: TokenValidator | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.auth = settings.server.auth
+        self.mode = self.auth.mode
+        self.public_url = settings.server.resolved_public_url
+        self.resource = f"{self.public_url}/mcp"
+        self.metadata_url = f"{self.public_url}{METADATA_PATH}/mcp"
+        self.validator: TokenValidator | None = None
+        self._key_hashes: list[bytes] = []
+        self._issuer: str | None = None
+        if self.mode == "entra":
+            tenant = settings.tenant(self.auth.tenant)
+            self._issuer = tenant.issuer
+            if validator is None:
+                allowed = settings.oidc.allowed_tenants if settings.oidc.tenant == self.auth.tenant else []
+                validator = TokenValidator(OidcProvider.from_tenant(tenant, allowed_tenants=allowed, transport=transport))
+            self.validator = validator
+        elif self.mode == "api_key":
+            # Keys are hashed once; requests compare hashes in constant time (equal lengths, no early exit).
+            self._key_hashes = [hashlib.sha256(k.encode("utf-8")).digest() for k in self.auth.api_keys()]
+        self._owners: OrderedDict[str, str] = OrderedDict()  # Mcp-Session-Id -> principal key
+
+    async def aclose(self) -> None:
+        if self.validator is not None:
+            await self.validator.provider.aclose()
+
+    # -- metadata (RFC 9728) ---------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        home = self.validator.provider.home if self.validator is not None else None
+        issuer = home.issuer if home is not None else self._issuer
+        audience = self.auth.audience or ""
+        prefix = audience if audience.startswith("api://") else f"api://{audience}"
+        return {
+            "resource": self.resource,
+            "authorization_servers": [issuer] if issuer else [],
+            "scopes_supported": [f"{prefix}/{s}" for s in self.auth.required_scopes],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "entra-mcp",
+        }
+
+    async def _metadata_endpoint(self, request: Request) -> Response:
+        return JSONResponse(self.metadata(), headers={"Cache-Control": "public, max-age=3600"})
+
+    def routes(self) -> list[BaseRoute]:
+        """The protected-resource metadata routes (entra mode only)."""
+        if self.mode != "entra":
+            return []
+        return [
+            Route(METADATA_PATH, self._metadata_endpoint, methods=["GET"]),
+            Route(f"{METADATA_PATH}/mcp", self._metadata_endpoint, methods=["GET"]),
+        ]
+
+    # -- authentication --------------------------------------------------------------------------------------
+    def _challenge(self, status: int, error: str | None = None, description: str | None = None) -> Response:
+        parts = []
+        if error:
+            parts.append(f'error="{error}"')
+            if description:
+                parts.append(f'error_description="{description}"')
+            if error == "insufficient_scope":
+                parts.append(f'scope="{" ".join(self.auth.required_scopes)}"')
+        parts.append(f'resource_metadata="{self.metadata_url}"')
+        body = {"error": error or "unauthorized", "error_description": description or "a bearer token is required"}
+        return JSONResponse(body, status, headers={"WWW-Authenticate": "Bearer " + ", ".join(parts)})
+
+    async def authenticate(self, headers: Headers) -> Principal | Response:
+        """The caller's Principal, or the response that refuses it."""
+        if self.mode == "none":
+            return ANONYMOUS
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() != "bearer " or not auth[7:].strip():
+            if self.mode == "api_key":
+                return JSONResponse({"error": "unauthorized", "error_description": "an API key is required"}, 401,
+                                    headers={"WWW-Authenticate": 'Bearer realm="entra-mcp"'})
+            return self._challenge(401)
+        credential = auth[7:].strip()
+        if self.mode == "api_key":
+            return self._api_key(credential)
+        assert self.validator is not None and self.auth.audience
+        try:
+            tok = await self.validator.validate_access_token(
+                credential,
+                audience=self.auth.audience,
+                required_scopes=self.auth.required_scopes,
+                allow_app_tokens=self.auth.allow_app_tokens,
+            )
+        except InsufficientScope as exc:
+            return self._challenge(403, "insufficient_scope", str(exc))
+        except TokenRejected as exc:
+            log.info("bearer token refused on /mcp: %s", exc.reason)
+            return self._challenge(401, "invalid_token", str(exc))
+        except ProviderUnavailable:
+            log.warning("bearer token cannot be checked: the login host's keys are unavailable")
+            return JSONResponse({"error": "temporarily_unavailable",
+                                 "error_description": "the identity provider's signing keys cannot be fetched"}, 503,
+                                headers={"Retry-After": "30"})
+        i = tok.identity
+        return Principal("entra", f"{i.tid.lower()}/{i.oid.lower()}", i.tid, i.oid, i.name, i.preferred_username,
+                         tok.app_only, tuple(sorted(tok.scopes or tok.roles)))
+
+    def _api_key(self, credential: str) -> Principal | Response:
+        digest = hashlib.sha256(credential.encode("utf-8", "replace")).digest()
+        match = False
+        for known in self._key_hashes:
+            match |= hmac.compare_digest(digest, known)
+        if not match:
+            log.info("API key refused on /mcp")
+            return JSONResponse({"error": "invalid_token", "error_description": "the API key is not valid"}, 401,
+                                headers={"WWW-Authenticate": 'Bearer realm="entra-mcp", error="invalid_token"'})
+        return Principal("api_key", "api_key:" + digest.hex()[:16])
+
+    # -- session binding -------------------------------------------------------------------------------------
+    def _owner_ok(self, session_id: str, principal: Principal) -> bool:
+        owner = self._owners.get(session_id)
+        return owner is None or hmac.compare_digest(owner, principal.key)
+
+    def _bind(self, session_id: str, principal: Principal) -> None:
+        self._owners[session_id] = principal.key
+        self._owners.move_to_end(session_id)
+        while len(self._owners) > MAX_BOUND_SESSIONS:
+            self._owners.popitem(last=False)
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        return _Protected(app, self)
+
+
+class _Protected:
+    """The ASGI wrapper around the MCP app."""
+
+    def __init__(self, app: ASGIApp, guard: McpGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        outcome = await self.guard.authenticate(headers)
+        if isinstance(outcome, Response):
+            await outcome(scope, receive, send)
+            return
+        principal = outcome
+        session_id = headers.get(MCP_SESSION_HEADER)
+        if session_id is not None and not self.guard._owner_ok(session_id, principal):
+            log.warning("refused an MCP session id presented by a principal other than its owner")
+            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}})
+            await Response(body, 404, media_type="application/json")(scope, receive, send)
+            return
+        inner = dict(scope)
+        # The caller's credential goes no further than this wrapper (no token passthrough, rule 15).
+        inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
+        inner[PRINCIPAL_SCOPE_KEY] = principal
+        if principal.kind != "anonymous":
+            inner["user"] = AuthenticatedUser(
+                AccessToken(
+                    token="[not kept]",
+                    client_id=principal.key,
+                    scopes=list(principal.scopes),
+                    subject=principal.key,
+                    claims={"iss": principal.tid or principal.kind},
+                )
+            )
+            inner["auth"] = AuthCredentials(list(principal.scopes))
+        method = scope.get("method", "GET")
+
+        async def send_and_bind(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                new_id = Headers(raw=message.get("headers", [])).get(MCP_SESSION_HEADER)
+                if new_id and session_id is None and principal.kind != "anonymous":
+                    self.guard._bind(new_id, principal)
+                if method == "DELETE" and session_id is not None:
+                    self.guard._owners.pop(session_id, None)
+            await send(message)
+
+        await self.app(inner, receive, send_and_bind)
+
+
+@dataclass
+class AuthHooks:
+    """What the HTTP server needs from the sign-in part (see server/command.py `_sign_in_hooks`)."""
+
+    protect: Callable[[ASGIApp], ASGIApp] | None  # wraps /mcp; None in mode "none"
+    routes: tuple[BaseRoute, ...]  # /auth/* (when [oidc] is on) and the protected-resource metadata (entra mode)
+    sessions: SessionService | None  # the chat-session validator for validate_chat_session; None when [oidc] is off
+    guard: McpGuard
+    sign_in: SignIn | None
+
+    async def aclose(self) -> None:
+        await self.guard.aclose()
+        if self.sign_in is not None:
+            await self.sign_in.aclose()
+
+
+def build_hooks(settings: Settings, store: Any = None, *, transport: httpx.AsyncBaseTransport | None = None) -> AuthHooks:
+    """Build /mcp protection, the /auth/* and metadata routes and the session service from the settings.
+
+    `store` (the mirror store) is not needed: sessions live in their own store under cache_dir/sessions.
+    `transport` replaces the HTTP transport to the login host (tests)."""
+    guard = McpGuard(settings, transport=transport)
+    sign_in = SignIn.from_settings(settings, transport=transport) if settings.oidc.enabled else None
+    routes = tuple(guard.routes()) + tuple(sign_in.routes() if sign_in else ())
+    return AuthHooks(
+        protect=None if settings.server.auth.mode == "none" else guard.wrap,
+        routes=routes,
+        sessions=sign_in.sessions if sign_in else None,
+        guard=guard,
+        sign_in=sign_in,
+    )
+
+
+def protect(app: ASGIApp, settings: Settings, *, guard: McpGuard | None = None, **kw: Any) -> ASGIApp:
+    """Wrap the /mcp ASGI app per [server.auth] (for `create_http_app(protect=lambda a: protect(a, settings))`)."""
+    return (guard or McpGuard(settings, **kw)).wrap(app)
+
+
+def protected_resource_routes(settings: Settings, *, guard: McpGuard | None = None, **kw: Any) -> Sequence[BaseRoute]:
+    return (guard or McpGuard(settings, **kw)).routes()
+
+
+__all__ = ["ANONYMOUS", "AuthHooks", "build_hooks", "METADATA_PATH", "PRINCIPAL_SCOPE_KEY", "McpGuard", "Principal", "protect", "protected_resource_routes"]
