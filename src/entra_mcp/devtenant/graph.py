@@ -42,7 +42,7 @@ from entra_mcp.devtenant.odata import (
     unseal,
 )
 from entra_mcp.devtenant.runtime import EmulatorRuntime
-from entra_mcp.devtenant.throttle import ResourceUnitThrottle, limit_for, request_cost
+from entra_mcp.devtenant.throttle import limit_for, request_cost
 from entra_mcp.logs import get_logger
 
 log = get_logger("devtenant.graph")
@@ -95,7 +95,7 @@ class GraphService:
 
     def __init__(self, runtime: EmulatorRuntime) -> None:
         self.runtime = runtime
-        self.throttle = ResourceUnitThrottle()
+        self.throttle = runtime.state.throttle
         self.delta = DeltaEngine(runtime.state.token_key, runtime.state.delta)
         self._injected_429 = 0
         self._injected_5xx = 0

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
+from entra_mcp.devtenant.throttle import ResourceUnitThrottle
+
 # The all-zero appRoleId: "default access" in appRoleAssignments.
 DEFAULT_ACCESS_ROLE = "00000000-0000-0000-0000-000000000000"
 # Password every generated user signs in with on the emulator's authorize page.
@@ -711,6 +713,8 @@ class EmulatorState:
     # key that signs the Graph routes' $skiptoken / $deltatoken values (opaque to clients)
     token_key: bytes = field(default_factory=lambda: _secrets.token_bytes(32), repr=False)
     delta: DeltaSettings = field(default_factory=DeltaSettings)
+    # Graph's resource-unit buckets per (app, tenant); the control API can empty them
+    throttle: ResourceUnitThrottle = field(default_factory=ResourceUnitThrottle, repr=False)
 
     def __post_init__(self) -> None:
         for t in self.tenants.values():
