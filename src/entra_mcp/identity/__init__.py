@@ -1,1 +1,25 @@
-"""identity package."""
+"""Service-desk answers computed from a DirectorySnapshot: lookup, memberships, account state, app access.
+
+Every answer is a plain function of (DirectoryView, arguments, now) returning a JSON-able dict with the contract's
+fields, `asOf` and `findings`. Bad input raises InvalidArgument, unknown objects NotFoundError (with the closest
+matches); nothing here does I/O or knows about MCP.
+"""
+
+from .account import account_summary, check_account_state
+from .findings import FINDINGS, suspicious_fields
+from .groups import list_group_members, list_group_memberships, resolve_group
+from .users import lookup_user, resolve_user
+from .view import DirectoryView
+
+__all__ = [
+    "FINDINGS",
+    "DirectoryView",
+    "account_summary",
+    "check_account_state",
+    "list_group_members",
+    "list_group_memberships",
+    "lookup_user",
+    "resolve_group",
+    "resolve_user",
+    "suspicious_fields",
+]

@@ -1,0 +1,175 @@
+"""Group memberships (direct and inherited, with the chain) and group members.
+
+`kind` is the base kind of a group: "microsoft365" (groupTypes has "Unified"), "mailEnabledSecurity" (mail and
+security enabled), "security", or "distribution" (mail enabled, not security). Dynamic membership is orthogonal and
+shown apart: `dynamic: true` with `membershipRule` and `membershipRuleProcessingState`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..errors import InvalidArgument, NotFoundError
+from .common import area_finding, area_unavailable_reason, as_of, user_ref
+from .findings import finding, quote, sort_findings, suspicious_findings
+from .text import GROUP_EXPECTED, clean_identifier, clean_limit
+from .users import resolve_user
+from .view import DirectoryView
+
+MAX_MEMBERSHIPS = 1000
+MAX_MEMBERS = 1000
+
+
+def group_kind(group: dict[str, Any]) -> str:
+    types = group.get("groupTypes") or ()
+    if "Unified" in types:
+        return "microsoft365"
+    mail, security = bool(group.get("mailEnabled")), bool(group.get("securityEnabled"))
+    if mail and security:
+        return "mailEnabledSecurity"
+    if mail:
+        return "distribution"
+    return "security"
+
+
+def is_dynamic(group: dict[str, Any]) -> bool:
+    return "DynamicMembership" in (group.get("groupTypes") or ())
+
+
+def group_card(group: dict[str, Any]) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "id": group.get("id"),
+        "displayName": group.get("displayName"),
+        "kind": group_kind(group),
+        "dynamic": is_dynamic(group),
+    }
+    if card["dynamic"]:
+        card["membershipRule"] = group.get("membershipRule")
+        card["membershipRuleProcessingState"] = group.get("membershipRuleProcessingState")
+    if group.get("mail"):
+        card["mail"] = group.get("mail")
+    if group.get("onPremisesSyncEnabled"):
+        card["onPremisesSyncEnabled"] = True
+    return card
+
+
+def resolve_group(view: DirectoryView, group: str) -> dict[str, Any]:
+    """The one group with this object id, mail or name (case- and accent-insensitive). NotFoundError with the closest
+    names; InvalidArgument listing the ids when several groups share the name."""
+    text = clean_identifier(group, argument="group", expected=GROUP_EXPECTED)
+    groups = view.snapshot.groups
+    ids = view.groups_matching(text)
+    if len(ids) == 1:
+        return groups[ids[0]]
+    if len(ids) > 1:
+        listed = "; ".join(f"{g} ({quote(groups[g].get('displayName'), 40)}, {group_kind(groups[g])})" for g in ids[:10])
+        raise InvalidArgument(f"{len(ids)} groups are named {quote(text)}: give the object id of the one you mean: {listed}.")
+    if not groups:
+        reason = area_unavailable_reason(view, "groups") or "the mirror holds no groups"
+        raise NotFoundError(f"No group {quote(text)} can be found: {reason}.")
+    suggestions = [quote(name, 60) for name in view.closest_group_names(text)]
+    raise NotFoundError(f"No group matches {quote(text)}.", suggestions=suggestions)
+
+
+def list_group_memberships(
+    view: DirectoryView, user: str, transitive: bool = True, *, limit: int = 500, now: datetime | None = None
+) -> dict[str, Any]:
+    """The groups `user` belongs to. Inherited groups carry `via`: the shortest chain of groups from one the user
+    is a direct member of down to (not including) this one. Cycles in nesting are harmless."""
+    record = resolve_user(view, user)
+    limit = clean_limit(limit, default=500, maximum=MAX_MEMBERSHIPS)
+    groups = view.snapshot.groups
+    findings = suspicious_findings("user", record)
+    answer: dict[str, Any] = {"user": user_ref(record)}
+    unavailable = area_finding(view, "groups", "the user's groups are unknown.")
+    if unavailable is not None:
+        answer.update(groups=None, total=None, truncated=False, asOf=as_of(view), findings=sort_findings([unavailable, *findings]))
+        return answer
+
+    if transitive:
+        chains = view.transitive_groups(record["id"])
+    else:
+        chains = {gid: (gid,) for gid in view.direct_groups(record["id"])}
+    rows = []
+    for gid, chain in chains.items():
+        group = groups.get(gid)
+        card = group_card(group) if group else {"id": gid, "displayName": None, "kind": None, "dynamic": False}
+        card["direct"] = len(chain) == 1
+        card["via"] = [{"id": g, "displayName": (groups.get(g) or {}).get("displayName")} for g in chain[:-1]]
+        rows.append((len(chain), str(card["displayName"] or "").casefold(), card))
+        if group:
+            findings.extend(suspicious_findings("group", group))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    answer.update(
+        groups=[r[2] for r in rows[:limit]],
+        total=len(rows),
+        directCount=sum(1 for r in rows if r[0] == 1),
+        truncated=len(rows) > limit,
+        asOf=as_of(view),
+        findings=sort_findings(findings),
+    )
+    return answer
+
+
+def _member_row(view: DirectoryView, member_id: str, kind: str) -> dict[str, Any]:
+    snap = view.snapshot
+    source = {"user": snap.users, "group": snap.groups, "servicePrincipal": snap.service_principals}.get(kind)
+    obj = source.get(member_id) if source is not None else None
+    row: dict[str, Any] = {"id": member_id, "displayName": obj.get("displayName") if obj else None, "type": kind}
+    if kind == "user" and obj:
+        row["userPrincipalName"] = obj.get("userPrincipalName")
+    return row
+
+
+def list_group_members(
+    view: DirectoryView, group: str, transitive: bool = False, limit: int = 100, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """Members of a group (users, groups, service principals, devices). With `transitive`, members of nested groups
+    too, each with `via` (the nested groups it comes through). Capped at `limit` with the full `total`."""
+    record = resolve_group(view, group)
+    limit = clean_limit(limit, default=100, maximum=MAX_MEMBERS)
+    findings = suspicious_findings("group", record)
+    gid = record["id"]
+    direct = view.snapshot.members.get(gid, {})
+    rows = []
+    if transitive:
+        kinds = dict(direct)
+        chains = view.transitive_members(gid)
+        for member_id, chain in chains.items():
+            kind = kinds.get(member_id) or _kind_in(view, chain[-1], member_id)
+            row = _member_row(view, member_id, kind)
+            row["direct"] = len(chain) == 1
+            if len(chain) > 1:
+                row["via"] = [{"id": g, "displayName": view.display_name(g)} for g in chain[1:]]
+            rows.append(row)
+    else:
+        rows = [_member_row(view, member_id, kind) for member_id, kind in direct.items()]
+    type_order = {"user": 0, "group": 1, "servicePrincipal": 2}
+    rows.sort(key=lambda r: (type_order.get(r["type"], 3), str(r["displayName"] or "").casefold(), r["id"]))
+    shown = rows[:limit]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["type"]] = counts.get(row["type"], 0) + 1
+    objects = view.snapshot
+    for row in shown:
+        source = {"user": objects.users, "group": objects.groups, "servicePrincipal": objects.service_principals}.get(row["type"])
+        if source is not None and row["id"] in source:
+            findings.extend(suspicious_findings(row["type"], source[row["id"]]))
+    answer: dict[str, Any] = {
+        "group": group_card(record),
+        "members": shown,
+        "total": len(rows),
+        "countsByType": counts,
+        "truncated": len(rows) > limit,
+        "transitive": transitive,
+        "asOf": as_of(view),
+    }
+    if is_dynamic(record) and record.get("membershipRuleProcessingState") == "Paused":
+        findings.append(finding("DYNAMIC_MEMBERSHIP_PAUSED"))
+    answer["findings"] = sort_findings(findings)
+    return answer
+
+
+def _kind_in(view: DirectoryView, group_id: str, member_id: str) -> str:
+    return view.snapshot.members.get(group_id, {}).get(member_id, "other")

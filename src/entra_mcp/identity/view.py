@@ -1,0 +1,476 @@
+"""DirectoryView: the indexes the identity answers need, built once per snapshot version.
+
+A view never changes after `build()`; a new snapshot version gets a new view. It holds no copies of the directory
+objects, only keys pointing at the snapshot's dicts, so its memory is a fraction of the snapshot's.
+
+Indexes
+- exact identifiers (casefolded): userPrincipalName, mail, otherMails, proxyAddresses (without the `smtp:` prefix),
+  object id, employeeId; onPremisesSamAccountName separately (it also answers `DOMAIN\\sam` and `sam@domain`);
+- folded name tokens (casefold + diacritics stripped) of displayName, givenName and surname, with a sorted
+  vocabulary for prefix search and rapidfuzz edit distance for typos;
+- reverse membership: member id -> the groups it is a DIRECT member of (transitive closure is computed on demand);
+- app role assignments by principal id; service principals and applications by appId, object id and name;
+  groups by object id, name and mail; domains by name.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+from bisect import bisect_left
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import OSA
+
+from ..mirror.snapshot import AreaStatus, DirectorySnapshot
+from .text import fold, folded_name, name_tokens, utcnow
+
+_EMPTY: tuple[str, ...] = ()
+
+# Scores of one query token against one name token.
+_EXACT, _PREFIX_BASE, _TYPO1, _TYPO2 = 1.0, 0.80, 0.72, 0.55
+_MAX_PREFIX_TOKENS = 3000
+
+
+def _add(index: dict[str, Any], key: str, value: str) -> None:
+    """Multi-valued index kept lean: a plain value while unique, a tuple once a key is shared."""
+    old = index.setdefault(key, value)
+    if old is value or old == value:
+        return
+    if isinstance(old, tuple):
+        if value not in old:
+            index[key] = old + (value,)
+    else:
+        index[key] = (old, value)
+
+
+def _key(text: str) -> str:
+    """Casefolded key; the original string object when it is already folded (saves a copy per key)."""
+    folded = text.casefold()
+    return text if folded == text else folded
+
+
+def _values(index: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    found = index.get(key)
+    if found is None:
+        return _EMPTY
+    return found if isinstance(found, tuple) else (found,)
+
+
+@dataclass(frozen=True)
+class NameHit:
+    """One fuzzy name match: the user id and a score in [0, 1.1]."""
+
+    user_id: str
+    score: float
+
+
+@dataclass(frozen=True, eq=False)
+class DirectoryView:
+    snapshot: DirectorySnapshot
+    built_at: datetime
+    user_ids: tuple[str, ...]  # position -> user id (postings hold positions)
+    user_names: tuple[str, ...]  # position -> folded displayName
+    exact: dict[str, Any]  # casefolded identifier -> user id or tuple of ids
+    sam: dict[str, Any]  # casefolded onPremisesSamAccountName -> user id(s)
+    postings: dict[str, tuple[int, ...]]  # folded name token -> user positions
+    vocabulary: tuple[str, ...]  # sorted tokens
+    full_names: dict[str, Any]  # folded displayName -> user id(s)
+    member_of: dict[str, tuple[str, ...]]  # member id -> direct group ids
+    group_keys: dict[str, Any]  # casefolded id / folded name / mail -> group id(s)
+    group_names: tuple[str, ...]  # folded group names (suggestions, mentions)
+    sp_by_app_id: dict[str, str]  # casefolded appId -> service principal id
+    app_by_app_id: dict[str, str]  # casefolded appId -> application id
+    app_keys: dict[str, Any]  # casefolded object id / appId / folded name -> appId(s)
+    app_names: tuple[str, ...]  # folded app names
+    assignments_by_principal: dict[str, tuple[dict[str, Any], ...]]
+    domains: dict[str, dict[str, Any]]  # casefolded domain name -> domain dict
+    known_domains: frozenset[str]  # domain names of the tenant and of its UPNs (for sam@domain)
+
+    # ------------------------------------------------------------ build
+
+    @classmethod
+    def build(cls, snapshot: DirectorySnapshot, *, now: datetime | None = None) -> "DirectoryView":
+        """Index `snapshot` (about 2-3 s and 60 MB for 100,000 users and 600,000 memberships)."""
+        # Building allocates a million small objects and frees none: the cyclic GC would only rescan them.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return cls._build(snapshot, now)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    @classmethod
+    def _build(cls, snapshot: DirectorySnapshot, now: datetime | None) -> "DirectoryView":
+        users = snapshot.users
+        user_ids: list[str] = []
+        user_names: list[str] = []
+        exact: dict[str, Any] = {}
+        sam: dict[str, Any] = {}
+        token_lists: dict[str, list[int]] = {}
+        full_names: dict[str, Any] = {}
+        upn_domains: set[str] = set()
+
+        token_cache: dict[str, list[str]] = {}  # givenName and surname repeat a lot
+
+        def tokens_of(text: str | None) -> list[str]:
+            if not text:
+                return []
+            found = token_cache.get(text)
+            if found is None:
+                found = name_tokens(text)
+                if len(token_cache) < 200_000:
+                    token_cache[text] = found
+            return found
+
+        for pos, (uid, user) in enumerate(users.items()):
+            user_ids.append(uid)
+            _add(exact, _key(uid), uid)
+            upn = user.get("userPrincipalName")
+            if upn:
+                key = _key(upn)
+                _add(exact, key, uid)
+                at = key.rfind("@")
+                if at > 0:
+                    upn_domains.add(key[at + 1 :])
+            mail = user.get("mail")
+            if mail:
+                _add(exact, _key(mail), uid)
+            for other in user.get("otherMails") or ():
+                if other:
+                    _add(exact, _key(other), uid)
+            for proxy in user.get("proxyAddresses") or ():
+                if proxy:
+                    address = proxy.split(":", 1)[1] if ":" in proxy else proxy
+                    if address:
+                        _add(exact, _key(address), uid)
+            employee_id = user.get("employeeId")
+            if employee_id:
+                _add(exact, _key(str(employee_id).strip()), uid)
+            account = user.get("onPremisesSamAccountName")
+            if account:
+                _add(sam, _key(account), uid)
+
+            display_tokens = name_tokens(user.get("displayName"))
+            display_name = " ".join(display_tokens)
+            user_names.append(display_name)
+            if display_name:
+                _add(full_names, display_name, uid)
+            given_tokens = tokens_of(user.get("givenName"))
+            surname_tokens = tokens_of(user.get("surname"))
+            for token in {*display_tokens, *given_tokens, *surname_tokens}:
+                bucket = token_lists.get(token)
+                if bucket is None:
+                    token_lists[token] = [pos]
+                else:
+                    bucket.append(pos)
+            if given_tokens and surname_tokens:
+                alias = " ".join((*given_tokens, *surname_tokens))
+                if alias != display_name:
+                    _add(full_names, alias, uid)
+
+        postings = {token: tuple(positions) for token, positions in token_lists.items()}
+        del token_lists
+
+        parents: defaultdict[str, list[str]] = defaultdict(list)
+        for gid, members in snapshot.members.items():
+            for member_id in members:
+                parents[member_id].append(gid)
+        member_of = {member_id: tuple(gids) for member_id, gids in parents.items()}
+        del parents
+
+        group_keys: dict[str, Any] = {}
+        group_names: set[str] = set()
+        for gid, group in snapshot.groups.items():
+            _add(group_keys, gid.casefold(), gid)
+            name = folded_name(group.get("displayName"))
+            if name:
+                _add(group_keys, name, gid)
+                group_names.add(name)
+            if group.get("mail"):
+                _add(group_keys, str(group["mail"]).casefold(), gid)
+
+        sp_by_app_id: dict[str, str] = {}
+        app_by_app_id: dict[str, str] = {}
+        app_keys: dict[str, Any] = {}
+        app_names: set[str] = set()
+        for kind, objects, by_app_id in (
+            ("application", snapshot.applications, app_by_app_id),
+            ("servicePrincipal", snapshot.service_principals, sp_by_app_id),
+        ):
+            for oid, obj in objects.items():
+                app_id = str(obj.get("appId") or "").casefold()
+                ref = app_id or f"{kind}:{oid}"  # an object without appId is still findable by its id
+                if app_id:
+                    by_app_id.setdefault(app_id, oid)
+                    _add(app_keys, app_id, ref)
+                _add(app_keys, oid.casefold(), ref)
+                for name_field in ("displayName", "appDisplayName"):
+                    name = folded_name(obj.get(name_field))
+                    if name:
+                        _add(app_keys, name, ref)
+                        app_names.add(name)
+
+        by_principal: dict[str, list[dict[str, Any]]] = {}
+        for assignments in snapshot.app_role_assignments.values():
+            for assignment in assignments:
+                principal = assignment.get("principalId")
+                if principal:
+                    by_principal.setdefault(principal, []).append(assignment)
+
+        domains = {str(d.get("id", "")).casefold(): d for d in snapshot.domains if d.get("id")}
+        return cls(
+            snapshot=snapshot,
+            built_at=utcnow(now),
+            user_ids=tuple(user_ids),
+            user_names=tuple(user_names),
+            exact=exact,
+            sam=sam,
+            postings=postings,
+            vocabulary=tuple(sorted(postings)),
+            full_names=full_names,
+            member_of=member_of,
+            group_keys=group_keys,
+            group_names=tuple(sorted(group_names)),
+            sp_by_app_id=sp_by_app_id,
+            app_by_app_id=app_by_app_id,
+            app_keys=app_keys,
+            app_names=tuple(sorted(app_names)),
+            assignments_by_principal={k: tuple(v) for k, v in by_principal.items()},
+            domains=domains,
+            known_domains=frozenset(upn_domains | set(domains)),
+        )
+
+    # ------------------------------------------------------------ areas
+
+    def area(self, name: str) -> AreaStatus | None:
+        return self.snapshot.areas.get(name)
+
+    def area_ready(self, name: str) -> bool:
+        """The area is enabled and has synced at least once: its absence of data means absence."""
+        status = self.snapshot.areas.get(name)
+        return bool(status and status.enabled and status.last_success is not None)
+
+    # ------------------------------------------------------------ users
+
+    def user(self, user_id: str) -> dict[str, Any] | None:
+        return self.snapshot.users.get(user_id)
+
+    def exact_users(self, query: str) -> tuple[str, ...]:
+        """Users whose UPN, mail, other mail, proxy address, object id, employee id or on-premises account name is
+        `query` (case-insensitive; `DOMAIN\\sam` and `sam@<a tenant domain>` forms accepted)."""
+        key = query.strip().casefold()
+        if key.startswith("smtp:") or key.startswith("sip:"):
+            key = key.split(":", 1)[1]
+        found = _values(self.exact, key)
+        if found:
+            return found
+        found = _values(self.sam, key)
+        if found:
+            return found
+        if "\\" in key:
+            domain, _, account = key.rpartition("\\")
+            if domain and account:
+                return _values(self.sam, account)
+        if "@" in key:
+            account, _, domain = key.rpartition("@")
+            if account and (domain in self.known_domains or domain.endswith((".local", ".lan", ".corp", ".internal"))):
+                return _values(self.sam, account)
+        return _EMPTY
+
+    def users_named(self, name: str) -> tuple[str, ...]:
+        """Users whose folded displayName (or "givenName surname") is exactly `name` folded."""
+        return _values(self.full_names, folded_name(name))
+
+    def _token_scores(self, token: str) -> dict[int, float]:
+        """User position -> best score of `token` against that user's name tokens."""
+        candidates: dict[str, float] = {}
+        vocabulary = self.vocabulary
+        if token in self.postings:
+            candidates[token] = _EXACT
+        start = bisect_left(vocabulary, token)
+        for i in range(start, min(start + _MAX_PREFIX_TOKENS, len(vocabulary))):
+            word = vocabulary[i]
+            if not word.startswith(token):
+                break
+            if word != token:
+                candidates[word] = _PREFIX_BASE + 0.15 * len(token) / len(word)
+        if len(token) >= 4:
+            max_distance = 1 if len(token) <= 6 else 2
+            for word, distance, _ in process.extract(
+                token, vocabulary, scorer=OSA.distance, score_cutoff=max_distance, limit=64
+            ):
+                score = _TYPO1 if distance <= 1 else _TYPO2
+                if score > candidates.get(word, 0.0):
+                    candidates[word] = score
+        scores: dict[int, float] = {}
+        for word, score in candidates.items():
+            for pos in self.postings[word]:
+                if score > scores.get(pos, 0.0):
+                    scores[pos] = score
+        return scores
+
+    def search_names(self, query: str, *, limit: int = 10, require_all: bool = True) -> tuple[list[NameHit], int]:
+        """Users ranked by how well their name tokens match the query's tokens (prefix and typo tolerant).
+
+        With `require_all` every query token must match one of the user's tokens; otherwise users matching
+        some tokens rank by how many and how well (used for suggestions). Returns (best hits, total matches).
+        """
+        tokens = list(dict.fromkeys(name_tokens(query)))[:6]
+        if not tokens:
+            return [], 0
+        per_token = sorted((self._token_scores(t) for t in tokens), key=len)
+        combined: dict[int, float] = {}
+        if require_all:
+            first, rest = per_token[0], per_token[1:]
+            for pos, score in first.items():
+                total = score
+                for other in rest:
+                    s = other.get(pos)
+                    if s is None:
+                        break
+                    total += s
+                else:
+                    combined[pos] = total / len(tokens)
+        else:
+            for scores in per_token:
+                for pos, score in scores.items():
+                    combined[pos] = combined.get(pos, 0.0) + score / len(tokens)
+        if not combined:
+            return [], 0
+        whole = " ".join(tokens)
+        names = self.user_names
+        best = heapq.nlargest(max(limit * 4, 40), combined.items(), key=lambda item: item[1])
+        ranked = []
+        for pos, score in best:
+            name = names[pos]
+            bonus = 0.1 if name == whole else 0.02 * fuzz.ratio(whole, name) / 100
+            ranked.append((score + bonus, name, pos))
+        ranked.sort(key=lambda r: (-r[0], r[1], self.user_ids[r[2]]))
+        return [NameHit(self.user_ids[pos], round(score, 4)) for score, _, pos in ranked[:limit]], len(combined)
+
+    def closest_user_ids(self, query: str, limit: int = 5) -> list[str]:
+        """The users closest to `query` by name (for 'not found' suggestions)."""
+        hits, _ = self.search_names(query, limit=limit, require_all=False)
+        if hits:
+            return [hit.user_id for hit in hits]
+        target = folded_name(query)
+        if not target:
+            return []
+        matches = process.extract(target, self.user_names, scorer=fuzz.WRatio, limit=limit, score_cutoff=60)
+        return [self.user_ids[idx] for _, _, idx in matches]
+
+    # ------------------------------------------------------------ groups
+
+    def groups_matching(self, query: str) -> tuple[str, ...]:
+        """Groups whose object id, mail or folded name is `query`."""
+        key = query.strip().casefold()
+        return _values(self.group_keys, key) or _values(self.group_keys, folded_name(query))
+
+    def closest_group_names(self, query: str, limit: int = 5) -> list[str]:
+        target = folded_name(query)
+        if not target:
+            return []
+        matches = process.extract(target, self.group_names, scorer=fuzz.WRatio, limit=limit, score_cutoff=50)
+        out = []
+        for name, _, _ in matches:
+            for gid in _values(self.group_keys, name):
+                out.append(str(self.snapshot.groups[gid].get("displayName")))
+        return out[:limit]
+
+    def direct_groups(self, member_id: str) -> tuple[str, ...]:
+        return self.member_of.get(member_id, _EMPTY)
+
+    def transitive_groups(self, member_id: str) -> dict[str, tuple[str, ...]]:
+        """Every group `member_id` belongs to, directly or through nesting, with the shortest chain of groups
+        leading to it: group id -> (direct group id, ..., group id). Breadth-first, so cycles are harmless and
+        chains are shortest; the order is by depth."""
+        chains: dict[str, tuple[str, ...]] = {}
+        queue: deque[str] = deque()
+        for gid in self.member_of.get(member_id, _EMPTY):
+            if gid not in chains:
+                chains[gid] = (gid,)
+                queue.append(gid)
+        while queue:
+            gid = queue.popleft()
+            chain = chains[gid]
+            for parent in self.member_of.get(gid, _EMPTY):
+                if parent not in chains and parent != member_id:
+                    chains[parent] = chain + (parent,)
+                    queue.append(parent)
+        return chains
+
+    def transitive_members(self, group_id: str) -> dict[str, tuple[str, ...]]:
+        """Every member of the group, directly or through nested groups: member id -> chain of groups from
+        `group_id` down to the group it is a direct member of. Breadth-first and cycle safe."""
+        out: dict[str, tuple[str, ...]] = {}
+        visited = {group_id}
+        queue: deque[tuple[str, tuple[str, ...]]] = deque([(group_id, (group_id,))])
+        members = self.snapshot.members
+        while queue:
+            gid, chain = queue.popleft()
+            for member_id, kind in members.get(gid, {}).items():
+                if member_id not in out and member_id != group_id:
+                    out[member_id] = chain
+                if kind == "group" and member_id not in visited:
+                    visited.add(member_id)
+                    queue.append((member_id, chain + (member_id,)))
+        return out
+
+    # ------------------------------------------------------------ applications
+
+    def app_refs(self, query: str) -> tuple[str, ...]:
+        """App references (casefolded appIds, or "kind:objectId" for an object without appId) matching an appId,
+        an application or service principal object id, or a display name."""
+        key = query.strip().casefold()
+        return _values(self.app_keys, key) or _values(self.app_keys, folded_name(query))
+
+    def app_objects(self, ref: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(application, service principal) for an app reference from `app_refs`."""
+        snap = self.snapshot
+        if ref.startswith("application:"):
+            return snap.applications.get(ref.split(":", 1)[1]), None
+        if ref.startswith("servicePrincipal:"):
+            return None, snap.service_principals.get(ref.split(":", 1)[1])
+        app_id = self.app_by_app_id.get(ref)
+        sp_id = self.sp_by_app_id.get(ref)
+        return (
+            snap.applications.get(app_id) if app_id else None,
+            snap.service_principals.get(sp_id) if sp_id else None,
+        )
+
+    def closest_app_names(self, query: str, limit: int = 5) -> list[str]:
+        target = folded_name(query)
+        if not target:
+            return []
+        matches = process.extract(target, self.app_names, scorer=fuzz.WRatio, limit=limit, score_cutoff=50)
+        out: list[str] = []
+        for name, _, _ in matches:
+            for ref in _values(self.app_keys, name):
+                application, sp = self.app_objects(ref)
+                obj = sp or application
+                if obj and obj.get("displayName") not in out:
+                    out.append(str(obj.get("displayName")))
+        return out[:limit]
+
+    def assignments_of(self, principal_id: str) -> tuple[dict[str, Any], ...]:
+        return self.assignments_by_principal.get(principal_id, ())
+
+    # ------------------------------------------------------------ misc
+
+    def display_name(self, object_id: str) -> str | None:
+        snap = self.snapshot
+        for objects in (snap.users, snap.groups, snap.service_principals, snap.applications):
+            obj = objects.get(object_id)
+            if obj is not None:
+                return obj.get("displayName")
+        return None
+
+    def groups_in(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        groups = self.snapshot.groups
+        return [groups[g] for g in ids if g in groups]

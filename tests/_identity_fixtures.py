@@ -1,0 +1,161 @@
+"""Snapshots for the identity tests: small hand-built ones for edge cases, and one built from an emulated tenant."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+TENANT_ID = "11111111-2222-3333-4444-555555555555"
+DEFAULT_ACCESS = "00000000-0000-0000-0000-000000000000"
+
+
+def oid(label: str) -> str:
+    """A stable GUID per label, so tests can name objects."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, label))
+
+
+def ts(days_ago: float, now: datetime = NOW) -> str:
+    return (now - timedelta(days=days_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def user(label: str, display: str, upn: str | None = None, **fields: Any) -> dict[str, Any]:
+    given, _, surname = display.partition(" ")
+    upn = upn or f"{label}@contoso.example"
+    record: dict[str, Any] = {
+        "id": oid(label),
+        "displayName": display,
+        "givenName": given,
+        "surname": surname,
+        "userPrincipalName": upn,
+        "mail": upn,
+        "otherMails": [],
+        "proxyAddresses": [f"SMTP:{upn}"],
+        "jobTitle": "Analyst",
+        "department": "Finance",
+        "officeLocation": "Building 1",
+        "employeeId": None,
+        "accountEnabled": True,
+        "userType": "Member",
+        "externalUserState": None,
+        "lastPasswordChangeDateTime": ts(10),
+        "passwordPolicies": None,
+        "onPremisesSyncEnabled": None,
+        "onPremisesSamAccountName": None,
+        "assignedLicenses": [{"disabledPlans": [], "skuId": oid("sku-e3")}],
+        "managerId": None,
+        "signInActivity": {
+            "lastSignInDateTime": ts(1),
+            "lastNonInteractiveSignInDateTime": ts(1),
+            "lastSuccessfulSignInDateTime": ts(1),
+        },
+    }
+    record.update(fields)
+    return record
+
+
+def group(label: str, display: str, kind: str = "security", **fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": oid(label),
+        "displayName": display,
+        "description": None,
+        "mail": None,
+        "mailEnabled": kind in ("distribution", "mailEnabledSecurity", "microsoft365"),
+        "securityEnabled": kind in ("security", "mailEnabledSecurity"),
+        "groupTypes": ["Unified"] if kind == "microsoft365" else [],
+        "membershipRule": None,
+        "membershipRuleProcessingState": None,
+        "onPremisesSyncEnabled": None,
+    }
+    record.update(fields)
+    return record
+
+
+def areas(**overrides: AreaStatus) -> dict[str, AreaStatus]:
+    out = {name: AreaStatus(enabled=True, last_success=NOW - timedelta(minutes=5), mode="full") for name in AREAS}
+    out.update(overrides)
+    return out
+
+
+def make_snapshot(
+    users: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    groups: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    members: dict[str, dict[str, str]] | None = None,
+    applications: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    service_principals: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    assignments: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    domains: list[dict[str, Any]] | None = None,
+    area_status: dict[str, AreaStatus] | None = None,
+    as_of: datetime | None = NOW - timedelta(minutes=5),
+) -> DirectorySnapshot:
+    by_resource: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for a in assignments:
+        by_resource[a["resourceId"]].append(a)
+    return DirectorySnapshot(
+        tenant="contoso",
+        tenant_id=TENANT_ID,
+        as_of=as_of,
+        interval_minutes=15,
+        users={u["id"]: u for u in users},
+        groups={g["id"]: g for g in groups},
+        members=members or {},
+        applications={a["id"]: a for a in applications},
+        service_principals={s["id"]: s for s in service_principals},
+        app_role_assignments=dict(by_resource),
+        domains=domains
+        if domains is not None
+        else [
+            {
+                "id": "contoso.example",
+                "isDefault": True,
+                "isVerified": True,
+                "passwordValidityPeriodInDays": 90,
+                "passwordNotificationWindowInDays": 14,
+            }
+        ],
+        areas=area_status or areas(),
+        version=1,
+    )
+
+
+def snapshot_from_emulated(tenant: Any, name: str = "contoso", *, as_of: datetime | None = None) -> DirectorySnapshot:
+    """A DirectorySnapshot holding everything an EmulatedTenant holds, every area enabled and synced."""
+    when = as_of or datetime.now(timezone.utc)
+    users = {}
+    for uid, u in tenant.users.items():
+        record = dict(u)
+        record["managerId"] = tenant.managers.get(uid)
+        users[uid] = record
+    by_resource: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for a in tenant.app_role_assignments.values():
+        by_resource[a["resourceId"]].append(dict(a))
+    counts = {
+        "users": len(users),
+        "sign_in_activity": len(users),
+        "groups": len(tenant.groups),
+        "applications": len(tenant.applications),
+        "service_principals": len(tenant.service_principals),
+        "app_role_assignments": sum(len(v) for v in by_resource.values()),
+        "domains": len(tenant.domains),
+    }
+    return DirectorySnapshot(
+        tenant=name,
+        tenant_id=tenant.tenant_id,
+        as_of=when,
+        interval_minutes=15,
+        users=users,
+        groups={gid: dict(g) for gid, g in tenant.groups.items()},
+        members={gid: dict(m) for gid, m in tenant.members.items()},  # type: ignore[misc]
+        applications={k: dict(v) for k, v in tenant.applications.items()},
+        service_principals={k: dict(v) for k, v in tenant.service_principals.items()},
+        app_role_assignments=dict(by_resource),
+        domains=[dict(d) for d in tenant.domains],
+        areas={
+            area: AreaStatus(enabled=True, last_success=when, object_count=counts[area], mode="full") for area in AREAS
+        },
+        version=1,
+    )
