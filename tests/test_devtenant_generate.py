@@ -535,3 +535,20 @@ def test_dates_follow_the_real_clock_by_default() -> None:
                  if u["signInActivity"]["lastSignInDateTime"] != NEVER)
     assert timedelta(0) < today - newest < timedelta(days=2)
     assert lines == ["generating tenant contoso (small: 50 users, 15 groups, 30 service principals)"]
+
+
+def test_registration_applications_carry_their_api_and_permissions(small: EmulatedTenant) -> None:
+    by_app_id = {a["appId"]: a for a in small.applications.values()}
+    api = by_app_id[registration_by_name(small, "entra-mcp api").client_id]
+    assert [s["value"] for s in api["api"]["oauth2PermissionScopes"]] == ["Identity.Investigate"]
+    assert api["identifierUris"] == [f"api://{api['appId']}"]
+    assert [r["value"] for r in api["appRoles"]] == ["Identity.Investigate.All"]
+    sync = by_app_id[registration_by_name(small, "entra-mcp sync").client_id]
+    (graph,) = sync["requiredResourceAccess"]
+    assert graph["resourceAppId"] == "00000003-0000-0000-c000-000000000000"
+    assert len(graph["resourceAccess"]) == 4
+    sync_sp = next(s for s in small.service_principals.values() if s["appId"] == sync["appId"])
+    granted = {a["appRoleId"] for a in small.app_role_assignments.values() if a["principalId"] == sync_sp["id"]}
+    assert granted == {ra["id"] for ra in graph["resourceAccess"]}
+    portal = by_app_id[registration_by_name(small, "entra-mcp portal").client_id]
+    assert portal["web"]["redirectUris"] == ["http://127.0.0.1:8765/auth/callback"]

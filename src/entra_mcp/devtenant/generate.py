@@ -760,7 +760,9 @@ def _roles(g: _Gen, roles: list[tuple[str, str]], member_types: list[str] | None
 def _application(g: _Gen, t: EmulatedTenant, name: str, *, audience: str = "AzureADMyOrg",
                  roles: list[dict[str, Any]] | None = None, secrets: list[dict[str, Any]] | None = None,
                  certs: list[dict[str, Any]] | None = None, app_id: str | None = None,
-                 identifier_uris: list[str] | None = None, redirect_uris: list[str] | None = None) -> str:
+                 identifier_uris: list[str] | None = None, redirect_uris: list[str] | None = None,
+                 scopes: list[dict[str, Any]] | None = None, required_access: list[dict[str, Any]] | None = None
+                 ) -> str:
     oid = g.uuid()
     app_id = app_id or g.uuid()
     t.applications[oid] = {
@@ -769,6 +771,8 @@ def _application(g: _Gen, t: EmulatedTenant, name: str, *, audience: str = "Azur
         "createdDateTime": _iso(g.ago(20, 1500)), "publisherDomain": t.domain,
         "identifierUris": identifier_uris or _EMPTY,
         "web": {"redirectUris": redirect_uris or _EMPTY},
+        "api": {"oauth2PermissionScopes": scopes or _EMPTY},
+        "requiredResourceAccess": required_access or _EMPTY,
     }
     return oid
 
@@ -897,12 +901,20 @@ def _gen_apps(g: _Gen, t: EmulatedTenant, spec: SizeSpec, facts: dict[str, Any],
         base64.urlsafe_b64decode(cert.thumbprint_sha1_b64url + "=")).decode(), "displayName": f"CN={SYNC_APP}",
         "endDateTime": cert.end_date_time, "key": None, "keyId": cert.key_id, "startDateTime": _iso(g.now - 86400),
         "type": "AsymmetricX509Cert", "usage": "Verify"}
-    _, sync_sp = _app_and_sp(g, t, SYNC_APP, app_id=sync_app_id, secrets=[secret_cred(sync_secret)],
+    graph_access = [{"resourceAppId": GRAPH_APP_ID,
+                     "resourceAccess": [{"id": _GRAPH_ROLES[role], "type": "Role"} for role in SYNC_APP_ROLES]}]
+    _, sync_sp = _app_and_sp(g, t, SYNC_APP, app_id=sync_app_id, required_access=graph_access,
+                             secrets=[secret_cred(sync_secret)],
                              certs=[cert_cred])
     _app_and_sp(g, t, PORTAL_APP, app_id=portal_app_id, secrets=[secret_cred(portal_secret)],
                 redirect_uris=[PORTAL_REDIRECT_URI])
     api_roles = _roles(g, [("Identity.Investigate.All", "Investigate identities")], ["Application"])
-    _app_and_sp(g, t, API_APP, app_id=api_app_id, roles=api_roles, identifier_uris=[f"api://{api_app_id}"])
+    api_scopes = [{"adminConsentDescription": "Lets the app investigate identities on the user's behalf",
+                   "adminConsentDisplayName": "Investigate identities", "id": g.uuid(), "isEnabled": True,
+                   "type": "User", "userConsentDescription": None, "userConsentDisplayName": None,
+                   "value": "Identity.Investigate"}]
+    _app_and_sp(g, t, API_APP, app_id=api_app_id, roles=api_roles, identifier_uris=[f"api://{api_app_id}"],
+                scopes=api_scopes)
     for role in SYNC_APP_ROLES:
         _assign(t, g, seen, sync_sp, "ServicePrincipal", graph_sp, _GRAPH_ROLES[role])
 
