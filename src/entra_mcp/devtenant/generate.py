@@ -503,13 +503,11 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
     # Guests: UPN "jane_fabrikam.example#EXT#@contoso.example", mail at home.
     guest_ids: list[str] = []
     n_pending = max(1, n_guests // 5)
-    own = {t.domain}
     home_domains = [d for d in _GUEST_DOMAINS if d.split(".")[0] not in t.domain] or _GUEST_DOMAINS
     for j in range(n_guests):
         gv, ag = r.choice(_GIVEN_POOL)
         sn, asn = r.choice(_SURNAME_POOL)
         home = r.choice(home_domains)
-        assert home not in own
         local = f"{ag}.{asn}"
         c = used.get(f"{local}@{home}", 0)
         used[f"{local}@{home}"] = c + 1
@@ -690,8 +688,10 @@ def _gen_groups(g: _Gen, t: EmulatedTenant, spec: SizeSpec, facts: dict[str, Any
     # Generic groups: kinds mixed; security ones nested in levels 0..3 (a group at level L+1 is a member of 1-2
     # groups at level L), so chains are at most 4 long and acyclic.
     remaining = max(0, spec.groups - len(t.groups))
-    budget = max(remaining, budget - sum(len(m) for gid2, m in members.items() if gid2 not in
-                                         {named["All Staff"]} and t.groups[gid2]["membershipRule"] is None))
+    # what the named static groups (chain, Sales Team, ...) hold comes out of the budget too
+    named_static = sum(len(members[gid2]) for name2, gid2 in named.items()
+                       if name2 != "All Staff" and not t.groups[gid2]["membershipRule"])
+    budget = max(remaining, budget - named_static)
     big = 0
     if spec.users >= 50_000:
         big = 4  # a few static groups of 5,000+
