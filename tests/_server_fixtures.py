@@ -6,12 +6,12 @@ The mirror is filled by the product's own sync against the emulator over HTTPS w
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import sys
 import tomllib
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,26 +68,15 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def sync_mirror(settings: Settings, emulator: Any, store: MirrorStore) -> str:
-    """Fill the mirror with the product's sync when it exists (returns "sync"); else from the emulator's ground truth
-    through the store's writer (returns "writer")."""
-    run_sync = None
-    try:
-        from entra_mcp.sync import run_sync  # type: ignore[attr-defined,no-redef]
-    except ImportError:
-        try:
-            from entra_mcp.sync.engine import run_sync  # type: ignore[no-redef]
-        except ImportError:
-            run_sync = None
-    if run_sync is not None:
-        result = run_sync(settings, store, full=True)
-        if inspect.iscoroutine(result):
-            import asyncio
+def sync_mirror(settings: Settings, store: MirrorStore, *, full: bool = True) -> None:
+    """Fill the mirror with the product's own sync, over HTTPS from the emulator, and insist it worked."""
+    import anyio
 
-            asyncio.run(result)
-        return "sync"
-    write_ground_truth(store, settings.tenants[0].name, emulator.tenant(0))
-    return "writer"
+    from entra_mcp.sync.engine import sync_tenant
+
+    for tenant in settings.tenants:
+        result = anyio.run(lambda: sync_tenant(tenant, store, full=full))
+        assert result.error is None, result.error
 
 
 def write_ground_truth(store: MirrorStore, name: str, tenant: Any) -> None:
@@ -124,6 +113,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def serve_http(env: ServerEnv, **server: Any) -> Iterator[str]:
+    """The HTTP transport over env's mirror, served by uvicorn in a thread on a free port; yields the base URL.
+    `server` overrides [server] keys (allowed_hosts, max_body_bytes...)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from entra_mcp.server.app import create_server
+    from entra_mcp.server.http import create_http_app
+    from entra_mcp.server.views import ViewProvider
+
+    data = env.settings.model_dump(mode="python")
+    data["server"].update({"port": free_port(), **server})
+    settings = parse_settings(data)
+    store = MirrorStore(env.cache_dir)
+    views = ViewProvider.from_settings(settings, store)
+    app = create_http_app(settings, create_server(settings, views=views), views=views)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.server.port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{settings.server.port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        store.close()
+
+
 @pytest.fixture(scope="session")
 def server_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
     """A small emulated tenant, synced once into a mirror, with a config file for `entra-mcp serve`."""
@@ -141,10 +164,9 @@ def server_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
         try:
             store = MirrorStore(cache_dir)
             try:
-                how = sync_mirror(settings, emulator, store)
+                sync_mirror(settings, store)
             finally:
                 store.close()
-            sys.stderr.write(f"server fixtures: mirror filled by {how}\n")
             yield ServerEnv(emulator, emulator.tenant(0), settings.tenants[0].name, root, cache_dir, config_path, settings, env)
         finally:
             for k, v in saved.items():
@@ -154,4 +176,4 @@ def server_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
                     os.environ[k] = v
 
 
-__all__ = ["ENTRA_MCP", "ServerEnv", "config_data", "free_port", "server_env", "sync_mirror", "write_config", "write_ground_truth"]
+__all__ = ["ENTRA_MCP", "ServerEnv", "config_data", "free_port", "serve_http", "server_env", "sync_mirror", "write_config", "write_ground_truth"]

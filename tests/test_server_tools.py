@@ -5,14 +5,12 @@ from the emulator's ground truth."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Iterator
 
 import anyio
 import pytest
-from _server_fixtures import ENTRA_MCP, ServerEnv, free_port, server_env  # noqa: F401 (fixture)
+from _server_fixtures import ENTRA_MCP, ServerEnv, serve_http, server_env  # noqa: F401 (fixture)
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
@@ -44,33 +42,8 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def http_url(server_env: ServerEnv) -> Iterator[str]:
     """The HTTP transport of the same server, served by uvicorn in a thread."""
-    import uvicorn
-
-    from entra_mcp.server.http import create_http_app
-
-    settings = server_env.settings
-    port = free_port()
-    data = settings.model_dump(mode="python")
-    data["server"]["port"] = port
-    from entra_mcp.config import parse_settings
-
-    settings = parse_settings(data)
-    store = MirrorStore(server_env.cache_dir)
-    views = ViewProvider.from_settings(settings, store)
-    app = create_http_app(settings, create_server(settings, views=views), views=views)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        store.close()
+    with serve_http(server_env) as base:
+        yield f"{base}/mcp"
 
 
 @asynccontextmanager

@@ -17,12 +17,13 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from entra_mcp.config import Settings, load_settings, parse_settings
-from entra_mcp.errors import ConfigError
+from entra_mcp.errors import ConfigError, EntraMcpError
 from entra_mcp.logs import get_logger
 
 log = get_logger("server.command")
@@ -235,27 +236,13 @@ def _wants_stdio(args: argparse.Namespace) -> bool:
 # ------------------------------------------------------------------ demo
 
 
-def demo_settings(emulator: Any, cache_dir: Path, *, transport: str, port: int | None, tenant_name: str = "demo") -> tuple[Settings, dict[str, str]]:
-    """A config pointing at a running emulator (its first tenant, the sync app's secret in an env variable)."""
-    info = emulator.demo_tenant() if hasattr(emulator, "demo_tenant") else emulator.tenants()[0]
-    env_name = "ENTRA_MCP_DEMO_SECRET"
-    data = {
-        "server": {"cache_dir": str(cache_dir), "transport": transport, "host": "127.0.0.1", "port": port or 8765},
-        "tenants": [
-            {
-                "name": tenant_name,
-                "tenant_id": info["tenant_id"],
-                "client_id": info["client_id"],
-                "client_secret_env": env_name,
-                "cloud": "custom",
-                "login_url": emulator.base_url,
-                "graph_url": emulator.base_url,
-                "ca_bundle": str(emulator.ca_bundle),
-                "sync": {"interval_minutes": 5},
-            }
-        ],
-    }
-    return parse_settings(data), {env_name: info["client_secret"]}
+def demo_settings(emulator: Any, cache_dir: Path, *, transport: str, port: int | None) -> Settings:
+    """The config of the demo: the emulator's first tenant (its own config_toml), our transport and port."""
+    data = tomllib.loads(emulator.config_toml(0, cache_dir=cache_dir))
+    data.setdefault("server", {}).update({"transport": transport, "host": "127.0.0.1", "port": port or 8765})
+    for tenant in data.get("tenants", []):
+        tenant.setdefault("sync", {})["interval_minutes"] = 5
+    return parse_settings(data)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -276,93 +263,53 @@ def _demo(args: argparse.Namespace, transport: str, wire: _StdoutWire | None) ->
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="entra-mcp-demo-")))
         _say(f"entra-mcp demo: starting the local Entra ID + Graph emulator ({size} tenant)...")
-        emulator = stack.enter_context(run_emulator(size=size))
-        port = getattr(args, "port", None)
-        if transport == "http" and port is None:
-            port = 8765
-        settings, env = demo_settings(_EmulatorInfo(emulator), tmp / "cache", transport=transport, port=port)
-        os.environ.update(env)
+        emulator = stack.enter_context(run_emulator(size=size, state_dir=tmp / "emulator"))
+        settings = demo_settings(emulator, tmp / "cache", transport=transport, port=getattr(args, "port", None))
+        os.environ.update(emulator.secret_env(0))  # the sync app's secret, named by the config
         config_file = tmp / "config.toml"
-        config_file.write_text(_toml(settings), encoding="utf-8")
-        config_file.chmod(0o600)
-        _say(f"entra-mcp demo: syncing the emulated tenant into {tmp / 'cache'}...")
+        config_file.write_text(emulator.config_toml(0, cache_dir=tmp / "cache"), encoding="utf-8")
+        _say(f"entra-mcp demo: emulator at {emulator.base_url}; syncing tenant {settings.tenants[0].name!r}...")
         _sync_once(settings)
-        _say(f"entra-mcp demo: mirror ready in {time.perf_counter() - started:.1f} s")
+        _say(f"entra-mcp demo: mirror ready {time.perf_counter() - started:.1f} s after start")
 
         def ready(where: str) -> None:
             if where == "stdio":
                 _say(
-                    "entra-mcp demo: serving MCP over stdio. Point an MCP client at the command `entra-mcp demo` "
-                    "(it speaks MCP on stdin/stdout); try the tool lookup_user with query \"adele\"."
+                    "entra-mcp demo: serving MCP over stdio. Register the command `entra-mcp demo` as a stdio MCP "
+                    "server in your agent runtime (it speaks MCP on stdin/stdout), then ask e.g. lookup_user "
+                    '{"query": "alex johnson"}.'
                 )
             else:
-                _say(f"entra-mcp demo: serving MCP over streamable HTTP at {where}  (health: {where[:-4]}/healthz)")
-            _say(f"entra-mcp demo: config used: {config_file} (stop with Ctrl-C; everything is deleted on exit)")
+                _say(f"entra-mcp demo: serving MCP over streamable HTTP at {where}   (health: {where[:-4]}/healthz)")
+            _say(f"entra-mcp demo: ready in {time.perf_counter() - started:.1f} s; stop with Ctrl-C (the demo's files in {tmp} are deleted)")
 
         return serve(settings, background_sync=True, wire=wire, on_ready=ready)
 
 
-class _EmulatorInfo:
-    """Adapts the running emulator to what demo_settings needs."""
-
-    def __init__(self, emulator: Any) -> None:
-        self._e = emulator
-        self.base_url = emulator.base_url
-        self.ca_bundle = getattr(emulator, "ca_bundle", None) or emulator.tls.ca_bundle
-
-    def demo_tenant(self) -> dict[str, str]:
-        e = self._e
-        if hasattr(e, "demo_tenant"):
-            return dict(e.demo_tenant())
-        tenant = next(iter(e.state.tenants.values()))
-        reg = next(r for r in tenant.registrations.values() if r.display_name == "entra-mcp sync")
-        return {"tenant_id": tenant.tenant_id, "client_id": reg.client_id, "client_secret": reg.secrets[0].value}
-
-
 def _sync_once(settings: Settings) -> None:
-    from entra_mcp.mirror.store import MirrorStore
+    """One full sync of every tenant, with a line of progress per area on stderr."""
+    import anyio
 
-    try:
-        from entra_mcp.sync import run_sync  # type: ignore[attr-defined]
-    except ImportError:
-        from entra_mcp.sync.engine import run_sync  # type: ignore[no-redef]
-    import inspect
+    from entra_mcp.mirror.store import MirrorStore
+    from entra_mcp.sync.engine import sync_tenant
+
+    reported: set[str] = set()
+
+    def progress(tenant: str, area: str, n: int) -> None:
+        if area not in reported:
+            reported.add(area)
+            _say(f"entra-mcp demo:   syncing {area}...")
 
     store = MirrorStore(settings.server.cache_dir)
     try:
-        result = run_sync(settings, store, full=True)
-        if inspect.iscoroutine(result):
-            import asyncio
-
-            asyncio.run(result)
+        for tenant in settings.tenants:
+            result = anyio.run(lambda: sync_tenant(tenant, store, full=True, progress=progress))
+            if result.error:
+                raise EntraMcpError(f"the demo sync failed: {result.error}")
+            counts = ", ".join(f"{a} {r.objects}" for a, r in result.areas.items() if getattr(r, "objects", None) is not None)
+            _say(f"entra-mcp demo: synced in {result.seconds:.1f} s" + (f" ({counts})" if counts else ""))
     finally:
         store.close()
-
-
-def _toml(settings: Settings) -> str:
-    """The demo config as TOML (for people who want to reuse it; no secret in it)."""
-    s = settings.server
-    lines = [
-        "[server]",
-        f'cache_dir = "{s.cache_dir}"',
-        f'transport = "{s.transport}"',
-        f'host = "{s.host}"',
-        f"port = {s.port}",
-    ]
-    for t in settings.tenants:
-        lines += [
-            "",
-            "[[tenants]]",
-            f'name = "{t.name}"',
-            f'tenant_id = "{t.tenant_id}"',
-            f'client_id = "{t.client_id}"',
-            f'client_secret_env = "{t.client_secret_env}"',
-            'cloud = "custom"',
-            f'login_url = "{t.login_url}"',
-            f'graph_url = "{t.graph_url}"',
-            f'ca_bundle = "{t.ca_bundle}"',
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def _say(text: str) -> None:
