@@ -170,7 +170,7 @@ def test_expired_code_is_aadsts70008(fresh_emulator: Any) -> None:
     verifier, challenge = pkce()
     back = b.sign_in(a_user(emu), challenge)
     with httpx.Client(verify=emu.ssl_context()) as client:
-        client.post(f"{emu.base_url}/_emulator/login/advance-clock", json={"seconds": 601}).raise_for_status()
+        client.post(f"{emu.base_url}/_emulator/clock", json={"seconds": 601}).raise_for_status()
     resp = b.redeem(back["code"], verifier)
     assert resp.status_code == 400
     assert resp.json()["error"] == "invalid_grant" and resp.json()["error_codes"] == [70008]
@@ -182,7 +182,7 @@ def test_code_still_valid_just_before_ten_minutes(fresh_emulator: Any) -> None:
     b = Browser(emu)
     verifier, challenge = pkce()
     back = b.sign_in(a_user(emu), challenge)
-    emu.login.clock_skew_s = 590
+    emu.state.clock.advance(590)
     assert b.redeem(back["code"], verifier).status_code == 200
     b.client.close()
 

@@ -130,13 +130,13 @@ class Resource:
 class LoginHost:
     """State of the login host: pending sign-ins, authorization codes, seen client-assertion ids.
 
-    `clock_skew_s` moves this host's clock forward for code and refresh-token expiry (tests of expiry without
-    waiting; also settable through POST /_emulator/login/advance-clock).
+    Server-side things that age (sign-in pages, codes, refresh tokens) follow the emulator's clock
+    (`state.clock`, advanced with POST /_emulator/clock), so expiry is testable without waiting. What a client
+    signs (client assertions) and issued tokens use wall time, like the client's own clock.
     """
 
     runtime: "EmulatorRuntime"
     now_fn: Callable[[], float] = time.time
-    clock_skew_s: float = 0.0
     _pending: dict[str, AuthorizationRequest] = field(default_factory=dict)
     _codes: dict[str, AuthorizationCode] = field(default_factory=dict)  # sha256(code) -> code
     _assertion_ids: dict[str, float] = field(default_factory=dict)  # jti -> expiry
@@ -145,7 +145,7 @@ class LoginHost:
     # ---- plumbing -----------------------------------------------------------------------------------------------
 
     def now(self) -> float:
-        return self.now_fn() + self.clock_skew_s
+        return self.now_fn() + self.runtime.state.clock.offset_s
 
     @property
     def tokens(self) -> "TokenService":
@@ -445,7 +445,7 @@ class LoginHost:
         if not any(a in endpoints for a in auds):
             raise LoginError("invalid_client", 50027, "Invalid JWT token. The audience of the client assertion is "
                              "not the token endpoint of this tenant.", 401)
-        now = self.now()
+        now = self.now_fn()
         exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
         if not isinstance(exp, (int, float)) or exp + ASSERTION_SKEW_S <= now or (
             isinstance(nbf, (int, float)) and nbf - ASSERTION_SKEW_S > now

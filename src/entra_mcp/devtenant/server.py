@@ -66,7 +66,7 @@ def _optional_app(module: str, factory: str, runtime: EmulatorRuntime) -> Any | 
 
 
 def _control_routes(runtime: EmulatorRuntime, login: LoginHost) -> list[BaseRoute]:
-    """The login side's control endpoints (keys, forged tokens, the login clock)."""
+    """The login side's control endpoints: signing keys and forged tokens."""
     tokens = runtime.tokens
     assert tokens is not None
 
@@ -79,14 +79,6 @@ def _control_routes(runtime: EmulatorRuntime, login: LoginHost) -> list[BaseRout
         retired = tokens.retire_old()
         return JSONResponse({"retired": retired, "keys": [k.kid for k in tokens.keys]})
 
-    async def advance_clock(request: Request) -> Response:
-        body = await _json_body(request)
-        seconds = body.get("seconds")
-        if not isinstance(seconds, (int, float)):
-            return JSONResponse({"error": "send {\"seconds\": <number>}"}, status_code=400)
-        login.clock_skew_s += float(seconds)
-        return JSONResponse({"clock_skew_s": login.clock_skew_s})
-
     async def mint(request: Request) -> Response:
         body = await _json_body(request)
         try:
@@ -98,7 +90,6 @@ def _control_routes(runtime: EmulatorRuntime, login: LoginHost) -> list[BaseRout
         Route("/_emulator/keys/rollover", rollover, methods=["POST"]),
         Route("/_emulator/keys/retire", retire, methods=["POST"]),
         Route("/_emulator/tokens/mint", mint, methods=["POST"]),
-        Route("/_emulator/login/advance-clock", advance_clock, methods=["POST"]),
     ]
 
 
