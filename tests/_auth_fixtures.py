@@ -171,13 +171,13 @@ WIDGET_ORIGIN = "https://chat.example.test"
 
 
 def emulator_settings(emu: Any, cache_dir: _Path, *, public_url: str = PUBLIC_URL, tenants: int | None = 0,
-                      allowed_tenants: list[str] | None = None, **server: Any) -> Any:
+                      allowed_tenants: list[str] | None = None, widget_origin: str = WIDGET_ORIGIN, **server: Any) -> Any:
     """The product's Settings for `emu` with sign-in and /mcp protection on (parsed like a real config file)."""
     from entra_mcp.config import parse_settings
 
     data = _tomllib.loads(emu.config_toml(tenants, cache_dir, with_sign_in=True))
     data["server"].update({"public_url": public_url, "transport": "http", **server})
-    data["oidc"]["allowed_return_to"] = [f"{public_url}/", f"{WIDGET_ORIGIN}/"]
+    data["oidc"]["allowed_return_to"] = [f"{public_url}/", f"{widget_origin}/"]
     if allowed_tenants:
         data["oidc"]["allowed_tenants"] = allowed_tenants
     emu.add_redirect_uri(public_url + "/auth/callback", None)
