@@ -69,10 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     port, wport = free_port(), free_port()
     base, widget = f"http://127.0.0.1:{port}", f"http://localhost:{wport}"
     with run_emulator(tenants=1, seed=3) as emu:
-        env = emu.secret_env(None, with_sign_in=True)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in emu.secret_env(None, with_sign_in=True).items():
+                mp.setenv(k, v)
             settings = emulator_settings(emu, root, public_url=base, port=port, widget_origin=widget,
                                          allowed_origins=[widget])
             hooks = build_hooks(settings)
@@ -88,12 +87,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             with serve(app, port), serve(widget_app, wport):
                 yield {"emu": emu, "base": base, "widget": widget, "hooks": hooks, "settings": settings}
             store.close()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
