@@ -192,3 +192,43 @@ def test_background_reload_keeps_answering_from_the_old_view(server_env: ServerE
             break
         threading.Event().wait(0.01)
     assert views.current().version == 2 and len(calls) == 2
+
+
+@pytest.mark.anyio
+async def test_serve_http_syncs_in_the_background_and_answers(server_env: ServerEnv, tmp_path: Path) -> None:
+    """`entra-mcp serve --transport http` on an empty cache: the background sync fills the mirror, /healthz turns
+    synced, and the tools answer over streamable HTTP, without a restart."""
+    import httpx
+    from _server_fixtures import free_port
+
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", config_data(server_env.emulator, tmp_path / "cache"))
+    proc = subprocess.Popen(
+        [str(ENTRA_MCP), "--config", str(config), "serve", "--transport", "http", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env.subprocess_env(),
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        synced = False
+        with anyio.fail_after(60):
+            while not synced:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                try:
+                    health = httpx.get(f"{base}/healthz", timeout=5).json()
+                    synced = health["tenants"][0]["synced"]
+                except httpx.TransportError:
+                    pass
+                if not synced:
+                    await anyio.sleep(0.1)  # polling a live process with a bounded deadline
+        ceo = server_env.tenant.users[examples(server_env.tenant)["ceo"]]
+        async with Client(f"{base}/mcp", read_timeout_seconds=30) as client:
+            result = await client.call_tool("lookup_user", {"query": ceo["userPrincipalName"]})
+            assert result.structured_content and result.structured_content["matches"][0]["id"] == ceo["id"]
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert out == b""  # HTTP mode prints nothing on stdout either
+    assert proc.returncode in (0, -15)

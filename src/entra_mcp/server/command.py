@@ -66,52 +66,51 @@ def _run_stdio(server: Any, wire: _StdoutWire) -> None:
 # ------------------------------------------------------------------ sign-in hooks
 
 
-def _sign_in_hooks(settings: Settings, store: Any) -> tuple[Any, Sequence[Any], Any]:
-    """(protect, extra_routes, sessions) from the sign-in part, when it is present.
+def _sign_in_hooks(settings: Settings, store: Any) -> Any:
+    """The sign-in part's hooks: `entra_mcp.server.auth.build_hooks(settings, store)` gives `protect` (wraps the
+    /mcp ASGI app; None for mode "none"), `routes` (/auth/*, /.well-known/oauth-protected-resource...) and
+    `sessions` (the chat-session validator; None when [oidc] is off)."""
+    from entra_mcp.server.auth import build_hooks
 
-    The sign-in part provides `entra_mcp.server.auth.build_hooks(settings, store)` returning an object with
-    `protect` (wraps the /mcp ASGI app, or None for mode "none"), `routes` (Starlette routes: /auth/*,
-    /.well-known/oauth-protected-resource...) and `sessions` (the chat-session validator, or None when [oidc] is
-    off). Until it exists, /mcp can only be served with server.auth.mode = "none".
-    """
+    return build_hooks(settings, store)
+
+
+def _close_hooks(hooks: Any) -> None:
+    aclose = getattr(hooks, "aclose", None)
+    if aclose is None:
+        return
+    import anyio
+
     try:
-        from entra_mcp.server import auth  # type: ignore[attr-defined]
-    except ImportError:
-        auth = None
-    build = getattr(auth, "build_hooks", None)
-    if build is None:
-        if settings.server.auth.mode != "none" and settings.server.transport == "http":
-            raise ConfigError(
-                f"server.auth.mode is {settings.server.auth.mode!r} but this build has no /mcp protection; "
-                "refusing to serve HTTP unprotected. Use server.auth.mode = 'none' on a loopback host, or stdio."
-            )
-        return None, (), None
-    hooks = build(settings, store)
-    return getattr(hooks, "protect", None), tuple(getattr(hooks, "routes", ()) or ()), getattr(hooks, "sessions", None)
+        anyio.run(aclose)
+    except Exception:  # closing HTTP clients at exit must not turn a clean stop into an error
+        log.debug("closing the sign-in hooks failed", exc_info=True)
 
 
 # ------------------------------------------------------------------ background sync
 
 
-def _start_scheduler(settings: Settings, store: Any, stop: threading.Event) -> threading.Thread | None:
-    try:
-        from entra_mcp.sync import run_scheduler  # type: ignore[attr-defined]
-    except ImportError:
-        try:
-            from entra_mcp.sync.scheduler import run_scheduler  # type: ignore[no-redef]
-        except ImportError:
-            log.warning("background sync is not available in this build; serving the mirror as it is")
-            return None
+def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, initial_delay: float = 0.0) -> threading.Thread:
+    """Run the sync scheduler on its own thread and event loop until `stop` is set."""
+    import anyio
+
+    from entra_mcp.sync.scheduler import run_scheduler
+
+    async def main() -> None:
+        stop_event = anyio.Event()
+
+        async def relay() -> None:
+            await anyio.to_thread.run_sync(stop.wait, abandon_on_cancel=True)
+            stop_event.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay)
+            await run_scheduler(settings, store, stop_event=stop_event, initial_delay=initial_delay)
+            tg.cancel_scope.cancel()
 
     def work() -> None:
-        import inspect
-
         try:
-            result = run_scheduler(settings, store, stop_event=stop)
-            if inspect.iscoroutine(result):
-                import asyncio
-
-                asyncio.run(result)
+            anyio.run(main)
         except Exception:  # the server goes on answering from the mirror it has
             log.exception("background sync stopped")
 
@@ -138,8 +137,10 @@ def serve(
     background_sync: bool,
     wire: _StdoutWire | None = None,
     on_ready: Callable[[str], None] | None = None,
+    sync_delay: float = 0.0,
 ) -> int:
-    """Serve until stopped. `on_ready(where)` is called once the server accepts connections (or reads stdin)."""
+    """Serve until stopped. `on_ready(where)` is called once the server accepts connections (or reads stdin);
+    the background sync (when on) first runs `sync_delay` seconds after the start."""
     from entra_mcp.mirror.store import MirrorStore
     from entra_mcp.server.app import create_server
     from entra_mcp.server.views import ViewProvider
@@ -153,10 +154,10 @@ def serve(
     for tv in views.all():
         if not tv.synced:
             log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
-    protect, routes, sessions = _sign_in_hooks(settings, store)
-    server = create_server(settings, views=views, sessions=sessions)
+    hooks = _sign_in_hooks(settings, store)
+    server = create_server(settings, views=views, sessions=hooks.sessions)
     stop = threading.Event()
-    scheduler = _start_scheduler(settings, store, stop) if background_sync else None
+    scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
     try:
         if settings.server.transport == "stdio":
             log.info("serving MCP over stdio (ready in %.2f s)", time.perf_counter() - started)
@@ -164,11 +165,12 @@ def serve(
                 on_ready("stdio")
             _run_stdio(server, wire or _StdoutWire())
         else:
-            _run_http(settings, server, views, protect=protect, routes=routes, started=started, on_ready=on_ready)
+            _run_http(settings, server, views, protect=hooks.protect, routes=hooks.routes, started=started, on_ready=on_ready)
     finally:
         stop.set()
         if scheduler is not None:
             scheduler.join(timeout=5)
+        _close_hooks(hooks)
         store.close()
     return 0
 
@@ -283,7 +285,8 @@ def _demo(args: argparse.Namespace, transport: str, wire: _StdoutWire | None) ->
                 _say(f"entra-mcp demo: serving MCP over streamable HTTP at {where}   (health: {where[:-4]}/healthz)")
             _say(f"entra-mcp demo: ready in {time.perf_counter() - started:.1f} s; stop with Ctrl-C (the demo's files in {tmp} are deleted)")
 
-        return serve(settings, background_sync=True, wire=wire, on_ready=ready)
+        interval = settings.tenants[0].sync.interval_minutes * 60  # just synced: the next run is one interval away
+        return serve(settings, background_sync=True, wire=wire, on_ready=ready, sync_delay=interval)
 
 
 def _sync_once(settings: Settings) -> None:
