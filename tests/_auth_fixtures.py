@@ -61,6 +61,8 @@ class LocalIdP:
     keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
     jwks_down: bool = False
     jwks_requests: int = 0
+    jwks_gate: Any = None  # an anyio.Event: JWKS answers wait for it (a slow IdP), jwks_in_flight is set meanwhile
+    jwks_in_flight: Any = None
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -88,7 +90,16 @@ class LocalIdP:
         return httpx.Response(404)
 
     def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handler)
+        async def handler(request: httpx.Request) -> httpx.Response:
+            import anyio.lowlevel
+
+            await anyio.lowlevel.checkpoint()  # a real network round trip yields to other tasks too
+            if self.jwks_gate is not None and request.url.path.endswith("/keys"):
+                self.jwks_in_flight.set()
+                await self.jwks_gate.wait()
+            return self.handler(request)
+
+        return httpx.MockTransport(handler)
 
     def discovery(self, tid: str) -> dict[str, Any]:
         return {

@@ -123,6 +123,27 @@ async def test_burst_of_unknown_kids_costs_one_fetch_and_rollover_works(idp: Loc
     assert idp.jwks_requests == 3
 
 
+async def test_requests_arriving_during_the_first_fetch_wait_for_it(idp: LocalIdP) -> None:
+    """Cold start under load: requests that come while the JWKS fetch is in flight get its keys (no 503, no refetch)."""
+    idp.jwks_gate, idp.jwks_in_flight = anyio.Event(), anyio.Event()
+    v = make(idp)
+    ok: list[bool] = []
+
+    async def one() -> None:
+        await v.validate_id_token(idp.mint(idp.claims(aud=PORTAL, nonce=NONCE)), client_id=PORTAL, nonce=NONCE)
+        ok.append(True)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            await idp.jwks_in_flight.wait()
+            for _ in range(31):
+                tg.start_soon(one)
+            await anyio.wait_all_tasks_blocked()
+            idp.jwks_gate.set()
+    assert len(ok) == 32 and idp.jwks_requests == 1
+
+
 async def test_jwks_down_serves_cached_keys_until_max_age_then_fails_closed(idp: LocalIdP) -> None:
     clock = FakeClock()
     provider = OidcProvider(idp.login, idp.tid, transport=idp.transport(), clock=clock, refresh_after=3600, max_key_age=7200)

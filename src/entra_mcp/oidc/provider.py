@@ -234,8 +234,9 @@ class OidcProvider:
         return now - self._last_attempt >= interval
 
     async def _refresh(self, now: float, *, reason: str) -> None:
-        if not self._may_attempt(now):
+        if not self._may_attempt(now) and not self._jwks_lock.locked():
             return
+        # A fetch in progress is waited for (a cold start's concurrent requests all get its keys), never repeated.
         async with self._jwks_lock:
             # Whoever waited on the lock finds the attempt already made and uses its outcome.
             if not self._may_attempt(self._clock()):
