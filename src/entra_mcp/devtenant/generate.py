@@ -75,7 +75,8 @@ GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 NEVER = "0001-01-01T00:00:00Z"  # Graph's placeholder in signInActivity for "never"
 PASSWORD_VALIDITY_DAYS = 90
 PASSWORD_NOTIFICATION_DAYS = 14
-SYNC_APP_ROLES = ["User.Read.All", "GroupMember.Read.All", "Application.Read.All", "AuditLog.Read.All"]
+# Domain.Read.All lets the sync read each domain's password validity period (password-expiry findings)
+SYNC_APP_ROLES = ["User.Read.All", "GroupMember.Read.All", "Application.Read.All", "AuditLog.Read.All", "Domain.Read.All"]
 SYNC_APP, PORTAL_APP, API_APP = "entra-mcp sync", "entra-mcp portal", "entra-mcp api"
 PORTAL_REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
 
@@ -200,6 +201,7 @@ _GRAPH_ROLES = {
     "Application.Read.All": "9a5d68dd-52b0-4cc2-bd40-abcf44ac3a30",
     "AuditLog.Read.All": "b0afded3-3588-46d8-8b3d-9842eff778da",
     "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
+    "Domain.Read.All": "dbb9058a-0e50-45d7-ae91-66909b5d4664",
     "IdentityRiskyUser.Read.All": "dc5007c0-2d7d-4c42-879c-2dab87571379",
     "Mail.Send": "b633e1c5-b582-4048-a93e-9f11b44c7e96",
 }
