@@ -136,14 +136,18 @@ class DeltaEngine:
     def _membership(self, tenant: EmulatedTenant, since: int, upto: int) -> dict[str, dict[str, tuple[str, bool]]]:
         return self._cached(("m", tenant.tenant_id, since, upto), lambda: tenant.changes.membership_changes(since, upto))  # type: ignore[no-any-return]
 
-    def _member_refs(self, tenant: EmulatedTenant, gid: str, r: dict[str, Any]) -> list[tuple[str, str, bool]]:
-        """(member id, kind, removed) sorted by member id: the group's whole membership in an initial round, the
-        net membership changes in an incremental one."""
+    def _member_refs(self, tenant: EmulatedTenant, gid: str, r: dict[str, Any], after: str | None,
+                     limit: int) -> list[tuple[str, str, bool]]:
+        """(member id, kind, removed) sorted by member id, after member `after`, at most `limit` + 1 of them: the
+        group's whole membership in an initial round, the net membership changes in an incremental one."""
         if r["i"]:
             mems = tenant.members.get(gid, {})
-            return [(mid, mems[mid], False) for mid in tenant.sorted_members(gid)]
+            ordered = tenant.sorted_members(gid)
+            start = bisect.bisect_right(ordered, after) if after is not None else 0
+            return [(mid, mems[mid], False) for mid in ordered[start:start + limit + 1]]
         ch = self._membership(tenant, r["s"], r["u"]).get(gid, {})
-        return [(mid, ch[mid][0], not ch[mid][1]) for mid in sorted(ch)]
+        ordered = sorted(ch) if after is None else sorted(m for m in ch if m > after)
+        return [(mid, ch[mid][0], not ch[mid][1]) for mid in ordered[:limit + 1]]
 
     def _render(self, tenant: EmulatedTenant, area: str, oid: str, r: dict[str, Any], minimal: bool) -> dict[str, Any] | None:
         obj = tenant.area_objects(area).get(oid)
@@ -209,9 +213,8 @@ class DeltaEngine:
                 continue
             refs: list[tuple[str, str, bool]] = []
             if with_members and "@removed" not in item:
-                refs = self._member_refs(tenant, oid, r)
-                if partial and oid == r["c"]:
-                    refs = refs[bisect.bisect_right([m[0] for m in refs], r["m"]):]
+                after = r["m"] if partial and oid == r["c"] else None
+                refs = self._member_refs(tenant, oid, r, after, max_units)
             room = max_units - units - 1
             if refs and room < len(refs) and room < 1 and value:
                 break  # this group starts the next page

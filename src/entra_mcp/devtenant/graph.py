@@ -654,6 +654,8 @@ class GraphApp:
     def __init__(self, runtime: EmulatorRuntime) -> None:
         self.runtime = runtime
         self.service = GraphService(runtime)
+        for tenant in list(runtime.state.tenants.values()):
+            tenant.warm_indexes()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
