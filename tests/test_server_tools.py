@@ -158,8 +158,6 @@ async def test_answers_match_the_emulated_directory(transport: str, server_env: 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_app_ticket_and_status_answers(transport: str, server_env: ServerEnv, request: pytest.FixtureRequest) -> None:
-    for part in ("apps", "tickets", "status"):  # the identity answers still landing
-        pytest.importorskip(f"entra_mcp.identity.{part}")
     t = server_env.tenant
     ex = examples(t)
     ceo = t.users[ex["ceo"]]
@@ -176,17 +174,23 @@ async def test_app_ticket_and_status_answers(transport: str, server_env: ServerE
         access = await call(client, "check_app_access", user=someone, app="Salesforce")
         assert access["hasAccess"] is True and any(x["via"] == "direct" for x in access["assignments"])
 
-        # ticket context: requester resolved with their manager
+        # ticket context: the CFO writes; requester resolved with manager and the VIP finding; Salesforce mentioned
+        cfo = t.users[ex["cfo"]]
         ctx = await call(
             client,
             "get_ticket_identity_context",
-            requester=ceo["mail"],
+            requester=cfo["mail"],
             ticket_text="Hi, I cannot open Salesforce since this morning.",
         )
-        assert ctx["requester"] is not None and ctx["findings"] is not None
+        req = ctx["requester"]
+        assert req["status"] == "found" and req["profile"]["id"] == cfo["id"]
+        assert req["manager"]["id"] == t.managers[cfo["id"]]
+        assert "VIP_REQUESTER" in codes(ctx)
+        assert any(a.get("displayName") == "Salesforce" for a in ctx["mentions"]["apps"])
 
         status = await call(client, "sync_status")
-        assert status["asOf"]
+        assert status["asOf"] and status["tenant"] == server_env.name
+        assert status["areas"]["users"]["objectCount"] == len(t.users)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

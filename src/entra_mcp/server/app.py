@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated, Any, Awaitable, Callable, Mapping, Protocol
@@ -97,7 +98,7 @@ _IDENTITY_MODULES = {
     "user_card": "common",
     "get_app_principal": "apps",
     "check_app_access": "apps",
-    "get_ticket_identity_context": "tickets",
+    "get_ticket_identity_context": "ticket",
     "sync_status": "status",
 }
 
@@ -210,7 +211,10 @@ def _summary(tool: str, r: Mapping[str, Any]) -> str:
         if tool == "get_ticket_identity_context":
             req = r.get("requester")
             prof = req.get("profile", req) if isinstance(req, Mapping) else None
-            return f"requester {who(prof)}; {len(r.get('mentions') or [])} mention(s)" + tail
+            status = req.get("status") if isinstance(req, Mapping) else None
+            mentions = r.get("mentions") or {}
+            named = sum(len(v) for v in mentions.values() if isinstance(v, list)) if isinstance(mentions, Mapping) else len(mentions)
+            return f"requester {who(prof) if status == 'found' else status}; {named} mention(s) in the text" + tail
         if tool == "validate_chat_session":
             return f"valid={r.get('valid')}" + (f": {r.get('reason')}" if r.get("reason") else "") + (
                 f"; user {who(r.get('user'))}; matchesClaimedUser={r.get('matchesClaimedUser')}" if r.get("valid") else ""
@@ -252,6 +256,34 @@ def _guarded(fn: Callable[..., Awaitable[CallToolResult]]) -> Callable[..., Awai
     return tool
 
 
+_ARG_ERROR = re.compile(r"^Error executing tool (\S+): \d+ validation errors? for \S+\n")
+
+
+def plain_argument_errors(tool: str, text: str) -> str:
+    """pydantic's report on rejected arguments, rewritten as one line per argument, without echoing the input."""
+    problems = []
+    field = None
+    for line in text.splitlines()[1:]:
+        if not line.startswith(" "):
+            field = line.strip()
+        elif field and not line.strip().startswith("For further information"):
+            problems.append(f"`{field}`: {line.strip().split(' [type=')[0]}")
+    return f"Invalid arguments for {tool}: " + "; ".join(problems or ["they do not match the input schema"]) + "."
+
+
+async def _plain_argument_errors(ctx: Any, call_next: Any) -> Any:
+    """Server middleware: argument validation failures read as a short fix-it message (the result is the wire dict
+    at this layer)."""
+    result = await call_next(ctx)
+    if ctx.method == "tools/call" and isinstance(result, dict) and result.get("isError"):
+        content = result.get("content") or []
+        text = content[0].get("text") if content and isinstance(content[0], dict) else None
+        match = _ARG_ERROR.match(text) if isinstance(text, str) else None
+        if match:
+            result = {**result, "content": [{"type": "text", "text": plain_argument_errors(match.group(1), text)}]}
+    return result
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -272,6 +304,7 @@ def create_server(
         version=__version__,
         instructions=INSTRUCTIONS,
         warn_on_duplicate_tools=True,
+        middleware=[_plain_argument_errors],
     )
 
     def answer(tool: str, tenant: str | None, compute: Callable[[Any], Mapping[str, Any]]) -> CallToolResult:
@@ -506,7 +539,7 @@ def create_server(
                 "areas": None,
                 "findings": [_not_synced(tv)],
             }
-        data = dict(identity.sync_status(tv.snapshot))
+        data = dict(identity.sync_status(tv.snapshot, clock()))
         data.setdefault("tenant", tv.name)
         return data
 
