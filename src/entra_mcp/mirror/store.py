@@ -516,9 +516,11 @@ class MirrorWriter:
             try:
                 for coll in COLLECTIONS[area]:
                     colls[coll] = self._write_collection(area, coll, data.get(coll, {}), rev, written)
-            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            except BaseException as exc:
                 self._forget(written)
-                raise _mirror_error(self.path, exc) from None
+                if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
+                    raise _mirror_error(self.path, exc) from None
+                raise
             new_area = {"status": _status_to_dict(status), "delta_link": delta_link,
                         "meta": dict(meta) if meta is not None else dict(self._root["areas"][area]["meta"]), "colls": colls}
             return self._switch(area, new_area, rev, written)
@@ -555,9 +557,11 @@ class MirrorWriter:
                         spec[1][i] = -1
                 for coll in COLLECTIONS[area]:
                     colls.setdefault(coll, [1, [-1]])
-            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            except BaseException as exc:
                 self._forget(written)
-                raise _mirror_error(self.path, exc) from None
+                if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
+                    raise _mirror_error(self.path, exc) from None
+                raise
             new_area = {"status": _status_to_dict(status), "delta_link": delta_link,
                         "meta": dict(meta) if meta is not None else dict(old["meta"]), "colls": colls}
             return self._switch(area, new_area, rev, written)

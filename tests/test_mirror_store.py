@@ -1,0 +1,167 @@
+"""The mirror store: bucketed generations, all-or-nothing commits, schema rebuild, one writer, clear disk errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from entra_mcp.errors import MirrorError
+from entra_mcp.mirror.snapshot import AREAS, AreaStatus
+from entra_mcp.mirror.store import MAX_BUCKETS, SCHEMA_VERSION, MirrorStore
+
+
+def _users(n: int, tag: str = "") -> dict[str, dict[str, object]]:
+    return {f"u{i:05d}": {"id": f"u{i:05d}", "displayName": f"User {i}{tag}", "managerId": None} for i in range(n)}
+
+
+def test_full_and_delta_commits_and_snapshot(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path)
+    assert store.load_snapshot("t") is None and store.version("t") == 0
+    with store.writer("t") as w:
+        w.set_tenant(tenant_id="tid-1", interval_minutes=5)
+        v1 = w.commit_full("users", {"users": _users(5000)}, delta_link="dl-1", status=AreaStatus(enabled=True, object_count=5000))
+        w.commit_full("groups", {"groups": {"g1": {"id": "g1"}}, "members": {"g1": {"u00001": "user"}}}, delta_link="dl-g",
+                      status=AreaStatus(enabled=True, object_count=1))
+        w.commit_full("sign_in_activity", {"sign_in": {"u00002": {"lastSignInDateTime": "2026-01-01T00:00:00Z"}}}, delta_link=None,
+                      status=AreaStatus(enabled=True, object_count=1))
+        change = w.begin("users")
+        u = dict(change.get("users", "u00003"))
+        u["displayName"] = "Renamed"
+        change.put("users", "u00003", u)
+        change.delete("users", "u00004")
+        change.put("users", "new", {"id": "new", "displayName": "New"})
+        v2 = w.commit_delta(change, delta_link="dl-2", status=AreaStatus(enabled=True, object_count=5000))
+        assert change.touched <= 3
+        assert w.delta_link("users") == "dl-2"
+    assert v2 > v1
+    snap = store.load_snapshot("t")
+    assert snap is not None and snap.version == store.version("t") and snap.tenant_id == "tid-1" and snap.interval_minutes == 5
+    assert len(snap.users) == 5000 and snap.users["u00003"]["displayName"] == "Renamed" and "u00004" not in snap.users
+    assert snap.users["u00002"]["signInActivity"]["lastSignInDateTime"].startswith("2026")
+    assert snap.members == {"g1": {"u00001": "user"}}
+    assert set(snap.areas) == set(AREAS) and snap.areas["users"].object_count == 5000
+    assert snap.areas["domains"].last_success is None
+
+
+def test_delta_rewrites_only_touched_buckets(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        w.commit_full("users", {"users": _users(120_000)}, delta_link="a", status=AreaStatus(enabled=True))
+        cache = w._cache
+        keys_before = {k for k in cache.iterkeys() if k.startswith("b/users/")}
+        assert len(keys_before) == MAX_BUCKETS
+        change = w.begin("users")
+        change.put("users", "u00001", {"id": "u00001"})
+        w.commit_delta(change, delta_link="b", status=AreaStatus(enabled=True))
+        keys_after = {k for k in cache.iterkeys() if k.startswith("b/users/")}
+    assert len(keys_after - keys_before) == 1 and len(keys_before - keys_after) == 1
+
+
+def test_older_schema_is_rebuilt(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        w.commit_full("users", {"users": _users(3)}, delta_link="a", status=AreaStatus(enabled=True))
+        root = w._cache.get("root")
+        root["schema"] = SCHEMA_VERSION - 1
+        w._cache.set("root", root)
+    assert store.load_snapshot("t") is None  # readers never see a mirror of another schema
+    with store.writer("t") as w:
+        assert w.rebuilt and w.delta_link("users") is None and not w.has_data("users")
+        assert [k for k in w._cache.iterkeys() if k.startswith("b/")] == []
+
+
+def test_one_writer_at_a_time_across_processes(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path)
+    with store.writer("t"):
+        code = textwrap.dedent(f"""
+            from entra_mcp.mirror.store import MirrorStore
+            from entra_mcp.errors import MirrorError
+            try:
+                with MirrorStore({str(tmp_path)!r}).writer("t"):
+                    print("GOT")
+            except MirrorError as e:
+                print("REFUSED", e)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+        assert out.startswith("REFUSED") and f"pid {os.getpid()}" in out
+    with store.writer("other"), store.writer("t"):  # other tenants are independent; released lock is free again
+        pass
+
+
+def test_leftovers_of_a_killed_writer_are_swept(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        w.commit_full("users", {"users": _users(10)}, delta_link="a", status=AreaStatus(enabled=True))
+        w._cache.set("b/users/users/0/999", {"junk": {}})  # written by a run that died before its commit
+        w._cache.set("writer/running", 12345)
+    with store.writer("t") as w:
+        assert "b/users/users/0/999" not in set(w._cache.iterkeys())
+    snap = store.load_snapshot("t")
+    assert snap is not None and len(snap.users) == 10
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_mirror_is_a_clear_error_and_keeps_the_last_state(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        w.commit_full("users", {"users": _users(10)}, delta_link="a", status=AreaStatus(enabled=True))
+    store.close()
+    os.chmod(tmp_path / "t", 0o500)
+    try:
+        with pytest.raises(MirrorError, match="last good state is kept"):
+            with MirrorStore(tmp_path).writer("t") as w:
+                w.commit_full("users", {"users": _users(20)}, delta_link="b", status=AreaStatus(enabled=True))
+    finally:
+        os.chmod(tmp_path / "t", 0o700)
+    snap = MirrorStore(tmp_path).load_snapshot("t")
+    assert snap is not None and len(snap.users) == 10
+
+
+def test_failed_write_is_a_clear_error_and_keeps_the_last_state(tmp_path: Path) -> None:
+    """A value that cannot be written (here: unpicklable, standing in for a full disk) aborts the commit cleanly."""
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        v = w.commit_full("users", {"users": _users(10)}, delta_link="a", status=AreaStatus(enabled=True))
+        bad = _users(10)
+        bad["u00001"]["x"] = lambda: None  # type: ignore[assignment]
+        with pytest.raises((MirrorError, pickle.PicklingError, AttributeError)):
+            w.commit_full("users", {"users": bad}, delta_link="b", status=AreaStatus(enabled=True))
+        assert w.version == v and w.delta_link("users") == "a"
+    snap = store.load_snapshot("t")
+    assert snap is not None and len(snap.users) == 10 and snap.version == v
+
+
+def test_disk_full_is_a_clear_error_and_keeps_the_last_state(tmp_path: Path) -> None:
+    """A write the file system refuses (a file-size limit standing in for a full disk) aborts the commit cleanly."""
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        w.commit_full("users", {"users": _users(10)}, delta_link="a", status=AreaStatus(enabled=True))
+    store.close()
+    code = textwrap.dedent(f"""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+        from entra_mcp.mirror.store import MirrorStore
+        from entra_mcp.mirror.snapshot import AreaStatus
+        from entra_mcp.errors import MirrorError
+        users = {{f"x{{i}}": {{"id": f"x{{i}}", "blob": "z" * 2000}} for i in range(5000)}}
+        try:
+            with MirrorStore({str(tmp_path)!r}).writer("t") as w:
+                w.commit_full("users", {{"users": users}}, delta_link="b", status=AreaStatus(enabled=True))
+            print("WROTE")
+        except MirrorError as e:
+            print("ERROR", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("ERROR cannot write the mirror"), out.stdout + out.stderr
+    assert "last good state is kept" in out.stdout
+    snap = MirrorStore(tmp_path).load_snapshot("t")
+    assert snap is not None and set(snap.users) == set(_users(10))
+    with MirrorStore(tmp_path).writer("t") as w:  # and the next writer cleans up and works
+        w.commit_full("users", {"users": _users(3)}, delta_link="c", status=AreaStatus(enabled=True))
