@@ -98,6 +98,7 @@ class GraphService:
         self.throttle = runtime.state.throttle
         self.delta = DeltaEngine(runtime.state.token_key, runtime.state.delta)
         self._injected_429 = 0
+        self._closures: dict[tuple[str, str, bool, int], list[str]] = {}
         self._injected_5xx = 0
 
     # ----------------------------------------------------------------------------------------- plumbing
@@ -210,6 +211,9 @@ class GraphService:
                 secs = d.retry_after_s
                 retry = str(max(1, math.ceil(secs))) if secs >= 1 else f"{max(secs, 0.001):.3f}"
                 return self._throttled(retry, cost, f"Tenant_Application/ReadWrite/{caller.tenant.tenant_id}/{caller.app_id}")
+            reply = route.run(caller, opts, headers)
+            reply.headers.setdefault("x-ms-resource-unit", str(cost))
+            return reply
         return route.run(caller, opts, headers)
 
     # -------------------------------------------------------------------------------------------- routing
@@ -301,7 +305,7 @@ class GraphService:
             cursor = ""
         else:
             tok = unseal(self.runtime.state.token_key, opts["skiptoken"])
-            if tok is None or tok.get("k") != "ls" or tok.get("t") != caller.tenant.tenant_id or tok.get("r") != route_key:
+            if tok is None or tok.get("k") != "ls" or tok.get("t") != caller.tenant.tenant_id or tok.get("r") != (path or route_key):
                 raise bad_request("The $skiptoken is invalid or belongs to another query.", "Request_BadRequest")
             q, cursor = tok["q"], tok["c"]
         select = parse_select(q.get("select"), entity, extra_select)
@@ -361,7 +365,7 @@ class GraphService:
             body["@odata.count"] = total
         body["value"] = out
         if more:
-            tok = seal(self.runtime.state.token_key, {"k": "ls", "t": tenant.tenant_id, "r": route_key, "q": q, "c": last})
+            tok = seal(self.runtime.state.token_key, {"k": "ls", "t": tenant.tenant_id, "r": path, "q": q, "c": last})
             body["@odata.nextLink"] = f"{self.base}/v1.0/{path}?$skiptoken={tok}"
         return self._ok(body)
 
@@ -487,6 +491,31 @@ class GraphService:
                     "applications": "application"}[found[0]], found[1]
         return get
 
+    def _closure(self, tenant: EmulatedTenant, start: str, *, down: bool) -> list[str]:
+        """Sorted ids of every transitive member of group `start` (down) or every group `start` is in (up).
+        Cached per change-sequence number, so paging a big group does not walk it again for every page."""
+        key = (tenant.tenant_id, start, down, tenant.changes.seq)
+        hit = self._closures.get(key)
+        if hit is not None:
+            return hit
+        seen: set[str] = set()
+        queue = deque(tenant.members.get(start, {}) if down else tenant.member_of(start))
+        while queue:
+            oid = queue.popleft()
+            if oid in seen or oid == start:
+                continue
+            seen.add(oid)
+            if down:
+                if oid in tenant.groups:
+                    queue.extend(tenant.members.get(oid, {}))
+            else:
+                queue.extend(g for g in tenant.member_of(oid) if g not in seen)
+        result = sorted(seen)
+        if len(self._closures) >= 32:
+            self._closures.pop(next(iter(self._closures)))
+        self._closures[key] = result
+        return result
+
     _DIRECTORY_SELECT = frozenset(USER.properties | GROUP.properties | SERVICE_PRINCIPAL.properties)
 
     def member_of(self, caller: Caller, key: str, opts: dict[str, str], headers: dict[str, str], *, transitive: bool) -> Reply:
@@ -495,15 +524,7 @@ class GraphService:
             user = self._user(caller, key)
             uid = user["id"]
             if transitive:
-                seen: set[str] = set()
-                queue = deque(tenant.member_of(uid))
-                while queue:
-                    gid = queue.popleft()
-                    if gid in seen:
-                        continue
-                    seen.add(gid)
-                    queue.extend(g for g in tenant.member_of(gid) if g not in seen)
-                groups = sorted(seen)
+                groups = self._closure(tenant, uid, down=False)
             else:
                 groups = sorted(tenant.member_of(uid))
         nav = "transitiveMemberOf" if transitive else "memberOf"
@@ -518,16 +539,7 @@ class GraphService:
             if gid not in tenant.groups:
                 raise self._not_found(gid)
             if transitive:
-                seen: set[str] = set()
-                queue = deque(tenant.members.get(gid, {}))
-                while queue:
-                    mid = queue.popleft()
-                    if mid in seen or mid == gid:
-                        continue
-                    seen.add(mid)
-                    if mid in tenant.groups:
-                        queue.extend(tenant.members.get(mid, {}))
-                members = sorted(seen)
+                members = self._closure(tenant, gid, down=True)
             else:
                 members = tenant.sorted_members(gid)
         nav = "transitiveMembers" if transitive else "members"
