@@ -6,8 +6,11 @@ matches); nothing here does I/O or knows about MCP.
 """
 
 from .account import account_summary, check_account_state
-from .findings import FINDINGS, suspicious_fields
+from .apps import check_app_access, get_app_principal, resolve_app
+from .findings import FINDINGS, findings_markdown, suspicious_fields
 from .groups import list_group_members, list_group_memberships, resolve_group
+from .status import sync_status
+from .ticket import get_ticket_identity_context
 from .users import lookup_user, resolve_user
 from .view import DirectoryView
 
@@ -16,10 +19,16 @@ __all__ = [
     "DirectoryView",
     "account_summary",
     "check_account_state",
+    "check_app_access",
+    "findings_markdown",
+    "get_app_principal",
+    "get_ticket_identity_context",
     "list_group_members",
     "list_group_memberships",
     "lookup_user",
+    "resolve_app",
     "resolve_group",
     "resolve_user",
     "suspicious_fields",
+    "sync_status",
 ]

@@ -175,7 +175,7 @@ def check_account_state(view: DirectoryView, user: str, now: datetime | None = N
     invitation, stale or missing sign-ins, missing licence. Unknowns are null, each with a finding saying why."""
     record = resolve_user(view, user)
     state = _account_state(view, record, now)
-    findings = state.pop("findings") + freshness_findings(view, now)
+    findings = state.pop("findings") + freshness_findings(view.snapshot, now)
     return {
         "user": {**user_ref(record), "mail": record.get("mail")},
         **state,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..mirror.snapshot import DirectorySnapshot
 from .findings import finding, quote
 from .text import iso, utcnow
 from .view import DirectoryView
@@ -68,8 +69,8 @@ def area_finding(view: DirectoryView, area: str, consequence: str, code: str = "
     return finding(code, f"{reason[0].upper()}{reason[1:]}: {consequence}")
 
 
-def freshness_findings(view: DirectoryView, now: datetime | None) -> list[dict[str, str]]:
-    snapshot = view.snapshot
+def freshness_findings(snapshot: DirectorySnapshot, now: datetime | None) -> list[dict[str, str]]:
+    """MIRROR_STALE when the mirror never synced or is older than two sync intervals."""
     if snapshot.as_of is None:
         return [finding("MIRROR_STALE", "The mirror of this tenant has never completed a sync: answers may be empty.")]
     age = utcnow(now) - snapshot.as_of

@@ -118,8 +118,14 @@ def clean(value: Any, limit: int = 120) -> str:
     return cleaned
 
 
+WITHHELD = "[text withheld: it reads like an instruction]"
+
+
 def quote(value: Any, limit: int = 60) -> str:
-    """An untrusted name made safe for a message and set apart in double quotes."""
+    """An untrusted name made safe for a message and set apart in double quotes; text that reads like an
+    instruction is not repeated at all (the data fields still carry it verbatim)."""
+    if isinstance(value, str) and looks_like_instruction(value):
+        return WITHHELD
     return f'"{clean(value, limit)}"'
 
 

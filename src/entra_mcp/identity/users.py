@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -95,38 +96,60 @@ def _ambiguous(text: str, ids: tuple[str, ...] | list[str], view: DirectoryView,
     )
 
 
+@dataclass(frozen=True)
+class UserMatch:
+    """How a query designates users: `how` is "exact" (an identifier), "name" (a full name exactly), "fuzzy" (close
+    names; `confident` when one user alone matches well) or "none"; `ids` are the candidates, best first."""
+
+    how: str
+    ids: tuple[str, ...]
+    total: int
+    confident: bool = False
+
+
+def match_user(view: DirectoryView, text: str) -> UserMatch:
+    """Candidates for an already cleaned query (see `clean_identifier`)."""
+    ids = view.exact_users(text)
+    if ids:
+        return UserMatch("exact", ids, len(ids), confident=len(ids) == 1)
+    if _GUID.match(text) or not view.snapshot.users:
+        return UserMatch("none", (), 0)
+    name = _name_part(text)
+    named = view.users_named(name)
+    if named:
+        return UserMatch("name", named, len(named), confident=len(named) == 1)
+    hits, total = view.search_names(name, limit=10)
+    if hits:
+        return UserMatch("fuzzy", tuple(h.user_id for h in hits), total, total == 1 and hits[0].score >= _CONFIDENT)
+    return UserMatch("none", (), 0)
+
+
 def resolve_user(view: DirectoryView, user: str) -> dict[str, Any]:
     """The one user `user` designates (UPN, mail, proxy address, object id, employee id, on-prem account name, or a
     name that only one user has). NotFoundError with the closest matches; InvalidArgument listing the candidates
     when several users fit."""
     text = clean_identifier(user, argument="user", expected=USER_EXPECTED)
     users = view.snapshot.users
-    ids = view.exact_users(text)
-    if len(ids) == 1:
-        return users[ids[0]]
-    if len(ids) > 1:
-        raise _ambiguous(text, ids, view, "have the identifier")
+    match = match_user(view, text)
+    if match.confident:
+        return users[match.ids[0]]
+    if match.how == "exact":
+        raise _ambiguous(text, match.ids, view, "have the identifier")
+    if match.how == "name":
+        raise _ambiguous(text, match.ids, view, "are named")
+    if match.how == "fuzzy":
+        hits, total = match.ids, match.total
+        raise InvalidArgument(
+            f"No user is named exactly {quote(text)}; {total} users come close: give the UPN or object id of the one "
+            f"you mean: {'; '.join(_describe(users[uid]) for uid in hits)}"
+            + (f" and {total - len(hits)} more." if total > len(hits) else ".")
+        )
     if not users:
         reason = area_unavailable_reason(view, "users") or "the mirror holds no users"
         raise NotFoundError(f"No user {quote(text)} can be found: {reason}.")
     if _GUID.match(text):
         raise NotFoundError(f"No user has the object id {quote(text)} in the mirror.")
-    name = _name_part(text)
-    named = view.users_named(name)
-    if len(named) == 1:
-        return users[named[0]]
-    if len(named) > 1:
-        raise _ambiguous(text, named, view, "are named")
-    hits, total = view.search_names(name, limit=10)
-    if total == 1 and hits[0].score >= _CONFIDENT:
-        return users[hits[0].user_id]
-    if hits:
-        raise InvalidArgument(
-            f"No user is named exactly {quote(text)}; {total} users come close: give the UPN or object id of the one "
-            f"you mean: {'; '.join(_describe(users[h.user_id]) for h in hits)}"
-            + (f" and {total - len(hits)} more." if total > len(hits) else ".")
-        )
-    suggestions = [_describe_short(users[uid]) for uid in view.closest_user_ids(name)]
+    suggestions = [_describe_short(users[uid]) for uid in view.closest_user_ids(_name_part(text))]
     raise NotFoundError(f"No user matches {quote(text)}.", suggestions=suggestions)
 
 

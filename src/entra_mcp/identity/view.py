@@ -82,11 +82,14 @@ class DirectoryView:
     full_names: dict[str, Any]  # folded displayName -> user id(s)
     member_of: dict[str, tuple[str, ...]]  # member id -> direct group ids
     group_keys: dict[str, Any]  # casefolded id / folded name / mail -> group id(s)
-    group_names: tuple[str, ...]  # folded group names (suggestions, mentions)
+    group_names: tuple[str, ...]  # folded group names, sorted (suggestions)
+    group_name_set: frozenset[str]  # the same, for mention matching
     sp_by_app_id: dict[str, str]  # casefolded appId -> service principal id
     app_by_app_id: dict[str, str]  # casefolded appId -> application id
     app_keys: dict[str, Any]  # casefolded object id / appId / folded name -> appId(s)
-    app_names: tuple[str, ...]  # folded app names
+    app_names: tuple[str, ...]  # folded app names, sorted
+    app_name_set: frozenset[str]
+    longest_name: int  # most tokens in a group or app name (mention matching tries n-grams up to this)
     assignments_by_principal: dict[str, tuple[dict[str, Any], ...]]
     domains: dict[str, dict[str, Any]]  # casefolded domain name -> domain dict
     known_domains: frozenset[str]  # domain names of the tenant and of its UPNs (for sam@domain)
@@ -237,10 +240,13 @@ class DirectoryView:
             member_of=member_of,
             group_keys=group_keys,
             group_names=tuple(sorted(group_names)),
+            group_name_set=frozenset(group_names),
             sp_by_app_id=sp_by_app_id,
             app_by_app_id=app_by_app_id,
             app_keys=app_keys,
             app_names=tuple(sorted(app_names)),
+            app_name_set=frozenset(app_names),
+            longest_name=min(12, max((n.count(" ") + 1 for n in (*group_names, *app_names)), default=1)),
             assignments_by_principal={k: tuple(v) for k, v in by_principal.items()},
             domains=domains,
             known_domains=frozenset(upn_domains | set(domains)),
