@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from entra_mcp.devtenant.delta import expire_all
 from entra_mcp.devtenant.model import DEFAULT_ACCESS_ROLE, EXPIRY_RESPONSES, EmulatedTenant, EmulatorState, MutationError
 from entra_mcp.devtenant.runtime import EmulatorRuntime
 from entra_mcp.logs import get_logger
@@ -160,7 +161,7 @@ def set_faults(runtime: EmulatorRuntime, changes: dict[str, Any]) -> dict[str, A
                 raise MutationError(f"fault '{key}' needs a {type(current).__name__} (>= 0), got {value!r}")
             if key == "expire_delta_tokens":
                 if value:
-                    runtime.state.delta.epoch += 1
+                    expire_all(runtime.state.delta)
                 continue
             with f.lock:
                 setattr(f, key, type(current)(value) if not isinstance(current, bool) else value)

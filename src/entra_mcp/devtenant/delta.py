@@ -19,7 +19,6 @@ from typing import Any
 from entra_mcp.devtenant.model import AREA_KIND, DeltaSettings, EmulatedTenant
 from entra_mcp.devtenant.odata import (
     ENTITY_BY_KIND,
-    GraphFailure,
     bad_request,
     default_properties,
     delta_id_filter,
@@ -246,4 +245,4 @@ def expire_all(settings: DeltaSettings) -> None:
     settings.epoch += 1
 
 
-__all__ = ["DeltaEngine", "GraphFailure", "expire_all"]
+__all__ = ["DeltaEngine", "expire_all"]

@@ -8,6 +8,7 @@ throttled on its own. Errors use Graph's body `{"error": {"code", "message", "in
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import uuid
@@ -19,8 +20,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 
-from entra_mcp.devtenant.delta import DeltaEngine
-from entra_mcp.devtenant.model import KIND_AREA, EmulatedTenant
+from entra_mcp.devtenant.delta import DeltaEngine, expire_all
+from entra_mcp.devtenant.model import EmulatedTenant
 from entra_mcp.devtenant.odata import (
     APP_ROLE_ASSIGNMENT,
     APPLICATION,
@@ -167,6 +168,9 @@ class GraphService:
             reply = await self._handle(method, path, query, headers, body, caller)
         except GraphFailure as exc:
             reply = self.error(exc.status, exc.code, exc.message, exc.headers, request_id)
+        except Exception:  # a bug in the emulator: answer like Graph's 500, keep the trace in the log
+            log.exception("emulated Graph failed on %s %s", method, path)
+            reply = self.error(500, "UnknownError", "An internal server error occurred.", None, request_id)
         if reply.body is not None and "error" in reply.body:
             inner = reply.body["error"].setdefault("innerError", {})
             inner["request-id"] = inner["client-request-id"] = request_id
@@ -339,8 +343,7 @@ class GraphService:
                 f1 = flt.match if flt is not None else (lambda o: True)
                 f2 = search if search is not None else (lambda o: True)
                 matches = lambda o: f1(o) and f2(o)  # noqa: E731
-            import bisect as _b
-            i = _b.bisect_right(all_ids, cursor) if cursor else 0
+            i = bisect.bisect_right(all_ids, cursor) if cursor else 0
             out: list[dict[str, Any]] = []
             more = False
             last = cursor
@@ -589,7 +592,7 @@ class GraphService:
             with faults.lock:
                 if faults.expire_delta_tokens:
                     faults.expire_delta_tokens = False
-                    self.runtime.state.delta.epoch += 1
+                    expire_all(self.runtime.state.delta)
         minimal = "return=minimal" in headers.get("prefer", "").replace(" ", "").lower()
         status, body, extra = self.delta.respond(caller.tenant, area, opts, minimal=minimal, base_url=self.base,
                                                  now=self.runtime.state.clock.timestamp())
