@@ -400,3 +400,45 @@ def test_latency_fault_delays_login_responses(fresh_emulator: Any) -> None:
     started = time.monotonic()
     assert _get(emu, f"/{tid}/discovery/v2.0/keys").status_code == 200
     assert time.monotonic() - started >= 0.4
+
+
+# ---- the app's own state: expired secrets, disabled service principals -----------------------------------------------
+
+
+def test_expired_client_secret_is_aadsts7000222(fresh_emulator: Any) -> None:
+    emu: RunningEmulator = fresh_emulator()
+    tenant, sync = emu.tenant(), emu.sync_app()
+    app_id = next(a["id"] for a in tenant.applications.values() if a.get("appId") == sync.client_id)
+    tomorrow = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
+    _, secret = tenant.add_password_credential(app_id, "short-lived", end_date_time=tomorrow)
+    assert token_post(emu, {"grant_type": "client_credentials", "client_id": sync.client_id, "client_secret": secret,
+                            "scope": graph_scope(emu)[0]}).status_code == 200
+    emu.state.clock.advance(2 * 86400)
+    resp = token_post(emu, {"grant_type": "client_credentials", "client_id": sync.client_id, "client_secret": secret,
+                            "scope": graph_scope(emu)[0]})
+    assert resp.status_code == 401
+    assert resp.json()["error"] == "invalid_client" and resp.json()["error_codes"] == [7000222]
+    still = cca(emu, sync.secrets[0].value).acquire_token_for_client(graph_scope(emu))  # the long-lived one works
+    assert "access_token" in still
+
+
+def test_disabled_service_principal_gets_no_token(fresh_emulator: Any) -> None:
+    emu: RunningEmulator = fresh_emulator()
+    tenant, sync = emu.tenant(), emu.sync_app()
+    sp_id = next(sp["id"] for sp in tenant.service_principals.values() if sp.get("appId") == sync.client_id)
+    tenant.update_object(sp_id, {"accountEnabled": False})
+    result = cca(emu, sync.secrets[0].value).acquire_token_for_client(graph_scope(emu))
+    assert result["error"] == "unauthorized_client" and result["error_codes"] == [7000112]
+
+
+def test_token_endpoint_refuses_get(emulator: RunningEmulator) -> None:
+    resp = _get(emulator, f"/{emulator.tenant().tenant_id}/oauth2/v2.0/token")
+    assert resp.status_code == 400 and resp.json()["error_codes"] == [900561]
+
+
+def test_msal_instance_discovery_against_the_emulator(emulator: RunningEmulator) -> None:
+    app = msal.ConfidentialClientApplication(
+        emulator.sync_app().client_id, client_credential=emulator.sync_app().secrets[0].value,
+        authority=f"{emulator.login_url}/{emulator.tenant().domain}",
+        instance_discovery=f"{emulator.login_url}/common/discovery/instance", verify=str(emulator.ca_bundle))
+    assert "access_token" in app.acquire_token_for_client(graph_scope(emulator))

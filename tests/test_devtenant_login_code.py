@@ -383,3 +383,22 @@ def test_logout_redirects_only_to_a_registered_uri(browser: Browser, emulator: R
     assert ok.status_code == 302 and ok.headers["location"] == browser.redirect_uri
     evil = browser.client.get(url, params={"post_logout_redirect_uri": "https://evil.example/"})
     assert evil.status_code == 200 and "location" not in evil.headers
+
+
+def test_assignment_required_blocks_unassigned_users(fresh_emulator: Any) -> None:
+    emu: RunningEmulator = fresh_emulator()
+    tenant, portal = emu.tenant(), emu.portal_app()
+    sp_id = next(sp["id"] for sp in tenant.service_principals.values() if sp.get("appId") == portal.client_id)
+    tenant.update_object(sp_id, {"appRoleAssignmentRequired": True})
+    b = Browser(emu)
+    user = a_user(emu)
+    blocked = b.submit(b.authorize(code_challenge=pkce()[1], code_challenge_method="S256"), user["userPrincipalName"])
+    assert blocked.status_code == 400 and "AADSTS50105" in blocked.text and "location" not in blocked.headers
+    group_id = next(iter(tenant.member_of(user["id"])), None)
+    if group_id is not None:  # through a group the user is a direct member of
+        tenant.add_app_role_assignment(sp_id, group_id)
+    else:
+        tenant.add_app_role_assignment(sp_id, user["id"])
+    verifier, challenge = pkce()
+    assert b.redeem(b.sign_in(user, challenge)["code"], verifier).status_code == 200
+    b.client.close()

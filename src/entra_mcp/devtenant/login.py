@@ -211,6 +211,44 @@ class LoginHost:
             )
         return reg
 
+    @staticmethod
+    def service_principal(tenant: EmulatedTenant, client_id: str) -> dict[str, Any] | None:
+        with tenant.lock:
+            return next((sp for sp in tenant.service_principals.values() if sp.get("appId") == client_id), None)
+
+    def check_enabled(self, tenant: EmulatedTenant, reg: AppRegistration) -> None:
+        """A disabled service principal can get no token in its tenant (AADSTS7000112)."""
+        sp = self.service_principal(tenant, reg.client_id)
+        if sp is not None and sp.get("accountEnabled") is False:
+            raise LoginError("unauthorized_client", 7000112,
+                             f"Application '{reg.client_id}'({reg.display_name}) is disabled.")
+
+    def check_assignment(self, tenant: EmulatedTenant, reg: AppRegistration, user: dict[str, Any]) -> None:
+        """appRoleAssignmentRequired: the user, or a group the user is a DIRECT member of, must be assigned
+        (Entra does not follow nested groups for app assignment)."""
+        sp = self.service_principal(tenant, reg.client_id)
+        if sp is None or not sp.get("appRoleAssignmentRequired"):
+            return
+        with tenant.lock:
+            principals = {str(user["id"]), *tenant.member_of(str(user["id"]))}
+            assigned = any(a.get("principalId") in principals for a in tenant.assignments_for_resource(str(sp["id"])))
+        if not assigned:
+            raise LoginError(
+                "access_denied", 50105,
+                f"Your administrator has configured the application {reg.display_name} ('{reg.client_id}') to block "
+                "users unless they are specifically granted ('assigned') access to the application. The signed in "
+                f"user '{user.get('userPrincipalName')}' is blocked because they are not a direct member of a group "
+                "with access, nor had access directly assigned by an administrator. Please contact your administrator "
+                "to assign access to this application.",
+            )
+
+    def _expired(self, end_date_time: str) -> bool:
+        try:
+            end = dt.datetime.fromisoformat(end_date_time.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        return end.timestamp() <= self.now()
+
     # ---- discovery ----------------------------------------------------------------------------------------------
 
     def openid_configuration(self, segment: str) -> dict[str, Any]:
@@ -379,12 +417,19 @@ class LoginHost:
         secret = basic_secret if basic_secret is not None else form.get("client_secret")
         assertion = form.get("client_assertion")
         if secret:
-            ok = any(hmac.compare_digest(s.value.encode(), secret.encode()) for s in reg.secrets)
-            if not ok:
+            match = next((s for s in reg.secrets if hmac.compare_digest(s.value.encode(), secret.encode())), None)
+            if match is None:
                 raise LoginError(
                     "invalid_client", 7000215,
                     "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
                     f"value, not the client secret ID, for a secret added to app '{reg.client_id}'.", 401,
+                )
+            if self._expired(match.end_date_time):
+                raise LoginError(
+                    "invalid_client", 7000222,
+                    f"The provided client secret keys for app '{reg.client_id}' are expired. Visit the Azure portal to "
+                    "create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate "
+                    "credentials for added security: https://aka.ms/certCreds.", 401,
                 )
             return AZPACR_SECRET
         if assertion:
@@ -431,6 +476,13 @@ class LoginHost:
             )
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+        if self._expired(cert.end_date_time):
+            raise LoginError(
+                "invalid_client", 700027,
+                "Client assertion contains an invalid signature. [Reason - The key used is expired., Thumbprint of key "
+                f"used by client: '{_b64url_to_hex(cert.thumbprint_sha1_b64url)}', Found key 'End="
+                f"{cert.end_date_time}']", 401,
+            )
         if alg not in ("RS256", "PS256") or not verify_rsa_signature(
             load_pem_public_key(cert.public_key_pem), str(alg), signing_input, signature
         ):
@@ -467,6 +519,10 @@ class LoginHost:
 
     async def token(self, request: Request) -> Response:
         await self._delay()
+        if request.method != "POST":
+            return self.error_response(LoginError("invalid_request", 900561,
+                                                  "The endpoint only accepts POST requests. Received a GET request."),
+                                       request)
         try:
             form = {k: str(v) for k, v in (await request.form()).items()}
             return JSONResponse(self._token(request.path_params["tenant"], form, request),
@@ -504,6 +560,7 @@ class LoginHost:
         cid, basic = self.client_id_of(form, request)
         reg = self.find_registration(cid, tenant)
         azpacr = self.authenticate_client(reg, tenant, form, basic, required=True)
+        self.check_enabled(tenant, reg)
         audience = self.resolve_app_scope(tenant, form.get("scope", ""))
         token = self.tokens.issue_app_token(tenant, reg, audience, azpacr=azpacr)
         claims = unverified_claims(token)
@@ -581,9 +638,7 @@ class LoginHost:
                                                                         rec.code_challenge):
             raise LoginError("invalid_grant", 501481, "The Code_Verifier does not match the code_challenge supplied in "
                              "the authorization request.")
-        user = tenant.users.get(rec.user_id)
-        if user is None or user.get("accountEnabled") is False:
-            raise LoginError("invalid_grant", 50057, "The user account is disabled.")
+        user = self._active_user(tenant, reg, rec.user_id)
         with self._lock:
             if rec.redeemed:  # a concurrent redemption won
                 raise LoginError("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please "
@@ -591,6 +646,18 @@ class LoginHost:
             rec.redeemed = True
         return self._user_token_response(tenant, reg, user, rec.scopes, form.get("scope"), nonce=rec.nonce,
                                          sid=rec.sid, azpacr=azpacr, client_info=form.get("client_info") == "1")
+
+    def _active_user(self, tenant: EmulatedTenant, reg: AppRegistration, user_id: str) -> dict[str, Any]:
+        """The user behind a code or refresh token, still allowed in: not deleted or disabled, app enabled."""
+        with tenant.lock:
+            user = tenant.users.get(user_id)
+        if user is None:
+            raise LoginError("invalid_grant", 50034, "The user account does not exist in the directory.")
+        if user.get("accountEnabled") is False:
+            raise LoginError("invalid_grant", 50057, "The user account is disabled.")
+        self.check_enabled(tenant, reg)
+        self.check_assignment(tenant, reg, user)
+        return user
 
     def _refresh_token(self, tenant: EmulatedTenant | None, form: dict[str, str], request: Request) -> dict[str, Any]:
         token = form.get("refresh_token", "")
@@ -612,9 +679,7 @@ class LoginHost:
         if grant.expires_at <= self.now():
             raise LoginError("invalid_grant", 70008, "The provided authorization code or refresh token has expired due "
                              "to inactivity. Send a new interactive authorization request for this user and resource.")
-        user = tenant.users.get(grant.user_id)
-        if user is None or user.get("accountEnabled") is False:
-            raise LoginError("invalid_grant", 50057, "The user account is disabled.")
+        user = self._active_user(tenant, reg, grant.user_id)
         return self._user_token_response(tenant, reg, user, list(grant.scopes), form.get("scope"), nonce=None,
                                          sid=grant.sid, azpacr=azpacr, client_info=form.get("client_info") == "1")
 
@@ -805,6 +870,12 @@ class LoginHost:
             return self._error_page(LoginError(
                 "invalid_grant", 50057, "The user account is disabled. The user object in Active Directory backing "
                 "this account has been disabled. An admin can re-enable this account through PowerShell."), request)
+        try:
+            self.check_enabled(tenant, reg)
+            self.check_assignment(tenant, reg, user)
+        except LoginError as exc:
+            log.info("sign-in refused: AADSTS%s", exc.aadsts)
+            return self._error_page(exc, request)
         with self._lock:
             if self._pending.pop(ctx, None) is None:
                 return self._error_page(LoginError("invalid_request", 50058, "Your sign-in page was already used."),
@@ -887,7 +958,7 @@ class LoginHost:
             Route("/{tenant}/.well-known/openid-configuration", self.discovery_v1, methods=["GET"]),
             Route("/{tenant}/discovery/v2.0/keys", self.keys, methods=["GET"]),
             Route("/{tenant}/discovery/keys", self.keys, methods=["GET"]),
-            Route("/{tenant}/oauth2/v2.0/token", self.token, methods=["POST"]),
+            Route("/{tenant}/oauth2/v2.0/token", self.token, methods=["GET", "POST"]),
             Route("/{tenant}/oauth2/v2.0/authorize", self.authorize, methods=["GET"]),
             Route("/{tenant}/login", self.sign_in, methods=["POST"]),
             Route("/{tenant}/oauth2/v2.0/logout", self.logout, methods=["GET", "POST"]),
