@@ -252,3 +252,24 @@ async def test_sessions_survive_a_restart(h: Harness, tmp_path: Path) -> None:
     raw = b"".join(p.read_bytes() for p in (tmp_path / "sessions").rglob("*") if p.is_file())
     assert cookie.encode() not in raw
     assert hashlib.sha256(cookie.encode()).hexdigest().encode() in raw
+
+
+async def test_no_secret_reaches_the_logs(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Rule 19: client secret, codes, state, tokens and session ids never appear in log records."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    start = await h.login("portal", "/")
+    callback = await h.authenticate(start.headers["location"], user_upn(h.emu))
+    await h.client.get(callback)
+    await h.client.get(callback)  # a refused replay logs too
+    token = await h.chat_token()
+    q = parse_qs(urlsplit(callback).query)
+    secrets_seen = [h.emu.portal_app(0).secrets[0].value, q["code"][0], q["state"][0], token,
+                    h.client.cookies.get("entra_mcp_session", domain="127.0.0.1")]
+    # the product's own records (the test's browser-like clients log their URLs through httpx, codes included)
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("entra_mcp"))
+    assert text  # something was logged
+    for s in secrets_seen:
+        assert s and s not in text
+    assert "eyJ" not in text

@@ -30,7 +30,7 @@ from entra_mcp.errors import ConfigError, EntraMcpError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.session_store import SessionStore
 from entra_mcp.oidc.flow import SignInError, SignInFlow, origin_of
-from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
+from entra_mcp.oidc.provider import GUID_RE, OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.sessions import SessionService
 from entra_mcp.oidc.validate import TokenValidator
 
@@ -99,7 +99,7 @@ class SignIn:
         tenant = settings.tenant(o.tenant)
         provider = OidcProvider.from_tenant(tenant, allowed_tenants=o.allowed_tenants, transport=transport)
         validator = TokenValidator(provider)
-        sessions = sessions or SessionService.from_settings(settings, store=store)
+        sessions = sessions or SessionService.from_settings(settings, store=store, tenant_ids=_served_tenant_ids(settings))
         flow = SignInFlow.from_settings(settings, provider=provider, validator=validator, sessions=sessions)
         public_origin = origin_of(settings.server.resolved_public_url)
         return_origins = {origin_of(u) for u in o.allowed_return_to}
@@ -254,6 +254,15 @@ class SignIn:
             Route("/auth/chat/exchange", self.chat_exchange, methods=["POST"]),
             Route("/auth/chat/exchange", self.preflight, methods=["OPTIONS"]),
         ]
+
+
+def _served_tenant_ids(settings: Settings) -> set[str] | None:
+    """Tenant GUIDs whose chat sessions count as this server's (configured tenants and oidc.allowed_tenants);
+    None when a tenant is configured by domain name (its GUID is only known after discovery)."""
+    ids = [t.tenant_id for t in settings.tenants] + list(settings.oidc.allowed_tenants)
+    if not all(GUID_RE.match(i) for i in ids):
+        return None
+    return {i.lower() for i in ids}
 
 
 def _error_page(status: int, message: str) -> Response:
