@@ -43,6 +43,8 @@ from entra_mcp.devtenant.tokens import (
     AZPACR_CERTIFICATE,
     AZPACR_PUBLIC,
     AZPACR_SECRET,
+    b64url,
+    b64url_decode,
     split_jwt,
     unverified_claims,
     verify_rsa_signature,
@@ -61,6 +63,7 @@ ASSERTION_SKEW_S = 300
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 OIDC_SCOPES = ("openid", "profile", "email", "offline_access")
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+MULTI_TENANT_SEGMENTS = ("common", "organizations")  # tenant-independent endpoints (no "consumers": no MSA here)
 MULTI_TENANT_AUDIENCES = ("AzureADMultipleOrgs", "AzureADandPersonalMicrosoftAccount")
 _VERIFIER_RE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 _TENANT_TEMPLATE = "{tenantid}"
@@ -253,7 +256,7 @@ class LoginHost:
 
     def openid_configuration(self, segment: str) -> dict[str, Any]:
         """Entra's v2 discovery document for a tenant, or for `common`/`organizations` (issuer template kept)."""
-        if segment in ("common", "organizations"):
+        if segment in MULTI_TENANT_SEGMENTS:
             path, tid, region = segment, _TENANT_TEMPLATE, None
         else:
             tenant = self.resolve_tenant(segment)
@@ -292,7 +295,7 @@ class LoginHost:
         }
 
     def openid_configuration_v1(self, segment: str) -> dict[str, Any]:
-        if segment in ("common", "organizations"):
+        if segment in MULTI_TENANT_SEGMENTS:
             path, tid = segment, _TENANT_TEMPLATE
         else:
             path = tid = self.resolve_tenant(segment).tenant_id
@@ -536,7 +539,7 @@ class LoginHost:
         if not grant_type:
             raise LoginError("invalid_request", 900144,
                              "The request body must contain the following parameter: 'grant_type'.")
-        if segment in ("common", "organizations"):
+        if segment in MULTI_TENANT_SEGMENTS:
             if grant_type == "client_credentials":
                 raise LoginError(
                     "invalid_request", 90002,
@@ -591,9 +594,7 @@ class LoginHost:
         if issued.id_token:
             body["id_token"] = issued.id_token
         if client_info:
-            body["client_info"] = base64.urlsafe_b64encode(
-                json.dumps({"uid": str(user["id"]), "utid": tenant.tenant_id}).encode()
-            ).rstrip(b"=").decode()
+            body["client_info"] = b64url(json.dumps({"uid": str(user["id"]), "utid": tenant.tenant_id}).encode())
         return body
 
     def _code_record(self, code: str) -> AuthorizationCode:
@@ -633,9 +634,8 @@ class LoginHost:
         if not verifier:
             raise LoginError("invalid_grant", 50148, "The code_verifier does not match the code_challenge supplied in "
                              "the authorization request for PKCE.")
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
-        if not _VERIFIER_RE.match(verifier) or not hmac.compare_digest(challenge.rstrip(b"=").decode(),
-                                                                        rec.code_challenge):
+        challenge = b64url(hashlib.sha256(verifier.encode("utf-8")).digest())
+        if not _VERIFIER_RE.match(verifier) or not hmac.compare_digest(challenge, rec.code_challenge):
             raise LoginError("invalid_grant", 501481, "The Code_Verifier does not match the code_challenge supplied in "
                              "the authorization request.")
         user = self._active_user(tenant, reg, rec.user_id)
@@ -755,7 +755,7 @@ class LoginHost:
         segment = request.path_params["tenant"]
         q = request.query_params
         try:
-            tenant = None if segment in ("common", "organizations") else self.resolve_tenant(segment)
+            tenant = None if segment in MULTI_TENANT_SEGMENTS else self.resolve_tenant(segment)
             client_id = q.get("client_id", "")
             if not client_id:
                 raise LoginError("invalid_request", 900144,
@@ -776,10 +776,9 @@ class LoginHost:
         state = q.get("state")
         mode = q.get("response_mode", "query")
         if mode not in ("query", "form_post", "fragment"):
-            mode = "query"
             return self._redirect_error(LoginError("invalid_request", 900144, "The response_mode parameter is not "
                                                    "valid: use query, fragment or form_post."), redirect_uri, state,
-                                        mode, request)
+                                        "query", request)
         try:
             if q.get("response_type") != "code":
                 raise LoginError("unsupported_response_type", 700054,
@@ -825,7 +824,7 @@ class LoginHost:
         )
 
     def _find_user(self, req: AuthorizationRequest, username: str) -> tuple[EmulatedTenant, dict[str, Any]]:
-        if req.tenant_segment in ("common", "organizations"):
+        if req.tenant_segment in MULTI_TENANT_SEGMENTS:
             candidates = list(self.runtime.state.tenants.values())
         else:
             candidates = [self.resolve_tenant(req.tenant_segment)]
@@ -862,7 +861,7 @@ class LoginHost:
             log.info("sign-in refused: AADSTS%s", exc.aadsts)
             if exc.aadsts == 700016:
                 return self._error_page(exc, request)
-            name = req.tenant_segment if req.tenant_segment in ("common", "organizations") else \
+            name = req.tenant_segment if req.tenant_segment in MULTI_TENANT_SEGMENTS else \
                 self.resolve_tenant(req.tenant_segment).display_name
             return self._sign_in_form(segment, ctx, req, name, username, self.error_body(
                 exc, _correlation_id(request))["error_description"])
@@ -900,7 +899,7 @@ class LoginHost:
         await self._delay()
         segment = request.path_params["tenant"]
         target = request.query_params.get("post_logout_redirect_uri", "")
-        tenants = list(self.runtime.state.tenants.values()) if segment in ("common", "organizations") else [
+        tenants = list(self.runtime.state.tenants.values()) if segment in MULTI_TENANT_SEGMENTS else [
             t for t in [self.runtime.state.resolve(segment)] if t is not None]
         registered = {u for t in tenants for r in t.registrations.values() for u in r.redirect_uris}
         if target and target in registered:
@@ -913,31 +912,25 @@ class LoginHost:
 
     # ---- discovery routes ---------------------------------------------------------------------------------------
 
-    async def discovery(self, request: Request) -> Response:
+    async def _tenant_document(self, request: Request, build: Callable[[str], dict[str, Any]]) -> Response:
         await self._delay()
         try:
-            return JSONResponse(self.openid_configuration(request.path_params["tenant"]))
+            return JSONResponse(build(request.path_params["tenant"]))
         except LoginError as exc:
-            exc.error = "invalid_tenant"
+            exc.error = "invalid_tenant"  # what Entra's discovery endpoints call an unknown tenant
             return self.error_response(exc, request)
+
+    def jwks_document(self, segment: str) -> dict[str, Any]:
+        return self.tokens.jwks(None if segment in MULTI_TENANT_SEGMENTS else self.resolve_tenant(segment).tenant_id)
+
+    async def discovery(self, request: Request) -> Response:
+        return await self._tenant_document(request, self.openid_configuration)
 
     async def discovery_v1(self, request: Request) -> Response:
-        await self._delay()
-        try:
-            return JSONResponse(self.openid_configuration_v1(request.path_params["tenant"]))
-        except LoginError as exc:
-            exc.error = "invalid_tenant"
-            return self.error_response(exc, request)
+        return await self._tenant_document(request, self.openid_configuration_v1)
 
     async def keys(self, request: Request) -> Response:
-        await self._delay()
-        segment = request.path_params["tenant"]
-        try:
-            tid = None if segment in ("common", "organizations") else self.resolve_tenant(segment).tenant_id
-        except LoginError as exc:
-            exc.error = "invalid_tenant"
-            return self.error_response(exc, request)
-        return JSONResponse(self.tokens.jwks(tid))
+        return await self._tenant_document(request, self.jwks_document)
 
     async def instance_discovery(self, request: Request) -> Response:
         await self._delay()
@@ -966,7 +959,7 @@ class LoginHost:
 
 
 def _b64url_to_hex(text: str) -> str:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).hex().upper()
+    return b64url_decode(text).hex().upper()
 
 
 __all__ = ["CODE_LIFETIME_S", "LoginError", "LoginHost"]
