@@ -19,6 +19,7 @@ from typing import Annotated, Any, Awaitable, Callable, Mapping, Protocol
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
+import pydantic_core
 from pydantic import Field
 
 import importlib
@@ -227,11 +228,13 @@ def _summary(tool: str, r: Mapping[str, Any]) -> str:
 
 
 def _result(tool: str, answer: Mapping[str, Any]) -> CallToolResult:
+    """Structured content (the answer) plus text for clients that show only text: a one-line summary, then the
+    same answer as compact JSON (the MCP spec's advice for structured results)."""
     data = dict(answer)
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    body = pydantic_core.to_json(data, fallback=str).decode()
     return CallToolResult(
         content=[TextContent(type="text", text=_summary(tool, data)), TextContent(type="text", text=body)],
-        structured_content=json.loads(body),
+        structured_content=data,
     )
 
 

@@ -11,7 +11,6 @@ cache; needs no config file and no network.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -49,18 +48,82 @@ class _StdoutWire:
             pass
 
 
+class _FdLines:
+    """Lines from a file descriptor, read on the event loop (no worker thread per line, unlike anyio.wrap_file)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def __aiter__(self) -> "_FdLines":
+        return self
+
+    async def __anext__(self) -> str:
+        import anyio
+
+        while b"\n" not in self.buf:
+            await anyio.wait_readable(self.fd)
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if not self.buf:
+                    raise StopAsyncIteration
+                line, self.buf = self.buf, b""
+                return line.decode("utf-8", "replace")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode("utf-8", "replace") + "\n"
+
+
+class _FdWriter:
+    """Text to a file descriptor from the event loop; waits (without blocking the loop) while the pipe is full."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def write(self, text: str) -> None:
+        import anyio
+
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            try:
+                data = data[os.write(self.fd, data):]
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
+
+    async def flush(self) -> None:
+        return None
+
+
 def _run_stdio(server: Any, wire: _StdoutWire) -> None:
     import anyio
     from mcp.server.stdio import stdio_server
 
+    # stdin is claimed like stdout: a private duplicate carries the wire, fd 0 reads /dev/null for anything else.
+    stdin_fd = os.dup(0)
+    os.set_inheritable(stdin_fd, False)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    # Non-blocking only while serving: the flag lives on the shared open file (a terminal, a parent's pipe).
+    was_blocking = os.get_blocking(stdin_fd), os.get_blocking(wire.fd)
+    os.set_blocking(stdin_fd, False)
+    os.set_blocking(wire.fd, False)
+
     async def main() -> None:
-        raw = os.fdopen(wire.fd, "wb", buffering=0, closefd=False)
-        stdout = anyio.wrap_file(io.TextIOWrapper(raw, encoding="utf-8", write_through=True))
-        lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs, with our claimed stdout
-        async with stdio_server(stdout=stdout) as (read_stream, write_stream):
+        lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs, with our own streams
+        async with stdio_server(stdin=_FdLines(stdin_fd), stdout=_FdWriter(wire.fd)) as (read_stream, write_stream):  # type: ignore[arg-type]
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    finally:
+        os.set_blocking(stdin_fd, was_blocking[0])
+        os.set_blocking(wire.fd, was_blocking[1])
+        os.dup2(stdin_fd, 0)
+        os.close(stdin_fd)
 
 
 # ------------------------------------------------------------------ sign-in hooks

@@ -1,0 +1,315 @@
+"""Latency of the MCP tools from the local mirror, against a live-call peer that asks Graph for every question.
+
+    .venv/bin/python bench/bench_server.py [--size large] [--cache-dir DIR] [-n 300] [--live-n 40] [--write]
+
+Steps: start the emulator (in this process), sync its tenant into a mirror (reused from --cache-dir when it is already
+there), then measure
+  - in-process: per-tool latency through `mcp.Client(server)` in memory (p50/p99);
+  - stdio: the installed `entra-mcp serve --no-sync` as a subprocess driven by `mcp.Client` over stdio: start-to-ready
+    (spawn -> first tool answer), per-tool round trip (p50/p99) and the server's RSS;
+  - the live peer: the same questions answered from Graph itself with 20 ms of latency per response, the way
+    live-call MCP servers do it (one GET per question with $filter/$select; two where the answer needs two).
+With --write, the results replace the "MCP server" section of docs/benchmarks.md.
+Targets: stdio round trip p50 <= 5 ms, ready <= 3 s, RSS <= 400 MB, >= 20x faster than the live peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import socket
+import ssl
+import statistics
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import anyio
+import httpx
+import psutil
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+import entra_mcp.devtenant.server as devtenant_server
+from entra_mcp.config import parse_settings
+from entra_mcp.devtenant.server import run_emulator
+from entra_mcp.graph.credentials import TokenProvider
+from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.server.app import create_server
+from entra_mcp.server.views import ViewProvider
+from entra_mcp.sync.engine import sync_tenant
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRA_MCP = Path(sys.executable).parent / "entra-mcp"
+USER_SELECT = "id,displayName,userPrincipalName,mail,jobTitle,department,officeLocation,accountEnabled,userType"
+STATE_SELECT = ("id,accountEnabled,lastPasswordChangeDateTime,passwordPolicies,onPremisesSyncEnabled,userType,"
+                "externalUserState,signInActivity")
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def questions(tenant: Any, k: int, seed: int = 5) -> dict[str, list[dict[str, Any]]]:
+    """k argument sets per tool, drawn from the emulated tenant (the same for every contender)."""
+    rnd = random.Random(seed)
+    users = [u for u in tenant.users.values() if u["userType"] == "Member"]
+    picked = rnd.sample(users, min(k, len(users)))
+    biggest = sorted(tenant.members, key=lambda g: -len(tenant.members[g]))[:200]
+    groups = rnd.sample(biggest, min(k, len(biggest)))
+    sps = [s for s in tenant.service_principals.values() if s.get("appRoleAssignmentRequired")]
+    apps = rnd.sample(sps, min(k, len(sps)))
+    return {
+        "lookup_user": [{"query": u["userPrincipalName"]} for u in picked],
+        "check_account_state": [{"user": u["id"]} for u in picked],
+        "list_group_memberships": [{"user": u["id"]} for u in picked],
+        "list_group_members": [{"group": g, "limit": 50} for g in groups],
+        "get_app_principal": [{"app": s["appId"]} for s in apps],
+        "check_app_access": [{"user": u["id"], "app": apps[i % len(apps)]["appId"]} for i, u in enumerate(picked)],
+        "get_ticket_identity_context": [
+            {"requester": u["mail"] or u["userPrincipalName"], "ticket_text": "I cannot open Salesforce since this morning."}
+            for u in picked
+        ],
+    }
+
+
+async def time_tools(client: Client, qs: dict[str, list[dict[str, Any]]], n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for tool, arg_sets in qs.items():
+        samples = []
+        for i in range(n):
+            args = arg_sets[i % len(arg_sets)]
+            t0 = time.perf_counter()
+            r = await client.call_tool(tool, args)
+            samples.append((time.perf_counter() - t0) * 1000)
+            if r.is_error and i < len(arg_sets):
+                text = r.content[0].text  # type: ignore[union-attr]
+                if "No " not in text and "users" not in text:  # ambiguity/not-found answers are fine; crashes are not
+                    raise SystemExit(f"{tool}({args}) failed: {text}")
+        out[tool] = samples
+    return out
+
+
+def live_peer(emu: Any, tenant_settings: Any, qs: dict[str, list[dict[str, Any]]], n: int) -> dict[str, list[float]]:
+    """The same questions answered from Graph per call (20 ms latency per response), one keep-alive connection."""
+
+    async def main() -> dict[str, list[float]]:
+        token = await TokenProvider(tenant_settings).token()
+        ctx = ssl.create_default_context(cafile=str(emu.ca_bundle))
+        g = f"{emu.graph_url}/v1.0"
+        async with httpx.AsyncClient(verify=ctx, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+
+            async def get(path: str, **params: str) -> dict[str, Any]:
+                r = await http.get(f"{g}/{path}", params=params)
+                r.raise_for_status()
+                return r.json()  # type: ignore[no-any-return]
+
+            async def all_pages(path: str, **params: str) -> list[dict[str, Any]]:
+                body = await get(path, **params)
+                items = list(body.get("value", []))
+                while body.get("@odata.nextLink"):
+                    r = await http.get(body["@odata.nextLink"])
+                    r.raise_for_status()
+                    body = r.json()
+                    items.extend(body.get("value", []))
+                return items
+
+            async def lookup_user(a: dict[str, Any]) -> Any:
+                return await get("users", **{"$filter": f"userPrincipalName eq '{a['query']}'", "$select": USER_SELECT})
+
+            async def check_account_state(a: dict[str, Any]) -> Any:
+                return await get(f"users/{a['user']}", **{"$select": STATE_SELECT})
+
+            async def list_group_memberships(a: dict[str, Any]) -> Any:
+                return await all_pages(f"users/{a['user']}/transitiveMemberOf", **{"$select": "id,displayName,groupTypes"})
+
+            async def list_group_members(a: dict[str, Any]) -> Any:
+                return await get(f"groups/{a['group']}/members", **{"$select": "id,displayName", "$top": "50"})
+
+            async def get_app_principal(a: dict[str, Any]) -> Any:
+                return await get("servicePrincipals", **{"$filter": f"appId eq '{a['app']}'",
+                                                           "$select": "id,appId,displayName,accountEnabled,appRoleAssignmentRequired,servicePrincipalType,keyCredentials,passwordCredentials"})
+
+            async def check_app_access(a: dict[str, Any]) -> Any:
+                sp = (await get("servicePrincipals", **{"$filter": f"appId eq '{a['app']}'", "$select": "id"}))["value"][0]
+                await all_pages(f"servicePrincipals/{sp['id']}/appRoleAssignedTo")
+                return await all_pages(f"users/{a['user']}/transitiveMemberOf", **{"$select": "id"})
+
+            async def get_ticket_identity_context(a: dict[str, Any]) -> Any:
+                users = (await get("users", **{"$filter": f"mail eq '{a['requester']}'", "$select": STATE_SELECT}))["value"]
+                if users:
+                    try:
+                        await get(f"users/{users[0]['id']}/manager", **{"$select": "id,displayName"})
+                    except httpx.HTTPStatusError:
+                        pass
+                return users
+
+            fns: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+                "lookup_user": lookup_user, "check_account_state": check_account_state,
+                "list_group_memberships": list_group_memberships, "list_group_members": list_group_members,
+                "get_app_principal": get_app_principal, "check_app_access": check_app_access,
+                "get_ticket_identity_context": get_ticket_identity_context,
+            }
+            out: dict[str, list[float]] = {}
+            for tool, arg_sets in qs.items():
+                samples = []
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    await fns[tool](arg_sets[i % len(arg_sets)])
+                    samples.append((time.perf_counter() - t0) * 1000)
+                out[tool] = samples
+            return out
+
+    return anyio.run(main)
+
+
+def server_pid() -> int | None:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "serve" in child.cmdline():
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def _bind_nodelay(port: int) -> socket.socket:
+    """The emulator's listening socket with TCP_NODELAY (inherited by accepted connections). Without it each small
+    response waits ~40 ms for a delayed ACK (Nagle), which would inflate the live peer's latency unfairly."""
+    sock = _emulator_bind(port)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+_emulator_bind = devtenant_server._bind
+devtenant_server._bind = _bind_nodelay
+
+
+def main() -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="large", choices=["small", "medium", "large"])
+    p.add_argument("--cache-dir", type=Path, default=None, help="keep the mirror here (reused when already synced)")
+    p.add_argument("-n", type=int, default=300, help="calls per tool (in-process and stdio)")
+    p.add_argument("--live-n", type=int, default=40, help="calls per tool for the live peer")
+    p.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
+    args = p.parse_args()
+    cache_dir = (args.cache_dir or Path(f"/tmp/entra-mcp-bench-{args.size}")).resolve()
+    log = sys.stderr.write
+
+    log(f"starting the emulator ({args.size})...\n")
+    with run_emulator(size=args.size, seed=1) as emu:
+        emu.faults.throttling_enabled = False
+        tenant = emu.tenant(0)
+        data = tomllib.loads(emu.config_toml(0, cache_dir=cache_dir))
+        settings = parse_settings(data)
+        os.environ.update(emu.secret_env(0))
+        config_path = cache_dir.parent / f"{cache_dir.name}.toml"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(emu.config_toml(0, cache_dir=cache_dir), encoding="utf-8")
+        store = MirrorStore(cache_dir)
+        # the mirror must hold this very emulator's tenant (same seed => same ids); resync when it does not
+        snap_info = store.info(settings.tenants[0].name)
+        sync_seconds = None
+        if snap_info is None or snap_info["tenant_id"] != tenant.tenant_id:
+            log("full sync into the mirror...\n")
+            t0 = time.perf_counter()
+            result = anyio.run(lambda: sync_tenant(settings.tenants[0], store, full=True))
+            sync_seconds = time.perf_counter() - t0
+            assert result.error is None, result.error
+        counts = f"users={len(tenant.users):,} groups={len(tenant.groups):,} servicePrincipals={len(tenant.service_principals):,}"
+        qs = questions(tenant, 50)
+
+        # in-process
+        t0 = time.perf_counter()
+        views = ViewProvider.from_settings(settings, store)
+        views.warm()
+        build_s = time.perf_counter() - t0
+        server = create_server(settings, views=views)
+
+        async def in_process() -> dict[str, list[float]]:
+            async with Client(server) as client:
+                await time_tools(client, qs, 20)  # warm-up
+                return await time_tools(client, qs, args.n)
+
+        log("in-process...\n")
+        mem = anyio.run(in_process)
+        store.close()
+
+        # stdio subprocess
+        async def stdio() -> tuple[float, dict[str, list[float]], float]:
+            params = StdioServerParameters(command=str(ENTRA_MCP),
+                                           args=["--config", str(config_path), "--log-level", "WARNING", "serve", "--no-sync"],
+                                           env={**os.environ})
+            t0 = time.perf_counter()
+            async with Client(params, read_timeout_seconds=120) as client:
+                await client.call_tool("lookup_user", qs["lookup_user"][0])
+                ready = time.perf_counter() - t0
+                await time_tools(client, qs, 20)
+                samples = await time_tools(client, qs, args.n)
+                pid = server_pid()
+                rss = psutil.Process(pid).memory_info().rss / 2**20 if pid else float("nan")
+            return ready, samples, rss
+
+        log("stdio...\n")
+        ready_s, rt, rss_mb = anyio.run(stdio)
+
+        log("live peer (20 ms per Graph response)...\n")
+        emu.faults.latency_ms = 20
+        live = live_peer(emu, settings.tenants[0], qs, args.live_n)
+
+    rows = []
+    for tool in qs:
+        m50, m99 = pct(mem[tool], 0.5), pct(mem[tool], 0.99)
+        s50, s99 = pct(rt[tool], 0.5), pct(rt[tool], 0.99)
+        l50 = pct(live[tool], 0.5)
+        rows.append((tool, m50, m99, s50, s99, l50, l50 / s50))
+    all_rt = [x for v in rt.values() for x in v]
+    all_live = [x for v in live.values() for x in v]
+    overall = (pct(all_rt, 0.5), pct(all_rt, 0.99), pct(all_live, 0.5))
+    lines = [
+        "<!-- bench_server:start -->",
+        "## MCP server (bench/bench_server.py)",
+        "",
+        f"Tenant: emulator `{args.size}` ({counts}); measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}. {args.n} calls per tool (in-process and stdio), "
+        f"{args.live_n} for the live peer. Latencies in ms.",
+        "",
+        "| tool | in-process p50 | in-process p99 | stdio p50 | stdio p99 | live peer p50 | live / stdio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *[f"| `{t}` | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} | {e:.1f} | {f:.0f}x |" for t, a, b, c, d, e, f in rows],
+        f"| **all** | | | **{overall[0]:.2f}** | **{overall[1]:.2f}** | **{overall[2]:.1f}** | **{overall[2] / overall[0]:.0f}x** |",
+        "",
+        f"- start-to-ready (spawn `entra-mcp serve --no-sync` over stdio -> first tool answer): **{ready_s:.2f} s** "
+        f"(target <= 3 s); building the view in-process: {build_s:.2f} s",
+        f"- server RSS after the run: **{rss_mb:.0f} MB** (target <= 400 MB)",
+        f"- stdio round trip p50 **{overall[0]:.2f} ms** (target <= 5 ms); live peer p50 {overall[2]:.1f} ms: "
+        f"**{overall[2] / overall[0]:.0f}x** (target >= 20x)",
+        *( [f"- full sync of the mirror: {sync_seconds:.1f} s"] if sync_seconds else []),
+        "- live peer: one keep-alive HTTPS connection to the emulator's Graph with 20 ms added to every response; one GET "
+        "per question with `$filter`/`$select` (check_app_access: service principal + appRoleAssignedTo + "
+        "transitiveMemberOf; ticket context: user + manager), as live-call MCP servers do.",
+        "<!-- bench_server:end -->",
+    ]
+    section = "\n".join(lines) + "\n"
+    sys.stdout.write(section)
+    if args.write:
+        path = ROOT / "docs" / "benchmarks.md"
+        text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
+        if "<!-- bench_server:start -->" in text:
+            head, rest = text.split("<!-- bench_server:start -->", 1)
+            tail = rest.split("<!-- bench_server:end -->", 1)[1].lstrip("\n")
+            text = head + section + ("\n" + tail if tail else "")
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        path.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
