@@ -123,15 +123,20 @@ def serve_http(env: ServerEnv, **server: Any) -> Iterator[str]:
     import uvicorn
 
     from entra_mcp.server.app import create_server
+    from entra_mcp.server.auth import build_hooks
     from entra_mcp.server.http import create_http_app
     from entra_mcp.server.views import ViewProvider
 
     data = env.settings.model_dump(mode="python")
     data["server"].update({"port": free_port(), **server})
+    if "auth" in server:
+        data["server"]["auth"] = {**env.settings.server.auth.model_dump(), **server["auth"]}
     settings = parse_settings(data)
     store = MirrorStore(env.cache_dir)
     views = ViewProvider.from_settings(settings, store)
-    app = create_http_app(settings, create_server(settings, views=views), views=views)
+    hooks = build_hooks(settings)  # the sign-in part's /mcp protection and routes, wired as `serve` does
+    app = create_http_app(settings, create_server(settings, views=views, sessions=hooks.sessions), views=views,
+                          extra_routes=hooks.routes, protect=hooks.protect)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.server.port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -145,6 +150,9 @@ def serve_http(env: ServerEnv, **server: Any) -> Iterator[str]:
         srv.should_exit = True
         thread.join(timeout=10)
         store.close()
+        import anyio
+
+        anyio.run(hooks.aclose)
 
 
 @pytest.fixture(scope="session")

@@ -236,3 +236,37 @@ async def test_prompts_and_resources(transport: str, server_env: ServerEnv, requ
         assert group["total"] == len(server_env.tenant.members[ex["all_staff"]])
         tenants = json.loads((await client.read_resource("entra://tenants")).contents[0].text)  # type: ignore[union-attr]
         assert tenants == [{"tenant": server_env.name, "synced": True, "asOf": tenants[0]["asOf"]}]
+
+
+async def test_validate_chat_session_maps_the_verified_identity_to_the_directory(server_env: ServerEnv, tmp_path: Any) -> None:
+    """With the sign-in part's session service: a live chat token gives the verified identity, its directory record,
+    and whether it is the user the person claims to be; a bad token is not valid; no secret comes back."""
+    from entra_mcp.mirror.session_store import SessionStore
+    from entra_mcp.oidc.sessions import SessionService
+    from entra_mcp.oidc.validate import Identity
+
+    t = server_env.tenant
+    ex = examples(t)
+    ceo, cfo = t.users[ex["ceo"]], t.users[ex["cfo"]]
+    sessions = SessionService(SessionStore(tmp_path / "sessions"))
+    token, _ = sessions.create(Identity(tid=t.tenant_id, oid=ceo["id"], name=ceo["displayName"],
+                                        preferred_username=ceo["userPrincipalName"]), kind="chat")
+    store = MirrorStore(server_env.cache_dir)
+    server = create_server(server_env.settings, views=ViewProvider.from_settings(server_env.settings, store), sessions=sessions)
+    async with Client(server) as client:
+        ok = await call(client, "validate_chat_session", session_token=token, claimed_user=ceo["userPrincipalName"])
+        assert ok["valid"] is True and ok["identity"]["oid"] == ceo["id"]
+        assert ok["user"]["id"] == ceo["id"] and ok["user"]["account"]["accountEnabled"] is True
+        assert ok["matchesClaimedUser"] is True and ok["asOf"]
+        liar = await call(client, "validate_chat_session", session_token=token, claimed_user=cfo["mail"])
+        assert liar["valid"] is True and liar["matchesClaimedUser"] is False
+        assert "CLAIMED_USER_MISMATCH" in codes(liar)
+        bad = await call(client, "validate_chat_session", session_token="not-a-session-" + "x" * 40)
+        assert bad["valid"] is False and bad["reason"] and bad["user"] is None
+        for answer in (ok, liar, bad):
+            assert token not in json.dumps(answer)
+        unconfigured = create_server(server_env.settings, views=ViewProvider.from_settings(server_env.settings, store))
+    async with Client(unconfigured) as client:
+        off = await call(client, "validate_chat_session", session_token=token)
+        assert off["valid"] is None and "not configured" in off["reason"]
+    store.close()
