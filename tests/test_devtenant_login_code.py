@@ -402,3 +402,22 @@ def test_assignment_required_blocks_unassigned_users(fresh_emulator: Any) -> Non
     verifier, challenge = pkce()
     assert b.redeem(b.sign_in(user, challenge)["code"], verifier).status_code == 200
     b.client.close()
+
+
+def test_userinfo_endpoint_answers_for_a_delegated_graph_token(emulator: RunningEmulator, browser: Browser) -> None:
+    user = a_user(emulator)
+    verifier, challenge = pkce()
+    back = browser.sign_in(user, challenge, scope="openid profile email User.Read")
+    body = browser.redeem(back["code"], verifier).json()
+    at = unverified_claims(body["access_token"])
+    assert at["aud"] == emulator.graph_url and at["scp"] == "User.Read"
+    doc = browser.client.get(f"{emulator.login_url}/{emulator.tenant().tenant_id}/v2.0/.well-known/openid-configuration"
+                             ).json()
+    info = browser.client.get(doc["userinfo_endpoint"], headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert info.status_code == 200
+    assert info.json()["sub"] == at["sub"] and info.json()["name"] == user["displayName"]
+    assert info.json()["email"] == user["mail"]
+    app_token = emulator.tokens.issue_app_token(emulator.tenant(), emulator.sync_app(), emulator.graph_url)
+    refused = browser.client.get(doc["userinfo_endpoint"], headers={"Authorization": f"Bearer {app_token}"})
+    assert refused.status_code == 401
+    assert browser.client.get(doc["userinfo_endpoint"]).status_code == 401

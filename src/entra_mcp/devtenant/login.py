@@ -4,6 +4,7 @@ Routes (the tenant segment is a tenant id, one of its domains, or `common` / `or
   GET  /{tenant}/v2.0/.well-known/openid-configuration   discovery (v2); /{tenant}/.well-known/openid-configuration (v1)
   GET  /{tenant}/discovery/v2.0/keys                      JWKS (also /{tenant}/discovery/keys, /common/discovery/keys)
   GET  /common/discovery/instance                         instance discovery, for msal with instance_discovery=<url>
+  GET  /oidc/userinfo                                     the discovery document's userinfo_endpoint (Graph token)
   POST /{tenant}/oauth2/v2.0/token                        client_credentials (secret, Basic, certificate assertion),
                                                           authorization_code (PKCE), refresh_token
   GET  /{tenant}/oauth2/v2.0/authorize                    validates, then a plain sign-in form (#username, #password,
@@ -43,6 +44,7 @@ from entra_mcp.devtenant.tokens import (
     AZPACR_CERTIFICATE,
     AZPACR_PUBLIC,
     AZPACR_SECRET,
+    TokenRejected,
     b64url,
     b64url_decode,
     split_jwt,
@@ -716,7 +718,9 @@ class LoginHost:
             f"<form method=\"post\" action=\"/{html.escape(segment)}/login\" id=\"signin\">"
             f"<input type=\"hidden\" name=\"ctx\" value=\"{html.escape(ctx)}\">"
             "<label for=\"username\">Email, phone, or Skype</label>"
-            f"<input id=\"username\" name=\"username\" type=\"email\" autocomplete=\"username\" required "
+            # type=text: guests' UPNs (x_y#EXT#@...) are not valid e-mail addresses for a browser's form validation
+            f"<input id=\"username\" name=\"username\" type=\"text\" inputmode=\"email\" autocomplete=\"username\" "
+            "required "
             f"value=\"{html.escape(username or req.login_hint)}\">"
             "<label for=\"password\">Password</label>"
             "<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>"
@@ -932,6 +936,29 @@ class LoginHost:
     async def keys(self, request: Request) -> Response:
         return await self._tenant_document(request, self.jwks_document)
 
+    async def userinfo(self, request: Request) -> Response:
+        """Graph's /oidc/userinfo (the discovery document's userinfo_endpoint): the signed-in user's basic profile
+        for a delegated Graph token."""
+        await self._delay()
+        auth = request.headers.get("authorization", "")
+        try:
+            if auth[:7].lower() != "bearer ":
+                raise TokenRejected("No bearer token.")
+            claims = self.tokens.verify_access_token(auth[7:].strip(), audience=self.base)
+            tenant = self.runtime.state.tenants[claims["tid"]]
+            with tenant.lock:
+                user = tenant.users.get(str(claims.get("oid", ""))) if "scp" in claims else None
+            if user is None:
+                raise TokenRejected("The token does not belong to a signed-in user.")
+        except TokenRejected as exc:
+            return JSONResponse({"error": {"code": "InvalidAuthenticationToken", "message": exc.reason}},
+                                status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        info = {"sub": claims["sub"], "name": user.get("displayName"), "family_name": user.get("surname"),
+                "given_name": user.get("givenName"), "picture": f"{self.base}/v1.0/me/photo/$value"}
+        if user.get("mail"):
+            info["email"] = user["mail"]
+        return JSONResponse({k: v for k, v in info.items() if v is not None})
+
     async def instance_discovery(self, request: Request) -> Response:
         await self._delay()
         endpoint = request.query_params.get("authorization_endpoint", "")
@@ -947,6 +974,7 @@ class LoginHost:
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/common/discovery/instance", self.instance_discovery, methods=["GET"]),
+            Route("/oidc/userinfo", self.userinfo, methods=["GET", "POST"]),
             Route("/{tenant}/v2.0/.well-known/openid-configuration", self.discovery, methods=["GET"]),
             Route("/{tenant}/.well-known/openid-configuration", self.discovery_v1, methods=["GET"]),
             Route("/{tenant}/discovery/v2.0/keys", self.keys, methods=["GET"]),
