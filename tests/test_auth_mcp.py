@@ -345,3 +345,25 @@ async def test_api_key_mode(emu: Any, tmp_path: Path, monkeypatch: pytest.Monkey
         for bad in ("k-two-012345678", "k-two-01234567890", "", "k-one-0123456789, k-two-0123456789"):
             assert (await c.post("/mcp", headers={"Authorization": f"Bearer {bad}"})).status_code == 401
         assert (await c.post("/mcp?api_key=k-one-0123456789")).status_code == 401
+
+
+async def test_the_wrapper_binds_sessions_itself(emu: Any, tmp_path: Path) -> None:
+    """Independent of the SDK: an inner app that hands out session ids; the wrapper alone refuses another principal."""
+    settings = emulator_settings(emu, tmp_path)
+    guard = McpGuard(settings, transport=counting_transport(emu))
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"mcp-session-id", b"s-1")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    t = emu.tenant(0)
+    users = sorted(t.users.values(), key=lambda u: u["id"])[:2]
+    tok = [emu.tokens.issue_user_tokens(t, emu.portal_app(0), u, audience=emu.api_app(0).client_id, scp=[SCOPE],
+                                        scopes=[SCOPE]).access_token for u in users]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard.wrap(inner)), base_url="http://127.0.0.1:8765") as c:
+        assert (await c.post("/mcp", headers={"Authorization": f"Bearer {tok[0]}"})).status_code == 200
+        other = await c.post("/mcp", headers={"Authorization": f"Bearer {tok[1]}", "Mcp-Session-Id": "s-1"})
+        assert other.status_code == 404
+        same = await c.post("/mcp", headers={"Authorization": f"Bearer {tok[0]}", "Mcp-Session-Id": "s-1"})
+        assert same.status_code == 200
+    await guard.aclose()
