@@ -572,10 +572,13 @@ class LoginHost:
         lifetime = int(claims["exp"]) - int(claims["iat"])
         return {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}
 
-    def _user_token_response(
+    def user_token_response(
         self, tenant: EmulatedTenant, reg: AppRegistration, user: dict[str, Any], scopes: list[str],
-        requested: str | None, *, nonce: str | None, sid: str, azpacr: str, client_info: bool,
+        requested: str | None, *, nonce: str | None, sid: str | None, azpacr: str = AZPACR_SECRET,
+        client_info: bool = False,
     ) -> dict[str, Any]:
+        """The token endpoint's answer for a signed-in user: `scopes` as granted at sign-in, `requested` the token
+        request's own `scope` (it may pick another resource)."""
         resource, oidc = self.resolve_user_scopes(tenant, requested.split() if requested else scopes)
         if requested:  # offline_access/openid granted at sign-in stay granted on redemption
             oidc = list(dict.fromkeys(oidc + [s for s in scopes if s in OIDC_SCOPES]))
@@ -646,7 +649,7 @@ class LoginHost:
                 raise LoginError("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please "
                                  "retry with a new valid code or use an existing refresh token.")
             rec.redeemed = True
-        return self._user_token_response(tenant, reg, user, rec.scopes, form.get("scope"), nonce=rec.nonce,
+        return self.user_token_response(tenant, reg, user, rec.scopes, form.get("scope"), nonce=rec.nonce,
                                          sid=rec.sid, azpacr=azpacr, client_info=form.get("client_info") == "1")
 
     def _active_user(self, tenant: EmulatedTenant, reg: AppRegistration, user_id: str) -> dict[str, Any]:
@@ -682,7 +685,7 @@ class LoginHost:
             raise LoginError("invalid_grant", 70008, "The provided authorization code or refresh token has expired due "
                              "to inactivity. Send a new interactive authorization request for this user and resource.")
         user = self._active_user(tenant, reg, grant.user_id)
-        return self._user_token_response(tenant, reg, user, list(grant.scopes), form.get("scope"), nonce=None,
+        return self.user_token_response(tenant, reg, user, list(grant.scopes), form.get("scope"), nonce=None,
                                          sid=grant.sid, azpacr=azpacr, client_info=form.get("client_info") == "1")
 
     # ---- authorize and sign-in ----------------------------------------------------------------------------------

@@ -127,13 +127,11 @@ def mint_from_request(runtime: EmulatorRuntime, login: LoginHost, body: dict[str
             user = tenant.user_by_upn(str(body.get("user", ""))) or tenant.users.get(str(body.get("user", "")))
             if user is None:
                 raise InvalidArgument("user: a userPrincipalName or object id of the tenant")
-            resource, oidc = login.resolve_user_scopes(tenant, str(body.get("scope", "openid profile")).split())
-            issued = tokens.issue_user_tokens(tenant, reg, user, audience=resource.audience, scp=resource.scp,
-                                              scopes=oidc + resource.listed, nonce=body.get("nonce"),
-                                              resource_client_id=resource.client_id)
-            token = issued.access_token
-            if issued.id_token:
-                extra["id_token"] = issued.id_token
+            issued = login.user_token_response(tenant, reg, user, str(body.get("scope", "openid profile")).split(),
+                                               None, nonce=body.get("nonce"), sid=None)
+            token = issued["access_token"]
+            if "id_token" in issued:
+                extra["id_token"] = issued["id_token"]
         else:
             raise InvalidArgument("send `claims`, or `kind` app or user with tenant and client_id")
         claims = unverified_claims(token)
