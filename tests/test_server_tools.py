@@ -270,3 +270,23 @@ async def test_validate_chat_session_maps_the_verified_identity_to_the_directory
         off = await call(client, "validate_chat_session", session_token=token)
         assert off["valid"] is None and "not configured" in off["reason"]
     store.close()
+
+
+@pytest.mark.parametrize("transport", ["memory", "stdio"])
+async def test_instruction_like_directory_text_stays_data(transport: str, server_env: ServerEnv, request: pytest.FixtureRequest) -> None:
+    """Users whose fields carry prompt-injection text: the answer flags them, the value is returned verbatim as a
+    field, and the one-line summary carries no line breaks or control characters from it."""
+    from entra_mcp.devtenant.generate import injection_samples
+
+    samples = [s for s in injection_samples(server_env.tenant) if s["kind"] == "user"]
+    assert samples
+    async with connect(transport, server_env, request) as client:
+        for sample in samples:
+            result = await client.call_tool("check_account_state", {"user": sample["id"]})
+            assert not result.is_error
+            summary = result.content[0].text  # type: ignore[union-attr]
+            assert "\n" not in summary and all(ch.isprintable() for ch in summary)
+            answer = result.structured_content
+            assert answer and "SUSPICIOUS_FIELD" in codes(answer)
+            lookup = await call(client, "lookup_user", query=sample["id"])
+            assert lookup["matches"][0][sample["field"]] == sample["value"] or sample["field"] not in lookup["matches"][0]

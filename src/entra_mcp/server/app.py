@@ -25,6 +25,7 @@ from pydantic import Field
 import importlib
 from entra_mcp import __version__
 from entra_mcp.errors import EntraMcpError, InvalidArgument, MirrorError, NotFoundError
+from entra_mcp.identity.findings import clean, quote
 from entra_mcp.logs import get_logger
 from entra_mcp.server.prompts import load_prompts
 from entra_mcp.server.views import TenantView, ViewProvider
@@ -177,12 +178,13 @@ _UNKNOWN_SHAPE: dict[str, dict[str, Any]] = {
 
 
 def _summary(tool: str, r: Mapping[str, Any]) -> str:
-    """One line for clients that show only text; the structured content is the answer."""
+    """One line for clients that show only text; the structured content is the answer. Directory text in it goes
+    through quote()/clean(): one line, no control or formatting characters, capped."""
 
     def who(u: Any) -> str:
         if not isinstance(u, Mapping):
             return "?"
-        return f"{u.get('displayName') or '?'} <{u.get('userPrincipalName') or u.get('id') or '?'}>"
+        return f"{quote(u.get('displayName'), 40)} <{clean(u.get('userPrincipalName') or u.get('id'), 80)}>"
 
     findings = r.get("findings") or []
     tail = f"; {len(findings)} finding(s): " + ", ".join(str(f.get("code")) for f in findings[:5]) if findings else ""
@@ -194,11 +196,11 @@ def _summary(tool: str, r: Mapping[str, Any]) -> str:
         if tool == "list_group_memberships":
             g = r.get("groups") or []
             return f"{who(r.get('user'))} is in {r.get('total', len(g))} group(s): " + ", ".join(
-                str(x.get("displayName")) for x in g[:8]
+                quote(x.get("displayName"), 40) for x in g[:8]
             ) + tail
         if tool == "list_group_members":
             grp = r.get("group") or {}
-            return f"group {grp.get('displayName')!r}: {r.get('total')} member(s), {len(r.get('members') or [])} listed" + tail
+            return f"group {quote(grp.get('displayName'), 40)}: {r.get('total')} member(s), {len(r.get('members') or [])} listed" + tail
         if tool == "check_account_state":
             return (
                 f"{who(r.get('user'))}: accountEnabled={r.get('accountEnabled')}, passwordExpired={r.get('passwordExpired')}, "
@@ -206,7 +208,7 @@ def _summary(tool: str, r: Mapping[str, Any]) -> str:
             )
         if tool == "get_app_principal":
             sp = r.get("servicePrincipal") or r.get("application") or {}
-            return f"app {sp.get('displayName')!r} (appId {sp.get('appId')})" + tail
+            return f"app {quote(sp.get('displayName'), 40)} (appId {clean(sp.get('appId'), 40)})" + tail
         if tool == "check_app_access":
             return f"hasAccess={r.get('hasAccess')}: {r.get('reason')}" + tail
         if tool == "get_ticket_identity_context":
