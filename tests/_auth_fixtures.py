@@ -209,7 +209,8 @@ class Harness:
         self.settings = settings
         self.app = app
         self.counting = counting
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=settings.server.resolved_public_url)
+        base = settings.server.resolved_public_url if settings is not None else PUBLIC_URL
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base)
         self.idp = httpx.AsyncClient(verify=_ssl_ctx(emu.ca_bundle))
 
     async def aclose(self) -> None:

@@ -273,3 +273,41 @@ async def test_no_secret_reaches_the_logs(h: Harness, caplog: pytest.LogCaptureF
     for s in secrets_seen:
         assert s and s not in text
     assert "eyJ" not in text
+
+
+async def test_cross_tenant_same_upn_signs_in_as_a_different_identity(emu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """nOAuth end to end: tenant B creates a user with the victim's UPN and signs in through the real flow.
+
+    Single-tenant config: tenant B is refused. Multi-tenant config allowing B: the session is B's (tid, oid), never
+    the victim's, even though preferred_username is identical."""
+    for k, v in emu.secret_env(None, with_sign_in=True).items():
+        monkeypatch.setenv(k, v)
+    victim_upn = user_upn(emu, 0, 2)
+    victim = emu.tenant(0).user_by_upn(victim_upn)
+    b = emu.tenant(1)
+    twin = b.user_by_upn(victim_upn) or b.create_user({"displayName": "Impostor", "userPrincipalName": victim_upn})
+    emu.portal_app(0).sign_in_audience = "AzureADMultipleOrgs"
+
+    single = SignIn.from_settings(emulator_settings(emu, tmp_path / "single"))
+    multi = SignIn.from_settings(emulator_settings(emu, tmp_path / "multi", allowed_tenants=[b.tenant_id]))
+    try:
+        hs = Harness(emu, None, Starlette(routes=single.routes()), counting_transport(emu))
+        refused = await hs.login("portal", "/", tenant=b.tenant_id)
+        assert refused.status_code == 400 and "allowed_tenants" in refused.text
+        await hs.aclose()
+
+        hm = Harness(emu, None, Starlette(routes=multi.routes()), counting_transport(emu))
+        start = await hm.login("portal", "/", tenant=b.tenant_id)
+        assert start.status_code == 302 and f"/{b.tenant_id}/oauth2/v2.0/authorize" in start.headers["location"]
+        done = await hm.client.get(await hm.authenticate(start.headers["location"], victim_upn))
+        assert done.status_code == 303, done.text
+        me = (await hm.client.get("/auth/session")).json()
+        assert me["preferredUsername"].lower() == victim_upn.lower()
+        assert (me["tid"], me["oid"]) == (b.tenant_id, twin["id"])
+        assert (me["tid"], me["oid"]) != (emu.tenant(0).tenant_id, victim["id"])
+        await hm.aclose()
+    finally:
+        emu.portal_app(0).sign_in_audience = "AzureADMyOrg"
+        for s in (single, multi):
+            await s.aclose()
+            s.sessions.store.close()
