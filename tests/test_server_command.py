@@ -232,3 +232,33 @@ async def test_serve_http_syncs_in_the_background_and_answers(server_env: Server
         out, err = proc.communicate(timeout=30)
     assert out == b""  # HTTP mode prints nothing on stdout either
     assert proc.returncode in (0, -15)
+
+
+@pytest.mark.anyio
+async def test_demo_over_http_prints_the_url_and_serves(tmp_path: Path) -> None:
+    import httpx
+    from _server_fixtures import free_port
+
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([str(ENTRA_MCP), "demo", "--transport", "http", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        with anyio.fail_after(60):
+            while True:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["tenants"][0]["synced"]:
+                        break
+                except httpx.TransportError:
+                    pass
+                await anyio.sleep(0.1)
+            async with Client(url, read_timeout_seconds=30) as client:
+                result = await client.call_tool("list_group_members", {"group": "All Staff", "limit": 3})
+                assert result.structured_content and len(result.structured_content["members"]) == 3
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert url.encode() in err  # how to connect, on stderr
+    assert out == b""
