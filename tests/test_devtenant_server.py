@@ -189,7 +189,8 @@ def _pump(stream: IO[str], lines: "queue.Queue[str | None]") -> None:
     lines.put(None)
 
 
-def test_devtenant_cli_prints_config_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_devtenant_cli_prints_config_serves_and_stops_on_a_signal(tmp_path: Path, stop_signal: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "entra_mcp", "devtenant", "--port", "0", "--state-dir", str(tmp_path),
          "--token-lifetime", "120", "--redirect-uri", "http://127.0.0.1:7/cb"],
@@ -221,7 +222,7 @@ def test_devtenant_cli_prints_config_serves_and_stops_on_sigterm(tmp_path: Path)
                 "grant_type": "client_credentials", "client_id": tenant.client_id, "client_secret": secret,
                 "scope": f"{tenant.graph_host}/.default"})
         assert resp.status_code == 200 and resp.json()["expires_in"] == 120
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:

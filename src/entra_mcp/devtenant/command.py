@@ -77,10 +77,6 @@ def faults_from(args: argparse.Namespace) -> FaultPlan:
 def run(args: argparse.Namespace) -> int:
     from entra_mcp.devtenant.server import run_emulator
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
     def progress(message: str) -> None:
         sys.stderr.write(f"devtenant: {message}\n")
         sys.stderr.flush()
@@ -91,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         size=args.size, seed=args.seed, tenants=args.tenants, port=args.port, faults=faults_from(args),
         state_dir=args.state_dir, progress=progress,
     ) as emu:
+        # From here on a signal stops the server cleanly; before (while generating), Ctrl+C simply interrupts.
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         for uri in args.redirect_uri:
             emu.add_redirect_uri(uri)
         out = [emu.config_toml(tenant_index=None)]
