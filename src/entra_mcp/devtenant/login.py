@@ -47,6 +47,7 @@ from entra_mcp.devtenant.tokens import (
     TokenRejected,
     b64url,
     b64url_decode,
+    service_principal_of,
     split_jwt,
     unverified_claims,
     verify_rsa_signature,
@@ -216,14 +217,9 @@ class LoginHost:
             )
         return reg
 
-    @staticmethod
-    def service_principal(tenant: EmulatedTenant, client_id: str) -> dict[str, Any] | None:
-        with tenant.lock:
-            return next((sp for sp in tenant.service_principals.values() if sp.get("appId") == client_id), None)
-
     def check_enabled(self, tenant: EmulatedTenant, reg: AppRegistration) -> None:
         """A disabled service principal can get no token in its tenant (AADSTS7000112)."""
-        sp = self.service_principal(tenant, reg.client_id)
+        sp = service_principal_of(tenant, reg.client_id)
         if sp is not None and sp.get("accountEnabled") is False:
             raise LoginError("unauthorized_client", 7000112,
                              f"Application '{reg.client_id}'({reg.display_name}) is disabled.")
@@ -231,7 +227,7 @@ class LoginHost:
     def check_assignment(self, tenant: EmulatedTenant, reg: AppRegistration, user: dict[str, Any]) -> None:
         """appRoleAssignmentRequired: the user, or a group the user is a DIRECT member of, must be assigned
         (Entra does not follow nested groups for app assignment)."""
-        sp = self.service_principal(tenant, reg.client_id)
+        sp = service_principal_of(tenant, reg.client_id)
         if sp is None or not sp.get("appRoleAssignmentRequired"):
             return
         with tenant.lock:

@@ -162,10 +162,15 @@ class UserTokens:
     id_token: str | None
     refresh_token: str | None
     expires_in: int
-    scope: str  # space-separated, as the token response's `scope`
 
 
 KeyChoice = Literal["active", "previous", "foreign"]
+
+
+def service_principal_of(tenant: EmulatedTenant, client_id: str) -> dict[str, Any] | None:
+    """The service principal of app `client_id` in `tenant`, if the tenant has one."""
+    with tenant.lock:
+        return next((sp for sp in tenant.service_principals.values() if sp.get("appId") == client_id), None)
 
 
 class TokenService:
@@ -224,10 +229,8 @@ class TokenService:
     @staticmethod
     def service_principal_id(tenant: EmulatedTenant, client_id: str) -> str:
         """Object id of the app's service principal in `tenant` (the `oid` of its app-only tokens)."""
-        for sp in tenant.service_principals.values():
-            if sp.get("appId") == client_id:
-                return str(sp["id"])
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant.tenant_id}:{client_id}"))
+        sp = service_principal_of(tenant, client_id)
+        return str(sp["id"]) if sp else str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant.tenant_id}:{client_id}"))
 
     @staticmethod
     def pairwise_sub(tenant_id: str, client_id: str, object_id: str) -> str:
@@ -334,7 +337,7 @@ class TokenService:
             refresh = self.issue_refresh_token(
                 RefreshGrant(tid, registration.client_id, oid, tuple(scopes), sid, now + REFRESH_TOKEN_LIFETIME_S)
             )
-        return UserTokens(self.mint(access), id_token, refresh, lifetime, " ".join(scopes))
+        return UserTokens(self.mint(access), id_token, refresh, lifetime)
 
     # ---- refresh tokens (opaque, server-side) -----------------------------------------------------------------
 
@@ -470,5 +473,6 @@ __all__ = [
     "b64url",
     "split_jwt",
     "unverified_claims",
+    "service_principal_of",
     "verify_rsa_signature",
 ]
