@@ -54,9 +54,10 @@ def test_tls_files(emulator: RunningEmulator) -> None:
     assert stat.S_IMODE(os.stat(tls.key_file).st_mode) == 0o600
 
 
-def test_state_dir_holds_the_tls_files(tmp_path: Path, fresh_emulator: Any) -> None:
-    emu: RunningEmulator = fresh_emulator(state_dir=tmp_path / "dt")
-    assert emu.ca_bundle == tmp_path / "dt" / "ca.pem" and emu.ca_bundle.exists()
+def test_state_dir_holds_the_tls_files(tmp_path: Path) -> None:
+    with run_emulator(EmulatorState(), state_dir=tmp_path / "dt") as emu:
+        assert emu.ca_bundle == tmp_path / "dt" / "ca.pem" and emu.ca_bundle.exists()
+    assert (tmp_path / "dt" / "ca.pem").exists()
 
 
 # ---- run_emulator ---------------------------------------------------------------------------------------------------
@@ -67,10 +68,12 @@ def test_run_emulator_serves_then_stops(tmp_path: Path) -> None:
         assert emu.login_url == emu.graph_url == emu.base_url == f"https://127.0.0.1:{emu.port}"
         with httpx.Client(verify=emu.ssl_context()) as client:
             client.get(f"{emu.base_url}/").raise_for_status()
-        port = emu.port
+        port, tls_dir = emu.port, emu.tls.directory
+        assert tls_dir.is_dir()
     with socket.socket() as s:
         with pytest.raises(ConnectionRefusedError):
             s.connect(("127.0.0.1", port))
+    assert not tls_dir.exists()  # the temp dir it made is gone; a --state-dir stays (next test)
 
 
 def test_a_busy_port_is_a_clear_error() -> None:

@@ -19,9 +19,10 @@ import importlib
 import json
 import socket
 import ssl
+import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -345,28 +346,35 @@ def run_emulator(
     (size, seed, tenants); port 0 picks a free port; TLS files go to `state_dir` (a fresh temp dir when None)."""
     if state is None:
         state = _generate(size, seed, tenants, progress)
-    tls = create_tls_files(Path(state_dir) if state_dir is not None else None)
-    sock = _bind(port)
-    bound = sock.getsockname()[1]
-    runtime = EmulatorRuntime(state=state, faults=faults or FaultPlan(), base_url=f"https://127.0.0.1:{bound}")
-    runtime.tokens = TokenService(runtime)
-    login = LoginHost(runtime)
-    app = build_app(runtime, login)
-    config = uvicorn.Config(
-        app, ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file), log_level="warning",
-        access_log=False, lifespan="on", timeout_keep_alive=30, timeout_graceful_shutdown=5,
-    )
-    server = _EmulatorServer(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"devtenant:{bound}", daemon=True)
-    thread.start()
-    try:
+    with ExitStack() as cleanup:  # unwinds in reverse: server stopped, socket closed, temp dir removed
+        directory = Path(state_dir) if state_dir is not None else Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="entra-devtenant-")))
+        tls = create_tls_files(directory)
+        sock = _bind(port)
+        cleanup.callback(sock.close)
+        bound = sock.getsockname()[1]
+        runtime = EmulatorRuntime(state=state, faults=faults or FaultPlan(), base_url=f"https://127.0.0.1:{bound}")
+        runtime.tokens = TokenService(runtime)
+        login = LoginHost(runtime)
+        config = uvicorn.Config(
+            build_app(runtime, login), ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file),
+            log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30, timeout_graceful_shutdown=5,
+        )
+        server = _EmulatorServer(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"devtenant:{bound}",
+                                  daemon=True)
+        thread.start()
+        cleanup.callback(_stop, server, thread)
         _wait_until_serving(server, thread, runtime.base_url, tls.ca_bundle)
         log.info("emulator serving at %s", runtime.base_url)
         yield RunningEmulator(runtime.base_url, bound, tls.ca_bundle, tls, runtime, login)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+
+
+def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=15)
+    if thread.is_alive():
+        log.warning("the emulator's HTTPS server did not stop within 15 s")
 
 
 def _wait_until_serving(server: uvicorn.Server, thread: threading.Thread, base_url: str, ca_bundle: Path) -> None:
