@@ -612,21 +612,12 @@ class LoginHost:
         if not code:
             raise LoginError("invalid_request", 900144, "The request body must contain the following parameter: 'code'.")
         rec = self._code_record(code)
-        if tenant is not None and tenant.tenant_id != rec.tenant_id:
-            raise LoginError("invalid_grant", 700005,
-                             "Provided Authorization Code is intended to use against other tenant, thus rejected.")
-        tenant = self.runtime.state.tenants[rec.tenant_id]
-        cid, basic = self.client_id_of(form, request)
-        if cid.lower() != rec.client_id.lower():
-            raise LoginError("invalid_grant", 70000, "Provided grant is invalid or malformed.")
-        reg = self.find_registration(cid, tenant)
-        azpacr = self.authenticate_client(reg, tenant, form, basic, required=bool(reg.secrets or reg.certificates))
+        tenant, reg, azpacr = self._grant_client(tenant, rec.tenant_id, rec.client_id, form, request,
+                                                 "Authorization Code")
         if rec.redeemed:
-            raise LoginError("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please retry "
-                             "with a new valid code or use an existing refresh token.")
+            raise _already_redeemed()
         if rec.expires_at <= self.now():
-            raise LoginError("invalid_grant", 70008, "The provided authorization code or refresh token has expired due "
-                             "to inactivity. Send a new interactive authorization request for this user and resource.")
+            raise _expired_grant()
         redirect_uri = form.get("redirect_uri", "")
         if redirect_uri != rec.redirect_uri:
             raise LoginError("invalid_grant", 500112, f"The reply address '{redirect_uri}' does not match the reply "
@@ -642,11 +633,27 @@ class LoginHost:
         user = self._active_user(tenant, reg, rec.user_id)
         with self._lock:
             if rec.redeemed:  # a concurrent redemption won
-                raise LoginError("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please "
-                                 "retry with a new valid code or use an existing refresh token.")
+                raise _already_redeemed()
             rec.redeemed = True
         return self.user_token_response(tenant, reg, user, rec.scopes, form.get("scope"), nonce=rec.nonce,
                                          sid=rec.sid, azpacr=azpacr, client_info=form.get("client_info") == "1")
+
+    def _grant_client(
+        self, tenant: EmulatedTenant | None, grant_tenant_id: str, grant_client_id: str, form: dict[str, str],
+        request: Request, what: str,
+    ) -> tuple[EmulatedTenant, AppRegistration, str]:
+        """A code or refresh token is redeemed by the client it was issued to, at its tenant (or common):
+        (tenant, registration, azpacr) once the client has authenticated."""
+        if tenant is not None and tenant.tenant_id != grant_tenant_id:
+            raise LoginError("invalid_grant", 700005,
+                             f"Provided {what} is intended to use against other tenant, thus rejected.")
+        tenant = self.runtime.state.tenants[grant_tenant_id]
+        cid, basic = self.client_id_of(form, request)
+        if cid.lower() != grant_client_id.lower():
+            raise LoginError("invalid_grant", 70000, "Provided grant is invalid or malformed.")
+        reg = self.find_registration(cid, tenant)
+        azpacr = self.authenticate_client(reg, tenant, form, basic, required=bool(reg.secrets or reg.certificates))
+        return tenant, reg, azpacr
 
     def _active_user(self, tenant: EmulatedTenant, reg: AppRegistration, user_id: str) -> dict[str, Any]:
         """The user behind a code or refresh token, still allowed in: not deleted or disabled, app enabled."""
@@ -668,18 +675,10 @@ class LoginHost:
         grant = self.tokens.refresh_grant(token)
         if grant is None:
             raise LoginError("invalid_grant", 9002313, "Invalid request. Request is malformed or invalid.")
-        if tenant is not None and tenant.tenant_id != grant.tenant_id:
-            raise LoginError("invalid_grant", 700005,
-                             "Provided refresh token is intended to use against other tenant, thus rejected.")
-        tenant = self.runtime.state.tenants[grant.tenant_id]
-        cid, basic = self.client_id_of(form, request)
-        if cid.lower() != grant.client_id.lower():
-            raise LoginError("invalid_grant", 70000, "Provided grant is invalid or malformed.")
-        reg = self.find_registration(cid, tenant)
-        azpacr = self.authenticate_client(reg, tenant, form, basic, required=bool(reg.secrets or reg.certificates))
+        tenant, reg, azpacr = self._grant_client(tenant, grant.tenant_id, grant.client_id, form, request,
+                                                 "refresh token")
         if grant.expires_at <= self.now():
-            raise LoginError("invalid_grant", 70008, "The provided authorization code or refresh token has expired due "
-                             "to inactivity. Send a new interactive authorization request for this user and resource.")
+            raise _expired_grant()
         user = self._active_user(tenant, reg, grant.user_id)
         return self.user_token_response(tenant, reg, user, list(grant.scopes), form.get("scope"), nonce=None,
                                          sid=grant.sid, azpacr=azpacr, client_info=form.get("client_info") == "1")
@@ -983,6 +982,16 @@ class LoginHost:
             Route("/{tenant}/login", self.sign_in, methods=["POST"]),
             Route("/{tenant}/oauth2/v2.0/logout", self.logout, methods=["GET", "POST"]),
         ]
+
+
+def _already_redeemed() -> LoginError:
+    return LoginError("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please retry with a new "
+                      "valid code or use an existing refresh token.")
+
+
+def _expired_grant() -> LoginError:
+    return LoginError("invalid_grant", 70008, "The provided authorization code or refresh token has expired due to "
+                      "inactivity. Send a new interactive authorization request for this user and resource.")
 
 
 def _b64url_to_hex(text: str) -> str:
