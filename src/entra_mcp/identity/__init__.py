@@ -7,6 +7,7 @@ matches); nothing here does I/O or knows about MCP.
 
 from .account import account_summary, check_account_state
 from .apps import check_app_access, get_app_principal, resolve_app
+from .common import user_card
 from .findings import FINDINGS, findings_markdown, suspicious_fields
 from .groups import list_group_members, list_group_memberships, resolve_group
 from .status import sync_status
@@ -30,5 +31,6 @@ __all__ = [
     "resolve_group",
     "resolve_user",
     "suspicious_fields",
+    "user_card",
     "sync_status",
 ]

@@ -7,6 +7,8 @@ shown apart: `dynamic: true` with `membershipRule` and `membershipRuleProcessing
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -112,64 +114,56 @@ def list_group_memberships(
     return answer
 
 
-def _member_row(view: DirectoryView, member_id: str, kind: str) -> dict[str, Any]:
-    snap = view.snapshot
-    source = {"user": snap.users, "group": snap.groups, "servicePrincipal": snap.service_principals}.get(kind)
-    obj = source.get(member_id) if source is not None else None
-    row: dict[str, Any] = {"id": member_id, "displayName": obj.get("displayName") if obj else None, "type": kind}
-    if kind == "user" and obj:
-        row["userPrincipalName"] = obj.get("userPrincipalName")
-    return row
-
-
 def list_group_members(
     view: DirectoryView, group: str, transitive: bool = False, limit: int = 100, *, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Members of a group (users, groups, service principals, devices). With `transitive`, members of nested groups
-    too, each with `via` (the nested groups it comes through). Capped at `limit` with the full `total`."""
+    """Members of a group (users, groups, service principals, devices), users first, by name. With `transitive`,
+    members of nested groups too, each with `via` (the nested groups it comes through). Capped at `limit` with the
+    full `total` and `countsByType`."""
     record = resolve_group(view, group)
     limit = clean_limit(limit, default=100, maximum=MAX_MEMBERS)
     findings = suspicious_findings("group", record)
     gid = record["id"]
-    direct = view.snapshot.members.get(gid, {})
-    rows = []
+    snap = view.snapshot
+    entries: list[tuple[str, str, tuple[str, ...]]]
     if transitive:
-        kinds = dict(direct)
-        chains = view.transitive_members(gid)
-        for member_id, chain in chains.items():
-            kind = kinds.get(member_id) or _kind_in(view, chain[-1], member_id)
-            row = _member_row(view, member_id, kind)
+        entries = [(mid, kind, chain) for mid, (kind, chain) in view.transitive_members(gid).items()]
+    else:
+        entries = [(mid, kind, (gid,)) for mid, kind in snap.members.get(gid, {}).items()]
+    sources: dict[str, dict[str, dict[str, Any]]] = {
+        "user": snap.users, "group": snap.groups, "servicePrincipal": snap.service_principals,
+    }
+    type_order = {"user": 0, "group": 1, "servicePrincipal": 2}
+
+    def order(entry: tuple[str, str, tuple[str, ...]]) -> tuple[int, str, str]:
+        obj = sources.get(entry[1], {}).get(entry[0])
+        name = obj.get("displayName") if obj else None
+        return type_order.get(entry[1], 3), str(name).casefold() if name else "\uffff", entry[0]
+
+    shown = heapq.nsmallest(limit, entries, key=order)
+    counts = Counter(kind for _, kind, _ in entries)
+    members = []
+    for mid, kind, chain in shown:
+        obj = sources.get(kind, {}).get(mid)
+        row: dict[str, Any] = {"id": mid, "displayName": obj.get("displayName") if obj else None, "type": kind}
+        if kind == "user" and obj:
+            row["userPrincipalName"] = obj.get("userPrincipalName")
+        if transitive:
             row["direct"] = len(chain) == 1
             if len(chain) > 1:
-                row["via"] = [{"id": g, "displayName": view.display_name(g)} for g in chain[1:]]
-            rows.append(row)
-    else:
-        rows = [_member_row(view, member_id, kind) for member_id, kind in direct.items()]
-    type_order = {"user": 0, "group": 1, "servicePrincipal": 2}
-    rows.sort(key=lambda r: (type_order.get(r["type"], 3), str(r["displayName"] or "").casefold(), r["id"]))
-    shown = rows[:limit]
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["type"]] = counts.get(row["type"], 0) + 1
-    objects = view.snapshot
-    for row in shown:
-        source = {"user": objects.users, "group": objects.groups, "servicePrincipal": objects.service_principals}.get(row["type"])
-        if source is not None and row["id"] in source:
-            findings.extend(suspicious_findings(row["type"], source[row["id"]]))
-    answer: dict[str, Any] = {
-        "group": group_card(record),
-        "members": shown,
-        "total": len(rows),
-        "countsByType": counts,
-        "truncated": len(rows) > limit,
-        "transitive": transitive,
-        "asOf": as_of(view),
-    }
+                row["via"] = [{"id": g, "displayName": (snap.groups.get(g) or {}).get("displayName")} for g in chain[1:]]
+        members.append(row)
+        if obj:
+            findings.extend(suspicious_findings(kind, obj))
     if is_dynamic(record) and record.get("membershipRuleProcessingState") == "Paused":
         findings.append(finding("DYNAMIC_MEMBERSHIP_PAUSED"))
-    answer["findings"] = sort_findings(findings)
-    return answer
-
-
-def _kind_in(view: DirectoryView, group_id: str, member_id: str) -> str:
-    return view.snapshot.members.get(group_id, {}).get(member_id, "other")
+    return {
+        "group": group_card(record),
+        "members": members,
+        "total": len(entries),
+        "countsByType": dict(counts),
+        "truncated": len(entries) > limit,
+        "transitive": transitive,
+        "asOf": as_of(view),
+        "findings": sort_findings(findings),
+    }

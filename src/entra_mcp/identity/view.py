@@ -4,8 +4,9 @@ A view never changes after `build()`; a new snapshot version gets a new view. It
 objects, only keys pointing at the snapshot's dicts, so its memory is a fraction of the snapshot's.
 
 Indexes
-- exact identifiers (casefolded): userPrincipalName, mail, otherMails, proxyAddresses (without the `smtp:` prefix),
-  object id, employeeId; onPremisesSamAccountName separately (it also answers `DOMAIN\\sam` and `sam@domain`);
+- exact identifiers (casefolded): userPrincipalName, mail, otherMails, proxyAddresses (without the `smtp:` prefix);
+  object ids through the snapshot's own dict; employeeId as written (tried as given, upper and lower case);
+  onPremisesSamAccountName separately (it also answers `DOMAIN\\sam` and `sam@domain`);
 - folded name tokens (casefold + diacritics stripped) of displayName, givenName and surname, with a sorted
   vocabulary for prefix search and rapidfuzz edit distance for typos;
 - reverse membership: member id -> the groups it is a DIRECT member of (transitive closure is computed on demand);
@@ -75,8 +76,9 @@ class DirectoryView:
     built_at: datetime
     user_ids: tuple[str, ...]  # position -> user id (postings hold positions)
     user_names: tuple[str, ...]  # position -> folded displayName
-    exact: dict[str, Any]  # casefolded identifier -> user id or tuple of ids
+    exact: dict[str, Any]  # casefolded UPN, mail, other mail, proxy address -> user id or tuple of ids
     sam: dict[str, Any]  # casefolded onPremisesSamAccountName -> user id(s)
+    employee_ids: dict[str, Any]  # employeeId as stored -> user id(s)
     postings: dict[str, tuple[int, ...]]  # folded name token -> user positions
     vocabulary: tuple[str, ...]  # sorted tokens
     full_names: dict[str, Any]  # folded displayName -> user id(s)
@@ -115,11 +117,13 @@ class DirectoryView:
         user_names: list[str] = []
         exact: dict[str, Any] = {}
         sam: dict[str, Any] = {}
+        employee_ids: dict[str, Any] = {}
         token_lists: dict[str, list[int]] = {}
         full_names: dict[str, Any] = {}
         upn_domains: set[str] = set()
 
         token_cache: dict[str, list[str]] = {}  # givenName and surname repeat a lot
+        names_seen: dict[str, str] = {}
 
         def tokens_of(text: str | None) -> list[str]:
             if not text:
@@ -132,8 +136,7 @@ class DirectoryView:
             return found
 
         for pos, (uid, user) in enumerate(users.items()):
-            user_ids.append(uid)
-            _add(exact, _key(uid), uid)
+            user_ids.append(uid)  # object ids are found in snapshot.users itself (see exact_users)
             upn = user.get("userPrincipalName")
             if upn:
                 key = _key(upn)
@@ -154,13 +157,15 @@ class DirectoryView:
                         _add(exact, _key(address), uid)
             employee_id = user.get("employeeId")
             if employee_id:
-                _add(exact, _key(str(employee_id).strip()), uid)
+                # kept as written (no folded copy per user); lookups try the query as given, upper and lower case
+                _add(employee_ids, employee_id if isinstance(employee_id, str) else str(employee_id), uid)
             account = user.get("onPremisesSamAccountName")
             if account:
                 _add(sam, _key(account), uid)
 
             display_tokens = name_tokens(user.get("displayName"))
             display_name = " ".join(display_tokens)
+            display_name = names_seen.setdefault(display_name, display_name)  # one copy per distinct name
             user_names.append(display_name)
             if display_name:
                 _add(full_names, display_name, uid)
@@ -234,6 +239,7 @@ class DirectoryView:
             user_names=tuple(user_names),
             exact=exact,
             sam=sam,
+            employee_ids=employee_ids,
             postings=postings,
             vocabulary=tuple(sorted(postings)),
             full_names=full_names,
@@ -276,6 +282,14 @@ class DirectoryView:
         found = _values(self.exact, key)
         if found:
             return found
+        raw = query.strip()
+        for object_id in (key, raw):
+            if object_id in self.snapshot.users:
+                return (object_id,)
+        for employee_id in dict.fromkeys((raw, raw.upper(), raw.lower())):
+            found = _values(self.employee_ids, employee_id)
+            if found:
+                return found
         found = _values(self.sam, key)
         if found:
             return found
@@ -411,10 +425,10 @@ class DirectoryView:
                     queue.append(parent)
         return chains
 
-    def transitive_members(self, group_id: str) -> dict[str, tuple[str, ...]]:
-        """Every member of the group, directly or through nested groups: member id -> chain of groups from
-        `group_id` down to the group it is a direct member of. Breadth-first and cycle safe."""
-        out: dict[str, tuple[str, ...]] = {}
+    def transitive_members(self, group_id: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Every member of the group, directly or through nested groups: member id -> (kind, chain of groups from
+        `group_id` down to the group it is a direct member of). Breadth-first and cycle safe."""
+        out: dict[str, tuple[str, tuple[str, ...]]] = {}
         visited = {group_id}
         queue: deque[tuple[str, tuple[str, ...]]] = deque([(group_id, (group_id,))])
         members = self.snapshot.members
@@ -422,7 +436,7 @@ class DirectoryView:
             gid, chain = queue.popleft()
             for member_id, kind in members.get(gid, {}).items():
                 if member_id not in out and member_id != group_id:
-                    out[member_id] = chain
+                    out[member_id] = (kind, chain)
                 if kind == "group" and member_id not in visited:
                     visited.add(member_id)
                     queue.append((member_id, chain + (member_id,)))
