@@ -249,3 +249,25 @@ def test_devtenant_cli_bad_flags_exit_2(flags: list[str], message: str) -> None:
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_login_outage_and_request_counts(fresh_emulator: Any) -> None:
+    emu: RunningEmulator = fresh_emulator()
+    tid = emu.tenant().tenant_id
+    with httpx.Client(verify=emu.ssl_context()) as client:
+        before = client.get(f"{emu.base_url}/_emulator/login/stats").json()["requests"].get("jwks", 0)
+        for _ in range(3):
+            assert client.get(f"{emu.login_url}/{tid}/discovery/v2.0/keys").status_code == 200
+        assert client.get(f"{emu.base_url}/_emulator/login/stats").json()["requests"]["jwks"] == before + 3
+
+        assert client.post(f"{emu.base_url}/_emulator/login/outage", json={"down": ["jwks"]}).json() == {
+            "down": ["jwks"]}
+        down = client.get(f"{emu.login_url}/{tid}/discovery/v2.0/keys")
+        assert down.status_code == 503 and down.json()["error"] == "temporarily_unavailable"
+        assert client.get(f"{emu.login_url}/{tid}/v2.0/.well-known/openid-configuration").status_code == 200
+        stats = client.get(f"{emu.base_url}/_emulator/login/stats").json()
+        assert stats["requests"]["jwks"] == before + 4 and stats["down"] == ["jwks"]
+
+        assert client.post(f"{emu.base_url}/_emulator/login/outage", json={"down": ["nonsense"]}).status_code == 400
+        client.post(f"{emu.base_url}/_emulator/login/outage", json={"down": []}).raise_for_status()
+        assert client.get(f"{emu.login_url}/{tid}/discovery/v2.0/keys").status_code == 200

@@ -30,8 +30,9 @@ import secrets
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import unquote, urlencode, urlsplit
 
 import anyio
@@ -70,6 +71,9 @@ MULTI_TENANT_SEGMENTS = ("common", "organizations")  # tenant-independent endpoi
 MULTI_TENANT_AUDIENCES = ("AzureADMultipleOrgs", "AzureADandPersonalMicrosoftAccount")
 _VERIFIER_RE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 _TENANT_TEMPLATE = "{tenantid}"
+# what the login host counts and can take down, one name per kind of endpoint
+LOGIN_ENDPOINT_KINDS = frozenset(
+    {"discovery", "jwks", "token", "authorize", "sign_in", "logout", "userinfo", "instance"})
 
 
 class LoginError(Exception):
@@ -147,6 +151,10 @@ class LoginHost:
     _codes: dict[str, AuthorizationCode] = field(default_factory=dict)  # sha256(code) -> code
     _assertion_ids: dict[str, float] = field(default_factory=dict)  # jti -> expiry
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # requests served per endpoint kind (LOGIN_ENDPOINT_KINDS)
+    requests: Counter[str] = field(default_factory=Counter)
+    # endpoint kinds that answer 503 (an outage of the login host or of one of its endpoints)
+    down: set[str] = field(default_factory=set)
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
 
@@ -162,10 +170,23 @@ class LoginHost:
     def base(self) -> str:
         return self.runtime.base_url
 
-    async def _delay(self) -> None:
-        latency = self.runtime.faults.latency_ms
-        if latency > 0:
-            await anyio.sleep(latency / 1000.0)
+    def _endpoint(self, kind: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Any]:
+        """Every route: counted, delayed by the latency fault, and 503 while `kind` is down."""
+        assert kind in LOGIN_ENDPOINT_KINDS, kind
+
+        async def endpoint(request: Request) -> Response:
+            with self._lock:
+                self.requests[kind] += 1
+            latency = self.runtime.faults.latency_ms
+            if latency > 0:
+                await anyio.sleep(latency / 1000.0)
+            if kind in self.down:
+                exc = LoginError("temporarily_unavailable", 90033, "A transient error has occurred. Please try again.",
+                                 503)
+                return self.error_response(exc, request)
+            return await handler(request)
+
+        return endpoint
 
     def error_body(self, exc: LoginError, correlation_id: str) -> dict[str, Any]:
         now = time.time()
@@ -519,7 +540,6 @@ class LoginHost:
     # ---- token endpoint -----------------------------------------------------------------------------------------
 
     async def token(self, request: Request) -> Response:
-        await self._delay()
         if request.method != "POST":
             return self.error_response(LoginError("invalid_request", 900561,
                                                   "The endpoint only accepts POST requests. Received a GET request."),
@@ -753,7 +773,6 @@ class LoginHost:
         return self._redirect_with(redirect_uri, params, mode)
 
     async def authorize(self, request: Request) -> Response:
-        await self._delay()
         segment = request.path_params["tenant"]
         q = request.query_params
         try:
@@ -843,7 +862,6 @@ class LoginHost:
         )
 
     async def sign_in(self, request: Request) -> Response:
-        await self._delay()
         segment = request.path_params["tenant"]
         form = {k: str(v) for k, v in (await request.form()).items()}
         ctx = form.get("ctx", "")
@@ -898,7 +916,6 @@ class LoginHost:
         return self._redirect_with(req.redirect_uri, params, req.response_mode)
 
     async def logout(self, request: Request) -> Response:
-        await self._delay()
         segment = request.path_params["tenant"]
         target = request.query_params.get("post_logout_redirect_uri", "")
         tenants = list(self.runtime.state.tenants.values()) if segment in MULTI_TENANT_SEGMENTS else [
@@ -915,7 +932,6 @@ class LoginHost:
     # ---- discovery routes ---------------------------------------------------------------------------------------
 
     async def _tenant_document(self, request: Request, build: Callable[[str], dict[str, Any]]) -> Response:
-        await self._delay()
         try:
             return JSONResponse(build(request.path_params["tenant"]))
         except LoginError as exc:
@@ -937,7 +953,6 @@ class LoginHost:
     async def userinfo(self, request: Request) -> Response:
         """Graph's /oidc/userinfo (the discovery document's userinfo_endpoint): the signed-in user's basic profile
         for a delegated Graph token."""
-        await self._delay()
         auth = request.headers.get("authorization", "")
         try:
             if auth[:7].lower() != "bearer ":
@@ -958,7 +973,6 @@ class LoginHost:
         return JSONResponse({k: v for k, v in info.items() if v is not None})
 
     async def instance_discovery(self, request: Request) -> Response:
-        await self._delay()
         endpoint = request.query_params.get("authorization_endpoint", "")
         parts = urlsplit(endpoint).path.split("/")
         tenant = parts[1] if len(parts) > 1 and parts[1] else "common"
@@ -970,17 +984,18 @@ class LoginHost:
         })
 
     def routes(self) -> list[BaseRoute]:
+        e = self._endpoint
         return [
-            Route("/common/discovery/instance", self.instance_discovery, methods=["GET"]),
-            Route("/oidc/userinfo", self.userinfo, methods=["GET", "POST"]),
-            Route("/{tenant}/v2.0/.well-known/openid-configuration", self.discovery, methods=["GET"]),
-            Route("/{tenant}/.well-known/openid-configuration", self.discovery_v1, methods=["GET"]),
-            Route("/{tenant}/discovery/v2.0/keys", self.keys, methods=["GET"]),
-            Route("/{tenant}/discovery/keys", self.keys, methods=["GET"]),
-            Route("/{tenant}/oauth2/v2.0/token", self.token, methods=["GET", "POST"]),
-            Route("/{tenant}/oauth2/v2.0/authorize", self.authorize, methods=["GET"]),
-            Route("/{tenant}/login", self.sign_in, methods=["POST"]),
-            Route("/{tenant}/oauth2/v2.0/logout", self.logout, methods=["GET", "POST"]),
+            Route("/common/discovery/instance", e("instance", self.instance_discovery), methods=["GET"]),
+            Route("/oidc/userinfo", e("userinfo", self.userinfo), methods=["GET", "POST"]),
+            Route("/{tenant}/v2.0/.well-known/openid-configuration", e("discovery", self.discovery), methods=["GET"]),
+            Route("/{tenant}/.well-known/openid-configuration", e("discovery", self.discovery_v1), methods=["GET"]),
+            Route("/{tenant}/discovery/v2.0/keys", e("jwks", self.keys), methods=["GET"]),
+            Route("/{tenant}/discovery/keys", e("jwks", self.keys), methods=["GET"]),
+            Route("/{tenant}/oauth2/v2.0/token", e("token", self.token), methods=["GET", "POST"]),
+            Route("/{tenant}/oauth2/v2.0/authorize", e("authorize", self.authorize), methods=["GET"]),
+            Route("/{tenant}/login", e("sign_in", self.sign_in), methods=["POST"]),
+            Route("/{tenant}/oauth2/v2.0/logout", e("logout", self.logout), methods=["GET", "POST"]),
         ]
 
 
@@ -998,4 +1013,4 @@ def _b64url_to_hex(text: str) -> str:
     return b64url_decode(text).hex().upper()
 
 
-__all__ = ["CODE_LIFETIME_S", "LoginError", "LoginHost"]
+__all__ = ["CODE_LIFETIME_S", "LOGIN_ENDPOINT_KINDS", "LoginError", "LoginHost"]

@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from entra_mcp.devtenant.faults import FaultPlan
-from entra_mcp.devtenant.login import LoginError, LoginHost
+from entra_mcp.devtenant.login import LOGIN_ENDPOINT_KINDS, LoginError, LoginHost
 from entra_mcp.devtenant.model import AppRegistration, EmulatedTenant, EmulatorState
 from entra_mcp.devtenant.runtime import EmulatorRuntime
 from entra_mcp.devtenant.tls import TlsFiles, create_tls_files
@@ -67,7 +67,9 @@ def _optional_app(module: str, factory: str, runtime: EmulatorRuntime) -> Any | 
 
 
 def _control_routes(runtime: EmulatorRuntime, login: LoginHost) -> list[BaseRoute]:
-    """The login side's control endpoints: signing keys and forged tokens."""
+    """The login side's control endpoints: signing keys, forged tokens, request counts and outages:
+    GET /_emulator/login/stats -> {"requests": {kind: n}, "down": [...]};
+    POST /_emulator/login/outage {"down": ["jwks", ...]} (replaces the set; [] ends the outage)."""
     tokens = runtime.tokens
     assert tokens is not None
 
@@ -87,7 +89,22 @@ def _control_routes(runtime: EmulatorRuntime, login: LoginHost) -> list[BaseRout
         except (InvalidArgument, LoginError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
+    async def stats(request: Request) -> Response:
+        return JSONResponse({"requests": dict(login.requests), "down": sorted(login.down)})
+
+    async def outage(request: Request) -> Response:
+        down = (await _json_body(request)).get("down")
+        if not isinstance(down, list) or not set(down) <= LOGIN_ENDPOINT_KINDS:
+            return JSONResponse({"error": f"send {{\"down\": [...]}} naming any of {sorted(LOGIN_ENDPOINT_KINDS)}"},
+                                status_code=400)
+        login.down.clear()
+        login.down.update(down)
+        log.info("login endpoints down: %s", ", ".join(sorted(down)) or "none")
+        return JSONResponse({"down": sorted(login.down)})
+
     return [
+        Route("/_emulator/login/stats", stats, methods=["GET"]),
+        Route("/_emulator/login/outage", outage, methods=["POST"]),
         Route("/_emulator/keys/rollover", rollover, methods=["POST"]),
         Route("/_emulator/keys/retire", retire, methods=["POST"]),
         Route("/_emulator/tokens/mint", mint, methods=["POST"]),
