@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import platform
 import queue
+import shlex
 import signal
 import ssl
 import subprocess
@@ -67,7 +68,7 @@ def one_run(size: str, timeout_s: float) -> dict[str, float]:
                 raise SystemExit("devtenant closed stdout before printing its config")
             stdout += chunk
         tenant = tomllib.loads(stdout.split("\nexport ")[0])["tenants"][0]
-        secret = stdout.split("export DEVTENANT_CLIENT_SECRET=")[1].strip()
+        secret = shlex.split(stdout.split("export DEVTENANT_CLIENT_SECRET=")[1].splitlines()[0])[0]
         ctx = ssl.create_default_context(cafile=tenant["ca_bundle"])
         t0 = time.monotonic()
         with httpx.Client(verify=ctx, timeout=30) as client:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shlex
 import signal
 import socket
 import ssl
@@ -217,7 +218,7 @@ def test_devtenant_cli_prints_config_serves_and_stops_on_a_signal(tmp_path: Path
             stdout += line
         settings = parse_settings(tomllib.loads(stdout.split("\nexport ")[0]))
         tenant = settings.tenant(None)
-        secret = stdout.split("export DEVTENANT_CLIENT_SECRET=")[1].strip()
+        secret = shlex.split(stdout.split("export DEVTENANT_CLIENT_SECRET=")[1].splitlines()[0])[0]
         assert tenant.ca_bundle == tmp_path / "ca.pem"
         ctx = ssl.create_default_context(cafile=str(tenant.ca_bundle))
         with httpx.Client(verify=ctx) as client:

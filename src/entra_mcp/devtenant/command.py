@@ -8,6 +8,7 @@ secret (this is a local test bed: printing its own throw-away secret is the poin
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from entra_mcp.devtenant.faults import FaultPlan
+from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
 from entra_mcp.logs import get_logger
 
 log = get_logger("devtenant")
@@ -96,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
         out = [emu.config_toml(tenant_index=None)]
         for i, tenant in enumerate(emu.tenants()):
             out.append(f"# {emu.tenant_name(i)} ({tenant.domain}): portal app (sign-in) {emu.portal_app(i).client_id}, "
-                       f"API app (bearer audience) {emu.api_app(i).client_id}; users sign in with their UPN")
+                       f"API app (bearer audience) {emu.api_app(i).client_id}; users sign in with their UPN and "
+                       f"the password {DEFAULT_USER_PASSWORD}")
         out.append("")
-        out += [f"export {name}={value}" for name, value in emu.secret_env(tenant_index=None).items()]
+        out += [f"export {name}={shlex.quote(value)}" for name, value in emu.secret_env(tenant_index=None).items()]
         sys.stdout.write("\n".join(out) + "\n")
         sys.stdout.flush()
         progress(f"serving {emu.base_url} (login and Graph) after {time.monotonic() - started:.1f} s; "
