@@ -392,7 +392,7 @@ class LoginHost:
             audience, api = aud, reg
             if name == ".default":
                 names = list(reg.exposed_scopes) if reg is not None else ["User.Read"]
-            elif reg is not None and name not in reg.exposed_scopes or not name:
+            elif not name or (reg is not None and name not in reg.exposed_scopes):
                 raise LoginError(
                     "invalid_scope", 70011,
                     f"The provided value for the input parameter 'scope' is not valid. The scope {s} is not valid.",
