@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
-from _identity_fixtures import AreaStatus, areas, group, make_snapshot, oid, user
+from _identity_fixtures import NOW, AreaStatus, areas, group, make_snapshot, oid, user
 from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.identity.groups import group_kind, list_group_members, list_group_memberships
 from entra_mcp.identity.view import DirectoryView
@@ -103,7 +105,7 @@ def test_kinds_and_dynamic(view: DirectoryView) -> None:
     assert dyn["kind"] == "security" and dyn["dynamic"] is True
     assert dyn["membershipRule"] == 'user.department -eq "Marketing"'
     assert ben["IT Service Desk"]["dynamic"] is False and "membershipRule" not in ben["IT Service Desk"]
-    paused = list_group_members(view, "Marketing (dynamic)")
+    paused = list_group_members(view, "Marketing (dynamic)", now=NOW)
     assert [f["code"] for f in paused["findings"]] == ["DYNAMIC_MEMBERSHIP_PAUSED"]
 
 
@@ -138,6 +140,12 @@ def test_group_not_found_and_ambiguous(view: DirectoryView) -> None:
     assert oid("dup1") in str(amb.value) and oid("dup2") in str(amb.value)
     with pytest.raises(InvalidArgument):
         list_group_members(view, "x' or 1 eq 1")
+
+
+def test_stale_mirror_is_said() -> None:
+    answer = list_group_memberships(DirectoryView.build(_snapshot()), "ann@contoso.example", now=NOW + timedelta(hours=2))
+    assert [f["code"] for f in answer["findings"]] == ["MIRROR_STALE"]
+    assert answer["total"] == 5  # the answer itself is still given
 
 
 def test_groups_area_disabled_gives_null_with_reason() -> None:

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidArgument, NotFoundError
-from .common import area_finding, area_unavailable_reason, as_of, user_ref
+from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, user_ref
 from .findings import finding, quote, sort_findings, suspicious_findings
 from .text import GROUP_EXPECTED, clean_identifier, clean_limit
 from .users import resolve_user
@@ -82,7 +82,7 @@ def list_group_memberships(
     record = resolve_user(view, user)
     limit = clean_limit(limit, default=500, maximum=MAX_MEMBERSHIPS)
     groups = view.snapshot.groups
-    findings = suspicious_findings("user", record)
+    findings = freshness_findings(view.snapshot, now) + suspicious_findings("user", record)
     answer: dict[str, Any] = {"user": user_ref(record)}
     unavailable = area_finding(view, "groups", "the user's groups are unknown.")
     if unavailable is not None:
@@ -122,7 +122,7 @@ def list_group_members(
     full `total` and `countsByType`."""
     record = resolve_group(view, group)
     limit = clean_limit(limit, default=100, maximum=MAX_MEMBERS)
-    findings = suspicious_findings("group", record)
+    findings = freshness_findings(view.snapshot, now) + suspicious_findings("group", record)
     gid = record["id"]
     snap = view.snapshot
     entries: list[tuple[str, str, tuple[str, ...]]]

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidArgument, NotFoundError
-from .common import area_finding, area_unavailable_reason, as_of, user_card, user_ref
+from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, user_card, user_ref
 from .findings import clean, quote, sort_findings, suspicious_findings
 from .text import USER_EXPECTED, clean_identifier, clean_limit
 from .view import DirectoryView
@@ -34,11 +34,11 @@ def lookup_user(view: DirectoryView, query: str, limit: int = 10, *, now: dateti
     tell them apart."""
     text = clean_identifier(query, argument="query", expected=USER_EXPECTED)
     limit = clean_limit(limit, default=10, maximum=MAX_LOOKUP_LIMIT)
-    findings: list[dict[str, str]] = []
+    findings = freshness_findings(view.snapshot, now)
     unavailable = area_finding(view, "users", "no user can be looked up until it syncs.")
     if unavailable is not None and not view.snapshot.users:
         return {"matches": [], "matchType": "none", "total": 0, "truncated": False, "suggestions": [],
-                "asOf": as_of(view), "findings": [unavailable]}
+                "asOf": as_of(view), "findings": sort_findings([unavailable, *findings])}
     if unavailable is not None:
         findings.append(unavailable)
 
