@@ -39,6 +39,7 @@ VALIDATIONS_TARGET = 5000.0
 CALLS_TARGET = 300.0
 P99_TARGET_MS = 100.0
 SCOPE = "Identity.Investigate"
+CALL: dict[str, Any] = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "sync_status", "arguments": {}}}
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
                "MCP-Protocol-Version": "2025-06-18"}
 
@@ -222,7 +223,7 @@ async def _load(base: str, tokens: list[str | None], seconds: float) -> dict[str
             nonlocal errors
             i = 2
             while time.perf_counter() < stop:
-                body = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "sync_status", "arguments": {}}}
+                body = dict(CALL, id=i)
                 t0 = time.perf_counter()
                 r = await client.post(url, json=body, headers=hdr)
                 latencies.append(time.perf_counter() - t0)
@@ -293,6 +294,7 @@ def main() -> None:
 
     from entra_mcp.devtenant.server import run_emulator
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, run_emulator(size="small", seed=1) as emu:
         v = validation_bench(emu, args.seconds)
         entra = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds)
@@ -304,7 +306,9 @@ def main() -> None:
 ## Sign-in and /mcp protection (`bench/bench_auth.py`)
 
 {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.python_implementation()} {platform.python_version()},
-{os.cpu_count()} CPUs. Emulator (small, seed 1) over HTTPS on loopback; {args.seconds:.0f} s per measurement.
+{os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after the run (other
+work on the machine shares these CPUs). Emulator (small, seed 1) over HTTPS on loopback; {args.seconds:.0f} s per
+measurement; the load generator (httpx) runs in the bench process, the server in its own.
 
 ID-token validation, one core (one thread), the emulator's RS256 ID tokens, keys from its JWKS (cached), checks:
 signature, iss, aud, exp/nbf/iat (60 s leeway), tid, oid, nonce.

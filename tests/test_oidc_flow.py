@@ -311,3 +311,32 @@ async def test_cross_tenant_same_upn_signs_in_as_a_different_identity(emu, tmp_p
         for s in (single, multi):
             await s.aclose()
             s.sessions.store.close()
+
+
+async def test_https_public_url_gets_host_prefixed_secure_cookies(emu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    for k, v in emu.secret_env(None, with_sign_in=True).items():
+        monkeypatch.setenv(k, v)
+    settings = emulator_settings(emu, tmp_path, public_url="https://portal.example.test")
+    sign_in = SignIn.from_settings(settings)
+    h = Harness(emu, settings, Starlette(routes=sign_in.routes()), counting_transport(emu))
+    try:
+        start = await h.login("portal", "/")
+        binding = start.headers["set-cookie"]
+        assert binding.startswith("__Host-entra_mcp_signin=") and "Secure" in binding and "Path=/" in binding
+        assert "Domain" not in binding
+        done = await h.client.get(await h.authenticate(start.headers["location"], user_upn(emu)))
+        cookie = done.headers["set-cookie"]
+        assert cookie.startswith("__Host-entra_mcp_session=") and "Secure" in cookie and "HttpOnly" in cookie
+        assert (await h.client.get("/auth/session")).status_code == 200
+    finally:
+        await h.aclose()
+        await sign_in.aclose()
+        sign_in.sessions.store.close()
+
+
+def test_plain_http_on_a_public_host_still_marks_cookies_secure() -> None:
+    from entra_mcp.oidc.routes import CookiePolicy
+
+    assert CookiePolicy.for_public_url("http://portal.example.test") == CookiePolicy(secure=True, host_prefix=False)
+    assert CookiePolicy.for_public_url("http://127.0.0.1:8765") == CookiePolicy(secure=False, host_prefix=False)
+    assert CookiePolicy.for_public_url("https://portal.example.test") == CookiePolicy(secure=True, host_prefix=True)

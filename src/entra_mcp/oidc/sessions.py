@@ -36,7 +36,8 @@ _ENDED_NS = "ended"
 _CHAT_CODE_NS = "chatcode"
 TOMBSTONE_SECONDS = 7 * 24 * 3600.0
 CHAT_CODE_SECONDS = 120.0
-TOUCH_EVERY_SECONDS = 30.0  # last_seen is rewritten at most this often (idle precision)
+TOUCH_EVERY_SECONDS = 30.0
+PURGE_EVERY_SECONDS = 3600.0  # expired records are swept at start and then at most hourly, on sign-in  # last_seen is rewritten at most this often (idle precision)
 
 
 def new_secret() -> str:
@@ -138,6 +139,8 @@ class SessionService:
         self.max_seconds = max_seconds
         self.tenant_ids = frozenset(t.lower() for t in tenant_ids) if tenant_ids is not None else None
         self._clock = clock
+        self._last_purge = time.monotonic()
+        self.store.purge_expired()  # whatever lapsed while the server was down
 
     @classmethod
     def from_settings(
@@ -158,6 +161,9 @@ class SessionService:
         """A new session with a fresh id. `replaces`: the id the browser held before sign-in, deleted (rotation)."""
         if replaces:
             self.delete(replaces, reason="revoked")
+        if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
+            self._last_purge = time.monotonic()
+            self.store.purge_expired()
         now = self._clock()
         max_seconds = self.max_seconds
         session = Session(kind, identity, now, now, min(self.idle_seconds, max_seconds), max_seconds)
