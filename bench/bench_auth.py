@@ -299,6 +299,7 @@ def main() -> None:
         v = validation_bench(emu, args.seconds)
         entra = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds)
         none = mcp_bench(emu, Path(tmp), "none", args.clients, args.seconds)
+        entra_json = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds, json_response=True)
 
     ok_v = v["ours"] >= VALIDATIONS_TARGET
     ok_c = entra["rate"] >= CALLS_TARGET and entra["p99"] <= P99_TARGET_MS
@@ -325,6 +326,10 @@ its own process (uvicorn, one worker), stateful streamable HTTP with SSE answers
 |---|---|---|---|---|
 | entra (bearer token validated on every request) | {entra['rate']:,.0f} | {entra['p50']:.1f} | {entra['p99']:.1f} | {entra['errors']:.0f} |
 | none (baseline, loopback) | {none['rate']:,.0f} | {none['p50']:.1f} | {none['p99']:.1f} | {none['errors']:.0f} |
+| entra, `json_response=True` (no SSE framing) | {entra_json['rate']:,.0f} | {entra_json['p50']:.1f} | {entra_json['p99']:.1f} | {entra_json['errors']:.0f} |
+
+Server CPU during the runs (psutil, % of one core): entra {entra['server_cpu']:.0f}, none {none['server_cpu']:.0f},
+entra+JSON {entra_json['server_cpu']:.0f}.
 
 Targets: >= {VALIDATIONS_TARGET:,.0f} validations/s ({'met' if ok_v else 'NOT met'}); >= {CALLS_TARGET:.0f} authenticated
 calls/s with p99 <= {P99_TARGET_MS:.0f} ms ({'met' if ok_c else 'NOT met'}).

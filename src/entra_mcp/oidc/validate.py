@@ -17,6 +17,7 @@ The clock is a parameter (`now=`), so time-dependent rules are tested without sl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Collection
@@ -148,7 +149,7 @@ class TokenValidator:
         if missing:
             raise InsufficientScope("insufficient_scope", f"the token lacks the required scope {' '.join(missing)}")
         if app_only:
-            return ValidatedToken(**{**result.__dict__, "app_only": True})
+            return dataclasses.replace(result, app_only=True)
         return result
 
     # -- the steps -------------------------------------------------------------------------------------------
