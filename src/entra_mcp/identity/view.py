@@ -20,7 +20,7 @@ import gc
 import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -35,6 +35,7 @@ _EMPTY: tuple[str, ...] = ()
 # Scores of one query token against one name token.
 _EXACT, _PREFIX_BASE, _TYPO1, _TYPO2 = 1.0, 0.80, 0.72, 0.55
 _MAX_PREFIX_TOKENS = 3000
+_SCORE_CACHE_SIZE = 8
 
 
 def _add(index: dict[str, Any], key: str, value: str) -> None:
@@ -95,6 +96,7 @@ class DirectoryView:
     assignments_by_principal: dict[str, tuple[dict[str, Any], ...]]
     domains: dict[str, dict[str, Any]]  # casefolded domain name -> domain dict
     known_domains: frozenset[str]  # domain names of the tenant and of its UPNs (for sam@domain)
+    _scores_cache: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ build
 
@@ -308,7 +310,18 @@ class DirectoryView:
         return _values(self.full_names, folded_name(name))
 
     def _token_scores(self, token: str) -> dict[int, float]:
-        """User position -> best score of `token` against that user's name tokens."""
+        """User position -> best score of `token` against that user's name tokens (the last few are cached: a
+        lookup that finds nothing asks again for suggestions)."""
+        cached = self._scores_cache.get(token)
+        if cached is not None:
+            return cached
+        scores = self._compute_token_scores(token)
+        if len(self._scores_cache) >= _SCORE_CACHE_SIZE:
+            self._scores_cache.clear()
+        self._scores_cache[token] = scores
+        return scores
+
+    def _compute_token_scores(self, token: str) -> dict[int, float]:
         candidates: dict[str, float] = {}
         vocabulary = self.vocabulary
         if token in self.postings:
@@ -344,7 +357,11 @@ class DirectoryView:
         tokens = list(dict.fromkeys(name_tokens(query)))[:6]
         if not tokens:
             return [], 0
-        per_token = sorted((self._token_scores(t) for t in tokens), key=len)
+        # one-letter tokens are initials: they filter the matches of the longer tokens instead of generating
+        # tens of thousands of candidates each (unless the query is only initials)
+        words = [t for t in tokens if len(t) > 1] or tokens[:1]
+        initials = [t for t in tokens if t not in words]
+        per_token = sorted((self._token_scores(t) for t in words), key=len)
         combined: dict[int, float] = {}
         if require_all:
             first, rest = per_token[0], per_token[1:]
@@ -356,11 +373,18 @@ class DirectoryView:
                         break
                     total += s
                 else:
-                    combined[pos] = total / len(tokens)
+                    combined[pos] = total / len(words)
+            if initials:
+                names = self.user_names
+                combined = {
+                    pos: score
+                    for pos, score in combined.items()
+                    if all(any(w.startswith(i) for w in names[pos].split()) for i in initials)
+                }
         else:
             for scores in per_token:
                 for pos, score in scores.items():
-                    combined[pos] = combined.get(pos, 0.0) + score / len(tokens)
+                    combined[pos] = combined.get(pos, 0.0) + score / len(words)
         if not combined:
             return [], 0
         whole = " ".join(tokens)
@@ -379,11 +403,17 @@ class DirectoryView:
         hits, _ = self.search_names(query, limit=limit, require_all=False)
         if hits:
             return [hit.user_id for hit in hits]
-        target = folded_name(query)
-        if not target:
-            return []
-        matches = process.extract(target, self.user_names, scorer=fuzz.WRatio, limit=limit, score_cutoff=60)
-        return [self.user_ids[idx] for _, _, idx in matches]
+        # nothing within a typo or two: the nearest name tokens by similarity, whatever the distance
+        scores: dict[int, float] = {}
+        for token in [t for t in dict.fromkeys(name_tokens(query)) if len(t) > 1][:3]:
+            for word, similarity, _ in process.extract(
+                token, self.vocabulary, scorer=fuzz.ratio, limit=3, score_cutoff=60
+            ):
+                for pos in self.postings[word][:5000]:
+                    scores[pos] = scores.get(pos, 0.0) + similarity
+        best = heapq.nlargest(limit * 4, scores.items(), key=lambda item: item[1])
+        best.sort(key=lambda item: (-item[1], self.user_names[item[0]], self.user_ids[item[0]]))
+        return [self.user_ids[pos] for pos, _ in best[:limit]]
 
     # ------------------------------------------------------------ groups
 
