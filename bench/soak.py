@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import ssl
 import statistics
@@ -181,7 +182,8 @@ class Emulator:
             out.append(line)
             if line.startswith("export ") and all(x.startswith("export ") or not x.strip() for x in out[-1:]):
                 # the export lines come last; the config block ends before them
-                self.env = dict(x[len("export "):].strip().split("=", 1) for x in out if x.startswith("export "))
+                # `export NAME='value'`: shell syntax, so parse it as the shell would
+                self.env = dict(shlex.split(x)[1].split("=", 1) for x in out if x.startswith("export "))
                 break
         else:
             raise RuntimeError("the emulator did not start in 180 s")
