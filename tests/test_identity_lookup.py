@@ -120,6 +120,20 @@ def test_no_match_is_not_an_error_and_suggests(view: DirectoryView) -> None:
     assert oid("jose") in [s["id"] for s in answer["suggestions"]]
 
 
+def test_far_misses_still_get_suggestions(view: DirectoryView) -> None:
+    answer = lookup_user(view, "Hozay Mooler")  # no token within two edits of a known name
+    assert answer["matchType"] == "none" and answer["matches"] == []
+    assert answer["suggestions"][0]["id"] == oid("jose")
+    with pytest.raises(NotFoundError) as err:
+        resolve_user(view, "Hozay Mooler")
+    assert "José Müller" in str(err.value)
+
+
+def test_initials_filter(view: DirectoryView) -> None:
+    assert [m["id"] for m in lookup_user(view, "b smith")["matches"]] == [oid("bob")]
+    assert lookup_user(view, "x smith")["matchType"] == "none"
+
+
 def test_unknown_address_falls_back_to_its_name_part(view: DirectoryView) -> None:
     answer = lookup_user(view, "jose.muller@old-domain.example")
     assert answer["matchType"] == "fuzzy" and answer["matches"][0]["id"] == oid("jose")
