@@ -77,8 +77,10 @@ def test_onprem_synced_password_is_unknown_and_reset_goes_on_premises() -> None:
 def test_guests() -> None:
     pending = _state(user("g", "Guest Pend", userType="Guest", externalUserState="PendingAcceptance"))
     assert "GUEST_PENDING" in _codes(pending) and pending["externalUserState"] == "PendingAcceptance"
-    accepted = _state(user("h", "Guest Ok", userType="Guest", externalUserState="Accepted", assignedLicenses=[]))
-    assert _codes(accepted) == {"GUEST"}  # guests need no licence
+    accepted = _state(user("h", "Guest Ok", userType="Guest", externalUserState="Accepted", assignedLicenses=[],
+                           lastPasswordChangeDateTime=ts(400)))
+    assert _codes(accepted) == {"GUEST"}  # guests need no licence, and their password lives at home
+    assert accepted["passwordExpired"] is None and "home organisation" in accepted["findings"][0]["message"]
 
 
 def test_sign_in_never_is_not_a_date() -> None:

@@ -62,13 +62,18 @@ def _account_state(view: DirectoryView, user: dict[str, Any], now: datetime | No
                 "writeback); AD's password policy applies, so expiry is unknown here.",
             )
         )
+    elif user.get("userType") == "Guest":
+        pass  # a B2B guest signs in with their home organisation's credentials: expiry is decided there
     elif never_expires:
         password_expired = False
         findings.append(finding("PASSWORD_NEVER_EXPIRES", f"The password of {name} is set never to expire (passwordPolicies)."))
     elif last_change is not None:
         validity, notification, assumed = _password_policy(view, user)
         if assumed:
-            reason = "the domains area is not synced" if not view.area_ready("domains") else "its domain is not in the mirror"
+            reason = (
+                "the domains area is not synced" if not view.area_ready("domains")
+                else "the domain or its password policy is not in the mirror"
+            )
             findings.append(
                 finding(
                     "PASSWORD_POLICY_ASSUMED",
@@ -118,7 +123,13 @@ def _account_state(view: DirectoryView, user: dict[str, Any], now: datetime | No
                 )
             )
         else:
-            findings.append(finding("GUEST", f"{name} is a guest account from another organisation."))
+            findings.append(
+                finding(
+                    "GUEST",
+                    f"{name} is a guest from another organisation: they sign in with their home organisation's "
+                    "account, so password resets and MFA happen there.",
+                )
+            )
     licenses = user.get("assignedLicenses")
     if licenses is not None and len(licenses) == 0 and user_type != "Guest" and enabled is not False:
         findings.append(finding("NO_LICENSE", f"{name} has no licence assigned: mailbox and Office apps will not work."))
