@@ -340,3 +340,17 @@ def test_plain_http_on_a_public_host_still_marks_cookies_secure() -> None:
     assert CookiePolicy.for_public_url("http://portal.example.test") == CookiePolicy(secure=True, host_prefix=False)
     assert CookiePolicy.for_public_url("http://127.0.0.1:8765") == CookiePolicy(secure=False, host_prefix=False)
     assert CookiePolicy.for_public_url("https://portal.example.test") == CookiePolicy(secure=True, host_prefix=True)
+
+
+async def test_chat_exchange_refuses_oversized_and_malformed_bodies(h: Harness) -> None:
+    hdr = {"Origin": WIDGET_ORIGIN}
+    big = await h.client.post("/auth/chat/exchange", content=b"{" + b" " * 10_000 + b"}", headers={**hdr, "Content-Type": "application/json"})
+    assert big.status_code == 413
+    for body in (b"not json", b"[]", b'{"code": 5}', b'{"code": "' + b"A" * 43 + b'"}', b"\xff\xfe"):
+        r = await h.client.post("/auth/chat/exchange", content=body, headers={**hdr, "Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_code"
+    r = await h.client.post("/auth/chat/exchange", data={"code": "x"}, headers=hdr)
+    assert r.status_code == 400
+    assert (await h.client.post("/auth/chat/exchange", json={"code": "x"}, headers={"Origin": "https://evil.example"})).status_code == 403
+    pre = await h.client.options("/auth/chat/exchange", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers
