@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Any, Literal, Mapping
 
 Severity = Literal["info", "warning", "critical"]
@@ -156,9 +157,25 @@ _INSTRUCTION_PATTERNS = [
 _INSTRUCTION_RE = re.compile("|".join(f"(?:{p})" for p in _INSTRUCTION_PATTERNS), re.IGNORECASE | re.DOTALL)
 
 
+# Every pattern above needs a space, one of these characters or words: single words (UPNs, ids) are skipped fast.
+_MAYBE_INSTRUCTION = re.compile(r"[\s<>{}\[\]:|]|tool_|function", re.IGNORECASE)
+
+
 def looks_like_instruction(text: str) -> bool:
     """True when `text` reads like an instruction to a model or hides characters that reorder or hide text."""
-    return bool(_HIDDEN_CHARS.search(text) or _INSTRUCTION_RE.search(text))
+    if _HIDDEN_CHARS.search(text):
+        return True
+    if not _MAYBE_INSTRUCTION.search(text):
+        return False
+    if len(text) > 512:  # ticket texts and long descriptions: not worth caching
+        return bool(_INSTRUCTION_RE.search(text))
+    return _short_text_instruction(text)
+
+
+@lru_cache(maxsize=32768)
+def _short_text_instruction(text: str) -> bool:
+    # directory values repeat a lot (titles, departments, offices, names): remember the verdict
+    return bool(_INSTRUCTION_RE.search(text))
 
 
 # Fields that are identifiers, times or flags: not free text anyone can phrase as an instruction.
