@@ -56,6 +56,7 @@ def test_top_bounds_and_skip(client: httpx.Client) -> None:
     assert client.get("/users", params={"$select": "signInActivity", "$top": "500"}).status_code == 200
     assert_error(client.get("/users", params={"$skip": "5"}), 400, "Request_BadRequest")
     assert_error(client.get("/users", params={"$bogus": "1"}), 400, "BadRequest", "Unrecognized query argument specified: '$bogus'.")
+    assert_error(client.get("/users", params={"$orderby": "displayName"}), 400, "Request_UnsupportedQuery")
 
 
 def test_paging_walks_every_object_once(emulator: RunningEmulator, client: httpx.Client) -> None:

@@ -304,6 +304,8 @@ class GraphService:
 
         `get(id)` -> (kind, object) or None; `typed` adds @odata.type (directoryObject collections)."""
         first = "skiptoken" not in opts
+        if "orderby" in opts:  # the emulator pages in id order only; say so rather than ignore the option
+            raise bad_request("Sorting not supported for current query.", "Request_UnsupportedQuery")
         if first:
             q = {k: opts[k] for k in ("select", "filter", "top", "search", "expand") if k in opts}
             cursor = ""
