@@ -262,3 +262,36 @@ async def test_demo_over_http_prints_the_url_and_serves(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
     assert url.encode() in err  # how to connect, on stderr
     assert out == b""
+
+
+def test_view_cache_skips_the_rebuild_on_restart_and_ignores_bad_files(server_env: ServerEnv, tmp_path: Path) -> None:
+    import time
+
+    from entra_mcp.identity.view import DirectoryView
+    from entra_mcp.server.views import ViewCache
+
+    builds: list[int] = []
+
+    def build(snapshot: Any) -> Any:
+        builds.append(snapshot.version)
+        return DirectoryView.build(snapshot)
+
+    store = MirrorStore(server_env.cache_dir)
+    cache = ViewCache(tmp_path / "views")
+    first = ViewProvider.from_settings(server_env.settings, store, build=build, cache=cache).current()
+    assert builds == [first.version]
+    path = cache.path(server_env.name)
+    deadline = time.monotonic() + 30
+    while not path.exists():  # written by a forked child
+        assert time.monotonic() < deadline, "the view cache was not written"
+        time.sleep(0.05)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    # a restart: loaded from the file, no rebuild, same answers
+    second = ViewProvider.from_settings(server_env.settings, store, build=build, cache=ViewCache(tmp_path / "views")).current()
+    assert builds == [first.version]
+    assert second.view.user(examples(server_env.tenant)["ceo"]) == first.view.user(examples(server_env.tenant)["ceo"])
+    # a damaged file is ignored: rebuilt
+    path.write_bytes(b"not a pickle")
+    ViewProvider.from_settings(server_env.settings, store, build=build, cache=ViewCache(tmp_path / "views")).current()
+    assert builds == [first.version, first.version]
+    store.close()

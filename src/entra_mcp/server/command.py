@@ -212,7 +212,7 @@ def serve(
         raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
     started = time.perf_counter()
     store = MirrorStore(settings.server.cache_dir)
-    views = ViewProvider.from_settings(settings, store)
+    views = ViewProvider.from_settings(settings, store, cache=True)
     views.warm()
     for tv in views.all():
         if not tv.synced:

@@ -9,11 +9,17 @@ with nulls and a finding (see server/app.py), never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
+import hashlib
+import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.logs import get_logger
@@ -46,6 +52,12 @@ class TenantView:
         return self.view is not None
 
 
+def _view_type() -> type:
+    from entra_mcp.identity.view import DirectoryView
+
+    return DirectoryView
+
+
 def _default_build(snapshot: DirectorySnapshot) -> Any:
     from entra_mcp.identity.view import DirectoryView
 
@@ -57,6 +69,101 @@ class TenantInfo:
     name: str
     tenant_id: str
     interval_minutes: float = 15.0
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Load and index a mirror without the cyclic collector, then freeze what was built.
+
+    A large tenant is millions of small dicts, lists and strings. With the collector on, unpickling them triggers
+    full collections over an ever larger heap (the load of 100,000 users takes seconds longer), and once built they
+    would be traversed again by every later full collection, which shows as latency spikes. The objects hold no
+    reference cycles, so reference counting frees the old view when a newer one replaces it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
+
+
+class ViewCache:
+    """Built views kept on disk, so a restart loads the index instead of rebuilding it (a large tenant: seconds).
+
+    One file per tenant, `<dir>/<tenant>.view`, holding (fingerprint, mirror version, view) pickled. The fingerprint
+    covers this release and the source of the view's module: a file written by other code is ignored and
+    replaced. It holds the same directory data as the mirror next to it and gets the same protection (0600 in a 0700
+    directory). Writing happens in a forked child where the platform allows it, so pickling a large view does not
+    hold the server's interpreter lock for seconds.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._fingerprint: str | None = None
+
+    def fingerprint(self, view_type: type) -> str:
+        if self._fingerprint is None:
+            import inspect
+
+            from entra_mcp import __version__
+
+            try:
+                source = Path(inspect.getfile(view_type)).read_bytes()
+            except (OSError, TypeError):
+                source = b""
+            self._fingerprint = hashlib.sha256(__version__.encode() + b"\0" + source).hexdigest()
+        return self._fingerprint
+
+    def path(self, tenant: str) -> Path:
+        return self.directory / f"{tenant}.view"
+
+    def load(self, tenant: str, version: int, view_type: type) -> Any | None:
+        try:
+            with open(self.path(tenant), "rb") as f:
+                header = pickle.load(f)
+                if header != (self.fingerprint(view_type), version):
+                    return None
+                view = pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception:  # unreadable or from another release: rebuild (and rewrite) it
+            log.info("tenant %s: ignoring an unusable view cache", tenant)
+            return None
+        return view if isinstance(view, view_type) else None
+
+    def save(self, tenant: str, version: int, view: Any) -> None:
+        """Write the file atomically, in a child process when fork is available."""
+        header = (self.fingerprint(type(view)), version)
+        if hasattr(os, "fork"):
+            pid = os.fork()
+            if pid == 0:  # the child: write and leave at once, touching nothing else of the parent's
+                code = 0
+                try:
+                    self._write(tenant, header, view)
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            threading.Thread(target=self._reap, args=(pid, tenant), daemon=True).start()
+        else:  # pragma: no cover - non-POSIX
+            self._write(tenant, header, view)
+
+    def _write(self, tenant: str, header: tuple[str, int], view: Any) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.directory / f".{tenant}.view.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(header, f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(view, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.path(tenant))
+
+    @staticmethod
+    def _reap(pid: int, tenant: str) -> None:
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            log.warning("tenant %s: writing the view cache failed; the next start rebuilds the view", tenant)
 
 
 class ViewProvider:
@@ -75,8 +182,10 @@ class ViewProvider:
         check_interval: float = 0.2,
         background_reload: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        cache: ViewCache | None = None,
     ) -> None:
         self._tenants = {t.name: t for t in tenants}
+        self._cache = cache
         self._store = store
         self._build = build
         self._check_interval = check_interval
@@ -90,7 +199,10 @@ class ViewProvider:
 
     @classmethod
     def from_settings(cls, settings: Any, store: SnapshotSource, **kwargs: Any) -> "ViewProvider":
+        """`cache=True` keeps built views under cache_dir/server-views (see ViewCache)."""
         tenants = [TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in settings.tenants]
+        if kwargs.get("cache") is True:
+            kwargs["cache"] = ViewCache(Path(settings.server.cache_dir) / "server-views")
         return cls(tenants, store, **kwargs)
 
     @property
@@ -152,10 +264,18 @@ class ViewProvider:
                 return held
             info = self._tenants[name]
             started = time.perf_counter()
-            snapshot = self._store.load_snapshot(name)
-            view = self._build(snapshot) if snapshot is not None and snapshot.as_of is not None else None
+            view_type = _view_type() if self._cache is not None else None
+            with _no_cyclic_gc():
+                cached = self._cache.load(name, version, view_type) if self._cache is not None and version else None
+                if cached is not None:
+                    snapshot, view = cached.snapshot, cached
+                else:
+                    snapshot = self._store.load_snapshot(name)
+                    view = self._build(snapshot) if snapshot is not None and snapshot.as_of is not None else None
             if snapshot is not None:
                 version = max(version, snapshot.version)
+            if cached is None and view is not None and self._cache is not None and isinstance(view, view_type):
+                self._cache.save(name, version, view)
             tv = TenantView(
                 name=name,
                 tenant_id=snapshot.tenant_id if snapshot is not None and snapshot.tenant_id else info.tenant_id,
@@ -187,4 +307,4 @@ class ViewProvider:
         threading.Thread(target=work, name=f"entra-mcp-reload-{name}", daemon=True).start()
 
 
-__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewProvider"]
+__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider"]
