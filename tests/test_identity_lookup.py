@@ -58,6 +58,7 @@ def view() -> DirectoryView:
         "CONTOSO\\bsmith",
         "bsmith@contoso.example",
         "  bob.smith@contoso.example  ",
+        "Bob Smith <bob.smith@contoso.example>",
     ],
 )
 def test_exact_identifiers(view: DirectoryView, query: str) -> None:
@@ -165,6 +166,8 @@ def test_bad_limit(view: DirectoryView, limit: object) -> None:
 
 def test_resolve_user(view: DirectoryView) -> None:
     assert resolve_user(view, "CONTOSO\\bsmith")["id"] == oid("bob")
+    assert resolve_user(view, "Robert S. <bob@contoso-old.example>")["id"] == oid("bob")  # as a mail header has it
+    assert resolve_user(view, "mailto:bobby@gmail.example")["id"] == oid("bob")
     assert resolve_user(view, "jose muller")["id"] == oid("jose")  # the only one with that name
     with pytest.raises(InvalidArgument) as err:
         resolve_user(view, "Alex Johnson")

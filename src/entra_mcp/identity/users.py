@@ -14,6 +14,7 @@ from .text import USER_EXPECTED, clean_identifier, clean_limit
 from .view import DirectoryView
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_ADDRESS_INSIDE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 # A single name match is taken as the user only when it is this good (all tokens exact or long prefixes) and alone.
 _CONFIDENT = 0.85
 MAX_LOOKUP_LIMIT = 100
@@ -42,7 +43,7 @@ def lookup_user(view: DirectoryView, query: str, limit: int = 10, *, now: dateti
     if unavailable is not None:
         findings.append(unavailable)
 
-    ids = view.exact_users(text)
+    ids = _exact_ids(view, text)
     match_type = "exact"
     scores: dict[str, float] = {}
     total = len(ids)
@@ -107,9 +108,19 @@ class UserMatch:
     confident: bool = False
 
 
+def _exact_ids(view: DirectoryView, text: str) -> tuple[str, ...]:
+    ids = view.exact_users(text)
+    if not ids:
+        # "José Müller <jose.muller@contoso.example>", "mailto:...": the address inside decides
+        address = _ADDRESS_INSIDE.search(text)
+        if address and address.group(0) != text:
+            ids = view.exact_users(address.group(0))
+    return ids
+
+
 def match_user(view: DirectoryView, text: str) -> UserMatch:
     """Candidates for an already cleaned query (see `clean_identifier`)."""
-    ids = view.exact_users(text)
+    ids = _exact_ids(view, text)
     if ids:
         return UserMatch("exact", ids, len(ids), confident=len(ids) == 1)
     if _GUID.match(text) or not view.snapshot.users:
