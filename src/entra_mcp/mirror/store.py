@@ -28,6 +28,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -60,6 +61,7 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
 
 MAX_BUCKETS = 256
 _ITEMS_PER_BUCKET = 400
+_FULL_BELOW = 1 << 20  # bytes free under which SQLite's "disk I/O error" means a full disk
 _MISSING = object()
 _ROOT = "root"
 _DIRTY = "writer/running"
@@ -118,18 +120,45 @@ def _empty_root(version: int = 0) -> dict[str, Any]:
     }
 
 
-def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
+def _existing(path: Path) -> Path:
+    return next((p for p in (path, *path.parents) if p.exists()), path)
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(_existing(path)).free
+    except OSError:
+        return None
+
+
+def _read_only(path: Path) -> bool:
+    p = _existing(path)
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY) or not os.access(p, os.W_OK)
+    except OSError:
+        return False
+
+
+def _why(path: Path, exc: BaseException) -> str:
+    """Why the mirror at `path` cannot be opened or written, and what to do (SQLite often says only "disk I/O
+    error" when the disk is full: the free space tells)."""
     text = str(exc)
     err = getattr(exc, "errno", None)
-    if err == errno.ENOSPC or "disk is full" in text or "No space" in text:
-        why = "the disk is full. Fix: free space on that disk or move server.cache_dir"
-    elif err in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in text or "read-only" in text:
-        why = "it is read-only or not writable by this user. Fix: check the permissions of server.cache_dir"
-    elif isinstance(exc, diskcache.Timeout) or "locked" in text:
-        why = "the database stayed locked. Fix: retry; check that no other process holds it"
-    else:
-        why = f"{type(exc).__name__}: {text[:200]}"
-    return MirrorError(f"cannot write the mirror at {path}: {why}. The last good state is kept.")
+    full = err == errno.ENOSPC or "disk is full" in text or "No space" in text
+    if not full and "disk I/O error" in text:
+        free = _free_bytes(path)
+        full = free is not None and free < _FULL_BELOW
+    if full:
+        return "the disk is full. Fix: free space on that disk or move server.cache_dir"
+    if err in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in text or "read-only" in text or _read_only(path):
+        return "it is read-only or not writable by this user. Fix: check the permissions of server.cache_dir"
+    if isinstance(exc, diskcache.Timeout) or "locked" in text:
+        return "the database stayed locked. Fix: retry; check that no other process holds it"
+    return f"{type(exc).__name__}: {text[:200]}. Fix: check the disk and the permissions of server.cache_dir"
+
+
+def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
+    return MirrorError(f"cannot write the mirror at {path}: {_why(path, exc)}. The last good state is kept.")
 
 
 class MirrorStore:
@@ -157,7 +186,7 @@ class MirrorStore:
                 cache = diskcache.Cache(str(d), **_SETTINGS)
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
                 if not create:
-                    raise MirrorError(f"cannot open the mirror at {d}: {exc}") from None
+                    raise MirrorError(f"cannot open the mirror at {d}: {_why(d, exc)}.") from None
                 raise _mirror_error(d, exc) from None
             self._caches[tenant_name] = cache
             return cache
