@@ -240,8 +240,15 @@ class Harness:
         assert resp.status_code == 302, resp.text[:500]
         return resp.headers["location"]
 
-    async def sign_in(self, flow: str = "portal", return_to: str | None = None, user: str | None = None) -> httpx.Response:
-        start = await self.login(flow, return_to)
+    verifier = "widget-verifier-" + "v" * 40  # what a chat widget keeps; chat_challenge = S256(verifier)
+
+    async def sign_in(self, flow: str = "portal", return_to: str | None = None, user: str | None = None,
+                      **params: str) -> httpx.Response:
+        if flow == "chat":
+            from entra_mcp.oidc.sessions import s256
+
+            params.setdefault("chat_challenge", s256(self.verifier))
+        start = await self.login(flow, return_to, **params)
         assert start.status_code == 302, start.text
         callback = await self.authenticate(start.headers["location"], user or user_upn(self.emu))
         return await self.client.get(callback)
@@ -250,7 +257,8 @@ class Harness:
         done = await self.sign_in("chat", f"{WIDGET_ORIGIN}/chat", user)
         assert done.status_code == 303, done.text
         code = _parse_qs(_urlsplit(done.headers["location"]).fragment)["chat_code"][0]
-        resp = await self.client.post("/auth/chat/exchange", json={"code": code}, headers={"Origin": WIDGET_ORIGIN})
+        resp = await self.client.post("/auth/chat/exchange", json={"code": code, "code_verifier": self.verifier},
+                                      headers={"Origin": WIDGET_ORIGIN})
         assert resp.status_code == 200, resp.text
         return str(resp.json()["chatSessionToken"])
 

@@ -10,10 +10,11 @@ import pytest
 
 from _auth_fixtures import FakeClock
 from entra_mcp.mirror.session_store import SessionStore
-from entra_mcp.oidc.sessions import SessionService, looks_like_secret
+from entra_mcp.oidc.sessions import SessionService, looks_like_secret, s256
 from entra_mcp.oidc.validate import Identity
 
 TID = str(uuid.uuid4())
+VERIFIER = "v" * 64
 ME = Identity(TID, str(uuid.uuid4()), "Ada", "ada@contoso.example")
 
 
@@ -70,9 +71,9 @@ def test_rotation_deletes_the_previous_session(store: SessionStore) -> None:
 def test_chat_token_reasons(store: SessionStore) -> None:
     clock = FakeClock(time.time())
     svc = service(store, clock, tenant_ids=[TID])
-    code = svc.issue_chat_code(ME)
-    token, _ = svc.redeem_chat_code(code)  # type: ignore[misc]
-    assert svc.redeem_chat_code(code) is None  # one time
+    code = svc.issue_chat_code(ME, challenge=s256(VERIFIER))
+    token, _ = svc.redeem_chat_code(code, VERIFIER)  # type: ignore[misc]
+    assert svc.redeem_chat_code(code, VERIFIER) is None  # one time
     ok = svc.validate_chat_token(token)
     assert ok.valid and ok.identity == {"tid": TID, "oid": ME.oid, "name": "Ada", "preferredUsername": "ada@contoso.example"}
     assert svc.validate_chat_token(token, tenant=str(uuid.uuid4())).reason == "wrong_tenant"
@@ -84,7 +85,7 @@ def test_chat_token_reasons(store: SessionStore) -> None:
     assert svc.validate_chat_token(portal).reason == "unknown"
     assert svc.revoke_chat_token(token)
     assert svc.validate_chat_token(token).reason == "revoked"
-    other, _ = svc.redeem_chat_code(svc.issue_chat_code(ME))  # type: ignore[misc]
+    other, _ = svc.redeem_chat_code(svc.issue_chat_code(ME, challenge=s256(VERIFIER)), VERIFIER)  # type: ignore[misc]
     clock.advance(601)
     assert svc.validate_chat_token(other).reason == "expired"
 

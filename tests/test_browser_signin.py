@@ -38,16 +38,26 @@ pytestmark = [
 ]
 
 WIDGET_HTML = """<!doctype html><meta charset=utf-8><title>chat widget</title>
-<p id=status>starting</p><p id=who></p>
+<p id=status>starting</p><p id=who></p><button id=signin onclick="signIn()">Sign in</button>
 <script>
 const API = %(api)s;
 window.chatToken = null;
+const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
+async function signIn() {
+  // PKCE-style binding of the hand-over to this widget: only S256(verifier) leaves the page.
+  const verifier = b64url(crypto.getRandomValues(new Uint8Array(32)));
+  sessionStorage.setItem("chat_verifier", verifier);
+  const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  location.href = API + "/auth/login?" + new URLSearchParams({flow: "chat", return_to: location.origin + "/chat", chat_challenge: challenge});
+}
 async function main() {
   const code = new URLSearchParams(location.hash.slice(1)).get("chat_code");
-  if (!code) { document.getElementById("status").textContent = "no-code"; return; }
+  if (!code) { document.getElementById("status").textContent = "signed-out"; return; }
   history.replaceState(null, "", location.pathname + location.search);  // the code leaves the address bar at once
+  const verifier = sessionStorage.getItem("chat_verifier");
+  sessionStorage.removeItem("chat_verifier");
   const r = await fetch(API + "/auth/chat/exchange", {method: "POST", headers: {"Content-Type": "application/json"},
-                                                      body: JSON.stringify({code})});
+                                                      body: JSON.stringify({code, code_verifier: verifier})});
   const j = await r.json();
   if (!r.ok) { document.getElementById("status").textContent = "failed:" + j.error; return; }
   window.chatToken = j.chatSessionToken;
@@ -153,9 +163,12 @@ def test_chat_sign_in_hands_a_token_to_the_widget_and_logout_revokes_it(stack: d
     ctx = browser.new_context(ignore_https_errors=True)
     try:
         page = ctx.new_page()
-        page.goto(f"{base}/auth/login?flow=chat&return_to={widget}/chat")
+        page.goto(f"{widget}/chat")
+        page.wait_for_function("document.getElementById('status').textContent === 'signed-out'", timeout=10000)
+        page.click("#signin")
         sign_in_page(page, emu, upn)
-        page.wait_for_function("document.getElementById('status').textContent !== 'starting'", timeout=15000)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('signed-in') || "
+                               "document.getElementById('status').textContent.startsWith('failed')", timeout=15000)
         assert page.inner_text("#status") == "signed-in"
         assert page.inner_text("#who") == upn
         assert "chat_code" not in page.url

@@ -210,12 +210,12 @@ async def test_chat_flow_hands_over_a_one_time_code_then_an_opaque_revocable_tok
     assert f"{loc.scheme}://{loc.netloc}{loc.path}?{loc.query}" == f"{WIDGET_ORIGIN}/chat?x=1"
     assert "chat_code" not in loc.query and "set-cookie" not in {k.lower() for k in done.headers.keys()} | set()
     code = parse_qs(loc.fragment)["chat_code"][0]
-    ex = await h.client.post("/auth/chat/exchange", json={"code": code}, headers={"Origin": WIDGET_ORIGIN})
+    ex = await h.client.post("/auth/chat/exchange", json={"code": code, "code_verifier": h.verifier}, headers={"Origin": WIDGET_ORIGIN})
     assert ex.status_code == 200
     assert ex.headers["access-control-allow-origin"] == WIDGET_ORIGIN
     token = ex.json()["chatSessionToken"]
     assert token.count(".") == 0 and not token.startswith("eyJ") and len(token) >= 43
-    again = await h.client.post("/auth/chat/exchange", json={"code": code}, headers={"Origin": WIDGET_ORIGIN})
+    again = await h.client.post("/auth/chat/exchange", json={"code": code, "code_verifier": h.verifier}, headers={"Origin": WIDGET_ORIGIN})
     assert again.status_code == 400  # the code is single use
     sessions = h.sign_in_obj.sessions  # type: ignore[attr-defined]
     check = sessions.validate_chat_token(token)
@@ -354,3 +354,20 @@ async def test_chat_exchange_refuses_oversized_and_malformed_bodies(h: Harness) 
     assert (await h.client.post("/auth/chat/exchange", json={"code": "x"}, headers={"Origin": "https://evil.example"})).status_code == 403
     pre = await h.client.options("/auth/chat/exchange", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers
+
+
+async def test_chat_code_is_useless_without_the_widgets_verifier(h: Harness) -> None:
+    """Login CSRF / stolen fragment: a chat code only works with the verifier of the widget that started sign-in."""
+    missing = await h.login("chat", f"{WIDGET_ORIGIN}/chat")
+    assert missing.status_code == 400 and "chat_challenge" in missing.text
+    done = await h.sign_in("chat", f"{WIDGET_ORIGIN}/chat")
+    code = parse_qs(urlsplit(done.headers["location"]).fragment)["chat_code"][0]
+    hdr = {"Origin": WIDGET_ORIGIN}
+    wrong = await h.client.post("/auth/chat/exchange", json={"code": code, "code_verifier": "x" * 43}, headers=hdr)
+    assert wrong.status_code == 400
+    # the failed attempt spent the code: not even the right verifier gets it now
+    right = await h.client.post("/auth/chat/exchange", json={"code": code, "code_verifier": h.verifier}, headers=hdr)
+    assert right.status_code == 400
+    done = await h.sign_in("chat", f"{WIDGET_ORIGIN}/chat")
+    code = parse_qs(urlsplit(done.headers["location"]).fragment)["chat_code"][0]
+    assert (await h.client.post("/auth/chat/exchange", json={"code": code}, headers=hdr)).status_code == 400

@@ -26,7 +26,7 @@ from entra_mcp.config import Settings
 from entra_mcp.errors import AuthError, ConfigError
 from entra_mcp.logs import get_logger
 from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
-from entra_mcp.oidc.sessions import Session, SessionService, looks_like_secret, new_secret
+from entra_mcp.oidc.sessions import Session, SessionService, looks_like_challenge, looks_like_secret, new_secret, s256
 from entra_mcp.oidc.validate import TokenRejected, TokenValidator
 
 log = get_logger("oidc.flow")
@@ -93,8 +93,7 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def pkce_challenge(verifier: str) -> str:
-    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
+pkce_challenge = s256
 
 
 @dataclass(frozen=True)
@@ -180,10 +179,25 @@ class SignInFlow:
     def check_return_to(self, value: str | None) -> str:
         return safe_return_to(value, allowed_origins=self.allowed_return_origins)
 
-    async def begin(self, *, flow: str, return_to: str | None, tenant: str | None = None, binding: str | None = None) -> LoginStart:
-        """Where to send the browser to sign in, and the binding value for its sign-in cookie."""
+    async def begin(
+        self,
+        *,
+        flow: str,
+        return_to: str | None,
+        tenant: str | None = None,
+        binding: str | None = None,
+        chat_challenge: str | None = None,
+    ) -> LoginStart:
+        """Where to send the browser to sign in, and the binding value for its sign-in cookie.
+
+        `chat_challenge` (chat flow, required): S256 of a verifier the widget keeps for /auth/chat/exchange."""
         if flow not in FLOWS:
             raise SignInError("flow must be 'portal' or 'chat'")
+        if flow == "chat" and not looks_like_challenge(chat_challenge):
+            raise SignInError(
+                "the chat flow needs chat_challenge: base64url(SHA-256(verifier)) of a random verifier the widget keeps "
+                "and sends with the one-time code to /auth/chat/exchange"
+            )
         target = self.check_return_to(return_to)
         home = await self.provider.metadata()
         if tenant and tenant.lower() not in (self.provider.tenant.lower(), home.tenant_id.lower()):
@@ -202,6 +216,7 @@ class SignInFlow:
                 "flow": flow,
                 "returnTo": target,
                 "tenant": meta.tenant_id,
+                "chatChallenge": chat_challenge if flow == "chat" else None,
                 "createdAt": self._clock(),
             },
             ttl=STATE_SECONDS,
@@ -244,7 +259,8 @@ class SignInFlow:
         flow: Flow = record["flow"]
         identity = result.identity
         if flow == "chat":
-            return LoginResult("chat", record["returnTo"], chat_code=self.sessions.issue_chat_code(identity))
+            code = self.sessions.issue_chat_code(identity, challenge=str(record["chatChallenge"]))
+            return LoginResult("chat", record["returnTo"], chat_code=code)
         sid, session = self.sessions.create(identity, kind="portal", replaces=previous_session)
         return LoginResult("portal", record["returnTo"], session_id=sid, session=session)
 

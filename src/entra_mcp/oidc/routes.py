@@ -2,11 +2,11 @@
 
 | route | method | does |
 |---|---|---|
-| /auth/login?flow=portal\\|chat&return_to=URL[&tenant=TID] | GET | 302 to the tenant's authorize endpoint (PKCE S256, state, nonce) |
+| /auth/login?flow=portal\\|chat&return_to=URL[&tenant=TID][&chat_challenge=S256] | GET | 302 to the tenant's authorize endpoint (PKCE S256, state, nonce) |
 | /auth/callback | GET | the configured redirect URI: checks state, redeems the code, starts the session |
 | /auth/session | GET | the signed-in session as JSON (cookie, or `Authorization: Bearer <chat-session token>`), else 401 |
 | /auth/logout | POST | ends the cookie's session and/or the bearer chat session; the old cookie/token stops working |
-| /auth/chat/exchange | POST | `{"code": ...}` (the one-time `#chat_code`) -> `{"chatSessionToken", "expiresAt", "identity"}` |
+| /auth/chat/exchange | POST | `{"code", "code_verifier"}` (the one-time `#chat_code`) -> `{"chatSessionToken", "expiresAt", "identity"}` |
 
 Cookies: HttpOnly, SameSite=Lax, Secure unless the public URL is plain-http loopback, `__Host-` prefix over https.
 POSTs with an Origin that is not this server's or an allow-listed return origin are refused (403), `null` included.
@@ -144,6 +144,7 @@ class SignIn:
                 return_to=q.get("return_to"),
                 tenant=q.get("tenant"),
                 binding=self._cookie(request, SIGNIN_COOKIE),
+                chat_challenge=q.get("chat_challenge"),
             )
         except SignInError as exc:
             return _error_page(400, str(exc))
@@ -203,21 +204,26 @@ class SignIn:
         body = await request.body()
         if len(body) > MAX_EXCHANGE_BODY:
             return JSONResponse({"error": "request_too_large"}, 413)
-        code: Any = None
+        data: Any = None
         ctype = request.headers.get("content-type", "")
         try:
             if ctype.startswith("application/json"):
                 data = json.loads(body or b"{}")
-                code = data.get("code") if isinstance(data, dict) else None
             else:
-                code = (await request.form()).get("code")
+                data = dict(await request.form())
         except (ValueError, UnicodeDecodeError):
-            code = None
-        redeemed = self.sessions.redeem_chat_code(code if isinstance(code, str) else None)
+            data = None
+        code = data.get("code") if isinstance(data, dict) else None
+        verifier = data.get("code_verifier") if isinstance(data, dict) else None
+        redeemed = self.sessions.redeem_chat_code(
+            code if isinstance(code, str) else None, verifier if isinstance(verifier, str) else None
+        )
         if redeemed is None:
             return self._cors(
                 request,
-                JSONResponse({"error": "invalid_code", "error_description": "unknown, used or expired chat code"}, 400),
+                JSONResponse({"error": "invalid_code",
+                              "error_description": "unknown, used or expired chat code, or a code_verifier that does not match"},
+                             400),
             )
         token, session = redeemed
         payload = {

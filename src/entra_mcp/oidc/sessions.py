@@ -6,13 +6,17 @@ deleted (no fixation); idle and absolute timeouts; deleting a session (logout, r
 a later check can say "revoked" rather than "unknown". A chat-session token is such a session id, of kind "chat"; it is
 never an Entra token. The ID token itself is never stored.
 
-The chat hand-over: the sign-in callback stores the identity under a one-time code (2 minutes, single use) and sends
-the browser back to the widget with the code in the URL fragment; the widget trades it once for the chat-session token
+The chat hand-over: the widget starts sign-in with `chat_challenge` = S256(a verifier it keeps); the callback stores
+the identity and that challenge under a one-time code (2 minutes, single use) and sends the browser back to the widget
+with the code in the URL fragment; the widget trades code + verifier once for the chat-session token
 (`redeem_chat_code`). See docs/sign-in.md.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -30,7 +34,8 @@ log = get_logger("oidc.sessions")
 SessionKind = Literal["portal", "chat"]
 ChatReason = Literal["expired", "revoked", "unknown", "wrong_tenant"]
 
-_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32): 256 bits
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32): 256 bits; also a base64url SHA-256
+_VERIFIER_RE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")  # RFC 7636 code_verifier alphabet and length
 _SESSION_NS = "session"
 _ENDED_NS = "ended"
 _CHAT_CODE_NS = "chatcode"
@@ -47,6 +52,14 @@ def new_secret() -> str:
 
 def looks_like_secret(value: str | None) -> bool:
     return isinstance(value, str) and _SECRET_RE.match(value) is not None
+
+
+looks_like_challenge = looks_like_secret  # S256 challenges have the same shape: 43 base64url characters
+
+
+def s256(verifier: str) -> str:
+    """base64url(SHA-256(verifier)) without padding, as PKCE's S256."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -221,20 +234,26 @@ class SessionService:
         return True
 
     # -- chat ------------------------------------------------------------------------------------------------
-    def issue_chat_code(self, identity: Identity) -> str:
-        """A one-time code (2 minutes) the chat widget trades for a chat-session token."""
+    def issue_chat_code(self, identity: Identity, *, challenge: str) -> str:
+        """A one-time code (2 minutes) the chat widget trades for a chat-session token.
+
+        `challenge` is S256(verifier) of a verifier only the widget that started the sign-in holds (sent to
+        /auth/login as `chat_challenge`): a code stolen from, or planted into, another browser is worthless."""
+        if not looks_like_challenge(challenge):
+            raise ValueError("chat challenge must be a base64url SHA-256 (43 characters)")
         code = new_secret()
-        rec = Session("chat", identity, 0, 0, 0, 0).record()
+        rec = {**Session("chat", identity, 0, 0, 0, 0).record(), "challenge": challenge}
         self.store.put(_CHAT_CODE_NS, code, rec, ttl=CHAT_CODE_SECONDS)
         return code
 
-    def redeem_chat_code(self, code: str | None) -> tuple[str, Session] | None:
-        """Trade a one-time code for a new chat session (token, session); None when unknown, used or expired."""
-        if not looks_like_secret(code):
+    def redeem_chat_code(self, code: str | None, verifier: str | None) -> tuple[str, Session] | None:
+        """Trade a one-time code and the widget's verifier for a new chat session (token, session); None when the
+        code is unknown, used or expired, or the verifier does not match. The code is spent either way."""
+        if not looks_like_secret(code) or not isinstance(verifier, str) or not _VERIFIER_RE.match(verifier):
             return None
         assert code is not None
         rec = self.store.take(_CHAT_CODE_NS, code)
-        if rec is None:
+        if rec is None or not hmac.compare_digest(s256(verifier), str(rec.get("challenge", ""))):
             return None
         identity = Identity(tid=rec["tid"], oid=rec["oid"], name=rec.get("name"), preferred_username=rec.get("preferredUsername"))
         return self.create(identity, kind="chat")
@@ -260,4 +279,5 @@ class SessionService:
         return self.store.purge_expired()
 
 
-__all__ = ["ChatSessionCheck", "Session", "SessionKind", "SessionService", "looks_like_secret", "new_secret"]
+__all__ = ["ChatSessionCheck", "Session", "SessionKind", "SessionService", "looks_like_challenge", "looks_like_secret",
+           "new_secret", "s256"]
