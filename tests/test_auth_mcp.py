@@ -367,3 +367,26 @@ async def test_the_wrapper_binds_sessions_itself(emu: Any, tmp_path: Path) -> No
         same = await c.post("/mcp", headers={"Authorization": f"Bearer {tok[0]}", "Mcp-Session-Id": "s-1"})
         assert same.status_code == 200
     await guard.aclose()
+
+
+async def test_tenant_named_by_domain_validates_and_metadata_names_the_guid_issuer(emu: Any, tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+
+    from entra_mcp.config import parse_settings
+
+    settings = emulator_settings(emu, tmp_path)
+    data = settings.model_dump(mode="json", exclude={"source"})
+    t = emu.tenant(0)
+    data["tenants"][0]["tenant_id"] = t.domain
+    guard = McpGuard(parse_settings(data), transport=counting_transport(emu))
+    token = emu.tokens.issue_user_tokens(t, emu.portal_app(0), next(iter(t.users.values())),
+                                         audience=emu.api_app(0).client_id, scp=[SCOPE], scopes=[SCOPE]).access_token
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=guard.routes())),
+                                 base_url="http://127.0.0.1:8765") as c:
+        meta = (await c.get("/.well-known/oauth-protected-resource")).json()
+    assert meta["authorization_servers"] == [f"{emu.login_url}/{t.tenant_id}/v2.0"]
+    from starlette.datastructures import Headers
+
+    principal = await guard.authenticate(Headers({"authorization": f"Bearer {token}"}))
+    assert getattr(principal, "tid", None) == t.tenant_id
+    await guard.aclose()

@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entra_mcp.config import Settings
+from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
 from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.routes import SignIn
@@ -118,6 +119,11 @@ class McpGuard:
         }
 
     async def _metadata_endpoint(self, request: Request) -> Response:
+        if self.validator is not None and self.validator.provider.home is None:
+            try:  # name the issuer by its tenant GUID, as tokens do (the config may name the tenant by domain)
+                await self.validator.provider.metadata()
+            except (ProviderUnavailable, EntraMcpError):
+                pass
         return JSONResponse(self.metadata(), headers={"Cache-Control": "public, max-age=3600"})
 
     def routes(self) -> list[BaseRoute]:
