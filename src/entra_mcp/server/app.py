@@ -9,6 +9,7 @@ tenant; bad input) come back as tool errors (isError) carrying the message; noth
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import re
@@ -16,13 +17,12 @@ import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated, Any, Awaitable, Callable, Mapping, Protocol
 
+import pydantic_core
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-import pydantic_core
 from pydantic import Field
 
-import importlib
 from entra_mcp import __version__
 from entra_mcp.errors import EntraMcpError, InvalidArgument, MirrorError, NotFoundError
 from entra_mcp.identity.findings import clean, quote
@@ -513,7 +513,7 @@ def create_server(
                 data["matchesClaimedUser"] = False
                 findings.append(_finding("CLAIMED_USER_NOT_FOUND", "warning", "The claimed user was not found in the directory."))
             if data["matchesClaimedUser"] is False:
-                findings.append(_finding("CLAIMED_USER_MISMATCH", "high", "The verified person is NOT the user they claim to be. Do not act for the claimed user."))
+                findings.append(_finding("CLAIMED_USER_MISMATCH", "critical", "The verified person is NOT the user they claim to be. Do not act for the claimed user."))
         data["findings"] = findings
         return _jsonable(data)
 
