@@ -194,7 +194,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _load(base: str, tokens: list[str | None], seconds: float) -> dict[str, float]:
+async def _load(base: str, tokens: list[str | None], seconds: float, rate: float | None = None) -> dict[str, float]:
+    """Closed loop (each client sends its next call when the last one is answered) or, with `rate`, paced: the
+    clients together offer `rate` calls/s on a fixed schedule and latency counts from the scheduled send time (no
+    coordinated omission: a stalled server is charged for the calls it delayed)."""
     url = base + "/mcp"
     latencies: list[float] = []
     errors = 0
@@ -219,20 +222,28 @@ async def _load(base: str, tokens: list[str | None], seconds: float) -> dict[str
         headers = await asyncio.gather(*(session(t) for t in tokens))
         stop = time.perf_counter() + seconds
 
-        async def worker(hdr: dict[str, str]) -> None:
+        interval = len(tokens) / rate if rate else 0.0
+
+        async def worker(n: int, hdr: dict[str, str]) -> None:
             nonlocal errors
             i = 2
-            while time.perf_counter() < stop:
+            due = time.perf_counter() + (interval * n / len(tokens))
+            while due < stop:
+                if interval:
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)  # pacing the offered load (a schedule, not a wait for a result)
                 body = dict(CALL, id=i)
-                t0 = time.perf_counter()
+                t0 = due if interval else time.perf_counter()
                 r = await client.post(url, json=body, headers=hdr)
                 latencies.append(time.perf_counter() - t0)
+                due = due + interval if interval else time.perf_counter()
                 if r.status_code != 200 or '"isError":true' in r.text.replace(" ", ""):
                     errors += 1
                 i += 1
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker(h) for h in headers))
+        await asyncio.gather(*(worker(n, h) for n, h in enumerate(headers)))
         elapsed = time.perf_counter() - start
     latencies.sort()
     q = statistics.quantiles(latencies, n=100)
@@ -240,7 +251,8 @@ async def _load(base: str, tokens: list[str | None], seconds: float) -> dict[str
             "errors": errors}
 
 
-def mcp_bench(emu: Any, root: Path, mode: str, clients: int, seconds: float, json_response: bool = False) -> dict[str, float]:
+def mcp_bench(emu: Any, root: Path, mode: str, clients: int, seconds: float, json_response: bool = False,
+              rate: float | None = None) -> dict[str, float]:
     port = _free_port()
     data = tomllib.loads(emu.config_toml(0, root / mode, with_sign_in=True))
     data["server"].update({"public_url": f"http://127.0.0.1:{port}", "port": port, "transport": "http"})
@@ -273,7 +285,7 @@ def mcp_bench(emu: Any, root: Path, mode: str, clients: int, seconds: float, jso
 
         child = psutil.Process(proc.pid)
         child.cpu_percent()
-        result = asyncio.run(_load(f"http://127.0.0.1:{port}", tokens, seconds))
+        result = asyncio.run(_load(f"http://127.0.0.1:{port}", tokens, seconds, rate))
         result["server_cpu"] = child.cpu_percent()
         return result
     finally:
@@ -300,6 +312,7 @@ def main() -> None:
         entra = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds)
         none = mcp_bench(emu, Path(tmp), "none", args.clients, args.seconds)
         entra_json = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds, json_response=True)
+        paced = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds, rate=CALLS_TARGET)
 
     def row(name: str, r: dict[str, float]) -> str:
         cpu_ms = r["server_cpu"] / 100 / r["rate"] * 1000 if r["rate"] else float("nan")
@@ -307,7 +320,7 @@ def main() -> None:
                 f"{r['server_cpu']:.0f} | {cpu_ms:.2f} |")
 
     ok_v = v["ours"] >= VALIDATIONS_TARGET
-    ok_c = entra["rate"] >= CALLS_TARGET and entra["p99"] <= P99_TARGET_MS
+    ok_c = paced["rate"] >= CALLS_TARGET * 0.97 and paced["p99"] <= P99_TARGET_MS
     section = f"""
 ## Sign-in and /mcp protection (`bench/bench_auth.py`)
 
@@ -325,13 +338,15 @@ signature, iss, aud, exp/nbf/iat (60 s leeway), tid, oid, nonce.
 | peer: PyJWT `PyJWKClient` + `jwt.decode` | {v['peer']:,.0f} | {v['burst']['peer']} |
 
 Authenticated `/mcp` tool calls (`sync_status`), {args.clients} concurrent clients, each its own MCP session, server in
-its own process (uvicorn, one worker), stateful streamable HTTP with SSE answers:
+its own process (uvicorn, one worker), stateful streamable HTTP with SSE answers. Closed loop (each client calls again
+as soon as it is answered: the maximum rate) unless "paced" (a fixed offered rate; latency from the scheduled send):
 
 | server.auth.mode | calls/s | p50 (ms) | p99 (ms) | errors | server CPU (% of a core) | server CPU per call (ms) |
 |---|---|---|---|---|---|---|
 {row("entra (bearer token validated on every request)", entra)}
 {row("none (baseline, loopback)", none)}
 {row("entra, `json_response=True` (no SSE framing)", entra_json)}
+{row(f"entra, paced: {CALLS_TARGET:.0f} calls/s offered by the {args.clients} clients", paced)}
 
 "Server CPU per call" is the server process's CPU time divided by the calls it answered: 1000 / that figure is the
 rate one otherwise idle core sustains, whatever else the machine was doing during the run.
