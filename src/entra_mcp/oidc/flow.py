@@ -258,6 +258,9 @@ class SignInFlow:
             raise SignInError(f"the identity provider's answer was refused ({exc.reason})") from None
         flow: Flow = record["flow"]
         identity = result.identity
+        if identity.tid.lower() != str(record["tenant"]).lower():
+            # The sign-in went to one tenant's endpoints; an ID token of another tenant is not its answer.
+            raise SignInError("the identity provider answered for another tenant than the one sign-in started with")
         if flow == "chat":
             code = self.sessions.issue_chat_code(identity, challenge=str(record["chatChallenge"]))
             return LoginResult("chat", record["returnTo"], chat_code=code)
