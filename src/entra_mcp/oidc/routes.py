@@ -119,7 +119,7 @@ class SignIn:
 
     def _cors(self, request: Request, response: Response) -> Response:
         origin = request.headers.get("origin")
-        if origin and origin in self.cors_origins:
+        if origin and origin_of(origin) in self.cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
         return response
@@ -236,7 +236,7 @@ class SignIn:
 
     async def preflight(self, request: Request) -> Response:
         origin = request.headers.get("origin")
-        if not origin or origin not in self.cors_origins:
+        if not origin or origin_of(origin) not in self.cors_origins:
             return Response(status_code=403)
         return Response(
             status_code=204,
