@@ -183,6 +183,23 @@ def sync_until_done(cfg: ProductConfig, *args: str, timeout: float = 90.0) -> su
         time.sleep(0.2)
 
 
+# Third-party tracebacks a malformed or abandoned request produces in the log (the client still gets a clean 400 and
+# the server goes on): uvicorn's h11 refusing our early 421/403/413 after it already answered a broken body itself, and
+# the MCP SDK's logger.exception on a client that went away mid-body. Reported as log noise, not failures.
+KNOWN_THIRD_PARTY = ("h11._util.LocalProtocolError: can't handle event type Response when role=SERVER and state=MUST_CLOSE",
+                     "starlette.requests.ClientDisconnect")
+
+
+def unexpected_tracebacks(log: str) -> list[str]:
+    """The tracebacks in a server log, minus KNOWN_THIRD_PARTY; each as its last line (the exception)."""
+    out = []
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        last = next((ln for ln in block.splitlines() if ln and not ln.startswith(" ")), "?")
+        if last.strip() not in KNOWN_THIRD_PARTY:
+            out.append(last.strip())
+    return out
+
+
 def cache_integrity(cache_dir: Path) -> list[str]:
     """Problems SQLite finds in the databases under cache_dir (empty: all sound)."""
     problems = []
@@ -217,4 +234,4 @@ def mirror_version(cfg: ProductConfig) -> int:
 
 
 __all__ = ["API_KEY", "ENTRA_MCP", "ProductConfig", "ServeProcess", "cache_integrity", "free_port", "load_snapshot",
-           "mirror_differences", "mirror_version", "run_cli", "spawn", "sync_until_done", "track"]
+           "mirror_differences", "mirror_version", "run_cli", "spawn", "sync_until_done", "track", "unexpected_tracebacks"]
