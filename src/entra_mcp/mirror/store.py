@@ -59,8 +59,8 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
     "domains": ("domains",),  # domain id -> domain
 }
 
-MAX_BUCKETS = 256
-_ITEMS_PER_BUCKET = 400
+MAX_BUCKETS = 1024
+_ITEMS_PER_BUCKET = 128  # small buckets: a delta run unpickles and rewrites little
 _FULL_BELOW = 1 << 20  # bytes free under which SQLite's "disk I/O error" means a full disk
 _MISSING = object()
 _ROOT = "root"
