@@ -79,7 +79,10 @@ def test_sam_at_foreign_domain_is_not_an_exact_match(view: DirectoryView) -> Non
     assert answer["matchType"] != "exact"
 
 
-@pytest.mark.parametrize("query", ["jose muller", "JOSE MÜLLER", "José Müller", "muller", "jose mul", "jsoe muller"])
+@pytest.mark.parametrize(
+    "query", ["jose muller", "JOSE MÜLLER", "José Müller", "muller", "jose mul", "jsoe muller", "ojse muller",
+              "kose muller", "jose mulelr", "jose mueller"]
+)
 def test_fuzzy_is_case_and_diacritics_insensitive_and_typo_tolerant(view: DirectoryView, query: str) -> None:
     answer = lookup_user(view, query)
     assert answer["matchType"] == "fuzzy"

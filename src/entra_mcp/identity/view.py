@@ -82,6 +82,7 @@ class DirectoryView:
     employee_ids: dict[str, Any]  # employeeId as stored -> user id(s)
     postings: dict[str, tuple[int, ...]]  # folded name token -> user positions
     vocabulary: tuple[str, ...]  # sorted tokens
+    typo_buckets: dict[tuple[str, int], tuple[str, ...]]  # (first letter, length) -> tokens, for typo search
     full_names: dict[str, Any]  # folded displayName -> user id(s)
     member_of: dict[str, tuple[str, ...]]  # member id -> direct group ids
     group_keys: dict[str, Any]  # casefolded id / folded name / mail -> group id(s)
@@ -186,6 +187,10 @@ class DirectoryView:
 
         postings = {token: tuple(positions) for token, positions in token_lists.items()}
         del token_lists
+        vocabulary = tuple(sorted(postings))
+        buckets: defaultdict[tuple[str, int], list[str]] = defaultdict(list)
+        for word in vocabulary:
+            buckets[(word[0], len(word))].append(word)
 
         parents: defaultdict[str, list[str]] = defaultdict(list)
         for gid, members in snapshot.members.items():
@@ -243,7 +248,8 @@ class DirectoryView:
             sam=sam,
             employee_ids=employee_ids,
             postings=postings,
-            vocabulary=tuple(sorted(postings)),
+            vocabulary=vocabulary,
+            typo_buckets={key: tuple(words) for key, words in buckets.items()},
             full_names=full_names,
             member_of=member_of,
             group_keys=group_keys,
@@ -334,10 +340,12 @@ class DirectoryView:
             if word != token:
                 candidates[word] = _PREFIX_BASE + 0.15 * len(token) / len(word)
         if len(token) >= 4:
-            max_distance = 1 if len(token) <= 6 else 2
-            for word, distance, _ in process.extract(
-                token, vocabulary, scorer=OSA.distance, score_cutoff=max_distance, limit=64
-            ):
+            typos = self._typos(token, (token[0], token[1]))
+            if not typos and not candidates:
+                # nothing starts like the token: maybe the first letter is the typo ("Kose" for "Jose")
+                others = {first for first, _ in self.typo_buckets} - {token[0], token[1]}
+                typos = self._typos(token, sorted(others))
+            for word, distance in typos:
                 score = _TYPO1 if distance <= 1 else _TYPO2
                 if score > candidates.get(word, 0.0):
                     candidates[word] = score
@@ -347,6 +355,22 @@ class DirectoryView:
                 if score > scores.get(pos, 0.0):
                     scores[pos] = score
         return scores
+
+    def _typos(self, token: str, first_letters: Iterable[str]) -> list[tuple[str, int]]:
+        """Vocabulary words within 1 edit (tokens of 4-6 letters) or 2 (longer) of `token`, an adjacent swap counting
+        as one, among the words starting with one of `first_letters` (the token's first two letters cover a swap
+        at the start). Words are bucketed by first letter and length, so only a sliver of the vocabulary is read."""
+        max_distance = 1 if len(token) <= 6 else 2
+        found: list[tuple[str, int]] = []
+        for first in dict.fromkeys(first_letters):
+            for length in range(len(token) - max_distance, len(token) + max_distance + 1):
+                bucket = self.typo_buckets.get((first, length))
+                if bucket:
+                    for word, distance, _ in process.extract(
+                        token, bucket, scorer=OSA.distance, score_cutoff=max_distance, limit=64
+                    ):
+                        found.append((word, distance))
+        return found
 
     def search_names(self, query: str, *, limit: int = 10, require_all: bool = True) -> tuple[list[NameHit], int]:
         """Users ranked by how well their name tokens match the query's tokens (prefix and typo tolerant).
