@@ -94,8 +94,8 @@ class ViewCache:
     """Built views kept on disk, so a restart loads the index instead of rebuilding it (a large tenant: seconds).
 
     One file per tenant, `<dir>/<tenant>.view`, holding (fingerprint, mirror version, view) pickled. The fingerprint
-    covers this release and the source of the view's module: a file written by other code is ignored and
-    replaced. It holds the same directory data as the mirror next to it and gets the same protection (0600 in a 0700
+    covers this release and the source of the modules that build a view: a file written by other code is ignored
+    and replaced. It holds the same directory data as the mirror next to it and gets the same protection (0600 in a 0700
     directory). Writing happens in a forked child where the platform allows it, so pickling a large view does not
     hold the server's interpreter lock for seconds.
     """
@@ -105,16 +105,22 @@ class ViewCache:
         self._fingerprint: str | None = None
 
     def fingerprint(self, view_type: type) -> str:
+        """This release plus the source of every module that shapes a view (the view's package and the snapshot):
+        an index built by other code is never reused."""
         if self._fingerprint is None:
             import inspect
 
             from entra_mcp import __version__
+            from entra_mcp.mirror import snapshot
 
+            digest = hashlib.sha256(__version__.encode())
             try:
-                source = Path(inspect.getfile(view_type)).read_bytes()
+                package = Path(inspect.getfile(view_type)).parent
+                for source in [*sorted(package.glob("*.py")), Path(inspect.getfile(snapshot))]:
+                    digest.update(source.name.encode() + b"\0" + source.read_bytes())
             except (OSError, TypeError):
-                source = b""
-            self._fingerprint = hashlib.sha256(__version__.encode() + b"\0" + source).hexdigest()
+                digest.update(os.urandom(16))  # sources unreadable: never trust a cached view
+            self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
     def path(self, tenant: str) -> Path:
