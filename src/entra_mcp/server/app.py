@@ -341,7 +341,7 @@ def create_server(
     async def list_group_memberships(user: UserRef, transitive: bool = True, tenant: Tenant = None) -> CallToolResult:
         """List the groups a user is a member of, with each group's kind (security, microsoft365, distribution,
         mailEnabledSecurity, dynamic...), whether membership is `direct`, and `via`: the chain of groups through
-        which an inherited membership comes (outermost last).
+        which an inherited membership comes, starting with the group the user is directly in.
 
         Use it for "why can't I reach X" and "what access does this person have". With `transitive=false` only
         direct memberships are listed. Dynamic groups follow a rule: membership changes by editing the user's
