@@ -154,3 +154,16 @@ def test_groups_area_disabled_gives_null_with_reason() -> None:
     assert answer["groups"] is None and answer["total"] is None
     assert answer["findings"][0]["code"] == "AREA_DISABLED"
     assert "not enabled in config" in answer["findings"][0]["message"]
+
+
+def test_very_large_group_lists_a_sample_users_first() -> None:
+    users = [user(f"u{i}", f"User {i:05d}") for i in range(5100)]
+    members = {oid("big"): {u["id"]: "user" for u in reversed(users)}}
+    members[oid("big")][oid("sub")] = "group"
+    snap = make_snapshot(users, [group("big", "Everyone"), group("sub", "Sub")], members)
+    answer = list_group_members(DirectoryView.build(snap), "Everyone", limit=10)
+    assert answer["total"] == 5101 and answer["countsByType"] == {"user": 5100, "group": 1}
+    assert answer["sortedByName"] is False and answer["truncated"] is True
+    assert [m["type"] for m in answer["members"]] == ["user"] * 10
+    small = list_group_members(DirectoryView.build(snap), "Sub")
+    assert small["sortedByName"] is True

@@ -8,9 +8,10 @@ shown apart: `dynamic: true` with `membershipRule` and `membershipRuleProcessing
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import InvalidArgument, NotFoundError
 from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, user_ref
@@ -21,6 +22,7 @@ from .view import DirectoryView
 
 MAX_MEMBERSHIPS = 1000
 MAX_MEMBERS = 1000
+SORT_MEMBERS_UP_TO = 5000  # larger groups list a sample (users first), not the alphabetical first `limit`
 
 
 def group_kind(group: dict[str, Any]) -> str:
@@ -117,19 +119,23 @@ def list_group_memberships(
 def list_group_members(
     view: DirectoryView, group: str, transitive: bool = False, limit: int = 100, *, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Members of a group (users, groups, service principals, devices), users first, by name. With `transitive`,
-    members of nested groups too, each with `via` (the nested groups it comes through). Capped at `limit` with the
-    full `total` and `countsByType`."""
+    """Members of a group (users, groups, service principals, devices), users first, by name (groups of more than
+    5,000 members: a sample, `sortedByName` false). With `transitive`, members of nested groups too, each with
+    `via` (the nested groups it comes through). Capped at `limit` with the full `total` and `countsByType`."""
     record = resolve_group(view, group)
     limit = clean_limit(limit, default=100, maximum=MAX_MEMBERS)
     findings = freshness_findings(view.snapshot, now) + suspicious_findings("group", record)
     gid = record["id"]
     snap = view.snapshot
-    entries: list[tuple[str, str, tuple[str, ...]]]
+    entries: Iterator[tuple[str, str, tuple[str, ...]]]
     if transitive:
-        entries = [(mid, kind, chain) for mid, (kind, chain) in view.transitive_members(gid).items()]
+        found = view.transitive_members(gid)
+        total, counts = len(found), Counter(kind for kind, _ in found.values())
+        entries = ((mid, kind, chain) for mid, (kind, chain) in found.items())
     else:
-        entries = [(mid, kind, (gid,)) for mid, kind in snap.members.get(gid, {}).items()]
+        direct = snap.members.get(gid, {})
+        total, counts = len(direct), Counter(direct.values())
+        entries = ((mid, kind, (gid,)) for mid, kind in direct.items())
     sources: dict[str, dict[str, dict[str, Any]]] = {
         "user": snap.users, "group": snap.groups, "servicePrincipal": snap.service_principals,
     }
@@ -140,8 +146,21 @@ def list_group_members(
         name = obj.get("displayName") if obj else None
         return type_order.get(entry[1], 3), str(name).casefold() if name else "\uffff", entry[0]
 
-    shown = heapq.nsmallest(limit, entries, key=order)
-    counts = Counter(kind for _, kind, _ in entries)
+    sorted_by_name = total <= SORT_MEMBERS_UP_TO
+    if sorted_by_name:
+        shown = heapq.nsmallest(limit, entries, key=order)
+    else:
+        # a very large group (All Staff): the first `limit` of each type as stored (users come first, so enough
+        # users end the scan), then those sorted; reading a name for each of 100,000 members costs more than the
+        # listing is worth
+        firsts: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
+        for entry in entries:
+            bucket = firsts.setdefault(entry[1], [])
+            if len(bucket) < limit:
+                bucket.append(entry)
+            elif entry[1] == "user":
+                break
+        shown = heapq.nsmallest(limit, itertools.chain.from_iterable(firsts.values()), key=order)
     members = []
     for mid, kind, chain in shown:
         obj = sources.get(kind, {}).get(mid)
@@ -160,9 +179,10 @@ def list_group_members(
     return {
         "group": group_card(record),
         "members": members,
-        "total": len(entries),
+        "total": total,
         "countsByType": dict(counts),
-        "truncated": len(entries) > limit,
+        "truncated": total > limit,
+        "sortedByName": sorted_by_name,
         "transitive": transitive,
         "asOf": as_of(view),
         "findings": sort_findings(findings),
