@@ -38,7 +38,9 @@ def _compare(kind: str, want: dict[str, Any], got: dict[str, Any], out: list[str
         out.append(f"{kind}: {len(changed)} differ in all")
 
 
-def mirror_differences(snap: DirectorySnapshot | None, truth: dict[str, Any]) -> list[str]:
+def mirror_differences(snap: DirectorySnapshot | None, truth: dict[str, Any], *, assignments: bool = True) -> list[str]:
+    """assignments=False leaves out app role assignments (a delta run refreshes only those of service principals
+    that changed; the rest are refreshed in full every ASSIGNMENTS_FULL_REFRESH_MINUTES)."""
     if snap is None:
         return ["no mirror (never synced, or unreadable)"]
     out: list[str] = []
@@ -56,6 +58,8 @@ def mirror_differences(snap: DirectorySnapshot | None, truth: dict[str, Any]) ->
              {k: _project(a, A.APPLICATION_FIELDS) for k, a in snap.applications.items()}, out)
     _compare("service principal", {s["id"]: _project(s, A.SERVICE_PRINCIPAL_FIELDS) for s in truth["servicePrincipals"]},
              {k: _project(s, A.SERVICE_PRINCIPAL_FIELDS) for k, s in snap.service_principals.items()}, out)
+    if not assignments:
+        return out
     own = {a["appId"] for a in truth["applications"]}
     covered = {s["id"] for s in truth["servicePrincipals"] if A.needs_assignments(s, own)}
     want_r: dict[str, Any] = {}
