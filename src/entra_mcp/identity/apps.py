@@ -268,6 +268,68 @@ def user_app_assignments(
     return out
 
 
+def _entitlement(
+    who: str,
+    what: str,
+    required: bool | None,
+    assignments: list[dict[str, Any]],
+    assignments_known: bool,
+    groups_known: bool,
+    findings: list[dict[str, str]],
+) -> tuple[bool | None, str]:
+    """Whether the assignment rules let the user in (before disabled accounts or apps are considered), and the
+    one-sentence reason; adds the findings that explain it."""
+    effective = [a for a in assignments if a["effective"]]
+    grants: bool | None
+    if not required:
+        grants = True
+        findings.append(
+            finding("ASSIGNMENT_NOT_REQUIRED", f"{what} does not require assignment: every user of the tenant may sign in.")
+        )
+        grant_reason = f"{what} does not require assignment, so every user of the tenant may sign in."
+    elif effective:
+        grants = True
+        first = effective[0]
+        role = first["appRole"].get("displayName") or first["appRole"].get("value") or "an app role"
+        if first["via"] == "direct":
+            grant_reason = f"{who} is assigned to {what} directly (role {quote(role)})."
+        else:
+            grant_reason = (
+                f"{who} is a direct member of {quote(first['group']['displayName'])}, which is assigned to {what} "
+                f"(role {quote(role)})."
+            )
+    elif not assignments_known or not groups_known:
+        grants = None
+        grant_reason = (
+            f"Unknown: {what} requires assignment and the mirror lacks "
+            f"{'app role assignments' if not assignments_known else 'group memberships'} to check it."
+        )
+    else:
+        grants = False
+        nested = [a for a in assignments if not a["effective"]]
+        if nested:
+            chain = " > ".join(quote(g["displayName"], 40) for g in nested[0]["chain"])
+            findings.append(
+                finding(
+                    "NESTED_GROUP_ONLY",
+                    f"{who} reaches the assigned group {quote(nested[0]['group']['displayName'])} only through nested "
+                    f"groups ({chain}); Entra grants app access to direct members of an assigned group only: add the "
+                    "user to that group directly or assign the app to a group the user is directly in.",
+                )
+            )
+            grant_reason = (
+                f"{what} requires assignment and {who} is only in a nested group of an assigned group, which Entra "
+                "does not honour."
+            )
+        else:
+            grant_reason = f"{what} requires assignment and {who} has none, directly or through a group."
+        findings.append(
+            finding("NOT_ASSIGNED", f"{who} is not assigned to {what}: add an assignment (to the user or a group).")
+        )
+
+    return grants, grant_reason
+
+
 def check_app_access(view: DirectoryView, user: str, app: str, now: datetime | None = None) -> dict[str, Any]:
     """Whether `user` may sign in to `app` and why: hasAccess true/false, or null when the mirror cannot tell (an
     area it needs is disabled). Lists the user's assignments (appRole, via direct or group, with the group chain)."""
@@ -317,52 +379,7 @@ def check_app_access(view: DirectoryView, user: str, app: str, now: datetime | N
             area_finding(view, "groups", "assignments through groups are unknown.") or finding("AREA_DISABLED")
         )
 
-    grants: bool | None
-    if not required:
-        grants = True
-        findings.append(
-            finding("ASSIGNMENT_NOT_REQUIRED", f"{what} does not require assignment: every user of the tenant may sign in.")
-        )
-        grant_reason = f"{what} does not require assignment, so every user of the tenant may sign in."
-    elif effective:
-        grants = True
-        first = effective[0]
-        role = first["appRole"].get("displayName") or first["appRole"].get("value") or "an app role"
-        if first["via"] == "direct":
-            grant_reason = f"{who} is assigned to {what} directly (role {quote(role)})."
-        else:
-            grant_reason = (
-                f"{who} is a direct member of {quote(first['group']['displayName'])}, which is assigned to {what} "
-                f"(role {quote(role)})."
-            )
-    elif not assignments_known or not groups_known:
-        grants = None
-        grant_reason = (
-            f"Unknown: {what} requires assignment and the mirror lacks "
-            f"{'app role assignments' if not assignments_known else 'group memberships'} to check it."
-        )
-    else:
-        grants = False
-        nested = [a for a in assignments if not a["effective"]]
-        if nested:
-            chain = " > ".join(quote(g["displayName"], 40) for g in nested[0]["chain"])
-            findings.append(
-                finding(
-                    "NESTED_GROUP_ONLY",
-                    f"{who} reaches the assigned group {quote(nested[0]['group']['displayName'])} only through nested "
-                    f"groups ({chain}); Entra grants app access to direct members of an assigned group only: add the "
-                    "user to that group directly or assign the app to a group the user is directly in.",
-                )
-            )
-            grant_reason = (
-                f"{what} requires assignment and {who} is only in a nested group of an assigned group, which Entra "
-                "does not honour."
-            )
-        else:
-            grant_reason = f"{what} requires assignment and {who} has none, directly or through a group."
-        findings.append(
-            finding("NOT_ASSIGNED", f"{who} is not assigned to {what}: add an assignment (to the user or a group).")
-        )
+    grants, grant_reason = _entitlement(who, what, required, assignments, assignments_known, groups_known, findings)
 
     blockers = []
     if sp.get("accountEnabled") is False:
