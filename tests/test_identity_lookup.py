@@ -212,7 +212,7 @@ def test_injection_text_is_returned_as_data_and_flagged() -> None:
 
 _ANSWERS = [
     lambda v, t: lookup_user(v, t),
-    lambda v, t: resolve_user(v, t),
+    lambda v, t: {**resolve_user(v, t), "asOf": None, "findings": []},  # the user record itself
     lambda v, t: list_group_members(v, t),
     lambda v, t: get_app_principal(v, t, now=NOW),
     lambda v, t: check_app_access(v, "bob.smith@contoso.example", t, now=NOW),
