@@ -141,6 +141,12 @@ def test_initials_filter(view: DirectoryView) -> None:
 def test_unknown_address_falls_back_to_its_name_part(view: DirectoryView) -> None:
     answer = lookup_user(view, "jose.muller@old-domain.example")
     assert answer["matchType"] == "fuzzy" and answer["matches"][0]["id"] == oid("jose")
+    # ...but resolving never turns an unknown address into the person with that name
+    with pytest.raises(NotFoundError) as err:
+        resolve_user(view, "jose.muller@gmail.example")
+    assert "not assumed to be the same person" in str(err.value) and "José Müller" in str(err.value)
+    with pytest.raises(NotFoundError):
+        resolve_user(view, "CONTOSO\\jose")
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,10 @@ def test_vip_requester(view: DirectoryView, label: str, vip: bool) -> None:
 def test_unknown_and_ambiguous_requesters_are_answers(view: DirectoryView) -> None:
     unknown = get_ticket_identity_context(view, "someone@external.example", "help", now=NOW)
     assert unknown["requester"]["status"] == "notFound" and "REQUESTER_NOT_FOUND" in codes(unknown)
+    # an outside address using an employee's name is not that employee (impersonation is a classic)
+    lookalike = get_ticket_identity_context(view, "jose.muller@freemail.example", now=NOW)
+    assert lookalike["requester"]["status"] == "notFound" and "profile" not in lookalike["requester"]
+    assert lookalike["requester"]["suggestions"][0]["id"] == oid("jose")
     ambiguous = get_ticket_identity_context(view, "Alex Johnson", now=NOW)
     assert ambiguous["requester"]["status"] == "ambiguous"
     assert {c["id"] for c in ambiguous["requester"]["candidates"]} == {oid("alex1"), oid("alex2")}

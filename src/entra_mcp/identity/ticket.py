@@ -18,7 +18,7 @@ from .common import as_of, freshness_findings, name_of, user_card, user_ref
 from .findings import finding, looks_like_instruction, quote, sort_findings, suspicious_findings
 from .groups import group_card
 from .text import USER_EXPECTED, clean_identifier, name_tokens
-from .users import match_user
+from .users import is_identifier, match_user
 from .view import DirectoryView
 
 MAX_TICKET_SCAN = 20_000
@@ -57,7 +57,7 @@ def _requester(
     if match.how == "name":
         out["matchedBy"] = "name"
     if not match.confident:
-        if match.ids:
+        if match.ids and not is_identifier(text):
             out["status"] = "ambiguous"
             out["candidates"] = [user_card(users[uid]) for uid in match.ids[:MAX_MENTIONS]]
             out["candidatesTotal"] = match.total
@@ -69,7 +69,8 @@ def _requester(
             )
         else:
             out["status"] = "notFound"
-            out["suggestions"] = [user_ref(users[uid]) for uid in view.closest_user_ids(text)] if users else []
+            similar = match.ids or (view.closest_user_ids(text) if users else [])
+            out["suggestions"] = [user_ref(users[uid]) for uid in similar[:MAX_MENTIONS]]
             findings.append(
                 finding(
                     "REQUESTER_NOT_FOUND",

@@ -126,6 +126,11 @@ def match_user(view: DirectoryView, text: str) -> UserMatch:
     if _GUID.match(text) or not view.snapshot.users:
         return UserMatch("none", (), 0)
     name = _name_part(text)
+    if is_identifier(text):
+        # an address or account that is not in the directory never becomes a person with a similar name
+        # ("john.smith@gmail.example" is not our John Smith): name matches are candidates only
+        hits, total = view.search_names(name, limit=10)
+        return UserMatch("fuzzy", tuple(h.user_id for h in hits), total) if hits else UserMatch("none", (), 0)
     named = view.users_named(name)
     if named:
         return UserMatch("name", named, len(named), confident=len(named) == 1)
@@ -133,6 +138,11 @@ def match_user(view: DirectoryView, text: str) -> UserMatch:
     if hits:
         return UserMatch("fuzzy", tuple(h.user_id for h in hits), total, total == 1 and hits[0].score >= _CONFIDENT)
     return UserMatch("none", (), 0)
+
+
+def is_identifier(text: str) -> bool:
+    """An address or DOMAIN\\account form, as opposed to a person's name."""
+    return "@" in text or "\\" in text
 
 
 def resolve_user(view: DirectoryView, user: str) -> dict[str, Any]:
@@ -148,6 +158,13 @@ def resolve_user(view: DirectoryView, user: str) -> dict[str, Any]:
         raise _ambiguous(text, match.ids, view, "have the identifier")
     if match.how == "name":
         raise _ambiguous(text, match.ids, view, "are named")
+    if is_identifier(text):
+        suggestions = [_describe_short(users[uid]) for uid in match.ids[:5]]
+        raise NotFoundError(
+            f"No user has the address or account name {quote(text)} in the mirror"
+            + ("; users with a similar name are not assumed to be the same person." if suggestions else "."),
+            suggestions=suggestions,
+        )
     if match.how == "fuzzy":
         hits, total = match.ids, match.total
         raise InvalidArgument(
