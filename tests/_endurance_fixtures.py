@@ -118,15 +118,6 @@ class ServeProcess:
             time.sleep(0.05)
         raise AssertionError(f"serve did not answer /healthz within {timeout} s:\n{self.log()[-3000:]}")
 
-    def wait_synced(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            h = httpx.get(f"{self.cfg.base}/healthz", timeout=5).json()
-            if h["tenants"] and all(t["synced"] for t in h["tenants"]):
-                return h  # type: ignore[no-any-return]
-            time.sleep(0.1)
-        raise AssertionError(f"no synced mirror within {timeout} s:\n{self.log()[-3000:]}")
-
     def kill9(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
