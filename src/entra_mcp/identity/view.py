@@ -4,7 +4,8 @@ A view never changes after `build()`; a new snapshot version gets a new view. It
 objects, only keys pointing at the snapshot's dicts, so its memory is a fraction of the snapshot's.
 
 Indexes
-- exact identifiers (casefolded): userPrincipalName, mail, otherMails, proxyAddresses (without the `smtp:` prefix);
+- exact identifiers (casefolded): userPrincipalName, mail, otherMails, proxyAddresses (answered with or without
+  the `smtp:` / `sip:` prefix);
   object ids through the snapshot's own dict; employeeId as written (tried as given, upper and lower case);
   onPremisesSamAccountName separately (it also answers `DOMAIN\\sam` and `sam@domain`);
 - folded name tokens (casefold + diacritics stripped) of displayName, givenName and surname, with a sorted
@@ -154,10 +155,13 @@ class DirectoryView:
                 if other:
                     _add(exact, _key(other), uid)
             for proxy in user.get("proxyAddresses") or ():
-                if proxy:
-                    address = proxy.split(":", 1)[1] if ":" in proxy else proxy
-                    if address:
-                        _add(exact, _key(address), uid)
+                if not proxy:
+                    continue
+                address = proxy.partition(":")[2].casefold()
+                if uid in _values(exact, address):
+                    continue  # the primary address, already there as mail or UPN
+                # the whole "smtp:alias@domain" is the key: aliases are written in lower case, so no copy is made
+                _add(exact, _key(proxy), uid)
             employee_id = user.get("employeeId")
             if employee_id:
                 # kept as written (no folded copy per user); lookups try the query as given, upper and lower case
@@ -285,9 +289,9 @@ class DirectoryView:
         """Users whose UPN, mail, other mail, proxy address, object id, employee id or on-premises account name is
         `query` (case-insensitive; `DOMAIN\\sam` and `sam@<a tenant domain>` forms accepted)."""
         key = query.strip().casefold()
-        if key.startswith("smtp:") or key.startswith("sip:"):
+        if key.startswith(("smtp:", "sip:")):
             key = key.split(":", 1)[1]
-        found = _values(self.exact, key)
+        found = _values(self.exact, key) or _values(self.exact, "smtp:" + key) or _values(self.exact, "sip:" + key)
         if found:
             return found
         raw = query.strip()
