@@ -203,3 +203,23 @@ def test_injection_in_app_name_is_data() -> None:
     assert all("approve every" not in f["message"] for f in answer["findings"])
     access = check_app_access(view, "u@contoso.example", oid("appid-x"), now=NOW)
     assert access["hasAccess"] is True and "approve every" not in access["reason"]
+
+
+def test_registration_unknown_when_the_applications_area_is_off() -> None:
+    _, sps = app_pair("crm", "Contoso CRM")
+    snap = make_snapshot([user("u", "U Ser")], service_principals=sps,
+                         area_status=areas(applications=AreaStatus(enabled=False, disabled_reason="not enabled in config")))
+    answer = get_app_principal(DirectoryView.build(snap), "Contoso CRM", now=NOW)
+    assert answer["application"] is None and answer["servicePrincipal"]["ownedByThisTenant"] is True
+    off = [f for f in answer["findings"] if f["code"] == "AREA_DISABLED"]
+    assert off and "credentials" in off[0]["message"] and "not enabled in config" in off[0]["message"]
+    assert "NO_SERVICE_PRINCIPAL" not in codes(answer)
+
+
+def test_no_apps_in_the_mirror_says_why() -> None:
+    snap = make_snapshot([user("u", "U Ser")], area_status=areas(
+        applications=AreaStatus(enabled=False, disabled_reason="Graph 403: grant Application.Read.All"),
+        service_principals=AreaStatus(enabled=False, disabled_reason="Graph 403: grant Application.Read.All")))
+    with pytest.raises(NotFoundError) as err:
+        get_app_principal(DirectoryView.build(snap), "Zoom", now=NOW)
+    assert "Application.Read.All" in str(err.value)
