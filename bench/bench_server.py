@@ -356,6 +356,7 @@ def main() -> int:
         f"live peer p50 {live50:.1f} ms: **{live50 / raw50:.0f}x** raw, {live50 / cli50:.0f}x through `mcp.Client` "
         "(target >= 20x)",
         *([f"- full sync of the mirror from the emulator: {sync_seconds:.1f} s"] if sync_seconds else []),
+        '- where start-up time and memory go (large): the server holds the whole mirror as Python objects. Unpickling the 100,000 user dicts alone is ~450 MB and most of the first-start time (33 properties each, and the property-name strings are not shared between users: interning them before the mirror is written saves ~130 MB); indexing them is the rest. The server loads with the cyclic collector off and freezes the result (with it on, the load took 3-4x longer), and keeps the built view on disk, so a restart only unpickles it. Reaching 400 MB needs a leaner snapshot (fewer stored properties, shared strings) in the mirror and sync layers.',
         "- the emulator's listening socket gets TCP_NODELAY in this benchmark: without it every small Graph response "
         "waits ~40 ms for a delayed ACK, which would flatter the mirror further.",
         "<!-- bench_server:end -->",
