@@ -90,6 +90,38 @@ def _no_cyclic_gc() -> Iterator[None]:
         gc.freeze()
 
 
+def _share_strings(snapshot: DirectorySnapshot) -> None:
+    """Make equal strings of the snapshot one object (property names above all: 33 per user, repeated 100,000
+    times), in place. Pickle then writes each once and a load shares them: a large tenant's cached view loads in
+    about half the memory. Mutates the dicts, so it only ever runs in the forked child that writes the cache."""
+    pool: dict[str, str] = {}
+
+    def share(obj: Any, depth: int) -> None:
+        if isinstance(obj, dict):
+            items = list(obj.items())
+            obj.clear()
+            for k, v in items:
+                if type(k) is str:
+                    k = pool.setdefault(k, k)
+                if type(v) is str:
+                    v = pool.setdefault(v, v)
+                elif depth < 4 and isinstance(v, (dict, list)):
+                    share(v, depth + 1)
+                obj[k] = v
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                if type(v) is str:
+                    obj[i] = pool.setdefault(v, v)
+                elif depth < 4 and isinstance(v, (dict, list)):
+                    share(v, depth + 1)
+
+    for collection in (snapshot.users, snapshot.groups, snapshot.applications, snapshot.service_principals,
+                       snapshot.members, snapshot.app_role_assignments):
+        for value in collection.values():
+            share(value, 0)
+    share(snapshot.domains, 0)
+
+
 class ViewCache:
     """Built views kept on disk, so a restart loads the index instead of rebuilding it (a large tenant: seconds).
 
@@ -148,6 +180,7 @@ class ViewCache:
             if pid == 0:  # the child: write and leave at once, touching nothing else of the parent's
                 code = 0
                 try:
+                    _share_strings(view.snapshot)  # the child's copy only: readers in the parent never see it
                     self._write(tenant, header, view)
                 except BaseException:
                     code = 1
