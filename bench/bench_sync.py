@@ -428,7 +428,7 @@ def main() -> int:
               " `$top=999`), then `/groups/{id}/members` for every group (8 at a time, the concurrency entra-mcp uses), then"
               " applications and service principals. The SDK's retry handler crashes on a decimal Retry-After (graph-notes.md),"
               " so the emulator's throttling is OFF for the peer, and its transport retries dropped connections -- both in the"
-              " peer's favour. Most of its time is the SDK's own per-object deserialisation.",
+              " peer's favour. Its time goes into the client side: a 999-user page took about 12 s to come out of the SDK, where entra-mcp's 200-object delta pages take about 50 ms from the same emulator.",
               "", "How entra-mcp pulls: users (with manager) and groups with their members through delta queries"
               " (`groups/delta?$select=...,members`, no per-group calls), applications and service principals through delta,"
               " sign-in activity as a `$top=500` list, app role assignments in `$batch` requests of 20, areas concurrently; the"

@@ -122,3 +122,6 @@ def assert_mirror_matches(snap: DirectorySnapshot | None, truth: dict[str, Any],
                 want_r.setdefault(a["resourceId"], set()).add((a["id"], a["principalId"], a["principalType"], a["appRoleId"]))
         got_r = {sid: {(a["id"], a["principalId"], a["principalType"], a["appRoleId"]) for a in rows} for sid, rows in snap.app_role_assignments.items()}
         assert got_r == want_r
+    if "domains" in areas:
+        keep = ("id", "isDefault", "isVerified", "passwordValidityPeriodInDays", "passwordNotificationWindowInDays")
+        assert sorted((_project(d, keep) for d in snap.domains), key=str) == sorted((_project(d, keep) for d in truth["domains"]), key=str)

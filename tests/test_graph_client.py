@@ -19,14 +19,19 @@ NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
 
 
 class Tokens:
+    """A token source like TokenProvider: the same token until a forced refresh."""
+
     def __init__(self) -> None:
         self.issued = 0
         self.forced = 0
+        self.current: str | None = None
 
     async def token(self, *, force_refresh: bool = False) -> str:
-        self.issued += 1
+        if force_refresh or self.current is None:
+            self.issued += 1
+            self.current = f"tok{self.issued}"
         self.forced += force_refresh
-        return f"tok{self.issued}"
+        return self.current
 
 
 def make(handler: Callable[[httpx.Request], httpx.Response], **kw: Any) -> tuple[GraphClient, list[float], Tokens]:

@@ -87,6 +87,13 @@ def test_bad_secret_unknown_tenant_wrong_host_missing_variable(emulator: Any, tm
     err = capsys.readouterr().err
     assert "AADSTS90002" in err and "tenant_id" in err
 
+    cid = emulator.sync_app().client_id
+    bad_app = tmp_path / "bad-app.toml"
+    bad_app.write_text(text.replace(cid, "99999999-8888-7777-6666-555555555555"))
+    assert main(["--config", str(bad_app), "sync"]) == 1
+    err = capsys.readouterr().err
+    assert "AADSTS700016" in err and "client_id" in err
+
     bad_host = tmp_path / "bad-host.toml"
     bad_host.write_text(text.replace(f'login_url = "{emulator.login_url}"', 'login_url = "https://127.0.0.1:9"'))
     assert main(["--config", str(bad_host), "sync"]) == 1

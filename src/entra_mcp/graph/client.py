@@ -208,10 +208,10 @@ class GraphClient:
         await self._bearer(force=False)
 
     async def _bearer(self, force: bool) -> str:
-        if force or self._token is None:
-            if force:
-                self.stats.token_refreshes += 1
-            self._token = await self._tokens.token(force_refresh=force)
+        # asked every request: the token source hands back its cached token and renews it before expiry
+        if force:
+            self.stats.token_refreshes += 1
+        self._token = await self._tokens.token(force_refresh=force)
         return self._token
 
     async def request(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from entra_mcp.logs import get_logger
 log = get_logger("graph.credentials")
 
 _AADSTS_RE = re.compile(r"AADSTS(\d+)")
+RENEW_BEFORE_S = 300.0  # MSAL renews a token with less than five minutes left
 
 
 def certificate_credential(tenant: TenantSettings) -> dict[str, Any]:
@@ -97,6 +99,7 @@ class TokenProvider:
         self._app: msal.ConfidentialClientApplication | None = None
         self._lock = threading.Lock()
         self._credential: Any = None
+        self._cached: tuple[str, float] | None = None  # (token, monotonic expiry)
 
     def _credential_value(self) -> Any:
         if self._credential is None:
@@ -177,11 +180,22 @@ class TokenProvider:
                 ) from None
         if not isinstance(result, dict) or "access_token" not in result:
             raise _auth_error(self.tenant, result if isinstance(result, dict) else {})
+        token = str(result["access_token"])
+        try:
+            lifetime = float(result.get("expires_in") or 0)
+        except (TypeError, ValueError):
+            lifetime = 0.0
+        self._cached = (token, time.monotonic() + lifetime)
         if result.get("token_source") == "identity_provider":
             log.debug("tenant %s: new Graph token (expires in %ss)", self.tenant.name, result.get("expires_in"))
-        return str(result["access_token"])
+        return token
 
     async def token(self, *, force_refresh: bool = False) -> str:
+        """The current token. Like MSAL's cache, a token with less than RENEW_BEFORE_S left is renewed; checking that
+        here saves a worker-thread hop per Graph request."""
+        cached = self._cached
+        if not force_refresh and cached is not None and cached[1] - time.monotonic() > RENEW_BEFORE_S:
+            return cached[0]
         return await anyio.to_thread.run_sync(self._acquire, force_refresh)
 
 

@@ -23,6 +23,7 @@ run), so full and delta runs share one code path; applying a page twice is harml
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Protocol
 
 USER_FIELDS = (
@@ -144,9 +145,23 @@ def member_kind(odata_type: Any) -> str:
     return _KINDS.get(tail, "other")
 
 
+# properties whose values repeat across many objects: stored as one shared string each (see _plain)
+_SHARED_VALUES = frozenset({
+    "department", "jobTitle", "officeLocation", "companyName", "usageLocation", "userType", "preferredLanguage",
+    "employeeType", "externalUserState", "passwordPolicies", "onPremisesDomainName", "signInAudience",
+    "servicePrincipalType", "appOwnerOrganizationId", "membershipRuleProcessingState", "visibility",
+})
+
+
+def _shared(k: str, v: Any) -> Any:
+    return sys.intern(v) if k in _SHARED_VALUES and isinstance(v, str) and len(v) <= 128 else v
+
+
 def _plain(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    """The item's own properties (annotations and navigation deltas dropped)."""
-    return {k: v for k, v in item.items() if "@" not in k and (k in fields or k == "id")}
+    """The item's own properties (annotations and navigation deltas dropped). Property names, and the values that
+    repeat (department, job title...), become shared strings: pickle then stores each once per bucket, so a loaded
+    mirror of 100,000 users does not hold 100,000 copies of every property name."""
+    return {sys.intern(k): _shared(k, v) for k, v in item.items() if "@" not in k and (k in fields or k == "id")}
 
 
 def _upsert(target: Target, coll: str, item: dict[str, Any], fields: tuple[str, ...], counter: Counter) -> dict[str, Any]:
@@ -187,7 +202,7 @@ def apply_users(target: Target, page: list[dict[str, Any]], counter: Counter) ->
             _remove(target, "users", oid, counter)
             continue
         new = _upsert(target, "users", item, USER_FIELDS, counter)
-        new.setdefault("managerId", None)
+        new.setdefault(sys.intern("managerId"), None)
         if "manager" in item:
             m = item["manager"]
             new["managerId"] = str(m["id"]) if isinstance(m, dict) and m.get("id") else None

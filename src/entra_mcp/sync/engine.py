@@ -14,6 +14,7 @@ Per area:
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -231,7 +232,7 @@ class TenantSync:
         async for page in pager:
             for u in page:
                 if u.get("id") and isinstance(u.get("signInActivity"), dict):
-                    activity[str(u["id"])] = u["signInActivity"]
+                    activity[str(u["id"])] = {sys.intern(k): v for k, v in u["signInActivity"].items()}
             self._tick("sign_in_activity", pager.items)
         await self._commit(self.writer.commit_full, "sign_in_activity", {"sign_in": activity}, delta_link=None,
                            status=self._ok_status(prev, len(activity), "full"))
