@@ -299,7 +299,7 @@ def main() -> int:
                 rss = psutil.Process(pid).memory_info().rss / 2**20 if pid else float("nan")
             return ready, samples, rss
 
-        view_file = cache_dir / "server-views" / f"{settings.tenants[0].name}.view"
+        view_file = cache_dir / ".server-views" / f"{settings.tenants[0].name}.view"
         view_file.unlink(missing_ok=True)
         log("stdio (minimal JSON-RPC client), first start: builds the view...\n")
         raw_ready_s, raw, raw_rss_mb = raw_stdio(config_path, qs, args.n)

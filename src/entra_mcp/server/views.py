@@ -238,10 +238,10 @@ class ViewProvider:
 
     @classmethod
     def from_settings(cls, settings: Any, store: SnapshotSource, **kwargs: Any) -> "ViewProvider":
-        """`cache=True` keeps built views under cache_dir/server-views (see ViewCache)."""
+        """`cache=True` keeps built views under cache_dir/.server-views (a name no tenant can have; see ViewCache)."""
         tenants = [TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in settings.tenants]
         if kwargs.get("cache") is True:
-            kwargs["cache"] = ViewCache(Path(settings.server.cache_dir) / "server-views")
+            kwargs["cache"] = ViewCache(Path(settings.server.cache_dir) / ".server-views")
         return cls(tenants, store, **kwargs)
 
     @property
