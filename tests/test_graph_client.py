@@ -69,8 +69,8 @@ def test_retry_after_is_honoured_in_every_form() -> None:
     client, sleeps, _ = make(lambda req: next(answers))
     body = run(lambda: client.get("/users"))
     assert body == {"value": [1]}
-    # 504 without Retry-After: back-off for attempt 4 = min(30, 0.5 * 2**3) with jitter factor 1.0
-    assert sleeps == [pytest.approx(2.128), 3.0, pytest.approx(5.0), 4.0]
+    # 504 without Retry-After: the second failure that is not throttling -> back-off 0.5 * 2**1 (jitter factor 1.0)
+    assert sleeps == [pytest.approx(2.128), 3.0, pytest.approx(5.0), 1.0]
     assert client.stats.requests == 5 and client.stats.retries == 4 and client.stats.throttled == 2
 
 
@@ -193,3 +193,24 @@ def test_paging_detects_a_loop_and_keeps_no_delta_link() -> None:
     with pytest.raises(PagingLoop):
         run(go)
     assert pager_box[0].delta_link is None and not pager_box[0].complete
+
+
+def test_a_429_pauses_every_request_of_the_client() -> None:
+    """The resource-unit bucket is per app and tenant: after a 429 the other requests wait out its Retry-After too
+    (plus up to 20% jitter) instead of burning the bucket again."""
+    throttled_once = {"done": False}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("/users") and not throttled_once["done"]:
+            throttled_once["done"] = True
+            return httpx.Response(429, headers={"Retry-After": "5"})
+        return httpx.Response(200, json={})
+
+    client, sleeps, _ = make(handler, clock=lambda: 100.0)
+
+    async def go() -> None:
+        await client.get("/users")  # throttled: waits 5 s itself
+        await client.get("/groups")  # the client is paused until 105: waits 5 s * (1 + 0.2 * jitter 1.0)
+
+    run(go)
+    assert sleeps == [5.0, 6.0]

@@ -85,8 +85,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 @dataclass
 class RetryPolicy:
-    max_attempts: int = 8  # per request (the first try included)
-    budget: int = 400  # retries per run, all requests together
+    max_attempts: int = 8  # per request (the first try included) for 5xx and dropped connections
+    max_throttled_attempts: int = 100  # per request for 429 with Retry-After: throttling is expected, not a failure
+    budget: int = 1000  # retries per run, all requests together
     base_backoff: float = 0.5
     max_backoff: float = 30.0
     max_retry_after: float = 120.0  # a Retry-After beyond this is capped (and logged)
@@ -148,6 +149,7 @@ class GraphClient:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         wall_clock: Callable[[], datetime] | None = None,
         random: Callable[[], float] = _random.random,
+        clock: Callable[[], float] = time.monotonic,
         api_version: str = "v1.0",
     ) -> None:
         self.graph_host = graph_host.rstrip("/")
@@ -160,6 +162,10 @@ class GraphClient:
         self._sleep = sleep
         self._wall_clock = wall_clock or (lambda: datetime.now(timezone.utc))
         self._random = random
+        self._clock = clock
+        # A 429 pauses every request of this client until its Retry-After has passed: the resource-unit bucket is per
+        # app and tenant, so concurrent requests retrying on their own would only burn it again (a thundering herd).
+        self._not_before = 0.0
         self.stats = ClientStats()
         self._token: str | None = None
         self._token_lock = anyio.Lock()
@@ -227,11 +233,20 @@ class GraphClient:
         url = self.url(path_or_url)
         path = urlsplit(url).path.removeprefix(urlsplit(self.base_url).path)
         attempt = 0
+        throttled = 0
         refreshed = False
+        waited = False
         started = time.monotonic()
         try:
             while True:
                 attempt += 1
+                pause = self._not_before - self._clock()
+                if pause > 0 and not waited:
+                    # another request was throttled: wait out its Retry-After, with a little jitter to spread the herd
+                    pause *= 1.0 + 0.2 * self._random()
+                    self.stats.seconds_waiting += pause
+                    await self._sleep(pause)
+                waited = False
                 token = await self._bearer(force=False)
                 hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
                 self.stats.requests += 1
@@ -242,19 +257,21 @@ class GraphClient:
                         response = await self._http.request(method, url, params=params, headers=hdrs, json=json)
                 except httpx.TransportError as exc:
                     self._raise_if_fatal_transport(exc)
-                    if isinstance(exc, httpx.ConnectError) and attempt >= 3:
+                    if isinstance(exc, httpx.ConnectError) and attempt - throttled >= 3:
                         raise TransientError(
                             f"cannot connect to the Graph host {self._origin[1]} ({type(exc).__name__}). Fix: check "
                             "cloud (or graph_url for cloud = \"custom\"), the network or proxy, and ca_bundle."
                         ) from None
-                    await self._back_off(attempt, None, f"{type(exc).__name__} on {method} {path}")
+                    await self._back_off(attempt - throttled, None, f"{type(exc).__name__} on {method} {path}")
+                    waited = True
                     continue
                 status = response.status_code
                 if status < 300:
                     try:
                         data = response.json()
                     except ValueError:
-                        await self._back_off(attempt, None, f"unreadable JSON body on {method} {path}")
+                        await self._back_off(attempt - throttled, None, f"unreadable JSON body on {method} {path}")
+                        waited = True
                         continue
                     return data if isinstance(data, dict) else {"value": data}
                 if status == 401 and not refreshed:
@@ -267,10 +284,19 @@ class GraphClient:
                     log.info("Graph answered 401 on %s %s; retrying once with a fresh token", method, path)
                     continue
                 if status in RETRY_STATUSES:
+                    wait = parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock())
+                    what = f"HTTP {status} on {method} {path}"
                     if status == 429:
                         self.stats.throttled += 1
-                    wait = parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock())
-                    await self._back_off(attempt, wait, f"HTTP {status} on {method} {path}")
+                        throttled += 1
+                        if wait is not None:
+                            self._not_before = max(self._not_before, self._clock() + min(wait, self.retry.max_retry_after))
+                        if throttled >= self.retry.max_throttled_attempts:
+                            raise TransientError(f"{what}: still throttled after {throttled} attempts; the next run retries.")
+                        await self._back_off(1 if wait is not None else throttled, wait, what)
+                    else:
+                        await self._back_off(attempt - throttled, wait, what)
+                    waited = True
                     continue
                 raise self._error(response, method, path)
         finally:
@@ -287,9 +313,17 @@ class GraphClient:
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
             raise GraphError(f"the Graph URL {self.graph_host} is not usable: {exc}. Fix: check cloud / graph_url.") from None
 
-    async def back_off(self, attempt: int, retry_after: float | None, what: str) -> None:
+    async def back_off(self, attempt: int, retry_after: float | None, what: str, *, throttled: bool = False) -> None:
         """Wait before retry number `attempt` (Retry-After when given), drawing on this run's retry budget; raises
-        TransientError when the attempts or the budget are used up. Also used by $batch item retries."""
+        TransientError when the attempts or the budget are used up. Used by $batch item retries: `throttled` (items
+        answered 429) pauses the whole client like a 429 on a request and allows max_throttled_attempts."""
+        if throttled:
+            if retry_after is not None:
+                self._not_before = max(self._not_before, self._clock() + min(retry_after, self.retry.max_retry_after))
+            if attempt >= self.retry.max_throttled_attempts:
+                raise TransientError(f"{what}: still throttled after {attempt} attempts; the next run retries.")
+            await self._back_off(1, retry_after, what)
+            return
         await self._back_off(attempt, retry_after, what)
 
     async def _back_off(self, attempt: int, retry_after: float | None, what: str) -> None:

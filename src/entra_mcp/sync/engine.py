@@ -352,7 +352,8 @@ class TenantSync:
             pending = retry
             if pending:
                 attempt += 1
-                await self.client.back_off(attempt, max(waits) if waits else None, f"{len(pending)} $batch items throttled")
+                await self.client.back_off(attempt, max(waits) if waits else None, f"{len(pending)} $batch items throttled",
+                                           throttled=bool(waits))
         return out
 
 
