@@ -45,10 +45,11 @@ def test_sync_status_doctor_happy_path(fresh_emulator: Any, control_of: Any, tmp
     assert users["enabled"] is True and users["objectCount"] == len(ctl.snapshot()["users"]) and users["lastSuccess"].endswith("Z")
     assert t["areas"]["domains"]["enabled"] is True and t["areas"]["domains"]["objectCount"] >= 1
     assert t["areas"]["groups"]["memberships"] > 0
+    assert t["lastRun"]["ok"] is True and t["lastRun"]["requests"] >= 7 and t["lastRun"]["byArea"]["users"] >= 1
 
     assert main(["--config", str(path), "status"]) == 0
     text = capsys.readouterr().out
-    assert "tenant contoso" in text and "users" in text and "ok," in text
+    assert "tenant contoso" in text and "users" in text and "ok," in text and "last run" in text
 
     assert main(["--config", str(path), "doctor"]) == 0
     out = capsys.readouterr().out
@@ -77,6 +78,12 @@ def test_bad_secret_unknown_tenant_wrong_host_missing_variable(emulator: Any, tm
         assert "AADSTS7000215" in text and "client_secret_env" in text
         assert "wrong-secret-value-123" not in text and real not in text
         assert "Traceback" not in text
+    # status shows the refusal as each area's last error, and never a secret
+    for cmd in (["status"], ["status", "--json"]):
+        assert main(["--config", str(path), *cmd]) == 0
+        out = capsys.readouterr().out
+        assert "AADSTS7000215" in out and "wrong-secret-value-123" not in out and real not in out
+    assert "not synced yet" in (main(["--config", str(path), "status"]), capsys.readouterr().out)[1]
     monkeypatch.setenv("DEVTENANT_CLIENT_SECRET", real)
 
     text = path.read_text()

@@ -65,6 +65,7 @@ _FULL_BELOW = 1 << 20  # bytes free under which SQLite's "disk I/O error" means 
 _MISSING = object()
 _ROOT = "root"
 _DIRTY = "writer/running"
+_LAST_RUN = "run/last"  # figures of the last sync run (not part of the snapshot: writing it bumps no version)
 _SETTINGS = {
     "eviction_policy": "none",  # a mirror is not a cache: never evict
     "size_limit": 2**62,
@@ -224,7 +225,10 @@ class MirrorStore:
         root = self._root(tenant_name)
         if root is None:
             return None
+        cache = self._cache(tenant_name, create=False)
+        last_run = cache.get(_LAST_RUN) if cache is not None else None
         return {
+            "last_run": last_run if isinstance(last_run, dict) else None,
             "version": root["version"],
             "tenant_id": root["tenant_id"],
             "as_of": root["as_of"],
@@ -465,7 +469,7 @@ class MirrorWriter:
 
     def _sweep(self, *, check_files: bool) -> None:
         """Delete buckets no root references (left by a run that died before its commit, or by an old schema)."""
-        live = self._referenced() | {_ROOT, _DIRTY}
+        live = self._referenced() | {_ROOT, _DIRTY, _LAST_RUN}
         stale = [k for k in self._cache.iterkeys() if k not in live]
         for k in stale:
             self._cache.delete(k)
@@ -505,6 +509,11 @@ class MirrorWriter:
 
     def begin(self, area: str) -> AreaChange:
         return AreaChange(self, area)
+
+    def record_run(self, figures: dict[str, Any]) -> None:
+        """Remember the last run's figures (requests, retries, throttled, seconds...) for `status`."""
+        with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
+            self._cache.set(_LAST_RUN, dict(figures))
 
     # --- commits ---
     def set_tenant(self, *, tenant_id: str, interval_minutes: float) -> None:

@@ -156,10 +156,18 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
             "asOf": _iso(info["as_of"]) if info else None,
             "ageSeconds": _age(info["as_of"], now) if info else None,
             "version": info["version"] if info else 0,
+            "lastRun": _last_run(info.get("last_run") if info else None),
             "intervalMinutes": t.sync.interval_minutes,
             "areas": areas,
         })
     return {"generatedAt": _iso(now), "tenants": tenants}
+
+
+def _last_run(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not run:
+        return None
+    keys = ("seconds", "full", "ok", "requests", "retries", "throttled", "tokenRefreshes", "secondsWaiting", "byArea")
+    return {"at": _iso(run.get("at")), **{k: run.get(k) for k in keys}}
 
 
 def _fmt_age(seconds: float | None) -> str:
@@ -190,6 +198,10 @@ def run_status(args: argparse.Namespace) -> int:
     for t in report["tenants"]:
         state = f"synced {_fmt_age(t['ageSeconds'])} (version {t['version']})" if t["synced"] else "never synced"
         out.write(f"tenant {t['name']} ({t['tenantId']}, cloud {t['cloud']}): {state}; mirror {t['mirror']}\n")
+        run = t["lastRun"]
+        if run:
+            out.write(f"  last run {run['at']}: {'full' if run['full'] else 'delta'}, {'ok' if run['ok'] else 'with failures'},"
+                      f" {run['seconds']:.1f}s, {run['requests']} requests, {run['retries']} retries, {run['throttled']} throttled\n")
         for area, a in t["areas"].items():
             if not a["enabled"]:
                 line = f"disabled: {a['disabledReason']}"
@@ -197,7 +209,8 @@ def run_status(args: argparse.Namespace) -> int:
                 line = "enabled, not synced yet"
             else:
                 extra = f", {a['memberships']:,} memberships" if "memberships" in a else ""
-                line = f"ok, {a['objectCount'] if a['objectCount'] is not None else '?':,} objects{extra}, last success {_fmt_age(a['ageSeconds'])} ({a['mode']})"
+                count = f"{a['objectCount']:,}" if a["objectCount"] is not None else "?"
+                line = f"ok, {count} objects{extra}, last success {_fmt_age(a['ageSeconds'])} ({a['mode']})"
             if a["lastError"] and a["enabled"]:
                 line += f"; last error {a['lastErrorAt']}: {a['lastError']}"
             out.write(f"  {area:<22} {line}\n")

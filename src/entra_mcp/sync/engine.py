@@ -385,6 +385,9 @@ async def sync_tenant(
             try:
                 await gc.ensure_token()  # fail fast (and once) on a refused credential
                 result.areas = await run.run()
+                writer.record_run({"at": _now(), "seconds": round(time.monotonic() - started, 3), "full": full,
+                                   "ok": all(r.outcome != "failed" for r in result.areas.values()),
+                                   **gc.stats.as_dict(), "byArea": dict(gc.stats.by_area)})
             except AuthError as exc:
                 result.error = str(exc)
                 result.areas = dict(run.results)
