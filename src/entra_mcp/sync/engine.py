@@ -101,6 +101,7 @@ class TenantSync:
         self._sp_changed: set[str] = set()
         self._sp_full = False
         self.auth_error: AuthError | None = None
+        self.denied: dict[str, PermissionDenied] = {}
 
     async def _commit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -134,6 +135,7 @@ class TenantSync:
             else:
                 result = await self._delta_area(area, prev)
         except PermissionDenied as exc:
+            self.denied[area] = exc
             reason = disabled_reason(area, exc)
             log.warning("tenant %s: %s disabled: %s", self.tenant.name, area, reason)
             status = AreaStatus(enabled=False, disabled_reason=reason, last_success=prev.last_success,
@@ -257,8 +259,7 @@ class TenantSync:
             return AreaResult("app_role_assignments", "skipped", objects=prev.object_count,
                               message="service principals did not sync in this run; assignments kept as they were")
         if sp_result.outcome == "disabled":
-            raise PermissionDenied(sp_result.message or "service principals are disabled", status=403,
-                                   graph_code=(sp_result.message or "").partition("(")[2].partition(")")[0] or None)
+            raise self.denied["service_principals"]  # same permission (Application.Read.All): same reason
         sps = await anyio.to_thread.run_sync(self.writer.read_all, "service_principals", "service_principals")
         apps = await anyio.to_thread.run_sync(self.writer.read_all, "applications", "applications")
         own = {str(a.get("appId")) for a in apps.values() if a.get("appId")}
@@ -378,7 +379,10 @@ async def sync_tenant(
     own_client = client is None
     gc = client or make_client(tenant)
     try:
-        with store.writer(tenant.name, wait_seconds=wait_seconds) as writer:
+        # the writer lock may be waited for, and opening sweeps leftovers: both off the event loop
+        lock = store.writer(tenant.name, wait_seconds=wait_seconds)
+        writer = await anyio.to_thread.run_sync(lock.__enter__)
+        try:
             if writer.rebuilt:
                 full = True
             run = TenantSync(tenant, writer, gc, full=full, progress=progress)
@@ -399,6 +403,9 @@ async def sync_tenant(
                             writer.set_status(area, replace(prev, last_error=str(exc), last_error_at=now))
                         except MirrorError:
                             break
+        finally:
+            with anyio.CancelScope(shield=True):  # release the lock even when the run is cancelled (server stop)
+                await anyio.to_thread.run_sync(lock.__exit__, None, None, None)
     except MirrorError as exc:
         result.error = str(exc)
     finally:
