@@ -212,12 +212,12 @@ def serve(
         raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
     started = time.perf_counter()
     store = MirrorStore(settings.server.cache_dir)
+    hooks = _sign_in_hooks(settings, store)  # first: a bad [server.auth] / [oidc] fails before the mirror loads
     views = ViewProvider.from_settings(settings, store, cache=True)
     views.warm()
     for tv in views.all():
         if not tv.synced:
             log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
-    hooks = _sign_in_hooks(settings, store)
     server = create_server(settings, views=views, sessions=hooks.sessions)
     stop = threading.Event()
     scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
@@ -281,21 +281,16 @@ def _run_http(
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    wire = _StdoutWire() if _wants_stdio(args) else None
+    # Claim stdout before anything (config loading, imports, the sync) could write to it, unless HTTP is asked for
+    # on the command line; with transport = "http" from the config it is claimed and unused, which is harmless.
+    wire = _StdoutWire() if getattr(args, "transport", None) != "http" else None
     try:
         settings = load_settings(getattr(args, "config", None))
         settings = _apply_overrides(settings, transport=args.transport, host=args.host, port=args.port)
-        if settings.server.transport == "stdio" and wire is None:
-            wire = _StdoutWire()
         return serve(settings, background_sync=not args.no_sync, wire=wire)
     finally:
         if wire is not None:
             wire.release()
-
-
-def _wants_stdio(args: argparse.Namespace) -> bool:
-    """Claim stdout before anything can write to it, unless http is asked for explicitly."""
-    return getattr(args, "transport", None) != "http"
 
 
 # ------------------------------------------------------------------ demo
