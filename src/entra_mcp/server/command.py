@@ -257,6 +257,7 @@ def _run_http(
         app,
         host=settings.server.host,
         port=settings.server.port,
+        http=_header_deadline_protocol(),
         log_level="warning",
         access_log=False,
         timeout_keep_alive=15,
@@ -278,6 +279,53 @@ def _run_http(
 
     threading.Thread(target=announce, name="entra-mcp-ready", daemon=True).start()
     http_server.run()
+
+
+HEADER_TIMEOUT_S = 15.0
+
+
+def _header_deadline_protocol() -> type:
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn times out idle keep-alive connections but not a request whose headers never finish (slowloris): each
+    such connection would hold a socket for as long as the client likes. Here a connection waiting for headers
+    (new, or between two requests) is closed when they are not complete within HEADER_TIMEOUT_S.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineH11(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def _arm_header_deadline(self) -> None:
+            self._waiting_cycle = self.cycle
+            self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+
+        def _headers_too_slow(self) -> None:
+            if self.cycle is self._waiting_cycle and not self.transport.is_closing():
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not self._waiting_cycle and self._header_deadline is not None:
+                self._header_deadline.cancel()  # a request's headers arrived
+                self._header_deadline = None
+
+        def on_response_complete(self) -> None:
+            # Armed before uvicorn moves on: a pipelined request it starts right away cancels it in handle_events.
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+            self._arm_header_deadline()
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+            super().connection_lost(exc)
+
+    return HeaderDeadlineH11
 
 
 def run_serve(args: argparse.Namespace) -> int:
