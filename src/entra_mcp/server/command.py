@@ -201,9 +201,11 @@ def serve(
     wire: _StdoutWire | None = None,
     on_ready: Callable[[str], None] | None = None,
     sync_delay: float = 0.0,
+    view_cache: bool = True,
 ) -> int:
     """Serve until stopped. `on_ready(where)` is called once the server accepts connections (or reads stdin);
-    the background sync (when on) first runs `sync_delay` seconds after the start."""
+    the background sync (when on) first runs `sync_delay` seconds after the start; `view_cache` keeps built views
+    on disk for the next start."""
     from entra_mcp.mirror.store import MirrorStore
     from entra_mcp.server.app import create_server
     from entra_mcp.server.views import ViewProvider
@@ -213,7 +215,7 @@ def serve(
     started = time.perf_counter()
     store = MirrorStore(settings.server.cache_dir)
     hooks = _sign_in_hooks(settings, store)  # first: a bad [server.auth] / [oidc] fails before the mirror loads
-    views = ViewProvider.from_settings(settings, store, cache=True)
+    views = ViewProvider.from_settings(settings, store, cache=view_cache)
     views.warm()
     for tv in views.all():
         if not tv.synced:
@@ -392,7 +394,8 @@ def _demo(args: argparse.Namespace, transport: str, wire: _StdoutWire | None) ->
             _say(f"entra-mcp demo: ready in {time.perf_counter() - started:.1f} s; stop with Ctrl-C (the demo's files in {tmp} are deleted)")
 
         interval = settings.tenants[0].sync.interval_minutes * 60  # just synced: the next run is one interval away
-        return serve(settings, background_sync=True, wire=wire, on_ready=ready, sync_delay=interval)
+        # no view cache: the demo's files are deleted at exit, and a small tenant indexes in milliseconds
+        return serve(settings, background_sync=True, wire=wire, on_ready=ready, sync_delay=interval, view_cache=False)
 
 
 def _sync_once(settings: Settings) -> None:

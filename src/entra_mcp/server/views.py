@@ -248,6 +248,8 @@ class ViewProvider:
         tenants = [TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in settings.tenants]
         if kwargs.get("cache") is True:
             kwargs["cache"] = ViewCache(Path(settings.server.cache_dir) / ".server-views")
+        elif kwargs.get("cache") is False:
+            kwargs["cache"] = None
         return cls(tenants, store, **kwargs)
 
     @property
