@@ -73,17 +73,16 @@ class TenantInfo:
 
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
-    """Load and index a mirror without the cyclic collector, then freeze what was built.
+    """Load and index a mirror without the cyclic collector.
 
     A large tenant is millions of small dicts, lists and strings. With the collector on, unpickling them triggers
-    full collections over an ever larger heap (the load of 100,000 users takes seconds longer), and once built they
-    would be traversed again by every later full collection, which shows as latency spikes. The objects hold no
+    full collections over an ever larger heap (the load of 100,000 users takes seconds longer). The objects hold no
     reference cycles, so reference counting frees the old view when a newer one replaces it.
 
-    gc.freeze() moves every tracked object into the permanent generation, garbage included: cyclic garbage waiting
-    for a collection at that moment (a finished request's tasks and streams, a retried call's exception and frames)
-    could then never be freed, and the server grew on every reload (~22 MB a sync in the soak test). So a full
-    collection first: only live objects are frozen. It traverses the new view once (the frozen old one is skipped).
+    No gc.freeze() afterwards: it moves EVERY tracked object into the permanent generation, including the garbage
+    waiting for a collection and the objects of requests in flight during the reload; once those become cyclic
+    garbage they can never be collected. Frozen on every reload, the server grew ~20 MB a sync in the soak test
+    (tests/test_endurance_memory.py). The price: a later full collection traverses the view once.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -92,8 +91,6 @@ def _no_cyclic_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-        gc.collect()
-        gc.freeze()
 
 
 def _share_strings(snapshot: DirectorySnapshot) -> None:
