@@ -214,12 +214,12 @@ def serve(
         raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
     started = time.perf_counter()
     store = MirrorStore(settings.server.cache_dir)
-    hooks = _sign_in_hooks(settings, store)  # first: a bad [server.auth] / [oidc] fails before the mirror loads
     views = ViewProvider.from_settings(settings, store, cache=view_cache)
     views.warm()
     for tv in views.all():
         if not tv.synced:
             log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
+    hooks = _sign_in_hooks(settings, store)
     server = create_server(settings, views=views, sessions=hooks.sessions)
     stop = threading.Event()
     scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
