@@ -199,3 +199,16 @@ def test_findings_table_and_docs() -> None:
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "findings.md"
     assert doc.read_text(encoding="utf-8") == findings_markdown(), "regenerate docs/findings.md"
+
+
+def test_server_level_finding_codes_are_in_the_table() -> None:
+    """Every finding the MCP layer emits itself is listed (with the same severity) in FINDINGS and so in the docs."""
+    import re
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parent.parent / "src" / "entra_mcp" / "server" / "app.py").read_text(encoding="utf-8")
+    used = re.findall(r'_finding\(\s*"([A-Z_]+)",\s*"(critical|warning|info)"', src)
+    assert used, "the server emits findings; the pattern above must find them"
+    for code, severity in used:
+        assert code in FINDINGS, code
+        assert FINDINGS[code][0] == severity, code

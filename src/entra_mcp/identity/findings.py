@@ -82,6 +82,19 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
     "REQUESTER_AMBIGUOUS": ("warning", "The ticket's requester matches several users: confirm which one before acting."),
     "REQUESTER_FUZZY_MATCH": ("info", "The requester was matched by name only, not by an exact identifier."),
     "TICKET_TEXT_TRUNCATED": ("info", "Only the beginning of a very long ticket text was scanned for mentions."),
+    # server level: the mirror as a whole, and chat-session validation
+    "MIRROR_NOT_SYNCED": ("warning", "The tenant has never been synced: nothing about it is known yet (every answer is null)."),
+    "SIGN_IN_NOT_CONFIGURED": ("warning", "Sign-in ([oidc]) is not configured on this server: chat sessions cannot be verified."),
+    "TENANT_NOT_MIRRORED": ("info", "The signed-in user's tenant is not one this server mirrors: no directory record to show."),
+    "SIGNED_IN_USER_NOT_IN_MIRROR": (
+        "warning",
+        "The verified user is not in the mirror (created after the last sync?): identity verified, directory record unknown.",
+    ),
+    "CLAIMED_USER_NOT_FOUND": ("warning", "The user the chat claims to be matches no one in the directory."),
+    "CLAIMED_USER_MISMATCH": (
+        "critical",
+        "The verified person is NOT the user they claim to be: do not act for the claimed user.",
+    ),
 }
 
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
