@@ -391,7 +391,8 @@ def main() -> int:
         f" --compare-size {args.compare_size}`; needs `pip install -e '.[bench]'`). Machine: {os.cpu_count()} CPUs; the emulator"
         f" (`entra-mcp devtenant`) runs in its own process on the same machine with {args.latency_ms:g} ms added to every response"
         " and Microsoft's resource-unit throttling on for entra-mcp. Each run is a fresh `entra-mcp sync` process;"
-        " peak RSS is that process's maximum resident set (wait4).",
+        f" peak RSS is that process's maximum resident set (wait4). Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
+        f" load average {os.getloadavg()[0]:.1f} at the end (above {os.cpu_count()}: other work shared the CPUs).",
         "",
         f"Tenant ({args.size}): {truth['users']:,} users, {truth['groups']:,} groups, {truth['memberships']:,} memberships, "
         f"{truth['applications']:,} applications, {truth['servicePrincipals']:,} service principals.",
