@@ -773,6 +773,40 @@ def print_report(r: dict[str, Any]) -> None:
     out(f"result: {'OK' if r.get('ok') else 'FAILED'}\n")
 
 
+def render_markdown(r: dict[str, Any], command: str) -> str:
+    """The figures of a report as a docs/benchmarks.md section body."""
+    o, c, m, s = r["options"], r["calls"], r["mirror"], r["sync"]
+    rss = r.get("rssMb", {})
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Load: {o['clients']} MCP clients over streamable HTTP for {r['loadSeconds'] / 60:.1f} min, auth `{o['auth']}` "
+        f"(bearer tokens of {o['token_lifetime_s']} s, renewed {r['stats']['tokenRenewals']} times), tenant `{o['size']}` "
+        f"{r['tenant']}; background sync every {o['interval_minutes']} min (+-10% jitter); "
+        f"{r['stats']['mutations_applied']} directory changes, {r['stats']['faults_injected']} fault bursts "
+        f"(429 / 503-504 / dropped connections), {r['stats']['delta_expiries']} delta-token expiry, "
+        f"{r['stats']['sessions_opened']} MCP sessions opened.",
+        "",
+        f"- calls: **{c['made']:,} made, {c['failed']} failed** ({c['perSecond']}/s)",
+        f"- background sync runs: **{s['done']} succeeded, {s['failed']} failed**",
+        f"- server RSS (MB): start {rss.get('start')}, after warm-up {rss.get('afterWarmup')}, end {rss.get('end')}, "
+        f"max {rss.get('max')}; growth after warm-up (last quarter vs first quarter) **{rss.get('growthAfterWarmup')} MB**",
+        "- RSS by minute: " + ", ".join(f"{mi}: {mb:.0f}" for mi, mb in rss.get("byMinute", [])),
+        f"- final `entra-mcp sync` (faults off): exit {r['finalSync']['exit']}; mirror vs ground truth outside app role "
+        f"assignments: {len(m['afterDelta'])} differences; service principals with assignments not yet refreshed: "
+        f"{m['assignmentsStaleAfterDelta']}; after `sync --full` (exit {r['finalFullSync']['exit']}): "
+        f"**{'identical' if m['identical'] else 'DIFFERENT'}** ({m['truth']})",
+        f"- served view fresh after the final sync: {r['servedFresh']}; tracebacks in the server log: "
+        f"{r['serverLogTracebacks']}; secrets in the server log: {r['serverLogSecrets']}",
+        "",
+        "| tool | calls | p50 (ms) | p99 (ms) | max (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for t, v in r["latencyMs"].items():
+        lines.append(f"| {t} | {v['n']:,} | {v['p50']} | {v['p99']} | {v['max']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, help="load duration in minutes (default 2)")
@@ -790,7 +824,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="keep config, cache and logs here (default: a temp dir)")
     p.add_argument("--json", type=Path, dest="json_path", help="write the full report here")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--render", type=Path, metavar="REPORT", help="print the figures of a --json report as markdown")
     a = p.parse_args(argv)
+    if a.render:
+        report = json.loads(a.render.read_text())
+        minutes = report["options"]["seconds"] / 60
+        sys.stdout.write(render_markdown(report, f"python bench/soak.py --minutes {minutes:g}"))
+        return 0
     seconds = a.seconds if a.seconds is not None else (a.minutes if a.minutes is not None else 2.0) * 60.0
     opts = Options(seconds=seconds, clients=a.clients, size=a.size, seed=a.seed, interval_minutes=a.interval_minutes,
                    auth=a.auth, faults=not a.no_faults, token_lifetime_s=a.token_lifetime, mutate_every_s=a.mutate_every,
