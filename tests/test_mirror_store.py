@@ -49,6 +49,37 @@ def test_full_and_delta_commits_and_snapshot(tmp_path: Path) -> None:
     assert snap.areas["domains"].last_success is None
 
 
+def test_loaded_snapshot_holds_each_distinct_string_once(tmp_path: Path) -> None:
+    """Equal strings from different buckets and collections are one object after a load: property names, repeated
+    values, and member ids / managerIds are the very user id objects (the view's reverse indexes reuse them)."""
+    store = MirrorStore(tmp_path)
+    users = {
+        f"u{i:05d}": {"id": f"u{i:05d}", "department": "Sales" + "", "managerId": f"u{(i + 1) % 3000:05d}",
+                      "assignedLicenses": [{"skuId": "sku-" + "e5", "disabledPlans": []}], "otherMails": [f"u{i}@x.example"]}
+        for i in range(3000)
+    }
+    members = {"g1": {f"u{i:05d}": "user" for i in range(0, 3000, 7)}, "g2": {"g1": "group", "u00007": "user"}}
+    with store.writer("t") as w:
+        w.commit_full("users", {"users": users}, delta_link=None, status=AreaStatus(enabled=True))
+        w.commit_full("groups", {"groups": {"g1": {"id": "g1"}, "g2": {"id": "g2"}}, "members": members}, delta_link=None,
+                      status=AreaStatus(enabled=True))
+        w.commit_full("sign_in_activity", {"sign_in": {"u00002": {"lastSignInDateTime": "2026-01-01T00:00:00Z"}}},
+                      delta_link=None, status=AreaStatus(enabled=True))
+    snap = store.load_snapshot("t")
+    assert snap is not None and len(snap.users) == 3000 and snap.users == {**users, "u00002": snap.users["u00002"]}
+    assert snap.users["u00002"]["signInActivity"] == {"lastSignInDateTime": "2026-01-01T00:00:00Z"}
+    keys = {id(k) for u in snap.users.values() for k in u}
+    assert len(keys) == 6  # id, department, managerId, assignedLicenses, otherMails, signInActivity
+    assert len({id(u["department"]) for u in snap.users.values()}) == 1
+    assert len({id(u["assignedLicenses"][0]["skuId"]) for u in snap.users.values()}) == 1
+    ids = {uid: uid for uid in snap.users}
+    for uid, user in snap.users.items():
+        assert user["id"] is ids[uid] and user["managerId"] is ids[user["managerId"]]
+    for member_id, kind in [*snap.members["g1"].items(), *snap.members["g2"].items()]:
+        assert member_id is (ids.get(member_id) or snap.groups[member_id]["id"])
+    assert next(iter(snap.members["g1"].values())) is snap.members["g2"]["u00007"]
+
+
 def test_delta_rewrites_only_touched_buckets(tmp_path: Path) -> None:
     store = MirrorStore(tmp_path)
     with store.writer("t") as w:

@@ -1,0 +1,144 @@
+"""Memory and start-to-ready of the MCP server on an already synced mirror (no emulator needed).
+
+    .venv/bin/python bench/bench_server_memory.py --config /tmp/entra-mcp-bench-large.toml [--rounds 3]
+
+Each figure comes from a fresh process:
+  - first start: `entra-mcp serve --no-sync` spawned with no view cache -> first tool answer (seconds), then its RSS;
+  - restart: the same with the view cache the first start wrote;
+  - reload: in-process, the view loaded from the mirror, then rebuilt from the mirror while the old one is still held
+    (what a background reload after a sync does); RSS once the old view is dropped, and the peak.
+The mirror must have been synced before (bench/bench_server.py does it and keeps it in --cache-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import psutil
+
+ENTRA_MCP = Path(sys.executable).parent / "entra-mcp"
+
+
+def _serve(config: Path, query: str) -> tuple[float, float]:
+    """(spawn -> first lookup_user answer in s, RSS MB after it)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(ENTRA_MCP), "--config", str(config), "--log-level", "WARNING", "serve", "--no-sync"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env={"DEVTENANT_CLIENT_SECRET": "unused-by-no-sync", **os.environ},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    n = 0
+
+    def rpc(method: str, params: dict) -> dict:
+        nonlocal n
+        n += 1
+        proc.stdin.write((json.dumps({"jsonrpc": "2.0", "id": n, "method": method, "params": params}) + "\n").encode())
+        proc.stdin.flush()
+        reply = json.loads(proc.stdout.readline())
+        if "error" in reply:
+            raise SystemExit(f"{method} failed: {reply['error']}")
+        return reply
+
+    try:
+        rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}})
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        proc.stdin.flush()
+        rpc("tools/call", {"name": "lookup_user", "arguments": {"query": query}})
+        ready = time.perf_counter() - t0
+        rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    return ready, rss
+
+
+def _reload_child(config: Path) -> None:
+    """In this process: load the view, rebuild it while the old one is held, drop the old one; print the figures."""
+    from entra_mcp.config import parse_settings
+    from entra_mcp.mirror.store import MirrorStore
+    from entra_mcp.server.views import ViewProvider
+
+    settings = parse_settings(tomllib.loads(config.read_text()))
+    store = MirrorStore(settings.server.cache_dir)
+    views = ViewProvider.from_settings(settings, store, background_reload=False)
+    me = psutil.Process()
+    peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.02):
+            peak = max(peak, me.memory_info().rss / 2**20)
+
+    threading.Thread(target=sample, daemon=True).start()
+    name = views.names[0]
+    t0 = time.perf_counter()
+    views.warm()
+    first_s = time.perf_counter() - t0
+    first_rss = me.memory_info().rss / 2**20
+    old = views.current(name)
+    t0 = time.perf_counter()
+    views._held.pop(name)  # as if the store's version had moved: the next load builds a new view
+    views._load(name, store.version(name))
+    reload_s = time.perf_counter() - t0
+    del old
+    after = me.memory_info().rss / 2**20
+    stop.set()
+    print(json.dumps({"load_s": first_s, "load_rss": first_rss, "reload_s": reload_s, "reload_rss": after, "peak": peak}))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reload-child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.reload_child:
+        _reload_child(args.config)
+        return 0
+    settings = tomllib.loads(args.config.read_text())
+    cache_dir = Path(settings["server"]["cache_dir"])
+    tenant = settings["tenants"][0]["name"]
+    view_file = cache_dir / ".server-views" / f"{tenant}.view"
+    from entra_mcp.mirror.store import MirrorStore
+
+    store = MirrorStore(cache_dir)
+    snap = store.load_snapshot(tenant)
+    assert snap is not None, f"no mirror of {tenant} under {cache_dir}: sync it first"
+    query = next(iter(snap.users.values()))["userPrincipalName"]
+    del snap
+    store.close()
+    first, restart, reload = [], [], []
+    for _ in range(args.rounds):
+        view_file.unlink(missing_ok=True)
+        first.append(_serve(args.config, query))
+        deadline = time.monotonic() + 120
+        while not view_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        restart.append(_serve(args.config, query) if view_file.exists() else (float("nan"), float("nan")))
+        out = subprocess.run([sys.executable, __file__, "--config", str(args.config), "--reload-child"],
+                             capture_output=True, text=True, check=True)
+        reload.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = statistics.median
+    print(f"first start: ready {med(r for r, _ in first):.2f} s (runs {', '.join(f'{r:.2f}' for r, _ in first)}), "
+          f"RSS {med(m for _, m in first):.0f} MB")
+    print(f"restart:     ready {med(r for r, _ in restart):.2f} s (runs {', '.join(f'{r:.2f}' for r, _ in restart)}), "
+          f"RSS {med(m for _, m in restart):.0f} MB")
+    print(f"in-process:  load {med(x['load_s'] for x in reload):.2f} s, RSS {med(x['load_rss'] for x in reload):.0f} MB; "
+          f"reload {med(x['reload_s'] for x in reload):.2f} s, RSS after {med(x['reload_rss'] for x in reload):.0f} MB, "
+          f"peak {med(x['peak'] for x in reload):.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
