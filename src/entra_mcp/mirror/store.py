@@ -162,16 +162,31 @@ def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
     return MirrorError(f"cannot write the mirror at {path}: {_why(path, exc)}. The last good state is kept.")
 
 
-def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[str, str]) -> None:
+def _frozen(value: Any) -> Any:
+    """A hashable key equal only for equal plain values (a bool is not the int 1); TypeError for anything else."""
+    t = type(value)
+    if t is str or value is None:
+        return value
+    if t is list:
+        return ("L", *map(_frozen, value))
+    if t is dict:
+        return ("D", *[(k, _frozen(v)) for k, v in value.items()])
+    if t is bool or t is int or t is float:
+        return (t, value)
+    raise TypeError(t)
+
+
+def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[Any, Any]) -> None:
     """Add a loaded bucket to `out`, every string (keys and values, 5 levels deep) made the pool's one object for
-    its value.
+    its value, and equal lists one list.
 
     A bucket's pickle shares equal strings only within itself, so over a whole load an object id would exist once per
     place it appears (the user's key, a group's member list, another user's managerId) and every property name and
     repeated value (department, jobTitle, usageLocation, skuIds, dates...) once per bucket or, in a mirror written
     before the sync interned them, once per object. With one pool per load a first start or a reload holds each
     distinct string once, like a restart from the view cache: on the large tenant (100,000 users, 604,000
-    memberships) 160-400 MB less, and the view's indexes and reverse memberships reuse the same objects.
+    memberships) 160-400 MB less, and the view's indexes and reverse memberships reuse the same objects. Equal lists
+    (the same assignedLicenses, empty otherMails...) become one list: a snapshot is only ever read.
     Dicts are rebuilt (not updated in place): an unpickled dict keeps the spare room of its growth.
     """
     setdefault = pool.setdefault
@@ -187,8 +202,12 @@ def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[str, str
                     v = shared(v, depth + 1)
                 new[setdefault(k, k) if type(k) is str else k] = v
             return new
-        return [setdefault(v, v) if type(v) is str else shared(v, depth + 1) if type(v) in (dict, list) and depth < 4 else v
-                for v in value]
+        items = [setdefault(v, v) if type(v) is str else shared(v, depth + 1) if type(v) in (dict, list) and depth < 4 else v
+                 for v in value]
+        try:
+            return setdefault(_frozen(items), items)
+        except TypeError:  # something unhashable inside: kept as it is
+            return items
 
     for k, v in bucket.items():
         t = type(v)
@@ -277,7 +296,7 @@ class MirrorStore:
         }
 
     def _read_coll(
-        self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[str, str]
+        self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any]
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if not spec:
@@ -301,7 +320,7 @@ class MirrorStore:
                 return None
             cache = self._cache(tenant_name, create=False)
             assert cache is not None
-            pool: dict[str, str] = {}  # this load's strings: equal strings become one object (see _share_into)
+            pool: dict[Any, Any] = {}  # this load's strings and lists: equal strings become one object (see _share_into)
             try:
                 data: dict[str, dict[str, Any]] = {}
                 for area in AREAS:
