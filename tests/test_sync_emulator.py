@@ -13,6 +13,7 @@ import pytest
 
 from entra_mcp.devtenant.faults import FaultPlan
 from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.sync import areas as A
 from entra_mcp.sync.engine import make_client, sync_tenant
 from tests._sync_fixtures import assert_mirror_matches, control_of, run_sync, write_config  # noqa: F401
 
@@ -39,6 +40,10 @@ def test_full_then_delta_after_mutations(fresh_emulator: Any, control_of: Any, t
     snap = store.load_snapshot(settings.tenants[0].name)
     assert_mirror_matches(snap, truth, areas=("users", "groups", "applications", "service_principals", "app_role_assignments", "domains"))
     assert snap is not None and snap.version > 0 and snap.as_of is not None
+    # only what the answers read is stored: every user holds the synced properties, the manager and sign-ins, no more
+    kept = {*A.USER_FIELDS, "managerId", "signInActivity"}
+    assert all(set(u) <= kept for u in snap.users.values()) and all("businessPhones" not in u for u in snap.users.values())
+    assert any("businessPhones" in u for u in truth["users"])  # the emulator has them: the sync leaves them out
     v1 = store.version(settings.tenants[0].name)
 
     users = _pick(truth, "users", 8)
