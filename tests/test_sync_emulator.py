@@ -44,6 +44,9 @@ def test_full_then_delta_after_mutations(fresh_emulator: Any, control_of: Any, t
     kept = {*A.USER_FIELDS, "managerId", "signInActivity"}
     assert all(set(u) <= kept for u in snap.users.values()) and all("businessPhones" not in u for u in snap.users.values())
     assert any("businessPhones" in u for u in truth["users"])  # the emulator has them: the sync leaves them out
+    activities = [u["signInActivity"] for u in snap.users.values() if u.get("signInActivity")]
+    assert activities and all(set(a) <= set(A.SIGN_IN_FIELDS) for a in activities)  # no request ids
+    assert any(a.get("lastSignInDateTime") for a in activities)
     v1 = store.version(settings.tenants[0].name)
 
     users = _pick(truth, "users", 8)

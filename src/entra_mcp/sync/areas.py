@@ -57,6 +57,9 @@ SERVICE_PRINCIPAL_FIELDS = (
 )
 DOMAIN_FIELDS = ("id", "isDefault", "isVerified", "passwordValidityPeriodInDays", "passwordNotificationWindowInDays", "authenticationType")
 SIGN_IN_SELECT = "id,signInActivity"
+# what the answers read of signInActivity (Graph returns it whole): the request ids are left out (~35 MB of the
+# server's memory for 100,000 users)
+SIGN_IN_FIELDS = ("lastSignInDateTime", "lastNonInteractiveSignInDateTime", "lastSuccessfulSignInDateTime")
 
 SIGN_IN_REFRESH_MINUTES = 60.0
 ASSIGNMENTS_FULL_REFRESH_MINUTES = 60.0

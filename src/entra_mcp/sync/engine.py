@@ -234,7 +234,7 @@ class TenantSync:
         async for page in pager:
             for u in page:
                 if u.get("id") and isinstance(u.get("signInActivity"), dict):
-                    activity[str(u["id"])] = {sys.intern(k): v for k, v in u["signInActivity"].items()}
+                    activity[str(u["id"])] = {sys.intern(k): v for k, v in u["signInActivity"].items() if k in A.SIGN_IN_FIELDS}
             self._tick("sign_in_activity", pager.items)
         await self._commit(self.writer.commit_full, "sign_in_activity", {"sign_in": activity}, delta_link=None,
                            status=self._ok_status(prev, len(activity), "full"))
