@@ -57,6 +57,23 @@ ENTRA_MCP = str(BIN / "entra-mcp")
 SCOPE = "Identity.Investigate"
 STACK_MARKERS = ("Traceback", 'File "')
 API_KEYS_ENV = "SOAK_API_KEYS"
+# Third-party tracebacks that aborted or malformed requests put in the server's log while the client got a clean
+# answer (or had gone): uvicorn's h11 refusing an early 421/403/413 after it answered a broken body itself; the MCP
+# SDK's logger.exception for a client gone mid-body, and for a POST racing its session's DELETE at client close (the
+# SDK then also tries to answer that POST a second time: the RuntimeError).
+KNOWN_THIRD_PARTY = ("h11._util.LocalProtocolError: can't handle event type Response when role=SERVER and state=MUST_CLOSE",
+                     "starlette.requests.ClientDisconnect", "anyio.ClosedResourceError",
+                     "RuntimeError: Unexpected ASGI message 'http.response.start' sent, after response already completed.")
+
+
+def unexpected_tracebacks(log: str) -> list[str]:
+    """The tracebacks in a server log, minus KNOWN_THIRD_PARTY; each as its last line (the exception)."""
+    out = []
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        last = next((ln for ln in block.splitlines() if ln and not ln.startswith(" ")), "?")
+        if last.strip() not in KNOWN_THIRD_PARTY:
+            out.append(last.strip())
+    return out
 
 
 @dataclass
@@ -729,6 +746,7 @@ def run(opts: Options) -> dict[str, Any]:
             report["serverExit"] = server.stop()
             log_text = server.log_path.read_text(errors="replace")
             report["serverLogTracebacks"] = log_text.count("Traceback")
+            report["serverLogUnexpectedTracebacks"] = unexpected_tracebacks(log_text)
             report["serverLogSecrets"] = sum(1 for s in soak.secrets if s and s in log_text)
         if getattr(soak, "emu", None) is not None:
             soak.emu.stop()

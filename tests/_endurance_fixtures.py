@@ -27,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from soak import free_port, stop_process  # noqa: E402
+from soak import KNOWN_THIRD_PARTY, free_port, stop_process, unexpected_tracebacks  # noqa: E402,F401
 from soak_compare import mirror_differences  # noqa: E402
 
 ENTRA_MCP = str(Path(sys.executable).parent / "entra-mcp")
@@ -172,23 +172,6 @@ def sync_until_done(cfg: ProductConfig, *args: str, timeout: float = 90.0) -> su
         if p.returncode == 0 or "another sync" not in p.stderr or time.monotonic() > deadline:
             return p
         time.sleep(0.2)
-
-
-# Third-party tracebacks a malformed or abandoned request produces in the log (the client still gets a clean 400 and
-# the server goes on): uvicorn's h11 refusing our early 421/403/413 after it already answered a broken body itself, and
-# the MCP SDK's logger.exception on a client that went away mid-body. Reported as log noise, not failures.
-KNOWN_THIRD_PARTY = ("h11._util.LocalProtocolError: can't handle event type Response when role=SERVER and state=MUST_CLOSE",
-                     "starlette.requests.ClientDisconnect")
-
-
-def unexpected_tracebacks(log: str) -> list[str]:
-    """The tracebacks in a server log, minus KNOWN_THIRD_PARTY; each as its last line (the exception)."""
-    out = []
-    for block in log.split("Traceback (most recent call last):")[1:]:
-        last = next((ln for ln in block.splitlines() if ln and not ln.startswith(" ")), "?")
-        if last.strip() not in KNOWN_THIRD_PARTY:
-            out.append(last.strip())
-    return out
 
 
 def cache_integrity(cache_dir: Path) -> list[str]:
