@@ -40,7 +40,9 @@ def _bracket(host: str) -> str:
 
 def allowed_hosts_and_origins(settings: Any) -> tuple[list[str], list[str]]:
     """The Host values and browser Origins this server answers: its bind address and port, its public URL, the
-    loopback names when bound to loopback, plus server.allowed_hosts / server.allowed_origins from the config."""
+    loopback names when bound to loopback, plus server.allowed_hosts / server.allowed_origins from the config. With
+    sign-in on, the origins of oidc.allowed_return_to are allowed Origins too: a chat widget served from one calls
+    /auth/chat/exchange and /mcp and must not need listing twice."""
     srv = settings.server
     hosts: list[str] = []
     origins: list[str] = []
@@ -67,6 +69,11 @@ def allowed_hosts_and_origins(settings: Any) -> tuple[list[str], list[str]]:
         hosts.append(h.lower())
     for o in srv.allowed_origins:
         origins.append(o.rstrip("/").lower())
+    oidc = getattr(settings, "oidc", None)
+    if oidc is not None and oidc.enabled:
+        from entra_mcp.oidc.flow import origin_of
+
+        origins.extend(o for o in (origin_of(u) for u in oidc.allowed_return_to) if o)
     return sorted(set(hosts)), sorted(set(origins))
 
 
@@ -154,7 +161,7 @@ def create_http_app(
     views: ViewProvider | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     protect: Protect | None = None,
-    json_response: bool = False,
+    json_response: bool = True,
     stateless: bool = False,
 ) -> Starlette:
     """The Starlette app of the HTTP transport.
@@ -165,6 +172,12 @@ def create_http_app(
       protect       wraps the /mcp ASGI app, e.g. `lambda app: RequireBearer(app, settings)`: it answers 401 with
                     WWW-Authenticate / 403 insufficient_scope itself and calls the wrapped app when the caller may
                     pass. None leaves /mcp open (server.auth.mode = "none", loopback only).
+
+    Transport: stateful sessions (Mcp-Session-Id), and each POST is answered with one application/json body
+    (`json_response=True`, the default). The SDK's alternative, an SSE stream per POST, costs about twice the server
+    CPU per tool call (a response task group, a ping task, several socket writes per answer) and buys nothing here:
+    no tool sends progress, log messages or requests to the client while it runs. Server-initiated messages still
+    go out on the GET /mcp stream. See docs/benchmarks.md (bench/bench_mcp_http.py).
     """
     hosts, origins = allowed_hosts_and_origins(settings)
     max_body = settings.server.max_body_bytes
