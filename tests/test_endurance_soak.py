@@ -36,7 +36,7 @@ def test_short_soak_has_no_failed_call_and_an_identical_mirror(tmp_path: Path) -
     assert calls["failed"] == 0, calls["failures"]
     assert set(calls["byTool"]) >= {"lookup_user", "list_group_memberships", "list_group_members", "check_account_state",
                                     "get_app_principal", "check_app_access", "get_ticket_identity_context"}
-    assert sync["done"] >= 3, sync  # the background sync ran through the faults, every ~15 s
+    assert sync["done"] >= 2, sync  # the background sync ran through the faults (every ~15 s; fewer on a busy machine)
     assert r["stats"]["mutations_applied"] > 50 and r["stats"]["faults_injected"] >= 5 and r["stats"]["delta_expiries"] == 1
     assert r["stats"]["tokenRenewals"] > r["options"]["clients"], "client tokens never expired mid-run"
     assert r["finalSync"]["exit"] == 0, r["finalSync"]
