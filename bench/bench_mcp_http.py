@@ -80,7 +80,7 @@ class Conn:
 
 
 async def _client_loop(port: int, token: str | None, tool: str, stop_at: float, start_at: float,
-                       latencies: list[float], errors: list[int]) -> None:
+                       latencies: list[float], errors: list[int], interval: float, phase: float) -> None:
     hdr = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
            "MCP-Protocol-Version": "2025-06-18"}
     if token:
@@ -96,11 +96,20 @@ async def _client_loop(port: int, token: str | None, tool: str, stop_at: float, 
     i = 2
     while time.time() < start_at:  # everyone starts together
         await asyncio.sleep(0.005)
+    due = time.perf_counter() + phase
     while True:
         body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": tool, "arguments": {}}}).encode()
-        t0 = time.perf_counter()
-        if t0 >= stop_at:
-            break
+        if interval:  # paced: send on a fixed schedule, latency counted from the scheduled time
+            if due >= stop_at:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t0, due = due, due + interval
+        else:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                break
         status, _, data = await conn.post("/mcp", body, hdr)
         latencies.append(time.perf_counter() - t0)
         if status != 200 or b'"isError":true' in data.replace(b" ", b"") or f'"id":{i}'.encode() not in data.replace(b" ", b""):
@@ -109,14 +118,17 @@ async def _client_loop(port: int, token: str | None, tool: str, stop_at: float, 
     conn.close()
 
 
-def _generator(port: int, tokens: list[str | None], tool: str, seconds: float, start_at: float, out: Any) -> None:
+def _generator(port: int, tokens: list[str | None], tool: str, seconds: float, start_at: float, out: Any,
+               interval: float = 0.0, first: int = 0, total: int = 1) -> None:
     latencies: list[float] = []
     errors = [0]
 
     async def run() -> None:
         offset = time.time() - time.perf_counter()
         stop_at = start_at - offset + seconds
-        await asyncio.gather(*(_client_loop(port, t, tool, stop_at, start_at, latencies, errors) for t in tokens))
+        await asyncio.gather(*(_client_loop(port, t, tool, stop_at, start_at, latencies, errors, interval,
+                                            interval * (first + k * (total // max(len(tokens), 1))) / total)
+                               for k, t in enumerate(tokens)))
 
     cpu0 = time.process_time()
     asyncio.run(run())
@@ -124,13 +136,17 @@ def _generator(port: int, tokens: list[str | None], tool: str, seconds: float, s
     out.close()
 
 
-def load(port: int, tokens: list[str | None], tool: str, seconds: float, procs: int) -> dict[str, float]:
+def load(port: int, tokens: list[str | None], tool: str, seconds: float, procs: int, rate: float = 0.0) -> dict[str, float]:
+    """Closed loop (each client calls again when answered) or, with `rate`, paced: the clients together offer
+    `rate` calls/s on a fixed schedule (no coordinated omission: a stalled server is charged for delayed sends)."""
+    interval = len(tokens) / rate if rate else 0.0
     ctx = mp.get_context("spawn")
     start_at = time.time() + 1.5 + 0.05 * len(tokens)
     parts, pipes = [], []
     for p in range(procs):
         rx, tx = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_generator, args=(port, tokens[p::procs], tool, seconds, start_at, tx), daemon=True)
+        proc = ctx.Process(target=_generator, args=(port, tokens[p::procs], tool, seconds, start_at, tx, interval, p, len(tokens)),
+                           daemon=True)
         proc.start()
         parts.append(proc)
         pipes.append(rx)
@@ -157,7 +173,15 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs: int, tool: str) -> dict[str, float]:
+# `entra-mcp` with the SDK's SSE answer per POST instead of the product's JSON answers (the setting before 2026-11-26):
+# create_http_app is looked up when the server starts, so a changed default reaches the real `serve`.
+_SSE_SERVER = ("import functools, sys; import entra_mcp.server.http as h; "
+               "h.create_http_app = functools.partial(h.create_http_app, json_response=False); "
+               "from entra_mcp.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs: int, tool: str, *,
+            sse: bool = False, rate: float = 0.0) -> dict[str, float]:
     port = _free_port()
     cache = root / mode
     text = emu.config_toml(0, cache, with_sign_in=True)
@@ -171,7 +195,8 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
     exe = str(Path(sys.executable).with_name("entra-mcp"))
     subprocess.run([exe, "--config", str(cfg), "--log-level", "ERROR", "sync"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    server = subprocess.Popen([exe, "--config", str(cfg), "--log-level", "ERROR", "serve", "--no-sync"], env=env,
+    cmd = [sys.executable, "-c", _SSE_SERVER] if sse else [exe]
+    server = subprocess.Popen([*cmd, "--config", str(cfg), "--log-level", "ERROR", "serve", "--no-sync"], env=env,
                               stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -196,7 +221,7 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
             tokens = [None] * clients
         load(port, tokens, tool, 1.0, procs)  # warm-up
         cpu0 = _proc_cpu(server.pid)
-        result = load(port, tokens, tool, seconds, procs)
+        result = load(port, tokens, tool, seconds, procs, rate)
         result["server_cpu"] = (_proc_cpu(server.pid) - cpu0) / seconds * 100
         return result
     finally:
@@ -211,26 +236,32 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--tool", default="sync_status")
+    parser.add_argument("--rate", type=float, default=300.0, help="offered calls/s of the paced runs (0: none)")
+    parser.add_argument("--sse", action="store_true", help="also measure the server with the SDK's SSE answers")
     args = parser.parse_args()
 
     from entra_mcp.devtenant.server import run_emulator
 
     load_before = os.getloadavg()[0]
     rows = []
+    variants = [("JSON answers", False)] + ([("SSE answers (before)", True)] if args.sse else [])
     with tempfile.TemporaryDirectory() as tmp, run_emulator(size="small", seed=1) as emu:
         for mode in args.modes.split(","):
-            r = measure(emu, Path(tmp), mode, args.clients, args.seconds, args.procs, args.tool)
-            cpu_ms = r["server_cpu"] / 100 / r["rate"] * 1000 if r["rate"] else float("nan")
-            rows.append(f"| {mode} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']:.0f} | "
-                        f"{r['server_cpu']:.0f} | {cpu_ms:.2f} | {r['client_cpu']:.0f} |")
-            print(rows[-1], flush=True)
+            for label, sse in variants:
+                for rate in [0.0] + ([args.rate] if args.rate else []):
+                    r = measure(emu, Path(tmp), mode, args.clients, args.seconds, args.procs, args.tool, sse=sse, rate=rate)
+                    cpu_ms = r["server_cpu"] / 100 / r["rate"] * 1000 if r["rate"] else float("nan")
+                    load_kind = f"paced, {rate:.0f}/s offered" if rate else "closed loop"
+                    rows.append(f"| {mode} | {label} | {load_kind} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                                f"{r['errors']:.0f} | {r['server_cpu']:.0f} | {cpu_ms:.2f} | {r['client_cpu']:.0f} |")
+                    print(rows[-1], flush=True)
     print(f"\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.python_implementation()} "
           f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {load_before:.1f} before / "
           f"{os.getloadavg()[0]:.1f} after; {args.clients} clients over {args.procs} processes, `{args.tool}`, "
-          f"{args.seconds:.0f} s\n")
-    print("| server.auth.mode | calls/s | p50 (ms) | p99 (ms) | errors | server CPU (% of a core) | server CPU per call (ms) "
-          "| load generator CPU (% of a core) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{args.seconds:.0f} s per row\n")
+    print("| server.auth.mode | server | load | calls/s | p50 (ms) | p99 (ms) | errors | server CPU (% of a core) "
+          "| server CPU per call (ms) | load generator CPU (% of a core) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
