@@ -141,10 +141,13 @@ def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[s
                     "lastSuccess": _iso(st.last_success),
                     "ok": st.enabled and st.last_success is not None and (st.last_error_at is None or st.last_error_at <= st.last_success),
                 }
+        # Areas commit one by one: the tenant counts as synced once every enabled area has committed, so a
+        # readiness probe does not pass while users or groups are still missing.
+        complete = as_of is not None and all(a["lastSuccess"] is not None for a in areas.values() if a["enabled"])
         tenants.append(
             {
                 "tenant": tv.name,
-                "synced": as_of is not None,
+                "synced": complete,
                 "asOf": _iso(as_of),
                 "ageSeconds": round(age) if age is not None else None,
                 "fresh": age is not None and age <= 2 * tv.interval_minutes * 60,
