@@ -1,8 +1,8 @@
 """Disk faults under the cache directory: full, then read-only, then healthy again.
 
 The cache directory lives on a small tmpfs mounted for the test (we run as root, so chmod would not stop writes).
-While the disk is full or read-only, `entra-mcp sync`, `status` and `serve` stop with exit 1 and a message that
-names the directory and says what to do; nothing half-written is left (the mirror keeps its last good version, SQLite
+While the disk is full or read-only, `entra-mcp sync` and `serve` stop with exit 1 and a message that names the
+directory and says what to do (`status` still answers, exit 0, and shows that message per tenant); nothing half-written is left (the mirror keeps its last good version, SQLite
 finds nothing wrong). Once space or write access returns, a sync brings the mirror to the emulator's ground truth.
 """
 
@@ -86,6 +86,10 @@ def test_full_then_read_only_cache_dir_fails_clearly_and_recovers(small_disk: Pa
     try:
         _assert_clear(run_cli(cfg, "sync"), cfg, reason="read-only")
         _assert_clear(_serve_exit(cfg), cfg, reason="read-only")
+        # status always answers (exit 0) and says per tenant why the mirror cannot be read
+        st = run_cli(cfg, "status")
+        assert st.returncode == 0, st.stderr[-1500:]
+        assert "mirror unreadable" in st.stdout and "read-only" in st.stdout and "Traceback" not in st.stdout + st.stderr
     finally:
         assert _mount(["-o", "remount,rw", str(small_disk)]).returncode == 0
     assert cache_integrity(cfg.cache_dir) == []  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import anyio
 
 from entra_mcp.config import Settings, TenantSettings, load_settings
-from entra_mcp.errors import AuthError, EntraMcpError, GraphError, PermissionDenied, TransientError
+from entra_mcp.errors import AuthError, EntraMcpError, GraphError, MirrorError, PermissionDenied, TransientError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.snapshot import AREAS
 from entra_mcp.mirror.store import MirrorStore
@@ -128,7 +128,10 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
     now = now or datetime.now(timezone.utc)
     tenants = []
     for t in settings.tenants:
-        info = store.info(t.name)
+        try:
+            info, mirror_error = store.info(t.name), None
+        except MirrorError as exc:  # a full or read-only disk: report it per tenant, status itself still answers
+            info, mirror_error = None, str(exc)
         areas = {}
         for area in AREAS:
             st = info["areas"][area]["status"] if info else None
@@ -152,6 +155,7 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
             "cloud": t.cloud,
             "graphUrl": t.graph_host,
             "mirror": str(store.tenant_dir(t.name)),
+            "mirrorError": mirror_error,
             "synced": info is not None and info["as_of"] is not None,
             "asOf": _iso(info["as_of"]) if info else None,
             "ageSeconds": _age(info["as_of"], now) if info else None,
@@ -198,6 +202,8 @@ def run_status(args: argparse.Namespace) -> int:
     for t in report["tenants"]:
         state = f"synced {_fmt_age(t['ageSeconds'])} (version {t['version']})" if t["synced"] else "never synced"
         out.write(f"tenant {t['name']} ({t['tenantId']}, cloud {t['cloud']}): {state}; mirror {t['mirror']}\n")
+        if t["mirrorError"]:
+            out.write(f"  mirror unreadable: {t['mirrorError']}\n")
         run = t["lastRun"]
         if run:
             out.write(f"  last run {run['at']}: {'full' if run['full'] else 'delta'}, {'ok' if run['ok'] else 'with failures'},"
