@@ -212,3 +212,11 @@ def test_server_level_finding_codes_are_in_the_table() -> None:
     for code, severity in used:
         assert code in FINDINGS, code
         assert FINDINGS[code][0] == severity, code
+
+
+def test_readme_lists_every_finding_code() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    missing = [code for code in FINDINGS if f"| `{code}` | {FINDINGS[code][0]} |" not in readme]
+    assert not missing, f"README's findings table lacks {missing}"
