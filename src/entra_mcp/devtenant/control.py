@@ -245,18 +245,21 @@ def build_control_app(runtime: EmulatorRuntime) -> Starlette:
             raise MutationError(f"'{name}' must be a list of strings")
         return list(value)
 
+    def edited(current: list[str], body: dict[str, Any], *, replace: str, add: str, remove: str) -> list[str]:
+        """A string list after an edit: `replace` sets it, then `add` appends what is missing, then `remove` drops."""
+        items = str_list(body[replace], replace) if replace in body else list(current)
+        for item in str_list(body.get(add, []), add):
+            if item not in items:
+                items.append(item)
+        gone = set(str_list(body.get(remove, []), remove))
+        return [i for i in items if i not in gone]
+
     async def roles(request: Request) -> Any:
         reg = registration(request)
         body = await body_of(request)
         if not isinstance(body, dict):
             raise MutationError('send {"roles": [...]} or {"grant": [...], "revoke": [...]}')
-        if "roles" in body:
-            reg.granted_roles = str_list(body["roles"], "roles")
-        for r in str_list(body.get("grant", []), "grant"):
-            if r not in reg.granted_roles:
-                reg.granted_roles.append(r)
-        revoke = set(str_list(body.get("revoke", []), "revoke"))
-        reg.granted_roles = [r for r in reg.granted_roles if r not in revoke]
+        reg.granted_roles = edited(reg.granted_roles, body, replace="roles", add="grant", remove="revoke")
         return {"clientId": reg.client_id, "grantedRoles": reg.granted_roles,
                 "note": "roles are read from access tokens: get a new token to see the change"}
 
@@ -265,13 +268,7 @@ def build_control_app(runtime: EmulatorRuntime) -> Starlette:
         body = await body_of(request)
         if not isinstance(body, dict):
             raise MutationError('send {"add": [...], "remove": [...]} or {"set": [...]}')
-        if "set" in body:
-            reg.redirect_uris = str_list(body["set"], "set")
-        for u in str_list(body.get("add", []), "add"):
-            if u not in reg.redirect_uris:
-                reg.redirect_uris.append(u)
-        gone = set(str_list(body.get("remove", []), "remove"))
-        reg.redirect_uris = [u for u in reg.redirect_uris if u not in gone]
+        reg.redirect_uris = edited(reg.redirect_uris, body, replace="set", add="add", remove="remove")
         return {"clientId": reg.client_id, "redirectUris": reg.redirect_uris}
 
     async def get_faults(request: Request) -> Any:
