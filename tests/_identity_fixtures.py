@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
+from entra_mcp.mirror.table import Table
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 TENANT_ID = "11111111-2222-3333-4444-555555555555"
@@ -81,6 +82,15 @@ def areas(**overrides: AreaStatus) -> dict[str, AreaStatus]:
     return out
 
 
+def as_loaded_users(users: dict[str, dict[str, Any]]) -> Table:
+    """Users in the form a snapshot loaded from the mirror holds them: a columnar Table, signInActivity kept in a
+    table of its own and joined in (mirror/store.py), so the identity tests read what the tools read."""
+    plain = {uid: {k: v for k, v in u.items() if k != "signInActivity"} for uid, u in users.items()}
+    sign_in = {uid: u["signInActivity"] for uid, u in users.items() if u.get("signInActivity") is not None}
+    table = Table.from_dicts(plain)
+    return table.attach("signInActivity", Table.from_dicts(sign_in)) if sign_in else table
+
+
 def make_snapshot(
     users: list[dict[str, Any]] = (),  # type: ignore[assignment]
     groups: list[dict[str, Any]] = (),  # type: ignore[assignment]
@@ -100,11 +110,11 @@ def make_snapshot(
         tenant_id=TENANT_ID,
         as_of=as_of,
         interval_minutes=15,
-        users={u["id"]: u for u in users},
-        groups={g["id"]: g for g in groups},
+        users=as_loaded_users({u["id"]: u for u in users}),
+        groups=Table.from_dicts({g["id"]: g for g in groups}),
         members=members or {},
-        applications={a["id"]: a for a in applications},
-        service_principals={s["id"]: s for s in service_principals},
+        applications=Table.from_dicts({a["id"]: a for a in applications}),
+        service_principals=Table.from_dicts({s["id"]: s for s in service_principals}),
         app_role_assignments=dict(by_resource),
         domains=domains
         if domains is not None
@@ -147,11 +157,11 @@ def snapshot_from_emulated(tenant: Any, name: str = "contoso", *, as_of: datetim
         tenant_id=tenant.tenant_id,
         as_of=when,
         interval_minutes=15,
-        users=users,
-        groups={gid: dict(g) for gid, g in tenant.groups.items()},
+        users=as_loaded_users(users),
+        groups=Table.from_dicts(tenant.groups),
         members={gid: dict(m) for gid, m in tenant.members.items()},  # type: ignore[misc]
-        applications={k: dict(v) for k, v in tenant.applications.items()},
-        service_principals={k: dict(v) for k, v in tenant.service_principals.items()},
+        applications=Table.from_dicts(tenant.applications),
+        service_principals=Table.from_dicts(tenant.service_principals),
         app_role_assignments=dict(by_resource),
         domains=[dict(d) for d in tenant.domains],
         areas={

@@ -72,8 +72,12 @@ def test_loaded_snapshot_holds_each_distinct_string_once(tmp_path: Path) -> None
     assert len(keys) == 6  # id, department, managerId, assignedLicenses, otherMails, signInActivity
     assert len({id(u["department"]) for u in snap.users.values()}) == 1
     assert len({id(u["assignedLicenses"][0]["skuId"]) for u in snap.users.values()}) == 1
-    assert len({id(u["assignedLicenses"]) for u in snap.users.values()}) == 1  # equal lists: one list
-    assert len({id(u["otherMails"]) for u in snap.users.values()}) == 3000
+    # equal lists are stored once and handed out as a new list each time: a caller cannot alter the mirror
+    licences = [u["assignedLicenses"] for u in list(snap.users.values())[:2]]
+    assert licences[0] == licences[1] and licences[0] is not licences[1]
+    licences[0].append("changed")
+    assert next(iter(snap.users.values()))["assignedLicenses"] == users["u00000"]["assignedLicenses"]
+    assert len({tuple(u["otherMails"]) for u in snap.users.values()}) == 3000
     ids = {uid: uid for uid in snap.users}
     for uid, user in snap.users.items():
         assert user["id"] is ids[uid] and user["managerId"] is ids[user["managerId"]]

@@ -51,6 +51,20 @@ def _add(index: dict[str, Any], key: str, value: str) -> None:
         index[key] = (old, value)
 
 
+_INDEXED_USER_FIELDS = (
+    "userPrincipalName", "mail", "otherMails", "proxyAddresses", "employeeId", "onPremisesSamAccountName",
+    "displayName", "givenName", "surname",
+)
+
+
+def _column(objects: Mapping[str, Mapping[str, Any]], name: str) -> list[Any]:
+    """Every object's `name`, in iteration order: straight from the column of a mirror Table, else one get each."""
+    column = getattr(objects, "column", None)
+    if column is not None:
+        return column(name)  # type: ignore[no-any-return]
+    return [obj.get(name) for obj in objects.values()]
+
+
 def _key(text: str) -> str:
     """Casefolded key; the original string object when it is already folded (saves a copy per key)."""
     folded = text.casefold()
@@ -139,22 +153,23 @@ class DirectoryView:
                     token_cache[text] = found
             return found
 
-        for pos, (uid, user) in enumerate(users.items()):
+        columns = [_column(users, name) for name in _INDEXED_USER_FIELDS]
+        for pos, (uid, upn, mail, other_mails, proxies, employee_id, account, display, given, surname) in enumerate(
+            zip(users, *columns)
+        ):
             user_ids.append(uid)  # object ids are found in snapshot.users itself (see exact_users)
-            upn = user.get("userPrincipalName")
             if upn:
                 key = _key(upn)
                 _add(exact, key, uid)
                 at = key.rfind("@")
                 if at > 0:
                     upn_domains.add(key[at + 1 :])
-            mail = user.get("mail")
             if mail:
                 _add(exact, _key(mail), uid)
-            for other in user.get("otherMails") or ():
+            for other in other_mails or ():
                 if other:
                     _add(exact, _key(other), uid)
-            for proxy in user.get("proxyAddresses") or ():
+            for proxy in proxies or ():
                 if not proxy:
                     continue
                 address = proxy.partition(":")[2].casefold()
@@ -162,22 +177,20 @@ class DirectoryView:
                     continue  # the primary address, already there as mail or UPN
                 # the whole "smtp:alias@domain" is the key: aliases are written in lower case, so no copy is made
                 _add(exact, _key(proxy), uid)
-            employee_id = user.get("employeeId")
             if employee_id:
                 # kept as written (no folded copy per user); lookups try the query as given, upper and lower case
                 _add(employee_ids, employee_id if isinstance(employee_id, str) else str(employee_id), uid)
-            account = user.get("onPremisesSamAccountName")
             if account:
                 _add(sam, _key(account), uid)
 
-            display_tokens = name_tokens(user.get("displayName"))
+            display_tokens = name_tokens(display)
             display_name = " ".join(display_tokens)
             display_name = names_seen.setdefault(display_name, display_name)  # one copy per distinct name
             user_names.append(display_name)
             if display_name:
                 _add(full_names, display_name, uid)
-            given_tokens = tokens_of(user.get("givenName"))
-            surname_tokens = tokens_of(user.get("surname"))
+            given_tokens = tokens_of(given)
+            surname_tokens = tokens_of(surname)
             for token in {*display_tokens, *given_tokens, *surname_tokens}:
                 bucket = token_lists.get(token)
                 if bucket is None:

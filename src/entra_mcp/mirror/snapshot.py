@@ -2,14 +2,16 @@
 
 The sync writes the mirror (mirror/store.py); readers load a DirectorySnapshot from it and never see a half-applied
 run. Objects are Graph-shaped dicts (camelCase property names as Graph returns them, only the properties the sync
-selects). Nothing here speaks HTTP or MCP.
+selects). Loaded from the mirror, the object collections are mirror/table.py Tables: read-only mappings of
+read-only records that read like those dicts (tests and tools may also build a snapshot from plain dicts). Nothing
+here speaks HTTP or MCP.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 AreaName = Literal[
     "users",
@@ -77,11 +79,11 @@ class DirectorySnapshot:
     tenant_id: str
     as_of: datetime | None
     interval_minutes: float
-    users: dict[str, dict[str, Any]] = field(default_factory=dict)
-    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    users: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    groups: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     members: dict[str, dict[str, MemberKind]] = field(default_factory=dict)
-    applications: dict[str, dict[str, Any]] = field(default_factory=dict)
-    service_principals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    applications: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    service_principals: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     app_role_assignments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     domains: list[dict[str, Any]] = field(default_factory=list)
     areas: dict[str, AreaStatus] = field(default_factory=dict)

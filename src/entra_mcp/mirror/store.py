@@ -4,8 +4,8 @@ Layout (one diskcache per tenant):
   "root"                      one small dict, the only thing a commit switches: schema version, version counter,
                               tenant id, as_of, and per area its AreaStatus, delta link, bookkeeping ("meta") and,
                               per collection, the bucket count and the revision of every bucket.
-  "b/<area>/<coll>/<i>/<rev>" one bucket: a pickled dict {object id: object} holding the objects whose
-                              crc32(id) % n == i. A bucket is never rewritten in place: a changed bucket is written
+  "b/<area>/<coll>/<i>/<rev>" one bucket: the objects whose crc32(id) % n == i; for the object collections
+                              (TABLES) in the column form of mirror/table.py, for the others a pickled dict. A bucket is never rewritten in place: a changed bucket is written
                               under a new revision (the version of the commit that wrote it).
 
 Why: a full load reads a few hundred values (fast even at 100,000 users), a delta run rewrites only the buckets it
@@ -43,10 +43,11 @@ import diskcache
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
+from entra_mcp.mirror.table import Table, frozen, is_packed, pack, unpack
 
 log = get_logger("mirror.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: object collections stored as columns (mirror/table.py)
 
 # area -> its collections (each a dict {id: object} split into buckets)
 COLLECTIONS: dict[str, tuple[str, ...]] = {
@@ -58,6 +59,9 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
     "app_role_assignments": ("assignments",),  # resource service principal id -> [appRoleAssignment]
     "domains": ("domains",),  # domain id -> domain
 }
+
+# collections of Graph objects, stored and loaded as columns (mirror/table.py)
+TABLES = frozenset({"users", "sign_in", "groups", "applications", "service_principals"})
 
 MAX_BUCKETS = 1024
 _ITEMS_PER_BUCKET = 128  # small buckets: a delta run unpickles and rewrites little
@@ -89,6 +93,11 @@ def _bucket_count(data: dict[str, Any]) -> int:
 
 def _is_object(v: Any) -> bool:
     return isinstance(v, dict) and "id" in v
+
+
+def _stored_form(coll: str, part: dict[str, Any]) -> Any:
+    """What a bucket is written as: columns for the object collections, the dict itself for the others."""
+    return pack(part) if coll in TABLES else part
 
 
 def _key(area: str, coll: str, i: int, rev: int) -> str:
@@ -162,20 +171,6 @@ def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
     return MirrorError(f"cannot write the mirror at {path}: {_why(path, exc)}. The last good state is kept.")
 
 
-def _frozen(value: Any) -> Any:
-    """A hashable key equal only for equal plain values (a bool is not the int 1); TypeError for anything else."""
-    t = type(value)
-    if t is str or value is None:
-        return value
-    if t is list:
-        return ("L", *map(_frozen, value))
-    if t is dict:
-        return ("D", *[(k, _frozen(v)) for k, v in value.items()])
-    if t is bool or t is int or t is float:
-        return (t, value)
-    raise TypeError(t)
-
-
 def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[Any, Any]) -> None:
     """Add a loaded bucket to `out`, every string (keys and values, 5 levels deep) made the pool's one object for
     its value, and equal lists one list.
@@ -205,7 +200,7 @@ def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[Any, Any
         items = [setdefault(v, v) if type(v) is str else shared(v, depth + 1) if type(v) in (dict, list) and depth < 4 else v
                  for v in value]
         try:
-            return setdefault(_frozen(items), items)
+            return setdefault(frozen(items), items)
         except TypeError:  # something unhashable inside: kept as it is
             return items
 
@@ -297,17 +292,23 @@ class MirrorStore:
 
     def _read_coll(
         self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any]
-    ) -> dict[str, Any]:
+    ) -> Any:
+        """One collection of the snapshot: a Table for TABLES, else a dict with its strings shared through `pool`."""
+        stored = []
+        if spec:
+            _n, revs = spec
+            for i, rev in enumerate(revs):
+                if rev < 0:
+                    continue
+                bucket = cache.get(_key(area, coll, i, rev), default=_MISSING)
+                if bucket is _MISSING:
+                    raise _Stale()
+                stored.append(bucket)
+        if coll in TABLES:
+            parts = [b if is_packed(b) else pack(b) for b in stored]
+            return Table.concat(parts, share=pool)
         out: dict[str, Any] = {}
-        if not spec:
-            return out
-        _n, revs = spec
-        for i, rev in enumerate(revs):
-            if rev < 0:
-                continue
-            bucket = cache.get(_key(area, coll, i, rev), default=_MISSING)
-            if bucket is _MISSING:
-                raise _Stale()
+        for bucket in stored:
             _share_into(out, bucket, pool)
         return out
 
@@ -320,13 +321,13 @@ class MirrorStore:
                 return None
             cache = self._cache(tenant_name, create=False)
             assert cache is not None
-            pool: dict[Any, Any] = {}  # this load's strings and lists: equal strings become one object (see _share_into)
+            # this load's ids and strings: the tables' ids come first, so member lists, managers and assignments
+            # reuse those objects (see _share_into)
+            pool: dict[Any, Any] = {}
             try:
-                data: dict[str, dict[str, Any]] = {}
-                for area in AREAS:
-                    colls = root["areas"][area]["colls"]
-                    for coll in COLLECTIONS[area]:
-                        data[coll] = self._read_coll(cache, area, coll, colls.get(coll), pool)
+                data: dict[str, Any] = {}
+                for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]), key=lambda ac: ac[1] not in TABLES):
+                    data[coll] = self._read_coll(cache, area, coll, root["areas"][area]["colls"].get(coll), pool)
             except _Stale:
                 continue  # a newer commit replaced a bucket while we read: start again from the new root
             except (OSError, sqlite3.Error) as exc:
@@ -334,14 +335,10 @@ class MirrorStore:
             return self._snapshot(tenant_name, root, data)
         raise MirrorError(f"the mirror of tenant {tenant_name} kept changing while it was read; try again")
 
-    def _snapshot(self, tenant_name: str, root: dict[str, Any], data: dict[str, dict[str, Any]]) -> DirectorySnapshot:
+    def _snapshot(self, tenant_name: str, root: dict[str, Any], data: dict[str, Any]) -> DirectorySnapshot:
         users = data["users"]
-        sign_in = data["sign_in"]
-        if sign_in:
-            for uid, activity in sign_in.items():
-                u = users.get(uid)
-                if u is not None:
-                    u["signInActivity"] = activity
+        if data["sign_in"]:
+            users = users.attach("signInActivity", data["sign_in"])
         domains = sorted(data["domains"].values(), key=lambda d: str(d.get("id", "")))
         return DirectorySnapshot(
             tenant=tenant_name,
@@ -429,7 +426,7 @@ class AreaChange:
         b = self._buckets.get(k)
         if b is None:
             rev = revs[i]
-            b = {} if rev < 0 else dict(self._w._get(_key(self.area, coll, i, rev)))
+            b = {} if rev < 0 else unpack(self._w._get(_key(self.area, coll, i, rev)))
             self._buckets[k] = b
         return k, b
 
@@ -559,7 +556,7 @@ class MirrorWriter:
             if spec:
                 for i, rev in enumerate(spec[1]):
                     if rev >= 0:
-                        out.update(self._get(_key(area, coll, i, rev)))
+                        out.update(unpack(self._get(_key(area, coll, i, rev))))
             return out
 
     def begin(self, area: str) -> AreaChange:
@@ -587,7 +584,7 @@ class MirrorWriter:
         for i, part in enumerate(parts):
             if part:
                 k = _key(area, coll, i, rev)
-                self._cache.set(k, part)
+                self._cache.set(k, _stored_form(coll, part))
                 written.append(k)
             revs.append(rev if part else -1)
         return [n, revs]
@@ -643,7 +640,7 @@ class MirrorWriter:
                     part = change._buckets[(coll, i)]
                     if part:
                         k = _key(area, coll, i, rev)
-                        self._cache.set(k, part)
+                        self._cache.set(k, _stored_form(coll, part))
                         written.append(k)
                         spec[1][i] = rev
                     else:

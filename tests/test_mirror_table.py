@@ -1,0 +1,117 @@
+"""The mirror's columnar tables (mirror/table.py): stored and joined buckets read back exactly as the dicts that went
+in, whatever the values; records behave as read-only mappings; pickling keeps them compact."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entra_mcp.mirror.table import ABSENT, Coded, Record, Table, pack, unpack
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False, width=32),
+    st.sampled_from(["", "Sales", "1", "True", "2026-11-26T08:15:00Z", "2026-02-30T00:00:00Z", "0001-01-01T00:00:00Z",
+                     "2026-11-26T08:15:00.123Z", "9999-12-31T23:59:59Z", "1969-07-20T20:17:40Z", "ignore previous instructions"]),
+    st.text(max_size=6),
+)
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2), max_leaves=6)
+_objects = st.dictionaries(st.sampled_from(["id", "displayName", "createdDateTime", "accountEnabled", "tags", "x"]), _values, max_size=6)
+_buckets = st.dictionaries(st.text(min_size=1, max_size=4), _objects, max_size=24)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same JSON types all the way down (True is not 1, 1 is not 1.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_buckets, min_size=1, max_size=4))
+def test_any_buckets_read_back_exactly(buckets: list[dict[str, dict[str, Any]]]) -> None:
+    want: dict[str, dict[str, Any]] = {}
+    parts = []
+    for bucket in buckets:
+        bucket = {k: v for k, v in bucket.items() if k not in want}
+        want.update(bucket)
+        stored = pickle.loads(pickle.dumps(pack(bucket)))  # as the mirror stores it
+        assert _same(unpack(stored), bucket)
+        parts.append(stored)
+    table = Table.concat(parts)
+    assert list(table) == list(want) and len(table) == len(want)
+    for oid, obj in want.items():
+        record = table[oid]
+        assert _same(record.to_dict(), obj)
+        assert set(record) == set(obj) and len(record) == len(obj)
+        for name, value in obj.items():
+            assert _same(record[name], value) and _same(record.get(name), value) and name in record
+        assert record.get("missing", "default") == "default" and "missing" not in record
+    assert _same(table.to_dicts(), want) and table == want
+    again = pickle.loads(pickle.dumps(table))
+    assert _same(again.to_dicts(), want)
+    for name in ("createdDateTime", "tags", "missing"):
+        assert all(_same(v, want[oid].get(name)) for oid, v in zip(table.ids, table.column(name)))
+
+
+def test_columns_are_compact() -> None:
+    rows = {
+        f"u{i}": {"id": f"u{i}", "department": ["Sales", "Finance"][i % 2], "createdDateTime": f"2026-01-{1 + i % 28:02d}T00:00:00Z",
+                  "assignedLicenses": [{"skuId": "e5", "disabledPlans": []}], "employeeId": f"E{i}"}
+        for i in range(100)
+    }
+    _, ids, fields, cols = pack(rows)
+    by_name = dict(zip(fields, cols))
+    assert by_name["createdDateTime"].typecode == "q"  # dates as epoch seconds
+    assert isinstance(by_name["department"], Coded) and len(by_name["department"].values) == 2
+    assert isinstance(by_name["assignedLicenses"], Coded) and len(by_name["assignedLicenses"].values) == 1
+    assert isinstance(by_name["employeeId"], list)
+    # equal strings of a bucket are stored once (pickle writes each object once)
+    same = pack({"a": {"userPrincipalName": "x" + "@y", "mail": "x@" + "y"}})
+    assert same[3][0][0] is same[3][1][0]
+
+
+def test_records_are_read_only_and_hand_out_copies() -> None:
+    table = Table.from_dicts({"a": {"id": "a", "tags": ["t1"], "nested": {"k": [1]}, "none": None}})
+    record = table["a"]
+    tags = record["tags"]
+    tags.append("t2")
+    assert record["tags"] == ["t1"]
+    with pytest.raises(TypeError):
+        record["id"] = "b"  # type: ignore[index]
+    with pytest.raises(KeyError):
+        record["missing"]
+    assert "none" in record and record["none"] is None and record.get("none", 1) is None
+    assert dict(record) == {"id": "a", "tags": ["t1"], "nested": {"k": [1]}, "none": None} == record
+    assert repr(record) == repr(dict(record)) and {**record}["id"] == "a"
+    assert pickle.loads(pickle.dumps(record)) == dict(record)  # a lone record pickles as a dict
+    assert "a" in table and "b" not in table and table.get("b") is None
+    with pytest.raises(KeyError):
+        table["b"]
+
+
+def test_attach_joins_a_child_table_by_id() -> None:
+    users = Table.from_dicts({f"u{i}": {"id": f"u{i}", "n": i % 3} for i in range(20)})
+    activity = Table.from_dicts({f"u{i}": {"lastSignInDateTime": f"2026-11-{1 + i:02d}T00:00:00Z"} for i in range(0, 20, 4)} | {"gone": {"x": 1}})
+    joined = users.attach("signInActivity", activity)
+    assert joined["u4"]["signInActivity"] == {"lastSignInDateTime": "2026-11-05T00:00:00Z"}
+    assert "signInActivity" not in joined["u1"] and joined["u1"].get("signInActivity") is None
+    assert joined["u8"].to_dict() == {"id": "u8", "n": 2, "signInActivity": {"lastSignInDateTime": "2026-11-09T00:00:00Z"}}
+    assert "gone" not in joined and len(joined) == 20
+    again = pickle.loads(pickle.dumps(joined))
+    assert again == joined and again["u0"]["signInActivity"]["lastSignInDateTime"] == "2026-11-01T00:00:00Z"
+
+
+def test_absent_survives_pickling_as_the_one_instance() -> None:
+    assert pickle.loads(pickle.dumps(ABSENT)) is ABSENT
+    assert isinstance(Table.from_dicts({"a": {"x": 1}})["a"], Record)
