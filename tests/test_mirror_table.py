@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entra_mcp.mirror.table import ABSENT, Coded, Record, Table, pack, unpack
+from entra_mcp.mirror.table import ABSENT, Coded, Record, Table, concat_groups, pack, pack_groups, unpack
 
 _scalars = st.one_of(
     st.none(),
@@ -94,7 +94,9 @@ def test_records_are_read_only_and_hand_out_copies() -> None:
     assert "none" in record and record["none"] is None and record.get("none", 1) is None
     assert dict(record) == {"id": "a", "tags": ["t1"], "nested": {"k": [1]}, "none": None} == record
     assert repr(record) == repr(dict(record)) and {**record}["id"] == "a"
-    assert pickle.loads(pickle.dumps(record)) == dict(record)  # a lone record pickles as a dict
+    assert pickle.loads(pickle.dumps(record)) == dict(record)
+    both = pickle.loads(pickle.dumps([record, table["a"]]))  # records of one table keep sharing it
+    assert both[0]._t is both[1]._t and both[0] == record
     assert "a" in table and "b" not in table and table.get("b") is None
     with pytest.raises(KeyError):
         table["b"]
@@ -115,3 +117,20 @@ def test_attach_joins_a_child_table_by_id() -> None:
 def test_absent_survives_pickling_as_the_one_instance() -> None:
     assert pickle.loads(pickle.dumps(ABSENT)) is ABSENT
     assert isinstance(Table.from_dicts({"a": {"x": 1}})["a"], Record)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.dictionaries(st.text(min_size=1, max_size=3), st.lists(_objects, max_size=4), max_size=6), min_size=1, max_size=3))
+def test_grouped_buckets_read_back_exactly(buckets: list[dict[str, list[dict[str, Any]]]]) -> None:
+    """Assignments by resource: {key: [object, ...]} buckets, stored as one packed table per bucket."""
+    want: dict[str, list[dict[str, Any]]] = {}
+    parts = []
+    for bucket in buckets:
+        bucket = {k: v for k, v in bucket.items() if k not in want}
+        want.update(bucket)
+        stored = pickle.loads(pickle.dumps(pack_groups(bucket)))
+        assert _same(unpack(stored), bucket)
+        parts.append(stored)
+    got = concat_groups(parts, share={})
+    assert list(got) == list(want)
+    assert all(len(got[k]) == len(v) and all(_same(r.to_dict(), o) for r, o in zip(got[k], v)) for k, v in want.items())

@@ -210,3 +210,34 @@ def test_scheduler_syncs_every_tenant_and_stops(fresh_emulator: Any, control_of:
         assert_mirror_matches(store.load_snapshot(name), ctl.snapshot(i))
     delays = [next_delay(15, lambda: x) for x in (0.0, 0.5, 1.0)]
     assert delays == pytest.approx([810.0, 900.0, 990.0])
+
+
+def test_sync_prepares_the_servers_index(emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`entra-mcp sync` leaves the server's index of the mirror it committed in the view cache: the next server start
+    loads it instead of indexing the mirror."""
+    from entra_mcp.identity.view import DirectoryView
+    from entra_mcp.server.views import ViewCache, ViewProvider
+
+    path, settings = write_config(emulator, tmp_path, monkeypatch)
+    assert main(["--config", str(path), "sync"]) == 0
+    assert "index for the server prepared" in capsys.readouterr().err
+    store = MirrorStore(settings.server.cache_dir)
+    version = store.version("contoso")
+    cache = ViewCache(Path(settings.server.cache_dir) / ".server-views")
+    prepared = cache.load("contoso", version, DirectoryView)
+    assert prepared is not None and prepared.snapshot.version == version
+    written = cache.path("contoso").stat().st_mtime_ns
+
+    views = ViewProvider.from_settings(settings, store, cache=True)
+    views.warm()
+    assert "index loaded from the view cache" in capsys.readouterr().err
+    fresh = DirectoryView.build(store.load_snapshot("contoso"))  # type: ignore[arg-type]
+    held = views.current().view
+    upn = next(iter(fresh.snapshot.users.values()))["userPrincipalName"]
+    assert held.exact_users(upn) == fresh.exact_users(upn) and held.exact == fresh.exact and held.member_of == fresh.member_of
+
+    assert main(["--config", str(path), "sync"]) == 0  # a delta run commits a new version: prepared again
+    assert "index for the server prepared" in capsys.readouterr().err
+    assert store.version("contoso") > version and cache.path("contoso").stat().st_mtime_ns != written
+    assert cache.load("contoso", store.version("contoso"), DirectoryView) is not None
+    store.close()

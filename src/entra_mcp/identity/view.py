@@ -21,6 +21,7 @@ import gc
 import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
+from itertools import repeat
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping
@@ -154,18 +155,23 @@ class DirectoryView:
             return found
 
         columns = [_column(users, name) for name in _INDEXED_USER_FIELDS]
+        user_ids.extend(users)  # object ids are found in snapshot.users itself (see exact_users)
+        in_exact, in_employee_ids, in_full_names = exact.setdefault, employee_ids.setdefault, full_names.setdefault
         for pos, (uid, upn, mail, other_mails, proxies, employee_id, account, display, given, surname) in enumerate(
-            zip(users, *columns)
+            zip(user_ids, *columns)
         ):
-            user_ids.append(uid)  # object ids are found in snapshot.users itself (see exact_users)
+            # a key seen for the first time (nearly every key) costs one setdefault; _add sorts out the rest
             if upn:
                 key = _key(upn)
-                _add(exact, key, uid)
+                if in_exact(key, uid) is not uid:
+                    _add(exact, key, uid)
                 at = key.rfind("@")
                 if at > 0:
                     upn_domains.add(key[at + 1 :])
-            if mail:
-                _add(exact, _key(mail), uid)
+            if mail and mail is not upn:  # the same object when equal to the UPN (the mirror stores it once)
+                key = _key(mail)
+                if in_exact(key, uid) is not uid:
+                    _add(exact, key, uid)
             for other in other_mails or ():
                 if other:
                     _add(exact, _key(other), uid)
@@ -176,29 +182,43 @@ class DirectoryView:
                 if uid in _values(exact, address):
                     continue  # the primary address, already there as mail or UPN
                 # the whole "smtp:alias@domain" is the key: aliases are written in lower case, so no copy is made
-                _add(exact, _key(proxy), uid)
+                key = _key(proxy)
+                if in_exact(key, uid) is not uid:
+                    _add(exact, key, uid)
             if employee_id:
                 # kept as written (no folded copy per user); lookups try the query as given, upper and lower case
-                _add(employee_ids, employee_id if isinstance(employee_id, str) else str(employee_id), uid)
+                key = employee_id if isinstance(employee_id, str) else str(employee_id)
+                if in_employee_ids(key, uid) is not uid:
+                    _add(employee_ids, key, uid)
             if account:
                 _add(sam, _key(account), uid)
 
-            display_tokens = name_tokens(display)
+            given_tokens = tokens_of(given)
+            surname_tokens = tokens_of(surname)
+            if given_tokens and surname_tokens and display == f"{given} {surname}":
+                display_tokens = given_tokens + surname_tokens  # the usual name: no second folding
+                alias = None
+            else:
+                display_tokens = name_tokens(display)
+                alias = " ".join((*given_tokens, *surname_tokens)) if given_tokens and surname_tokens else None
             display_name = " ".join(display_tokens)
             display_name = names_seen.setdefault(display_name, display_name)  # one copy per distinct name
             user_names.append(display_name)
-            if display_name:
+            if display_name and in_full_names(display_name, uid) is not uid:
                 _add(full_names, display_name, uid)
-            given_tokens = tokens_of(given)
-            surname_tokens = tokens_of(surname)
-            for token in {*display_tokens, *given_tokens, *surname_tokens}:
+            for token in {*display_tokens}:
                 bucket = token_lists.get(token)
                 if bucket is None:
                     token_lists[token] = [pos]
                 else:
                     bucket.append(pos)
-            if given_tokens and surname_tokens:
-                alias = " ".join((*given_tokens, *surname_tokens))
+            if alias is not None:
+                for token in {*given_tokens, *surname_tokens}.difference(display_tokens):
+                    bucket = token_lists.get(token)
+                    if bucket is None:
+                        token_lists[token] = [pos]
+                    else:
+                        bucket.append(pos)
                 if alias != display_name:
                     _add(full_names, alias, uid)
 
@@ -210,9 +230,8 @@ class DirectoryView:
             buckets[(word[0], len(word))].append(word)
 
         parents: defaultdict[str, list[str]] = defaultdict(list)
-        for gid, members in snapshot.members.items():
-            for member_id in members:
-                parents[member_id].append(gid)
+        for gid, members in snapshot.members.items():  # parents[member].append(gid) for every member, at C speed
+            deque(map(list.append, map(parents.__getitem__, members), repeat(gid, len(members))), maxlen=0)
         member_of = {member_id: tuple(gids) for member_id, gids in parents.items()}
         del parents
 

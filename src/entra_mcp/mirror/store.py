@@ -5,7 +5,7 @@ Layout (one diskcache per tenant):
                               tenant id, as_of, and per area its AreaStatus, delta link, bookkeeping ("meta") and,
                               per collection, the bucket count and the revision of every bucket.
   "b/<area>/<coll>/<i>/<rev>" one bucket: the objects whose crc32(id) % n == i; for the object collections
-                              (TABLES) in the column form of mirror/table.py, for the others a pickled dict. A bucket is never rewritten in place: a changed bucket is written
+                              (TABLES, GROUPED) in the column form of mirror/table.py, else a pickled dict. A bucket is never rewritten in place: a changed bucket is written
                               under a new revision (the version of the commit that wrote it).
 
 Why: a full load reads a few hundred values (fast even at 100,000 users), a delta run rewrites only the buckets it
@@ -30,6 +30,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 import zlib
@@ -43,7 +44,7 @@ import diskcache
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
-from entra_mcp.mirror.table import Table, frozen, is_packed, pack, unpack
+from entra_mcp.mirror.table import Table, concat_groups, is_packed, is_packed_groups, pack, pack_groups, unpack
 
 log = get_logger("mirror.store")
 
@@ -62,6 +63,8 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
 
 # collections of Graph objects, stored and loaded as columns (mirror/table.py)
 TABLES = frozenset({"users", "sign_in", "groups", "applications", "service_principals"})
+# collections of lists of Graph objects by key (assignments by resource), stored as columns too
+GROUPED = frozenset({"assignments"})
 
 MAX_BUCKETS = 1024
 _ITEMS_PER_BUCKET = 128  # small buckets: a delta run unpickles and rewrites little
@@ -76,6 +79,10 @@ _SETTINGS = {
     "cull_limit": 0,
     "statistics": 0,
     "tag_index": 0,
+    # buckets are read once per load: SQLite's page cache (diskcache: 32 MB) and a 64 MB memory map of the file
+    # would only sit in the resident memory of the long-running server
+    "sqlite_cache_size": 256,
+    "sqlite_mmap_size": 0,
 }
 
 
@@ -97,7 +104,9 @@ def _is_object(v: Any) -> bool:
 
 def _stored_form(coll: str, part: dict[str, Any]) -> Any:
     """What a bucket is written as: columns for the object collections, the dict itself for the others."""
-    return pack(part) if coll in TABLES else part
+    if coll in TABLES:
+        return pack(part)
+    return pack_groups(part) if coll in GROUPED else part
 
 
 def _key(area: str, coll: str, i: int, rev: int) -> str:
@@ -172,17 +181,13 @@ def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
 
 
 def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[Any, Any]) -> None:
-    """Add a loaded bucket to `out`, every string (keys and values, 5 levels deep) made the pool's one object for
-    its value, and equal lists one list.
+    """Add a loaded bucket of a collection that is not a Table (members, assignments, domains) to `out`, every
+    string (keys and values, 5 levels deep) made the pool's one object for its value.
 
-    A bucket's pickle shares equal strings only within itself, so over a whole load an object id would exist once per
-    place it appears (the user's key, a group's member list, another user's managerId) and every property name and
-    repeated value (department, jobTitle, usageLocation, skuIds, dates...) once per bucket or, in a mirror written
-    before the sync interned them, once per object. With one pool per load a first start or a reload holds each
-    distinct string once, like a restart from the view cache: on the large tenant (100,000 users, 604,000
-    memberships) 160-400 MB less, and the view's indexes and reverse memberships reuse the same objects. Equal lists
-    (the same assignedLicenses, empty otherMails...) become one list: a snapshot is only ever read.
-    Dicts are rebuilt (not updated in place): an unpickled dict keeps the spare room of its growth.
+    A bucket's pickle shares equal strings only within itself: without the pool a member id would exist once per
+    group it is in (604,000 memberships on the large tenant) instead of being the user's id object that the tables
+    and the view's reverse memberships already hold. Dicts are rebuilt (not updated in place): an unpickled dict
+    keeps the spare room of its growth.
     """
     setdefault = pool.setdefault
 
@@ -197,16 +202,15 @@ def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[Any, Any
                     v = shared(v, depth + 1)
                 new[setdefault(k, k) if type(k) is str else k] = v
             return new
-        items = [setdefault(v, v) if type(v) is str else shared(v, depth + 1) if type(v) in (dict, list) and depth < 4 else v
-                 for v in value]
-        try:
-            return setdefault(frozen(items), items)
-        except TypeError:  # something unhashable inside: kept as it is
-            return items
+        return [setdefault(v, v) if type(v) is str else shared(v, depth + 1) if type(v) in (dict, list) and depth < 4 else v
+                for v in value]
 
-    for k, v in bucket.items():
-        t = type(v)
-        out[setdefault(k, k)] = shared(v, 0) if t is dict or t is list else setdefault(v, v) if t is str else v
+    try:
+        for k, v in bucket.items():
+            t = type(v)
+            out[setdefault(k, k)] = shared(v, 0) if t is dict or t is list else setdefault(v, v) if t is str else v
+    finally:
+        del shared  # the recursive closure is a reference cycle holding the pool: break it, nothing waits for the GC
 
 
 class MirrorStore:
@@ -293,7 +297,8 @@ class MirrorStore:
     def _read_coll(
         self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any]
     ) -> Any:
-        """One collection of the snapshot: a Table for TABLES, else a dict with its strings shared through `pool`."""
+        """One collection of the snapshot: a Table for TABLES, lists of records for GROUPED, else a dict with its
+        strings shared through `pool`."""
         stored = []
         if spec:
             _n, revs = spec
@@ -305,9 +310,16 @@ class MirrorStore:
                     raise _Stale()
                 stored.append(bucket)
         if coll in TABLES:
-            parts = [b if is_packed(b) else pack(b) for b in stored]
-            return Table.concat(parts, share=pool)
+            return Table.concat([b if is_packed(b) else pack(b) for b in stored], share=pool)
+        if coll in GROUPED:
+            return concat_groups([b if is_packed_groups(b) else pack_groups(b) for b in stored], share=pool)
         out: dict[str, Any] = {}
+        if coll == "members":  # {group id: {member id: kind}}: ids become the tables' objects, at C speed
+            get = pool.get
+            for bucket in stored:
+                for gid, members in bucket.items():
+                    out[get(gid, gid)] = dict(zip(map(get, members, members), map(sys.intern, members.values())))
+            return out
         for bucket in stored:
             _share_into(out, bucket, pool)
         return out

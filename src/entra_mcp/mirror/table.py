@@ -45,6 +45,7 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 _PACKED = "entra-mcp/table-1"  # the first item of a stored bucket in this format
+_PACKED_GROUPS = "entra-mcp/groups-1"  # a bucket {key: [object, ...]} (assignments by resource) in this format
 _NULL_TS = -(2**63)
 _ABSENT_TS = _NULL_TS + 1
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
@@ -178,7 +179,7 @@ class Record(Mapping[str, Any]):
         return repr(self.to_dict())
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (dict, (self.to_dict(),))  # a lone record pickles as the dict it reads as
+        return (Record, (self._t, self._i))  # the table is pickled once however many of its records are
 
 
 class _Items(ItemsView[str, Record]):
@@ -323,6 +324,10 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
             sample = next((v for v in col if type(v) is str), None)
             if sample is not None and sample in share:
                 cols[j] = [get(v, v) if type(v) is str else v for v in col]
+            else:  # a bucket stores each distinct string once; a name repeated across buckets becomes one object here
+                seen: dict[str, str] = {}
+                same = seen.setdefault
+                cols[j] = [same(v, v) if type(v) is str else v for v in col]
 
 
 def _take(col: Any, order: list[int]) -> Any:
@@ -390,17 +395,53 @@ def is_packed(stored: Any) -> bool:
     return type(stored) is tuple and len(stored) == 4 and stored[0] == _PACKED
 
 
+def is_packed_groups(stored: Any) -> bool:
+    return type(stored) is tuple and len(stored) == 4 and stored[0] == _PACKED_GROUPS
+
+
 def unpack(stored: Any) -> dict[str, Any]:
-    """A stored bucket as plain dicts {id: object} (either format)."""
+    """A stored bucket as plain dicts: {id: object} or, for grouped objects, {key: [object, ...]} (any format)."""
     if is_packed(stored):
         return Table(stored[1], stored[2], stored[3]).to_dicts()
+    if is_packed_groups(stored):
+        _, keys, counts, part = stored
+        rows = [Record(Table(part[1], part[2], part[3]), i).to_dict() for i in range(len(part[1]))]
+        out, start = {}, 0
+        for key, n in zip(keys, counts):
+            out[key] = rows[start : start + n]
+            start += n
+        return out
     return dict(stored)
 
 
 def pack(objects: Mapping[str, Mapping[str, Any]]) -> tuple[Any, ...]:
     """A bucket {id: dict} in the stored column form: (marker, ids, property names, columns)."""
-    ids = list(objects)
-    rows = list(objects.values())
+    return _pack_rows(list(objects), list(objects.values()))
+
+
+def pack_groups(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[Any, ...]:
+    """A bucket {key: [dict, ...]} in the stored form: (marker, keys, counts, the rows packed in order; a row's id
+    is its "id" property)."""
+    keys = list(groups)
+    rows = [row for key in keys for row in groups[key]]
+    ids = [str(row.get("id") or "") for row in rows]
+    return (_PACKED_GROUPS, keys, [len(groups[key]) for key in keys], _pack_rows(ids, rows))
+
+
+def concat_groups(parts: Sequence[Any], *, share: dict[str, str] | None = None) -> dict[str, list[Record]]:
+    """{key: [Record, ...]} from stored grouped buckets (see `pack_groups`), the rows in one Table."""
+    table = Table.concat([part[3] for part in parts], share=share)
+    get = share.get if share is not None else None
+    out: dict[str, list[Record]] = {}
+    row = 0
+    for part in parts:
+        for key, n in zip(part[1], part[2]):
+            out[get(key, key) if get else key] = [Record(table, i) for i in range(row, row + n)]
+            row += n
+    return out
+
+
+def _pack_rows(ids: list[str], rows: list[Mapping[str, Any]]) -> tuple[Any, ...]:
     fields = list(dict.fromkeys(name for row in rows for name in row))
     pool: dict[str, str] = {}  # equal strings of the bucket (a mail equal to the UPN...) stored once
     cols = [_pack_column([row.get(name, ABSENT) for row in rows], pool) for name in fields]
@@ -455,4 +496,4 @@ def _stored(value: Any, pool: dict[str, str]) -> Any:
     return value
 
 
-__all__ = ["ABSENT", "Child", "Coded", "Record", "Table", "frozen", "is_packed", "pack", "unpack"]
+__all__ = ["ABSENT", "Child", "Coded", "Record", "Table", "concat_groups", "frozen", "is_packed", "is_packed_groups", "pack", "pack_groups", "unpack"]

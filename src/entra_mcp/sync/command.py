@@ -93,6 +93,7 @@ def run_sync(args: argparse.Namespace) -> int:
             t.client_certificate()
     store = MirrorStore(settings.server.cache_dir)
     progress = _Progress(sys.stderr)
+    before = {t.name: _version(store, t.name) for t in tenants}
 
     async def main() -> list[TenantResult]:
         results: list[TenantResult] = []
@@ -107,12 +108,27 @@ def run_sync(args: argparse.Namespace) -> int:
 
     try:
         results = anyio.run(main)
+        progress.done()
+        for r in sorted(results, key=lambda r: r.tenant):
+            _summary(r, sys.stderr)
+        changed = [t.name for t in tenants if _version(store, t.name) not in (before[t.name], 0)]
+        if changed:
+            # the server's index of a changed mirror, built now rather than at the next server start (the one place
+            # the sync reaches into server/: that is where the index and its cache live)
+            from entra_mcp.server.views import prepare_views
+
+            prepare_views(settings.server.cache_dir, store, changed)
     finally:
         progress.done()
         store.close()
-    for r in sorted(results, key=lambda r: r.tenant):
-        _summary(r, sys.stderr)
     return 0 if all(r.ok for r in results) else 1
+
+
+def _version(store: MirrorStore, name: str) -> int:
+    try:
+        return store.version(name)
+    except MirrorError:
+        return 0
 
 
 def _iso(dt: Any) -> str | None:
