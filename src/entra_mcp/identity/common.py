@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from ..mirror.snapshot import DirectorySnapshot
 from .findings import finding, quote
@@ -31,6 +31,14 @@ AREA_LABELS = {
     "app_role_assignments": "app role assignments",
     "domains": "domains (password policy)",
 }
+
+
+def property_getter(objects: Mapping[str, Mapping[str, Any]], name: str) -> Callable[[str], Any]:
+    """object id -> that object's `name` (None when either is missing), the fast way for a mirror Table."""
+    getter = getattr(objects, "getter", None)
+    if getter is not None:
+        return getter(name)  # type: ignore[no-any-return]
+    return lambda oid: (objects.get(oid) or {}).get(name)
 
 
 def as_of(view: DirectoryView) -> str | None:

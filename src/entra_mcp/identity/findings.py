@@ -170,16 +170,17 @@ _INSTRUCTION_PATTERNS = [
 _INSTRUCTION_RE = re.compile("|".join(f"(?:{p})" for p in _INSTRUCTION_PATTERNS), re.IGNORECASE | re.DOTALL)
 
 
-# Every pattern above needs a space, one of these characters or words: single words (UPNs, ids) are skipped fast.
-_MAYBE_INSTRUCTION = re.compile(r"[\s<>{}\[\]:|]|tool_|function", re.IGNORECASE)
+# Every pattern above needs a space, one of these characters or words: single words (UPNs, ids) are skipped fast,
+# with one search that also finds hidden characters.
+_MAYBE_INSTRUCTION = re.compile(r"[\s<>{}\[\]:|]|tool_|function|" + _HIDDEN_CHARS.pattern, re.IGNORECASE)
 
 
 def looks_like_instruction(text: str) -> bool:
     """True when `text` reads like an instruction to a model or hides characters that reorder or hide text."""
-    if _HIDDEN_CHARS.search(text):
-        return True
     if not _MAYBE_INSTRUCTION.search(text):
         return False
+    if _HIDDEN_CHARS.search(text):
+        return True
     if len(text) > 512:  # ticket texts and long descriptions: not worth caching
         return bool(_INSTRUCTION_RE.search(text))
     return _short_text_instruction(text)
@@ -216,6 +217,9 @@ def suspicious_fields(obj: Mapping[str, Any] | None) -> list[str]:
     are searched too and reported as `field` or `field.sub`)."""
     if not obj:
         return []
+    scan = getattr(obj, "scan", None)
+    if scan is not None:  # a mirror record: repeated values (titles, departments...) are judged once per table
+        return scan(_suspicious_value, _SKIP_FIELDS, dates=False)  # type: ignore[no-any-return]
     flagged: list[str] = []
     for name, value in obj.items():
         if name in _SKIP_FIELDS or name.startswith("@"):
@@ -223,6 +227,10 @@ def suspicious_fields(obj: Mapping[str, Any] | None) -> list[str]:
         if _value_suspicious(value, depth=0):
             flagged.append(name)
     return flagged
+
+
+def _suspicious_value(value: Any) -> bool:
+    return _value_suspicious(value, depth=0)
 
 
 def _value_suspicious(value: Any, depth: int) -> bool:

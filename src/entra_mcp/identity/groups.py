@@ -11,10 +11,10 @@ import heapq
 import itertools
 from collections import Counter
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from ..errors import InvalidArgument, NotFoundError
-from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, user_ref
+from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, property_getter, user_ref
 from .findings import finding, quote, sort_findings, suspicious_findings
 from .text import GROUP_EXPECTED, clean_identifier, clean_limit
 from .users import resolve_user
@@ -136,14 +136,15 @@ def list_group_members(
         direct = snap.members.get(gid, {})
         total, counts = len(direct), Counter(direct.values())
         entries = ((mid, kind, (gid,)) for mid, kind in direct.items())
-    sources: dict[str, dict[str, dict[str, Any]]] = {
+    sources: dict[str, Mapping[str, Mapping[str, Any]]] = {
         "user": snap.users, "group": snap.groups, "servicePrincipal": snap.service_principals,
     }
+    names = {kind: property_getter(objects, "displayName") for kind, objects in sources.items()}
     type_order = {"user": 0, "group": 1, "servicePrincipal": 2}
 
     def order(entry: tuple[str, str, tuple[str, ...]]) -> tuple[int, str, str]:
-        obj = sources.get(entry[1], {}).get(entry[0])
-        name = obj.get("displayName") if obj else None
+        name_of = names.get(entry[1])
+        name = name_of(entry[0]) if name_of else None
         return type_order.get(entry[1], 3), str(name).casefold() if name else "\uffff", entry[0]
 
     sorted_by_name = total <= SORT_MEMBERS_UP_TO

@@ -27,7 +27,7 @@ import time
 from array import array
 from calendar import timegm
 from collections.abc import ItemsView, Mapping, ValuesView
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Container, Iterator, Sequence
 
 
 class _Absent:
@@ -78,11 +78,24 @@ def frozen(value: Any) -> Any:
 class Coded:
     """A column of repeating values: `values` holds each distinct value once, `idx` one index per row."""
 
-    __slots__ = ("values", "idx")
+    __slots__ = ("values", "idx", "_verdicts")
 
     def __init__(self, values: Sequence[Any], idx: array) -> None:
         self.values = tuple(values)
         self.idx = idx
+        self._verdicts: dict[Any, tuple[bool, ...]] | None = None
+
+    def verdicts(self, test: Callable[[Any], bool]) -> tuple[bool, ...]:
+        """test(value) for each distinct value (False for ABSENT), computed once per column and test."""
+        memo = self._verdicts
+        if memo is None:
+            memo = self._verdicts = {}
+        found = memo.get(test)
+        if found is None:
+            found = memo[test] = tuple(
+                v is not ABSENT and bool(test(list(v) if type(v) is tuple else v)) for v in self.values
+            )
+        return found
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Coded, (self.values, self.idx))
@@ -165,6 +178,39 @@ class Record(Mapping[str, Any]):
         i = self._i
         return sum(1 for col in self._t.cols if _present(col, i))
 
+    def __bool__(self) -> bool:  # `if not user:` without counting every property
+        i = self._i
+        return any(_present(col, i) for col in self._t.cols)
+
+    def items(self) -> "_RecordItems":  # type: ignore[override]
+        return _RecordItems(self)
+
+    def scan(self, test: Callable[[Any], bool], skip: Container[str] = (), *, dates: bool = True) -> list[str]:
+        """Names of the properties (outside `skip`) whose value passes `test`. A repeated value is tested once per
+        table (the verdict stays with its column); `dates=False` skips Graph timestamps; a joined record counts
+        when one of its properties passes."""
+        out = []
+        i = self._i
+        for name, col in zip(self._t.fields, self._t.cols):
+            if name in skip:
+                continue
+            t = type(col)
+            if t is Coded:
+                if col.verdicts(test)[col.idx[i]]:
+                    out.append(name)
+            elif t is list:
+                v = col[i]
+                if v is not ABSENT and test(list(v) if type(v) is tuple else v):
+                    out.append(name)
+            elif t is array:
+                if dates:
+                    v = _cell(col, i)
+                    if v is not ABSENT and test(v):
+                        out.append(name)
+            elif col.present[i] and Record(col.table, i).scan(test, skip, dates=dates):
+                out.append(name)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dict copy (nested records become dicts too)."""
         out = {}
@@ -180,6 +226,16 @@ class Record(Mapping[str, Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Record, (self._t, self._i))  # the table is pickled once however many of its records are
+
+
+class _RecordItems(ItemsView[str, Any]):
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        record: Record = self._mapping  # type: ignore[assignment]
+        i = record._i
+        for name, col in zip(record._t.fields, record._t.cols):
+            v = _cell(col, i)
+            if v is not ABSENT:
+                yield name, v
 
 
 class _Items(ItemsView[str, Record]):
@@ -249,6 +305,33 @@ class Table(Mapping[str, Record]):
             values = [None if v is ABSENT else list(v) if type(v) is tuple else v for v in col.values]
             return [values[k] for k in col.idx]
         return [None if v is ABSENT else v for v in map(_cell, [col] * n, range(n))]
+
+    def getter(self, name: str) -> Callable[[str], Any]:
+        """A function object id -> its `name` (None when the object or the property is missing): one lookup per
+        call, no Record (sorting thousands of members by name)."""
+        j = self._index.get(name)
+        pos = self.pos
+        if j is None:
+            return lambda oid: None
+        col = self.cols[j]
+        if type(col) is list:
+            def plain(oid: str) -> Any:
+                i = pos.get(oid)
+                if i is None:
+                    return None
+                v = col[i]
+                return None if v is ABSENT else list(v) if type(v) is tuple else v
+
+            return plain
+
+        def other(oid: str) -> Any:
+            i = pos.get(oid)
+            if i is None:
+                return None
+            v = _cell(col, i)
+            return None if v is ABSENT else v
+
+        return other
 
     def to_dicts(self) -> dict[str, dict[str, Any]]:
         return {oid: Record(self, i).to_dict() for i, oid in enumerate(self.ids)}
@@ -324,10 +407,16 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
             sample = next((v for v in col if type(v) is str), None)
             if sample is not None and sample in share:
                 cols[j] = [get(v, v) if type(v) is str else v for v in col]
-            else:  # a bucket stores each distinct string once; a name repeated across buckets becomes one object here
-                seen: dict[str, str] = {}
-                same = seen.setdefault
-                cols[j] = [same(v, v) if type(v) is str else v for v in col]
+            elif all(type(v) is str or v is None or v is ABSENT for v in col):
+                # a bucket stores each distinct string once; a value repeated across buckets (given names, job
+                # titles) becomes one object here, and a column of repeats a coded one
+                where: dict[Any, int] = {}
+                idx = array("I", [where.setdefault(v, len(where)) for v in col])
+                if 2 * len(where) <= len(col):
+                    cols[j] = Coded(list(where), idx)
+                else:
+                    values = list(where)
+                    cols[j] = [values[k] for k in idx]
 
 
 def _take(col: Any, order: list[int]) -> Any:
