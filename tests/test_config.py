@@ -100,3 +100,23 @@ def test_example_config_is_valid() -> None:
     s = load_settings(root / "config.example.toml")
     assert s.tenants[0].name == "contoso"
     assert s.server.port == 8765
+
+
+def test_global_options_also_after_the_command(tmp_path: Path) -> None:
+    """`--config` and `--log-level` work before or after the command: the README's agent-runtime snippet writes
+    `entra-mcp serve --config PATH`."""
+    import json
+    import re
+
+    from entra_mcp.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["--config", "a.toml", "serve"], ["serve", "--config", "a.toml"], ["--config", "b.toml", "serve", "--config", "a.toml"]):
+        args = parser.parse_args(argv)
+        assert args.config == "a.toml" and args.log_level == "INFO" and args.command == "serve"
+    assert parser.parse_args(["status", "--log-level", "warning"]).log_level == "WARNING"
+    assert parser.parse_args(["status"]).config is None
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = json.loads(re.search(r"```json\n(\{\n  \"mcpServers\".*?)\n```", readme, re.S).group(1))  # type: ignore[union-attr]
+    args = parser.parse_args(snippet["mcpServers"]["entra"]["args"])
+    assert args.command == "serve" and args.config == "/etc/entra-mcp/config.toml"

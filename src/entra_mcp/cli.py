@@ -41,29 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"entra-mcp {__version__}")
     parser.add_argument("--config", metavar="PATH", help="config file (default: $ENTRA_MCP_CONFIG, else ./config.toml)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    # the same two options after the command too (`entra-mcp serve --config PATH`, as agent runtimes are often set up)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file (as before the command)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("serve", help="run the MCP server (syncs in the background unless --no-sync)")
+    p = sub.add_parser("serve", parents=[common], help="run the MCP server (syncs in the background unless --no-sync)")
     p.add_argument("--transport", choices=["stdio", "http"])
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--no-sync", action="store_true", help="serve the mirror as it is; do not sync in the background")
 
-    p = sub.add_parser("sync", help="one sync run of every enabled area")
+    p = sub.add_parser("sync", parents=[common], help="one sync run of every enabled area")
     p.add_argument("--tenant", help="only this tenant (its name in the config)")
     p.add_argument("--full", action="store_true", help="ignore delta links and pull everything")
 
-    p = sub.add_parser("status", help="per tenant and area: enabled, last success, last error, counts, age")
+    p = sub.add_parser("status", parents=[common], help="per tenant and area: enabled, last success, last error, counts, age")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("doctor", help="check config, credentials and each area's Graph permission")
+    sub.add_parser("doctor", parents=[common], help="check config, credentials and each area's Graph permission")
 
-    p = sub.add_parser("devtenant", help="run the local emulator of Entra ID and Microsoft Graph")
+    p = sub.add_parser("devtenant", parents=[common], help="run the local emulator of Entra ID and Microsoft Graph")
     from entra_mcp.devtenant.command import add_arguments
 
     add_arguments(p)
 
-    p = sub.add_parser("demo", help="emulator + sync + serve in one command; needs no config and no network")
+    p = sub.add_parser("demo", parents=[common], help="emulator + sync + serve in one command; needs no config and no network")
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     p.add_argument("--port", type=int, help="HTTP port (http transport)")
     p.add_argument("--size", choices=["small", "medium", "large"], default="small", help="size of the demo tenant")
