@@ -229,11 +229,16 @@ def _summary(tool: str, r: Mapping[str, Any]) -> str:
     return f"{tool} answered" + tail
 
 
+def _plain(value: Any) -> Any:
+    """JSON for what pydantic does not know: a mirror record as its dict, anything else as text."""
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
 def _result(tool: str, answer: Mapping[str, Any]) -> CallToolResult:
     """Structured content (the answer) plus text for clients that show only text: a one-line summary, then the
     same answer as compact JSON (the MCP spec's advice for structured results)."""
     data = dict(answer)
-    body = pydantic_core.to_json(data, fallback=str).decode()
+    body = pydantic_core.to_json(data, fallback=_plain).decode()
     return CallToolResult(
         content=[TextContent(type="text", text=_summary(tool, data)), TextContent(type="text", text=body)],
         structured_content=data,
