@@ -206,21 +206,17 @@ class DirectoryView:
             user_names.append(display_name)
             if display_name and in_full_names(display_name, uid) is not uid:
                 _add(full_names, display_name, uid)
-            for token in {*display_tokens}:
+            tokens = {*display_tokens}
+            if alias is not None:
+                tokens.update(given_tokens, surname_tokens)
+                if alias != display_name:
+                    _add(full_names, alias, uid)
+            for token in tokens:
                 bucket = token_lists.get(token)
                 if bucket is None:
                     token_lists[token] = [pos]
                 else:
                     bucket.append(pos)
-            if alias is not None:
-                for token in {*given_tokens, *surname_tokens}.difference(display_tokens):
-                    bucket = token_lists.get(token)
-                    if bucket is None:
-                        token_lists[token] = [pos]
-                    else:
-                        bucket.append(pos)
-                if alias != display_name:
-                    _add(full_names, alias, uid)
 
         postings = {token: tuple(positions) for token, positions in token_lists.items()}
         del token_lists

@@ -180,39 +180,6 @@ def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
     return MirrorError(f"cannot write the mirror at {path}: {_why(path, exc)}. The last good state is kept.")
 
 
-def _share_into(out: dict[str, Any], bucket: dict[str, Any], pool: dict[Any, Any]) -> None:
-    """Add a loaded bucket of a collection that is not a Table (members, assignments, domains) to `out`, every
-    string (keys and values, 5 levels deep) made the pool's one object for its value.
-
-    A bucket's pickle shares equal strings only within itself: without the pool a member id would exist once per
-    group it is in (604,000 memberships on the large tenant) instead of being the user's id object that the tables
-    and the view's reverse memberships already hold. Dicts are rebuilt (not updated in place): an unpickled dict
-    keeps the spare room of its growth.
-    """
-    setdefault = pool.setdefault
-
-    def shared(value: Any, depth: int) -> Any:
-        if type(value) is dict:
-            new = {}
-            for k, v in value.items():
-                t = type(v)
-                if t is str:
-                    v = setdefault(v, v)
-                elif (t is dict or t is list) and depth < 4:
-                    v = shared(v, depth + 1)
-                new[setdefault(k, k) if type(k) is str else k] = v
-            return new
-        return [setdefault(v, v) if type(v) is str else shared(v, depth + 1) if type(v) in (dict, list) and depth < 4 else v
-                for v in value]
-
-    try:
-        for k, v in bucket.items():
-            t = type(v)
-            out[setdefault(k, k)] = shared(v, 0) if t is dict or t is list else setdefault(v, v) if t is str else v
-    finally:
-        del shared  # the recursive closure is a reference cycle holding the pool: break it, nothing waits for the GC
-
-
 class MirrorStore:
     """All tenants' mirrors under one cache_dir. Thread-safe; one instance per process is enough."""
 
@@ -297,8 +264,8 @@ class MirrorStore:
     def _read_coll(
         self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any]
     ) -> Any:
-        """One collection of the snapshot: a Table for TABLES, lists of records for GROUPED, else a dict with its
-        strings shared through `pool`."""
+        """One collection of the snapshot: a Table for TABLES, lists of records for GROUPED, member lists with their
+        ids shared through `pool`, else the plain dict (domains: a handful of objects)."""
         stored = []
         if spec:
             _n, revs = spec
@@ -321,7 +288,7 @@ class MirrorStore:
                     out[get(gid, gid)] = dict(zip(map(get, members, members), map(sys.intern, members.values())))
             return out
         for bucket in stored:
-            _share_into(out, bucket, pool)
+            out.update(bucket)
         return out
 
     def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None:
@@ -333,8 +300,8 @@ class MirrorStore:
                 return None
             cache = self._cache(tenant_name, create=False)
             assert cache is not None
-            # this load's ids and strings: the tables' ids come first, so member lists, managers and assignments
-            # reuse those objects (see _share_into)
+            # this load's ids: the tables are read first, so member lists, managers and assignments reuse the id
+            # objects the tables hold (a bucket's pickle shares equal strings only within itself)
             pool: dict[Any, Any] = {}
             try:
                 data: dict[str, Any] = {}

@@ -196,6 +196,15 @@ class ViewCache:
             log.warning("tenant %s: writing the view cache failed; the next start rebuilds the view", tenant)
 
 
+def _load_and_index(store: SnapshotSource, name: str, build: Callable[[DirectorySnapshot], Any]) -> tuple[DirectorySnapshot | None, Any]:
+    """(snapshot, view) of a tenant's mirror, loaded and indexed with the cyclic collector off; the view is None
+    when the tenant was never synced."""
+    with _no_cyclic_gc():
+        snapshot = store.load_snapshot(name)
+        view = build(snapshot) if snapshot is not None and snapshot.as_of is not None else None
+    return snapshot, view
+
+
 def prepare_views(cache_dir: str | os.PathLike[str], store: Any, names: Sequence[str]) -> None:
     """Build each named tenant's view now and keep it in the view cache, so that the next server start loads it
     instead of indexing the mirror (what `entra-mcp sync` does after it changed a mirror: agent runtimes launch a
@@ -205,11 +214,9 @@ def prepare_views(cache_dir: str | os.PathLike[str], store: Any, names: Sequence
     for name in names:
         started = time.perf_counter()
         try:
-            with _no_cyclic_gc():
-                snapshot = store.load_snapshot(name)
-                if snapshot is None or snapshot.as_of is None:
-                    continue
-                view = _default_build(snapshot)
+            snapshot, view = _load_and_index(store, name, _default_build)
+            if view is None:
+                continue
             cache._write(name, (cache.fingerprint(view_type), snapshot.version), view)
         except Exception as exc:  # noqa: BLE001 - the mirror is fine; only the head start is lost
             log.warning("tenant %s: could not prepare the server's index (%s); the next server start builds it",
@@ -327,8 +334,7 @@ class ViewProvider:
                 if cached is not None:
                     snapshot, view = cached.snapshot, cached
                 else:
-                    snapshot = self._store.load_snapshot(name)
-                    view = self._build(snapshot) if snapshot is not None and snapshot.as_of is not None else None
+                    snapshot, view = _load_and_index(self._store, name, self._build)
             if snapshot is not None:
                 version = max(version, snapshot.version)
             if cached is None and view is not None and self._cache is not None and isinstance(view, view_type):
