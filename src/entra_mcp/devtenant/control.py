@@ -10,6 +10,8 @@ Routes (JSON in and out):
   GET  /_emulator/faults, POST /_emulator/faults            FaultPlan fields and delta settings (see `set_faults`)
   POST /_emulator/clock                                     {"seconds": N}: advance emulator time (delta-token age)
   POST /_emulator/throttle/reset                            empty every resource-unit bucket
+  POST /_emulator/tenants/{tid}/signins                     {"events": [...]}: add sign-in events (graph_signins.py)
+  GET  /_emulator/signins/settings, POST (same path)        the sign-in stream's knobs (SignInSettings)
 A tenant is addressed by id or domain. The same operations are plain functions here (`apply_mutations`,
 `set_faults`, `tenants_document`) for in-process tests and the soak test.
 """
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from entra_mcp.devtenant.delta import expire_all
+from entra_mcp.devtenant.graph_signins import emulation
 from entra_mcp.devtenant.model import DEFAULT_ACCESS_ROLE, EXPIRY_RESPONSES, EmulatedTenant, EmulatorState, MutationError
 from entra_mcp.devtenant.runtime import EmulatorRuntime
 from entra_mcp.logs import get_logger
@@ -292,7 +295,27 @@ def build_control_app(runtime: EmulatorRuntime) -> Starlette:
         state.throttle.reset()
         return {"reset": True}
 
+    async def add_sign_ins(request: Request) -> Any:
+        t, body = tenant_or_404(request), await body_of(request)
+        events = body.get("events") if isinstance(body, dict) else body
+        try:
+            return {"added": emulation(runtime).log(t).add(list(events or []), state.clock.timestamp())}
+        except (ValueError, TypeError) as exc:
+            raise MutationError(str(exc)) from None
+
+    async def sign_in_settings(request: Request) -> Any:
+        em = emulation(runtime)
+        if request.method == "GET":
+            return dict(vars(em.settings))
+        body = await body_of(request)
+        try:
+            return em.set_settings(body if isinstance(body, dict) else {})
+        except ValueError as exc:
+            raise MutationError(str(exc)) from None
+
     return Starlette(routes=[
+        Route("/tenants/{tid}/signins", guarded(add_sign_ins), methods=["POST"]),
+        Route("/signins/settings", guarded(sign_in_settings), methods=["GET", "POST"]),
         Route("/tenants", guarded(tenants), methods=["GET"]),
         Route("/tenants/{tid}/snapshot", guarded(snapshot), methods=["GET"]),
         Route("/tenants/{tid}/mutations", guarded(mutations), methods=["POST"]),

@@ -21,6 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 import anyio
 
 from entra_mcp.devtenant.delta import DeltaEngine, expire_all
+from entra_mcp.devtenant.graph_signins import PERMISSION as SIGN_INS_READ
+from entra_mcp.devtenant.graph_signins import emulation
 from entra_mcp.devtenant.model import EmulatedTenant
 from entra_mcp.devtenant.odata import (
     APP_ROLE_ASSIGNMENT,
@@ -265,7 +267,10 @@ class GraphService:
             return _Route("domains", DOMAIN_READ, lambda c, o, h: self.domains(c, o))
         if head == "organization" and n == 1:
             return _Route("organization", ORG_READ, lambda c, o, h: self.organization(c, o))
-        raise self._no_segment(segs[0] if head not in ("domains", "organization") else segs[1])
+        if head == "auditlogs" and n == 2 and segs[1].lower() == "signins":  # devtenant/graph_signins.py
+            return _Route("auditLogs/signIns", SIGN_INS_READ, lambda c, o, h: Reply(*emulation(self.runtime).list(
+                c.tenant, c.app_id, o, token_key=self.runtime.state.token_key, base=self.base)))
+        raise self._no_segment(segs[0] if head not in ("domains", "organization", "auditlogs") or n == 1 else segs[1])
 
     @staticmethod
     def _no_segment(seg: str) -> GraphFailure:

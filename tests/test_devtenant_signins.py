@@ -1,0 +1,147 @@
+"""The emulated GET /auditLogs/signIns over HTTPS: Microsoft's documented paging, filters, order, ingestion delay,
+retention, licence and permission errors and the reporting throttle; events added through the control API."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+
+from entra_mcp.devtenant.graph_signins import SPRAY_IP, parse_filter
+from entra_mcp.devtenant.server import RunningEmulator
+
+# v1.0 signIn properties (api-reference/v1.0/resources/signin.md); the emulator sends nothing else
+SIGN_IN_PROPS = {
+    "id", "createdDateTime", "userDisplayName", "userPrincipalName", "userId", "appId", "appDisplayName", "ipAddress",
+    "clientAppUsed", "correlationId", "conditionalAccessStatus", "isInteractive", "riskDetail", "riskLevelAggregated",
+    "riskLevelDuringSignIn", "riskState", "riskEventTypes_v2", "resourceDisplayName", "resourceId", "status",
+    "deviceDetail", "location", "appliedConditionalAccessPolicies",
+}
+
+
+class Graph:
+    def __init__(self, emu: RunningEmulator, i: int = 0) -> None:
+        self.emu = emu
+        self.tenant = emu.tenant(i)
+        self.http = httpx.Client(verify=emu.ssl_context(), timeout=30)
+        app = emu.sync_app(i)
+        r = self.http.post(f"{emu.base_url}/{self.tenant.tenant_id}/oauth2/v2.0/token", data={
+            "client_id": app.client_id, "client_secret": app.secrets[0].value, "scope": f"{emu.base_url}/.default",
+            "grant_type": "client_credentials"})
+        self.headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def get(self, url: str, **params: str) -> httpx.Response:
+        return self.http.get(url if url.startswith("https") else f"{self.emu.base_url}/v1.0{url}", params=params or None,
+                             headers=self.headers)
+
+    def control(self, path: str, body: Any) -> Any:
+        r = self.http.post(f"{self.emu.base_url}/_emulator{path}", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def all(self, **params: str) -> tuple[list[dict[str, Any]], int]:
+        r = self.get("/auditLogs/signIns", **params)
+        pages, out = 1, []
+        while True:
+            assert r.status_code == 200, r.text
+            body = r.json()
+            out.extend(body["value"])
+            if "@odata.nextLink" not in body:
+                return out, pages
+            r = self.get(body["@odata.nextLink"])
+            pages += 1
+
+
+@pytest.fixture
+def graph(fresh_emulator: Any) -> Graph:
+    g = Graph(fresh_emulator())
+    g.control("/signins/settings", {"throttle_per_10s": 0})
+    return g
+
+
+def _ts(e: dict[str, Any]) -> str:
+    return str(e["createdDateTime"])
+
+
+def test_failures_newest_first_paged_with_documented_shape(graph: Graph) -> None:
+    events, pages = graph.all(**{"$filter": "status/errorCode ne 0", "$top": "100"})
+    assert pages > 1 and len(events) > 100
+    assert [_ts(e) for e in events] == sorted((_ts(e) for e in events), reverse=True), "newest first"
+    assert len({e["id"] for e in events}) == len(events), "no event twice across pages"
+    assert all(e["status"]["errorCode"] != 0 for e in events)
+    assert all(set(e) == SIGN_IN_PROPS for e in events)
+    codes = {e["status"]["errorCode"] for e in events}
+    assert {50126, 50053, 53003, 500121, 50105, 50057, 50034} <= codes, codes
+    legacy = [e for e in events if e["clientAppUsed"] in ("IMAP4", "Authenticated SMTP", "Exchange ActiveSync", "POP3")]
+    assert legacy and any(p["displayName"] == "Block legacy authentication" and p["result"] == "failure"
+                          for e in legacy for p in e["appliedConditionalAccessPolicies"])
+    spray = [e for e in events if e["ipAddress"] == SPRAY_IP]
+    assert len({e["userId"] for e in spray}) >= 10, "one IP against many accounts"
+
+
+def test_filters_by_time_user_and_app(graph: Graph) -> None:
+    now = datetime.now(timezone.utc)
+    since = (now - timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent, _ = graph.all(**{"$filter": f"createdDateTime ge {since}"})
+    assert recent and all(_ts(e) >= since for e in recent)
+    assert {e["status"]["errorCode"] for e in recent} >= {0}
+    uid = recent[0]["userId"]
+    mine, _ = graph.all(**{"$filter": f"userId eq '{uid}' and createdDateTime ge {since}"})
+    assert mine and all(e["userId"] == uid for e in mine)
+    app = recent[0]["appId"]
+    by_app, _ = graph.all(**{"$filter": f"appId eq '{app}' and createdDateTime ge {since}"})
+    assert by_app and all(e["appId"] == app for e in by_app)
+    r = graph.get("/auditLogs/signIns", **{"$filter": "startswith(displayName,'x')"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "Request_UnsupportedQuery"
+    assert graph.get("/auditLogs/signIns", **{"$top": "1001"}).status_code == 400
+
+
+def test_added_event_visible_after_its_ingestion_delay(graph: Graph) -> None:
+    upn = sorted(u["userPrincipalName"] for u in graph.tenant.users.values() if u["accountEnabled"])[0]
+    graph.control("/signins/settings", {"generated": False})
+    made = graph.control(f"/tenants/{graph.tenant.tenant_id}/signins", {"events": [
+        {"user": upn, "errorCode": 50053, "secondsAgo": 600, "delaySeconds": 2},
+        {"user": upn, "errorCode": 0, "secondsAgo": 5}]})["added"]
+    first, _ = graph.all()
+    assert [e["id"] for e in first] == [made[1]["id"]], "the late one is not ingested yet"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listed, _ = graph.all()
+        if len(listed) == 2:
+            break
+        time.sleep(0.2)
+    assert [e["id"] for e in listed] == [made[1]["id"], made[0]["id"]], "newest first, the late one below"
+    assert listed[1]["status"]["failureReason"].startswith("Account is locked")
+
+
+def test_retention_licence_permission_and_throttle(fresh_emulator: Any) -> None:
+    emu = fresh_emulator(tenants=2)
+    g = Graph(emu)
+    g.control("/signins/settings", {"throttle_per_10s": 0})
+    old = (datetime.now(timezone.utc) - timedelta(days=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    g.control("/signins/settings", {"generated": False})
+    g.control(f"/tenants/{g.tenant.tenant_id}/signins", {"events": [{"createdDateTime": old, "errorCode": 50126,
+                                                                       "userPrincipalName": "x@contoso.example"}]})
+    assert g.all()[0] == [], "older than the 30-day retention: gone"
+    fab = Graph(emu, 1)  # fabrikam is not premium
+    r = fab.get("/auditLogs/signIns")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "Authentication_RequestFromNonPremiumTenantOrB2CTenant"
+    g.control(f"/tenants/{g.tenant.tenant_id}/registrations/{emu.sync_app(0).client_id}/roles", {"revoke": ["AuditLog.Read.All"]})
+    g2 = Graph(emu)
+    r = g2.get("/auditLogs/signIns")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "Authorization_RequestDenied"
+    g.control(f"/tenants/{g.tenant.tenant_id}/registrations/{emu.sync_app(0).client_id}/roles", {"grant": ["AuditLog.Read.All"]})
+    g3 = Graph(emu)
+    g3.control("/signins/settings", {"throttle_per_10s": 5})
+    statuses = [g3.get("/auditLogs/signIns", **{"$top": "1"}) for _ in range(6)]
+    assert [r.status_code for r in statuses[:5]] == [200] * 5
+    assert statuses[5].status_code == 429 and float(statuses[5].headers["Retry-After"]) >= 1
+
+
+def test_filter_parser_rejects_what_it_does_not_know() -> None:
+    q = parse_filter("createdDateTime ge 2026-12-01T00:00:00Z and status/errorCode ne 0 and userId eq 'AbC'")
+    assert q.lower is not None and q.code_ne == 0 and q.eq == {"userId": "abc"} and q.kinds() == (True, False)
+    assert parse_filter("status/errorCode eq 0").kinds() == (False, True)
