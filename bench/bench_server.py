@@ -41,7 +41,7 @@ from entra_mcp.devtenant.server import run_emulator
 from entra_mcp.graph.credentials import TokenProvider
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
-from entra_mcp.server.views import ViewProvider
+from entra_mcp.views import ViewProvider
 from entra_mcp.sync.engine import sync_tenant
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,7 @@ def _reload_child(config: Path) -> None:
     """In this process: load the view, rebuild it while the old one is held, drop the old one; print the figures."""
     from entra_mcp.config import parse_settings
     from entra_mcp.mirror.store import MirrorStore
-    from entra_mcp.server.views import ViewProvider
+    from entra_mcp.views import ViewProvider
 
     settings = parse_settings(tomllib.loads(config.read_text()))
     store = MirrorStore(settings.server.cache_dir)
@@ -97,7 +97,7 @@ def _reload_child(config: Path) -> None:
     reload_s = time.perf_counter() - t0
     after = me.memory_info().rss / 2**20
     stop.set()
-    from entra_mcp.server.views import prepare_views
+    from entra_mcp.views import prepare_views
 
     t0 = time.perf_counter()
     prepare_views(settings.server.cache_dir, store, [name])

@@ -80,7 +80,7 @@ async def get_ticket_identity_context(requester: str, ticket_text: str) -> CallT
 if __name__ == "__main__":
     import logging
 
-    from entra_mcp.server.command import _run_stdio, _StdoutWire
+    from entra_mcp.server.stdio import StdoutWire, run_stdio
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    _run_stdio(server, _StdoutWire())  # the stdio transport of `entra-mcp serve`: like for like
+    run_stdio(server, StdoutWire())  # the stdio transport of `entra-mcp serve`: like for like

@@ -125,7 +125,7 @@ def serve_http(env: ServerEnv, **server: Any) -> Iterator[str]:
     from entra_mcp.server.app import create_server
     from entra_mcp.server.auth import build_hooks
     from entra_mcp.server.http import create_http_app
-    from entra_mcp.server.views import ViewProvider
+    from entra_mcp.views import ViewProvider
 
     data = env.settings.model_dump(mode="python")
     data["server"].update({"port": free_port(), **server})

@@ -40,7 +40,7 @@ def collector_restored() -> Iterator[None]:
 def test_a_view_reload_leaves_pending_garbage_collectable(tmp_path: Path, collector_restored: None) -> None:
     from entra_mcp.devtenant.generate import generate_state
     from entra_mcp.mirror.store import MirrorStore
-    from entra_mcp.server.views import TenantInfo, ViewProvider
+    from entra_mcp.views import TenantInfo, ViewProvider
 
     tenant = next(iter(generate_state("small", 3, 1).tenants.values()))
     store = MirrorStore(tmp_path / "cache")

@@ -116,7 +116,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     from entra_mcp.oidc.sessions import SessionService
     from entra_mcp.oidc.validate import Identity
     from entra_mcp.server.app import create_server
-    from entra_mcp.server.views import ViewProvider
+    from entra_mcp.views import ViewProvider
     from entra_mcp.sync.engine import sync_tenant
 
     root = tmp_path_factory.mktemp("hostile")

@@ -21,7 +21,7 @@ from entra_mcp.config import parse_settings
 from entra_mcp.devtenant.generate import examples
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
-from entra_mcp.server.views import ViewProvider
+from entra_mcp.views import ViewProvider
 
 
 @pytest.fixture
@@ -268,7 +268,7 @@ def test_view_cache_skips_the_rebuild_on_restart_and_ignores_bad_files(server_en
     import time
 
     from entra_mcp.identity.view import DirectoryView
-    from entra_mcp.server.views import ViewCache
+    from entra_mcp.views import ViewCache
 
     builds: list[int] = []
 

@@ -17,7 +17,7 @@ from mcp.client.stdio import StdioServerParameters
 from entra_mcp.devtenant.generate import examples
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
-from entra_mcp.server.views import ViewProvider
+from entra_mcp.views import ViewProvider
 
 pytestmark = pytest.mark.anyio
 

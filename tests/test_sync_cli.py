@@ -216,7 +216,7 @@ def test_sync_prepares_the_servers_index(emulator: Any, tmp_path: Path, monkeypa
     """`entra-mcp sync` leaves the server's index of the mirror it committed in the view cache: the next server start
     loads it instead of indexing the mirror."""
     from entra_mcp.identity.view import DirectoryView
-    from entra_mcp.server.views import ViewCache, ViewProvider
+    from entra_mcp.views import ViewCache, ViewProvider
 
     path, settings = write_config(emulator, tmp_path, monkeypatch)
     assert main(["--config", str(path), "sync"]) == 0

@@ -1,4 +1,5 @@
-"""The `entra-mcp` command line. Each command's work lives in its own module; this file only parses and dispatches.
+"""The `entra-mcp` command line. Each command's work lives in its module under entra_mcp.commands; this file only
+parses and dispatches.
 
 Exit codes: 0 done, 1 failed, 2 bad configuration or bad usage, 130 interrupted.
 """
@@ -6,25 +7,19 @@ Exit codes: 0 done, 1 failed, 2 bad configuration or bad usage, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import Callable, Sequence
+from types import ModuleType
+from typing import Sequence
 
 from entra_mcp import __version__
+from entra_mcp.commands import demo, devtenant, doctor, serve, status, sync
 from entra_mcp.errors import ConfigError, EntraMcpError
 from entra_mcp.logs import get_logger, setup_logging
 
 log = get_logger("cli")
 
-# command -> "module:function"; each function takes the parsed args and returns an exit code
-_COMMANDS = {
-    "serve": "entra_mcp.server.command:run_serve",
-    "sync": "entra_mcp.sync.command:run_sync",
-    "status": "entra_mcp.sync.command:run_status",
-    "doctor": "entra_mcp.sync.command:run_doctor",
-    "devtenant": "entra_mcp.devtenant.command:run",
-    "demo": "entra_mcp.server.command:run_demo",
-}
+# in the order `entra-mcp --help` lists them; each has NAME, HELP, add_arguments(parser) and run(args) -> exit code
+COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, devtenant, demo)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,37 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file (as before the command)")
     common.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    p = sub.add_parser("serve", parents=[common], help="run the MCP server (syncs in the background unless --no-sync)")
-    p.add_argument("--transport", choices=["stdio", "http"])
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--no-sync", action="store_true", help="serve the mirror as it is; do not sync in the background")
-
-    p = sub.add_parser("sync", parents=[common], help="one sync run of every enabled area")
-    p.add_argument("--tenant", help="only this tenant (its name in the config)")
-    p.add_argument("--full", action="store_true", help="ignore delta links and pull everything")
-
-    p = sub.add_parser("status", parents=[common], help="per tenant and area: enabled, last success, last error, counts, age")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    sub.add_parser("doctor", parents=[common], help="check config, credentials and each area's Graph permission")
-
-    p = sub.add_parser("devtenant", parents=[common], help="run the local emulator of Entra ID and Microsoft Graph")
-    from entra_mcp.devtenant.command import add_arguments
-
-    add_arguments(p)
-
-    p = sub.add_parser("demo", parents=[common], help="emulator + sync + serve in one command; needs no config and no network")
-    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    p.add_argument("--port", type=int, help="HTTP port (http transport)")
-    p.add_argument("--size", choices=["small", "medium", "large"], default="small", help="size of the demo tenant")
+    for command in COMMANDS:
+        p = sub.add_parser(command.NAME, parents=[common], help=command.HELP)
+        command.add_arguments(p)
+        p.set_defaults(run=command.run)
     return parser
-
-
-def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(args.log_level)
     try:
-        return _resolve(_COMMANDS[args.command])(args)
+        code: int = args.run(args)
+        return code
     except ConfigError as exc:
         sys.stderr.write(f"entra-mcp: configuration problem: {exc}\n")
         return 2

@@ -28,7 +28,7 @@ from entra_mcp.errors import EntraMcpError, InvalidArgument, MirrorError, NotFou
 from entra_mcp.identity.findings import clean, quote
 from entra_mcp.logs import get_logger
 from entra_mcp.server.prompts import load_prompts
-from entra_mcp.server.views import TenantView, ViewProvider
+from entra_mcp.views import TenantView, ViewProvider
 
 log = get_logger("server.app")
 

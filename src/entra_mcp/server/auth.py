@@ -263,7 +263,7 @@ class _Protected:
 
 @dataclass
 class AuthHooks:
-    """What the HTTP server needs from the sign-in part (see server/command.py `_sign_in_hooks`)."""
+    """What the HTTP server needs from the sign-in part (see commands/serve.py `_sign_in_hooks`)."""
 
     protect: Callable[[ASGIApp], ASGIApp] | None  # wraps /mcp; None in mode "none"
     routes: tuple[BaseRoute, ...]  # /auth/* (when [oidc] is on) and the protected-resource metadata (entra mode)

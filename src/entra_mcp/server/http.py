@@ -4,11 +4,13 @@ part adds (`/auth/*`, the protected-resource metadata).
 Checks on every request, before any route: the Host header must name this server (else 421), a browser Origin must
 be one of ours (a missing Origin is fine, `null` is not: 403), and bodies over server.max_body_bytes get 413. The
 sign-in part protects `/mcp` through `protect`, a function that wraps the MCP ASGI app (it answers 401/403 itself).
+`run_http` serves it with uvicorn, with a deadline for each request's headers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
@@ -26,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from entra_mcp import __version__
 from entra_mcp.logs import get_logger
-from entra_mcp.server.views import ViewProvider
+from entra_mcp.views import ViewProvider
 
 log = get_logger("server.http")
 
@@ -221,4 +223,94 @@ def create_http_app(
     return app
 
 
-__all__ = ["Protect", "allowed_hosts_and_origins", "create_http_app", "health"]
+
+
+def run_http(
+    settings: Any,
+    server: Any,
+    views: Any,
+    *,
+    protect: Any,
+    routes: Sequence[Any],
+    started: float,
+    on_ready: Callable[[str], None] | None,
+) -> None:
+    import uvicorn
+
+    app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        http=_header_deadline_protocol(),
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+        log_config=None,
+    )
+    http_server = uvicorn.Server(config)
+    url = f"{settings.server.resolved_public_url}/mcp"
+
+    def announce() -> None:
+        deadline = time.monotonic() + 30
+        while not http_server.started and time.monotonic() < deadline and not http_server.should_exit:
+            time.sleep(0.01)
+        if http_server.started:
+            log.info("serving MCP at %s (ready in %.2f s)", url, time.perf_counter() - started)
+            if on_ready:
+                on_ready(url)
+
+    threading.Thread(target=announce, name="entra-mcp-ready", daemon=True).start()
+    http_server.run()
+
+
+HEADER_TIMEOUT_S = 15.0
+
+
+def _header_deadline_protocol() -> type:
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn times out idle keep-alive connections but not a request whose headers never finish (slowloris): each
+    such connection would hold a socket for as long as the client likes. Here a connection waiting for headers
+    (new, or between two requests) is closed when they are not complete within HEADER_TIMEOUT_S.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineH11(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def _arm_header_deadline(self) -> None:
+            self._waiting_cycle = self.cycle
+            self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+
+        def _headers_too_slow(self) -> None:
+            if self.cycle is self._waiting_cycle and not self.transport.is_closing():
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not self._waiting_cycle and self._header_deadline is not None:
+                self._header_deadline.cancel()  # a request's headers arrived
+                self._header_deadline = None
+
+        def on_response_complete(self) -> None:
+            # Armed before uvicorn moves on: a pipelined request it starts right away cancels it in handle_events.
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+            self._arm_header_deadline()
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+            super().connection_lost(exc)
+
+    return HeaderDeadlineH11
+
+
+__all__ = ["HEADER_TIMEOUT_S", "Protect", "allowed_hosts_and_origins", "create_http_app", "health", "run_http"]

@@ -25,7 +25,7 @@ from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.snapshot import DirectorySnapshot
 
-log = get_logger("server.views")
+log = get_logger("views")
 
 
 class SnapshotSource(Protocol):

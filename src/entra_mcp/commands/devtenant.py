@@ -1,4 +1,5 @@
-"""`entra-mcp devtenant`: run the local emulator of Entra ID and Microsoft Graph.
+"""`entra-mcp devtenant`: run the local emulator of Entra ID and Microsoft Graph (the one place besides `entra-mcp demo`
+where the product imports the emulator).
 
 stdout gets the config block that points the product at the emulator and the `export` line of the generated client
 secret (this is a local test bed: printing its own throw-away secret is the point). stderr gets progress, then a line
@@ -16,11 +17,12 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from entra_mcp.devtenant.faults import FaultPlan
-from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
 from entra_mcp.logs import get_logger
 
-log = get_logger("devtenant")
+log = get_logger("commands.devtenant")
+
+NAME = "devtenant"
+HELP = "run the local emulator of Entra ID and Microsoft Graph"
 
 
 def _ranged(kind: Callable[[str], Any], lo: float, hi: float | None, what: str) -> Callable[[str], Any]:
@@ -69,7 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add a redirect URI to the portal app (repeatable)")
 
 
-def faults_from(args: argparse.Namespace) -> FaultPlan:
+def faults_from(args: argparse.Namespace) -> Any:
+    from entra_mcp.devtenant.faults import FaultPlan
+
     return FaultPlan(
         latency_ms=args.latency_ms, throttle_next=args.throttle_next, error_next=args.error_next,
         drop_next=args.drop_next, token_lifetime_s=args.token_lifetime, throttling_enabled=not args.no_throttling,
@@ -77,6 +81,7 @@ def faults_from(args: argparse.Namespace) -> FaultPlan:
 
 
 def run(args: argparse.Namespace) -> int:
+    from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
     from entra_mcp.devtenant.server import run_emulator
 
     def progress(message: str) -> None:
@@ -111,3 +116,6 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
         progress("stopping")
     return 0
+
+
+__all__ = ["HELP", "NAME", "add_arguments", "faults_from", "run"]

@@ -1,0 +1,161 @@
+"""`entra-mcp serve`: load the config, open the mirror, start the background sync (unless --no-sync), serve MCP over
+stdio or streamable HTTP until stopped.
+
+In stdio mode the real stdout is claimed first thing (server/stdio.py), before config loading or any import could
+write to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any, Callable
+
+from entra_mcp.config import Settings, load_settings, parse_settings
+from entra_mcp.errors import ConfigError
+from entra_mcp.logs import get_logger
+from entra_mcp.server.stdio import StdoutWire, run_stdio
+
+log = get_logger("commands.serve")
+
+NAME = "serve"
+HELP = "run the MCP server (syncs in the background unless --no-sync)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--transport", choices=["stdio", "http"])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--no-sync", action="store_true", help="serve the mirror as it is; do not sync in the background")
+
+
+# ------------------------------------------------------------------ sign-in hooks
+
+
+def _sign_in_hooks(settings: Settings, store: Any) -> Any:
+    """The sign-in part's hooks: `entra_mcp.server.auth.build_hooks(settings, store)` gives `protect` (wraps the
+    /mcp ASGI app; None for mode "none"), `routes` (/auth/*, /.well-known/oauth-protected-resource...) and
+    `sessions` (the chat-session validator; None when [oidc] is off)."""
+    from entra_mcp.server.auth import build_hooks
+
+    return build_hooks(settings, store)
+
+
+def _close_hooks(hooks: Any) -> None:
+    aclose = getattr(hooks, "aclose", None)
+    if aclose is None:
+        return
+    import anyio
+
+    try:
+        anyio.run(aclose)
+    except Exception:  # closing HTTP clients at exit must not turn a clean stop into an error
+        log.debug("closing the sign-in hooks failed", exc_info=True)
+
+
+# ------------------------------------------------------------------ background sync
+
+
+def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, initial_delay: float = 0.0) -> threading.Thread:
+    """Run the sync scheduler on its own thread and event loop until `stop` is set."""
+    import anyio
+
+    from entra_mcp.sync.scheduler import run_scheduler
+
+    async def main() -> None:
+        stop_event = anyio.Event()
+
+        async def relay() -> None:
+            await anyio.to_thread.run_sync(stop.wait, abandon_on_cancel=True)
+            stop_event.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay)
+            await run_scheduler(settings, store, stop_event=stop_event, initial_delay=initial_delay)
+            tg.cancel_scope.cancel()
+
+    def work() -> None:
+        try:
+            anyio.run(main)
+        except Exception:  # the server goes on answering from the mirror it has
+            log.exception("background sync stopped")
+
+    t = threading.Thread(target=work, name="entra-mcp-sync", daemon=True)
+    t.start()
+    return t
+
+
+# ------------------------------------------------------------------ serving
+
+
+def _apply_overrides(settings: Settings, **overrides: Any) -> Settings:
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return settings
+    data = settings.model_dump(mode="python")
+    data["server"].update(changes)
+    return parse_settings(data, source=settings.source)
+
+
+def serve(
+    settings: Settings,
+    *,
+    background_sync: bool,
+    wire: StdoutWire | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    sync_delay: float = 0.0,
+    view_cache: bool = True,
+) -> int:
+    """Serve until stopped. `on_ready(where)` is called once the server accepts connections (or reads stdin);
+    the background sync (when on) first runs `sync_delay` seconds after the start; `view_cache` keeps built views
+    on disk for the next start."""
+    from entra_mcp.mirror.store import MirrorStore
+    from entra_mcp.server.app import create_server
+    from entra_mcp.server.http import run_http
+    from entra_mcp.views import ViewProvider
+
+    if not settings.tenants:
+        raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
+    started = time.perf_counter()
+    store = MirrorStore(settings.server.cache_dir)
+    views = ViewProvider.from_settings(settings, store, cache=view_cache)
+    views.warm()
+    for tv in views.all():
+        if not tv.synced:
+            log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
+    hooks = _sign_in_hooks(settings, store)
+    server = create_server(settings, views=views, sessions=hooks.sessions)
+    stop = threading.Event()
+    scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
+    try:
+        if settings.server.transport == "stdio":
+            log.info("serving MCP over stdio (ready in %.2f s)", time.perf_counter() - started)
+            if on_ready:
+                on_ready("stdio")
+            run_stdio(server, wire or StdoutWire())
+        else:
+            run_http(settings, server, views, protect=hooks.protect, routes=hooks.routes, started=started, on_ready=on_ready)
+    finally:
+        stop.set()
+        if scheduler is not None:
+            scheduler.join(timeout=5)
+        _close_hooks(hooks)
+        store.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    # Claim stdout before anything (config loading, imports, the sync) could write to it, unless HTTP is asked for
+    # on the command line; with transport = "http" from the config it is claimed and unused, which is harmless.
+    wire = StdoutWire() if getattr(args, "transport", None) != "http" else None
+    try:
+        settings = load_settings(getattr(args, "config", None))
+        settings = _apply_overrides(settings, transport=args.transport, host=args.host, port=args.port)
+        return serve(settings, background_sync=not args.no_sync, wire=wire)
+    finally:
+        if wire is not None:
+            wire.release()
+
+
+__all__ = ["HELP", "NAME", "add_arguments", "run", "serve"]

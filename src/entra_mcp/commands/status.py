@@ -1,0 +1,140 @@
+"""`entra-mcp status`: per tenant and area, enabled or disabled with the reason, last success, last error, object
+counts and age, from the mirror alone (no network). Prints on stdout; exit 0 even when a mirror cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from entra_mcp.config import Settings, load_settings
+from entra_mcp.errors import MirrorError
+
+if TYPE_CHECKING:
+    from entra_mcp.mirror.store import MirrorStore
+
+NAME = "status"
+HELP = "per tenant and area: enabled, last success, last error, counts, age"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _iso(dt: Any) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if isinstance(dt, datetime) else None
+
+
+def _age(dt: Any, now: datetime) -> float | None:
+    return round((now - dt).total_seconds(), 1) if isinstance(dt, datetime) else None
+
+
+def status_report(settings: Settings, store: MirrorStore, *, now: datetime | None = None) -> dict[str, Any]:
+    """What `status --json` prints: per tenant and area, no secrets."""
+    from entra_mcp.mirror.snapshot import AREAS
+    from entra_mcp.sync import areas as A
+
+    now = now or datetime.now(timezone.utc)
+    tenants = []
+    for t in settings.tenants:
+        try:
+            info, mirror_error = store.info(t.name), None
+        except MirrorError as exc:  # a full or read-only disk: report it per tenant, status itself still answers
+            info, mirror_error = None, str(exc)
+        areas = {}
+        for area in AREAS:
+            st = info["areas"][area]["status"] if info else None
+            in_config = bool(getattr(t.sync, A.AREA_SWITCH[area]))
+            meta = info["areas"][area]["meta"] if info else {}
+            areas[area] = {
+                "enabled": (st.enabled if st else True) and in_config,
+                "disabledReason": (st.disabled_reason if st else None) if in_config else "turned off in config",
+                "lastSuccess": _iso(st.last_success) if st else None,
+                "lastError": st.last_error if st else None,
+                "lastErrorAt": _iso(st.last_error_at) if st else None,
+                "objectCount": st.object_count if st else None,
+                "mode": st.mode if st else None,
+                "ageSeconds": _age(st.last_success, now) if st else None,
+                "hasDeltaLink": info["areas"][area]["has_delta_link"] if info else False,
+                **({"memberships": meta["memberships"]} if "memberships" in meta else {}),
+            }
+        tenants.append({
+            "name": t.name,
+            "tenantId": t.tenant_id,
+            "cloud": t.cloud,
+            "graphUrl": t.graph_host,
+            "mirror": str(store.tenant_dir(t.name)),
+            "mirrorError": mirror_error,
+            "synced": info is not None and info["as_of"] is not None,
+            "asOf": _iso(info["as_of"]) if info else None,
+            "ageSeconds": _age(info["as_of"], now) if info else None,
+            "version": info["version"] if info else 0,
+            "lastRun": _last_run(info.get("last_run") if info else None),
+            "intervalMinutes": t.sync.interval_minutes,
+            "areas": areas,
+        })
+    return {"generatedAt": _iso(now), "tenants": tenants}
+
+
+def _last_run(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not run:
+        return None
+    keys = ("seconds", "full", "ok", "requests", "retries", "throttled", "tokenRefreshes", "secondsWaiting", "byArea")
+    return {"at": _iso(run.get("at")), **{k: run.get(k) for k in keys}}
+
+
+def _fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.1f}d ago"
+
+
+def run(args: argparse.Namespace) -> int:
+    from entra_mcp.mirror.store import MirrorStore
+
+    settings = load_settings(getattr(args, "config", None))
+    store = MirrorStore(settings.server.cache_dir)
+    try:
+        report = status_report(settings, store)
+    finally:
+        store.close()
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    out = sys.stdout
+    if not report["tenants"]:
+        out.write("no tenants configured\n")
+    for t in report["tenants"]:
+        state = f"synced {_fmt_age(t['ageSeconds'])} (version {t['version']})" if t["synced"] else "never synced"
+        out.write(f"tenant {t['name']} ({t['tenantId']}, cloud {t['cloud']}): {state}; mirror {t['mirror']}\n")
+        if t["mirrorError"]:
+            out.write(f"  mirror unreadable: {t['mirrorError']}\n")
+        run = t["lastRun"]
+        if run:
+            out.write(f"  last run {run['at']}: {'full' if run['full'] else 'delta'}, {'ok' if run['ok'] else 'with failures'},"
+                      f" {run['seconds']:.1f}s, {run['requests']} requests, {run['retries']} retries, {run['throttled']} throttled\n")
+        for area, a in t["areas"].items():
+            if not a["enabled"]:
+                line = f"disabled: {a['disabledReason']}"
+            elif a["lastSuccess"] is None:
+                line = "enabled, not synced yet"
+            else:
+                extra = f", {a['memberships']:,} memberships" if "memberships" in a else ""
+                count = f"{a['objectCount']:,}" if a["objectCount"] is not None else "?"
+                line = f"ok, {count} objects{extra}, last success {_fmt_age(a['ageSeconds'])} ({a['mode']})"
+            if a["lastError"] and a["enabled"]:
+                line += f"; last error {a['lastErrorAt']}: {a['lastError']}"
+            out.write(f"  {area:<22} {line}\n")
+    return 0
+
+
+__all__ = ["HELP", "NAME", "add_arguments", "run", "status_report"]
