@@ -18,6 +18,7 @@ from entra_mcp.devtenant.generate import (
     INJECTION_TEXTS,
     MICROSOFT_TENANT_ID,
     NEVER,
+    SYNC_APP_ROLES,
     cycle_groups,
     examples,
     generate_state,
@@ -446,7 +447,7 @@ def test_registrations(small: EmulatedTenant) -> None:
     portal = registration_by_name(small, "entra-mcp portal")
     api = registration_by_name(small, "entra-mcp api")
     assert sync.granted_roles == ["User.Read.All", "GroupMember.Read.All", "Application.Read.All",
-                                  "AuditLog.Read.All", "Domain.Read.All"]
+                                  "AuditLog.Read.All", "Domain.Read.All", "Device.Read.All", "Policy.Read.All"]
     assert len(sync.secrets) == 1 and len(sync.secrets[0].value) == 40
     assert portal.redirect_uris == ["http://127.0.0.1:8765/auth/callback"]
     assert portal.sign_in_audience == "AzureADMyOrg" and len(portal.secrets) == 1
@@ -546,7 +547,7 @@ def test_registration_applications_carry_their_api_and_permissions(small: Emulat
     sync = by_app_id[registration_by_name(small, "entra-mcp sync").client_id]
     (graph,) = sync["requiredResourceAccess"]
     assert graph["resourceAppId"] == "00000003-0000-0000-c000-000000000000"
-    assert len(graph["resourceAccess"]) == 5
+    assert len(graph["resourceAccess"]) == len(SYNC_APP_ROLES)
     sync_sp = next(s for s in small.service_principals.values() if s["appId"] == sync["appId"])
     granted = {a["appRoleId"] for a in small.app_role_assignments.values() if a["principalId"] == sync_sp["id"]}
     assert granted == {ra["id"] for ra in graph["resourceAccess"]}

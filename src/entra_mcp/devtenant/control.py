@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from entra_mcp.devtenant import graph_access
 from entra_mcp.devtenant.delta import expire_all
 from entra_mcp.devtenant.graph_signins import emulation
 from entra_mcp.devtenant.model import DEFAULT_ACCESS_ROLE, EXPIRY_RESPONSES, EmulatedTenant, EmulatorState, MutationError
@@ -79,6 +80,7 @@ _OPS: dict[str, Callable[[EmulatedTenant, dict[str, Any]], Any]] = {
     "remove_key_credential": lambda t, op: t.remove_key_credential(_arg(op, "id"), _arg(op, "keyId")),
     "set_premium": lambda t, op: setattr(t, "premium", bool(_arg(op, "premium"))),
 }
+_OPS.update(graph_access.MUTATIONS)  # devices, owners, Conditional Access policies
 MUTATION_OPS = tuple(sorted(_OPS))
 
 

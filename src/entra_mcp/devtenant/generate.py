@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Callable
 
+from entra_mcp.devtenant.graph_access import generate_access
 from entra_mcp.devtenant.model import (
     DEFAULT_ACCESS_ROLE,
     AppRegistration,
@@ -76,7 +77,8 @@ NEVER = "0001-01-01T00:00:00Z"  # Graph's placeholder in signInActivity for "nev
 PASSWORD_VALIDITY_DAYS = 90
 PASSWORD_NOTIFICATION_DAYS = 14
 # Domain.Read.All lets the sync read each domain's password validity period (password-expiry findings)
-SYNC_APP_ROLES = ["User.Read.All", "GroupMember.Read.All", "Application.Read.All", "AuditLog.Read.All", "Domain.Read.All"]
+SYNC_APP_ROLES = ["User.Read.All", "GroupMember.Read.All", "Application.Read.All", "AuditLog.Read.All", "Domain.Read.All",
+                  "Device.Read.All", "Policy.Read.All"]
 SYNC_APP, PORTAL_APP, API_APP = "entra-mcp sync", "entra-mcp portal", "entra-mcp api"
 PORTAL_REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
 
@@ -203,6 +205,8 @@ _GRAPH_ROLES = {
     "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
     "Domain.Read.All": "dbb9058a-0e50-45d7-ae91-66909b5d4664",
     "IdentityRiskyUser.Read.All": "dc5007c0-2d7d-4c42-879c-2dab87571379",
+    "Device.Read.All": "7438b122-aefc-4978-80ed-43db9fcc7715",
+    "Policy.Read.All": "246dd0d5-5bd0-4def-940b-0421030a5b68",
     "Mail.Send": "b633e1c5-b582-4048-a93e-9f11b44c7e96",
 }
 _FIRST_PARTY = [
@@ -1079,6 +1083,7 @@ def generate_tenant(size: str, seed: int, index: int = 0, *, now: datetime | Non
     facts = _gen_users(g, t, spec, f"corp.{domain}")
     named = _gen_groups(g, t, spec, facts)
     _gen_apps(g, t, spec, facts, named)
+    generate_access(t, g.now_dt)  # devices, owners, Conditional Access (devtenant/graph_access.py)
     return t
 
 

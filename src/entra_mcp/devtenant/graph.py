@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 
+from entra_mcp.devtenant import graph_access
 from entra_mcp.devtenant.delta import DeltaEngine, expire_all
 from entra_mcp.devtenant.graph_signins import PERMISSION as SIGN_INS_READ
 from entra_mcp.devtenant.graph_signins import emulation
@@ -197,6 +198,9 @@ class GraphService:
             if method != "POST":
                 return self.error(405, "Request_BadRequest", "The $batch endpoint only accepts POST.")
             return await self.batch(caller, body, headers)
+        access_reply = graph_access.handle(self, caller, method, segs, query, headers, body)  # devices, CA, owners
+        if access_reply is not None:
+            return access_reply
         if method != "GET":
             return self.error(405, "Request_BadRequest", f"The emulated Graph is read-only: {method} is not supported.")
         route = self.route(segs)
