@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
+from anyascii import anyascii
+
 from ..errors import InvalidArgument
 
 # ---------------------------------------------------------------- names
@@ -44,6 +46,57 @@ def name_tokens(text: str | None) -> list[str]:
 def folded_name(text: str | None) -> str:
     """A name as one folded string of its tokens: the key of exact name indexes."""
     return " ".join(name_tokens(text))
+
+
+# Scripts whose words anyascii spells as one run of capitalised syllables ("王伟" -> "WangWei"): Han ideographs and
+# Hangul syllables are one syllable each, so each becomes its own token as well ("wang", "wei").
+_SYLLABIC = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+# Abjads (Arabic, Hebrew, Syriac, Thaana) write no short vowels: "محمد" is "mhmd", which no typo search links to
+# "Mohammed". Their names are matched on consonant skeletons (see `skeleton`).
+_ABJAD = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
+_NOT_SKELETON = re.compile("[aeiouyw\\W_]+")
+_DOUBLED = re.compile(r"(.)\1+")
+
+
+@lru_cache(maxsize=65536)
+def latin_tokens(token: str) -> tuple[str, ...]:
+    """The Latin spellings of one folded name token written in another script, as the desk types them:
+    "иван" -> ("ivan",), "王伟" -> ("wangwei", "wang", "wei"); () for a token already in Latin letters."""
+    if token.isascii():
+        return ()
+    spelled = name_tokens(anyascii(token))
+    if _SYLLABIC.search(token):
+        syllables = [t for ch in token for t in name_tokens(anyascii(ch))]
+        spelled = list(dict.fromkeys(("".join(spelled), *syllables))) if len(syllables) > 1 else spelled
+    return tuple(t for t in spelled if t and t != token)
+
+
+def latin_name(text: str | None) -> str:
+    """A whole name spelled in Latin letters and folded ("Иван Петров" -> "ivan petrov", "王伟" -> "wang wei"); ""
+    when it is already Latin."""
+    tokens = name_tokens(text)
+    if all(t.isascii() for t in tokens):
+        return ""
+    out: list[str] = []
+    for token in tokens:
+        if token.isascii():
+            out.append(token)
+        elif _SYLLABIC.search(token):
+            out.extend(t for ch in token for t in name_tokens(anyascii(ch)))
+        else:
+            out.extend(name_tokens(anyascii(token)))
+    return " ".join(out)
+
+
+def is_abjad(token: str) -> bool:
+    return bool(_ABJAD.search(token))
+
+
+def skeleton(latin: str) -> str:
+    """Consonant skeleton of a Latin spelling, the same for "mhmd" (محمد) and "Mohammed": vowels and the
+    semi-vowels w and y dropped, doubled letters single, a final h (ta marbuta) dropped."""
+    bare = _DOUBLED.sub(r"\1", _NOT_SKELETON.sub("", latin.casefold()))
+    return bare[:-1] if len(bare) > 1 and bare.endswith("h") else bare
 
 
 # ---------------------------------------------------------------- time

@@ -18,7 +18,7 @@ from .common import as_of, freshness_findings, name_of, user_card, user_ref
 from .findings import finding, looks_like_instruction, quote, sort_findings, suspicious_findings
 from .groups import group_card
 from .text import USER_EXPECTED, clean_identifier, name_tokens
-from .users import is_identifier, match_user
+from .users import MATCH_TYPES, is_identifier, match_user
 from .view import DirectoryView
 
 MAX_TICKET_SCAN = 20_000
@@ -53,24 +53,29 @@ def _requester(
     text = clean_identifier(requester, argument="requester", expected=USER_EXPECTED)
     users = view.snapshot.users
     match = match_user(view, text)
-    out: dict[str, Any] = {"query": text, "matchType": match.how if match.how != "name" else "exact"}
-    if match.how == "name":
-        out["matchedBy"] = "name"
+    # the same words as lookup_user: a whole-name match is "fuzzy" (by name, not by an identifier)
+    out: dict[str, Any] = {"query": text, "matchType": MATCH_TYPES[match.how], "matchedBy": match.matched_by}
     if not match.confident:
         if match.ids and not is_identifier(text):
+            candidates = match.exact_ids if match.how in ("name", "exact") else match.ids
             out["status"] = "ambiguous"
-            out["candidates"] = [user_card(users[uid]) for uid in match.ids[:MAX_MENTIONS]]
-            out["candidatesTotal"] = match.total
+            out["candidates"] = [user_card(users[uid]) for uid in candidates[:MAX_MENTIONS]]
+            out["candidatesTotal"] = len(candidates) if match.how in ("name", "exact") else match.total
+            for uid in candidates[:MAX_MENTIONS]:
+                findings.extend(suspicious_findings("user", users[uid]))
             findings.append(
                 finding(
                     "REQUESTER_AMBIGUOUS",
-                    f"{match.total} users match the requester {quote(text)}: confirm which one (by UPN) before acting.",
+                    f"{out['candidatesTotal']} users match the requester {quote(text)}: confirm which one (by UPN) "
+                    "before acting.",
                 )
             )
         else:
             out["status"] = "notFound"
             similar = match.ids or (view.closest_user_ids(text) if users else [])
             out["suggestions"] = [user_ref(users[uid]) for uid in similar[:MAX_MENTIONS]]
+            for uid in similar[:MAX_MENTIONS]:
+                findings.extend(suspicious_findings("user", users[uid]))
             findings.append(
                 finding(
                     "REQUESTER_NOT_FOUND",
@@ -82,11 +87,13 @@ def _requester(
 
     user = users[match.ids[0]]
     out["status"] = "found"
-    if match.how == "fuzzy":
+    if match.how != "exact":
+        how = "by name only" if match.how == "name" else "by a similar name"
         findings.append(
             finding(
                 "REQUESTER_FUZZY_MATCH",
-                f"The requester {quote(text)} was matched by a similar name to {name_of(user)}: confirm it is them.",
+                f"The requester {quote(text)} was matched {how} to {name_of(user)}, not by an address or account: "
+                "confirm it is them.",
             )
         )
     summary = account_summary(view, user["id"], now=now)

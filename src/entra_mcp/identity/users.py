@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import InvalidArgument, NotFoundError
 from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, user_card, user_ref
@@ -32,48 +32,43 @@ def _name_part(query: str) -> str:
 def lookup_user(view: DirectoryView, query: str, limit: int = 10, *, now: datetime | None = None) -> dict[str, Any]:
     """Users matching `query`: exact identifiers (matchType "exact"), else ranked name matches ("fuzzy"), else
     matchType "none" with `suggestions` (the closest names). Several matches are all listed, with the fields that
-    tell them apart."""
+    tell them apart. `matchedBy` says how: identifier, accountName (the local part of an address, or mailNickname),
+    name (the whole name exactly, in any script) or similarName."""
     text = clean_identifier(query, argument="query", expected=USER_EXPECTED)
     limit = clean_limit(limit, default=10, maximum=MAX_LOOKUP_LIMIT)
     findings = freshness_findings(view.snapshot, now)
     unavailable = area_finding(view, "users", "no user can be looked up until it syncs.")
     if unavailable is not None and not view.snapshot.users:
-        return {"matches": [], "matchType": "none", "total": 0, "truncated": False, "suggestions": [],
-                "asOf": as_of(view), "findings": sort_findings([unavailable, *findings])}
+        return {"matches": [], "matchType": "none", "matchedBy": None, "total": 0, "truncated": False,
+                "suggestions": [], "asOf": as_of(view), "findings": sort_findings([unavailable, *findings])}
     if unavailable is not None:
         findings.append(unavailable)
 
-    ids = _exact_ids(view, text)
-    match_type = "exact"
-    scores: dict[str, float] = {}
-    total = len(ids)
+    match = match_user(view, text, limit=limit)
+    match_type = MATCH_TYPES[match.how]
     suggestions: list[dict[str, Any]] = []
-    if not ids and not _GUID.match(text):
-        hits, total = view.search_names(_name_part(text), limit=limit)
-        ids = tuple(hit.user_id for hit in hits)
-        scores = {hit.user_id: hit.score for hit in hits}
-        match_type = "fuzzy"
-    if not ids:
-        match_type, total = "none", 0
-        if not _GUID.match(text):
-            suggestions = [user_ref(view.snapshot.users[uid]) for uid in view.closest_user_ids(_name_part(text))]
+    if match.how == "none" and not _GUID.match(text) and view.snapshot.users:
+        for uid in view.closest_user_ids(_name_part(text)):
+            suggestions.append(user_ref(view.snapshot.users[uid]))
+            findings.extend(suspicious_findings("user", view.snapshot.users[uid]))
 
     users = view.snapshot.users
     matches = []
-    for uid in ids[:limit]:
+    for uid in match.ids[:limit]:
         user = users[uid]
         card = user_card(user)
-        if uid in scores:
-            card["score"] = min(1.0, scores[uid])
+        if match.how != "exact":
+            card["score"] = min(1.0, match.scores.get(uid, 0.0))
         matches.append(card)
         findings.extend(suspicious_findings("user", user))
     answer: dict[str, Any] = {
         "matches": matches,
         "matchType": match_type,
-        "total": total,
-        "truncated": total > len(matches),
+        "matchedBy": match.matched_by,
+        "total": match.total,
+        "truncated": match.total > len(matches),
     }
-    if match_type == "none":
+    if match.how == "none":
         answer["suggestions"] = suggestions
     answer["asOf"] = as_of(view)
     answer["findings"] = sort_findings(findings)
@@ -99,13 +94,33 @@ def _ambiguous(text: str, ids: tuple[str, ...] | list[str], view: DirectoryView,
 
 @dataclass(frozen=True)
 class UserMatch:
-    """How a query designates users: `how` is "exact" (an identifier), "name" (a full name exactly), "fuzzy" (close
-    names; `confident` when one user alone matches well) or "none"; `ids` are the candidates, best first."""
+    """How a query designates users, the same in every tool.
+
+    `how` is "exact" (an identifier, or the local part of an address / mailNickname written as a handle such as
+    "wei.wang", or as a word that is nobody's name), "name" (a whole name exactly, in any script), "fuzzy" (close names, or a one-word query that is
+    also someone's address local part, ranked first) or "none". `ids` are the candidates, best first; the first
+    `exact_count` of them matched the query exactly (the ones to list when several fit). `confident` when one user
+    alone matches well. `matched_by`: identifier | accountName | name | similarName | None; `scores` for ranking.
+    """
 
     how: str
     ids: tuple[str, ...]
     total: int
     confident: bool = False
+    matched_by: str | None = None
+    exact_count: int = 0
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def exact_ids(self) -> tuple[str, ...]:
+        return self.ids[: self.exact_count] if self.exact_count else self.ids
+
+
+# matchType in answers: a whole-name match is a match by name, not by an identifier (REQUESTER_FUZZY_MATCH)
+MATCH_TYPES = {"exact": "exact", "name": "fuzzy", "fuzzy": "fuzzy", "none": "none"}
+_NONE = UserMatch("none", (), 0)
+# "wei.wang", "alex.johnson2", "j_smith": written like an account, not like a name
+_HANDLE = re.compile(r"^[^\s@\\]*[._\d-][^\s@\\]*$")
 
 
 def _exact_ids(view: DirectoryView, text: str) -> tuple[str, ...]:
@@ -118,26 +133,43 @@ def _exact_ids(view: DirectoryView, text: str) -> tuple[str, ...]:
     return ids
 
 
-def match_user(view: DirectoryView, text: str) -> UserMatch:
+def match_user(view: DirectoryView, text: str, *, limit: int = 10) -> UserMatch:
     """Candidates for an already cleaned query (see `clean_identifier`)."""
     ids = _exact_ids(view, text)
     if ids:
-        return UserMatch("exact", ids, len(ids), confident=len(ids) == 1)
+        return UserMatch("exact", ids, len(ids), len(ids) == 1, "identifier", len(ids))
     if _GUID.match(text) or not view.snapshot.users:
-        return UserMatch("none", (), 0)
+        return _NONE
+    local = view.local_part_users(text)
+    if local and _HANDLE.match(text):
+        return UserMatch("exact", local, len(local), len(local) == 1, "accountName", len(local))
     name = _name_part(text)
+    hits, total = view.search_names(name, limit=max(limit, 10))
+    scores = {hit.user_id: hit.score for hit in hits}
     if is_identifier(text):
         # an address or account that is not in the directory never becomes a person with a similar name
         # ("john.smith@gmail.example" is not our John Smith): name matches are candidates only
-        hits, total = view.search_names(name, limit=10)
-        return UserMatch("fuzzy", tuple(h.user_id for h in hits), total) if hits else UserMatch("none", (), 0)
+        if not hits:
+            return _NONE
+        return UserMatch("fuzzy", tuple(scores), total, matched_by="similarName", scores=scores)
     named = view.users_named(name)
+    first = (*local, *(uid for uid in named if uid not in local))
+    for uid in first:
+        scores[uid] = 1.1  # exact beats any similarity
+    ordered = tuple(dict.fromkeys((*first, *(hit.user_id for hit in hits))))
+    total = max(total, len(ordered))
+    if local and set(ordered) == set(local):
+        return UserMatch("exact", local, len(local), len(local) == 1, "accountName", len(local))
+    if local:
+        # one word that is also somebody's address local part and other people's name ("alex"): that account
+        # first, the names after it
+        return UserMatch("fuzzy", ordered, total, len(ordered) == 1, "accountName", len(local), scores)
     if named:
-        return UserMatch("name", named, len(named), confident=len(named) == 1)
-    hits, total = view.search_names(name, limit=10)
+        return UserMatch("name", ordered, total, len(named) == 1, "name", len(named), scores)
     if hits:
-        return UserMatch("fuzzy", tuple(h.user_id for h in hits), total, total == 1 and hits[0].score >= _CONFIDENT)
-    return UserMatch("none", (), 0)
+        confident = total == 1 and hits[0].score >= _CONFIDENT
+        return UserMatch("fuzzy", ordered, total, confident, "similarName", scores=scores)
+    return _NONE
 
 
 def is_identifier(text: str) -> bool:
@@ -157,7 +189,7 @@ def resolve_user(view: DirectoryView, user: str) -> dict[str, Any]:
     if match.how == "exact":
         raise _ambiguous(text, match.ids, view, "have the identifier")
     if match.how == "name":
-        raise _ambiguous(text, match.ids, view, "are named")
+        raise _ambiguous(text, match.exact_ids, view, "are named")
     if is_identifier(text):
         suggestions = [_describe_short(users[uid]) for uid in match.ids[:5]]
         raise NotFoundError(

@@ -8,8 +8,12 @@ Indexes
   the `smtp:` / `sip:` prefix);
   object ids through the snapshot's own dict; employeeId as written (tried as given, upper and lower case);
   onPremisesSamAccountName separately (it also answers `DOMAIN\\sam` and `sam@domain`);
+- the local part of a UPN or mail address (`wei.wang` answers `wei.wang@<a tenant domain>`, found through the exact
+  index and the tenant's few domains, so it costs no memory) and mailNickname where it differs from both;
 - folded name tokens (casefold + diacritics stripped) of displayName, givenName and surname, with a sorted
-  vocabulary for prefix search and rapidfuzz edit distance for typos;
+  vocabulary for prefix search and rapidfuzz edit distance for typos; a name written in another script is also
+  indexed by its Latin spelling (anyascii: "Иван Петров" -> "ivan petrov", "王伟" -> "wang wei"), and one in an
+  abjad (Arabic, Hebrew), which writes no short vowels, by its consonant skeleton ("محمد" ~ "Mohammed");
 - reverse membership: member id -> the groups it is a DIRECT member of (transitive closure is computed on demand);
 - app role assignments by principal id; service principals and applications by appId, object id and name;
   groups by object id, name and mail; domains by name.
@@ -30,14 +34,17 @@ from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
-from .text import fold, folded_name, name_tokens, utcnow
+from .text import fold, folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton, utcnow
 
 _EMPTY: tuple[str, ...] = ()
+_EMPTY_POSITIONS: tuple[int, ...] = ()
 
 # Scores of one query token against one name token.
 _EXACT, _PREFIX_BASE, _TYPO1, _TYPO2 = 1.0, 0.80, 0.72, 0.55
 _MAX_PREFIX_TOKENS = 3000
 _SCORE_CACHE_SIZE = 8
+# a consonant skeleton match (an abjad name) is a guess about vowels: ranked like a one-letter typo
+_SKELETON = 0.72
 
 
 def _add(index: dict[str, Any], key: str, value: str) -> None:
@@ -54,7 +61,7 @@ def _add(index: dict[str, Any], key: str, value: str) -> None:
 
 _INDEXED_USER_FIELDS = (
     "userPrincipalName", "mail", "otherMails", "proxyAddresses", "employeeId", "onPremisesSamAccountName",
-    "displayName", "givenName", "surname",
+    "displayName", "givenName", "surname", "mailNickname",
 )
 
 
@@ -96,10 +103,12 @@ class DirectoryView:
     exact: dict[str, Any]  # casefolded UPN, mail, other mail, proxy address -> user id or tuple of ids
     sam: dict[str, Any]  # casefolded onPremisesSamAccountName -> user id(s)
     employee_ids: dict[str, Any]  # employeeId as stored -> user id(s)
+    nicknames: dict[str, Any]  # casefolded mailNickname that is not the UPN's or mail's local part -> user id(s)
     postings: dict[str, tuple[int, ...]]  # folded name token -> user positions
     vocabulary: tuple[str, ...]  # sorted tokens
     typo_buckets: dict[tuple[str, int], tuple[str, ...]]  # (first letter, length) -> tokens, for typo search
-    full_names: dict[str, Any]  # folded displayName -> user id(s)
+    full_names: dict[str, Any]  # folded displayName (and its Latin spelling) -> user id(s)
+    skeletons: dict[str, tuple[int, ...]]  # consonant skeleton of a token of an abjad name -> user positions
     member_of: dict[str, tuple[str, ...]]  # member id -> direct group ids
     group_keys: dict[str, Any]  # casefolded id / folded name / mail -> group id(s)
     group_names: tuple[str, ...]  # folded group names, sorted (suggestions)
@@ -137,6 +146,8 @@ class DirectoryView:
         exact: dict[str, Any] = {}
         sam: dict[str, Any] = {}
         employee_ids: dict[str, Any] = {}
+        nicknames: dict[str, Any] = {}
+        skeleton_lists: dict[str, list[int]] = {}
         token_lists: dict[str, list[int]] = {}
         full_names: dict[str, Any] = {}
         upn_domains: set[str] = set()
@@ -157,8 +168,8 @@ class DirectoryView:
         columns = [_column(users, name) for name in _INDEXED_USER_FIELDS]
         user_ids.extend(users)  # object ids are found in snapshot.users itself (see exact_users)
         in_exact, in_employee_ids, in_full_names = exact.setdefault, employee_ids.setdefault, full_names.setdefault
-        for pos, (uid, upn, mail, other_mails, proxies, employee_id, account, display, given, surname) in enumerate(
-            zip(user_ids, *columns)
+        for pos, (uid, upn, mail, other_mails, proxies, employee_id, account, display, given, surname, nick) in (
+            enumerate(zip(user_ids, *columns))
         ):
             # a key seen for the first time (nearly every key) costs one setdefault; _add sorts out the rest
             if upn:
@@ -192,6 +203,12 @@ class DirectoryView:
                     _add(employee_ids, key, uid)
             if account:
                 _add(sam, _key(account), uid)
+            if nick:
+                key = _key(nick)
+                if not (upn and upn[: len(key) + 1].casefold() == key + "@") and not (
+                    mail and mail[: len(key) + 1].casefold() == key + "@"
+                ):
+                    _add(nicknames, key, uid)
 
             given_tokens = tokens_of(given)
             surname_tokens = tokens_of(surname)
@@ -211,6 +228,19 @@ class DirectoryView:
                 tokens.update(given_tokens, surname_tokens)
                 if alias != display_name:
                     _add(full_names, alias, uid)
+            if not display_name.isascii() or (alias is not None and not alias.isascii()):
+                # another script: the Latin spelling the desk types is a name of the user too
+                for full in {latin_name(display), latin_name(f"{given} {surname}") if alias is not None else ""}:
+                    if full and full != display_name:
+                        _add(full_names, full, uid)
+                for token in list(tokens):
+                    spelled = latin_tokens(token)
+                    tokens.update(spelled)
+                    if spelled and is_abjad(token):
+                        for latin in spelled:
+                            bare = skeleton(latin)
+                            if bare:
+                                skeleton_lists.setdefault(bare, []).append(pos)
             for token in tokens:
                 bucket = token_lists.get(token)
                 if bucket is None:
@@ -279,6 +309,8 @@ class DirectoryView:
             exact=exact,
             sam=sam,
             employee_ids=employee_ids,
+            nicknames=nicknames,
+            skeletons={bare: tuple(dict.fromkeys(positions)) for bare, positions in skeleton_lists.items()},
             postings=postings,
             vocabulary=vocabulary,
             typo_buckets={key: tuple(words) for key, words in buckets.items()},
@@ -343,6 +375,21 @@ class DirectoryView:
                 return _values(self.sam, account)
         return _EMPTY
 
+    def local_part_users(self, handle: str) -> tuple[str, ...]:
+        """Users whose UPN, mail or proxy address is `handle`@<one of the tenant's domains>, or whose mailNickname is
+        `handle` ("wei.wang", "alex.johnson2"); UPN owners first."""
+        key = handle.strip().casefold()
+        if not key or "@" in key or "\\" in key or " " in key:
+            return _EMPTY
+        found: dict[str, None] = {}
+        for domain in sorted(self.known_domains):
+            address = f"{key}@{domain}"
+            for uid in _values(self.exact, address) or _values(self.exact, "smtp:" + address):
+                found[uid] = None
+        for uid in _values(self.nicknames, key):
+            found[uid] = None
+        return tuple(found)
+
     def users_named(self, name: str) -> tuple[str, ...]:
         """Users whose folded displayName (or "givenName surname") is exactly `name` folded."""
         return _values(self.full_names, folded_name(name))
@@ -386,6 +433,10 @@ class DirectoryView:
             for pos in self.postings[word]:
                 if score > scores.get(pos, 0.0):
                     scores[pos] = score
+        if self.skeletons and token.isascii():
+            for pos in self.skeletons.get(skeleton(token), _EMPTY_POSITIONS):
+                if _SKELETON > scores.get(pos, 0.0):
+                    scores[pos] = _SKELETON
         return scores
 
     def _typos(self, token: str, first_letters: Iterable[str]) -> list[tuple[str, int]]:

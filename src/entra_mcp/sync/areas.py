@@ -29,13 +29,14 @@ from typing import Any, Protocol
 # What the identity answers read of a user (identity/, server/): nothing else is asked for or stored. Each property is
 # held for every user in the server's memory (100,000 users: each unique string ~10 MB), so phones, preferred
 # language, employeeType, externalUserStateChangeDateTime, onPremisesUserPrincipalName and onPremisesDomainName,
-# which no answer returns, are left out. A mirror synced before keeps them until its next full sync.
+# which no answer returns, are left out (mailNickname is kept: the desk finds people by it). A mirror synced before
+# keeps them until its next full sync.
 USER_FIELDS = (
     "id", "displayName", "givenName", "surname", "userPrincipalName", "mail", "otherMails", "proxyAddresses",
     "jobTitle", "department", "officeLocation", "companyName", "employeeId", "accountEnabled",
     "userType", "externalUserState", "createdDateTime", "lastPasswordChangeDateTime",
     "passwordPolicies", "onPremisesSyncEnabled", "onPremisesLastSyncDateTime", "onPremisesSamAccountName",
-    "usageLocation", "assignedLicenses",
+    "usageLocation", "assignedLicenses", "mailNickname",
 )
 USER_SELECT = ",".join(USER_FIELDS + ("manager",))
 
