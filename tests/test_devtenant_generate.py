@@ -446,8 +446,9 @@ def test_registrations(small: EmulatedTenant) -> None:
     sync = registration_by_name(small, "entra-mcp sync")
     portal = registration_by_name(small, "entra-mcp portal")
     api = registration_by_name(small, "entra-mcp api")
-    assert sync.granted_roles == ["User.Read.All", "GroupMember.Read.All", "Application.Read.All",
-                                  "AuditLog.Read.All", "Domain.Read.All", "Device.Read.All", "Policy.Read.All"]
+    assert sync.granted_roles[:7] == ["User.Read.All", "GroupMember.Read.All", "Application.Read.All",
+                                      "AuditLog.Read.All", "Domain.Read.All", "Device.Read.All", "Policy.Read.All"]
+    assert {"RoleManagement.Read.Directory", "LicenseAssignment.Read.All", "IdentityRiskyUser.Read.All"} <= set(sync.granted_roles)
     assert len(sync.secrets) == 1 and len(sync.secrets[0].value) == 40
     assert portal.redirect_uris == ["http://127.0.0.1:8765/auth/callback"]
     assert portal.sign_in_audience == "AzureADMyOrg" and len(portal.secrets) == 1

@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from entra_mcp.devtenant import graph_access
 from entra_mcp.devtenant.delta import expire_all
+from entra_mcp.devtenant.graph_account import ACCOUNT_OPS
 from entra_mcp.devtenant.graph_signins import emulation
 from entra_mcp.devtenant.model import DEFAULT_ACCESS_ROLE, EXPIRY_RESPONSES, EmulatedTenant, EmulatorState, MutationError
 from entra_mcp.devtenant.runtime import EmulatorRuntime
@@ -81,6 +82,7 @@ _OPS: dict[str, Callable[[EmulatedTenant, dict[str, Any]], Any]] = {
     "set_premium": lambda t, op: setattr(t, "premium", bool(_arg(op, "premium"))),
 }
 _OPS.update(graph_access.MUTATIONS)  # devices, owners, Conditional Access policies
+_OPS.update(ACCOUNT_OPS)  # roles, registration details, licence states, risk (graph_account.py)
 MUTATION_OPS = tuple(sorted(_OPS))
 
 

@@ -24,6 +24,11 @@ What every tenant holds, so tests can rely on it (see also `examples(tenant)`):
   "Slack": appRoleAssignmentRequired, with app roles and assignments), managed identities, a few Legacy and disabled
   ones; "Legacy Payroll Connector" has only an expired secret. The three registrations ("entra-mcp sync",
   "entra-mcp portal", "entra-mcp api") are also applications with service principals.
+- roles, MFA/SSPR registration, subscribed SKUs, licence-assignment errors and risky users (graph_account.py,
+  `account_examples(tenant)`): Global, Helpdesk, Password, Security, Exchange Administrators and Directory Readers;
+  a Helpdesk Administrator scoped to an administrative unit; a small security group made role-assignable and given
+  User Administrator; PIM-eligible admins; users without MFA, without SSPR, with SSPR off; one user per licence
+  error; risky users at risk, remediated and dismissed.
 
 Sub-objects that are the same for many objects (empty lists, licence lists, an application's appRoles shared with
 its service principal) are SHARED to keep the large tenant small: replace a property's value, never mutate it in
@@ -44,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Callable
 
 from entra_mcp.devtenant.graph_access import generate_access
+from entra_mcp.devtenant.graph_account import generate_account
 from entra_mcp.devtenant.model import (
     DEFAULT_ACCESS_ROLE,
     AppRegistration,
@@ -78,7 +84,8 @@ PASSWORD_VALIDITY_DAYS = 90
 PASSWORD_NOTIFICATION_DAYS = 14
 # Domain.Read.All lets the sync read each domain's password validity period (password-expiry findings)
 SYNC_APP_ROLES = ["User.Read.All", "GroupMember.Read.All", "Application.Read.All", "AuditLog.Read.All", "Domain.Read.All",
-                  "Device.Read.All", "Policy.Read.All"]
+                  "Device.Read.All", "Policy.Read.All",
+                  "RoleManagement.Read.Directory", "LicenseAssignment.Read.All", "IdentityRiskyUser.Read.All"]
 SYNC_APP, PORTAL_APP, API_APP = "entra-mcp sync", "entra-mcp portal", "entra-mcp api"
 PORTAL_REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
 
@@ -207,6 +214,8 @@ _GRAPH_ROLES = {
     "IdentityRiskyUser.Read.All": "dc5007c0-2d7d-4c42-879c-2dab87571379",
     "Device.Read.All": "7438b122-aefc-4978-80ed-43db9fcc7715",
     "Policy.Read.All": "246dd0d5-5bd0-4def-940b-0421030a5b68",
+    "RoleManagement.Read.Directory": "483bed4a-2ad3-4361-a73b-c83ccdbdc53c",
+    "LicenseAssignment.Read.All": "e2f98668-2877-4f38-a2f4-8202e0717aa1",
     "Mail.Send": "b633e1c5-b582-4048-a93e-9f11b44c7e96",
 }
 _FIRST_PARTY = [
@@ -1084,6 +1093,7 @@ def generate_tenant(size: str, seed: int, index: int = 0, *, now: datetime | Non
     named = _gen_groups(g, t, spec, facts)
     _gen_apps(g, t, spec, facts, named)
     generate_access(t, g.now_dt)  # devices, owners, Conditional Access (devtenant/graph_access.py)
+    generate_account(t, g.now_dt)  # roles, MFA/SSPR registration, licence states, risk
     return t
 
 

@@ -22,6 +22,7 @@ import anyio
 
 from entra_mcp.devtenant import graph_access
 from entra_mcp.devtenant.delta import DeltaEngine, expire_all
+from entra_mcp.devtenant.graph_account import account_route
 from entra_mcp.devtenant.graph_signins import PERMISSION as SIGN_INS_READ
 from entra_mcp.devtenant.graph_signins import emulation
 from entra_mcp.devtenant.model import EmulatedTenant
@@ -274,6 +275,9 @@ class GraphService:
         if head == "auditlogs" and n == 2 and segs[1].lower() == "signins":  # devtenant/graph_signins.py
             return _Route("auditLogs/signIns", SIGN_INS_READ, lambda c, o, h: Reply(*emulation(self.runtime).list(
                 c.tenant, c.app_id, o, token_key=self.runtime.state.token_key, base=self.base)))
+        found = account_route(self, segs)
+        if found is not None:
+            return found
         raise self._no_segment(segs[0] if head not in ("domains", "organization", "auditlogs") or n == 1 else segs[1])
 
     @staticmethod

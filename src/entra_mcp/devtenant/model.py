@@ -215,6 +215,7 @@ class EmulatedTenant:
     organization: dict[str, Any] = field(default_factory=dict)
     # user id -> password for the authorize page (DEFAULT_USER_PASSWORD unless set)
     passwords: dict[str, str] = field(default_factory=dict)
+    account: Any = field(default=None, repr=False)  # graph_account.AccountData: roles, MFA/SSPR, licences, risk
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # delta bookkeeping and emulator time (EmulatorState shares one Clock across its tenants)
     changes: ChangeLog = field(default_factory=ChangeLog, repr=False)

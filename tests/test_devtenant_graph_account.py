@@ -1,0 +1,118 @@
+"""The emulated account surfaces over real HTTPS: registration details, directory roles and PIM eligibility,
+subscribed SKUs and licence states, risky users — shapes, paging, permission and licence errors, control hooks
+(facts and sources in docs/graph-facts-account.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from entra_mcp.devtenant.graph_account import GLOBAL_ADMIN, HELPDESK_ADMIN, USER_ADMIN, account_examples
+from entra_mcp.devtenant.server import RunningEmulator
+from tests._graph_fixtures import control, graph, mutate, pages
+
+
+def _all(client: httpx.Client, url: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    return [item for page in pages(client, url, params) for item in page["value"]]
+
+
+def test_registration_details_shape_paging_and_admin_flag(emulator: RunningEmulator) -> None:
+    t = emulator.tenant()
+    ex = account_examples(t)
+    with graph(emulator) as c:
+        rows = _all(c, "/reports/authenticationMethods/userRegistrationDetails")
+        r = c.get("/reports/authenticationMethods/userRegistrationDetails", params={"$top": "5"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "BadRequest"  # only $filter/$orderby documented
+    by_id = {x["id"]: x for x in rows}
+    assert set(by_id) == set(t.users)
+    row = by_id[ex["no_mfa_user"]]
+    assert row["isMfaRegistered"] is False and row["methodsRegistered"] == [] and row["userType"] == "member"
+    assert by_id[ex["no_sspr_user"]]["isSsprRegistered"] is False and by_id[ex["no_sspr_user"]]["isMfaRegistered"]
+    assert by_id[ex["global_admin"]]["isAdmin"] is True
+    assert by_id[ex["role_group_member"]]["isAdmin"] is True  # a role through a role-assignable group
+    assert by_id[ex["sspr_ready_user"]]["isAdmin"] is False
+    assert {"isSsprEnabled", "isSsprCapable", "isPasswordlessCapable", "lastUpdatedDateTime",
+            "userPreferredMethodForSecondaryAuthentication", "userDisplayName", "userPrincipalName"} <= set(row)
+
+
+def test_roles_definitions_assignments_scopes_and_groups(emulator: RunningEmulator) -> None:
+    ex = account_examples(emulator.tenant())
+    with graph(emulator) as c:
+        defs = {d["id"]: d for d in _all(c, "/roleManagement/directory/roleDefinitions")}
+        assigns = _all(c, "/roleManagement/directory/roleAssignments")
+        one = c.get("/roleManagement/directory/roleAssignments",
+                    params={"$filter": f"principalId eq '{ex['global_admin']}'"}).json()["value"]
+        elig = _all(c, "/roleManagement/directory/roleEligibilityScheduleInstances")
+    assert defs[GLOBAL_ADMIN]["displayName"] == "Global Administrator" and defs[GLOBAL_ADMIN]["templateId"] == GLOBAL_ADMIN
+    assert {a["directoryScopeId"] for a in assigns} == {"/", f"/administrativeUnits/{ex['au_id']}"}
+    assert [a["roleDefinitionId"] for a in one] == [GLOBAL_ADMIN]
+    assert any(a["principalId"] == ex["role_group"] and a["roleDefinitionId"] == USER_ADMIN for a in assigns)
+    assert any(a["principalId"] == ex["au_helpdesk_admin"] and a["roleDefinitionId"] == HELPDESK_ADMIN for a in assigns)
+    pim = [e for e in elig if e["principalId"] == ex["pim_eligible_admin"]]
+    assert pim and pim[0]["roleDefinitionId"] == GLOBAL_ADMIN and pim[0]["memberType"] == "Direct"
+    assert pim[0]["startDateTime"] and pim[0]["endDateTime"]
+
+
+def test_skus_licence_states_and_risky_users(emulator: RunningEmulator) -> None:
+    ex = account_examples(emulator.tenant())
+    with graph(emulator) as c:
+        skus = c.get("/subscribedSkus").json()["value"]
+        states = c.get("/users", params={"$select": "id,licenseAssignmentStates",
+                                         "$filter": f"id eq '{ex['licence_CountViolation_user']}'"}).json()["value"]
+        risky = {u["id"]: u for u in _all(c, "/identityProtection/riskyUsers")}
+    e5 = next(s for s in skus if s["skuPartNumber"] == "SPE_E5")
+    assert e5["consumedUnits"] >= e5["prepaidUnits"]["enabled"]  # E5 is over-assigned: CountViolation comes from it
+    assert {"servicePlanId", "servicePlanName", "provisioningStatus", "appliesTo"} <= set(e5["servicePlans"][0])
+    assert states[0]["licenseAssignmentStates"][0]["error"] == "CountViolation"
+    assert risky[ex["risky_user"]]["riskLevel"] == "high" and risky[ex["risky_user"]]["riskState"] == "atRisk"
+    assert risky[ex["remediated_user"]]["riskState"] == "remediated"
+    assert {"riskDetail", "riskLastUpdatedDateTime", "isDeleted", "isProcessing", "userPrincipalName"} <= set(risky[ex["risky_user"]])
+
+
+def test_permission_and_licence_errors(fresh_emulator: Any) -> None:
+    emu = fresh_emulator(size="small", seed=1, tenants=2)  # tenant 1 (fabrikam) has no premium licence
+    with graph(emu, 1) as c:
+        r = c.get("/reports/authenticationMethods/userRegistrationDetails")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "Authentication_RequestFromNonPremiumTenantOrB2CTenant"
+        r = c.get("/identityProtection/riskyUsers")
+        assert r.status_code == 403
+        r = c.get("/roleManagement/directory/roleEligibilityScheduleInstances")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "AadPremiumLicenseRequired"
+        assert c.get("/roleManagement/directory/roleAssignments").status_code == 200  # roles need no premium licence
+    tid = emu.tenant(0).tenant_id
+    cid = emu.sync_app(0).client_id
+    control(emu, "POST", f"/tenants/{tid}/registrations/{cid}/roles",
+            {"revoke": ["RoleManagement.Read.Directory", "IdentityRiskyUser.Read.All"]})
+    with graph(emu, 0) as c:
+        for path in ("/roleManagement/directory/roleAssignments", "/identityProtection/riskyUsers"):
+            r = c.get(path)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "Authorization_RequestDenied"
+        assert c.get("/subscribedSkus").status_code == 200
+    control(emu, "POST", f"/tenants/{tid}/registrations/{cid}/roles", {"grant": ["RoleManagement.Read.Directory"]})
+    mutate(emu, {"op": "set_licence_tier", "tier": "P1"})
+    with graph(emu, 0) as c:
+        assert c.get("/reports/authenticationMethods/userRegistrationDetails").status_code == 200
+        r = c.get("/roleManagement/directory/roleEligibilityScheduleInstances")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "AadPremiumLicenseRequired"
+
+
+def test_control_hooks_change_what_graph_answers(fresh_emulator: Any) -> None:
+    emu = fresh_emulator(size="small", seed=1)
+    t = emu.tenant()
+    ex = account_examples(t)
+    uid = ex["sspr_ready_user"]
+    made = mutate(emu, {"op": "assign_role", "principal": uid, "role": GLOBAL_ADMIN},
+                  {"op": "set_registration", "id": uid, "set": {"isSsprRegistered": False}},
+                  {"op": "set_risk", "id": uid, "riskLevel": "medium"})
+    with graph(emu) as c:
+        one = c.get("/roleManagement/directory/roleAssignments", params={"$filter": f"principalId eq '{uid}'"}).json()["value"]
+        reg = next(x for x in _all(c, "/reports/authenticationMethods/userRegistrationDetails") if x["id"] == uid)
+        risk = c.get("/identityProtection/riskyUsers", params={"$filter": f"id eq '{uid}'"}).json()["value"]
+    assert [a["id"] for a in one] == [made[0]["id"]]
+    assert reg["isSsprRegistered"] is False and reg["isAdmin"] is True
+    assert risk[0]["riskLevel"] == "medium" and risk[0]["riskState"] == "atRisk"
+    mutate(emu, {"op": "remove_role", "id": made[0]["id"]})
+    with graph(emu) as c:
+        assert c.get("/roleManagement/directory/roleAssignments",
+                     params={"$filter": f"principalId eq '{uid}'"}).json()["value"] == []
