@@ -11,7 +11,7 @@
    the emulator's throttling is turned OFF for the peer -- an advantage to the peer;
 5. writes the figures and the command to docs/benchmarks.md (its own section; other sections are kept).
 
-Needs the `bench` extra: pip install -e '.[bench]'.
+Needs the `test` and `bench` extras: pip install -e '.[test,bench]'.
 """
 
 from __future__ import annotations
@@ -390,7 +390,7 @@ def main() -> int:
 
     lines = [
         f"Command: `python bench/bench_sync.py` (defaults: `--size {args.size} --latency-ms {args.latency_ms:g} --changes {args.changes}"
-        f" --compare-size {args.compare_size}`; needs `pip install -e '.[bench]'`). Machine: {os.cpu_count()} CPUs; the emulator"
+        f" --compare-size {args.compare_size}`; needs `pip install -e '.[test,bench]'`). Machine: {os.cpu_count()} CPUs; the emulator"
         f" (`entra-mcp devtenant`) runs in its own process on the same machine with {args.latency_ms:g} ms added to every response"
         " and Microsoft's resource-unit throttling on for entra-mcp. Each run is a fresh `entra-mcp sync` process;"
         f" peak RSS is that process's maximum resident set (wait4). Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"

@@ -804,8 +804,8 @@ def _service_principal(g: _Gen, t: EmulatedTenant, name: str, app_id: str, *, ow
         "appRoleAssignmentRequired": required, "servicePrincipalType": sp_type,
         "servicePrincipalNames": names or [app_id], "appRoles": roles or _EMPTY,
         "keyCredentials": certs or _EMPTY, "passwordCredentials": secrets or _EMPTY, "tags": tags or _EMPTY,
-        "createdDateTime": _iso(g.ago(20, 1500)),
     }
+    g.ago(20, 1500)  # was createdDateTime (not on v1.0 servicePrincipal); still drawn so each seed's tenant stays
     return sid
 
 

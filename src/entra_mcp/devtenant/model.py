@@ -416,7 +416,7 @@ class EmulatedTenant:
                 "accountEnabled": True, "appOwnerOrganizationId": self.tenant_id, "appRoleAssignmentRequired": False,
                 "servicePrincipalType": "Application", "servicePrincipalNames": [app_id],
                 "appRoles": list(app["appRoles"]) if app else [], "keyCredentials": [], "passwordCredentials": [],
-                "tags": [], "createdDateTime": self._now(),
+                "tags": [],
             }
             sp.update(props)
             return self._insert("servicePrincipals", sp)

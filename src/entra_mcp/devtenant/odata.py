@@ -72,8 +72,8 @@ APPLICATION_PROPERTIES = frozenset({
 })
 SERVICE_PRINCIPAL_PROPERTIES = frozenset({
     "id", "accountEnabled", "addIns", "alternativeNames", "appDescription", "appDisplayName", "appId",
-    "applicationTemplateId", "appOwnerOrganizationId", "appRoleAssignmentRequired", "appRoles", "createdDateTime",
-    "deletedDateTime", "description", "disabledByMicrosoftStatus", "displayName", "homepage", "info",
+    "applicationTemplateId", "appOwnerOrganizationId", "appRoleAssignmentRequired", "appRoles", "deletedDateTime",
+    "description", "disabledByMicrosoftStatus", "displayName", "homepage", "info",
     "keyCredentials", "loginUrl", "logoutUrl", "notes", "notificationEmailAddresses", "oauth2PermissionScopes",
     "passwordCredentials", "preferredSingleSignOnMode", "preferredTokenSigningKeyThumbprint", "replyUrls",
     "resourceSpecificApplicationPermissions", "samlSingleSignOnSettings", "servicePrincipalNames",
@@ -122,7 +122,6 @@ APPLICATION = EntityType("application", APPLICATION_PROPERTIES, None, {
 SERVICE_PRINCIPAL = EntityType("servicePrincipal", SERVICE_PRINCIPAL_PROPERTIES, None, {
     "id": _E, "appId": _E, "displayName": _S, "servicePrincipalType": _E, "accountEnabled": _B,
     "appOwnerOrganizationId": _E, "appRoleAssignmentRequired": _B, "servicePrincipalNames": _ANY, "tags": _ANY,
-    "createdDateTime": _DATE,
 })
 APP_ROLE_ASSIGNMENT = EntityType("appRoleAssignment", APP_ROLE_ASSIGNMENT_PROPERTIES, None, {
     "id": _E, "principalId": _E, "principalType": _E, "appRoleId": _E,
