@@ -170,7 +170,7 @@ def peer(config: str, deadline_s: float) -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
     from entra_mcp.config import load_settings
-    from entra_mcp.sync.areas import APPLICATION_FIELDS, GROUP_FIELDS, SERVICE_PRINCIPAL_FIELDS, USER_FIELDS
+    from entra_mcp.areas import APPLICATION_FIELDS, GROUP_FIELDS, SERVICE_PRINCIPAL_FIELDS, USER_FIELDS
 
     t = load_settings(config).tenants[0]
     session = requests.Session()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from entra_mcp.mirror.snapshot import DirectorySnapshot
-from entra_mcp.sync import areas as A
+from entra_mcp import areas as A
 
 MAX_LISTED = 20  # differences listed per kind; the count says how many there were
 

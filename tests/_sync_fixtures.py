@@ -16,7 +16,7 @@ from entra_mcp.config import Settings, parse_settings
 from entra_mcp.devtenant.server import RunningEmulator
 from entra_mcp.mirror.snapshot import DirectorySnapshot
 from entra_mcp.mirror.store import MirrorStore
-from entra_mcp.sync import areas as A
+from entra_mcp import areas as A
 from entra_mcp.sync.engine import TenantResult, sync_tenant
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from entra_mcp.devtenant.faults import FaultPlan
 from entra_mcp.mirror.store import MirrorStore
-from entra_mcp.sync import areas as A
-from entra_mcp.sync.engine import make_client, sync_tenant
+from entra_mcp import areas as A
+from entra_mcp.graph.tenant import make_client
+from entra_mcp.sync.engine import sync_tenant
 from tests._sync_fixtures import assert_mirror_matches, control_of, run_sync, write_config  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,9 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def doctor_tenant(t: TenantSettings, out: TextIO) -> bool:
     """Check one tenant: credentials, then each area's permission with a cheap request. True when all is well."""
-    from entra_mcp.mirror.snapshot import AREAS
-    from entra_mcp.sync import areas as A
-    from entra_mcp.sync.engine import disabled_reason, make_client
+    from entra_mcp.graph.tenant import make_client
+    from entra_mcp.areas import REGISTRY
 
     ok = True
     out.write(f"tenant {t.name}: {t.tenant_id} (cloud {t.cloud}, login {t.login_host}, graph {t.graph_host})\n")
@@ -35,17 +34,18 @@ async def doctor_tenant(t: TenantSettings, out: TextIO) -> bool:
             out.write(f"  token: FAILED - {exc}\n")
             return False
         out.write("  token: ok (app-only token from the login host)\n")
-        for area in AREAS:
-            if not getattr(t.sync, A.AREA_SWITCH[area]):
+        for defn in REGISTRY:
+            area = defn.name
+            if not getattr(t.sync, defn.switch):
                 out.write(f"  {area:<22} off (turned off in config)\n")
                 continue
-            path, params = A.AREA_PROBE[area]
+            path, params = defn.probe
             try:
                 await client.get(path, params=params, area=area)
                 out.write(f"  {area:<22} ok\n")
             except PermissionDenied as exc:
                 ok = False
-                out.write(f"  {area:<22} MISSING - {disabled_reason(area, exc)}\n")
+                out.write(f"  {area:<22} MISSING - {defn.disabled_reason(exc)}\n")
             except (GraphError, TransientError, AuthError) as exc:
                 ok = False
                 out.write(f"  {area:<22} ERROR - {exc}\n")

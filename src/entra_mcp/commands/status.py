@@ -34,8 +34,7 @@ def _age(dt: Any, now: datetime) -> float | None:
 
 def status_report(settings: Settings, store: MirrorStore, *, now: datetime | None = None) -> dict[str, Any]:
     """What `status --json` prints: per tenant and area, no secrets."""
-    from entra_mcp.mirror.snapshot import AREAS
-    from entra_mcp.sync import areas as A
+    from entra_mcp.areas import REGISTRY
 
     now = now or datetime.now(timezone.utc)
     tenants = []
@@ -45,9 +44,10 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
         except MirrorError as exc:  # a full or read-only disk: report it per tenant, status itself still answers
             info, mirror_error = None, str(exc)
         areas = {}
-        for area in AREAS:
+        for defn in REGISTRY:
+            area = defn.name
             st = info["areas"][area]["status"] if info else None
-            in_config = bool(getattr(t.sync, A.AREA_SWITCH[area]))
+            in_config = bool(getattr(t.sync, defn.switch))
             meta = info["areas"][area]["meta"] if info else {}
             areas[area] = {
                 "enabled": (st.enabled if st else True) and in_config,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
-from ..mirror.snapshot import DirectorySnapshot
+from ..mirror.snapshot import AREA_LABELS, DirectorySnapshot
 from .findings import finding, quote
 from .text import iso, utcnow
 from .view import DirectoryView
@@ -21,17 +21,6 @@ USER_FIELDS = (
     "accountEnabled",
     "userType",
 )
-
-AREA_LABELS = {
-    "users": "users",
-    "sign_in_activity": "sign-in activity",
-    "groups": "groups and memberships",
-    "applications": "app registrations",
-    "service_principals": "enterprise apps (service principals)",
-    "app_role_assignments": "app role assignments",
-    "domains": "domains (password policy)",
-}
-
 
 def property_getter(objects: Mapping[str, Mapping[str, Any]], name: str) -> Callable[[str], Any]:
     """object id -> that object's `name` (None when either is missing), the fast way for a mirror Table."""

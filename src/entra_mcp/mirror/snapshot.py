@@ -13,40 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Mapping
 
-AreaName = Literal[
-    "users",
-    "sign_in_activity",
-    "groups",
-    "applications",
-    "service_principals",
-    "app_role_assignments",
-    "domains",
-]
-AREAS: tuple[AreaName, ...] = (
-    "users",
-    "sign_in_activity",
-    "groups",
-    "applications",
-    "service_principals",
-    "app_role_assignments",
-    "domains",
-)
+from entra_mcp.areas import REGISTRY, AreaStatus
+
+# The sync areas, in sync order, from their one definition each (entra_mcp/areas.py, a leaf every layer may read; AreaStatus is defined there too).
+AreaName = str
+AREAS: tuple[AreaName, ...] = tuple(a.name for a in REGISTRY)
+AREA_LABELS: dict[str, str] = {a.name: a.label for a in REGISTRY}
+# collection name -> the area that owns it
+COLLECTION_AREA: dict[str, str] = {c.name: a.name for a in REGISTRY for c in a.collections}
 
 # member kinds as stored in DirectorySnapshot.members (the tail of Graph's @odata.type)
 MemberKind = Literal["user", "group", "servicePrincipal", "device", "orgContact", "other"]
-
-
-@dataclass(frozen=True)
-class AreaStatus:
-    """How one area of one tenant stands. Times are timezone-aware UTC."""
-
-    enabled: bool
-    disabled_reason: str | None = None  # e.g. "not enabled in config" or "Graph 403 Authorization_RequestDenied: grant Application.Read.All"
-    last_success: datetime | None = None
-    last_error: str | None = None  # never carries a secret
-    last_error_at: datetime | None = None
-    object_count: int | None = None
-    mode: str | None = None  # "full" or "delta": how the last successful run went
 
 
 @dataclass
@@ -72,6 +49,9 @@ class DirectorySnapshot:
     domains           list of domain dicts: id, isDefault, isVerified, passwordValidityPeriodInDays,
                       passwordNotificationWindowInDays.
     areas             area name -> AreaStatus (every name in AREAS is present).
+    collections       collection name -> its objects as loaded from the mirror, for EVERY area's collections
+                      (entra_mcp/areas.py Area.collections): how a reader reaches an area that has no typed field above.
+                      Use collection(name), which also answers for a snapshot built from the typed fields.
     as_of             when the newest successful sync run of this tenant committed (None: never synced).
     """
 
@@ -88,3 +68,21 @@ class DirectorySnapshot:
     domains: list[dict[str, Any]] = field(default_factory=list)
     areas: dict[str, AreaStatus] = field(default_factory=dict)
     version: int = 0  # grows with every committed change; readers compare it to reload
+    collections: Mapping[str, Any] = field(default_factory=dict)
+
+    def collection(self, name: str) -> Any:
+        """One mirror collection by name (e.g. "users", "members", "assignments", or a newer area's), {} when the
+        mirror has none."""
+        got = self.collections.get(name)
+        if got is not None:
+            return got
+        if name in _TYPED:
+            return getattr(self, _TYPED[name])
+        if name == "domains":
+            return {str(d.get("id")): d for d in self.domains}
+        return {}
+
+
+# collections held by a typed field too (a snapshot built by hand fills only those)
+_TYPED = {"users": "users", "groups": "groups", "members": "members", "applications": "applications",
+          "service_principals": "service_principals", "assignments": "app_role_assignments"}

@@ -44,27 +44,21 @@ import diskcache
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
+from entra_mcp.areas import REGISTRY
 from entra_mcp.mirror.table import Table, concat_groups, is_packed, is_packed_groups, pack, pack_groups, unpack
 
 log = get_logger("mirror.store")
 
 SCHEMA_VERSION = 2  # 2: object collections stored as columns (mirror/table.py)
 
-# area -> its collections (each a dict {id: object} split into buckets)
-COLLECTIONS: dict[str, tuple[str, ...]] = {
-    "users": ("users",),
-    "sign_in_activity": ("sign_in",),  # user id -> signInActivity
-    "groups": ("groups", "members"),  # members: group id -> {member id: kind}
-    "applications": ("applications",),
-    "service_principals": ("service_principals",),
-    "app_role_assignments": ("assignments",),  # resource service principal id -> [appRoleAssignment]
-    "domains": ("domains",),  # domain id -> domain
-}
-
+# area -> its collections (each a dict {id: object} split into buckets), and how each collection is stored: both
+# from the areas' definitions (entra_mcp/areas.py Area.collections), so a new area needs no edit here
+COLLECTIONS: dict[str, tuple[str, ...]] = {a.name: tuple(c.name for c in a.collections) for a in REGISTRY}
+_FORMS: dict[str, str] = {c.name: c.form for a in REGISTRY for c in a.collections}
 # collections of Graph objects, stored and loaded as columns (mirror/table.py)
-TABLES = frozenset({"users", "sign_in", "groups", "applications", "service_principals"})
+TABLES = frozenset(c for c, form in _FORMS.items() if form == "table")
 # collections of lists of Graph objects by key (assignments by resource), stored as columns too
-GROUPED = frozenset({"assignments"})
+GROUPED = frozenset(c for c, form in _FORMS.items() if form == "grouped")
 
 MAX_BUCKETS = 1024
 _ITEMS_PER_BUCKET = 128  # small buckets: a delta run unpickles and rewrites little
@@ -126,6 +120,12 @@ def _status_from_dict(d: dict[str, Any] | None) -> AreaStatus:
 
 def _empty_area() -> dict[str, Any]:
     return {"status": None, "delta_link": None, "meta": {}, "colls": {}}
+
+
+def _area_of(root: dict[str, Any], area: str) -> dict[str, Any]:
+    """An area's part of a root; an area this release defines that the root does not know yet (written by an
+    earlier release) reads as never synced."""
+    return root["areas"].get(area) or _empty_area()  # type: ignore[no-any-return]
 
 
 def _empty_root(version: int = 0) -> dict[str, Any]:
@@ -236,7 +236,7 @@ class MirrorStore:
     def area_status(self, tenant_name: str) -> dict[str, AreaStatus]:
         """AreaStatus of every area (never-synced areas: enabled, no last_success)."""
         root = self._root(tenant_name) or _empty_root()
-        return {a: _status_from_dict(root["areas"].get(a, {}).get("status")) for a in AREAS}
+        return {a: _status_from_dict(_area_of(root, a)["status"]) for a in AREAS}
 
     def info(self, tenant_name: str) -> dict[str, Any] | None:
         """version, tenant_id, as_of and per-area status, delta-link presence and meta (no object data)."""
@@ -253,9 +253,9 @@ class MirrorStore:
             "interval_minutes": root["interval_minutes"],
             "areas": {
                 a: {
-                    "status": _status_from_dict(root["areas"][a]["status"]),
-                    "has_delta_link": bool(root["areas"][a]["delta_link"]),
-                    "meta": dict(root["areas"][a]["meta"]),
+                    "status": _status_from_dict(_area_of(root, a)["status"]),
+                    "has_delta_link": bool(_area_of(root, a)["delta_link"]),
+                    "meta": dict(_area_of(root, a)["meta"]),
                 }
                 for a in AREAS
             },
@@ -281,7 +281,7 @@ class MirrorStore:
         if coll in GROUPED:
             return concat_groups([b if is_packed_groups(b) else pack_groups(b) for b in stored], share=pool)
         out: dict[str, Any] = {}
-        if coll == "members":  # {group id: {member id: kind}}: ids become the tables' objects, at C speed
+        if _FORMS.get(coll) == "members":  # {group id: {member id: kind}}: ids become the tables' objects, at C speed
             get = pool.get
             for bucket in stored:
                 for gid, members in bucket.items():
@@ -306,7 +306,7 @@ class MirrorStore:
             try:
                 data: dict[str, Any] = {}
                 for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]), key=lambda ac: ac[1] not in TABLES):
-                    data[coll] = self._read_coll(cache, area, coll, root["areas"][area]["colls"].get(coll), pool)
+                    data[coll] = self._read_coll(cache, area, coll, _area_of(root, area)["colls"].get(coll), pool)
             except _Stale:
                 continue  # a newer commit replaced a bucket while we read: start again from the new root
             except (OSError, sqlite3.Error) as exc:
@@ -331,8 +331,9 @@ class MirrorStore:
             service_principals=data["service_principals"],
             app_role_assignments=data["assignments"],
             domains=domains,
-            areas={a: _status_from_dict(root["areas"][a]["status"]) for a in AREAS},
+            areas={a: _status_from_dict(_area_of(root, a)["status"]) for a in AREAS},
             version=int(root["version"]),
+            collections=data,
         )
 
     # ---------- writing ----------

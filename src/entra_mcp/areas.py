@@ -1,0 +1,557 @@
+"""The sync areas: one `Area` definition each, in one ordered registry (`REGISTRY`), plus the functions that turn a
+page of Graph answers into mirror changes.
+
+Everything the product knows about an area is read from its `Area`: the engine (what to ask Graph, how to refresh,
+what to wait for), the mirror (which collections an area owns and how they are stored), `status` and `doctor`
+(config switch, permission, probe), and the answers' wording (label). Adding an area is one `Area` in `REGISTRY`
+plus its apply (or run) function and a switch in config.SyncSettings: docs/ARCHITECTURE.md, "Adding a sync area".
+
+This module is a leaf: it imports only the standard library and entra_mcp.errors, so every layer may read it
+(docs/ARCHITECTURE.md, "Layers").
+
+Areas and their Graph calls (graph-notes.md):
+  users                 GET /users/delta?$select=<account-state fields>,manager  (first run: the initial round;
+                        later: the delta link). manager arrives as `manager` or `manager@delta`; stored as managerId.
+  sign_in_activity      GET /users?$select=id,signInActivity&$top=500 (signInActivity is not in users/delta), a full
+                        pull at most every SIGN_IN_REFRESH_MINUTES (Graph itself updates it with hours of lag).
+  groups                GET /groups/delta?$select=<group fields>,members: groups AND direct memberships in one
+                        stream; members@delta chunks merged by group id in any order (never one request per group).
+  applications          GET /applications/delta
+  service_principals    GET /servicePrincipals/delta
+  app_role_assignments  GET /servicePrincipals/{id}/appRoleAssignedTo in $batch requests of 20 (graph/batch.py), only for service
+                        principals that can have assignments (appRoleAssignmentRequired, appRoles defined, or the
+                        app is registered in this tenant).
+                        Incremental: the service principals the same run saw change, plus a full refresh when the
+                        last one is older than ASSIGNMENTS_FULL_REFRESH_MINUTES (assignment changes do not show in
+                        servicePrincipals/delta).
+  domains               GET /domains (a handful of objects: password validity and notification window), every run.
+
+`apply_*` functions take a target with get/put/delete (a dict-backed full build, or a mirror AreaChange for a delta
+run), so full and delta runs share one code path; applying a page twice is harmless.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol
+
+from entra_mcp.errors import PermissionDenied
+
+# What the identity answers read of a user (identity/, server/): nothing else is asked for or stored. Each property is
+# held for every user in the server's memory (100,000 users: each unique string ~10 MB), so phones, preferred
+# language, employeeType, externalUserStateChangeDateTime, onPremisesUserPrincipalName and onPremisesDomainName,
+# which no answer returns, are left out (mailNickname is kept: the desk finds people by it). A mirror synced before
+# keeps them until its next full sync.
+USER_FIELDS = (
+    "id", "displayName", "givenName", "surname", "userPrincipalName", "mail", "otherMails", "proxyAddresses",
+    "jobTitle", "department", "officeLocation", "companyName", "employeeId", "accountEnabled",
+    "userType", "externalUserState", "createdDateTime", "lastPasswordChangeDateTime",
+    "passwordPolicies", "onPremisesSyncEnabled", "onPremisesLastSyncDateTime", "onPremisesSamAccountName",
+    "usageLocation", "assignedLicenses", "mailNickname",
+)
+USER_SELECT = ",".join(USER_FIELDS + ("manager",))
+
+GROUP_FIELDS = (
+    "id", "displayName", "description", "mail", "mailNickname", "mailEnabled", "securityEnabled", "groupTypes",
+    "membershipRule", "membershipRuleProcessingState", "onPremisesSyncEnabled", "createdDateTime", "visibility",
+    "isAssignableToRole",
+)
+GROUP_SELECT = ",".join(GROUP_FIELDS + ("members",))
+
+APPLICATION_FIELDS = (
+    "id", "appId", "displayName", "signInAudience", "appRoles", "keyCredentials", "passwordCredentials",
+    "createdDateTime", "identifierUris", "tags", "publisherDomain",
+)
+SERVICE_PRINCIPAL_FIELDS = (
+    "id", "appId", "displayName", "appDisplayName", "accountEnabled", "appOwnerOrganizationId",
+    "appRoleAssignmentRequired", "servicePrincipalType", "servicePrincipalNames", "appRoles", "keyCredentials",
+    "passwordCredentials", "tags", "preferredSingleSignOnMode",
+)
+DOMAIN_FIELDS = ("id", "isDefault", "isVerified", "passwordValidityPeriodInDays", "passwordNotificationWindowInDays", "authenticationType")
+SIGN_IN_SELECT = "id,signInActivity"
+# what the answers read of signInActivity (Graph returns it whole): the request ids are left out (~35 MB of the
+# server's memory for 100,000 users)
+SIGN_IN_FIELDS = ("lastSignInDateTime", "lastNonInteractiveSignInDateTime", "lastSuccessfulSignInDateTime")
+
+SIGN_IN_REFRESH_MINUTES = 60.0
+ASSIGNMENTS_FULL_REFRESH_MINUTES = 60.0
+
+_KINDS = {"user": "user", "group": "group", "serviceprincipal": "servicePrincipal", "device": "device", "orgcontact": "orgContact"}
+
+
+class Target(Protocol):
+    def get(self, coll: str, object_id: str) -> Any: ...
+    def put(self, coll: str, object_id: str, value: Any) -> None: ...
+    def delete(self, coll: str, object_id: str) -> None: ...
+
+
+class FullBuild:
+    """A Target for a full run: plain dicts, committed at once with MirrorWriter.commit_full."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def get(self, coll: str, object_id: str) -> Any:
+        return self.data.get(coll, {}).get(object_id)
+
+    def put(self, coll: str, object_id: str, value: Any) -> None:
+        self.data.setdefault(coll, {})[object_id] = value
+
+    def delete(self, coll: str, object_id: str) -> None:
+        self.data.get(coll, {}).pop(object_id, None)
+
+
+class Counter:
+    """Objects added/removed/changed while applying pages (object_count of a delta run = old + added - removed)."""
+
+    def __init__(self) -> None:
+        self.added = 0
+        self.removed = 0
+        self.changed = 0
+        self.changed_ids: set[str] = set()
+        self.removed_ids: set[str] = set()
+
+
+def member_kind(odata_type: Any) -> str:
+    tail = str(odata_type or "").rsplit(".", 1)[-1].lower()
+    return _KINDS.get(tail, "other")
+
+
+# properties whose values repeat across many objects: stored as one shared string each (see _plain)
+_SHARED_VALUES = frozenset({
+    "department", "jobTitle", "officeLocation", "companyName", "usageLocation", "userType", "preferredLanguage",
+    "employeeType", "externalUserState", "passwordPolicies", "onPremisesDomainName", "signInAudience",
+    "servicePrincipalType", "appOwnerOrganizationId", "membershipRuleProcessingState", "visibility",
+})
+
+
+def _shared(k: str, v: Any) -> Any:
+    return sys.intern(v) if k in _SHARED_VALUES and isinstance(v, str) and len(v) <= 128 else v
+
+
+def _plain(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The item's own properties (annotations and navigation deltas dropped). Property names, and the values that
+    repeat (department, job title...), become shared strings: pickle then stores each once per bucket, so a loaded
+    mirror of 100,000 users does not hold 100,000 copies of every property name."""
+    return {sys.intern(k): _shared(k, v) for k, v in item.items() if "@" not in k and (k in fields or k == "id")}
+
+
+def _upsert(target: Target, coll: str, item: dict[str, Any], fields: tuple[str, ...], counter: Counter) -> dict[str, Any]:
+    oid = str(item["id"])
+    old = target.get(coll, oid)
+    props = _plain(item, fields)
+    if old is None:
+        counter.added += 1
+        new = props
+    else:
+        new = {**old, **props}  # delta answers may carry only some properties: merge
+    counter.changed += 1
+    counter.changed_ids.add(oid)
+    return new
+
+
+def _removed(item: dict[str, Any]) -> bool:
+    return "@removed" in item
+
+
+def _remove(target: Target, coll: str, oid: str, counter: Counter) -> bool:
+    if target.get(coll, oid) is not None:
+        target.delete(coll, oid)
+        counter.removed += 1
+        counter.changed += 1
+        counter.removed_ids.add(oid)
+        return True
+    counter.removed_ids.add(oid)
+    return False
+
+
+def apply_users(target: Target, page: list[dict[str, Any]], counter: Counter) -> None:
+    for item in page:
+        if "id" not in item:
+            continue
+        oid = str(item["id"])
+        if _removed(item):  # "changed" = soft-deleted (restorable), "deleted" = gone: neither is an active user
+            _remove(target, "users", oid, counter)
+            continue
+        new = _upsert(target, "users", item, USER_FIELDS, counter)
+        new.setdefault(sys.intern("managerId"), None)
+        if "manager" in item:
+            m = item["manager"]
+            new["managerId"] = str(m["id"]) if isinstance(m, dict) and m.get("id") else None
+        if "manager@delta" in item:
+            entries = item["manager@delta"] or []
+            current = [e for e in entries if isinstance(e, dict) and e.get("id") and "@removed" not in e]
+            if current:
+                new["managerId"] = str(current[-1]["id"])
+            elif any(isinstance(e, dict) and "@removed" in e for e in entries):
+                new["managerId"] = None
+        target.put("users", oid, new)
+
+
+def apply_groups(target: Target, page: list[dict[str, Any]], counter: Counter) -> None:
+    for item in page:
+        if "id" not in item:
+            continue
+        gid = str(item["id"])
+        if _removed(item):
+            _remove(target, "groups", gid, counter)
+            target.delete("members", gid)
+            continue
+        new = _upsert(target, "groups", item, GROUP_FIELDS, counter)
+        target.put("groups", gid, new)
+        delta = item.get("members@delta")
+        if isinstance(delta, list) and delta:
+            members = target.get("members", gid)
+            members = dict(members) if members else {}
+            for m in delta:
+                if not isinstance(m, dict) or not m.get("id"):
+                    continue
+                mid = str(m["id"])
+                if "@removed" in m:
+                    members.pop(mid, None)
+                else:
+                    members[mid] = member_kind(m.get("@odata.type"))
+            if members:
+                target.put("members", gid, members)
+            else:
+                target.delete("members", gid)
+
+
+def apply_plain(coll: str, fields: tuple[str, ...]) -> Any:
+    def apply(target: Target, page: list[dict[str, Any]], counter: Counter) -> None:
+        for item in page:
+            if "id" not in item:
+                continue
+            oid = str(item["id"])
+            if _removed(item):
+                _remove(target, coll, oid, counter)
+                continue
+            target.put(coll, oid, _upsert(target, coll, item, fields, counter))
+
+    return apply
+
+
+def needs_assignments(sp: dict[str, Any], own_app_ids: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Service principals whose appRoleAssignedTo matters: assignment required, app roles to assign, or an app
+    registered in this tenant (default-access assignments). Microsoft's own first-party principals (hundreds in a
+    real tenant, none of them assignable) are left out."""
+    return bool(sp.get("appRoleAssignmentRequired")) or bool(sp.get("appRoles")) or sp.get("appId") in own_app_ids
+
+
+def clean_assignment(a: dict[str, Any]) -> dict[str, Any]:
+    keep = ("id", "principalId", "principalType", "principalDisplayName", "appRoleId", "resourceId", "resourceDisplayName", "createdDateTime")
+    return {k: a.get(k) for k in keep if k in a}
+
+
+
+
+def apply_sign_in(target: Target, page: list[dict[str, Any]], counter: Counter) -> None:
+    for u in page:
+        if u.get("id") and isinstance(u.get("signInActivity"), dict):
+            oid = str(u["id"])
+            target.put("sign_in", oid, {sys.intern(k): v for k, v in u["signInActivity"].items() if k in SIGN_IN_FIELDS})
+            counter.added += 1
+            counter.changed_ids.add(oid)
+
+
+def apply_domains(target: Target, page: list[dict[str, Any]], counter: Counter) -> None:
+    for d in page:
+        if d.get("id"):
+            oid = str(d["id"])
+            target.put("domains", oid, {k: v for k, v in d.items() if k in DOMAIN_FIELDS})
+            counter.added += 1
+            counter.changed_ids.add(oid)
+
+
+# ---------------------------------------------------------------------------------------------- the definitions
+
+NON_PREMIUM = "Authentication_RequestFromNonPremiumTenantOrB2CTenant"  # Graph's code for a feature needing P1/P2
+
+ApplyFn = Callable[[Target, list[dict[str, Any]], Counter], None]
+StoredForm = Literal["table", "grouped", "members", "dict"]
+
+
+@dataclass(frozen=True)
+class Licence:
+    """A licence the tenant needs for an area; Graph refuses with `graph_code` (403) without it."""
+
+    name: str  # as the admin knows it, e.g. "Entra ID P1/P2"
+    graph_code: str = NON_PREMIUM
+
+
+@dataclass(frozen=True)
+class Collection:
+    """One mirror collection (a dict by object id, stored in buckets). `form` is how a bucket is stored and loaded:
+    "table": Graph objects as columns (mirror/table.py, a read-only Table when loaded; best for many objects);
+    "grouped": lists of Graph objects by a key, as columns; "members": {id: {member id: kind}} with shared ids;
+    "dict": plain dicts (a handful of objects, or shapes a Table cannot hold)."""
+
+    name: str
+    form: StoredForm = "dict"
+
+
+@dataclass(frozen=True)
+class AreaStatus:
+    """How one area of one tenant stands (kept in the mirror with the area's data). Times are timezone-aware UTC."""
+
+    enabled: bool
+    disabled_reason: str | None = None  # e.g. "not enabled in config" or "Graph 403 Authorization_RequestDenied: grant Application.Read.All"
+    last_success: datetime | None = None
+    last_error: str | None = None  # never carries a secret
+    last_error_at: datetime | None = None
+    object_count: int | None = None
+    mode: str | None = None  # "full" or "delta": how the last successful run went
+
+
+@dataclass
+class AreaResult:
+    area: str
+    outcome: str  # full | delta | unchanged | disabled | off | failed | skipped
+    objects: int | None = None  # objects in the mirror after the run
+    changes: int = 0  # objects added, changed or removed by this run
+    requests: int = 0
+    seconds: float = 0.0
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class RunChanges:
+    """What a delta or full run of an area saw change (read by areas that depend on it)."""
+
+    full: bool
+    ids: frozenset[str]
+
+
+class AreaWriter(Protocol):
+    """What a run function uses of the tenant's mirror writer (mirror/store.py MirrorWriter)."""
+
+    def meta(self, area: str) -> dict[str, Any]: ...
+    def has_data(self, area: str) -> bool: ...
+    def begin(self, area: str) -> Any: ...  # an AreaChange: a Target, committed by commit_delta
+    def commit_full(self, area: str, data: dict[str, dict[str, Any]], *, delta_link: str | None, status: AreaStatus,
+                    meta: dict[str, Any] | None = None) -> int: ...
+    def commit_delta(self, change: Any, *, delta_link: str | None, status: AreaStatus, meta: dict[str, Any] | None = None) -> int: ...
+
+
+class AreaRun(Protocol):
+    """What a custom `run` function gets from the engine (sync/engine.py TenantSync) for one tenant's run."""
+
+    full: bool  # `sync --full`
+    writer: AreaWriter
+    results: dict[str, AreaResult]  # areas finished in this run (dependencies are finished before `run` starts)
+    denied: dict[str, PermissionDenied]
+
+    def now(self) -> datetime: ...
+    def changes(self, area: str) -> RunChanges | None: ...
+    def ok_status(self, prev: AreaStatus, count: int, mode: str) -> AreaStatus: ...
+    def tick(self, area: str, n: int) -> None: ...
+    async def commit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+    async def read_all(self, area: str, coll: str) -> dict[str, Any]: ...
+    async def batch_get(self, urls: list[str], *, area: str) -> dict[str, list[dict[str, Any]] | None]: ...
+
+
+RunFn = Callable[[AreaRun, "Area", AreaStatus], Awaitable[AreaResult]]
+
+
+@dataclass(frozen=True)
+class Area:
+    """Everything about one sync area. See docs/ARCHITECTURE.md, "Adding a sync area".
+
+    refresh: "delta"  Graph delta query at `path` (`select` on the first round), pages through `apply`; a saved delta
+                      link makes later runs incremental; an expired link means a full round.
+             "full"   a full list at `path` (`select`, `params`) through `apply`, committed whole, at most every
+                      `full_every_minutes` (0: every run).
+             "custom" `run(engine, area, previous status)` does it all (e.g. per-object calls in $batch).
+    """
+
+    name: str  # stable: the key in the mirror, sync_status and `status --json`
+    label: str  # how answers name it ("the {label} area is disabled ...")
+    switch: str  # the config.SyncSettings field that turns it on ([tenants.sync] in the TOML)
+    permission: str  # the least-privileged application permission, as Graph names it
+    collections: tuple[Collection, ...]  # the mirror collections it owns; the first is the one its objectCount counts
+    refresh: Literal["delta", "full", "custom"]
+    probe: tuple[str, Mapping[str, str]]  # doctor's cheap request proving the permission
+    path: str = ""
+    select: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    permission_text: str | None = None  # what to grant, in the disabled reason, when friendlier than `permission`
+    licence: Licence | None = None
+    full_every_minutes: float = 0.0
+    depends_on: tuple[str, ...] = ()  # areas whose run (this run) must finish first
+    apply: ApplyFn | None = None
+    run: RunFn | None = None
+    meta_on_full: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None  # extra figures for status
+
+    @property
+    def counted(self) -> str:
+        return self.collections[0].name
+
+    @property
+    def grant(self) -> str:
+        return self.permission_text or self.permission
+
+    def disabled_reason(self, exc: PermissionDenied) -> str:
+        """Why Graph refused this area, and what to do: a missing licence or the permission to grant."""
+        code = exc.graph_code or "HTTP 403"
+        licence = self.licence or (Licence("Entra ID P1/P2") if code == NON_PREMIUM else None)
+        if licence is not None and code == licence.graph_code:
+            return f"Graph refused ({code}): {self.label} needs an {licence.name} licence in this tenant"
+        return f"Graph refused ({code}): grant {self.grant}"
+
+
+def _probe(path: str, select: str = "id") -> tuple[str, Mapping[str, str]]:
+    return path, {"$select": select, "$top": "1"}
+
+
+def _memberships(data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"memberships": sum(len(m) for m in data.get("members", {}).values())}
+
+
+async def run_assignments(run: AreaRun, area: Area, prev: AreaStatus) -> AreaResult:
+    """appRoleAssignedTo of the service principals that can have assignments: all of them on a full refresh (first
+    run, --full, service principals resynced, or older than full_every_minutes), else those this run saw change."""
+    name = area.name
+    sp_result = run.results.get("service_principals")
+    if sp_result is None or sp_result.outcome in ("failed", "skipped"):
+        return AreaResult(name, "skipped", objects=prev.object_count,
+                          message="service principals did not sync in this run; assignments kept as they were")
+    if sp_result.outcome == "disabled":
+        raise run.denied["service_principals"]  # same permission (Application.Read.All): same reason
+    sps = await run.read_all("service_principals", "service_principals")
+    apps = await run.read_all("applications", "applications")
+    own = {str(a.get("appId")) for a in apps.values() if a.get("appId")}
+    relevant = {sid for sid, sp in sps.items() if needs_assignments(sp, own)}
+    writer = run.writer
+    meta = writer.meta(name)
+    last_full = meta.get("full_at")
+    stale = last_full is None or run.now() - last_full >= timedelta(minutes=area.full_every_minutes)
+    sp_changes = run.changes("service_principals") or RunChanges(full=True, ids=frozenset())
+    do_full = run.full or sp_changes.full or stale or not prev.enabled or not writer.has_data(name)
+
+    async def fetch(ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        urls = {f"/servicePrincipals/{sid}/appRoleAssignedTo?$top=999": sid for sid in ids}
+        got = await run.batch_get(list(urls), area=name)
+        return {urls[u]: [clean_assignment(a) for a in rows or [] if isinstance(a, dict)] for u, rows in got.items()}
+
+    if do_full:
+        fetched = await fetch(sorted(relevant))
+        data = {sid: rows for sid, rows in fetched.items() if rows}
+        meta["full_at"] = run.now()
+        count = sum(len(v) for v in data.values())
+        await run.commit(writer.commit_full, name, {"assignments": data}, delta_link=None,
+                         status=run.ok_status(prev, count, "full"), meta=meta)
+        return AreaResult(name, "full", objects=count, changes=count,
+                          message=f"{len(relevant)} service principals with assignable roles or required assignment")
+    ids = sorted(sp_changes.ids & relevant)
+    gone = sp_changes.ids - relevant
+    fetched = await fetch(ids) if ids else {}
+    change = writer.begin(name)
+    count = prev.object_count or 0
+    changes = 0
+    for sid in sorted(gone) + ids:
+        old = change.get("assignments", sid) or []
+        new = fetched.get(sid) or []
+        count += len(new) - len(old)
+        if old != new:
+            changes += 1
+        if new:
+            change.put("assignments", sid, new)
+        else:
+            change.delete("assignments", sid)
+    await run.commit(writer.commit_delta, change, delta_link=None,
+                     status=run.ok_status(prev, max(0, count), "delta"), meta=meta)
+    return AreaResult(name, "delta", objects=max(0, count), changes=changes,
+                      message=f"refreshed {len(ids)} changed service principals; full refresh every {area.full_every_minutes:.0f} minutes")
+
+
+# In sync order: an area is started in this order, and one with depends_on waits for those areas to finish.
+REGISTRY: tuple[Area, ...] = (
+    Area(
+        name="users", label="users", switch="users", permission="User.Read.All",
+        collections=(Collection("users", "table"),),
+        refresh="delta", path="/users/delta", select=USER_SELECT, apply=apply_users, probe=_probe("/users"),
+    ),
+    Area(
+        name="sign_in_activity", label="sign-in activity", switch="sign_in_activity", permission="AuditLog.Read.All",
+        licence=Licence("Entra ID P1/P2"),
+        collections=(Collection("sign_in", "table"),),  # user id -> signInActivity
+        refresh="full", full_every_minutes=SIGN_IN_REFRESH_MINUTES, path="/users", select=SIGN_IN_SELECT,
+        params={"$top": "500"}, apply=apply_sign_in, probe=_probe("/users", "id,signInActivity"),
+    ),
+    Area(
+        name="groups", label="groups and memberships", switch="groups", permission="GroupMember.Read.All",
+        collections=(Collection("groups", "table"), Collection("members", "members")),  # members: group id -> {member id: kind}
+        refresh="delta", path="/groups/delta", select=GROUP_SELECT, apply=apply_groups, probe=_probe("/groups"),
+        meta_on_full=_memberships,
+    ),
+    Area(
+        name="applications", label="app registrations", switch="applications", permission="Application.Read.All",
+        collections=(Collection("applications", "table"),),
+        refresh="delta", path="/applications/delta", select=",".join(APPLICATION_FIELDS),
+        apply=apply_plain("applications", APPLICATION_FIELDS), probe=_probe("/applications"),
+    ),
+    Area(
+        name="service_principals", label="enterprise apps (service principals)", switch="service_principals",
+        permission="Application.Read.All",
+        collections=(Collection("service_principals", "table"),),
+        refresh="delta", path="/servicePrincipals/delta", select=",".join(SERVICE_PRINCIPAL_FIELDS),
+        apply=apply_plain("service_principals", SERVICE_PRINCIPAL_FIELDS), probe=_probe("/servicePrincipals"),
+    ),
+    Area(
+        name="app_role_assignments", label="app role assignments", switch="service_principals",
+        permission="Application.Read.All",
+        collections=(Collection("assignments", "grouped"),),  # resource service principal id -> [appRoleAssignment]
+        refresh="custom", run=run_assignments, full_every_minutes=ASSIGNMENTS_FULL_REFRESH_MINUTES,
+        depends_on=("applications", "service_principals"), probe=_probe("/servicePrincipals"),
+    ),
+    Area(
+        name="domains", label="domains (password policy)", switch="users", permission="Domain.Read.All",
+        permission_text="Domain.Read.All (or Directory.Read.All)",
+        collections=(Collection("domains", "dict"),),  # domain id -> domain
+        refresh="full", path="/domains", apply=apply_domains, probe=("/domains", {}),
+    ),
+)
+
+AREA: dict[str, Area] = {a.name: a for a in REGISTRY}
+AREA_NAMES: tuple[str, ...] = tuple(AREA)
+
+
+def _check(registry: tuple[Area, ...]) -> None:
+    """Mistakes in a definition fail at import, with the reason (tests import every module)."""
+    seen: set[str] = set()
+    colls: set[str] = set()
+    for a in registry:
+        if a.name in seen:
+            raise ValueError(f"sync area {a.name!r} is defined twice")
+        if any(d not in seen for d in a.depends_on):
+            raise ValueError(f"sync area {a.name!r} depends on {a.depends_on}: each must be defined before it")
+        if a.refresh == "custom" and a.run is None or a.refresh != "custom" and (a.apply is None or not a.path):
+            raise ValueError(f"sync area {a.name!r}: refresh={a.refresh!r} needs " + ("run" if a.refresh == "custom" else "path and apply"))
+        if not a.collections or any(c.name in colls for c in a.collections):
+            raise ValueError(f"sync area {a.name!r}: needs collections of its own (a name is used once in the mirror)")
+        seen.add(a.name)
+        colls.update(c.name for c in a.collections)
+
+
+_check(REGISTRY)
+
+
+__all__ = [
+    "AREA",
+    "AREA_NAMES",
+    "REGISTRY",
+    "Area",
+    "AreaResult",
+    "AreaRun",
+    "AreaStatus",
+    "AreaWriter",
+    "Collection",
+    "Counter",
+    "FullBuild",
+    "Licence",
+    "RunChanges",
+    "member_kind",
+    "needs_assignments",
+]
