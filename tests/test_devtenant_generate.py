@@ -489,7 +489,7 @@ def test_examples_point_at_matching_objects(small: EmulatedTenant) -> None:
 
 def test_medium_counts(medium: EmulatedTenant) -> None:
     assert len(medium.users) == 5_000
-    assert len(medium.groups) == 600
+    assert len(medium.groups) == 600 + 1  # + the role-assignable "Identity Admins" (graph_account.py)
     assert len(medium.applications) == 200
     assert len(medium.service_principals) == 500
     assert 2_000 <= len(medium.app_role_assignments) <= 3_000

@@ -213,8 +213,6 @@ def generate_account(tenant: EmulatedTenant, now: datetime) -> AccountData:
     plain = [uid for uid in members[2:]
              if not _VIP_TITLE.search(str(users[uid].get("jobTitle") or ""))
              and users[uid].get("onPremisesSyncEnabled") is None and not users[uid].get("passwordPolicies")]
-    synced = [uid for uid in members[2:] if users[uid].get("onPremisesSyncEnabled") is True
-              and not _VIP_TITLE.search(str(users[uid].get("jobTitle") or ""))]
     r.shuffle(plain)
     pool = iter(plain)  # cloud-only members: the people whose reset verdict each scenario decides
     taken_plain = set(plain)
@@ -247,18 +245,17 @@ def generate_account(tenant: EmulatedTenant, now: datetime) -> AccountData:
         au = _uuid(r)
         acc.administrative_units[au] = "Paris Office"
         assign(take(), HELPDESK_ADMIN, f"/administrativeUnits/{au}")
-        # a small static security group made role-assignable, holding User Administrator: its members are
-        # privileged through it (role-assignable groups hold users only, no nested groups)
-        nested = {m for ms in tenant.members.values() for m, k in ms.items() if k == "group"}
-        candidates = sorted(
-            (len(ms), gid) for gid, ms in tenant.members.items()
-            if ms and all(k == "user" for k in ms.values()) and len(ms) <= 25 and gid not in nested
-            and (gr := tenant.groups.get(gid)) is not None and gr.get("securityEnabled") and not gr.get("mailEnabled")
-            and not gr.get("groupTypes") and not gr.get("onPremisesSyncEnabled"))
-        gid = candidates[0][1] if candidates else ""
-        if gid:
-            tenant.groups[gid] = {**tenant.groups[gid], "isAssignableToRole": True}
-            assign(gid, USER_ADMIN)
+        # a role-assignable group holding User Administrator: its two members are privileged through it
+        gid = _uuid(r)
+        tenant.groups[gid] = {
+            "id": gid, "displayName": "Identity Admins", "description": "Role-assignable group: User Administrator",
+            "mail": None, "mailNickname": "identityadmins", "mailEnabled": False, "securityEnabled": True,
+            "groupTypes": [], "membershipRule": None, "membershipRuleProcessingState": None,
+            "createdDateTime": iso(now - timedelta(days=400)), "onPremisesSyncEnabled": None, "visibility": "Private",
+            "isAssignableToRole": True, "securityIdentifier": _sid(gid),
+        }
+        tenant.members[gid] = {take(): "user", take(): "user"}
+        assign(gid, USER_ADMIN)
         # PIM: one eligible Global Administrator (no active role), one eligible Privileged Role Administrator
         for uid, role in ((take(), GLOBAL_ADMIN), (take(), PRIVILEGED_ROLE_ADMIN)):
             eid = _uuid(r)
@@ -305,8 +302,6 @@ def generate_account(tenant: EmulatedTenant, now: datetime) -> AccountData:
                                      ("none", "dismissed", "adminDismissedAllRiskForUser")):
             uid = take()
             _set_risk(tenant, acc, uid, level, state, detail, iso(now - timedelta(days=r.randint(1, 20))))
-        if synced:  # a synced user at risk too
-            _set_risk(tenant, acc, synced[0], "low", "atRisk", "none", iso(now - timedelta(days=3)))
     except StopIteration:
         pass
     _count_units(tenant, acc)

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..errors import NotFoundError
+from .account_facts import account_sections
 from .common import area_finding, as_of, freshness_findings, name_of, user_ref
 from .findings import finding, quote, sort_findings, suspicious_findings
 from .text import iso, parse_time, utcnow
@@ -183,13 +184,17 @@ def _account_state(view: DirectoryView, user: dict[str, Any], now: datetime | No
 
 def check_account_state(view: DirectoryView, user: str, now: datetime | None = None) -> dict[str, Any]:
     """Can `user` sign in, and what stands in the way: disabled, expired password, on-premises sync, guest
-    invitation, stale or missing sign-ins, missing licence. Unknowns are null, each with a finding saying why."""
+    invitation, stale or missing sign-ins, missing licence; plus MFA/SSPR readiness (`authentication`), directory
+    roles (`roles`), licences with their errors (`licenses`) and Identity Protection risk (`risk`). Unknowns are
+    null, each with a finding saying why."""
     record = resolve_user(view, user)
     state = _account_state(view, record, now)
-    findings = state.pop("findings") + freshness_findings(view.snapshot, now)
+    sections, more = account_sections(view, record)
+    findings = state.pop("findings") + more + freshness_findings(view.snapshot, now)
     return {
         "user": {**user_ref(record), "mail": record.get("mail")},
         **state,
+        **sections,
         "asOf": as_of(view),
         "findings": sort_findings(findings),
     }

@@ -40,6 +40,30 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
         "info",
         "Sign-in activity is not in the mirror (area disabled or never synced): last sign-in is unknown, not absent.",
     ),
+    # authentication readiness, roles, licences, risk (identity/account_facts.py)
+    "AUTH_METHODS_UNKNOWN": (
+        "info",
+        "The user is not in the authentication-methods registration report (disabled or new): MFA/SSPR readiness unknown.",
+    ),
+    "MFA_NOT_REGISTERED": ("warning", "The user has no multifactor authentication method registered."),
+    "SSPR_NOT_ENABLED": ("info", "Self-service password reset is not enabled for the user."),
+    "SSPR_NOT_REGISTERED": ("info", "Self-service password reset is enabled for the user but they have not registered for it."),
+    "PRIVILEGED_ROLE": ("warning", "The user holds an administrator role in Entra ID."),
+    "ROLE_VIA_GROUP": ("warning", "The user holds an administrator role as a member of a role-assignable group."),
+    "PRIVILEGED_ROLE_ELIGIBLE": ("warning", "The user is eligible (PIM) to activate an administrator role at any moment."),
+    "LICENSE_ERROR": ("warning", "A licence assignment of the user is in error (count, conflict, dependency, usage location...)."),
+    "LICENSE_PLAN_DISABLED": ("info", "A service plan of one of the user's licences is switched off (disabledPlans)."),
+    "USER_AT_RISK": ("critical", "Identity Protection flags the user as at risk or confirmed compromised."),
+    # password reset eligibility (identity/reset.py)
+    "RESET_NOT_BY_HELPDESK": (
+        "warning",
+        "The desk's admin role may not reset this user's password (Entra's 'Who can reset passwords' table).",
+    ),
+    "RESET_CALLER_UNVERIFIED": ("warning", "The caller is not verified as the account owner: verify before any reset."),
+    "PASSWORD_WRITEBACK_UNKNOWN": (
+        "info",
+        "Whether password writeback is on is unknown (Graph does not tell an app): a synced account is reset in AD.",
+    ),
     # mirror
     "MIRROR_STALE": ("warning", "The mirror is older than two sync intervals (or was never synced): data may be out of date."),
     "AREA_DISABLED": ("warning", "A mirror area this answer needs is disabled or never synced: that part is unknown (null)."),
