@@ -41,7 +41,7 @@ SCOPE = "Identity.Investigate"
 # ------------------------------------------------------------------------------------------- ID-token validation
 
 def validation_bench(emu: Any, seconds: float) -> dict[str, Any]:
-    import jwt  # PyJWT, from the `bench` extra
+    import jwt  # PyJWT, from the `test` extra
 
     from entra_mcp.oidc.provider import OidcProvider
     from entra_mcp.oidc.validate import TokenValidator
