@@ -13,6 +13,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -42,6 +43,9 @@ class AuthSettings(_Section):
     audience: str | None = None
     required_scopes: list[str] = Field(default_factory=lambda: ["Identity.Investigate"])
     allow_app_tokens: bool = False
+    # entra mode: tenant GUIDs besides server.auth.tenant whose users' tokens /mcp accepts (multi-tenant API). Separate
+    # from oidc.allowed_tenants, which only says who may sign in to the portal and chat.
+    allowed_tenants: list[str] = Field(default_factory=list)
     api_keys_env: str = "ENTRA_MCP_API_KEYS"
 
     def api_keys(self) -> list[str]:
@@ -65,6 +69,15 @@ class ServerSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    # Bounds per HTTP client (server/limits.py): a whole request (headers and body) must arrive within
+    # request_timeout_seconds; bodies being read by all requests together stay under max_buffered_bytes; each caller of
+    # /mcp (an Entra user or app, an API key) gets max_requests_per_minute, max_sessions_per_caller open MCP sessions
+    # and max_concurrent_calls calls in progress at once (more wait their turn).
+    request_timeout_seconds: float = Field(default=15.0, ge=1, le=600)
+    max_buffered_bytes: int = Field(default=64_000_000, ge=1024)
+    max_requests_per_minute: int = Field(default=600, ge=1)
+    max_sessions_per_caller: int = Field(default=32, ge=1)
+    max_concurrent_calls: int = Field(default=4, ge=1, le=64)
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @field_validator("cache_dir")
@@ -222,11 +235,8 @@ class Settings(_Section):
                 raise ValueError("server.auth.mode = 'entra' needs server.auth.tenant set to the name of a [[tenants]] entry")
             if not auth.audience:
                 raise ValueError("server.auth.mode = 'entra' needs server.auth.audience (the API app registration's client id)")
-        if auth.mode == "none" and self.server.transport == "http" and not _is_loopback(self.server.host):
-            raise ValueError(
-                f"server.auth.mode = 'none' is only allowed on a loopback host, and server.host is {self.server.host!r}. "
-                "Fix: set server.auth.mode to 'entra' or 'api_key', or bind 127.0.0.1."
-            )
+        if auth.mode == "none" and self.server.transport == "http":
+            _check_open_mode(self.server)
         if self.oidc.enabled:
             if not self.oidc.tenant or self.oidc.tenant not in names:
                 raise ValueError("oidc.enabled needs oidc.tenant set to the name of a [[tenants]] entry")
@@ -250,6 +260,30 @@ class Settings(_Section):
         close = difflib.get_close_matches(name, [t.name for t in self.tenants], n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else f" Configured: {', '.join(t.name for t in self.tenants) or 'none'}."
         raise ConfigError(f"unknown tenant {name!r}.{hint}")
+
+
+def _check_open_mode(server: ServerSettings) -> None:
+    """server.auth.mode = "none" leaves /mcp open: only when every way in is loopback. A loopback bind behind a reverse
+    proxy (public_url on a public name) or an extra allowed Host would open it to whoever reaches the proxy."""
+    fix = "Fix: set server.auth.mode to 'entra' or 'api_key'"
+    if not _is_loopback(server.host):
+        raise ValueError(
+            f"server.auth.mode = 'none' is only allowed on a loopback host, and server.host is {server.host!r}. "
+            f"{fix}, or bind 127.0.0.1."
+        )
+    public = urlsplit(server.resolved_public_url).hostname or ""
+    if not _is_loopback(public):
+        raise ValueError(
+            f"server.auth.mode = 'none' leaves /mcp open to anyone, and server.public_url ({server.resolved_public_url}) "
+            "is not a loopback address: behind a reverse proxy every client of the proxy could call the tools "
+            f"unauthenticated. {fix}, or set public_url to http://127.0.0.1:{server.port}."
+        )
+    hosts = [h for h in server.allowed_hosts if not _is_loopback(h.rsplit(":", 1)[0] if h.count(":") == 1 else h)]
+    if hosts:
+        raise ValueError(
+            f"server.auth.mode = 'none' leaves /mcp open to anyone, and server.allowed_hosts lets non-loopback names in "
+            f"({', '.join(hosts)}). {fix}, or remove them."
+        )
 
 
 def _is_loopback(host: str) -> bool:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -43,6 +44,7 @@ from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.routes import SignIn
 from entra_mcp.oidc.sessions import SessionService
 from entra_mcp.oidc.validate import InsufficientScope, TokenRejected, TokenValidator
+from entra_mcp.server.limits import PrincipalLimits, Refusal, too_many
 
 log = get_logger("server.auth")
 
@@ -92,8 +94,11 @@ class McpGuard:
             tenant = settings.tenant(self.auth.tenant)
             self._issuer = tenant.issuer
             if validator is None:
-                allowed = settings.oidc.allowed_tenants if settings.oidc.tenant == self.auth.tenant else []
-                validator = TokenValidator(OidcProvider.from_tenant(tenant, allowed_tenants=allowed, transport=transport))
+                # Only server.auth.allowed_tenants open /mcp to other tenants: oidc.allowed_tenants (who may sign in
+                # to the portal) never does.
+                validator = TokenValidator(
+                    OidcProvider.from_tenant(tenant, allowed_tenants=self.auth.allowed_tenants, transport=transport)
+                )
             self.validator = validator
         elif self.mode == "api_key":
             # Keys are hashed once; requests compare hashes in constant time (equal lengths, no early exit).
@@ -206,15 +211,31 @@ class McpGuard:
             self._owners.popitem(last=False)
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        return _Protected(app, self)
+        """The /mcp app behind authentication, session binding and the per-caller quotas (server/limits.py).
+
+        When `app` is the SDK's StreamableHTTPASGIApp its session manager tells which sessions are still open (the
+        SDK ends idle ones on its own), so a caller's session quota frees up when its sessions do."""
+        srv = self.settings.server
+        manager = getattr(app, "session_manager", None)
+        instances = getattr(manager, "_server_instances", None)
+        limits = PrincipalLimits(
+            requests_per_minute=srv.max_requests_per_minute,
+            sessions=srv.max_sessions_per_caller,
+            concurrent_calls=srv.max_concurrent_calls,
+            session_idle_seconds=getattr(manager, "session_idle_timeout", None),
+            live_sessions=(lambda: instances) if isinstance(instances, dict) else None,
+        )
+        return _Protected(app, self, limits, queue_seconds=srv.request_timeout_seconds)
 
 
 class _Protected:
     """The ASGI wrapper around the MCP app."""
 
-    def __init__(self, app: ASGIApp, guard: McpGuard) -> None:
+    def __init__(self, app: ASGIApp, guard: McpGuard, limits: PrincipalLimits, *, queue_seconds: float) -> None:
         self.app = app
         self.guard = guard
+        self.limits = limits
+        self.queue_seconds = queue_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -226,12 +247,26 @@ class _Protected:
             await outcome(scope, receive, send)
             return
         principal = outcome
+        method = scope.get("method", "GET")
+        refusal = self.limits.admit(principal.key)
+        if refusal is not None:
+            log.info("refused a request on /mcp: %s quota of one caller", refusal.reason)
+            await too_many(refusal)(scope, receive, send)
+            return
         session_id = headers.get(MCP_SESSION_HEADER)
         if session_id is not None and not self.guard._owner_ok(session_id, principal):
             log.warning("refused an MCP session id presented by a principal other than its owner")
             body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}})
             await Response(body, 404, media_type="application/json")(scope, receive, send)
             return
+        if session_id is None and method == "POST":
+            refusal = self.limits.may_open_session(principal.key)
+            if refusal is not None:
+                log.info("refused a new MCP session: one caller has %d open", self.limits.max_sessions)
+                await too_many(refusal)(scope, receive, send)
+                return
+        elif session_id is not None:
+            self.limits.session_used(principal.key, session_id)
         inner = dict(scope)
         # The caller's credential goes no further than this wrapper (no token passthrough, rule 15).
         inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
@@ -247,18 +282,67 @@ class _Protected:
                 )
             )
             inner["auth"] = AuthCredentials(list(principal.scopes))
-        method = scope.get("method", "GET")
 
         async def send_and_bind(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 new_id = Headers(raw=message.get("headers", [])).get(MCP_SESSION_HEADER)
-                if new_id and session_id is None and principal.kind != "anonymous":
-                    self.guard._bind(new_id, principal)
+                if new_id and session_id is None:
+                    self.limits.session_opened(principal.key, new_id)
+                    if principal.kind != "anonymous":
+                        self.guard._bind(new_id, principal)
                 if method == "DELETE" and session_id is not None:
                     self.guard._owners.pop(session_id, None)
+                    self.limits.session_closed(principal.key, session_id)
             await send(message)
 
-        await self.app(inner, receive, send_and_bind)
+        if method != "POST":  # GET is the long-lived stream of a session, DELETE ends one: not calls
+            await self.app(inner, receive, send_and_bind)
+            return
+        # The body is read (bounded by server/limits.py's BodyBounds) before the call takes a place, so a caller's
+        # slow upload never holds one of its places.
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away
+        receive = _replay(body, receive)
+        # A caller's calls beyond max_concurrent_calls wait their turn (bounded), so one caller's burst of heavy
+        # calls takes at most that many workers and never starves another caller's.
+        calls = self.limits.calls(principal.key)
+        with anyio.move_on_after(self.queue_seconds) as waiting:
+            await calls.acquire()
+        if waiting.cancelled_caught:
+            log.info("refused a call on /mcp: one caller kept %d calls in progress too long", self.limits.concurrent_calls)
+            await too_many(Refusal("calls", f"this caller already has {self.limits.concurrent_calls} calls in progress; "
+                                            "wait for their answers", 5))(scope, receive, send)
+            return
+        try:
+            await self.app(inner, receive, send_and_bind)
+        finally:
+            calls.release()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client disconnects first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 @dataclass

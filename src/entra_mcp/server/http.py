@@ -2,9 +2,10 @@
 part adds (`/auth/*`, the protected-resource metadata).
 
 Checks on every request, before any route: the Host header must name this server (else 421), a browser Origin must
-be one of ours (a missing Origin is fine, `null` is not: 403), and bodies over server.max_body_bytes get 413. The
-sign-in part protects `/mcp` through `protect`, a function that wraps the MCP ASGI app (it answers 401/403 itself).
-`run_http` serves it with uvicorn, with a deadline for each request's headers.
+be one of ours (a missing Origin is fine, `null` is not: 403), and bodies over server.max_body_bytes get 413 while all
+bodies being read stay under server.max_buffered_bytes (server/limits.py). The sign-in part protects `/mcp` through
+`protect`, a function that wraps the MCP ASGI app (it answers 401/403 itself). `run_http` serves it with uvicorn,
+with a deadline for each whole request (server.request_timeout_seconds).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
-from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from entra_mcp import __version__
 from entra_mcp.logs import get_logger
+from entra_mcp.server.limits import BodyBounds, BufferBudget, request_deadline_protocol
 from entra_mcp.views import ViewProvider
 
 log = get_logger("server.http")
@@ -120,6 +122,12 @@ class HostOriginMiddleware:
             log.warning("refused a request from a foreign Origin")
             await PlainTextResponse("Forbidden: cross-origin request refused", status_code=403)(scope, receive, send)
             return
+        # Host names and schemes are case-insensitive: what passed here reaches the routes (and the SDK's own
+        # case-sensitive check on /mcp) in lower case, and with an Origin's trailing slash dropped.
+        scope = dict(scope)
+        scope["headers"] = [
+            (k, v.lower() if k == b"host" else v.lower().rstrip(b"/") if k == b"origin" else v) for k, v in scope["headers"]
+        ]
         await self.app(scope, receive, send)
 
 
@@ -217,8 +225,10 @@ def create_http_app(
         *extra_routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    # Outermost first: Host/Origin, then the body limit, then routing.
-    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_body)
+    # Outermost first: Host/Origin, then the body bounds (which read nothing themselves: /mcp's guard refuses an
+    # unauthenticated caller before its body is read), then routing.
+    app.state.buffer_budget = BufferBudget(settings.server.max_buffered_bytes)
+    app.add_middleware(BodyBounds, max_body=max_body, budget=app.state.buffer_budget)
     app.add_middleware(HostOriginMiddleware, hosts=hosts, origins=origins)
     return app
 
@@ -242,7 +252,7 @@ def run_http(
         app,
         host=settings.server.host,
         port=settings.server.port,
-        http=_header_deadline_protocol(),
+        http=request_deadline_protocol(settings.server.request_timeout_seconds),
         log_level="warning",
         access_log=False,
         timeout_keep_alive=15,
@@ -266,51 +276,4 @@ def run_http(
     http_server.run()
 
 
-HEADER_TIMEOUT_S = 15.0
-
-
-def _header_deadline_protocol() -> type:
-    """uvicorn's h11 protocol with a deadline for each request's headers.
-
-    uvicorn times out idle keep-alive connections but not a request whose headers never finish (slowloris): each
-    such connection would hold a socket for as long as the client likes. Here a connection waiting for headers
-    (new, or between two requests) is closed when they are not complete within HEADER_TIMEOUT_S.
-    """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeaderDeadlineH11(H11Protocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_header_deadline()
-
-        def _arm_header_deadline(self) -> None:
-            self._waiting_cycle = self.cycle
-            self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
-
-        def _headers_too_slow(self) -> None:
-            if self.cycle is self._waiting_cycle and not self.transport.is_closing():
-                self.transport.close()
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not self._waiting_cycle and self._header_deadline is not None:
-                self._header_deadline.cancel()  # a request's headers arrived
-                self._header_deadline = None
-
-        def on_response_complete(self) -> None:
-            # Armed before uvicorn moves on: a pipelined request it starts right away cancels it in handle_events.
-            if self._header_deadline is not None:
-                self._header_deadline.cancel()
-            self._arm_header_deadline()
-            super().on_response_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._header_deadline is not None:
-                self._header_deadline.cancel()
-                self._header_deadline = None
-            super().connection_lost(exc)
-
-    return HeaderDeadlineH11
-
-
-__all__ = ["HEADER_TIMEOUT_S", "Protect", "allowed_hosts_and_origins", "create_http_app", "health", "run_http"]
+__all__ = ["Protect", "allowed_hosts_and_origins", "create_http_app", "health", "run_http"]

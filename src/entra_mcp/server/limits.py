@@ -1,0 +1,302 @@
+"""Bounds on what one HTTP client can make the server hold: time, buffered bytes, sessions, requests, work.
+
+- `request_deadline_protocol(seconds)`: uvicorn's h11 protocol where a request must arrive whole (headers AND body)
+  within `seconds` of the connection starting to wait for it; otherwise the connection is closed. A client that
+  dribbles a body, or stops one byte short, no longer holds a connection (and what it sent) for as long as it likes.
+- `BodyBounds`: ASGI middleware that refuses a declared body over server.max_body_bytes (413) before reading any of
+  it, counts the bytes of every body as the application reads them (413 past the limit, chunked bodies included) and
+  keeps the bytes held by all requests still in progress under server.max_buffered_bytes (503 past it). Nothing is
+  buffered here: a route that refuses a caller before reading its body (the /mcp guard) never reads it at all.
+  It also keeps an unexpected exception from becoming a stack trace in the log: one line, a clean 500.
+- `PrincipalLimits`: per-caller quotas for /mcp (requests per minute, open MCP sessions, calls in progress); the
+  guard in server/auth.py answers 429 with Retry-After when one is exceeded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from entra_mcp.logs import get_logger
+
+log = get_logger("server.limits")
+
+
+# ------------------------------------------------------------------ whole-request deadline
+
+
+def request_deadline_protocol(timeout: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each whole request (headers and body).
+
+    The clock starts when the connection starts waiting for a request (a new connection, or the previous response
+    is complete) and stops when the request's last body byte has arrived. A request not complete in time has its
+    connection closed: the application, if it was reading the body, sees the client disconnect. Idle keep-alive
+    connections are closed by uvicorn's own keep-alive timeout; a long answer (or an SSE stream) is not limited,
+    since the request itself is complete by then.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class RequestDeadlineH11(H11Protocol):
+        _deadline: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(timeout, self._too_slow)
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                log.info("closed a connection whose request was not complete within %.0f s", timeout)
+                self.transport.close()
+
+        def _request_received(self) -> bool:
+            return self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._deadline is not None and self._request_received():
+                self._deadline.cancel()
+                self._deadline = None
+
+        def on_response_complete(self) -> None:
+            # The next request (or the rest of an unread body) gets a fresh deadline; a pipelined request that uvicorn
+            # starts at once and that is complete already cancels it in handle_events.
+            self._arm()
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+    return RequestDeadlineH11
+
+
+# ------------------------------------------------------------------ bodies
+
+
+class _BodyRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class BufferBudget:
+    """Bytes of request bodies read by requests still in progress, across all connections."""
+
+    limit: int
+    held: int = 0
+    peak: int = 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        self.peak = max(self.peak, self.held)
+        return True
+
+    def release(self, n: int) -> None:
+        self.held = max(0, self.held - n)
+
+
+class BodyBounds:
+    """Per-request and total body bounds, and the last line of defence against stack traces (see module doc)."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int, budget: BufferBudget) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.budget = budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await _refuse(scope, receive, send, 413, f"the request body is larger than {self.max_body} bytes")
+            return
+        held = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal held
+            message = await receive()
+            if message["type"] == "http.request":
+                n = len(message.get("body", b""))
+                if held + n > self.max_body:
+                    raise _BodyRefused(413, f"the request body is larger than {self.max_body} bytes")
+                if n and not self.budget.take(n):
+                    raise _BodyRefused(503, "the server is holding too many request bodies; retry shortly")
+                held += n
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _BodyRefused as exc:
+            if not started:
+                await _refuse(scope, receive, send, exc.status, exc.message)
+        except Exception as exc:  # noqa: BLE001 - the one place an unexpected error becomes a clean 500
+            log.error("unexpected %s while answering %s %s", type(exc).__name__, scope.get("method"), scope.get("path"))
+            log.debug("details of the unexpected error", exc_info=True)
+            if not started:
+                await JSONResponse({"error": "internal_error", "error_description": "the server could not answer this request"},
+                                   500, headers={"Connection": "close"})(scope, receive, send)
+        finally:
+            self.budget.release(held)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    headers = {"Connection": "close"}
+    if status == 503:
+        headers["Retry-After"] = "5"
+    error = "request_too_large" if status == 413 else "temporarily_unavailable"
+    await JSONResponse({"error": error, "error_description": message}, status, headers=headers)(scope, receive, send)
+
+
+# ------------------------------------------------------------------ per-principal quotas
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+@dataclass
+class _Caller:
+    bucket: _Bucket
+    sessions: dict[str, float] = field(default_factory=dict)  # Mcp-Session-Id -> last use (clock time)
+    in_flight: anyio.Semaphore | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a caller is held back, and when to try again (seconds)."""
+
+    reason: str
+    message: str
+    retry_after: int
+
+
+class PrincipalLimits:
+    """Quotas per principal on /mcp: a token bucket of requests per minute, a cap on open MCP sessions and on
+    calls in progress at once. Callers are tracked in an LRU table of bounded size."""
+
+    MAX_CALLERS = 50_000
+
+    def __init__(
+        self,
+        *,
+        requests_per_minute: int,
+        sessions: int,
+        concurrent_calls: int,
+        session_idle_seconds: float | None = None,
+        live_sessions: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = requests_per_minute / 60.0
+        self.burst = float(requests_per_minute)
+        self.max_sessions = sessions
+        self.concurrent_calls = concurrent_calls
+        self.session_idle_seconds = session_idle_seconds
+        self.live_sessions = live_sessions
+        self._clock = clock
+        self._callers: OrderedDict[str, _Caller] = OrderedDict()
+
+    def _caller(self, key: str) -> _Caller:
+        caller = self._callers.get(key)
+        if caller is None:
+            caller = _Caller(_Bucket(self.burst, self._clock()))
+            self._callers[key] = caller
+            while len(self._callers) > self.MAX_CALLERS:
+                self._callers.popitem(last=False)
+        self._callers.move_to_end(key)
+        return caller
+
+    def admit(self, key: str) -> Refusal | None:
+        """Spend one request of `key`'s rate; a Refusal when none is left."""
+        b = self._caller(key).bucket
+        now = self._clock()
+        b.tokens = min(self.burst, b.tokens + (now - b.updated) * self.rate)
+        b.updated = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            return None
+        wait = math.ceil((1.0 - b.tokens) / self.rate) if self.rate > 0 else 60
+        return Refusal("rate", f"too many requests from this caller (limit {int(self.burst)} a minute)", max(1, wait))
+
+    def open_sessions(self, key: str) -> int:
+        caller = self._caller(key)
+        live = self.live_sessions() if self.live_sessions is not None else None
+        now = self._clock()
+        for sid, seen in list(caller.sessions.items()):
+            idle = self.session_idle_seconds is not None and now - seen > self.session_idle_seconds
+            if idle or (live is not None and sid not in live):
+                del caller.sessions[sid]
+        return len(caller.sessions)
+
+    def may_open_session(self, key: str) -> Refusal | None:
+        if self.open_sessions(key) < self.max_sessions:
+            return None
+        return Refusal(
+            "sessions",
+            f"this caller already has {self.max_sessions} open MCP sessions; end unused ones (DELETE /mcp with their "
+            "Mcp-Session-Id) or reuse one",
+            60,
+        )
+
+    def session_opened(self, key: str, session_id: str) -> None:
+        self._caller(key).sessions[session_id] = self._clock()
+
+    def session_used(self, key: str, session_id: str) -> None:
+        caller = self._callers.get(key)
+        if caller is not None and session_id in caller.sessions:
+            caller.sessions[session_id] = self._clock()
+
+    def session_closed(self, key: str, session_id: str) -> None:
+        caller = self._callers.get(key)
+        if caller is not None:
+            caller.sessions.pop(session_id, None)
+
+    def calls(self, key: str) -> anyio.Semaphore:
+        """The semaphore bounding `key`'s calls in progress (its other calls wait their turn)."""
+        caller = self._caller(key)
+        if caller.in_flight is None:
+            caller.in_flight = anyio.Semaphore(self.concurrent_calls)
+        return caller.in_flight
+
+
+def too_many(refusal: Refusal) -> JSONResponse:
+    """The 429 a refused caller gets."""
+    return JSONResponse(
+        {"error": "too_many_requests", "reason": refusal.reason, "error_description": refusal.message},
+        429,
+        headers={"Retry-After": str(refusal.retry_after)},
+    )
+
+
+__all__ = ["BodyBounds", "BufferBudget", "PrincipalLimits", "Refusal", "request_deadline_protocol", "too_many"]

@@ -1,0 +1,253 @@
+"""Bounds per HTTP client against `entra-mcp serve --transport http` (a subprocess, API-key auth):
+
+- slow or incomplete bodies: an unauthenticated body is refused before it is read, a request not complete within
+  server.request_timeout_seconds loses its connection, bodies held by all requests together stay under
+  server.max_buffered_bytes, and hundreds of dribbling clients do not keep /healthz or MCP callers waiting;
+- per-caller quotas on /mcp: requests per minute and open MCP sessions, each answered by 429 with Retry-After,
+  without touching another caller;
+- Host and Origin compared case-insensitively on every route, /mcp included.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from _endurance_fixtures import API_KEY, API_KEYS_ENV, ProductConfig, ServeProcess, run_cli, track, unexpected_tracebacks
+
+MAX_BODY = 65536
+TIMEOUT_S = 4
+BUFFERED = 200_000
+RATE_KEY = "rate-limited-key-0123456789abcdefXYZ"
+SESSION_KEY = "session-limited-key-0123456789abcdefXYZ"
+MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+
+class _Config(ProductConfig):
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env[API_KEYS_ENV] = ",".join([API_KEY, RATE_KEY, SESSION_KEY])
+        return env
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProductConfig, ServeProcess, list[str]]]:
+    from entra_mcp.devtenant.server import run_emulator
+
+    with run_emulator(size="small", seed=31) as emu:
+        cfg = _Config(emu, Path(tmp_path_factory.mktemp("bounds")), extra_server={
+            "max_body_bytes": MAX_BODY, "request_timeout_seconds": TIMEOUT_S, "max_buffered_bytes": BUFFERED,
+            "max_requests_per_minute": 300, "max_sessions_per_caller": 3})
+        assert run_cli(cfg, "sync").returncode == 0
+        server = ServeProcess(cfg, "--no-sync")
+        track(server.proc)
+        try:
+            server.wait_ready()
+            upns = [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:8]]
+            yield cfg, server, upns
+        finally:
+            server.stop()
+
+
+def _mcp_works(cfg: ProductConfig, upns: list[str], clients: int = 3) -> None:
+    async def one(upn: str) -> None:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as http:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
+                r = await client.call_tool("lookup_user", {"query": upn})
+                assert not r.is_error and r.structured_content["matchType"] == "exact"
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for upn in upns[:clients]:
+                    tg.start_soon(one, upn)
+
+    anyio.run(main)
+
+
+def _head(cfg: ProductConfig, length: int, *, auth: bool, path: str = "/mcp") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{cfg.port}", "Content-Type: application/json",
+             "Accept: application/json, text/event-stream", f"Content-Length: {length}"]
+    if auth:
+        lines.append(f"Authorization: Bearer {API_KEY}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _read_reply(s: socket.socket, seconds: float) -> bytes:
+    """What the server sends on `s` until it closes it or `seconds` pass."""
+    s.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    reply = b""
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def _closed(s: socket.socket, seconds: float) -> bool:
+    s.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if s.recv(65536) == b"":
+                return True
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+def test_an_unauthenticated_body_is_refused_before_it_is_read(served: Any) -> None:
+    cfg, server, upns = served
+    with socket.create_connection(("127.0.0.1", cfg.port), timeout=10) as s:
+        s.sendall(_head(cfg, MAX_BODY - 1, auth=False) + b'{"jsonrpc":')  # the rest never comes
+        reply = _read_reply(s, 1.5)  # well inside the request deadline: the answer does not wait for the body
+    assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+
+
+def test_a_body_that_stops_short_loses_its_connection(served: Any) -> None:
+    cfg, server, upns = served
+    with socket.create_connection(("127.0.0.1", cfg.port), timeout=10) as s:
+        s.sendall(_head(cfg, 5000, auth=True) + b'{"jsonrpc":"2.0","id":1,"method":"ping"' + b" " * 100)
+        started = time.monotonic()
+        assert _closed(s, TIMEOUT_S + 5), "the server still holds a request whose body never finished"
+        assert time.monotonic() - started >= TIMEOUT_S - 0.5
+    with socket.create_connection(("127.0.0.1", cfg.port), timeout=10) as s:  # dribbled: one byte a tick
+        s.sendall(_head(cfg, 5000, auth=True))
+        deadline = time.monotonic() + TIMEOUT_S + 5
+        closed = False
+        while time.monotonic() < deadline and not closed:
+            try:
+                s.sendall(b" ")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            closed = _closed(s, 0.1)
+        assert closed, "a dribbling client kept its request open past the deadline"
+    _mcp_works(cfg, upns)
+
+
+def test_bodies_held_by_all_requests_stay_under_the_budget(served: Any) -> None:
+    cfg, server, upns = served
+    held: list[socket.socket] = []
+    chunk = b" " * 60_000
+    try:
+        statuses = []
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", cfg.port), timeout=10)
+            s.sendall(_head(cfg, MAX_BODY - 10, auth=True) + chunk)
+            held.append(s)
+            statuses.append(_read_reply(s, 0.5)[:12])
+        # 3 x 60 KB fit in 200 KB; the 4th and 5th would not: refused at once, not held.
+        assert statuses[:3] == [b"", b"", b""], statuses
+        assert statuses[3:] == [b"HTTP/1.1 503"] * 2, statuses
+    finally:
+        for s in held:
+            s.close()
+    # The refused and abandoned bodies are released: requests are read again.
+    deadline = time.monotonic() + 10
+    while True:
+        r = httpx.post(f"{cfg.base}/mcp", content=b'{"x":"' + b"y" * 50_000 + b'"}',
+                       headers={**MCP, "Authorization": f"Bearer {API_KEY}"}, timeout=10)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 400, (r.status_code, r.text[:200])  # read whole, then found not to be JSON-RPC
+    assert unexpected_tracebacks(server.log()) == []
+
+
+def test_many_slow_bodies_do_not_keep_others_waiting(served: Any) -> None:
+    cfg, server, upns = served
+    held: list[socket.socket] = []
+    try:
+        for i in range(300):
+            s = socket.create_connection(("127.0.0.1", cfg.port), timeout=10)
+            s.sendall(_head(cfg, MAX_BODY - 1, auth=i % 2 == 0, path="/mcp" if i % 3 else "/auth/chat/exchange") + b"{")
+            held.append(s)
+        assert httpx.get(f"{cfg.base}/healthz", timeout=10).status_code == 200
+        _mcp_works(cfg, upns)
+        # The answers came while the slow clients were still held: they did not wait for the deadline to free them.
+        assert sum(not _closed(s, 0) for s in held) > 250
+        # Every slow client is gone after the deadline.
+        assert all(_closed(s, TIMEOUT_S + 5) for s in held)
+    finally:
+        for s in held:
+            s.close()
+    assert unexpected_tracebacks(server.log()) == []
+
+
+def test_one_caller_cannot_exceed_its_request_rate(served: Any) -> None:
+    cfg, server, upns = served
+    with httpx.Client(base_url=cfg.base, timeout=10) as http:
+        codes: list[int] = []
+        for _ in range(1000):  # 300 a minute, refilled at 5 a second while this loop runs
+            refused = http.get("/mcp", headers={**MCP, "Authorization": f"Bearer {RATE_KEY}"})
+            codes.append(refused.status_code)
+            if refused.status_code == 429:
+                break
+    assert 429 not in codes[:300], codes[:300]
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["reason"] == "rate"
+    _mcp_works(cfg, upns)  # another caller is untouched
+
+
+def test_one_caller_cannot_hold_every_session(served: Any) -> None:
+    cfg, server, upns = served
+    auth = {"Authorization": f"Bearer {SESSION_KEY}"}
+    with httpx.Client(base_url=cfg.base, timeout=10) as http:
+        sessions = []
+        for _ in range(3):
+            r = http.post("/mcp", json=INIT, headers={**MCP, **auth})
+            assert r.status_code == 200, r.text
+            sessions.append(r.headers["mcp-session-id"])
+        refused = http.post("/mcp", json=INIT, headers={**MCP, **auth})
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["retry-after"] and refused.json()["reason"] == "sessions"
+        assert "DELETE" in refused.json()["error_description"]
+        _mcp_works(cfg, upns)  # another caller still opens sessions
+        # Ending one frees a place.
+        ended = http.delete("/mcp", headers={**MCP, **auth, "Mcp-Session-Id": sessions[0], "MCP-Protocol-Version": "2025-06-18"})
+        assert ended.status_code in (200, 204), ended.text
+        assert http.post("/mcp", json=INIT, headers={**MCP, **auth}).status_code == 200
+
+
+def test_host_and_origin_are_compared_case_insensitively(served: Any) -> None:
+    cfg, server, upns = served
+    host = f"LocalHost:{cfg.port}"
+    with httpx.Client(base_url=cfg.base, timeout=10) as http:
+        assert http.get("/healthz", headers={"Host": host}).status_code == 200
+        r = http.post("/mcp", json=INIT, headers={**MCP, "Authorization": f"Bearer {API_KEY}", "Host": host,
+                                                  "Origin": f"HTTP://LOCALHOST:{cfg.port}"})
+        assert r.status_code == 200, (r.status_code, r.text[:200])
+        assert http.get("/healthz", headers={"Host": "evil.example"}).status_code == 421
+
+
+def test_open_mode_is_refused_behind_a_public_url(served: Any) -> None:
+    """The README's proxy setup (loopback bind, public https public_url) with mode "none" would open /mcp to anyone."""
+    cfg, server, upns = served
+    for name, extra in (("public-url", {"public_url": "https://mcp.example.org"}),
+                        ("allowed-hosts", {"allowed_hosts": ["mcp.example.org"]})):
+        exposed = _Config(cfg.emulator, cfg.root / name, auth_mode="none", extra_server=extra)
+        started = run_cli(exposed, "serve", "--transport", "http", "--no-sync", timeout=60)
+        assert started.returncode == 2, started.stderr[-2000:]
+        assert "mode = 'none'" in started.stderr and name.replace("-", "_") in started.stderr, started.stderr[-2000:]
+        assert "Traceback" not in started.stderr
