@@ -212,10 +212,11 @@ async def test_same_upn_from_another_tenant_is_another_principal(api: Api) -> No
                                               oid=victim["id"], preferred_username=victim["userPrincipalName"]))
     # single-tenant: refused outright
     assert (await mcp_call(api.http, api.url, api.bearer(impostor), sid, "sync_status")).status_code == 401
-    # multi-tenant guard allowing tenant B: accepted as B's principal, still not the victim's session
-    multi = emulator_settings(api.emu, Path(api.settings.server.cache_dir), public_url=api.base,
-                              allowed_tenants=[t1.tenant_id])
-    guard = McpGuard(multi.model_copy(update={"oidc": multi.oidc.model_copy(update={"tenant": multi.server.auth.tenant})}),
+    # multi-tenant guard allowing tenant B (server.auth.allowed_tenants): accepted as B's principal, still not the
+    # victim's session
+    multi = emulator_settings(api.emu, Path(api.settings.server.cache_dir), public_url=api.base)
+    auth = multi.server.auth.model_copy(update={"allowed_tenants": [t1.tenant_id]})
+    guard = McpGuard(multi.model_copy(update={"server": multi.server.model_copy(update={"auth": auth})}),
                      transport=counting_transport(api.emu))
     from starlette.datastructures import Headers
 

@@ -34,6 +34,11 @@ from entra_mcp.oidc.provider import GUID_RE, KID_RE, OidcProvider
 ALGORITHMS = ("RS256",)
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_LEEWAY = 60.0
+# The longest lifetime Entra gives a token: 60-90 min by default, up to 1 day by a lifetime policy, 24-28 h for a
+# CAE-capable client (docs/graph-facts-tokens.md). A token valid for longer was not issued by Entra as configured.
+MAX_LIFETIME_SECONDS = 28 * 3600.0
+# Claims only ID tokens carry (docs/graph-facts-tokens.md): a token with one is not an access token.
+_ID_TOKEN_ONLY = ("nonce", "at_hash", "c_hash")
 _V1_ISSUER_PREFIX = "https://sts.windows.net/"
 # A registry that knows RS256 only: even if the pre-check below were bypassed, joserfc could not pick another alg.
 # Header parameters we do not know are tolerated (and never read); headers up to 2 KB (Entra's are ~100 bytes).
@@ -136,6 +141,10 @@ class TokenValidator:
         claims = await self._verified_claims(token)
         audiences = (audience, f"api://{audience}") if not audience.startswith("api://") else (audience,)
         result = self._check_common(claims, audiences=audiences, now=now)
+        # Whatever the audience and app-token settings: only an access token passes. Entra's v2 access tokens always
+        # name the client that obtained them (azp); its ID tokens never do, and may carry nonce/at_hash/c_hash.
+        if any(name in claims for name in _ID_TOKEN_ONLY) or not isinstance(claims.get("azp"), str):
+            raise _reject("token_type", "an access token for this API is required here (this looks like an ID token)")
         scp = claims.get("scp")
         app_only = claims.get("idtyp") == "app" or scp is None
         if app_only:
@@ -213,6 +222,10 @@ class TokenValidator:
             raise _reject("claims", "the token's exp claim is malformed")
         if now > exp + self.leeway:
             raise _reject("expired", "the token has expired")
+        iat = claims.get("iat")
+        start = iat if _is_number(iat) else now
+        if exp - min(start, now) > MAX_LIFETIME_SECONDS + self.leeway:
+            raise _reject("lifetime", "the token's lifetime is longer than Entra ID issues (28 hours at most)")
         nbf = claims.get("nbf")
         if nbf is not None and (not _is_number(nbf) or now + self.leeway < nbf):
             raise _reject("not_yet_valid", "the token is not valid yet (nbf)")
