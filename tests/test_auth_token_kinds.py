@@ -22,7 +22,7 @@ from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
 from entra_mcp.server.auth import build_hooks
 from entra_mcp.server.http import create_http_app
-from entra_mcp.server.views import ViewProvider
+from entra_mcp.views import ViewProvider
 
 pytestmark = pytest.mark.anyio
 SCOPE = "Identity.Investigate"
