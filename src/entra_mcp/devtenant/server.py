@@ -15,7 +15,6 @@ read and change `emu.state` (under the tenant's lock) while it serves.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import socket
 import ssl
@@ -34,7 +33,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from entra_mcp.devtenant.control import build_control_app
 from entra_mcp.devtenant.faults import FaultPlan
+from entra_mcp.devtenant.graph import build_graph_app
 from entra_mcp.devtenant.login import LOGIN_ENDPOINT_KINDS, LoginError, LoginHost
 from entra_mcp.devtenant.model import AppRegistration, EmulatedTenant, EmulatorState
 from entra_mcp.devtenant.runtime import EmulatorRuntime
@@ -51,19 +52,6 @@ API_APP = "entra-mcp api"
 SECRET_ENV = "DEVTENANT_CLIENT_SECRET"
 PORTAL_SECRET_ENV = "DEVTENANT_PORTAL_SECRET"
 START_TIMEOUT_S = 30.0
-
-
-def _optional_app(module: str, factory: str, runtime: EmulatorRuntime) -> Any | None:
-    """The Graph and control apps come from their own modules; serve without one that does not exist yet."""
-    name = f"entra_mcp.devtenant.{module}"
-    try:
-        mod = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        log.warning("%s is not available: the emulator serves without it", name)
-        return None
-    return getattr(mod, factory)(runtime)
 
 
 def _control_routes(runtime: EmulatorRuntime, login: LoginHost) -> list[BaseRoute]:
@@ -166,12 +154,8 @@ def build_app(runtime: EmulatorRuntime, login: LoginHost | None = None) -> Starl
     """The emulator's ASGI app. `runtime.tokens` must be set."""
     login = login or LoginHost(runtime)
     routes: list[BaseRoute] = list(_control_routes(runtime, login))
-    control = _optional_app("control", "build_control_app", runtime)
-    if control is not None:
-        routes.append(Mount("/_emulator", app=control))
-    graph = _optional_app("graph", "build_graph_app", runtime)
-    if graph is not None:
-        routes.append(Mount("/v1.0", app=graph))
+    routes.append(Mount("/_emulator", app=build_control_app(runtime)))
+    routes.append(Mount("/v1.0", app=build_graph_app(runtime)))
 
     async def root(request: Request) -> Response:
         return JSONResponse({"service": "entra-mcp devtenant", "login_url": runtime.base_url,
