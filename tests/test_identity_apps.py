@@ -217,9 +217,23 @@ def test_registration_unknown_when_the_applications_area_is_off() -> None:
 
 
 def test_no_apps_in_the_mirror_says_why() -> None:
+    """The applications area disabled (Application.Read.All not granted): the app is unknown, not missing. Both app
+    tools answer with nulls and AREA_DISABLED naming the permission, as the README and the lost_app_access playbook
+    promise (issue 16), instead of a "not found" error."""
     snap = make_snapshot([user("u", "U Ser")], area_status=areas(
         applications=AreaStatus(enabled=False, disabled_reason="Graph 403: grant Application.Read.All"),
         service_principals=AreaStatus(enabled=False, disabled_reason="Graph 403: grant Application.Read.All")))
-    with pytest.raises(NotFoundError) as err:
-        get_app_principal(DirectoryView.build(snap), "Zoom", now=NOW)
-    assert "Application.Read.All" in str(err.value)
+    view = DirectoryView.build(snap)
+    answer = get_app_principal(view, "Zoom", now=NOW)
+    assert answer["application"] is None and answer["servicePrincipal"] is None and answer["credentials"] is None
+    off = [f for f in answer["findings"] if f["code"] == "AREA_DISABLED"]
+    assert off and all("Application.Read.All" in f["message"] for f in off)
+    access = check_app_access(view, "u@contoso.example", "Zoom", now=NOW)
+    assert access["hasAccess"] is None and access["assignments"] is None and access["reason"].startswith("Unknown")
+    assert access["user"]["userPrincipalName"] == "u@contoso.example" and "AREA_DISABLED" in codes(access)
+    # an unknown user is still an error: only what the disabled area hides is unknown
+    with pytest.raises(NotFoundError):
+        check_app_access(view, "nobody@contoso.example", "Zoom", now=NOW)
+    # with the areas synced, an app that is not there is "not found" as before
+    with pytest.raises(NotFoundError):
+        get_app_principal(DirectoryView.build(make_snapshot([user("u", "U Ser")])), "Zoom", now=NOW)

@@ -130,7 +130,7 @@ def test_sync_status_reports_area_status_verbatim() -> None:
     assert groups == {"enabled": True, "disabledReason": None, "lastSuccess": "2026-06-01T11:00:00Z",
                       "lastError": "Graph 503", "lastErrorAt": "2026-06-01T11:57:00Z", "objectCount": 12,
                       "mode": "delta"}
-    assert codes(answer) == {"MIRROR_STALE"}
+    assert codes(answer) == {"MIRROR_STALE", "AREA_DISABLED"}  # the disabled sign-in area is a finding too
     assert sync_status(DirectoryView.build(snap), now=NOW)["areas"] == answer["areas"]
 
 
@@ -202,16 +202,18 @@ def test_findings_table_and_docs() -> None:
 
 
 def test_server_level_finding_codes_are_in_the_table() -> None:
-    """Every finding the MCP layer emits itself is listed (with the same severity) in FINDINGS and so in the docs."""
+    """Every finding the MCP layer emits itself is listed in FINDINGS (and so in the docs): it builds them only with
+    identity's finding(), which takes the severity from the table."""
     import re
     from pathlib import Path
 
-    src = (Path(__file__).resolve().parent.parent / "src" / "entra_mcp" / "server" / "app.py").read_text(encoding="utf-8")
-    used = re.findall(r'_finding\(\s*"([A-Z_]+)",\s*"(critical|warning|info)"', src)
+    root = Path(__file__).resolve().parent.parent / "src" / "entra_mcp"
+    src = "".join(p.read_text(encoding="utf-8") for p in [*(root / "server").glob("*.py"), root / "identity" / "session.py"])
+    used = re.findall(r'\bfinding\(\s*"([A-Z_]+)"', src)
     assert used, "the server emits findings; the pattern above must find them"
-    for code, severity in used:
+    for code in used:
         assert code in FINDINGS, code
-        assert FINDINGS[code][0] == severity, code
+    assert not re.search(r'"severity":\s*"', src), "findings are made with finding(), not by hand"
 
 
 def test_readme_lists_every_finding_code() -> None:

@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _iso(dt: Any) -> str | None:
-    return dt.isoformat().replace("+00:00", "Z") if isinstance(dt, datetime) else None
+    from entra_mcp.identity.text import iso  # the one time format of every answer (...Z)
+
+    return iso(dt) if isinstance(dt, datetime) else None
 
 
 def _age(dt: Any, now: datetime) -> float | None:
@@ -35,6 +37,7 @@ def _age(dt: Any, now: datetime) -> float | None:
 def status_report(settings: Settings, store: MirrorStore, *, now: datetime | None = None) -> dict[str, Any]:
     """What `status --json` prints: per tenant and area, no secrets."""
     from entra_mcp.areas import REGISTRY
+    from entra_mcp.identity.status import area_json, disabled_findings, shared_error
 
     now = now or datetime.now(timezone.utc)
     tenants = []
@@ -49,18 +52,17 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
             st = info["areas"][area]["status"] if info else None
             in_config = bool(getattr(t.sync, defn.switch))
             meta = info["areas"][area]["meta"] if info else {}
+            shown = area_json(st) if st else {"enabled": True, "disabledReason": None, "lastSuccess": None, "lastError": None,
+                                              "lastErrorAt": None, "objectCount": None, "mode": None}
             areas[area] = {
-                "enabled": (st.enabled if st else True) and in_config,
-                "disabledReason": (st.disabled_reason if st else None) if in_config else "turned off in config",
-                "lastSuccess": _iso(st.last_success) if st else None,
-                "lastError": st.last_error if st else None,
-                "lastErrorAt": _iso(st.last_error_at) if st else None,
-                "objectCount": st.object_count if st else None,
-                "mode": st.mode if st else None,
+                **shown,
+                "enabled": bool(shown["enabled"]) and in_config,
+                "disabledReason": shown["disabledReason"] if in_config else "turned off in config",
                 "ageSeconds": _age(st.last_success, now) if st else None,
                 "hasDeltaLink": info["areas"][area]["has_delta_link"] if info else False,
                 **({"memberships": meta["memberships"]} if "memberships" in meta else {}),
             }
+        error, error_at = shared_error(areas)
         tenants.append({
             "name": t.name,
             "tenantId": t.tenant_id,
@@ -74,7 +76,10 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
             "version": info["version"] if info else 0,
             "lastRun": _last_run(info.get("last_run") if info else None),
             "intervalMinutes": t.sync.interval_minutes,
+            "lastError": error,
+            "lastErrorAt": error_at,
             "areas": areas,
+            "findings": disabled_findings(areas),
         })
     return {"generatedAt": _iso(now), "tenants": tenants}
 
@@ -118,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         out.write(f"tenant {t['name']} ({t['tenantId']}, cloud {t['cloud']}): {state}; mirror {t['mirror']}\n")
         if t["mirrorError"]:
             out.write(f"  mirror unreadable: {t['mirrorError']}\n")
+        if t["lastError"]:
+            out.write(f"  last error {t['lastErrorAt']} (every failing area): {t['lastError']}\n")
         run = t["lastRun"]
         if run:
             out.write(f"  last run {run['at']}: {'full' if run['full'] else 'delta'}, {'ok' if run['ok'] else 'with failures'},"

@@ -59,6 +59,22 @@ def resolve_app(view: DirectoryView, app: str) -> tuple[dict[str, Any] | None, d
     raise NotFoundError(f"No app matches {quote(text)}.", suggestions=suggestions)
 
 
+def _resolve_or_unknown(
+    view: DirectoryView, app: str, consequence: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, str]]]:
+    """resolve_app, except that an app not found while the app areas are disabled or not synced is unknown, not
+    missing: (None, None, AREA_DISABLED findings). The contract's null-with-a-reason, never a guess."""
+    try:
+        application, sp = resolve_app(view, app)
+    except NotFoundError:
+        unknown = [f for f in (area_finding(view, "applications", consequence),
+                               area_finding(view, "service_principals", consequence)) if f]
+        if not unknown:
+            raise
+        return None, None, unknown
+    return application, sp, []
+
+
 def _credentials(obj: dict[str, Any] | None, source: str, now: datetime) -> list[dict[str, Any]]:
     if not obj:
         return []
@@ -128,9 +144,15 @@ def get_app_principal(view: DirectoryView, app: str, now: datetime | None = None
     """The app registration and/or enterprise app (service principal) for `app`, with its credentials (secrets and
     certificates: expired, expiring within 30 days), its app roles and what a service desk should notice."""
     current = utcnow(now)
-    application, sp = resolve_app(view, app)
-    owned = _owned_here(view, application, sp)
+    application, sp, unknown = _resolve_or_unknown(view, app, "the app cannot be looked up, so it is unknown (null).")
     findings = freshness_findings(view.snapshot, now)
+    if unknown:
+        return {
+            **_app_header(view, None, None),
+            "application": None, "servicePrincipal": None, "credentials": None, "credentialsTotal": None,
+            "appRoles": None, "appRolesTotal": None, "asOf": as_of(view), "findings": sort_findings(findings + unknown),
+        }
+    owned = _owned_here(view, application, sp)
     findings += suspicious_findings("application", application) + suspicious_findings("servicePrincipal", sp)
     name = name_of(sp or application)
 
@@ -334,8 +356,14 @@ def check_app_access(view: DirectoryView, user: str, app: str, now: datetime | N
     """Whether `user` may sign in to `app` and why: hasAccess true/false, or null when the mirror cannot tell (an
     area it needs is disabled). Lists the user's assignments (appRole, via direct or group, with the group chain)."""
     record = resolve_user(view, user)
-    application, sp = resolve_app(view, app)
+    application, sp, unknown = _resolve_or_unknown(view, app, "whether the user may use the app is unknown (null).")
     findings = freshness_findings(view.snapshot, now) + suspicious_findings("user", record)
+    if unknown:
+        return {"user": user_ref(record), "app": None, "hasAccess": None,
+                "reason": "Unknown: the app cannot be looked up (app registrations or enterprise apps are not in the "
+                          "mirror; see sync_status).",
+                "assignmentRequired": None, "assignments": None, "assignmentsTotal": None, "asOf": as_of(view),
+                "findings": sort_findings(findings + unknown)}
     findings += suspicious_findings("servicePrincipal", sp) + suspicious_findings("application", application)
     who, what = name_of(record), name_of(sp or application)
     answer: dict[str, Any] = {"user": user_ref(record), "app": _app_header(view, application, sp)}

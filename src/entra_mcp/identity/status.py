@@ -1,39 +1,91 @@
-"""sync_status: how each area of a tenant's mirror stands, straight from AreaStatus (nothing inferred)."""
+"""How a tenant's mirror stands, per area, as JSON: the one rendering behind the sync_status tool, `entra-mcp status`
+(text and --json) and /healthz. Straight from AreaStatus; the only judgement made is which error is still current.
+
+An area's last error is shown only while it is newer than its last success (an error a later run got past is
+history, not news). When every area that shows an error shows the same one (a wrong secret, an unreachable login
+host), it is said once for the tenant (`lastError`, `lastErrorAt`) instead of once per area.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-from ..mirror.snapshot import AREAS, DirectorySnapshot
+from ..mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
 from .common import freshness_findings
-from .findings import sort_findings
+from .findings import finding, sort_findings
 from .text import iso
 from .view import DirectoryView
 
 
+def current_error(status: AreaStatus) -> str | None:
+    """The area's last error while it is still current: newer than the last success (or no success at all)."""
+    if not status.last_error:
+        return None
+    if status.last_success is None:
+        return status.last_error
+    if status.last_error_at is None or status.last_error_at <= status.last_success:
+        return None
+    return status.last_error
+
+
+def area_ok(status: AreaStatus) -> bool:
+    """Enabled, synced at least once, and no error since."""
+    return status.enabled and status.last_success is not None and current_error(status) is None
+
+
+def area_json(status: AreaStatus | None) -> dict[str, Any]:
+    """enabled, disabledReason, lastSuccess, lastError (current only), lastErrorAt, objectCount, mode."""
+    if status is None:
+        return {"enabled": None, "disabledReason": "not reported by the mirror", "lastSuccess": None,
+                "lastError": None, "lastErrorAt": None, "objectCount": None, "mode": None}
+    error = current_error(status)
+    return {
+        "enabled": status.enabled,
+        "disabledReason": status.disabled_reason,
+        "lastSuccess": iso(status.last_success),
+        "lastError": error,
+        "lastErrorAt": iso(status.last_error_at) if error else None,
+        "objectCount": status.object_count,
+        "mode": status.mode,
+    }
+
+
+def area_names(present: Iterable[str]) -> list[str]:
+    """The known areas in their usual order, then any others the mirror reports."""
+    return [*AREAS, *sorted(set(present) - set(AREAS))]
+
+
+def shared_error(areas: Mapping[str, dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(error, at) when every area showing an error shows the same one, and more than one area does; the areas'
+    own lastError/lastErrorAt are then cleared (the error is said once, for the tenant)."""
+    failing = [a for a in areas.values() if a.get("lastError")]
+    if len(failing) < 2 or len({a["lastError"] for a in failing}) != 1:
+        return None, None
+    error = str(failing[0]["lastError"])
+    at = max((a["lastErrorAt"] for a in failing if a.get("lastErrorAt")), default=None)
+    for a in failing:
+        a["lastError"] = a["lastErrorAt"] = None
+    return error, at
+
+
+def disabled_findings(areas: Mapping[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """AREA_DISABLED naming the disabled areas and why, so that null answers in those areas are explained."""
+    off = [f"{name} ({a.get('disabledReason') or 'no reason recorded'})" for name, a in areas.items() if a.get("enabled") is False]
+    if not off:
+        return []
+    return [finding("AREA_DISABLED", "Disabled, so answers that need them are null: " + "; ".join(off) + ".")]
+
+
 def sync_status(source: DirectorySnapshot | DirectoryView, now: datetime | None = None) -> dict[str, Any]:
     """Per area: enabled, disabledReason, lastSuccess, lastError, objectCount, mode (full/delta); plus the tenant,
-    asOf, the sync interval and a MIRROR_STALE finding when the mirror is older than two intervals."""
+    asOf, the sync interval, the tenant's shared error, a MIRROR_STALE finding when the mirror is older than two
+    intervals and an AREA_DISABLED finding when areas are disabled."""
     snapshot = source.snapshot if isinstance(source, DirectoryView) else source
-    areas: dict[str, Any] = {}
-    for name in (*AREAS, *sorted(set(snapshot.areas) - set(AREAS))):
-        status = snapshot.areas.get(name)
-        if status is None:
-            areas[name] = {"enabled": None, "disabledReason": "not reported by the mirror", "lastSuccess": None,
-                           "lastError": None, "lastErrorAt": None, "objectCount": None, "mode": None}
-            continue
-        areas[name] = {
-            "enabled": status.enabled,
-            "disabledReason": status.disabled_reason,
-            "lastSuccess": iso(status.last_success),
-            "lastError": status.last_error,
-            "lastErrorAt": iso(status.last_error_at),
-            "objectCount": status.object_count,
-            "mode": status.mode,
-        }
-    findings = freshness_findings(snapshot, now)
-    return {
+    areas = {name: area_json(snapshot.areas.get(name)) for name in area_names(snapshot.areas)}
+    error, error_at = shared_error(areas)
+    findings = freshness_findings(snapshot, now) + disabled_findings(areas)
+    answer: dict[str, Any] = {
         "tenant": snapshot.tenant,
         "tenantId": snapshot.tenant_id,
         "asOf": iso(snapshot.as_of),
@@ -42,4 +94,9 @@ def sync_status(source: DirectorySnapshot | DirectoryView, now: datetime | None 
         "areas": areas,
         "findings": sort_findings(findings),
     }
+    if error:
+        answer.update(lastError=error, lastErrorAt=error_at)
+    return answer
 
+
+__all__ = ["area_json", "area_names", "area_ok", "current_error", "disabled_findings", "shared_error", "sync_status"]

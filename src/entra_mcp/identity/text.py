@@ -145,7 +145,7 @@ def utcnow(now: datetime | None = None) -> datetime:
 
 # ---------------------------------------------------------------- input guards
 
-MAX_IDENTIFIER = 256
+MAX_IDENTIFIER = 512  # the tools publish this limit in their input schema
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _ODATA_RE = re.compile(
     r"\$(filter|select|top|expand|search|orderby|count|skiptoken)\b"

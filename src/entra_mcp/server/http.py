@@ -28,6 +28,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from entra_mcp import __version__
+from entra_mcp.identity.status import area_ok
+from entra_mcp.identity.text import iso
 from entra_mcp.logs import get_logger
 from entra_mcp.server.limits import BodyBounds, BufferBudget, request_deadline_protocol
 from entra_mcp.views import ViewProvider
@@ -131,10 +133,6 @@ class HostOriginMiddleware:
         await self.app(scope, receive, send)
 
 
-def _iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if dt else None
-
-
 def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[str, Any]:
     """Liveness and per-tenant freshness; names and times only (no ids, no errors, nothing secret)."""
     now = now or datetime.now(timezone.utc)
@@ -146,11 +144,7 @@ def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[s
         areas = {}
         if snap is not None:
             for name, st in snap.areas.items():
-                areas[name] = {
-                    "enabled": st.enabled,
-                    "lastSuccess": _iso(st.last_success),
-                    "ok": st.enabled and st.last_success is not None and (st.last_error_at is None or st.last_error_at <= st.last_success),
-                }
+                areas[name] = {"enabled": st.enabled, "lastSuccess": iso(st.last_success), "ok": area_ok(st)}
         # Areas commit one by one: the tenant counts as synced once every enabled area has committed, so a
         # readiness probe does not pass while users or groups are still missing.
         complete = as_of is not None and all(a["lastSuccess"] is not None for a in areas.values() if a["enabled"])
@@ -158,7 +152,7 @@ def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[s
             {
                 "tenant": tv.name,
                 "synced": complete,
-                "asOf": _iso(as_of),
+                "asOf": iso(as_of),
                 "ageSeconds": round(age) if age is not None else None,
                 "fresh": age is not None and age <= 2 * tv.interval_minutes * 60,
                 "areas": areas,

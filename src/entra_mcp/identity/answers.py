@@ -1,0 +1,139 @@
+"""The shapes of the tool answers, as pydantic models: the MCP server publishes each one's JSON schema as the tool's
+`outputSchema` and checks every answer against it.
+
+The models describe the dicts the answer functions return; they add nothing and drop nothing (extra fields are
+allowed, so an answer may carry more than its model names). Top-level fields are typed; nested directory objects are
+objects (`dict`) whose fields are Graph's own camelCase names. `None` is "unknown" (an area disabled or not synced,
+with a finding saying why), never "no". Times are ISO 8601 UTC ending in `Z`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .findings import Severity
+
+Obj = dict[str, Any]
+
+
+class Finding(BaseModel):
+    """A conclusion of the server about the answer: a stable code (docs/findings.md), a severity, one line."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    severity: Severity
+    message: str
+
+
+class Answer(BaseModel):
+    """What every answer has: the mirror time it came from and the findings."""
+
+    model_config = ConfigDict(extra="allow")
+    asOf: str | None = Field(description="Time of the mirror this answer came from (ISO 8601 UTC, ...Z); null when never synced.")
+    findings: list[Finding] = Field(description="Findings ({code, severity, message}), most severe first.")
+
+
+class LookupUserAnswer(Answer):
+    matches: list[Obj] | None = Field(description="Users: id, displayName, userPrincipalName, mail, jobTitle, department, officeLocation, accountEnabled, userType...")
+    matchType: Literal["exact", "fuzzy", "none"] | None
+    total: int | None = Field(None, description="How many users match in all; `matches` is capped at `limit`.")
+    truncated: bool | None = None
+    suggestions: list[Obj] | None = Field(None, description="The closest names when nothing matched.")
+
+
+class GroupMembershipsAnswer(Answer):
+    user: Obj | None
+    groups: list[Obj] | None = Field(description="Groups: id, displayName, kind, dynamic, direct, via (the chain of groups it comes through).")
+    total: int | None = None
+    directCount: int | None = None
+    truncated: bool | None = None
+
+
+class GroupMembersAnswer(Answer):
+    group: Obj | None
+    members: list[Obj] | None = Field(description="Members: id, displayName, type...")
+    total: int | None
+    countsByType: dict[str, int] | None = None
+    truncated: bool | None = None
+    sortedByName: bool | None = None
+    transitive: bool | None = None
+
+
+class AccountStateAnswer(Answer):
+    user: Obj | None
+    accountEnabled: bool | None
+    lastPasswordChangeDateTime: str | None
+    passwordExpired: bool | None = Field(description="true/false, or null when unknown (synced from AD, guests, no policy).")
+    passwordExpiresDateTime: str | None = None
+    passwordNeverExpires: bool | None
+    onPremisesSyncEnabled: bool | None
+    lastSignInDateTime: str | None = Field(description="Last interactive sign-in; null when unknown or never.")
+    lastNonInteractiveSignInDateTime: str | None = None
+    lastSuccessfulSignInDateTime: str | None = None
+    userType: str | None
+    externalUserState: str | None
+
+
+class AppPrincipalAnswer(Answer):
+    appId: str | None = None
+    displayName: str | None = None
+    application: Obj | None = Field(description="The app registration, or null when this tenant does not hold it (or it is unknown).")
+    servicePrincipal: Obj | None = Field(description="The enterprise app (service principal), or null.")
+    credentials: list[Obj] | None = Field(description="Secrets and certificates: type, displayName, endDateTime, expired, expiresInDays.")
+    credentialsTotal: int | None = None
+    appRoles: list[Obj] | None = None
+    appRolesTotal: int | None = None
+
+
+class AppAccessAnswer(Answer):
+    user: Obj | None = None
+    app: Obj | None = None
+    hasAccess: bool | None = Field(description="true/false, or null when it cannot be known from the mirror.")
+    reason: str | None
+    assignmentRequired: bool | None = None
+    assignments: list[Obj] | None = Field(description="The user's assignments to the app: appRole and via (direct or the group).")
+    assignmentsTotal: int | None = None
+
+
+class TicketContextAnswer(Answer):
+    requester: Obj | None = Field(description="status (found, ambiguous, notFound), profile, account summary, manager, or candidates.")
+    mentions: Obj | None = Field(description="users, groups and apps the ticket text names; unresolvedAddresses.")
+
+
+class ChatSessionAnswer(Answer):
+    valid: bool | None = Field(description="Whether the chat session token is live; null when sign-in is not configured here.")
+    reason: str | None = Field(description="Why it is not valid.")
+    identity: Obj | None = Field(description="The verified identity: tid, oid, name, preferredUsername.")
+    user: Obj | None = Field(description="The verified person's directory record and account summary.")
+    matchesClaimedUser: bool | None = Field(description="Whether the verified person is the user they claim to be; null when nothing was claimed.")
+
+
+class SyncStatusAnswer(Answer):
+    """One tenant's status, or with several tenants and none named, `tenants` listing each."""
+
+    tenant: str | None = None
+    tenantId: str | None = None
+    intervalMinutes: float | None = None
+    version: int | None = None
+    lastError: str | None = Field(None, description="The tenant's last error when every area failed with it (then not repeated per area).")
+    lastErrorAt: str | None = None
+    areas: dict[str, Obj] | None = Field(None, description="Per area: enabled, disabledReason, lastSuccess, lastError (only when newer than lastSuccess), lastErrorAt, objectCount, mode.")
+    tenants: list[Obj] | None = Field(None, description="With several tenants: one such status each.")
+    findings: list[Finding] = Field(default_factory=list)
+
+
+__all__ = [
+    "AccountStateAnswer",
+    "Answer",
+    "AppAccessAnswer",
+    "AppPrincipalAnswer",
+    "ChatSessionAnswer",
+    "Finding",
+    "GroupMembersAnswer",
+    "GroupMembershipsAnswer",
+    "LookupUserAnswer",
+    "SyncStatusAnswer",
+    "TicketContextAnswer",
+]
