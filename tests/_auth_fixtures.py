@@ -188,7 +188,8 @@ def emulator_settings(emu: Any, cache_dir: _Path, *, public_url: str = PUBLIC_UR
 
     data = _tomllib.loads(emu.config_toml(tenants, cache_dir, with_sign_in=True))
     data["server"].update({"public_url": public_url, "transport": "http", **server})
-    data["oidc"]["allowed_return_to"] = [f"{public_url}/", f"{widget_origin}/"]
+    # the chat widget's page exactly (the chat hand-over returns only there), and anything under the widget's origin
+    data["oidc"]["allowed_return_to"] = [f"{public_url}/", f"{widget_origin}/", f"{widget_origin}/chat"]
     if allowed_tenants:
         data["oidc"]["allowed_tenants"] = allowed_tenants
     emu.add_redirect_uri(public_url + "/auth/callback", None)

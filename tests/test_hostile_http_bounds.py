@@ -251,3 +251,29 @@ def test_open_mode_is_refused_behind_a_public_url(served: Any) -> None:
         assert started.returncode == 2, started.stderr[-2000:]
         assert "mode = 'none'" in started.stderr and name.replace("-", "_") in started.stderr, started.stderr[-2000:]
         assert "Traceback" not in started.stderr
+
+
+def test_unauthenticated_routes_never_answer_with_a_stack_trace(served: Any) -> None:
+    """Hostile input on every route that needs no credential: a clean 4xx each time, no traceback in the log."""
+    cfg, server, upns = served
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with httpx.Client(base_url=cfg.base, timeout=20) as http:
+        answers = [
+            http.post("/auth/chat/exchange", content=deep[:MAX_BODY], headers={"Content-Type": "application/json"}),
+            http.post("/auth/chat/exchange", content=b'{"code":' * 400 + b"1" + b"}" * 400,
+                      headers={"Content-Type": "application/json"}),
+            http.post("/auth/chat/exchange", content=b"code=" + b"%ff" * 500 + b"&" * 500,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"}),
+            http.post("/auth/chat/exchange", content=b"\xff\xfe" * 100, headers={"Content-Type": "application/json"}),
+            http.get("/auth/login", params={"flow": "portal", "tenant": "../../x", "return_to": "/" + "a" * 5000}),
+            http.get("/auth/login", params={"flow": "chat", "chat_challenge": "\x00" * 50}),
+            http.get("/auth/callback", params={"state": "A" * 43, "code": "x" * 10_000}),
+            http.get("/auth/callback", params={"error": "\ud800".encode("utf-8", "surrogatepass").decode("latin-1")}),
+            http.get("/auth/session", headers={"Authorization": b"Bearer \xff\xfe" + b"a" * 5000}),
+            http.post("/auth/logout", headers={"Authorization": "Bearer " + "x" * 10_000, "Origin": cfg.base}),
+            http.post("/mcp", content=deep[:MAX_BODY], headers={**MCP, "Authorization": "Bearer " + "k" * 50}),
+        ]
+    for r in answers:
+        assert r.status_code < 500, (r.request.url, r.status_code, r.text[:200])
+        assert "Traceback" not in r.text
+    assert unexpected_tracebacks(server.log()) == []

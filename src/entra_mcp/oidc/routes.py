@@ -10,18 +10,21 @@
 
 Cookies: HttpOnly, SameSite=Lax, Secure unless the public URL is plain-http loopback, `__Host-` prefix over https.
 POSTs with an Origin that is not this server's or an allow-listed return origin are refused (403), `null` included.
+Pages (sign-in errors) say a fixed text, never what the request or the IdP put in the URL, and forbid scripts,
+framing and referrers. JSON bodies are bounded in size and depth; anything malformed is a 400, never a 500.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
-from starlette.requests import Request
+import pydantic_core
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -29,7 +32,7 @@ from entra_mcp.config import Settings, _is_loopback
 from entra_mcp.errors import ConfigError, EntraMcpError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.session_store import SessionStore
-from entra_mcp.oidc.flow import SignInError, SignInFlow, origin_of
+from entra_mcp.oidc.flow import SignInBusy, SignInError, SignInFlow, origin_of
 from entra_mcp.oidc.provider import GUID_RE, OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.sessions import SessionService
 from entra_mcp.oidc.validate import TokenValidator
@@ -37,7 +40,64 @@ from entra_mcp.oidc.validate import TokenValidator
 log = get_logger("oidc.routes")
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_PAGE_HEADERS = {
+    **_NO_STORE,
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 MAX_EXCHANGE_BODY = 4096
+MAX_JSON_DEPTH = 8
+
+
+class _BadBody(Exception):
+    pass
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, read no further than `limit` bytes (raises _BadBody past it or on a disconnect)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BadBody("request_too_large")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _BadBody("request_too_large")
+    except ClientDisconnect:
+        raise _BadBody("disconnected") from None
+    return bytes(body)
+
+
+def _json_object(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any] | None:
+    """A JSON object of at most `max_depth` levels, or None (malformed, too deep, not an object)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:  # a cheap pass first: no parser ever sees a deeper document
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                return None
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        data = pydantic_core.from_json(body or b"{}")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -145,7 +205,12 @@ class SignIn:
                 tenant=q.get("tenant"),
                 binding=self._cookie(request, SIGNIN_COOKIE),
                 chat_challenge=q.get("chat_challenge"),
+                client=request.client.host if request.client else "unknown",
             )
+        except SignInBusy as exc:
+            page = _error_page(429, str(exc))
+            page.headers["Retry-After"] = str(exc.retry_after)
+            return page
         except SignInError as exc:
             return _error_page(400, str(exc))
         except (ProviderUnavailable, EntraMcpError) as exc:
@@ -157,9 +222,12 @@ class SignIn:
     async def callback(self, request: Request) -> Response:
         q = request.query_params
         if q.get("error"):
-            # The IdP's own error (user cancelled, consent missing...): show it; state is consumed all the same.
+            # The IdP's own error (user cancelled, consent missing...): state is consumed all the same. The page says a
+            # fixed text: anyone can craft this URL, so nothing of it is shown; the error code goes to the log.
             self.flow.discard_state(q.get("state"))
-            return _error_page(400, f"sign-in did not complete: {q.get('error')}: {q.get('error_description', '')[:300]}")
+            log.info("sign-in came back with an error from the identity provider: %.64r", q.get("error"))
+            return _error_page(400, "the identity provider did not complete the sign-in (cancelled, or consent or "
+                                    "access missing); start again from the sign-in link")
         try:
             result = await self.flow.complete(
                 code=q.get("code"),
@@ -201,18 +269,19 @@ class SignIn:
     async def chat_exchange(self, request: Request) -> Response:
         if self._origin_refused(request):
             return JSONResponse({"error": "origin_not_allowed"}, 403)
-        body = await request.body()
-        if len(body) > MAX_EXCHANGE_BODY:
-            return JSONResponse({"error": "request_too_large"}, 413)
+        try:
+            body = await _bounded_body(request, MAX_EXCHANGE_BODY)
+        except _BadBody as exc:
+            return JSONResponse({"error": str(exc)}, 413 if str(exc) == "request_too_large" else 400)
         data: Any = None
         ctype = request.headers.get("content-type", "")
-        try:
-            if ctype.startswith("application/json"):
-                data = json.loads(body or b"{}")
-            else:
-                data = dict(await request.form())
-        except (ValueError, UnicodeDecodeError):
-            data = None
+        if ctype.startswith("application/json"):
+            data = _json_object(body)
+        else:
+            try:
+                data = {k: v[0] for k, v in parse_qs(body.decode("utf-8"), max_num_fields=8).items()}
+            except (ValueError, UnicodeDecodeError):
+                data = None
         code = data.get("code") if isinstance(data, dict) else None
         verifier = data.get("code_verifier") if isinstance(data, dict) else None
         redeemed = self.sessions.redeem_chat_code(
@@ -276,7 +345,7 @@ def _error_page(status: int, message: str) -> Response:
         "<!doctype html><meta charset=utf-8><title>Sign-in</title>"
         f"<h1>Sign-in failed</h1><p id=error>{html.escape(message)}</p><p><a href=\"/\">Back</a></p>"
     )
-    return Response(body, status_code=status, media_type="text/html", headers=_NO_STORE)
+    return Response(body, status_code=status, media_type="text/html", headers=_PAGE_HEADERS)
 
 
 def auth_routes(settings: Settings, *, sign_in: SignIn | None = None, **kw: Any) -> list[BaseRoute]:

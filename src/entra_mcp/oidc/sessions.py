@@ -7,7 +7,7 @@ a later check can say "revoked" rather than "unknown". A chat-session token is s
 never an Entra token. The ID token itself is never stored.
 
 The chat hand-over: the widget starts sign-in with `chat_challenge` = S256(a verifier it keeps); the callback stores
-the identity and that challenge under a one-time code (2 minutes, single use) and sends the browser back to the widget
+the identity and that challenge under a one-time code (1 minute, single use) and sends the browser back to the widget
 with the code in the URL fragment; the widget trades code + verifier once for the chat-session token
 (`redeem_chat_code`). See docs/sign-in.md.
 """
@@ -40,7 +40,7 @@ _SESSION_NS = "session"
 _ENDED_NS = "ended"
 _CHAT_CODE_NS = "chatcode"
 TOMBSTONE_SECONDS = 7 * 24 * 3600.0
-CHAT_CODE_SECONDS = 120.0
+CHAT_CODE_SECONDS = 60.0  # the hand-over is automatic (a redirect, then one POST): a minute is plenty
 TOUCH_EVERY_SECONDS = 30.0
 PURGE_EVERY_SECONDS = 3600.0  # expired records are swept at start and then at most hourly, on sign-in  # last_seen is rewritten at most this often (idle precision)
 
@@ -235,7 +235,7 @@ class SessionService:
 
     # -- chat ------------------------------------------------------------------------------------------------
     def issue_chat_code(self, identity: Identity, *, challenge: str) -> str:
-        """A one-time code (2 minutes) the chat widget trades for a chat-session token.
+        """A one-time code (1 minute) the chat widget trades for a chat-session token.
 
         `challenge` is S256(verifier) of a verifier only the widget that started the sign-in holds (sent to
         /auth/login as `chat_challenge`): a code stolen from, or planted into, another browser is worthless."""

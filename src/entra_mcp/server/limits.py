@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entra_mcp.logs import get_logger
+from entra_mcp.ratelimit import RateLimiter
 
 log = get_logger("server.limits")
 
@@ -181,14 +181,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, messa
 
 
 @dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-@dataclass
 class _Caller:
-    bucket: _Bucket
     sessions: dict[str, float] = field(default_factory=dict)  # Mcp-Session-Id -> last use (clock time)
     in_flight: anyio.Semaphore | None = None
 
@@ -218,8 +211,7 @@ class PrincipalLimits:
         live_sessions: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.rate = requests_per_minute / 60.0
-        self.burst = float(requests_per_minute)
+        self.rate = RateLimiter(requests_per_minute, max_keys=self.MAX_CALLERS, clock=clock)
         self.max_sessions = sessions
         self.concurrent_calls = concurrent_calls
         self.session_idle_seconds = session_idle_seconds
@@ -230,7 +222,7 @@ class PrincipalLimits:
     def _caller(self, key: str) -> _Caller:
         caller = self._callers.get(key)
         if caller is None:
-            caller = _Caller(_Bucket(self.burst, self._clock()))
+            caller = _Caller()
             self._callers[key] = caller
             while len(self._callers) > self.MAX_CALLERS:
                 self._callers.popitem(last=False)
@@ -239,15 +231,10 @@ class PrincipalLimits:
 
     def admit(self, key: str) -> Refusal | None:
         """Spend one request of `key`'s rate; a Refusal when none is left."""
-        b = self._caller(key).bucket
-        now = self._clock()
-        b.tokens = min(self.burst, b.tokens + (now - b.updated) * self.rate)
-        b.updated = now
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
+        wait = self.rate.admit(key)
+        if wait is None:
             return None
-        wait = math.ceil((1.0 - b.tokens) / self.rate) if self.rate > 0 else 60
-        return Refusal("rate", f"too many requests from this caller (limit {int(self.burst)} a minute)", max(1, wait))
+        return Refusal("rate", f"too many requests from this caller (limit {self.rate.per_minute} a minute)", wait)
 
     def open_sessions(self, key: str) -> int:
         caller = self._caller(key)

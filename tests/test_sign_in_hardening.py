@@ -1,0 +1,141 @@
+"""Sign-in hardening over real HTTP (uvicorn on loopback, the emulator's login host over HTTPS): pending sign-ins
+capped and /auth/login rate-limited, nothing replayable in the store, return_to honouring path prefixes, the chat
+hand-over returning only to exact widget pages, and error pages that reflect nothing and forbid framing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from _auth_fixtures import WIDGET_ORIGIN, Harness, counting_transport, emulator_settings, free_port, serve
+from entra_mcp.config import parse_settings
+from entra_mcp.devtenant.server import run_emulator
+from entra_mcp.oidc import flow as flow_module
+from entra_mcp.oidc.routes import SignIn
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Any]:
+    with run_emulator(tenants=1, seed=13) as e:
+        yield e
+
+
+@pytest.fixture
+async def h(emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    for k, v in emu.secret_env(None, with_sign_in=True).items():
+        monkeypatch.setenv(k, v)
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    data = emulator_settings(emu, tmp_path, public_url=public, port=port).model_dump(mode="json")
+    # The widget's origin is listed by page and by prefix only: nothing else there is a place to send people to.
+    data["oidc"]["allowed_return_to"] = [f"{public}/", f"{WIDGET_ORIGIN}/chat", f"{WIDGET_ORIGIN}/help/"]
+    settings = parse_settings(data)
+    sign_in = SignIn.from_settings(settings, transport=counting_transport(emu))
+    app = Starlette(routes=sign_in.routes())
+    with serve(app, port) as base:
+        harness = Harness(emu, settings, app, counting_transport(emu))
+        await harness.client.aclose()
+        harness.client = httpx.AsyncClient(base_url=base, timeout=20)  # real HTTP, not the ASGI transport
+        harness.sign_in_obj = sign_in  # type: ignore[attr-defined]
+        yield harness
+        await harness.aclose()
+    sign_in.sessions.store.close()
+
+
+async def test_pending_sign_ins_are_capped_per_address(h: Harness) -> None:
+    store = h.sign_in_obj.sessions.store  # type: ignore[attr-defined]
+    cap = flow_module.MAX_PENDING_PER_CLIENT
+    before = len(store)
+    started = [await h.login("portal", "/") for _ in range(cap + 10)]
+    assert [r.status_code for r in started[:cap]] == [302] * cap
+    refused = started[-1]
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "location" not in refused.headers
+    # what one address can make the server write is bounded by the cap, not by how often it asks
+    assert len(store) - before == cap
+    # a sign-in that comes back frees its place
+    user = next(iter(h.emu.tenant(0).users.values()))["userPrincipalName"]
+    h.client.cookies.set("entra_mcp_signin", started[0].cookies["entra_mcp_signin"])
+    done = await h.client.get(await h.authenticate(started[0].headers["location"], user))
+    assert done.status_code == 303, done.text
+    assert (await h.login("portal", "/")).status_code == 302
+
+
+async def test_the_store_holds_nothing_a_thief_could_replay(h: Harness) -> None:
+    start = await h.login("portal", "/")
+    q = {k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()}
+    store_dir = Path(h.sign_in_obj.sessions.store.directory)  # type: ignore[attr-defined]
+    raw = b"".join(p.read_bytes() for p in store_dir.rglob("*") if p.is_file())
+    for secret in (q["state"], q["nonce"], start.cookies.get("entra_mcp_signin") or "x" * 43):
+        assert secret.encode() not in raw
+    record = h.sign_in_obj.sessions.store.get("state", q["state"])  # type: ignore[attr-defined]
+    assert set(record) == {"binding", "flow", "returnTo", "tenant", "chatChallenge", "createdAt"}
+    # and the sign-in still completes: verifier and nonce are recomputed from the state and the browser's binding
+    callback = await h.authenticate(start.headers["location"], next(iter(h.emu.tenant(0).users.values()))["userPrincipalName"])
+    done = await h.client.get(callback)
+    assert done.status_code == 303, done.text
+
+
+@pytest.mark.parametrize("target,ok", [
+    (f"{WIDGET_ORIGIN}/help/", True),
+    (f"{WIDGET_ORIGIN}/help/faq?x=1", True),
+    (f"{WIDGET_ORIGIN}/chat", True),
+    (f"{WIDGET_ORIGIN}/chat/sub", True),
+    (f"{WIDGET_ORIGIN}/", False),
+    (f"{WIDGET_ORIGIN}/helpdesk", False),
+    (f"{WIDGET_ORIGIN}/chatroom", False),
+    (f"{WIDGET_ORIGIN}/help/../admin", False),
+    (f"{WIDGET_ORIGIN}/help/%2e%2e/admin", False),
+    (f"{WIDGET_ORIGIN}/help%2f..%2fadmin", False),
+    ("/any/path/here", True),
+])
+async def test_return_to_honours_the_path_prefix(h: Harness, target: str, ok: bool) -> None:
+    r = await h.login("portal", target)
+    assert r.status_code == (302 if ok else 400), (target, r.text[:200])
+
+
+async def test_the_chat_hand_over_returns_only_to_an_exact_widget_page(h: Harness) -> None:
+    from entra_mcp.oidc.sessions import s256
+
+    challenge = s256(h.verifier)
+    public = h.settings.server.resolved_public_url
+    for target in (f"{WIDGET_ORIGIN}/help/faq", f"{WIDGET_ORIGIN}/chat/other", f"{WIDGET_ORIGIN}/", "/chat", f"{public}/x"):
+        r = await h.login("chat", target, chat_challenge=challenge)
+        assert r.status_code == 400, target
+    assert (await h.login("chat", f"{WIDGET_ORIGIN}/chat?room=1", chat_challenge=challenge)).status_code == 302
+    token = await h.chat_token()  # the whole hand-over still works
+    assert len(token) == 43
+
+
+async def test_the_callback_error_page_reflects_nothing_and_forbids_framing(h: Harness) -> None:
+    marker = "<script>alert('x')</script>Call 555-0100 to restore access"
+    r = await h.client.get("/auth/callback", params={"error": "access_denied" + marker, "error_description": marker})
+    assert r.status_code == 400
+    assert "555-0100" not in r.text and "script" not in r.text.lower() and "access_denied" not in r.text
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_json_bodies_are_bounded_in_depth(h: Harness) -> None:
+    for body in (b"[" * 5000 + b"]" * 5000, b'{"code":' * 500 + b"1" + b"}" * 500, b'{"code": "' + b"\\" * 3000 + b'"}'):
+        r = await h.client.post("/auth/chat/exchange", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code in (400, 413), r.text[:200]
+    ok_shape = {"code": "A" * 43, "code_verifier": "v" * 43}
+    r = await h.client.post("/auth/chat/exchange", json=ok_shape)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_code"
