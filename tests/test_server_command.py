@@ -231,7 +231,7 @@ async def test_serve_http_syncs_in_the_background_and_answers(server_env: Server
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert out == b""  # HTTP mode prints nothing on stdout either
-    assert proc.returncode in (0, -15)
+    assert proc.returncode == 0  # SIGTERM is a clean stop
 
 
 @pytest.mark.anyio

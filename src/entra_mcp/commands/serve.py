@@ -8,9 +8,11 @@ write to it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from entra_mcp.config import Settings, load_settings, parse_settings
 from entra_mcp.errors import ConfigError
@@ -98,6 +100,35 @@ def _apply_overrides(settings: Settings, **overrides: Any) -> Settings:
     return parse_settings(data, source=settings.source)
 
 
+class _Terminated(SystemExit):
+    """SIGTERM: stop serving the way Ctrl-C does, and exit 0 (a service manager's normal stop is not a failure).
+
+    A SystemExit, because asyncio and uvicorn let only SystemExit and KeyboardInterrupt out of their loops (any other
+    exception raised by a signal handler inside a callback is logged and swallowed)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While serving, SIGTERM unwinds the server (transport, background sync, sign-in hooks, store) cleanly. uvicorn
+    handles SIGTERM itself while it runs and re-raises it once it has shut down: it then lands here too."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (tests serving from a worker thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve(
     settings: Settings,
     *,
@@ -110,39 +141,62 @@ def serve(
     """Serve until stopped. `on_ready(where)` is called once the server accepts connections (or reads stdin);
     the background sync (when on) first runs `sync_delay` seconds after the start; `view_cache` keeps built views
     on disk for the next start."""
+    if not settings.tenants:
+        raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
+    started = time.perf_counter()
+    with _sigterm_stops():
+        try:
+            _serve(settings, background_sync=background_sync, wire=wire, on_ready=on_ready, sync_delay=sync_delay,
+                   view_cache=view_cache, started=started)
+        except _Terminated:
+            log.info("stopped (SIGTERM)")
+    return 0
+
+
+def _serve(
+    settings: Settings,
+    *,
+    background_sync: bool,
+    wire: StdoutWire | None,
+    on_ready: Callable[[str], None] | None,
+    sync_delay: float,
+    view_cache: bool,
+    started: float,
+) -> None:
     from entra_mcp.mirror.store import MirrorStore
     from entra_mcp.server.app import create_server
     from entra_mcp.server.http import run_http
     from entra_mcp.views import ViewProvider
 
-    if not settings.tenants:
-        raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
-    started = time.perf_counter()
     store = MirrorStore(settings.server.cache_dir)
-    views = ViewProvider.from_settings(settings, store, cache=view_cache)
-    views.warm()
-    for tv in views.all():
-        if not tv.synced:
-            log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
-    hooks = _sign_in_hooks(settings, store)
-    server = create_server(settings, views=views, sessions=hooks.sessions)
-    stop = threading.Event()
-    scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
     try:
-        if settings.server.transport == "stdio":
-            log.info("serving MCP over stdio (ready in %.2f s)", time.perf_counter() - started)
-            if on_ready:
-                on_ready("stdio")
-            run_stdio(server, wire or StdoutWire())
-        else:
-            run_http(settings, server, views, protect=hooks.protect, routes=hooks.routes, started=started, on_ready=on_ready)
+        views = ViewProvider.from_settings(settings, store, cache=view_cache)
+        views.warm()
+        for tv in views.all():
+            if not tv.synced:
+                log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
+        hooks = _sign_in_hooks(settings, store)
+        try:
+            server = create_server(settings, views=views, sessions=hooks.sessions)
+            stop = threading.Event()
+            scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
+            try:
+                if settings.server.transport == "stdio":
+                    log.info("serving MCP over stdio (ready in %.2f s)", time.perf_counter() - started)
+                    if on_ready:
+                        on_ready("stdio")
+                    run_stdio(server, wire or StdoutWire())
+                else:
+                    run_http(settings, server, views, protect=hooks.protect, routes=hooks.routes, started=started,
+                             on_ready=on_ready)
+            finally:
+                stop.set()
+                if scheduler is not None:
+                    scheduler.join(timeout=5)
+        finally:
+            _close_hooks(hooks)
     finally:
-        stop.set()
-        if scheduler is not None:
-            scheduler.join(timeout=5)
-        _close_hooks(hooks)
         store.close()
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:
