@@ -31,6 +31,8 @@ TOOLS = {
     "get_ticket_identity_context",
     "validate_chat_session",
     "sync_status",
+    "explain_sign_in",
+    "sign_in_failures_summary",
 }
 
 

@@ -25,6 +25,9 @@ Areas and their Graph calls (graph-notes.md):
                         last one is older than ASSIGNMENTS_FULL_REFRESH_MINUTES (assignment changes do not show in
                         servicePrincipals/delta).
   domains               GET /domains (a handful of objects: password validity and notification window), every run.
+  sign_in_events        GET /auditLogs/signIns with a createdDateTime watermark into a mirror of its own
+                        (sync/sign_ins.py; MirrorStore.sign_in_store()); the serve scheduler also polls it on its own
+                        interval (sign_in_events_interval_minutes). Its status is recorded here too.
 
 `apply_*` functions take a target with get/put/delete (a dict-backed full build, or a mirror AreaChange for a delta
 run), so full and delta runs share one code path; applying a page twice is harmless.
@@ -383,6 +386,8 @@ class Area:
     apply: ApplyFn | None = None
     run: RunFn | None = None
     meta_on_full: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None  # extra figures for status
+    always_run: bool = False  # `run` is called even when switched off (it clears data kept outside this mirror)
+    sync_run: bool = False  # its run function lives in sync/ (engine.SYNC_RUNS): it pages Graph into a mirror of its own
 
     @property
     def counted(self) -> str:
@@ -512,6 +517,13 @@ REGISTRY: tuple[Area, ...] = (
         collections=(Collection("domains", "dict"),),  # domain id -> domain
         refresh="full", path="/domains", apply=apply_domains, probe=("/domains", {}),
     ),
+    Area(
+        name="sign_in_events", label="sign-in events", switch="sign_in_events", permission="AuditLog.Read.All",
+        licence=Licence("Entra ID P1/P2"),
+        # hour -> failed sign-ins; user id -> last success per app: kept in the sign-in mirror (sync/sign_ins.py)
+        collections=(Collection("sign_in_failures", "grouped"), Collection("sign_in_successes", "grouped")),
+        refresh="custom", sync_run=True, always_run=True, probe=("/auditLogs/signIns", {"$top": "1"}),
+    ),
 )
 
 AREA: dict[str, Area] = {a.name: a for a in REGISTRY}
@@ -527,7 +539,7 @@ def _check(registry: tuple[Area, ...]) -> None:
             raise ValueError(f"sync area {a.name!r} is defined twice")
         if any(d not in seen for d in a.depends_on):
             raise ValueError(f"sync area {a.name!r} depends on {a.depends_on}: each must be defined before it")
-        if a.refresh == "custom" and a.run is None or a.refresh != "custom" and (a.apply is None or not a.path):
+        if a.refresh == "custom" and a.run is None and not a.sync_run or a.refresh != "custom" and (a.apply is None or not a.path):
             raise ValueError(f"sync area {a.name!r}: refresh={a.refresh!r} needs " + ("run" if a.refresh == "custom" else "path and apply"))
         if not a.collections or any(c.name in colls for c in a.collections):
             raise ValueError(f"sync area {a.name!r}: needs collections of its own (a name is used once in the mirror)")

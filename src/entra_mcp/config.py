@@ -97,6 +97,10 @@ class SyncSettings(_Section):
     service_principals: bool = True
     sign_in_activity: bool = True
     interval_minutes: float = Field(default=15, gt=0, le=24 * 60)
+    # sign-in events (GET /auditLogs/signIns): AuditLog.Read.All and an Entra ID P1/P2 tenant; off unless enabled
+    sign_in_events: bool = False
+    sign_in_events_days: int = Field(default=7, ge=1, le=30)  # the window kept (Graph keeps 30 days on P1/P2)
+    sign_in_events_interval_minutes: float = Field(default=5, gt=0, le=24 * 60)  # its own poll, apart from the sync
 
 
 class TenantSettings(_Section):

@@ -100,6 +100,33 @@ class AppAccessAnswer(Answer):
 class TicketContextAnswer(Answer):
     requester: Obj | None = Field(description="status (found, ambiguous, notFound), profile, account summary, manager, or candidates.")
     mentions: Obj | None = Field(description="users, groups and apps the ticket text names; unresolvedAddresses.")
+    signIns: Obj | None = Field(None, description="The requester's sign-in evidence (last 24 h): verdict, nextStep, causes, lockout, lastSuccess, and per named app; null when sign-in events are not mirrored.")
+
+
+class ExplainSignInAnswer(Answer):
+    user: Obj | None = Field(description="id (null for a name the tenant does not have), displayName, userPrincipalName.")
+    app: Obj | None = Field(description="The app the question was narrowed to (appId, displayName), or null.")
+    verdict: str = Field(description="The most decisive cause known, from the directory and the sign-in log together.")
+    nextStep: str = Field(description="What the service desk does next.")
+    window: Obj | None = Field(description="from, to, keptFrom, successesFrom, asOf: what the sign-in log covers; null when it is not mirrored.")
+    signInEvents: Obj | None = Field(description="failures and causes counted in the window; null when sign-in events are not mirrored.")
+    failures: list[Obj] | None = Field(description="Per error code: errorCode, known, kind, cause, userSees, nextStep, finding, count, first, last, failureReason, additionalDetails, apps, clientApps, ipAddresses, failedConditionalAccessPolicies, grantControls.")
+    lastSuccess: Obj | None = Field(description="createdDateTime, appDisplayName, ipAddress, clientAppUsed, city, countryOrRegion, source; null when none is known.")
+    lockout: Obj | None = Field(description="probablyLockedNow, lockedAt, clearsAt (an estimate), lockouts, failedPasswordsSinceLastSuccess, basis.")
+    directory: Obj | None = Field(description="accountEnabled, passwordExpired, lastPasswordChangeDateTime... from the directory; null when not synced.")
+    appAccess: Obj | None = Field(description="hasAccess and reason for the named app; null without an app or when unknown.")
+
+
+class SignInFailuresSummaryAnswer(Answer):
+    window: Obj | None = Field(description="from, to, keptFrom, successesFrom, asOf; null when sign-in events are not mirrored.")
+    app: Obj | None = Field(description="The app the picture was narrowed to, or null.")
+    failures: int | None = Field(description="Failed sign-ins in the window; null when sign-in events are not mirrored.")
+    topErrorCodes: list[Obj] | None = Field(description="errorCode, count, users, cause, kind, finding.")
+    topApps: list[Obj] | None
+    topIpAddresses: list[Obj] | None = Field(description="ipAddress, count, accounts, city, countryOrRegion.")
+    topUsers: list[Obj] | None
+    suspectedSprays: list[Obj] | None = Field(description="One IP failing passwords against many accounts: ipAddress, accounts, failures, first, last.")
+    spikes: list[Obj] | None = Field(description="App and error code far above their hourly average in the last hour.")
 
 
 class ChatSessionAnswer(Answer):
@@ -130,10 +157,12 @@ __all__ = [
     "AppAccessAnswer",
     "AppPrincipalAnswer",
     "ChatSessionAnswer",
+    "ExplainSignInAnswer",
     "Finding",
     "GroupMembersAnswer",
     "GroupMembershipsAnswer",
     "LookupUserAnswer",
+    "SignInFailuresSummaryAnswer",
     "SyncStatusAnswer",
     "TicketContextAnswer",
 ]

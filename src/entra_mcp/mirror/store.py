@@ -59,6 +59,9 @@ _FORMS: dict[str, str] = {c.name: c.form for a in REGISTRY for c in a.collection
 TABLES = frozenset(c for c, form in _FORMS.items() if form == "table")
 # collections of lists of Graph objects by key (assignments by resource), stored as columns too
 GROUPED = frozenset(c for c, form in _FORMS.items() if form == "grouped")
+# the sign-in events' own mirror under cache_dir (tenant names cannot start with a dot): a 5-minute poll commits there,
+# so it never bumps the directory's version (the server's index) nor waits for the directory's writer lock
+SIGN_IN_DIR = ".sign-in-events"
 
 MAX_BUCKETS = 1024
 _ITEMS_PER_BUCKET = 128  # small buckets: a delta run unpickles and rewrites little
@@ -187,6 +190,14 @@ class MirrorStore:
         self.cache_dir = Path(cache_dir).expanduser()
         self._caches: dict[str, diskcache.Cache] = {}
         self._lock = threading.Lock()
+        self._sign_ins: MirrorStore | None = None
+
+    def sign_in_store(self) -> "MirrorStore":
+        """The mirror of the `sign_in_events` area (same layout, its own version, lock and root)."""
+        with self._lock:
+            if self._sign_ins is None:
+                self._sign_ins = MirrorStore(self.cache_dir / SIGN_IN_DIR)
+            return self._sign_ins
 
     # ---------- reading ----------
     def tenant_dir(self, tenant_name: str) -> Path:
@@ -215,6 +226,9 @@ class MirrorStore:
             for c in self._caches.values():
                 c.close()
             self._caches.clear()
+            inner, self._sign_ins = self._sign_ins, None
+        if inner is not None:
+            inner.close()
 
     def _root(self, tenant_name: str) -> dict[str, Any] | None:
         cache = self._cache(tenant_name, create=False)
@@ -679,4 +693,4 @@ class MirrorWriter:
                 self._cache.delete(k)
 
 
-__all__ = ["COLLECTIONS", "SCHEMA_VERSION", "AreaChange", "MirrorStore", "MirrorWriter", "bucket_of"]
+__all__ = ["COLLECTIONS", "SCHEMA_VERSION", "SIGN_IN_DIR", "AreaChange", "MirrorStore", "MirrorWriter", "bucket_of"]

@@ -23,6 +23,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 
 from entra_mcp import __version__, identity
 from entra_mcp.errors import EntraMcpError, InvalidArgument, MirrorError, NotFoundError
+from entra_mcp.identity.sign_ins import SignInLogs
 from entra_mcp.identity.text import iso
 from entra_mcp.logs import get_logger
 from entra_mcp.server.prompts import load_prompts
@@ -187,9 +188,11 @@ def create_server(
     views: ViewProvider,
     sessions: ChatSessionValidator | Callable[[str], Any] | None = None,
     now: Clock | None = None,
+    sign_ins: SignInLogs | None = None,
 ) -> MCPServer[Any]:
     """Build the MCP server. `views` gives each tenant's current DirectoryView; `sessions` is the chat-session
-    validator of the sign-in part (None: validate_chat_session says sign-in is not configured); `now` is the clock."""
+    validator of the sign-in part (None: validate_chat_session says sign-in is not configured); `now` is the clock;
+    `sign_ins` each tenant's sign-in events (default: read from the views' mirror store)."""
     clock: Clock = now or _utcnow
     server: MCPServer[Any] = MCPServer(
         name="entra-mcp",
@@ -199,7 +202,10 @@ def create_server(
         warn_on_duplicate_tools=True,
         middleware=[_plain_argument_errors],
     )
-    ask = Ask(views=views, clock=clock, sessions=sessions)
+    if sign_ins is None:
+        store = getattr(views, "store", None) or getattr(views, "_store", None)
+        sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
+    ask = Ask(views=views, clock=clock, sessions=sessions, sign_ins=sign_ins)
     for spec in TOOLS:
         _register(server, spec, ask)
 

@@ -32,8 +32,12 @@ from entra_mcp.mirror.snapshot import AREAS, AreaStatus
 from entra_mcp.mirror.store import MirrorStore, MirrorWriter
 from entra_mcp import areas as A
 from entra_mcp.areas import Area, AreaResult, RunChanges
+from entra_mcp.sync import sign_ins
 
 log = get_logger("sync")
+
+# custom runs that need more than entra_mcp/areas.py may import (Graph paging, a mirror of their own): Area.sync_run
+SYNC_RUNS: dict[str, A.RunFn] = {"sign_in_events": sign_ins.run_in_sync}
 
 ProgressFn = Callable[[str, str, int], None]  # (tenant name, area, objects seen so far in this run)
 
@@ -117,14 +121,15 @@ class TenantSync:
         before = self.client.stats.by_area.get(name, 0)
         prev = self.writer.status(name)
         try:
-            if not self._enabled_in_config(area):
+            if not self._enabled_in_config(area) and not area.always_run:
                 result = await self._turned_off(name, prev)
             else:
                 for dep in area.depends_on:
                     await self._done[dep].wait()
                 if area.refresh == "custom":
-                    assert area.run is not None
-                    result = await area.run(self, area, prev)
+                    run = SYNC_RUNS[name] if area.sync_run else area.run
+                    assert run is not None
+                    result = await run(self, area, prev)
                 elif area.refresh == "full":
                     result = await self._full_list(area, prev)
                 else:

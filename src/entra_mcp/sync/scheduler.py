@@ -1,4 +1,5 @@
-"""Background sync for `serve`: every tenant on its own schedule (interval_minutes, with jitter), independently.
+"""Background sync for `serve`: every tenant on its own schedule (interval_minutes, with jitter), independently;
+sign-in events (when enabled) also on their own, shorter schedule (sign_in_events_interval_minutes).
 
 A tenant's failure (credentials refused, Graph down) is logged and retried at the next interval; it never stops the
 other tenants or the server. A run already in progress elsewhere (`entra-mcp sync` holding the writer lock) makes
@@ -16,6 +17,7 @@ from entra_mcp.config import Settings, TenantSettings
 from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.sync import sign_ins
 from entra_mcp.sync.engine import TenantResult, sync_tenant
 
 log = get_logger("sync.scheduler")
@@ -50,6 +52,22 @@ async def _tenant_loop(tenant: TenantSettings, store: MirrorStore, stop_event: a
         delay = next_delay(tenant.sync.interval_minutes)
 
 
+async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event, first_delay: float) -> None:
+    """The sign-in events' own poll (sign_in_events_interval_minutes, default 5), apart from the directory sync."""
+    delay = first_delay
+    while not stop_event.is_set():
+        with anyio.move_on_after(delay):
+            await stop_event.wait()
+        if stop_event.is_set():
+            return
+        result = await sign_ins.poll(tenant, store)
+        if result["outcome"] in ("failed", "disabled"):
+            log.warning("tenant %s: sign-in events: %s", tenant.name, result.get("message"))
+        else:
+            log.info("tenant %s: sign-in events %s: %s", tenant.name, result["outcome"], result.get("message"))
+        delay = next_delay(tenant.sync.sign_in_events_interval_minutes)
+
+
 async def run_scheduler(
     settings: Settings,
     store: MirrorStore,
@@ -63,6 +81,10 @@ async def run_scheduler(
         for n, tenant in enumerate(settings.tenants):
             # stagger the first runs a little so several tenants do not start in the same second
             tg.start_soon(_tenant_loop, tenant, store, stop_event, on_result, initial_delay + n * 0.5)
+            if tenant.sync.sign_in_events:
+                # the first directory sync polls sign-in events too; this loop takes over from one interval later
+                tg.start_soon(_sign_in_loop, tenant, store, stop_event,
+                              initial_delay + n * 0.5 + next_delay(tenant.sync.sign_in_events_interval_minutes))
         await stop_event.wait()
         tg.cancel_scope.cancel()
 

@@ -1,0 +1,608 @@
+"""Why a sign-in fails: the answers of explain_sign_in and sign_in_failures_summary, from the sign-in events mirror
+(sync/sign_ins.py) and the directory view, never from a live call and never guessed.
+
+`SignInLog` is one loaded version of a tenant's sign-in mirror with the indexes the answers need (failures by user,
+per-hour tallies for the tenant-wide picture). The answers are plain functions of (log, view, arguments, now).
+
+Smart Lockout (docs/graph-facts-sign-ins.md): 10 failed passwords lock the account for 60 seconds, each further
+lockout longer (Microsoft does not publish by how much: the estimate doubles it). A 50053 in the log, or 10 wrong
+passwords since the last success, mean "probably locked"; the clearing time is an estimate and says so.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..errors import InvalidArgument, NotFoundError
+from ..mirror.snapshot import AreaStatus, DirectorySnapshot
+from .findings import finding, quote, sort_findings
+from .sign_in_errors import describe
+from .text import iso, parse_time, utcnow
+
+LOCKOUT_THRESHOLD = 10  # Smart Lockout's default threshold (Azure public cloud)
+LOCKOUT_SECONDS = 60  # the first lockout; later ones last longer
+LOCKOUT_MAX_SECONDS = 3600  # cap of the doubling estimate
+PASSWORD_CODES = frozenset({50126, 50053})
+LEGACY_CLIENTS = frozenset({"imap4", "pop3", "authenticated smtp", "exchange activesync", "autodiscover",
+                            "exchange online powershell", "exchange web services", "mapi over http",
+                            "offline address book", "outlook anywhere (rpc over http)", "other clients",
+                            "reporting web services", "universal outlook"})
+SPRAY_MIN_ACCOUNTS = 10  # distinct accounts with wrong passwords from one IP ...
+SPRAY_MAX_PER_ACCOUNT = 3.0  # ... and few tries each (one person's typos are many tries at ONE account)
+SPIKE_MIN = 10  # failures of one app+code in the last hour, and ...
+SPIKE_FACTOR = 5.0  # ... this many times its hourly average over the rest of the window
+DEFAULT_SINCE = timedelta(hours=24)
+SINCE_MAX = 40  # characters of a `since` argument
+TOP = 10
+_SINCE = re.compile(r"^\s*(\d{1,4})\s*([mhd])\s*$", re.IGNORECASE)
+
+
+@dataclass
+class SignInLog:
+    """One version of one tenant's sign-in events mirror, indexed. `status` None: never synced."""
+
+    tenant: str
+    status: AreaStatus | None
+    version: int = 0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    failures: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # hour -> records, oldest first
+    successes: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # user id -> last per app
+    by_user: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)  # user id / upn (folded) -> records
+    hours: list[str] = field(default_factory=list)
+    _tally: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, tenant: str, snapshot: DirectorySnapshot | None, meta: Mapping[str, Any] | None = None) -> "SignInLog":
+        if snapshot is None:
+            return cls(tenant, None)
+        by_user: dict[str, list[Mapping[str, Any]]] = {}
+        failures = snapshot.collection("sign_in_failures")
+        hours = sorted(failures)
+        for h in hours:
+            for r in failures[h]:
+                uid, upn = r.get("userId"), r.get("userPrincipalName")
+                if uid and uid != "00000000-0000-0000-0000-000000000000":
+                    by_user.setdefault(uid, []).append(r)
+                elif upn:
+                    by_user.setdefault(str(upn).casefold(), []).append(r)
+        return cls(tenant, snapshot.areas.get("sign_in_events"), snapshot.version, dict(meta or {}),
+                   failures, snapshot.collection("sign_in_successes"), by_user, hours)
+
+    @property
+    def available(self) -> bool:
+        return self.status is not None and self.status.enabled and self.status.last_success is not None
+
+    def unavailable_reason(self) -> str:
+        if self.status is None or (self.status.enabled and self.status.last_success is None):
+            return "sign-in events were never synced for this tenant (enable [tenants.sync] sign_in_events and run a sync)"
+        return self.status.disabled_reason or "the sign_in_events area is disabled"
+
+    @property
+    def kept_from(self) -> datetime | None:
+        return parse_time(self.meta.get("window_start"))
+
+    @property
+    def successes_from(self) -> datetime | None:
+        return parse_time(self.meta.get("successes_from"))
+
+    def hour_tally(self, hour: str, app: str | None) -> dict[str, Any]:
+        """Counts of one whole hour (memoised: a loaded log never changes)."""
+        key = (hour, app)
+        t = self._tally.get(key)
+        if t is None:
+            t = _tally(r for r in self.failures.get(hour, ()) if app is None or r.get("appId") == app)
+            self._tally[key] = t
+        return t
+
+
+def _tally(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    codes: Counter[int] = Counter()
+    apps: Counter[tuple[Any, Any]] = Counter()
+    ips: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    code_users: dict[int, set[str]] = {}
+    app_code: Counter[tuple[Any, int]] = Counter()
+    ip_users: dict[str, set[str]] = {}
+    ip_where: dict[str, tuple[Any, Any]] = {}
+    ip_times: dict[str, list[str]] = {}
+    n = 0
+    for r in rows:
+        n += 1
+        code = int(r.get("errorCode") or 0)
+        who = str(r.get("userPrincipalName") or r.get("userId") or "?").casefold()
+        codes[code] += 1
+        code_users.setdefault(code, set()).add(who)
+        apps[(r.get("appId"), r.get("appDisplayName"))] += 1
+        app_code[(r.get("appId"), code)] += 1
+        users[who] += 1
+        ip = r.get("ipAddress")
+        if ip:
+            ips[ip] += 1
+            ip_where.setdefault(ip, (r.get("city"), r.get("countryOrRegion")))
+            if code in PASSWORD_CODES:
+                ip_users.setdefault(ip, set()).add(who)
+                t = ip_times.setdefault(ip, [str(r.get("createdDateTime")), str(r.get("createdDateTime"))])
+                t[0], t[1] = min(t[0], str(r.get("createdDateTime"))), max(t[1], str(r.get("createdDateTime")))
+    return {"n": n, "codes": codes, "code_users": code_users, "apps": apps, "app_code": app_code, "ips": ips,
+            "users": users, "ip_users": ip_users, "ip_where": ip_where, "ip_times": ip_times}
+
+
+def parse_since(since: str | None, now: datetime) -> datetime:
+    """`since`: an ISO time, or a duration back from now ("30m", "6h", "3d"); default 24 hours."""
+    if since is None or not str(since).strip():
+        return now - DEFAULT_SINCE
+    text = str(since).strip()
+    if len(text) > SINCE_MAX:
+        raise InvalidArgument("since is too long: give an ISO time (2026-12-01T08:00:00Z) or a duration like 6h or 3d.")
+    m = _SINCE.match(text)
+    if m:
+        n, unit = int(m.group(1)), m.group(2).lower()
+        return now - {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
+    when = parse_time(text if text.endswith("Z") or "+" in text[10:] else text + "Z") if len(text) >= 10 else None
+    if when is None:
+        raise InvalidArgument(f"since {quote(text)} is not a time: give an ISO time (2026-12-01T08:00:00Z) or a duration "
+                              "like 30m, 6h or 3d.")
+    if when > now:
+        raise InvalidArgument("since is in the future.")
+    return when
+
+
+def _window(log: SignInLog, since: datetime, now: datetime) -> tuple[datetime, dict[str, Any], list[dict[str, str]]]:
+    kept = log.kept_from
+    findings: list[dict[str, str]] = []
+    start = since
+    if kept is not None and since < kept:
+        start = kept
+        findings.append(finding("SIGN_IN_WINDOW_CLIPPED", f"The mirror keeps sign-in events from {iso(kept)} "
+                                f"(sign_in_events_days); the answer covers {iso(kept)} to now, not from {iso(since)}."))
+    status = log.status
+    window = {"from": iso(start), "to": iso(now), "keptFrom": iso(kept) if kept else None,
+              "successesFrom": iso(log.successes_from) if log.successes_from else None,
+              "asOf": iso(status.last_success) if status and status.last_success else None}
+    return start, window, findings
+
+
+def _event_time(r: Mapping[str, Any]) -> datetime | None:
+    return parse_time(r.get("createdDateTime"))
+
+
+def _lockout(failures: list[Mapping[str, Any]], last_success: datetime | None, now: datetime) -> dict[str, Any]:
+    """Smart Lockout against the failures (oldest first) after the last success."""
+    after = [r for r in failures if int(r.get("errorCode") or 0) in PASSWORD_CODES
+             and (last_success is None or (_event_time(r) or now) > last_success)]
+    wrong = sum(1 for r in after if int(r.get("errorCode") or 0) == 50126)
+    locks: list[datetime] = []
+    streak = 0
+    previous: datetime | None = None
+    for r in after:
+        t = _event_time(r)
+        if t is None:
+            continue
+        if int(r.get("errorCode") or 0) == 50053:
+            if not locks or (t - locks[-1]).total_seconds() > LOCKOUT_SECONDS:
+                locks.append(t)
+            streak = 0
+        else:
+            # a run of wrong passwords; an hour's pause starts a new count (typos spread over days are no lockout)
+            streak = 1 if previous is not None and (t - previous) > timedelta(hours=1) else streak + 1
+            if streak >= LOCKOUT_THRESHOLD and (not locks or t > locks[-1]):
+                locks.append(t)  # the threshold was reached: the next attempt meets a lock
+                streak = 0
+        previous = t
+    if not locks:
+        return {"probablyLockedNow": False, "lockedAt": None, "clearsAt": None, "lockouts": 0,
+                "failedPasswordsSinceLastSuccess": wrong,
+                "basis": f"{wrong} wrong passwords since the last success (Smart Lockout locks at {LOCKOUT_THRESHOLD})"}
+    duration = min(LOCKOUT_MAX_SECONDS, LOCKOUT_SECONDS * 2 ** (len(locks) - 1))
+    clears = locks[-1] + timedelta(seconds=duration)
+    return {"probablyLockedNow": clears > now, "lockedAt": iso(locks[-1]), "clearsAt": iso(clears), "lockouts": len(locks),
+            "failedPasswordsSinceLastSuccess": wrong,
+            "basis": (f"{len(locks)} lockout(s) since the last success; Smart Lockout locks for {LOCKOUT_SECONDS} s at "
+                      f"first and longer after each further lockout (estimate: {duration} s)")}
+
+
+def _group(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Failures grouped by error code, most recent group first."""
+    groups: dict[int, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(int(r.get("errorCode") or 0), []).append(r)
+    out = []
+    for code, rs in groups.items():
+        d = describe(code, rs[-1].get("failureReason"))
+        ips: Counter[tuple[Any, Any, Any]] = Counter((r.get("ipAddress"), r.get("city"), r.get("countryOrRegion")) for r in rs)
+        policies: Counter[str] = Counter(p for r in rs for p in r.get("failedPolicies") or ())
+        grants = sorted({g for r in rs for g in r.get("grantControls") or ()})
+        details = Counter(r.get("additionalDetails") for r in rs if r.get("additionalDetails"))
+        out.append({
+            **d,
+            "count": len(rs),
+            "first": rs[0].get("createdDateTime"),
+            "last": rs[-1].get("createdDateTime"),
+            "failureReason": rs[-1].get("failureReason"),
+            "additionalDetails": details.most_common(1)[0][0] if details else None,
+            "apps": sorted({str(r.get("appDisplayName") or r.get("appId")) for r in rs}),
+            "clientApps": sorted({str(r.get("clientAppUsed")) for r in rs if r.get("clientAppUsed")}),
+            "ipAddresses": [{"ipAddress": ip, "city": city, "countryOrRegion": country, "count": n}
+                            for (ip, city, country), n in ips.most_common(5)],
+            "failedConditionalAccessPolicies": [{"displayName": p, "count": n} for p, n in policies.most_common()],
+            "grantControls": grants,
+            "devices": sorted({f"{r.get('operatingSystem') or '?'} (compliant: {r.get('deviceCompliant')}, managed: "
+                               f"{r.get('deviceManaged')})" for r in rs if d["kind"] == "device"}),
+        })
+    out.sort(key=lambda g: str(g["last"]), reverse=True)
+    return out
+
+
+_VERDICT_ORDER = ("account", "lockout", "password_expired", "assignment", "conditional_access", "device", "mfa",
+                  "unknown_account", "app", "consent", "password", "session")
+
+
+def _app_filter(app: str | None, view: Any, rows: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], str | None, str | None]:
+    """(rows of the app, its appId or None, its display name) — matched by appId, or the directory's app, or the name
+    the events carry."""
+    rows = list(rows)
+    if app is None or not str(app).strip():
+        return rows, None, None
+    text = str(app).strip()
+    if len(text) > 256:
+        raise InvalidArgument("app is too long: give the app's name, appId or object id.")
+    app_id = None
+    name = None
+    if view is not None:
+        try:
+            from .apps import resolve_app
+
+            application, sp = resolve_app(view, text)
+            obj = sp or application
+            if obj is not None:
+                app_id, name = obj.get("appId"), obj.get("displayName")
+        except (NotFoundError, InvalidArgument):
+            pass
+    folded = text.casefold()
+    by_id = [r for r in rows if (app_id and r.get("appId") == app_id) or str(r.get("appId") or "").casefold() == folded]
+    by_name = [r for r in rows if str(r.get("appDisplayName") or "").casefold() in (folded, str(name or "").casefold())]
+    hit = by_id or by_name
+    if hit and (app_id is None or not by_id):  # the events' own appId (a directory app of the same name may differ)
+        app_id = Counter(r.get("appId") for r in hit).most_common(1)[0][0]
+        name = name or hit[0].get("appDisplayName")
+    return hit, app_id, name or text
+
+
+def explain_sign_in(log: SignInLog, view: Any, user: str, app: str | None = None, since: str | None = None,
+                    now: datetime | None = None) -> dict[str, Any]:
+    """Why `user` cannot sign in: recent failures grouped by cause, lockout, last success, the directory-side causes,
+    one verdict and a next step. `view` is the DirectoryView (None when the tenant's directory was never synced)."""
+    current = utcnow(now)
+    start = parse_since(since, current)
+    findings: list[dict[str, str]] = []
+    record = None
+    directory: dict[str, Any] | None = None
+    access: dict[str, Any] | None = None
+    if view is not None:
+        from .account import check_account_state
+        from .users import resolve_user
+
+        try:
+            record = resolve_user(view, user)
+        except NotFoundError:
+            if not _looks_like_upn(user):
+                raise
+        if record is not None:
+            state = check_account_state(view, str(record["id"]), current)
+            directory = {k: state.get(k) for k in ("accountEnabled", "passwordExpired", "passwordNeverExpires",
+                                                    "lastPasswordChangeDateTime", "lastSignInDateTime",
+                                                    "onPremisesSyncEnabled", "userType", "externalUserState")}
+            findings += [f for f in state["findings"] if f["severity"] != "info" or f["code"] in ("ONPREM_SYNCED", "GUEST")]
+            if app:
+                from .apps import check_app_access
+
+                try:
+                    a = check_app_access(view, str(record["id"]), app, current)
+                    access = {"app": a.get("app"), "hasAccess": a.get("hasAccess"), "reason": a.get("reason")}
+                    findings += [f for f in a.get("findings", []) if f["code"] in ("NOT_ASSIGNED", "SP_DISABLED", "NESTED_GROUP_ONLY")]
+                except (NotFoundError, InvalidArgument):
+                    access = None
+    elif not _looks_like_upn(user):
+        raise NotFoundError("The tenant's directory is not in the mirror yet; give the user's UPN to read the sign-in log.")
+    keys = [str(record["id"])] if record is not None else []
+    upn = str(record.get("userPrincipalName") if record is not None else user).strip()
+    keys.append(upn.casefold())
+    who = {"id": record.get("id"), "displayName": record.get("displayName"), "userPrincipalName": record.get("userPrincipalName")} \
+        if record is not None else {"id": None, "displayName": None, "userPrincipalName": upn}
+
+    answer: dict[str, Any] = {"user": who, "app": None, "directory": directory, "appAccess": access}
+    if not log.available:
+        findings.append(finding("SIGN_IN_EVENTS_UNAVAILABLE", f"Sign-in events are not in the mirror: {log.unavailable_reason()}; "
+                                "only the directory side is known."))
+        answer.update({"window": None, "signInEvents": None, "failures": None, "lastSuccess": None, "lockout": None})
+        return _finish(answer, findings, [], directory, access, None, current, log)
+
+    begin, window, wf = _window(log, start, current)
+    findings += wf
+    rows: list[Mapping[str, Any]] = []
+    seen: set[str] = set()
+    for k in keys:
+        for r in log.by_user.get(k, ()):
+            if r.get("id") not in seen:
+                seen.add(str(r.get("id")))
+                rows.append(r)
+    rows.sort(key=lambda r: (str(r.get("createdDateTime")), str(r.get("id"))))
+    every = rows  # Smart Lockout counts the account's failures across apps
+    rows, app_id, app_name = _app_filter(app, view, rows)
+    answer["app"] = {"appId": app_id, "displayName": app_name} if app else None
+    in_window = [r for r in rows if (t := _event_time(r)) is not None and begin <= t <= current]
+    last_success = _last_success(log, record, app_id, view)
+    overall = _last_success(log, record, None, view) if app_id else last_success
+    lock = _lockout(every, parse_time(overall["createdDateTime"]) if overall else None, current)
+    groups = _group(in_window)
+    answer.update({"window": window, "signInEvents": {"failures": len(in_window), "causes": len(groups)},
+                   "failures": groups, "lastSuccess": last_success, "lockout": lock})
+    if not in_window:
+        findings.append(finding("SIGN_IN_NO_EVENTS", f"The sign-in log in the mirror has no failed sign-ins for {upn}"
+                                + (f" to {quote(app_name)}" if app else "") + f" from {window['from']} to {window['to']}: "
+                                "that does not show sign-in works (the attempt may not have reached Entra ID, or be newer "
+                                "than the last poll)."))
+    for g in groups:
+        text = f"{g['count']} × {g['errorCode']} ({g['cause']}) from {g['first']} to {g['last']}"
+        if g["failedConditionalAccessPolicies"]:
+            text += "; policy: " + ", ".join(quote(p["displayName"]) for p in g["failedConditionalAccessPolicies"])
+        findings.append(finding(g["finding"], text))
+        if any(c.casefold() in LEGACY_CLIENTS for c in g["clientApps"]):
+            findings.append(finding("SIGN_IN_LEGACY_AUTHENTICATION", f"{g['errorCode']} came from legacy clients: "
+                                    f"{', '.join(c for c in g['clientApps'] if c.casefold() in LEGACY_CLIENTS)}."))
+    if lock["probablyLockedNow"] or lock["lockouts"]:
+        state = "probably locked now, clearing about " + str(lock["clearsAt"]) if lock["probablyLockedNow"] else \
+            "was locked; the lock has probably cleared (" + str(lock["clearsAt"]) + ")"
+        findings.append(finding("SIGN_IN_LOCKED_OUT", f"Smart Lockout: {state}. {lock['basis']}."))
+    return _finish(answer, findings, groups, directory, access, lock, current, log)
+
+
+def _looks_like_upn(text: str) -> bool:
+    return isinstance(text, str) and "@" in text and len(text) <= 256 and " " not in text.strip()
+
+
+def _last_success(log: SignInLog, record: Mapping[str, Any] | None, app_id: str | None, view: Any) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    rows = [r for r in log.successes.get(str(record["id"]), ()) if app_id is None or r.get("appId") == app_id]
+    if rows:
+        best = max(rows, key=lambda r: str(r.get("createdDateTime")))
+        return {**{k: best.get(k) for k in ("createdDateTime", "appId", "appDisplayName", "ipAddress", "clientAppUsed",
+                                            "city", "countryOrRegion")}, "source": "sign-in events"}
+    activity = record.get("signInActivity")
+    when = activity.get("lastSuccessfulSignInDateTime") if isinstance(activity, Mapping) else None
+    if app_id is None and isinstance(when, str) and not when.startswith("0001"):
+        return {"createdDateTime": when, "appId": None, "appDisplayName": None, "ipAddress": None, "clientAppUsed": None,
+                "city": None, "countryOrRegion": None, "source": "signInActivity (directory; any app)"}
+    return None
+
+
+def _finish(answer: dict[str, Any], findings: list[dict[str, str]], groups: list[dict[str, Any]],
+            directory: dict[str, Any] | None, access: dict[str, Any] | None, lock: dict[str, Any] | None,
+            now: datetime, log: SignInLog) -> dict[str, Any]:
+    verdict, step = _verdict(groups, directory, access, lock, answer, log)
+    answer["verdict"] = verdict
+    answer["nextStep"] = step
+    answer["asOf"] = iso(log.status.last_success) if log.status and log.status.last_success else None
+    answer["findings"] = sort_findings(findings)
+    return answer
+
+
+def _verdict(groups: list[dict[str, Any]], directory: dict[str, Any] | None, access: dict[str, Any] | None,
+             lock: dict[str, Any] | None, answer: dict[str, Any], log: SignInLog) -> tuple[str, str]:
+    """One line: the most decisive cause known, directory and log together; and the desk's next step."""
+    causes: dict[str, tuple[str, str]] = {}
+    if directory is not None and directory.get("accountEnabled") is False:
+        causes["account"] = ("The account is disabled in the directory.",
+                             "Find out why it was disabled (leaver, security hold) before enabling it.")
+    if lock is not None and lock.get("probablyLockedNow"):
+        causes["lockout"] = (f"The account is probably locked by Smart Lockout until about {lock['clearsAt']} after "
+                             f"{lock['failedPasswordsSinceLastSuccess']} wrong passwords.",
+                             "Wait for the lock to clear, then have the user sign in once with the right password or use "
+                             "self-service reset; if the user did not make these attempts, treat it as an attack.")
+    if directory is not None and directory.get("passwordExpired") is True:
+        causes["password_expired"] = ("The password has expired (directory).",
+                                      "Have the user change it at the prompt or with self-service password reset.")
+    if access is not None and access.get("hasAccess") is False:
+        causes["assignment"] = (f"The user is not assigned to {access.get('app', {}).get('displayName') if isinstance(access.get('app'), dict) else 'the app'}.",
+                                "Ask the app owner to approve, then assign the user or a group they are a direct member of.")
+    for g in groups:
+        if not g["blocking"]:
+            continue
+        kind = "password_expired" if g["finding"] == "SIGN_IN_PASSWORD_EXPIRED" else g["kind"]
+        if kind == "lockout" and "lockout" not in causes:
+            continue  # a past lock that has cleared: the wrong passwords explain it
+        if kind not in causes:
+            text = f"{g['count']} failed sign-in(s) with {g['errorCode']}: {g['cause']}"
+            if g["failedConditionalAccessPolicies"]:
+                text += " Policy: " + ", ".join(quote(p["displayName"]) for p in g["failedConditionalAccessPolicies"]) + "."
+            causes[kind] = (text, g["nextStep"])
+    for kind in _VERDICT_ORDER:
+        if kind in causes:
+            return causes[kind]
+    for g in groups:
+        if g["kind"] == "unknown":
+            return (f"Sign-ins failed with error code {g['errorCode']}, which the catalogue does not know.", g["nextStep"])
+    if not log.available:
+        return ("Sign-in events are not in the mirror, and the directory shows nothing that blocks sign-in.",
+                "Enable [tenants.sync] sign_in_events (needs AuditLog.Read.All and Entra ID P1/P2) or check the sign-in "
+                "log in the Entra admin center.")
+    if groups:
+        return ("Only normal interruptions (MFA prompts, account pickers) are logged, no blocking failure.",
+                "Ask the user for the exact error text and time; if MFA prompts repeat, check their MFA methods.")
+    return ("The sign-in log has no failed sign-ins for this user in the window, and the directory shows nothing that "
+            "blocks sign-in; that does not prove sign-in works.",
+            "Ask for the exact error message, time and app; the attempt may not have reached Entra ID (network, wrong "
+            "tenant, on-premises app) or may be newer than the last poll.")
+
+
+def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None = None, app: str | None = None,
+                             now: datetime | None = None) -> dict[str, Any]:
+    """The tenant-wide picture: top error codes, apps, IPs and users with failures; password spray and spikes."""
+    current = utcnow(now)
+    start = parse_since(since, current)
+    findings: list[dict[str, str]] = []
+    if not log.available:
+        findings.append(finding("SIGN_IN_EVENTS_UNAVAILABLE", f"Sign-in events are not in the mirror: {log.unavailable_reason()}."))
+        return {"window": None, "app": None, "failures": None, "topErrorCodes": None, "topApps": None,
+                "topIpAddresses": None, "topUsers": None, "suspectedSprays": None, "spikes": None, "asOf": None,
+                "findings": sort_findings(findings)}
+    begin, window, wf = _window(log, start, current)
+    findings += wf
+    app_id = None
+    app_name = None
+    if app is not None and str(app).strip():
+        _, app_id, app_name = _app_filter(app, view, [r for h in log.hours[-48:] for r in log.failures.get(h, ())])
+        if app_id is None:
+            raise NotFoundError(f"No failed sign-in to an app called {quote(str(app))} is in the sign-in window, and the "
+                                "directory has no such app.")
+    t = _merge_tallies(log, begin, current, app_id)
+    total = t["n"]
+    top_codes = []
+    for code, n in t["codes"].most_common(TOP):
+        d = describe(code)
+        top_codes.append({"errorCode": code, "count": n, "users": len(t["code_users"].get(code, ())), "cause": d["cause"],
+                          "kind": d["kind"], "finding": d["finding"]})
+    sprays = []
+    for ip, accounts in t["ip_users"].items():
+        tries = t["ips"][ip]
+        if len(accounts) >= SPRAY_MIN_ACCOUNTS and tries / len(accounts) <= SPRAY_MAX_PER_ACCOUNT:
+            city, country = t["ip_where"].get(ip, (None, None))
+            first, last = t["ip_times"].get(ip, [None, None])
+            sprays.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries, "city": city,
+                           "countryOrRegion": country, "first": first, "last": last})
+    sprays.sort(key=lambda s: -s["accounts"])
+    for s in sprays[:5]:
+        findings.append(finding("PASSWORD_SPRAY_SUSPECTED", f"{s['ipAddress']} ({s['city'] or '?'}, {s['countryOrRegion'] or '?'}) "
+                                f"failed passwords against {s['accounts']} accounts ({s['failures']} attempts) from "
+                                f"{s['first']} to {s['last']}: block the IP and check those accounts for a success after it."))
+    spikes = _spikes(log, current, app_id)
+    for s in spikes[:5]:
+        findings.append(finding("SIGN_IN_FAILURE_SPIKE", f"{s['count']} failures with {s['errorCode']} for {quote(str(s['appDisplayName']))} "
+                                f"in the last hour against {s['hourlyAverage']} an hour before: look for an outage or a "
+                                "policy change."))
+    if total == 0:
+        findings.append(finding("SIGN_IN_NO_EVENTS", f"No failed sign-ins are in the mirror from {window['from']} to "
+                                f"{window['to']}" + (f" for {quote(str(app_name))}" if app_name else "") + "."))
+    return {
+        "window": window,
+        "app": {"appId": app_id, "displayName": app_name} if app_id else None,
+        "failures": total,
+        "topErrorCodes": top_codes,
+        "topApps": [{"appId": a, "displayName": name, "count": n} for (a, name), n in t["apps"].most_common(TOP)],
+        "topIpAddresses": [{"ipAddress": ip, "count": n, "accounts": len(t["ip_users"].get(ip, ())),
+                            "city": t["ip_where"].get(ip, (None, None))[0], "countryOrRegion": t["ip_where"].get(ip, (None, None))[1]}
+                           for ip, n in t["ips"].most_common(TOP)],
+        "topUsers": [{"user": u, "count": n} for u, n in t["users"].most_common(TOP)],
+        "suspectedSprays": sprays[:TOP],
+        "spikes": spikes[:TOP],
+        "asOf": window["asOf"],
+        "findings": sort_findings(findings),
+    }
+
+
+def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str | None) -> dict[str, Any]:
+    first_full = iso(begin + timedelta(hours=1))[:13] if iso(begin)[14:19] != "00:00" else iso(begin)[:13]
+    parts = []
+    for h in log.hours:
+        if h < iso(begin)[:13] or h > iso(now)[:13]:
+            continue
+        if h >= first_full and h < iso(now)[:13]:
+            parts.append(log.hour_tally(h, app_id))
+        else:  # a boundary hour: only the events inside the window
+            lo, hi = iso(begin), iso(now)
+            parts.append(_tally(r for r in log.failures.get(h, ()) if lo <= str(r.get("createdDateTime")) <= hi
+                                and (app_id is None or r.get("appId") == app_id)))
+    out: dict[str, Any] = {"n": 0, "codes": Counter(), "code_users": {}, "apps": Counter(), "app_code": Counter(),
+                           "ips": Counter(), "users": Counter(), "ip_users": {}, "ip_where": {}, "ip_times": {}}
+    for p in parts:
+        out["n"] += p["n"]
+        for k in ("codes", "apps", "app_code", "ips", "users"):
+            out[k].update(p[k])
+        for k in ("code_users", "ip_users"):
+            for key, s in p[k].items():
+                out[k].setdefault(key, set()).update(s)
+        for ip, where in p["ip_where"].items():
+            out["ip_where"].setdefault(ip, where)
+        for ip, (a, b) in p["ip_times"].items():
+            cur = out["ip_times"].setdefault(ip, [a, b])
+            cur[0], cur[1] = min(cur[0], a), max(cur[1], b)
+    return out
+
+
+def _spikes(log: SignInLog, now: datetime, app_id: str | None) -> list[dict[str, Any]]:
+    """app+code pairs whose failures in the last hour are far above their hourly average over the rest of the window."""
+    recent = _merge_tallies(log, now - timedelta(hours=1), now, app_id)
+    if not recent["n"]:
+        return []
+    kept = log.kept_from or (now - timedelta(days=7))
+    base_hours = max(1.0, (now - timedelta(hours=1) - kept).total_seconds() / 3600)
+    base = _merge_tallies(log, kept, now - timedelta(hours=1), app_id)
+    names = {a: n for (a, n) in recent["apps"]}
+    out = []
+    for (aid, code), n in recent["app_code"].items():
+        avg = base["app_code"].get((aid, code), 0) / base_hours
+        if n >= SPIKE_MIN and n >= SPIKE_FACTOR * max(avg, 1.0):
+            out.append({"appId": aid, "appDisplayName": names.get(aid), "errorCode": code, "count": n,
+                        "hourlyAverage": round(avg, 1)})
+    out.sort(key=lambda s: -s["count"])
+    return out
+
+
+def requester_sign_ins(log: SignInLog, view: Any, user_id: str, apps: list[str], now: datetime | None = None) -> dict[str, Any] | None:
+    """The sign-in evidence a ticket's context shows for its requester (and the apps the ticket names): the verdict,
+    causes and lockout of explain_sign_in over the last 24 hours, compact. None when the log is unavailable."""
+    if not log.available:
+        return None
+    full = explain_sign_in(log, view, user_id, None, None, now)
+    out: dict[str, Any] = {
+        "verdict": full["verdict"], "nextStep": full["nextStep"], "window": full["window"],
+        "causes": [{k: g[k] for k in ("errorCode", "cause", "count", "last", "apps", "failedConditionalAccessPolicies")}
+                   for g in full["failures"] or []],
+        "lockout": full["lockout"], "lastSuccess": full["lastSuccess"], "apps": [],
+    }
+    for a in apps[:3]:
+        try:
+            per = explain_sign_in(log, view, user_id, a, None, now)
+        except (NotFoundError, InvalidArgument):
+            continue
+        out["apps"].append({"app": per["app"], "verdict": per["verdict"], "failures": (per["signInEvents"] or {}).get("failures")})
+    return out
+
+
+
+
+class SignInLogs:
+    """The current SignInLog per tenant, reloaded from the sign-in mirror when its version moves (cheap to ask)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store  # mirror/store.py MirrorStore (the directory's; its sign_in_store() holds the events)
+        self._held: dict[str, SignInLog] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str) -> SignInLog:
+        if self._store is None:
+            return SignInLog(tenant, None)
+        events = self._store.sign_in_store()
+        version = events.version(tenant)
+        held = self._held.get(tenant)
+        if held is not None and held.version == version:
+            return held
+        with self._lock:
+            held = self._held.get(tenant)
+            if held is not None and held.version == version:
+                return held
+            snapshot = events.load_snapshot(tenant)
+            info = events.info(tenant) if snapshot is not None else None
+            meta = info["areas"]["sign_in_events"]["meta"] if info else {}
+            log = SignInLog.build(tenant, snapshot, meta)
+            self._held[tenant] = log
+            return log
+
+
+__all__ = ["SignInLog", "SignInLogs", "explain_sign_in", "parse_since", "requester_sign_ins", "sign_in_failures_summary"]

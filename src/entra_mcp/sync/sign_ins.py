@@ -1,0 +1,342 @@
+"""The `sign_in_events` area: GET /auditLogs/signIns -> a bounded window of sign-in evidence in the mirror.
+
+Facts it relies on (docs/graph-facts-sign-ins.md): newest first, 1,000 a page, no delta query; events are listed up
+to ~5 minutes (P99) after they happened, so a poll reads from `watermark - OVERLAP` and de-duplicates by id; the
+reporting API allows 5 requests per 10 s per app and tenant, so the first pull reads FAILURES for the whole window
+(`status/errorCode ne 0`, ~5 % of the traffic) and every event only from the last SUCCESS_BACKFILL_HOURS; later polls
+read everything since the watermark.
+
+What is kept (the answers' needs, bounded):
+  sign_in_failures   hour ("2026-12-01T10") -> [failure record]: every failed sign-in of the window, compacted to
+                     the fields the answers read (`compact_failure`). Keyed by hour so a poll rewrites one or two
+                     buckets and expiry drops whole hours.
+  sign_in_successes  user id -> [{appId, appDisplayName, createdDateTime, ipAddress, clientAppUsed, city,
+                     countryOrRegion}]: the LAST success per user and app (older successes add nothing an answer uses).
+Both are stored in a mirror of their own (`MirrorStore.sign_in_store()`), so a 5-minute poll never invalidates the
+directory's index and never waits for a long directory sync.
+
+The functions here are pure (records in, records out); `pull` is the only I/O and takes a GraphClient.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Iterable
+
+import anyio
+
+from entra_mcp.areas import AREA as AREAS_BY_NAME
+from entra_mcp.areas import AreaResult, AreaRun, AreaStatus
+from entra_mcp.errors import EntraMcpError, MirrorError, PermissionDenied
+from entra_mcp.graph.client import GraphClient
+from entra_mcp.graph.paging import Pager
+from entra_mcp.graph.tenant import make_client
+
+AREA = "sign_in_events"
+AREA_DEF = AREAS_BY_NAME[AREA]
+PATH = "/auditLogs/signIns"
+PAGE_SIZE = "1000"  # Graph's maximum and default
+OVERLAP = timedelta(minutes=15)  # three times Microsoft's P99 ingestion latency (5 minutes)
+SUCCESS_BACKFILL_HOURS = 24  # first pull: successes of the last day only (the reporting throttle; see module doc)
+FAILURES = "sign_in_failures"
+SUCCESSES = "sign_in_successes"
+
+FAILURE_FIELDS = (
+    "id", "createdDateTime", "userId", "userPrincipalName", "userDisplayName", "appId", "appDisplayName", "errorCode",
+    "failureReason", "additionalDetails", "clientAppUsed", "ipAddress", "city", "countryOrRegion",
+    "conditionalAccessStatus", "failedPolicies", "grantControls", "deviceCompliant", "deviceManaged", "operatingSystem",
+    "riskState",
+)
+SUCCESS_FIELDS = ("appId", "appDisplayName", "createdDateTime", "ipAddress", "clientAppUsed", "city", "countryOrRegion")
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: Any) -> datetime | None:
+    """Graph's signIn times ("2026-12-01T10:00:00.1234567Z", or without a fraction) as aware UTC; None when bad."""
+    if not isinstance(text, str) or len(text) < 19:
+        return None
+    try:
+        return datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
+                        int(text[17:19]), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def hour_key(created: str) -> str:
+    return created[:13]
+
+
+def _s(v: Any) -> str | None:
+    return sys.intern(v) if isinstance(v, str) and len(v) <= 200 else (v[:2000] if isinstance(v, str) else None)
+
+
+def compact_failure(e: dict[str, Any]) -> dict[str, Any] | None:
+    """A failed signIn reduced to what the answers read; None when it is not a usable failure."""
+    status = e.get("status") if isinstance(e.get("status"), dict) else {}
+    code = status.get("errorCode")
+    when = parse_iso(e.get("createdDateTime"))
+    if not isinstance(code, int) or isinstance(code, bool) or code == 0 or when is None or not e.get("id"):
+        return None
+    loc = e.get("location") if isinstance(e.get("location"), dict) else {}
+    dev = e.get("deviceDetail") if isinstance(e.get("deviceDetail"), dict) else {}
+    policies = [p for p in e.get("appliedConditionalAccessPolicies") or [] if isinstance(p, dict)]
+    failed = [p for p in policies if p.get("result") == "failure"]
+    return {
+        "id": str(e["id"]), "createdDateTime": iso(when), "userId": _s(e.get("userId")),
+        "userPrincipalName": _s(e.get("userPrincipalName")), "userDisplayName": _s(e.get("userDisplayName")),
+        "appId": _s(e.get("appId")), "appDisplayName": _s(e.get("appDisplayName")), "errorCode": code,
+        "failureReason": _s(status.get("failureReason")), "additionalDetails": _s(status.get("additionalDetails")),
+        "clientAppUsed": _s(e.get("clientAppUsed")), "ipAddress": _s(e.get("ipAddress")), "city": _s(loc.get("city")),
+        "countryOrRegion": _s(loc.get("countryOrRegion")), "conditionalAccessStatus": _s(e.get("conditionalAccessStatus")),
+        "failedPolicies": [_s(p.get("displayName")) for p in failed if isinstance(p.get("displayName"), str)],
+        "grantControls": sorted({_s(g) for p in failed for g in p.get("enforcedGrantControls") or [] if isinstance(g, str)}),
+        "deviceCompliant": dev.get("isCompliant") if isinstance(dev.get("isCompliant"), bool) else None,
+        "deviceManaged": dev.get("isManaged") if isinstance(dev.get("isManaged"), bool) else None,
+        "operatingSystem": _s(dev.get("operatingSystem")), "riskState": _s(e.get("riskState")),
+    }
+
+
+def compact_success(e: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(user id, record) of a successful signIn; None when it is not one."""
+    status = e.get("status") if isinstance(e.get("status"), dict) else {}
+    when = parse_iso(e.get("createdDateTime"))
+    if status.get("errorCode") != 0 or when is None or not e.get("userId") or not e.get("appId"):
+        return None
+    loc = e.get("location") if isinstance(e.get("location"), dict) else {}
+    return str(e["userId"]), {
+        "appId": _s(e.get("appId")), "appDisplayName": _s(e.get("appDisplayName")), "createdDateTime": iso(when),
+        "ipAddress": _s(e.get("ipAddress")), "clientAppUsed": _s(e.get("clientAppUsed")), "city": _s(loc.get("city")),
+        "countryOrRegion": _s(loc.get("countryOrRegion")),
+    }
+
+
+def merge_success(current: list[dict[str, Any]] | None, new: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """A user's last-success list with `new` folded in (latest per app); (list, changed)."""
+    rows = [dict(r) for r in current or []]
+    for i, r in enumerate(rows):
+        if r.get("appId") == new["appId"]:
+            if str(r.get("createdDateTime") or "") >= new["createdDateTime"]:
+                return rows, False
+            rows[i] = new
+            return rows, True
+    rows.append(new)
+    return rows, True
+
+
+def merge_failures(current: list[dict[str, Any]] | None, new: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """An hour's failures with `new` added once each (by id), oldest first; (list, how many were new)."""
+    rows = [dict(r) for r in current or []]
+    seen = {r.get("id") for r in rows}
+    added = 0
+    for r in new:
+        if r["id"] not in seen:
+            seen.add(r["id"])
+            rows.append(r)
+            added += 1
+    if added:
+        rows.sort(key=lambda r: (str(r.get("createdDateTime")), str(r.get("id"))))
+    return rows, added
+
+
+def expired_hours(hours: Iterable[str], window_start: datetime) -> list[str]:
+    """Hour keys entirely before the window."""
+    first = iso(window_start)[:13]
+    return sorted(h for h in hours if h < first)
+
+
+def query(since: datetime, *, failures_only: bool = False, successes_only: bool = False) -> dict[str, str]:
+    flt = f"createdDateTime ge {iso(since)}"
+    if failures_only:
+        flt += " and status/errorCode ne 0"
+    elif successes_only:
+        flt += " and status/errorCode eq 0"
+    return {"$filter": flt, "$top": PAGE_SIZE}
+
+
+async def pull(client: GraphClient, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
+    """The pages of one listing (GraphClient honours 429 Retry-After and retries transient failures)."""
+    async for page in Pager(client, PATH, params=params, area=AREA):
+        yield page
+
+
+__all__ = [
+    "AREA", "FAILURES", "OVERLAP", "SUCCESSES", "SUCCESS_BACKFILL_HOURS", "compact_failure", "compact_success",
+    "expired_hours", "run_area", "run_in_sync", "hour_key", "merge_failures", "merge_success", "parse_iso", "pull", "query",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------- the run
+async def run_area(
+    tenant: Any,
+    store: Any,
+    client: GraphClient,
+    *,
+    full: bool = False,
+    now: datetime | None = None,
+    wait_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """One poll of the `sign_in_events` area of `tenant` into `store.sign_in_store()`.
+
+    Returns {"outcome": full|delta|off, "objects": failures kept, "changes": new events, "message", "status"}.
+    A 403 (permission or licence) clears the area with the reason and re-raises PermissionDenied; throttling and
+    transient failures are retried by the GraphClient; any other error leaves the last committed state."""
+    now = now or datetime.now(timezone.utc)
+    events = store.sign_in_store()
+    settings = tenant.sync
+    if not settings.sign_in_events and not (events.tenant_dir(tenant.name) / "cache.db").exists():
+        reason = "turned off in config"  # never enabled: nothing to clear, no mirror to create
+        return {"outcome": "off", "objects": None, "changes": 0, "message": reason,
+                "status": AreaStatus(enabled=False, disabled_reason=reason)}
+    lock = events.writer(tenant.name, wait_seconds=wait_seconds)
+    writer = await anyio.to_thread.run_sync(lock.__enter__)
+    try:
+        prev = writer.status(AREA)
+
+        async def commit(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+        if not settings.sign_in_events:
+            reason = "turned off in config"
+            if prev.enabled or prev.disabled_reason != reason or writer.has_data(AREA):
+                await commit(writer.clear_area, AREA, AreaStatus(enabled=False, disabled_reason=reason))
+            return {"outcome": "off", "objects": None, "changes": 0, "message": reason,
+                    "status": AreaStatus(enabled=False, disabled_reason=reason)}
+        days = int(settings.sign_in_events_days)
+        window_start = now - timedelta(days=days)
+        meta = writer.meta(AREA)
+        first = full or not prev.enabled or not writer.has_data(AREA) or meta.get("days") != days or not meta.get("watermark")
+        seen_max: str | None = None
+        try:
+            if first:
+                by_hour: dict[str, list[dict[str, Any]]] = {}
+                ids: set[str] = set()
+                async for page in pull(client, query(window_start, failures_only=True)):
+                    for e in page:
+                        r = compact_failure(e)
+                        if r is not None and r["id"] not in ids:
+                            ids.add(r["id"])
+                            by_hour.setdefault(hour_key(r["createdDateTime"]), []).append(r)
+                            seen_max = max(seen_max or "", r["createdDateTime"])
+                by_user: dict[str, list[dict[str, Any]]] = {}
+                async for page in pull(client, query(max(window_start, now - timedelta(hours=SUCCESS_BACKFILL_HOURS)), successes_only=True)):
+                    for e in page:
+                        s = compact_success(e)
+                        if s is not None:
+                            by_user[s[0]], _ = merge_success(by_user.get(s[0]), s[1])
+                            seen_max = max(seen_max or "", s[1]["createdDateTime"])
+                for rows in by_hour.values():
+                    rows.sort(key=lambda r: (r["createdDateTime"], r["id"]))
+                count = len(ids)
+                meta = {"days": days, "watermark": seen_max or iso(now), "hours": sorted(by_hour), "failures": count,
+                        "successes_from": iso(max(window_start, now - timedelta(hours=SUCCESS_BACKFILL_HOURS))),
+                        "window_start": iso(window_start)}
+                status = AreaStatus(enabled=True, last_success=now, last_error=prev.last_error,
+                                    last_error_at=prev.last_error_at, object_count=count, mode="full")
+                await commit(writer.commit_full, AREA, {FAILURES: by_hour, SUCCESSES: by_user}, delta_link=None,
+                             status=status, meta=meta)
+                return {"outcome": "full", "objects": count, "changes": count + sum(map(len, by_user.values())),
+                        "message": f"window of {days} days: failures in full, successes since {meta['successes_from']}",
+                        "status": status}
+            since = max(parse_iso(meta["watermark"]) or window_start, window_start + OVERLAP) - OVERLAP
+            new_fail: dict[str, list[dict[str, Any]]] = {}
+            new_succ: dict[str, list[dict[str, Any]]] = {}
+            async for page in pull(client, query(since)):
+                for e in page:
+                    r = compact_failure(e)
+                    if r is not None:
+                        new_fail.setdefault(hour_key(r["createdDateTime"]), []).append(r)
+                        seen_max = max(seen_max or "", r["createdDateTime"])
+                        continue
+                    s = compact_success(e)
+                    if s is not None:
+                        new_succ[s[0]], _ = merge_success(new_succ.get(s[0]), s[1])
+                        seen_max = max(seen_max or "", s[1]["createdDateTime"])
+            change = writer.begin(AREA)
+            hours = set(meta.get("hours") or [])
+            added = 0
+
+            def apply() -> int:
+                n = 0
+                for h, rows in new_fail.items():
+                    if h < iso(window_start)[:13]:
+                        continue
+                    merged, k = merge_failures(change.get(FAILURES, h), rows)
+                    if k:
+                        change.put(FAILURES, h, merged)
+                        hours.add(h)
+                        n += k
+                for uid, rows in new_succ.items():
+                    current = change.get(SUCCESSES, uid)
+                    changed = False
+                    for row in rows:
+                        current, c = merge_success(current, row)
+                        changed = changed or c
+                    if changed:
+                        change.put(SUCCESSES, uid, current)
+                for h in expired_hours(hours, window_start):
+                    old = change.get(FAILURES, h)
+                    meta["failures"] = int(meta.get("failures", 0)) - len(old or [])
+                    change.delete(FAILURES, h)
+                    hours.discard(h)
+                return n
+
+            added = await anyio.to_thread.run_sync(apply)
+            meta["failures"] = max(0, int(meta.get("failures", 0)) + added)
+            meta["hours"] = sorted(hours)
+            meta["watermark"] = max(meta["watermark"], seen_max or meta["watermark"])
+            meta["window_start"] = iso(window_start)
+            status = AreaStatus(enabled=True, last_success=now, last_error=prev.last_error, last_error_at=prev.last_error_at,
+                                object_count=meta["failures"], mode="delta")
+            await commit(writer.commit_delta, change, delta_link=None, status=status, meta=meta)
+            return {"outcome": "delta", "objects": meta["failures"], "changes": added,
+                    "message": f"read since {iso(since)}: {added} new failures", "status": status}
+        except PermissionDenied as exc:
+            reason = AREA_DEF.disabled_reason(exc)
+            await commit(writer.clear_area, AREA, AreaStatus(enabled=False, disabled_reason=reason,
+                                                             last_success=prev.last_success, last_error=reason, last_error_at=now))
+            raise
+        except EntraMcpError as exc:  # keep the data; remember the error (GraphError, TransientError...)
+            if not isinstance(exc, MirrorError):
+                try:
+                    await commit(writer.set_status, AREA, replace(prev, last_error=str(exc), last_error_at=now))
+                except MirrorError:
+                    pass
+            raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lock.__exit__, None, None, None)
+
+
+async def run_in_sync(run: AreaRun, area: Any, prev: AreaStatus) -> AreaResult:
+    """The area inside a sync run (entra_mcp/areas.py `run`): poll into the sign-in mirror with the run's client and
+    record the resulting status in the directory mirror too (what `status` and `sync_status` list). A 403 propagates
+    so the engine records the area as disabled with the reason."""
+    tenant, client = getattr(run, "tenant"), getattr(run, "client")  # sync/engine.py TenantSync
+    store = getattr(run.writer, "store")  # mirror/store.py MirrorWriter
+    polled = await run_area(tenant, store, client, full=run.full, now=run.now())
+    status = polled["status"]
+    if polled["outcome"] == "off":
+        if prev.enabled or prev.disabled_reason != status.disabled_reason or run.writer.has_data(area.name):
+            await run.commit(getattr(run.writer, "clear_area"), area.name, status)
+    elif status != prev:
+        await run.commit(getattr(run.writer, "set_status"), area.name, status)
+    return AreaResult(area.name, polled["outcome"], objects=polled["objects"], changes=polled["changes"],
+                      message=polled["message"])
+
+
+async def poll(tenant: Any, store: Any, *, client: GraphClient | None = None, wait_seconds: float = 30.0) -> dict[str, Any]:
+    """One poll of the sign-in events alone (the serve scheduler's own interval, sign_in_events_interval_minutes).
+    Never raises for Graph, credential or mirror problems: {"outcome": "failed", "message": ...} instead."""
+    gc = client or make_client(tenant)
+    try:
+        return await run_area(tenant, store, gc, wait_seconds=wait_seconds)
+    except EntraMcpError as exc:
+        return {"outcome": "disabled" if isinstance(exc, PermissionDenied) else "failed", "message": str(exc)}
+    finally:
+        if client is None:
+            await gc.aclose()

@@ -1,0 +1,292 @@
+"""Sign-in events end to end: events put into the emulator's /auditLogs/signIns, pulled by the real sync over HTTPS,
+answered by explain_sign_in / sign_in_failures_summary / get_ticket_identity_context through a real MCP client."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from _sync_fixtures import control_of, run_sync, write_config  # noqa: F401 (fixture)
+from mcp import Client
+
+from entra_mcp.identity.sign_in_errors import catalogue
+from entra_mcp.identity.findings import FINDINGS
+from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.server.app import create_server
+from entra_mcp.views import ViewProvider
+from entra_mcp.sync import sign_ins
+
+ENABLED = "[tenants.sync]\nsign_in_events = true\n"
+SPRAY = "203.0.113.9"
+
+
+class Bed:
+    """An emulator whose sign-in log holds only the events a test adds, a config with sign_in_events on, a mirror."""
+
+    def __init__(self, emu: Any, ctl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = ENABLED) -> None:
+        self.emu, self.ctl = emu, ctl
+        _, self.settings = write_config(emu, tmp_path, monkeypatch, extra=extra)
+        self.store = MirrorStore(self.settings.server.cache_dir)
+        self.tenant = emu.tenant(0)
+        ctl._ok(ctl.http.post("/signins/settings", json={"generated": False, "throttle_per_10s": 0}))
+        people = sorted((u for u in self.tenant.users.values() if u["accountEnabled"] and u.get("userType") != "Guest"),
+                        key=lambda u: u["userPrincipalName"])
+        self.upns = [u["userPrincipalName"] for u in people]
+
+    def add(self, *events: dict[str, Any]) -> list[dict[str, Any]]:
+        body = self.ctl._ok(self.ctl.http.post(f"/tenants/{self.tenant.tenant_id}/signins", json={"events": list(events)}))
+        return body["added"]  # type: ignore[no-any-return]
+
+    def sync(self, **kw: Any) -> Any:
+        result = run_sync(self.settings, self.store, **kw)
+        assert result.error is None, result.error
+        return result
+
+    def poll(self, now: datetime | None = None) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            from entra_mcp.graph.tenant import make_client
+
+            client = make_client(self.settings.tenants[0])
+            try:
+                return await sign_ins.run_area(self.settings.tenants[0], self.store, client, now=now)
+            finally:
+                await client.aclose()
+
+        return anyio.run(go)
+
+    def ask(self, tool: str, **args: Any) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            views = ViewProvider.from_settings(self.settings, self.store, background_reload=False)
+            async with Client(create_server(self.settings, views=views)) as client:
+                with anyio.fail_after(30):
+                    result = await client.call_tool(tool, args)
+                assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+                assert json.loads(result.content[-1].text) == result.structured_content  # type: ignore[union-attr]
+                return result.structured_content  # type: ignore[return-value]
+
+        return anyio.run(go)
+
+
+@pytest.fixture
+def bed(fresh_emulator: Any, control_of: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Bed:  # noqa: F811
+    emu = fresh_emulator(size="small", seed=5)
+    return Bed(emu, control_of(emu), tmp_path, monkeypatch)
+
+
+def _codes(answer: dict[str, Any]) -> set[str]:
+    return {f["code"] for f in answer["findings"]}
+
+
+def test_each_cause_is_explained(bed: Bed) -> None:
+    u = bed.upns
+    assigned = next(sp for sp in bed.tenant.service_principals.values() if sp.get("appRoleAssignmentRequired"))
+    bed.ctl.mutate([{"op": "disable_user", "id": bed.tenant.user_by_key(u[6])["id"]}])
+    bed.add(
+        *[{"user": u[0], "errorCode": 50126, "secondsAgo": 600 - i} for i in range(3)],
+        {"user": u[1], "errorCode": 53003, "policy": "Block access from outside allowed countries", "secondsAgo": 300,
+         "ipAddress": "185.220.1.2"},
+        {"user": u[2], "errorCode": 500121, "additionalDetails": "MFA denied; user declined the authentication", "secondsAgo": 200},
+        {"user": u[3], "errorCode": 53000, "policy": "Require compliant device", "grantControls": ["RequireCompliantDevice"],
+         "isCompliant": False, "secondsAgo": 100},
+        {"user": u[4], "errorCode": 50105, "app": assigned["appId"], "secondsAgo": 100},
+        {"user": u[5], "errorCode": 50055, "secondsAgo": 100},
+        {"user": u[6], "errorCode": 50057, "secondsAgo": 100},
+        {"userPrincipalName": "nobody@contoso.example", "errorCode": 50034, "secondsAgo": 100},
+        {"user": u[7], "errorCode": 50173, "secondsAgo": 100, "clientAppUsed": "Mobile Apps and Desktop clients"},
+        {"user": u[8], "errorCode": 99999, "failureReason": "Something new went wrong.", "secondsAgo": 100},
+        {"user": u[9], "errorCode": 53003, "policy": "Block legacy authentication", "clientAppUsed": "IMAP4", "secondsAgo": 100},
+    )
+    bed.sync()
+    expect = {0: ("SIGN_IN_WRONG_PASSWORD", "50126"), 1: ("SIGN_IN_BLOCKED_BY_CONDITIONAL_ACCESS", "Block access from outside"),
+              2: ("SIGN_IN_MFA_NOT_COMPLETED", "500121"), 3: ("SIGN_IN_DEVICE_NOT_COMPLIANT", "53000"),
+              5: ("SIGN_IN_PASSWORD_EXPIRED", "50055"), 6: ("ACCOUNT_DISABLED", "disabled in the directory"),
+              7: ("SIGN_IN_STALE_SESSION", "50173"), 9: ("SIGN_IN_LEGACY_AUTHENTICATION", "Block legacy authentication")}
+    for i, (code, in_verdict) in expect.items():
+        a = bed.ask("explain_sign_in", user=u[i])
+        assert code in _codes(a), (u[i], a["findings"])
+        assert in_verdict in a["verdict"], (u[i], a["verdict"])
+        assert a["nextStep"] and a["window"]["asOf"] and a["asOf"]
+    wrong = bed.ask("explain_sign_in", user=u[0])
+    [group] = wrong["failures"]
+    assert group["count"] == 3 and group["errorCode"] == 50126 and group["known"] and group["first"] < group["last"]
+    assert group["userSees"] and group["ipAddresses"][0]["count"] == 3 and not wrong["lockout"]["probablyLockedNow"]
+    ca = bed.ask("explain_sign_in", user=u[1])["failures"][0]
+    assert ca["failedConditionalAccessPolicies"] == [{"displayName": "Block access from outside allowed countries", "count": 1}]
+    assert ca["ipAddresses"][0]["ipAddress"] == "185.220.1.2"
+    mfa = bed.ask("explain_sign_in", user=u[2])["failures"][0]
+    assert mfa["additionalDetails"] == "MFA denied; user declined the authentication"
+    not_assigned = bed.ask("explain_sign_in", user=u[4], app=assigned["appId"])
+    assert "SIGN_IN_NOT_ASSIGNED" in _codes(not_assigned) and not_assigned["appAccess"]["hasAccess"] is False
+    assert "not assigned" in not_assigned["verdict"]
+    unknown_user = bed.ask("explain_sign_in", user="nobody@contoso.example")
+    assert unknown_user["user"]["id"] is None and "SIGN_IN_UNKNOWN_ACCOUNT" in _codes(unknown_user)
+    unknown_code = bed.ask("explain_sign_in", user=u[8])
+    assert unknown_code["failures"][0]["known"] is False and "99999" in unknown_code["verdict"]
+    assert "Something new went wrong." in unknown_code["failures"][0]["cause"]
+    assert "SIGN_IN_UNKNOWN_ERROR_CODE" in _codes(unknown_code)
+    quiet = bed.ask("explain_sign_in", user=u[10])
+    assert quiet["failures"] == [] and "SIGN_IN_NO_EVENTS" in _codes(quiet)
+    assert "does not prove" in quiet["verdict"], "no events is not 'the user is fine'"
+
+
+def test_lockout_inferred_and_cleared_on_time(bed: Bed) -> None:
+    locked, cleared = bed.upns[0], bed.upns[1]
+    bed.add(*[{"user": locked, "errorCode": 50126, "secondsAgo": 50 - i} for i in range(10)],
+            {"user": locked, "errorCode": 50053, "secondsAgo": 20},
+            *[{"user": cleared, "errorCode": 50126, "secondsAgo": 400 - i} for i in range(10)],
+            {"user": cleared, "errorCode": 50053, "secondsAgo": 300})
+    bed.sync()
+    now = datetime.now(timezone.utc)
+    a = bed.ask("explain_sign_in", user=locked)
+    lock = a["lockout"]
+    assert lock["probablyLockedNow"] is True and lock["failedPasswordsSinceLastSuccess"] == 10
+    clears = datetime.fromisoformat(lock["clearsAt"].replace("Z", "+00:00"))
+    assert now < clears <= now + timedelta(seconds=60), "60 s after the lock at 20 s ago"
+    assert "SIGN_IN_LOCKED_OUT" in _codes(a) and "locked by Smart Lockout" in a["verdict"]
+    b = bed.ask("explain_sign_in", user=cleared)
+    assert b["lockout"]["probablyLockedNow"] is False and b["lockout"]["lockouts"] >= 1
+    assert "locked by Smart Lockout" not in b["verdict"] and "50126" in b["verdict"]
+
+
+def test_spray_detected_and_one_users_typos_are_not(bed: Bed) -> None:
+    victims = bed.upns[:15]
+    bed.add(*[{"user": v, "errorCode": 50126, "ipAddress": SPRAY, "clientAppUsed": "Authenticated SMTP", "secondsAgo": 900 - 5 * i}
+              for i, v in enumerate(victims)],
+            *[{"user": bed.upns[20], "errorCode": 50126, "ipAddress": "198.51.100.7", "secondsAgo": 600 - i} for i in range(12)])
+    bed.sync()
+    s = bed.ask("sign_in_failures_summary")
+    assert s["failures"] == 27
+    assert [x["ipAddress"] for x in s["suspectedSprays"]] == [SPRAY]
+    assert s["suspectedSprays"][0]["accounts"] == 15
+    sprays = [f for f in s["findings"] if f["code"] == "PASSWORD_SPRAY_SUSPECTED"]
+    assert len(sprays) == 1 and SPRAY in sprays[0]["message"] and "198.51.100.7" not in sprays[0]["message"]
+    assert s["topErrorCodes"][0]["errorCode"] == 50126 and s["topErrorCodes"][0]["users"] == 16
+    assert s["topUsers"][0]["count"] == 12
+    narrow = bed.ask("sign_in_failures_summary", since="5m")
+    assert narrow["failures"] == 0 and "SIGN_IN_NO_EVENTS" in _codes(narrow)
+
+
+def test_spike_of_one_app_and_code(bed: Bed) -> None:
+    bed.add(*[{"user": bed.upns[i % 20], "errorCode": 53003, "policy": "Block unmanaged CRM access", "app": "Microsoft Teams",
+               "secondsAgo": 60 + i} for i in range(25)])
+    bed.sync()
+    s = bed.ask("sign_in_failures_summary", app="Microsoft Teams")
+    assert s["app"]["displayName"] == "Microsoft Teams" and s["failures"] == 25
+    assert [(x["errorCode"], x["count"]) for x in s["spikes"]] == [(53003, 25)]
+    assert "SIGN_IN_FAILURE_SPIKE" in _codes(s)
+
+
+def test_late_events_are_picked_up_by_the_next_poll_exactly_once(bed: Bed) -> None:
+    user = bed.upns[0]
+    bed.add({"user": user, "errorCode": 50126, "secondsAgo": 60})
+    bed.sync()
+    assert bed.ask("explain_sign_in", user=user)["signInEvents"]["failures"] == 1
+    late = bed.add({"user": user, "errorCode": 50126, "secondsAgo": 240}, {"user": user, "errorCode": 0, "secondsAgo": 30})
+    first = bed.poll()
+    assert first["outcome"] == "delta" and first["changes"] == 1, first
+    again = bed.poll()
+    assert again["changes"] == 0, "the overlap reads it again; the mirror keeps it once"
+    a = bed.ask("explain_sign_in", user=user)
+    assert a["signInEvents"]["failures"] == 2 and a["failures"][0]["count"] == 2
+    assert a["lastSuccess"]["createdDateTime"] == late[1]["createdDateTime"][:19] + "Z"
+    assert a["lastSuccess"]["source"] == "sign-in events"
+
+
+def test_window_and_retention_bounds(fresh_emulator: Any, control_of: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    emu = fresh_emulator(size="small", seed=5)
+    bed = Bed(emu, control_of(emu), tmp_path, monkeypatch, extra=ENABLED + "sign_in_events_days = 1\n")
+    user = bed.upns[0]
+    bed.add({"user": user, "errorCode": 50126, "secondsAgo": 2 * 86400}, {"user": user, "errorCode": 50126, "secondsAgo": 3600},
+            {"user": user, "errorCode": 50126, "secondsAgo": 45 * 86400})
+    bed.sync()
+    a = bed.ask("explain_sign_in", user=user, since="3d")
+    assert a["signInEvents"]["failures"] == 1, "only the event inside the 1-day window is kept"
+    assert "SIGN_IN_WINDOW_CLIPPED" in _codes(a)
+    later = bed.poll(now=datetime.now(timezone.utc) + timedelta(hours=25))
+    assert later["outcome"] == "delta" and later["objects"] == 0, "hours older than the window are dropped"
+    assert bed.store.sign_in_store().load_snapshot(bed.settings.tenants[0].name).collection("sign_in_failures") == {}
+
+
+def test_area_disabled_on_403_and_reenabled_when_granted(bed: Bed) -> None:
+    user = bed.upns[0]
+    bed.ctl.mutate([{"op": "disable_user", "id": bed.tenant.user_by_key(user)["id"]}])
+    bed.add({"user": user, "errorCode": 50057, "secondsAgo": 60})
+    bed.ctl.roles(revoke=["AuditLog.Read.All"])
+    r = bed.sync()
+    assert r.areas["sign_in_events"].outcome == "disabled"
+    assert "grant AuditLog.Read.All" in (r.areas["sign_in_events"].message or "")
+    a = bed.ask("explain_sign_in", user=user)
+    assert a["signInEvents"] is None and "SIGN_IN_EVENTS_UNAVAILABLE" in _codes(a)
+    assert "disabled in the directory" in a["verdict"], "the directory side still answers"
+    status = bed.ask("sync_status")
+    events = next(x for x in status["areas"] if x.get("area", x.get("name")) == "sign_in_events") if isinstance(status["areas"], list) \
+        else status["areas"]["sign_in_events"]
+    assert events["enabled"] is False and "AuditLog.Read.All" in events["disabledReason"]
+    bed.ctl.roles(grant=["AuditLog.Read.All"])
+    bed.ctl.mutate([{"op": "set_premium", "premium": False}])
+    r = bed.sync()
+    assert r.areas["sign_in_events"].outcome == "disabled"
+    assert "Authentication_RequestFromNonPremiumTenantOrB2CTenant" in (r.areas["sign_in_events"].message or "")
+    assert "licence" in (r.areas["sign_in_events"].message or "")
+    bed.ctl.mutate([{"op": "set_premium", "premium": True}])
+    r = bed.sync()
+    assert r.areas["sign_in_events"].outcome == "full"
+    assert bed.ask("explain_sign_in", user=user)["failures"][0]["errorCode"] == 50057
+
+
+def test_area_off_says_so_and_gives_the_directory_verdict(fresh_emulator: Any, control_of: Any, tmp_path: Path,  # noqa: F811
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    emu = fresh_emulator(size="small", seed=5)
+    bed = Bed(emu, control_of(emu), tmp_path, monkeypatch, extra="")
+    user = bed.upns[0]
+    r = bed.sync()
+    assert r.areas["sign_in_events"].outcome == "off"
+    assert not (bed.store.sign_in_store().tenant_dir(bed.settings.tenants[0].name)).exists(), "never enabled: no mirror made"
+    a = bed.ask("explain_sign_in", user=user)
+    assert a["failures"] is None and "SIGN_IN_EVENTS_UNAVAILABLE" in _codes(a)
+    assert "sign_in_events" in next(f["message"] for f in a["findings"] if f["code"] == "SIGN_IN_EVENTS_UNAVAILABLE")
+    assert a["directory"]["accountEnabled"] is True and a["verdict"]
+    s = bed.ask("sign_in_failures_summary")
+    assert s["failures"] is None and "SIGN_IN_EVENTS_UNAVAILABLE" in _codes(s)
+
+
+def test_ticket_context_carries_the_requesters_sign_in_evidence(bed: Bed) -> None:
+    user = bed.upns[0]
+    bed.add(*[{"user": user, "errorCode": 50126, "secondsAgo": 100 - i} for i in range(10)],
+            {"user": user, "errorCode": 50053, "secondsAgo": 10})
+    bed.sync()
+    ctx = bed.ask("get_ticket_identity_context", requester=user, ticket_text="I can't sign in to Microsoft Teams, it says locked")
+    assert ctx["signIns"]["lockout"]["probablyLockedNow"] is True
+    assert "Smart Lockout" in ctx["signIns"]["verdict"]
+    assert ctx["signIns"]["causes"][0]["errorCode"] in (50053, 50126)
+
+
+def test_bad_arguments_are_clear_errors(bed: Bed) -> None:
+    bed.sync()
+
+    async def go() -> list[str]:
+        views = ViewProvider.from_settings(bed.settings, bed.store, background_reload=False)
+        out = []
+        async with Client(create_server(bed.settings, views=views)) as client:
+            for args in ({"user": bed.upns[0], "since": "yesterday-ish"}, {"user": "no such person at all"}):
+                result = await client.call_tool("explain_sign_in", args)
+                assert result.is_error
+                out.append(result.content[0].text)  # type: ignore[union-attr]
+        return out
+
+    since_error, user_error = anyio.run(go)
+    assert "since" in since_error and "Traceback" not in since_error
+    assert "Traceback" not in user_error
+
+
+def test_catalogue_is_complete_and_its_findings_exist() -> None:
+    entries = catalogue()
+    for code in (50126, 50053, 50074, 50076, 50079, 500121, 53003, 53000, 53001, 50105, 50055, 50144, 50057, 50034,
+                 50173, 50133):
+        assert code in entries, code
+    assert {e.finding for e in entries.values()} <= set(FINDINGS)
+    assert all(e.cause and e.user_sees and e.next_step for e in entries.values())
