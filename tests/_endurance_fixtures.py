@@ -204,8 +204,15 @@ def load_snapshot(cfg: ProductConfig) -> Any:
 
 
 def mirror_version(cfg: ProductConfig) -> int:
+    """The data version: moves when a commit changed objects."""
     return int(_read_mirror(cfg, "version"))
 
 
+def mirror_stamp(cfg: ProductConfig) -> int:
+    """The commit stamp: moves with every commit (0: no mirror)."""
+    fresh = _read_mirror(cfg, "freshness")
+    return int(fresh.stamp) if fresh is not None else 0
+
+
 __all__ = ["API_KEY", "ENTRA_MCP", "ProductConfig", "ServeProcess", "cache_integrity", "free_port", "load_snapshot",
-           "mirror_differences", "mirror_version", "run_cli", "spawn", "sync_until_done", "track", "unexpected_tracebacks"]
+           "mirror_differences", "mirror_stamp", "mirror_version", "run_cli", "spawn", "sync_until_done", "track", "unexpected_tracebacks"]

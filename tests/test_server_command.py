@@ -165,6 +165,13 @@ def test_background_reload_keeps_answering_from_the_old_view(server_env: ServerE
         def version(self, name: str) -> int:
             return self.v
 
+        def freshness(self, name: str) -> Any:
+            real = MirrorStore(server_env.cache_dir)
+            try:
+                return dataclasses.replace(real.freshness(name), version=self.v)
+            finally:
+                real.close()
+
         def load_snapshot(self, name: str) -> Any:
             real = MirrorStore(server_env.cache_dir)
             try:

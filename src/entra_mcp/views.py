@@ -1,7 +1,9 @@
 """The current DirectoryView of each configured tenant, as the tools read it.
 
 The sync writes the mirror in another thread or process; the server only reads. Each call asks the store for the
-tenant's version (cheap) and, when it moved, builds a new view from the new snapshot. The first view of a tenant is
+tenant's freshness (cheap: data version, commit stamp, asOf, area statuses). When only the stamp moved (a sync run
+that changed no object), the held view takes the new asOf and statuses and keeps its index; when the data version
+moved, a new view is built from the new snapshot. The first view of a tenant is
 built on the calling thread; later rebuilds happen on a background thread while the old view keeps answering, so a
 sync of a large tenant never stalls a request. A tenant that was never synced has no view: the tools then answer
 with nulls and a finding (see server/app.py), never a crash.
@@ -17,13 +19,13 @@ import os
 import pickle
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.logs import get_logger
-from entra_mcp.mirror.snapshot import DirectorySnapshot
+from entra_mcp.mirror.snapshot import DirectorySnapshot, Freshness
 
 log = get_logger("views")
 
@@ -34,6 +36,8 @@ class SnapshotSource(Protocol):
     def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None: ...
 
     def version(self, tenant_name: str) -> int: ...
+
+    def freshness(self, tenant_name: str) -> Freshness | None: ...
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,18 @@ class TenantView:
     version: int
     snapshot: DirectorySnapshot | None
     view: Any  # entra_mcp.identity DirectoryView, or None
+    stamp: int = 0  # the mirror's commit stamp this view is current with
 
     @property
     def synced(self) -> bool:
         return self.view is not None
+
+
+def _with_snapshot(view: Any, snapshot: DirectorySnapshot) -> Any:
+    """The same view (the same indexes) over `snapshot`, a refreshed copy of the one it was built from."""
+    if is_dataclass(view) and not isinstance(view, type) and any(f.name == "snapshot" for f in fields(view)):
+        return replace(view, snapshot=snapshot)
+    return view
 
 
 def _view_type() -> type:
@@ -305,8 +317,11 @@ class ViewProvider:
         if held is not None and now - self._checked_at.get(name, 0.0) < self._check_interval:
             return held
         self._checked_at[name] = now
-        version = self._store.version(name)
+        fresh = self._store.freshness(name)
+        version = fresh.version if fresh is not None else 0
         if held is not None and held.version == version:
+            if fresh is not None and held.stamp != fresh.stamp:
+                return self._refresh(name, fresh)
             return held
         if held is None or not self._background:
             return self._load(name, version)
@@ -321,6 +336,28 @@ class ViewProvider:
         for name in self._tenants:
             self._load(name, self._store.version(name))
 
+    def _refresh(self, name: str, fresh: Freshness) -> TenantView:
+        """The held view with `fresh`'s asOf and statuses (no objects changed): no load, no indexing."""
+        lock = self._load_locks[name]
+        if not lock.acquire(blocking=False):  # a reload is under way: it brings the new freshness itself
+            return self._held[name]
+        try:
+            held = self._held[name]
+            if held.version != fresh.version or fresh.stamp <= held.stamp:
+                return held
+            if held.snapshot is not None:
+                snapshot = held.snapshot.refreshed(fresh)
+            elif fresh.version == 0:  # no object ever committed (e.g. every area refused): statuses only
+                snapshot = DirectorySnapshot(tenant=name, tenant_id=fresh.tenant_id, as_of=fresh.as_of,
+                                             interval_minutes=fresh.interval_minutes, areas=dict(fresh.areas), stamp=fresh.stamp)
+            else:
+                return held
+            tv = replace(held, snapshot=snapshot, view=_with_snapshot(held.view, snapshot), stamp=fresh.stamp)
+            self._held[name] = tv
+            return tv
+        finally:
+            lock.release()
+
     def _load(self, name: str, version: int) -> TenantView:
         with self._load_locks[name]:
             held = self._held.get(name)
@@ -333,6 +370,10 @@ class ViewProvider:
                 cached = self._cache.load(name, version, view_type) if self._cache is not None and version else None
                 if cached is not None:
                     snapshot, view = cached.snapshot, cached
+                    fresh = self._store.freshness(name)  # the cached view's asOf and statuses may be older
+                    if fresh is not None and fresh.version == snapshot.version and fresh.stamp != snapshot.stamp:
+                        snapshot = snapshot.refreshed(fresh)
+                        view = _with_snapshot(view, snapshot)
                 else:
                     snapshot, view = _load_and_index(self._store, name, self._build)
             if snapshot is not None:
@@ -346,6 +387,7 @@ class ViewProvider:
                 version=version,
                 snapshot=snapshot,
                 view=view,
+                stamp=snapshot.stamp if snapshot is not None else 0,
             )
             self._held[name] = tv
             from_cache = cached is not None

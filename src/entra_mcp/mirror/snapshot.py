@@ -9,7 +9,7 @@ here speaks HTTP or MCP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Mapping
 
@@ -49,6 +49,8 @@ class DirectorySnapshot:
     domains           list of domain dicts: id, isDefault, isVerified, passwordValidityPeriodInDays,
                       passwordNotificationWindowInDays.
     areas             area name -> AreaStatus (every name in AREAS is present).
+    version, stamp    the data version (moves only when objects changed) and the commit stamp (moves with every
+                      commit, e.g. a delta run that found nothing new still moves as_of and the statuses).
     collections       collection name -> its objects as loaded from the mirror, for EVERY area's collections
                       (entra_mcp/areas.py Area.collections): how a reader reaches an area that has no typed field above.
                       Use collection(name), which also answers for a snapshot built from the typed fields.
@@ -67,8 +69,17 @@ class DirectorySnapshot:
     app_role_assignments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     domains: list[dict[str, Any]] = field(default_factory=list)
     areas: dict[str, AreaStatus] = field(default_factory=dict)
-    version: int = 0  # grows with every committed change; readers compare it to reload
+    version: int = 0  # the data version: grows when a commit changed objects; readers compare it to reload
     collections: Mapping[str, Any] = field(default_factory=dict)
+    stamp: int = 0  # grows with every commit (freshness too): see refreshed()
+
+    def refreshed(self, fresh: "Freshness") -> "DirectorySnapshot":
+        """This snapshot with the freshness of a later commit that changed no object (same data version): new
+        as_of, area statuses and stamp, the same collections. Readers keep their indexes."""
+        if fresh.version != self.version:
+            raise ValueError(f"freshness of data version {fresh.version} does not apply to a snapshot of version {self.version}")
+        return replace(self, tenant_id=fresh.tenant_id or self.tenant_id, as_of=fresh.as_of,
+                       interval_minutes=fresh.interval_minutes, areas=dict(fresh.areas), stamp=fresh.stamp)
 
     def collection(self, name: str) -> Any:
         """One mirror collection by name (e.g. "users", "members", "assignments", or a newer area's), {} when the
@@ -81,6 +92,19 @@ class DirectorySnapshot:
         if name == "domains":
             return {str(d.get("id")): d for d in self.domains}
         return {}
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What changes with every commit, objects aside (mirror/store.py MirrorStore.freshness): read to bring a held
+    snapshot of the same data version up to date without loading or indexing it again."""
+
+    version: int
+    stamp: int
+    tenant_id: str
+    as_of: datetime | None
+    interval_minutes: float
+    areas: dict[str, AreaStatus]
 
 
 # collections held by a typed field too (a snapshot built by hand fills only those)

@@ -1,22 +1,25 @@
 """The local mirror of each tenant, on diskcache under `cache_dir/<tenant name>/`.
 
 Layout (one diskcache per tenant):
-  "root"                      one small dict, the only thing a commit switches: schema version, version counter,
-                              tenant id, as_of, and per area its AreaStatus, delta link, bookkeeping ("meta") and,
-                              per collection, the bucket count and the revision of every bucket.
+  "root"                      one small dict, the only thing a commit switches: schema version, the data version
+                              (moves only when objects changed), the stamp (moves with every commit), tenant id,
+                              as_of, and per area its AreaStatus, delta link, bookkeeping ("meta") and, per
+                              collection, the bucket count and the revision of every bucket.
   "b/<area>/<coll>/<i>/<rev>" one bucket: the objects whose crc32(id) % n == i; for the object collections
                               (TABLES, GROUPED) in the column form of mirror/table.py, else a pickled dict. A bucket is never rewritten in place: a changed bucket is written
-                              under a new revision (the version of the commit that wrote it).
+                              under a new revision (the stamp of the commit that wrote it).
 
 Why: a full load reads a few hundred values (fast even at 100,000 users), a delta run rewrites only the buckets it
 touched, and a commit is ONE atomic write of "root" (SQLite underneath), so
 - readers never lock and always see a consistent state: they read "root" then the buckets it names; a bucket that
   vanished meanwhile (deleted after a newer commit) means "read root again";
 - a full resync of an area writes a new set of buckets aside and switches "root" once; a delta run switches it once
-  too (touched buckets + delta link + area status + version bump, all or nothing);
+  too (changed buckets + delta link + area status + stamp and, when objects changed, data version: all or nothing);
 - a run killed at any point (kill -9) leaves the last committed root; buckets it wrote but never committed are
   unreferenced and swept when the next writer opens the mirror;
-- a stored schema version different from SCHEMA_VERSION makes readers see "no mirror" and the next writer rebuild.
+- a stored schema version different from SCHEMA_VERSION makes readers see "no mirror" and the next writer rebuild;
+- a run that changed no object (the usual delta run) moves as_of, the areas' status and the stamp but not the data
+  version: a server then refreshes its snapshot's freshness (`freshness()`, one small read) and keeps its index.
 
 One writer per tenant across processes (fcntl.flock on `writer.lock`); any number of readers.
 Only this package imports diskcache.
@@ -43,7 +46,7 @@ import diskcache
 
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
-from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
+from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness
 from entra_mcp.areas import REGISTRY
 from entra_mcp.mirror.table import Table, concat_groups, is_packed, is_packed_groups, pack, pack_groups, unpack
 
@@ -131,10 +134,15 @@ def _area_of(root: dict[str, Any], area: str) -> dict[str, Any]:
     return root["areas"].get(area) or _empty_area()  # type: ignore[no-any-return]
 
 
+def _stamp(root: dict[str, Any]) -> int:
+    return int(root.get("stamp", root["version"]))  # a root written before stamps existed: its version
+
+
 def _empty_root(version: int = 0) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
         "version": version,
+        "stamp": version,
         "tenant_id": "",
         "as_of": None,
         "interval_minutes": 15.0,
@@ -243,9 +251,25 @@ class MirrorStore:
         return root
 
     def version(self, tenant_name: str) -> int:
-        """Grows with every commit; 0 when there is no (usable) mirror. Cheap: one small read."""
+        """The data version: grows with every commit that changed objects; 0 when there is no (usable) mirror.
+        Cheap: one small read."""
         root = self._root(tenant_name)
         return int(root["version"]) if root else 0
+
+    def freshness(self, tenant_name: str) -> Freshness | None:
+        """Data version, stamp, as_of and the areas' status (no objects): what a reader holding a snapshot of the
+        same data version needs to be current. None when there is no (usable) mirror. Cheap: one small read."""
+        root = self._root(tenant_name)
+        if root is None:
+            return None
+        return Freshness(
+            version=int(root["version"]),
+            stamp=_stamp(root),
+            tenant_id=root["tenant_id"],
+            as_of=root["as_of"],
+            interval_minutes=root["interval_minutes"],
+            areas={a: _status_from_dict(_area_of(root, a)["status"]) for a in AREAS},
+        )
 
     def area_status(self, tenant_name: str) -> dict[str, AreaStatus]:
         """AreaStatus of every area (never-synced areas: enabled, no last_success)."""
@@ -347,6 +371,7 @@ class MirrorStore:
             domains=domains,
             areas={a: _status_from_dict(_area_of(root, a)["status"]) for a in AREAS},
             version=int(root["version"]),
+            stamp=_stamp(root),
             collections=data,
         )
 
@@ -406,6 +431,7 @@ class AreaChange:
         self._w = writer
         self.area = area
         self._buckets: dict[tuple[str, int], dict[str, Any]] = {}  # loaded (and maybe changed) buckets
+        self._loaded: dict[tuple[str, int], dict[str, Any]] = {}  # each bucket as loaded (values are replaced, never edited)
         self._dirty: set[tuple[str, int]] = set()
         self._full_colls: dict[str, dict[str, Any]] = {}  # collections replaced wholesale
 
@@ -422,6 +448,7 @@ class AreaChange:
             rev = revs[i]
             b = {} if rev < 0 else unpack(self._w._get(_key(self.area, coll, i, rev)))
             self._buckets[k] = b
+            self._loaded[k] = dict(b)
         return k, b
 
     def get(self, coll: str, object_id: str) -> Any:
@@ -453,6 +480,10 @@ class AreaChange:
     @property
     def touched(self) -> int:
         return len(self._dirty) + len(self._full_colls)
+
+    def changed_buckets(self) -> list[tuple[str, int]]:
+        """The buckets whose content differs from what was loaded (a put of an equal object changes nothing)."""
+        return [k for k in sorted(self._dirty) if self._buckets[k] != self._loaded.get(k)]
 
 
 class MirrorWriter:
@@ -490,6 +521,8 @@ class MirrorWriter:
                     self.rebuilt = True
                 old_version = int(root.get("version", 0)) if isinstance(root, dict) else 0
                 self._root = _empty_root(old_version)
+                if isinstance(root, dict):  # bucket revisions of the new root start above any of the old one's
+                    self._root["stamp"] = max(old_version, int(root.get("stamp", 0) or 0))
                 if isinstance(root, dict):
                     self._cache.set(_ROOT, self._root)
             else:
@@ -529,7 +562,13 @@ class MirrorWriter:
     # --- what the sync reads ---
     @property
     def version(self) -> int:
+        """The data version (moves only with changed objects)."""
         return int(self._root["version"])
+
+    @property
+    def stamp(self) -> int:
+        """Moves with every commit; also the revision of the buckets the next commit writes."""
+        return _stamp(self._root)
 
     def delta_link(self, area: str) -> str | None:
         return self._root["areas"][area]["delta_link"]  # type: ignore[no-any-return]
@@ -568,20 +607,33 @@ class MirrorWriter:
             self._root["tenant_id"] = tenant_id
             self._root["interval_minutes"] = float(interval_minutes)
 
-    def _write_collection(self, area: str, coll: str, items: dict[str, Any], rev: int, written: list[str]) -> list[Any]:
-        """Write a whole collection as fresh buckets (revision `rev`); returns its spec [n, revs]."""
+    def _write_collection(
+        self, area: str, coll: str, items: dict[str, Any], rev: int, written: list[str], old: list[Any] | None = None
+    ) -> tuple[list[Any], bool]:
+        """Write a whole collection as buckets of revision `rev`; a bucket equal to the one it replaces (`old`, the
+        collection's spec) keeps its revision and is not written. Returns its spec [n, revs] and whether anything
+        differs from `old`."""
         n = _bucket_count(items)
         parts: list[dict[str, Any]] = [{} for _ in range(n)]
         for oid, obj in items.items():
             parts[bucket_of(oid, n)][oid] = obj
+        same_shape = bool(old) and old[0] == n  # type: ignore[index]
+        changed = not same_shape
         revs = []
         for i, part in enumerate(parts):
+            if same_shape:
+                old_rev = old[1][i]  # type: ignore[index]
+                before = unpack(self._get(_key(area, coll, i, old_rev))) if old_rev >= 0 else {}
+                if before == part:
+                    revs.append(old_rev)
+                    continue
+                changed = True
             if part:
                 k = _key(area, coll, i, rev)
                 self._cache.set(k, _stored_form(coll, part))
                 written.append(k)
             revs.append(rev if part else -1)
-        return [n, revs]
+        return [n, revs], changed
 
     def commit_full(
         self,
@@ -592,14 +644,18 @@ class MirrorWriter:
         status: AreaStatus,
         meta: dict[str, Any] | None = None,
     ) -> int:
-        """Replace an area's data (every collection of the area) in one switch. Returns the new version."""
+        """Replace an area's data (every collection of the area) in one switch. Buckets equal to the stored ones are
+        kept: a full pull that found nothing new leaves the data version as it was. Returns the data version."""
         with self._lock:
-            rev = self.version + 1
+            rev = self.stamp + 1
+            old_colls = self._root["areas"][area]["colls"]
             colls: dict[str, list[Any]] = {}
             written: list[str] = []
+            changed = False
             try:
                 for coll in COLLECTIONS[area]:
-                    colls[coll] = self._write_collection(area, coll, data.get(coll, {}), rev, written)
+                    colls[coll], differs = self._write_collection(area, coll, data.get(coll, {}), rev, written, old_colls.get(coll))
+                    changed = changed or differs
             except BaseException as exc:
                 self._forget(written)
                 if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
@@ -607,7 +663,7 @@ class MirrorWriter:
                 raise
             new_area = {"status": _status_to_dict(status), "delta_link": delta_link,
                         "meta": dict(meta) if meta is not None else dict(self._root["areas"][area]["meta"]), "colls": colls}
-            return self._switch(area, new_area, rev, written)
+            return self._switch(area, new_area, written, data_changed=changed or set(old_colls) != set(colls))
 
     def commit_delta(
         self,
@@ -617,19 +673,23 @@ class MirrorWriter:
         status: AreaStatus,
         meta: dict[str, Any] | None = None,
     ) -> int:
-        """Apply a delta run's changes, delta link, status and meta all together. Returns the new version."""
+        """Apply a delta run's changes, delta link, status and meta all together. Returns the data version (as it
+        was when no object changed)."""
         with self._lock:
             area = change.area
-            rev = self.version + 1
+            rev = self.stamp + 1
             old = self._root["areas"][area]
             colls = {c: [s[0], list(s[1])] for c, s in old["colls"].items()}
             written: list[str] = []
+            changed = False
             try:
                 for coll, full in change._full_colls.items():
-                    colls[coll] = self._write_collection(area, coll, full, rev, written)
-                for coll, i in sorted(change._dirty):
+                    colls[coll], differs = self._write_collection(area, coll, full, rev, written, old["colls"].get(coll))
+                    changed = changed or differs
+                for coll, i in change.changed_buckets():
                     if coll in change._full_colls:
                         continue
+                    changed = True
                     spec = colls.setdefault(coll, [1, [-1]])
                     part = change._buckets[(coll, i)]
                     if part:
@@ -648,7 +708,7 @@ class MirrorWriter:
                 raise
             new_area = {"status": _status_to_dict(status), "delta_link": delta_link,
                         "meta": dict(meta) if meta is not None else dict(old["meta"]), "colls": colls}
-            return self._switch(area, new_area, rev, written)
+            return self._switch(area, new_area, written, data_changed=changed)
 
     def set_status(self, area: str, status: AreaStatus, *, meta: dict[str, Any] | None = None, drop_delta_link: bool = False) -> int:
         """Commit only an area's status (data untouched), e.g. disabled for a missing permission, or a failed run."""
@@ -660,20 +720,23 @@ class MirrorWriter:
                 new_area["meta"] = dict(meta)
             if drop_delta_link:
                 new_area["delta_link"] = None
-            return self._switch(area, new_area, self.version + 1, [], touch_as_of=False)
+            return self._switch(area, new_area, [], data_changed=False, touch_as_of=False)
 
     def clear_area(self, area: str, status: AreaStatus) -> int:
         """Drop an area's data and delta link (turned off in config: nothing stale stays behind)."""
         with self._lock:
+            had_data = self.has_data(area)
             new_area = {"status": _status_to_dict(status), "delta_link": None, "meta": {}, "colls": {}}
-            return self._switch(area, new_area, self.version + 1, [], touch_as_of=False)
+            return self._switch(area, new_area, [], data_changed=had_data, touch_as_of=False)
 
-    def _switch(self, area: str, new_area: dict[str, Any], rev: int, written: list[str], *, touch_as_of: bool = True) -> int:
+    def _switch(self, area: str, new_area: dict[str, Any], written: list[str], *, data_changed: bool, touch_as_of: bool = True) -> int:
         old_keys = self._referenced()
         root = dict(self._root)
         root["areas"] = dict(root["areas"])
         root["areas"][area] = new_area
-        root["version"] = rev
+        root["stamp"] = self.stamp + 1
+        if data_changed:
+            root["version"] = self.version + 1
         if touch_as_of:
             root["as_of"] = datetime.now(timezone.utc)
         try:
@@ -685,7 +748,7 @@ class MirrorWriter:
         for k in old_keys - self._referenced():
             with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
                 self._cache.delete(k)
-        return rev
+        return self.version
 
     def _forget(self, keys: list[str]) -> None:
         for k in keys:

@@ -1,0 +1,105 @@
+"""The data version moves only when objects changed; freshness (asOf, area statuses, the commit stamp) moves with
+every commit. A sync run that found nothing new costs a server one small read, not a reload and a re-index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from entra_mcp.mirror.snapshot import AreaStatus
+from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.views import ViewProvider
+from tests._sync_fixtures import control_of, run_sync, write_config  # noqa: F401
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _users(n: int) -> dict[str, dict[str, Any]]:
+    return {f"u{i:04d}": {"id": f"u{i:04d}", "displayName": f"User {i}", "managerId": None} for i in range(n)}
+
+
+def _colls(store: MirrorStore, area: str) -> Any:
+    root = store._root("t")
+    assert root is not None
+    return root["areas"][area]["colls"]
+
+
+def test_commits_that_change_no_object_keep_the_data_version(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path)
+    ok = AreaStatus(enabled=True, object_count=1000)
+    with store.writer("t") as w:
+        w.set_tenant(tenant_id="tid", interval_minutes=5)
+        v1 = w.commit_full("users", {"users": _users(1000)}, delta_link="dl-1", status=ok)
+    f1 = store.freshness("t")
+    assert f1 is not None and f1.version == v1 == store.version("t")
+    specs = _colls(store, "users")
+
+    with store.writer("t") as w:
+        change = w.begin("users")  # a delta round that saw one object, unchanged (Graph sends such objects)
+        change.put("users", "u0003", dict(change.get("users", "u0003")))
+        assert w.commit_delta(change, delta_link="dl-2", status=ok) == v1
+        assert w.commit_full("users", {"users": _users(1000)}, delta_link="dl-3", status=ok) == v1  # same objects
+        w.set_status("users", AreaStatus(enabled=True, object_count=1000, last_error="boom"))
+    f2 = store.freshness("t")
+    assert f2 is not None and f2.version == v1 and f2.stamp == f1.stamp + 3
+    assert f2.as_of is not None and f1.as_of is not None and f2.as_of > f1.as_of
+    assert f2.areas["users"].last_error == "boom" and store.version("t") == v1
+    assert _colls(store, "users") == specs  # no bucket was rewritten
+
+    with store.writer("t") as w:
+        users = _users(1000)
+        users["u0007"]["displayName"] = "Renamed"
+        v2 = w.commit_full("users", {"users": users}, delta_link="dl-4", status=ok)
+        assert v2 == v1 + 1
+        n, revs = _colls(store, "users")["users"]
+        assert sum(r != old for r, old in zip(revs, specs["users"][1])) == 1  # only the bucket holding u0007
+        change = w.begin("users")
+        change.delete("users", "u0008")
+        assert w.commit_delta(change, delta_link="dl-5", status=ok) == v2 + 1
+        assert w.clear_area("users", AreaStatus(enabled=False, disabled_reason="turned off in config")) == v2 + 2
+        assert w.clear_area("users", AreaStatus(enabled=False, disabled_reason="turned off in config")) == v2 + 2
+    snap = store.load_snapshot("t")
+    assert snap is not None and snap.version == v2 + 2 and snap.stamp == store.freshness("t").stamp  # type: ignore[union-attr]
+    store.close()
+
+
+def test_a_sync_that_found_nothing_new_refreshes_the_server_without_reindexing(
+    fresh_emulator: Any, control_of: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = fresh_emulator(size="small", seed=5)
+    ctl = control_of(emu)
+    _, settings = write_config(emu, tmp_path, monkeypatch)
+    name = settings.tenants[0].name
+    store = MirrorStore(settings.server.cache_dir)
+    assert run_sync(settings, store).ok
+    built: list[int] = []
+
+    def build(snapshot: Any) -> Any:
+        from entra_mcp.identity.view import DirectoryView
+
+        built.append(snapshot.version)
+        return DirectoryView.build(snapshot)
+
+    views = ViewProvider.from_settings(settings, store, build=build, check_interval=0, background_reload=False)
+    first = views.current()
+    version = store.version(name)
+    assert first.version == version and built == [version]
+
+    second = run_sync(settings, store)  # a delta run: nothing changed in the tenant
+    assert second.ok and {r.outcome for r in second.areas.values()} <= {"delta", "full", "unchanged"}
+    assert store.version(name) == version
+    now = views.current()
+    assert built == [version]  # not indexed again
+    assert now.view.exact is first.view.exact and now.view.member_of is first.view.member_of
+    assert now.snapshot.as_of > first.snapshot.as_of and now.view.snapshot.as_of == now.snapshot.as_of
+    assert now.snapshot.areas["users"].last_success > first.snapshot.areas["users"].last_success
+
+    user = ctl.snapshot()["users"][0]
+    ctl.mutate([{"op": "update_user", "id": user["id"], "set": {"jobTitle": "Changed Title"}}])
+    assert run_sync(settings, store).ok
+    assert store.version(name) > version
+    after = views.current()
+    assert built == [version, store.version(name)] and after.view.snapshot.users[user["id"]]["jobTitle"] == "Changed Title"
+    store.close()
