@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import h11
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+from _harness import ServeProcess, free_port  # noqa: E402
 
 SCOPE = "Identity.Investigate"
 API_KEY = "bench-key-0123456789abcdef"
@@ -161,12 +162,6 @@ def load(port: int, tokens: list[str | None], tool: str, seconds: float, procs: 
 
 # ------------------------------------------------------------------------------ server under test
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -182,7 +177,7 @@ _SSE_SERVER = ("import functools, sys; import entra_mcp.server.http as h; "
 
 def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs: int, tool: str, *,
             sse: bool = False, rate: float = 0.0) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     cache = root / mode
     text = emu.config_toml(0, cache, with_sign_in=True)
     text = text.replace("[server]\n", f'[server]\ntransport = "http"\nport = {port}\npublic_url = "http://127.0.0.1:{port}"\n', 1)
@@ -196,19 +191,11 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
     subprocess.run([exe, "--config", str(cfg), "--log-level", "ERROR", "sync"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
     cmd = [sys.executable, "-c", _SSE_SERVER] if sse else [exe]
-    server = subprocess.Popen([*cmd, "--config", str(cfg), "--log-level", "ERROR", "serve", "--no-sync"], env=env,
-                              stdout=subprocess.DEVNULL)
+    serving = ServeProcess(cfg, "--no-sync", env=env, log_path=root / f"{mode}.log", base=f"http://127.0.0.1:{port}",
+                           argv=cmd, options=("--log-level", "ERROR"))
+    server = serving.proc
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server under test did not start")
-            time.sleep(0.05)
+        serving.wait_ready(60)
         t = emu.tenant(0)
         if mode == "entra":
             users = [u for u in t.users.values() if u.get("accountEnabled", True)][:clients]
@@ -225,8 +212,7 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
         result["server_cpu"] = (_proc_cpu(server.pid) - cpu0) / seconds * 100
         return result
     finally:
-        server.terminate()
-        server.wait(10)
+        serving.stop(10)
 
 
 def main() -> None:

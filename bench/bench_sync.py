@@ -21,7 +21,6 @@ import json
 import os
 import random
 import re
-import shlex
 import ssl
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from _harness import DevtenantProcess  # noqa: E402
 SECTION = "## Directory sync (bench/bench_sync.py)"
 
 
@@ -47,30 +48,6 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str, floa
         out.seek(0)
         err.seek(0)
         return proc.returncode, out.read(), err.read(), wall, usage.ru_maxrss / 1024
-
-
-def _start_emulator(size: str, latency_ms: float, state_dir: Path) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
-    cmd = [sys.executable, "-m", "entra_mcp", "devtenant", "--size", size, "--port", "0", "--latency-ms", str(latency_ms),
-           "--state-dir", str(state_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: list[str] = []
-    env: dict[str, str] = {}
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"the emulator stopped: {proc.stderr.read()}")
-        if line.startswith("export "):
-            k, _, v = line[len("export "):].strip().partition("=")
-            env[k] = shlex.split(v)[0] if v else v
-            if k == "DEVTENANT_CLIENT_SECRET":  # one tenant: its export is the last line printed
-                break
-        else:
-            lines.append(line)
-    while "ready" not in proc.stderr.readline():
-        pass
-    return proc, "".join(lines), env
 
 
 class Control:
@@ -275,21 +252,15 @@ def _write_report(lines: list[str]) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _emulator_session(size: str, latency_ms: float, work: Path) -> tuple[subprocess.Popen[str], Path, dict[str, str], Control, dict[str, str]]:
-    emu, config_text, secrets = _start_emulator(size, latency_ms, work / "emu")
+def _emulator_session(size: str, latency_ms: float, work: Path) -> tuple[DevtenantProcess, Path, dict[str, str], Control, dict[str, str]]:
+    emu = DevtenantProcess("--size", size, "--latency-ms", str(latency_ms), "--state-dir", str(work / "emu"),
+                           root=work / "emu-process", argv=[sys.executable, "-m", "entra_mcp"])
     config = work / "config.toml"
-    config.write_text(f'[server]\ncache_dir = "{work / "cache"}"\n\n' + config_text, encoding="utf-8")
-    env = {**os.environ, **secrets}
-    found = {k: re.search(rf'{k} = "([^"]+)"', config_text).group(1) for k in ("graph_url", "ca_bundle", "name", "tenant_id")}  # type: ignore[union-attr]
+    config.write_text(f'[server]\ncache_dir = "{work / "cache"}"\n\n' + emu.config_text, encoding="utf-8")
+    env = {**os.environ, **emu.env}
+    first = emu.config["tenants"][0]
+    found = {k: str(first[k]) for k in ("graph_url", "ca_bundle", "name", "tenant_id")}
     return emu, config, env, Control(found["graph_url"], Path(found["ca_bundle"])), found
-
-
-def _stop(emu: subprocess.Popen[str]) -> None:
-    emu.terminate()
-    try:
-        emu.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        emu.kill()
 
 
 def _our_full(config: Path, env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
@@ -372,7 +343,7 @@ def main() -> int:
                 peer_big["needed"] = needed
                 print(f"  {peer_big['wall']:.1f}s, {peer_big['requests']} requests, complete={peer_big['complete']}, pulled {peer_big['counts']}", file=sys.stderr)
     finally:
-        _stop(emu)
+        emu.stop(30)
 
     small = None
     if not args.no_peer and args.compare_size != "none" and args.compare_size != args.size:
@@ -386,7 +357,7 @@ def main() -> int:
             if s_peer:
                 print(f"  entra-mcp {s_wall:.1f}s / {s_full['requests']} requests; peer {s_peer['wall']:.1f}s / {s_peer['requests']} requests", file=sys.stderr)
         finally:
-            _stop(emu2)
+            emu2.stop(30)
 
     lines = [
         f"Command: `python bench/bench_sync.py` (defaults: `--size {args.size} --latency-ms {args.latency_ms:g} --changes {args.changes}"

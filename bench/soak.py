@@ -32,16 +32,13 @@ import json
 import os
 import random
 import re
-import shlex
-import signal
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Generator
 
@@ -50,6 +47,8 @@ import httpx
 import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _harness import DevtenantProcess, ServeProcess, free_port  # noqa: E402
 from soak_compare import mirror_differences, truth_counts  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -123,26 +122,6 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int | None:
-    """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return proc.returncode
-
-
 def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -181,74 +160,20 @@ def toml_dump(data: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ processes
 
 
-class Emulator:
+class Emulator(DevtenantProcess):
     """`entra-mcp devtenant` as a subprocess; its config block parsed from stdout."""
 
     def __init__(self, opts: Options, root: Path) -> None:
-        self.log_path = root / "devtenant.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [ENTRA_MCP, "devtenant", "--size", opts.size, "--seed", str(opts.seed), "--port", "0",
-             "--state-dir", str(root / "emulator")],
-            stdout=subprocess.PIPE, stderr=self.log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        out: list[str] = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode()
-            if not line:
-                raise RuntimeError(f"the emulator stopped while starting; see {self.log_path}")
-            out.append(line)
-            if line.startswith("export ") and all(x.startswith("export ") or not x.strip() for x in out[-1:]):
-                # the export lines come last; the config block ends before them
-                # `export NAME='value'`: shell syntax, so parse it as the shell would
-                self.env = dict(shlex.split(x)[1].split("=", 1) for x in out if x.startswith("export "))
-                break
-        else:
-            raise RuntimeError("the emulator did not start in 180 s")
-        self.config = tomllib.loads("".join(x for x in out if not x.startswith("export ")))
-        t = self.config["tenants"][0]
-        self.base_url = t["login_url"]
-        self.ca_bundle = t["ca_bundle"]
-        self.tenant_id = t["tenant_id"]
-        self.tenant_name = t["name"]
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.log.close()
+        super().__init__("--size", opts.size, "--seed", str(opts.seed), "--state-dir", str(root / "emulator"),
+                         root=root, timeout=180)
 
 
-class Server:
+class Server(ServeProcess):
     """`entra-mcp serve --transport http` as a subprocess."""
 
     def __init__(self, config_path: Path, env: dict[str, str], log_path: Path, port: int) -> None:
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
         self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [ENTRA_MCP, "--config", str(config_path), "serve", "--transport", "http"],
-            stdout=self.log, stderr=self.log, env=env,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"entra-mcp serve exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"entra-mcp serve did not answer /healthz within {timeout:.0f} s")
-
-    def stop(self) -> int | None:
-        code = stop_process(self.proc)
-        self.log.close()
-        return code
+        super().__init__(config_path, env=env, log_path=log_path, base=f"http://127.0.0.1:{port}")
 
 
 # ------------------------------------------------------------------ clients

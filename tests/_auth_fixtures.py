@@ -277,36 +277,7 @@ def counting_transport(emu: Any) -> CountingTransport:
 # ---------------------------------------------------------------------------------------------------------------------
 # Serving the product's HTTP app for real (uvicorn on a free loopback port, in a thread) and speaking MCP to it.
 
-import contextlib as _contextlib
-import socket as _socket
-import threading as _threading
-
-
-def free_port() -> int:
-    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@_contextlib.contextmanager
-def serve(app: Any, port: int) -> Any:
-    """Run `app` with uvicorn on 127.0.0.1:port until the block ends (bounded start, no sleeps)."""
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = _threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        _threading.Event().wait(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+from _harness import free_port, serve_app as serve  # noqa: E402,F401  (one helper for every test module)
 
 
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}

@@ -2,7 +2,8 @@
 
 - `ProductConfig`: a config file for an emulator (server.auth api_key, sign-in on, a short sync interval) and the
   environment the product's processes need (the emulator's secrets, the API key).
-- `ServeProcess`: `entra-mcp serve --transport http` as a subprocess; `wait_ready()` polls /healthz with a deadline.
+- `ServeProcess`: `entra-mcp serve --transport http` for a ProductConfig (tests/_harness.py's, which polls /healthz
+  with a deadline in `wait_ready()`).
 - `run_cli(...)`: an `entra-mcp` command as a subprocess; `sync_until_done(...)` retries `entra-mcp sync` while
   another writer (the background sync) holds the lock.
 - `cache_integrity(cache_dir)`: SQLite's integrity check of every database under the cache directory.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from soak import KNOWN_THIRD_PARTY, free_port, stop_process, unexpected_tracebacks  # noqa: E402,F401
+from soak import KNOWN_THIRD_PARTY, unexpected_tracebacks  # noqa: E402,F401
 from soak_compare import mirror_differences  # noqa: E402
 
-ENTRA_MCP = str(Path(sys.executable).parent / "entra-mcp")
+import _harness  # noqa: E402
+from _harness import ENTRA_MCP, free_port  # noqa: E402
 API_KEY = "endurance-key-0123456789abcdef"
 API_KEYS_ENV = "ENDURANCE_API_KEYS"
 PORTAL_ENV = "ENDURANCE_PORTAL_SECRET"
@@ -93,42 +93,12 @@ class ProductConfig:
         return load_settings(str(self.path))
 
 
-class ServeProcess:
-    """`entra-mcp serve --transport http [--no-sync]` as a subprocess, its log in a file."""
+class ServeProcess(_harness.ServeProcess):
+    """`entra-mcp serve --transport http [--no-sync]` for a ProductConfig, its log in `root/<name>.log`."""
 
     def __init__(self, cfg: ProductConfig, *extra: str, name: str = "serve") -> None:
         self.cfg = cfg
-        self.log_path = cfg.root / f"{name}.log"
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([ENTRA_MCP, "--config", str(cfg.path), "serve", "--transport", "http", *extra],
-                                     stdout=self._log, stderr=self._log, env=cfg.env())
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
-            try:
-                if httpx.get(f"{self.cfg.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"serve did not answer /healthz within {timeout} s:\n{self.log()[-3000:]}")
-
-    def kill9(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._log.close()
-
-    def stop(self) -> int | None:
-        code = stop_process(self.proc)
-        if not self._log.closed:
-            self._log.close()
-        return code
+        super().__init__(cfg.path, *extra, env=cfg.env(), log_path=cfg.root / f"{name}.log", base=cfg.base)
 
 
 _LIVE: list[subprocess.Popen[Any]] = []

@@ -7,7 +7,6 @@ The mirror is filled by the product's own sync against the emulator over HTTPS w
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tomllib
 from collections import defaultdict
@@ -19,12 +18,12 @@ from typing import Any, Iterator
 
 import pytest
 
+from _harness import ENTRA_MCP, free_port, serve_app
 from entra_mcp.config import Settings, parse_settings
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus
 from entra_mcp.mirror.store import MirrorStore
 
 VENV_BIN = Path(sys.executable).parent
-ENTRA_MCP = VENV_BIN / "entra-mcp"
 
 
 @dataclass
@@ -107,21 +106,10 @@ def write_ground_truth(store: MirrorStore, name: str, tenant: Any) -> None:
             w.commit_full(area, data[area], delta_link=None, status=AreaStatus(enabled=True, last_success=now, object_count=count, mode="full"))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve_http(env: ServerEnv, **server: Any) -> Iterator[str]:
     """The HTTP transport over env's mirror, served by uvicorn in a thread on a free port; yields the base URL.
     `server` overrides [server] keys (allowed_hosts, max_body_bytes...)."""
-    import threading
-    import time
-
-    import uvicorn
-
     from entra_mcp.server.app import create_server
     from entra_mcp.server.auth import build_hooks
     from entra_mcp.server.http import create_http_app
@@ -137,18 +125,10 @@ def serve_http(env: ServerEnv, **server: Any) -> Iterator[str]:
     hooks = build_hooks(settings)  # the sign-in part's /mcp protection and routes, wired as `serve` does
     app = create_http_app(settings, create_server(settings, views=views, sessions=hooks.sessions), views=views,
                           extra_routes=hooks.routes, protect=hooks.protect)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.server.port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{settings.server.port}"
+        with serve_app(app, settings.server.port) as base:
+            yield base
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
         store.close()
         import anyio
 

@@ -31,6 +31,12 @@ from entra_mcp.devtenant.server import RunningEmulator, run_emulator
 
 
 @pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """`@pytest.mark.anyio` tests run on asyncio (what uvicorn and the product use)."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
 def emulator() -> Iterator[RunningEmulator]:
     with run_emulator(size="small", seed=1) as emu:
         yield emu

@@ -38,11 +38,6 @@ pytestmark = pytest.mark.anyio
 SCOPE = "Identity.Investigate"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def emu() -> Iterator[Any]:
     with run_emulator(tenants=2, seed=5) as e:

@@ -28,11 +28,6 @@ pytestmark = pytest.mark.anyio
 SCOPE = "Identity.Investigate"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def emu() -> Iterator[Any]:
     with run_emulator(tenants=2, seed=7) as e:

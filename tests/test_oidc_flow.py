@@ -22,11 +22,6 @@ from entra_mcp.oidc.routes import SignIn
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def emu() -> Iterator[object]:
     with run_emulator(tenants=2, seed=11) as e:

@@ -24,11 +24,6 @@ from entra_mcp.server.app import create_server
 from entra_mcp.views import ViewProvider
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _rpc(i: int, method: str, params: dict[str, Any] | None = None) -> str:
     msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
     if i:

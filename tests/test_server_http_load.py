@@ -30,11 +30,6 @@ pytestmark = pytest.mark.anyio
 SCOPE = "Identity.Investigate"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def emu() -> Iterator[Any]:
     with run_emulator(size="small", seed=11) as e:

@@ -36,11 +36,6 @@ TOOLS = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def http_url(server_env: ServerEnv) -> Iterator[str]:
     """The HTTP transport of the same server, served by uvicorn in a thread."""
@@ -155,7 +150,6 @@ async def test_answers_match_the_emulated_directory(transport: str, server_env: 
         # members of All Staff: total is the truth, list capped at limit
         members = await call(client, "list_group_members", group="All Staff", limit=5)
         assert members["total"] == len(t.members[ex["all_staff"]]) and len(members["members"]) == 5
-
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

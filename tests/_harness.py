@@ -1,0 +1,178 @@
+"""The product and the emulator as real processes on loopback, for the tests and the benchmarks alike.
+
+- `free_port()`: a free TCP port on 127.0.0.1.
+- `wait_until(check, timeout=..., what=...)`: poll `check()` every 50 ms until it is true, at most `timeout` seconds;
+  fails at once (with the process's log) when the watched process has exited.
+- `stop_process(proc)`: SIGTERM, then SIGKILL when it does not stop in time; returns the exit code.
+- `ServeProcess(config, *args, env=..., log_path=..., base=...)`: `entra-mcp serve` as a subprocess, its output in a
+  log file; `wait_ready()` polls `/healthz` with a deadline.
+- `DevtenantProcess(*args, root=...)`: `entra-mcp devtenant` as a subprocess; once it says "ready" its config block
+  (`.config`, parsed TOML) and secret exports (`.env`) are read from its stdout.
+- `serve_app(app)`: an ASGI app under uvicorn in a thread on a free port until the block ends; yields the base URL.
+
+Tests import it as `_harness` (tests/ is on pytest's path); bench/ scripts put tests/ on `sys.path` first.
+Failures raise `NotReady` (an AssertionError, so a test reports it as a failure; a benchmark stops with it).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+
+ENTRA_MCP = str(Path(sys.executable).parent / "entra-mcp")
+POLL_SECONDS = 0.05
+
+
+class NotReady(AssertionError):
+    """A process or server did not become ready within its bound (or exited first)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path | None, chars: int = 3000) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n" + path.read_text(errors="replace")[-chars:]
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str,
+               proc: subprocess.Popen[Any] | None = None, log_path: Path | None = None) -> None:
+    """Poll `check()` until it returns true; at most `timeout` seconds, and no longer than `proc` lives."""
+    deadline = time.monotonic() + timeout
+    stop = threading.Event()
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise NotReady(f"{what}: the process exited with {proc.returncode}{_tail(log_path)}")
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise NotReady(f"{what}: not within {timeout:g} s{_tail(log_path)}")
+        stop.wait(POLL_SECONDS)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int | None:
+    """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def healthz_ok(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class ServeProcess:
+    """`entra-mcp --config CONFIG serve --transport http ARGS...` as a subprocess; output appended to `log_path`.
+
+    `argv` replaces the `entra-mcp` executable (e.g. `[sys.executable, "-c", ...]`)."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str], log_path: Path, base: str,
+                 argv: list[str] | None = None, options: tuple[str, ...] = ()) -> None:
+        self.base = base
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([*(argv or [ENTRA_MCP]), "--config", str(config), *options, "serve",
+                                      "--transport", "http", *args], stdout=self._log, stderr=self._log, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        wait_until(lambda: healthz_ok(self.base), timeout=timeout, what="entra-mcp serve answering /healthz",
+                   proc=self.proc, log_path=self.log_path)
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        code = stop_process(self.proc, timeout)
+        if not self._log.closed:
+            self._log.close()
+        return code
+
+
+class DevtenantProcess:
+    """`entra-mcp devtenant --port 0 ARGS...` as a subprocess, ready on return (bounded by `timeout`).
+
+    `.config`: the printed config block (parsed TOML); `.env`: its `export` lines; `.base_url`, `.ca_bundle`,
+    `.tenant_id`, `.tenant_name` of its first tenant. Output goes to files under `root`."""
+
+    def __init__(self, *args: str, root: Path, timeout: float = 600.0, argv: list[str] | None = None) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.out_path, self.log_path = root / "devtenant.out", root / "devtenant.log"
+        with open(self.out_path, "wb") as out, open(self.log_path, "wb") as err:
+            self.proc = subprocess.Popen([*(argv or [ENTRA_MCP]), "devtenant", "--port", "0", *args], stdout=out,
+                                         stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            wait_until(lambda: "\nready\n" in "\n" + self.log_path.read_text(errors="replace"), timeout=timeout,
+                       what="entra-mcp devtenant saying ready", proc=self.proc, log_path=self.log_path)
+        except BaseException:
+            stop_process(self.proc)
+            raise
+        lines = self.out_path.read_text().splitlines()  # written and flushed before "ready"
+        self.env = dict(shlex.split(x)[1].split("=", 1) for x in lines if x.startswith("export "))
+        self.config_text = "\n".join(x for x in lines if not x.startswith("export ")) + "\n"
+        self.config = tomllib.loads(self.config_text)
+        first = self.config["tenants"][0]
+        self.base_url: str = first["login_url"]
+        self.ca_bundle: str = first["ca_bundle"]
+        self.tenant_id: str = first["tenant_id"]
+        self.tenant_name: str = first["name"]
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        return stop_process(self.proc, timeout)
+
+
+@contextmanager
+def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
+    """Run the ASGI `app` with uvicorn on 127.0.0.1 (a free port unless given) until the block ends."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise NotReady("uvicorn stopped while starting")
+        return bool(server.started)
+
+    wait_until(started, timeout=20, what="uvicorn serving")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+__all__ = ["ENTRA_MCP", "DevtenantProcess", "NotReady", "ServeProcess", "free_port", "healthz_ok", "serve_app",
+           "stop_process", "wait_until"]
