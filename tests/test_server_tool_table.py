@@ -25,11 +25,6 @@ pytestmark = pytest.mark.anyio
 Z_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _times(value: Any, key: str = "") -> list[tuple[str, str]]:
     """(key, value) of every string field whose name says it is a time (asOf, ...DateTime, lastSuccess, ...At)."""
     out = []

@@ -23,11 +23,6 @@ from entra_mcp.oidc.routes import SignIn
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def emu() -> Iterator[Any]:
     with run_emulator(tenants=1, seed=13) as e:
