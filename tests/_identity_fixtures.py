@@ -165,7 +165,33 @@ def snapshot_from_emulated(tenant: Any, name: str = "contoso", *, as_of: datetim
         app_role_assignments=dict(by_resource),
         domains=[dict(d) for d in tenant.domains],
         areas={
-            area: AreaStatus(enabled=True, last_success=when, object_count=counts[area], mode="full") for area in AREAS
+            area: AreaStatus(enabled=True, last_success=when, object_count=counts.get(area), mode="full") for area in AREAS
         },
+        collections=account_collections(tenant),
         version=1,
     )
+
+
+def account_collections(tenant: Any) -> dict[str, Any]:
+    """The account areas' mirror collections for an EmulatedTenant, as the sync stores them (account_areas.py)."""
+    from entra_mcp import account_areas as AA
+    from entra_mcp.devtenant.graph_account import _user_principals_with_roles, account_of, registration_details
+
+    acc = account_of(tenant)
+    admins = _user_principals_with_roles(tenant, acc)
+    registration = {}
+    for uid in tenant.users:
+        row = registration_details(tenant, acc, uid, admins)
+        if row is not None:
+            registration[uid] = AA.compact_registration(row)
+    return {
+        "registration": registration,
+        "role_definitions": {k: AA._pick(v, AA.ROLE_DEFINITION_FIELDS) for k, v in acc.role_definitions.items()},
+        "role_assignments": {k: AA._pick(v, AA.ROLE_ASSIGNMENT_FIELDS) for k, v in acc.role_assignments.items()},
+        "role_eligibilities": {k: AA._pick(v, AA.ELIGIBILITY_FIELDS) for k, v in acc.eligibilities.items()},
+        "role_meta": {"pim": {"eligibility": "synced"}},
+        "skus": {k: AA.compact_sku(v) for k, v in acc.skus.items()},
+        "licence_states": {uid: st for uid, u in tenant.users.items()
+                           if (st := AA.compact_licence_states(u.get("licenseAssignmentStates")))},
+        "risky_users": {k: AA._pick(v, AA.RISK_FIELDS) for k, v in acc.risky_users.items()},
+    }

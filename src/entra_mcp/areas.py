@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol
 
+from entra_mcp import account_areas
 from entra_mcp.errors import PermissionDenied
 
 # What the identity answers read of a user (identity/, server/): nothing else is asked for or stored. Each property is
@@ -523,6 +524,43 @@ REGISTRY: tuple[Area, ...] = (
         # hour -> failed sign-ins; user id -> last success per app: kept in the sign-in mirror (sync/sign_ins.py)
         collections=(Collection("sign_in_failures", "grouped"), Collection("sign_in_successes", "grouped")),
         refresh="custom", sync_run=True, always_run=True, probe=("/auditLogs/signIns", {"$top": "1"}),
+    ),
+)
+
+# the account areas (account_areas.py: MFA/SSPR readiness, directory roles, licences, risk)
+REGISTRY += (
+    Area(
+        name="auth_methods", label="authentication methods (MFA/SSPR readiness)", switch="auth_methods",
+        permission="AuditLog.Read.All", licence=Licence("Entra ID P1/P2"),
+        collections=(Collection("registration", "table"),),  # user id -> userRegistrationDetails (compact)
+        refresh="full", full_every_minutes=account_areas.AUTH_METHODS_REFRESH_MINUTES,
+        path=account_areas.AUTH_METHODS_PATH, apply=account_areas.apply_registration,
+        probe=(account_areas.AUTH_METHODS_PATH, {}),
+    ),
+    Area(
+        name="roles", label="directory roles", switch="roles", permission="RoleManagement.Read.Directory",
+        permission_text="RoleManagement.Read.Directory (or Directory.Read.All)",
+        # role assignment id -> assignment; definitions; PIM eligibilities; {"pim": {"eligibility": ...}}
+        collections=(Collection("role_assignments"), Collection("role_definitions"), Collection("role_eligibilities"),
+                     Collection("role_meta")),
+        refresh="custom", run=account_areas.run_roles,
+        probe=(account_areas.ROLE_ASSIGNMENTS_URL, {"$top": "1"}),
+    ),
+    Area(
+        name="licenses", label="licences", switch="licenses", permission="LicenseAssignment.Read.All",
+        permission_text="LicenseAssignment.Read.All (or Organization.Read.All)",
+        collections=(Collection("licence_states"), Collection("skus")),  # user id -> [states]; skuId -> sku
+        refresh="custom", run=account_areas.run_licenses, full_every_minutes=account_areas.LICENSES_REFRESH_MINUTES,
+        probe=(account_areas.SKUS_URL, {}),
+    ),
+    Area(
+        name="risk", label="risky users (Identity Protection)", switch="risk", permission="IdentityRiskyUser.Read.All",
+        # Graph's answer for a tenant without P2 is not documented (a plain 403): the reason names both needs
+        permission_text="IdentityRiskyUser.Read.All (the tenant also needs an Entra ID P2 licence)",
+        collections=(Collection("risky_users", "dict"),),  # user id -> riskLevel, riskState, riskDetail, updated
+        refresh="full", full_every_minutes=account_areas.RISK_REFRESH_MINUTES,
+        path=account_areas.RISKY_USERS_PATH, apply=account_areas.apply_risky_users,
+        probe=(account_areas.RISKY_USERS_PATH, {"$top": "1"}),
     ),
 )
 

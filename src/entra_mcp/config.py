@@ -96,6 +96,10 @@ class SyncSettings(_Section):
     applications: bool = True
     service_principals: bool = True
     sign_in_activity: bool = True
+    auth_methods: bool = True  # MFA/SSPR registration report: AuditLog.Read.All, Entra ID P1/P2
+    roles: bool = True  # directory roles and PIM eligibility: RoleManagement.Read.Directory
+    licenses: bool = True  # subscribed SKUs and licence-assignment errors: LicenseAssignment.Read.All
+    risk: bool = True  # risky users: IdentityRiskyUser.Read.All, Entra ID P2
     interval_minutes: float = Field(default=15, gt=0, le=24 * 60)
     # sign-in events (GET /auditLogs/signIns): AuditLog.Read.All and an Entra ID P1/P2 tenant; off unless enabled
     sign_in_events: bool = False

@@ -33,6 +33,19 @@ def _error_code(body: dict[str, Any]) -> str | None:
     return code if isinstance(code, str) else None
 
 
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first error a task group collected (an error of ours before anything else)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            stack[:0] = list(e.exceptions)
+        else:
+            leaves.append(e)
+    return next((e for e in leaves if isinstance(e, GraphError)), leaves[0] if leaves else group)
+
+
 async def batch_get(
     client: GraphClient,
     urls: Sequence[str],
@@ -95,9 +108,12 @@ async def batch_get(
                                      status=status, graph_code=code)
             retry.extend(url for url in chunk if url not in answered)
 
-        async with anyio.create_task_group() as tg:
-            for chunk in chunks:
-                tg.start_soon(one, chunk)
+        try:
+            async with anyio.create_task_group() as tg:
+                for chunk in chunks:
+                    tg.start_soon(one, chunk)
+        except BaseExceptionGroup as group:  # the task group wraps: callers catch PermissionDenied / GraphError
+            raise _first(group) from None
         if progress is not None:
             progress(len(out))
         pending = retry

@@ -54,10 +54,8 @@ _VIP_TITLE = re.compile(r"\b(chief|ceo|cfo|cto|coo|ciso|president|vice president
 def collection(view: DirectoryView, name: str) -> Mapping[str, Any]:
     """One of the account areas' mirror collections (empty when absent)."""
     snap = view.snapshot
-    colls = getattr(snap, "collections", None)
-    if isinstance(colls, Mapping) and name in colls:
-        return colls[name]  # type: ignore[no-any-return]
-    value = getattr(snap, name, None)
+    get = getattr(snap, "collection", None)
+    value = get(name) if callable(get) else getattr(snap, name, None)
     return value if isinstance(value, Mapping) else {}
 
 
