@@ -7,7 +7,7 @@
 3. 100 changes through the control API, then `entra-mcp sync` (incremental): time and requests per area;
 4. the peer: the same full pull written the straightforward way with the official msgraph-sdk (PageIterator over
    users, groups and each group's members, applications, service principals), in its own process, pointed at the
-   emulator (custom base URL + CA). The SDK's retry handler crashes on a decimal Retry-After (graph-notes.md), so
+   emulator (custom base URL + CA). The SDK's retry handler does not understand a decimal Retry-After (docs/graph-facts-directory.md), so
    the emulator's throttling is turned OFF for the peer -- an advantage to the peer;
 5. writes the figures and the command to docs/benchmarks.md (its own section; other sections are kept).
 
@@ -400,7 +400,7 @@ def main() -> int:
     lines += ["", "How the peer is written: msgraph-sdk 1.x `GraphServiceClient` over an httpx client trusting the emulator's CA,"
               " a static bearer token from msal, `PageIterator` over `/users` and `/groups` (`$select` of the same fields,"
               " `$top=999`), then `/groups/{id}/members` for every group (8 at a time, the concurrency entra-mcp uses), then"
-              " applications and service principals. The SDK's retry handler crashes on a decimal Retry-After (graph-notes.md),"
+              " applications and service principals. The SDK's retry handler does not understand a decimal Retry-After (docs/graph-facts-directory.md),"
               " so the emulator's throttling is OFF for the peer, and its transport retries dropped connections -- both in the"
               " peer's favour. Its time goes into the client side: a 999-user page took about 12 s to come out of the SDK, where entra-mcp's 200-object delta pages take about 50 ms from the same emulator.",
               "", "How entra-mcp pulls: users (with manager) and groups with their members through delta queries"

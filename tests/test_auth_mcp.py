@@ -1,4 +1,4 @@
-"""The hosted /mcp endpoint under [server.auth] (security-notes.md 1-8 on bearer tokens, 13-16).
+"""The hosted /mcp endpoint under [server.auth] (docs/sign-in.md rules 1-8 on bearer tokens, 13-16).
 
 The product's real HTTP app (server/http.py's create_http_app with server/app.py's MCP server) runs under uvicorn
 on a loopback port; bearer tokens are the emulator's own (issued or forged with its real signing keys) and are

@@ -1,5 +1,5 @@
 """The emulated Graph v1.0 over real HTTPS: Microsoft's shapes for lists, paging, filters, errors, permissions,
-throttling, injected faults, $batch and the control API (facts from /work/shared/graph-notes.md)."""
+throttling, injected faults, $batch and the control API (facts in docs/graph-facts-directory.md)."""
 
 from __future__ import annotations
 

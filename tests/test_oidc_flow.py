@@ -1,4 +1,4 @@
-"""Sign-in (authorization code + PKCE) end to end against the emulator over HTTPS: rules 9-12 of security-notes.md.
+"""Sign-in (authorization code + PKCE) end to end against the emulator over HTTPS: rules 9-12 of docs/sign-in.md.
 
 The product's /auth/* routes run in-process (httpx's ASGI transport plays the browser, keeping cookies); the
 emulator's login host is real: discovery, JWKS, authorize page, token endpoint.

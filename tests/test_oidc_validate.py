@@ -1,4 +1,4 @@
-"""Token validation rules (security-notes.md 1-8) against a login host with keys generated in the test.
+"""Token validation rules (docs/sign-in.md rules 1-8) against a login host with keys generated in the test.
 
 The same rules are exercised with the emulator's real keys in test_oidc_emulator.py; this module also covers the
 key-cache behaviour that needs a JWKS endpoint under the test's control (throttling, rollover, outage).

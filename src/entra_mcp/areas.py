@@ -9,7 +9,7 @@ plus its apply (or run) function and a switch in config.SyncSettings: docs/ARCHI
 This module is a leaf: it imports only the standard library and entra_mcp.errors, so every layer may read it
 (docs/ARCHITECTURE.md, "Layers").
 
-Areas and their Graph calls (graph-notes.md):
+Areas and their Graph calls (docs/graph-facts-directory.md and the other graph-facts pages):
   users                 GET /users/delta?$select=<account-state fields>,manager  (first run: the initial round;
                         later: the delta link). manager arrives as `manager` or `manager@delta`; stored as managerId.
   sign_in_activity      GET /users?$select=id,signInActivity&$top=500 (signInActivity is not in users/delta), a full

@@ -22,7 +22,7 @@ from entra_mcp.errors import ConfigError
 DEFAULT_CONFIG_NAME = "config.toml"
 CONFIG_ENV = "ENTRA_MCP_CONFIG"
 
-# login host and Graph host per national cloud (graph-notes.md, "Clouds")
+# login host and Graph host per national cloud (docs/graph-facts-directory.md, "National clouds")
 CLOUDS: dict[str, tuple[str, str]] = {
     "global": ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
     "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us"),

@@ -36,7 +36,7 @@ log = get_logger("graph.client")
 
 RETRY_STATUSES = frozenset({429, 503, 504})
 DELTA_EXPIRED_CODES = frozenset({"syncStateNotFound", "resyncRequired", "SyncStateNotFound", "ResyncRequired"})
-# Entra's signInActivity refusals (graph-notes.md, "Account-state fields")
+# Entra's signInActivity refusals (docs/graph-facts-directory.md, "signInActivity")
 SIGNIN_CODES = frozenset({"Authentication_MSGraphPermissionMissing", "Authentication_RequestFromNonPremiumTenantOrB2CTenant"})
 
 
@@ -45,7 +45,7 @@ class TokenSource(Protocol):
 
 
 def permission_for(path: str) -> str:
-    """The least-privileged application permission that reads `path` (graph-notes.md, "Permissions")."""
+    """The least-privileged application permission that reads `path` (docs/graph-facts-directory.md, "Permissions")."""
     p = path.lower()
     if "signinactivity" in p:
         return "AuditLog.Read.All"
@@ -275,7 +275,7 @@ class GraphClient:
                         continue
                     return data if isinstance(data, dict) else {"value": data}
                 if status == 401 and not refreshed:
-                    # an expired or revoked token: one fresh token, one retry (graph-notes.md, "Errors"). When a
+                    # an expired or revoked token: one fresh token, one retry (docs/graph-facts-directory.md, "Errors"). When a
                     # concurrent request already renewed it, use that one.
                     refreshed = True
                     async with self._token_lock:

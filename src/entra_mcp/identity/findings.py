@@ -2,7 +2,7 @@
 
 A finding is `{"code", "severity", "message"}`. Codes and severities are fixed here (the README and docs/findings.md
 list them); messages are one sentence for the service-desk engineer. Directory strings (names, titles, ...) are
-untrusted (security-notes 18): a message may quote an object's name only through `quote()`, which strips control and
+untrusted (docs/sign-in.md rule 18): a message may quote an object's name only through `quote()`, which strips control and
 formatting characters and caps the length. `suspicious_fields()` flags values that read like instructions to a model;
 flagging never changes what an answer says.
 """

@@ -1,4 +1,4 @@
-"""Authorization code + PKCE sign-in against Entra ID (security-notes.md 9-12). No web framework in here.
+"""Authorization code + PKCE sign-in against Entra ID (docs/sign-in.md rules 9-12). No web framework in here.
 
 `begin()` picks a fresh `state` (256 bits) and keeps a pending sign-in server-side for 10 minutes, bound to the browser
 (the hash of a random value, the binding, that the browser keeps in a cookie), and gives the authorize URL. The PKCE

@@ -3,7 +3,7 @@
 One `OidcProvider` per login host and home tenant. It knows which issuers it accepts (single tenant: exactly the home
 tenant's issuer; multi-tenant: `{login}/{tid}/v2.0` for every allow-listed tid) and serves RSA public keys by `kid`.
 
-Key cache rules (security-notes.md 3 and 8):
+Key cache rules (docs/sign-in.md rules 3 and 8):
 - keys come only from the home tenant's `jwks_uri` (discovery), never from a token header;
 - an unknown `kid` triggers at most one refetch per `refetch_interval` (60 s); concurrent misses share one fetch, so a
   burst of junk kids costs the IdP at most one request, and a genuine key rollover still works;

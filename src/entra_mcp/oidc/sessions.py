@@ -1,6 +1,6 @@
 """Server-side sessions for the client portal (cookie) and agent chat (opaque chat-session token).
 
-Rules (security-notes.md 11, 12): ids are 256-bit random values from `secrets`, stored only as hashes
+Rules (docs/sign-in.md rules 11, 12): ids are 256-bit random values from `secrets`, stored only as hashes
 (mirror/session_store.py); a session is created fresh at every sign-in and any session the browser held before is
 deleted (no fixation); idle and absolute timeouts; deleting a session (logout, revoke) leaves a short-lived tombstone so
 a later check can say "revoked" rather than "unknown". A chat-session token is such a session id, of kind "chat"; it is

@@ -1,4 +1,4 @@
-"""Token validation: the only JOSE code in entra-mcp (security-notes.md rules 1-8).
+"""Token validation: the only JOSE code in entra-mcp (docs/sign-in.md rules 1-8).
 
 Two kinds of tokens reach us from outside and both are validated here, explicitly, claim by claim:
 - ID tokens, after the authorization-code redemption (`validate_id_token`), and

@@ -1,4 +1,4 @@
-"""Protection of the hosted /mcp endpoint per [server.auth] (security-notes.md 13, 15, 16).
+"""Protection of the hosted /mcp endpoint per [server.auth] (docs/sign-in.md rules 13, 15, 16).
 
 Modes:
 - entra: `Authorization: Bearer <access token>` for this API (aud = server.auth.audience or api://audience), with
