@@ -11,6 +11,7 @@ with a deadline for each whole request (server.request_timeout_seconds).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from datetime import datetime, timezone
@@ -227,6 +228,48 @@ def create_http_app(
     return app
 
 
+# Exceptions that third-party code logs with a traceback at ERROR level although a client caused them: h11 refusing
+# our early 421/403/413 after uvicorn already answered a body it could not parse; a client gone mid-body
+# (ClientDisconnect) or mid-stream (anyio's closed/broken streams); the MCP SDK answering a POST that raced its
+# session's DELETE a second time. (module prefix, class name, text in the message)
+_CLIENT_CAUSED = (
+    ("h11", "LocalProtocolError", "state=MUST_CLOSE"),
+    ("starlette", "ClientDisconnect", ""),
+    ("anyio", "ClosedResourceError", ""),
+    ("anyio", "BrokenResourceError", ""),
+    ("builtins", "RuntimeError", "after response already completed"),
+)
+_NOISY_LOGGERS = ("uvicorn.error", "mcp.server.streamable_http", "mcp.server.streamable_http_manager")
+
+
+def client_caused(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(client_caused(e) for e in exc.exceptions)
+    kind = type(exc)
+    return any(kind.__module__.startswith(module) and kind.__name__ == name and text in str(exc)
+               for module, name, text in _CLIENT_CAUSED)
+
+
+class ClientCausedErrors(logging.Filter):
+    """A client-caused exception logged with its traceback becomes one INFO line naming it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and client_caused(exc):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {str(exc)[:200]}; caused by the client, the server goes on)"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install ClientCausedErrors on the third-party loggers that report client-caused events with tracebacks."""
+    for name in _NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ClientCausedErrors) for f in logger.filters):
+            logger.addFilter(ClientCausedErrors())
 
 
 def run_http(
@@ -241,6 +284,7 @@ def run_http(
 ) -> None:
     import uvicorn
 
+    quiet_client_errors()
     app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect)
     config = uvicorn.Config(
         app,
@@ -270,4 +314,5 @@ def run_http(
     http_server.run()
 
 
-__all__ = ["Protect", "allowed_hosts_and_origins", "create_http_app", "health", "run_http"]
+__all__ = ["ClientCausedErrors", "Protect", "allowed_hosts_and_origins", "client_caused", "create_http_app", "health",
+           "quiet_client_errors", "run_http"]
