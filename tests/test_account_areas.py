@@ -4,10 +4,14 @@ area disabled with its reason when its permission or licence is missing while th
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
+import anyio
 import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
 
 from entra_mcp.devtenant.generate import examples
 from entra_mcp.devtenant.graph_account import GLOBAL_ADMIN, account_examples
@@ -15,6 +19,9 @@ from entra_mcp.identity.account import check_account_state
 from entra_mcp.identity.reset import check_reset_eligibility
 from entra_mcp.identity.view import DirectoryView
 from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.server.app import create_server
+from entra_mcp.views import ViewProvider
+from _server_fixtures import ENTRA_MCP, server_env  # noqa: F401 (fixture)
 from tests._sync_fixtures import control_of, run_sync, write_config  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
@@ -154,3 +161,62 @@ def test_role_changes_show_after_the_next_sync(fresh_emulator: Any, control_of: 
     assert run_sync(settings, store, full=True).areas["risk"].outcome == "full"  # `sync --full` refreshes it at once
     view = DirectoryView.build(store.load_snapshot(settings.tenants[0].name))  # type: ignore[arg-type]
     assert check_reset_eligibility(view, ex["no_sspr_user"])["verdict"] == "escalate"
+
+
+# ------------------------------------------------------------------ through a real MCP client (memory and stdio)
+
+@asynccontextmanager
+async def connect(transport: str, env: Any) -> AsyncIterator[Client]:
+    if transport == "memory":
+        store = MirrorStore(env.cache_dir)
+        async with Client(create_server(env.settings, views=ViewProvider.from_settings(env.settings, store))) as client:
+            yield client
+        store.close()
+    else:
+        params = StdioServerParameters(command=str(ENTRA_MCP), args=["--config", str(env.config_path), "serve", "--no-sync"],
+                                       env=env.subprocess_env())
+        async with Client(params, read_timeout_seconds=30) as client:
+            yield client
+
+
+async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    with anyio.fail_after(30):
+        result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def call_error(client: Client, tool: str, **args: Any) -> str:
+    with anyio.fail_after(30):
+        result = await client.call_tool(tool, args)
+    assert result.is_error
+    text: str = result.content[0].text  # type: ignore[union-attr]
+    assert "Traceback" not in text
+    return text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["memory", "stdio"])
+async def test_reset_eligibility_through_mcp(transport: str, server_env: Any, request: pytest.FixtureRequest) -> None:
+    t = server_env.tenant
+    ex, base = account_examples(t), examples(t)
+    async with connect(transport, server_env) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        schema = tools["check_reset_eligibility"].input_schema
+        assert schema["required"] == ["user"] and {"chat_session", "desk_role", "tenant"} <= set(schema["properties"])
+        ga = await call(client, "check_reset_eligibility", user=t.users[ex["global_admin"]]["userPrincipalName"])
+        assert ga["verdict"] == "not_by_helpdesk" and ga["asOf"] and "RESET_NOT_BY_HELPDESK" in _codes(ga)
+        grp = await call(client, "check_reset_eligibility", user=ex["role_group_member"])
+        assert grp["verdict"] == "not_by_helpdesk" and grp["roles"]["active"][0]["via"]["id"] == ex["role_group"]
+        assert (await call(client, "check_reset_eligibility", user=ex["sspr_ready_user"]))["verdict"] == "self_service"
+        assert (await call(client, "check_reset_eligibility", user=base["guest_accepted"]))["verdict"] == "guest_home_tenant"
+        # a chat session on a server without sign-in cannot verify anyone: escalate, and the token is never echoed
+        token = "opaque-session-token-123"
+        unverified = await call(client, "check_reset_eligibility", user=ex["sspr_ready_user"], chat_session=token)
+        assert unverified["verdict"] == "escalate" and unverified["callerVerified"] is False
+        assert token not in str(unverified)
+        assert "desk_role" in await call_error(client, "check_reset_eligibility", user=ex["sspr_ready_user"], desk_role="Janitor")
+        state = await call(client, "check_account_state", user=ex["licence_CountViolation_user"])
+        assert state["licenses"][0]["error"] == "CountViolation" and "LICENSE_ERROR" in _codes(state)
+        assert state["authentication"] is not None and state["risk"]["riskState"] == "none"

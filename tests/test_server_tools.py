@@ -33,6 +33,7 @@ TOOLS = {
     "sync_status",
     "explain_sign_in",
     "sign_in_failures_summary",
+    "check_reset_eligibility",
 }
 
 

@@ -119,6 +119,9 @@ class TenantSettings(_Section):
     login_url: str | None = None
     graph_url: str | None = None
     ca_bundle: Path | None = None
+    # whether Entra Connect writes cloud password resets back to AD; Graph does not tell an app, so say it here
+    # (check_reset_eligibility: unset = unknown, and a synced account is sent to AD)
+    password_writeback: bool | None = None
     sync: SyncSettings = Field(default_factory=SyncSettings)
 
     @model_validator(mode="after")

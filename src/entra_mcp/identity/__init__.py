@@ -13,6 +13,8 @@ Choices worth knowing (each documented where it is made):
   otherwise, Entra's 90/14-day defaults when the mirror lacks it (PASSWORD_POLICY_ASSUMED) (account.py);
 - sign-ins: "0001-01-01" means never; an unavailable sign-in area means unknown (null + SIGNIN_DATA_UNAVAILABLE);
   staleness is judged on the last interactive sign-in (account.py);
+- password reset eligibility follows Entra's "who can reset passwords" table; a role through a role-assignable
+  group or a PIM eligibility counts as held (reset.py, docs/graph-facts-account.md);
 - directory text is data: findings name the field, messages never repeat instruction-like text (findings.py).
 """
 
@@ -21,6 +23,7 @@ from .apps import check_app_access, get_app_principal, resolve_app
 from .common import user_card
 from .findings import FINDINGS, findings_markdown, suspicious_fields
 from .groups import list_group_members, list_group_memberships, resolve_group
+from .reset import check_reset_eligibility
 from .status import sync_status
 from .ticket import get_ticket_identity_context
 from .users import lookup_user, resolve_user
@@ -32,6 +35,7 @@ __all__ = [
     "account_summary",
     "check_account_state",
     "check_app_access",
+    "check_reset_eligibility",
     "findings_markdown",
     "get_app_principal",
     "get_ticket_identity_context",

@@ -74,6 +74,33 @@ class AccountStateAnswer(Answer):
     lastSuccessfulSignInDateTime: str | None = None
     userType: str | None
     externalUserState: str | None
+    authentication: Obj | None = Field(
+        default=None, description="MFA/SSPR readiness: isMfaRegistered, isMfaCapable, isSsprEnabled, isSsprRegistered, "
+        "isSsprCapable, isPasswordlessCapable, methodsRegistered, preferredMethod; null when unknown.")
+    roles: Obj | None = Field(
+        default=None, description="Directory roles: privileged, active and eligible (PIM) [{role, directoryScopeId, via}], "
+        "roleAssignableGroups; null when unknown.")
+    licenses: list[Obj] | None = Field(
+        default=None, description="Licences: skuId, skuPartNumber, name, disabledPlans, state, error; null when unknown.")
+    risk: Obj | None = Field(
+        default=None, description="Identity Protection: riskLevel, riskState, riskDetail, riskLastUpdatedDateTime; null when unknown.")
+
+
+class ResetEligibilityAnswer(Answer):
+    user: Obj | None
+    verdict: Literal["self_service", "helpdesk_cloud", "on_premises", "not_by_helpdesk", "escalate",
+                     "guest_home_tenant", "unknown"] | None = Field(
+        description="self_service (SSPR ready), helpdesk_cloud, on_premises (synced, no writeback known), not_by_helpdesk "
+        "(privileged target), escalate (caller unverified, disabled, at risk, VIP), guest_home_tenant, unknown.")
+    reasons: list[str] | None = Field(description="Why, most decisive first.")
+    deskRole: str | None = None
+    rolesThatMayReset: list[str] | None = Field(
+        default=None, description="Admin roles allowed to reset this password (Entra's table); null when roles are unknown.")
+    callerVerified: bool | None = Field(default=None, description="true/false when a chat session was given; null when not.")
+    passwordWriteback: bool | None = None
+    authentication: Obj | None = None
+    roles: Obj | None = None
+    risk: Obj | None = None
 
 
 class AppPrincipalAnswer(Answer):

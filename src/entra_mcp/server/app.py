@@ -205,7 +205,8 @@ def create_server(
     if sign_ins is None:
         store = getattr(views, "store", None) or getattr(views, "_store", None)
         sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
-    ask = Ask(views=views, clock=clock, sessions=sessions, sign_ins=sign_ins)
+    writeback = {t.name: getattr(t, "password_writeback", None) for t in getattr(settings, "tenants", None) or ()}
+    ask = Ask(views=views, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback)
     for spec in TOOLS:
         _register(server, spec, ask)
 

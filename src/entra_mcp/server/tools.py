@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Awaitable, Callable, Mapping, Protocol
+from typing import Annotated, Any, Awaitable, Callable, Literal, Mapping, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -133,6 +133,8 @@ class Ask:
     clock: Callable[[], datetime]
     sessions: ChatSessionValidator | Callable[[str], Any] | None = None
     sign_ins: SignInLogs | None = None  # each tenant's sign-in events (identity/sign_ins.py)
+    # tenant name -> whether password writeback is on ([[tenants]] password_writeback; None: unknown)
+    password_writeback: Mapping[str, bool | None] = field(default_factory=dict)
 
     def sign_in_log(self, tenant_name: str) -> SignInLog:
         return self.sign_ins.get(tenant_name) if self.sign_ins is not None else SignInLog(tenant_name, None)
@@ -276,10 +278,14 @@ def check_account_state(ask: Ask, user: UserRef, tenant: Tenant = None) -> Answe
     policy, synced from on-premises AD (then password and enablement are managed there), last sign-in, guest
     and invitation state.
 
+    Also MFA/SSPR readiness (`authentication`), directory roles (`roles`: active, PIM-eligible, through
+    role-assignable groups), licences with disabled plans and assignment errors (`licenses`), and Identity
+    Protection risk (`risk`).
+
     Use it for sign-in failures and password-reset questions. Read `findings`: each has a stable `code`, a
     `severity` and a one-line `message` (for example a disabled account, an expired password, a pending guest
-    invitation, an account never used). `passwordExpired` or `lastSignInDateTime` null means unknown (the
-    data is not available), not false.
+    invitation, an account never used, a licence in error, a user at risk). `passwordExpired` or
+    `lastSignInDateTime` null means unknown (the data is not available), not false; so does a null section.
     """
     return identity.check_account_state(ask.view(tenant), user, ask.now())
 
@@ -420,6 +426,68 @@ async def validate_chat_session(ask: Ask, session_token: SessionToken, claimed_u
         verdict, claimed_user, tv.view if tv is not None else None, mirrored=tv is not None,
         not_synced=not_synced_finding(tv.name) if tv is not None and tv.view is None else None, now=ask.now(),
     )
+
+
+DeskRole = Annotated[
+    Literal["Helpdesk Administrator", "Password Administrator", "Authentication Administrator", "User Administrator",
+            "Privileged Authentication Administrator", "Global Administrator"] | None,
+    Field(description="The admin role the service desk resets passwords with (default Helpdesk Administrator)."),
+]
+ChatSession = Annotated[
+    str | None,
+    Field(min_length=1, max_length=4096, description="The chat session token of the person asking, to verify they are "
+          "this user."),
+    Token(),
+]
+
+
+def _reset_summary(r: Answer) -> str:
+    reasons = r.get("reasons") or []
+    return f"{_who(r.get('user'))}: verdict={r.get('verdict')}" + (f": {clean(reasons[0], 300)}" if reasons else "")
+
+
+@tool("May this password be reset", A.ResetEligibilityAnswer, _reset_summary,
+      unknown={"reasons": ["the tenant has not been synced yet"]})
+async def check_reset_eligibility(ask: Ask, user: UserRef, chat_session: ChatSession = None,
+                                  desk_role: DeskRole = None, tenant: Tenant = None) -> Answer:
+    """Decide whether, where and by whom a user's password may be reset — one `verdict` with `reasons`:
+    `self_service` (SSPR enabled and registered: send them to aka.ms/sspr), `helpdesk_cloud` (the desk may reset
+    it in Entra ID), `on_premises` (synced from AD without known password writeback: reset in AD),
+    `not_by_helpdesk` (the target holds a role the desk's role may not reset — Entra's "who can reset passwords",
+    including roles through role-assignable groups and PIM eligibility; see `rolesThatMayReset`), `escalate`
+    (caller not verified, account disabled, user at risk, or a VIP), `guest_home_tenant` (their home organisation
+    resets it), or `unknown` (the roles area is not synced).
+
+    Call it before any password reset. Give `chat_session` (the chat's session token) to verify that the person
+    asking is this user; without it the answer says the caller is unverified. `desk_role` is the admin role the
+    desk resets with (default Helpdesk Administrator).
+    """
+    view = ask.view(tenant)
+    caller: dict[str, Any] | None = None
+    if chat_session is not None:
+        caller = await _caller_check(ask, view, user, chat_session)
+    tv = ask.views.current(tenant)
+    return identity.check_reset_eligibility(view, user, caller=caller, desk_role=desk_role, now=ask.now(),
+                                            password_writeback=ask.password_writeback.get(tv.name))
+
+
+async def _caller_check(ask: Ask, view: DirectoryView, user: str, token: str) -> dict[str, Any]:
+    """Whether the chat session proves the caller is `user`: {valid, matchesClaimedUser, reason} (no token in it)."""
+    if ask.sessions is None:
+        return {"valid": False, "matchesClaimedUser": None,
+                "reason": "sign-in is not configured on this server, so the chat session cannot be verified"}
+    check = getattr(ask.sessions, "validate_chat_session", ask.sessions)
+    verdict = check(token)
+    if inspect.isawaitable(verdict):
+        verdict = await verdict
+    if not verdict.get("valid"):
+        return {"valid": False, "matchesClaimedUser": None, "reason": clean(verdict.get("reason") or "the session is not valid", 200)}
+    ident = verdict.get("identity") or {}
+    target = identity.resolve_user(view, user)
+    same_tenant = str(ident.get("tid") or "").casefold() == str(view.snapshot.tenant_id).casefold()
+    matches = same_tenant and str(ident.get("oid") or "").casefold() == str(target.get("id")).casefold()
+    return {"valid": True, "matchesClaimedUser": matches,
+            "reason": None if matches else "the signed-in person is someone else"}
 
 
 def tenant_status(tv: TenantView, now: datetime) -> dict[str, Any]:
