@@ -9,10 +9,10 @@ flagging never changes what an answer says.
 
 from __future__ import annotations
 
-import re
 import unicodedata
-from functools import lru_cache
 from typing import Any, Literal, Mapping
+
+from .text import looks_like_instruction
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -174,21 +174,23 @@ def sort_findings(findings: list[dict[str, str]]) -> list[dict[str, str]]:
     return sorted(unique, key=lambda f: _SEVERITY_RANK[f["severity"]])
 
 
+WITHHELD = "[text withheld: it reads like an instruction]"
+
 # Control (Cc), format (Cf: zero-width, bidi overrides), separators other than space, private use, unassigned.
 _UNSAFE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Co", "Cn", "Cs"}
 
 
 def clean(value: Any, limit: int = 120) -> str:
-    """Untrusted text made safe to put inside a message: printable, one line, capped (no quotes added)."""
+    """Untrusted text made safe to put inside a message: printable, one line, capped (no quotes added); text that
+    reads like an instruction is not repeated at all."""
     text = "" if value is None else str(value)
+    if looks_like_instruction(text):
+        return WITHHELD
     cleaned = "".join(" " if unicodedata.category(ch) in _UNSAFE_CATEGORIES or ch.isspace() else ch for ch in text)
     cleaned = " ".join(cleaned.split()).replace('"', "'")
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 1].rstrip() + "…"
     return cleaned
-
-
-WITHHELD = "[text withheld: it reads like an instruction]"
 
 
 def quote(value: Any, limit: int = 60) -> str:
@@ -197,55 +199,6 @@ def quote(value: Any, limit: int = 60) -> str:
     if isinstance(value, str) and looks_like_instruction(value):
         return WITHHELD
     return f'"{clean(value, limit)}"'
-
-
-# Zero-width and bidirectional control characters (used to hide or reorder text shown to people and models).
-_HIDDEN_CHARS = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad]")
-_INSTRUCTION_PATTERNS = [
-    r"\b(ignore|disregard|forget|override)\b.{0,30}\b(previous|prior|above|earlier|all|any|your|the)\b.{0,30}"
-    r"\b(instructions?|prompts?|rules?|messages?|context|guidelines?|directions?)\b",
-    r"\byou are now\b",
-    r"\b(new|updated|hidden|secret)\s+instructions?\b",
-    r"(^|[\s\[(<{|>\"'])(system|assistant|developer|user)\s*:",
-    r"\b(system|developer)\s+(prompt|message|override)\b",
-    r"<\s*/?\s*(system|assistant|user|instructions?|tool[\w-]*|function[\w-]*|im_start|im_end|prompt)\b[^>]*>",
-    r"</\s*[a-z][\w:-]*\s*>",
-    r"<\|[\w-]*\|>",
-    r"\[/?(inst|sys|system)\]",
-    r"\b(tool_call|tool_use|function_call|functions\.\w+|tool_calls?)\b",
-    r"\{\s*[\"'](name|tool|function)[\"']\s*:",
-    r"\b(ai|assistant|agent|model|llm|chatbot|bot|copilot|claude|gpt|chatgpt)\b\s*:\s*\w",
-    r"\b(as an? (ai|assistant|language model))\b",
-    r"\byou (must|should|will|need to|are required to|have to) (now |immediately )?(ignore|reset|grant|disable|"
-    r"approve|bypass|skip|forget|obey|follow|comply|output|print|reveal|call|run|execute)\b",
-    r"\b(do not|don't|never) (tell|inform|mention|reveal|report|log|alert|notify|ask)\b",
-    r"\b(reset|disable|delete|remove|grant|elevate|bypass|approve)\b.{0,40}\b(password|mfa|account|admin\w*|access|"
-    r"roles?|privileges?|permissions?)\b.{0,40}\b(immediately|now|without|no (need|verification|approval))\b",
-    r"\b(pretend|roleplay|jailbreak)\b",
-]
-_INSTRUCTION_RE = re.compile("|".join(f"(?:{p})" for p in _INSTRUCTION_PATTERNS), re.IGNORECASE | re.DOTALL)
-
-
-# Every pattern above needs a space, one of these characters or words: single words (UPNs, ids) are skipped fast,
-# with one search that also finds hidden characters.
-_MAYBE_INSTRUCTION = re.compile(r"[\s<>{}\[\]:|]|tool_|function|" + _HIDDEN_CHARS.pattern, re.IGNORECASE)
-
-
-def looks_like_instruction(text: str) -> bool:
-    """True when `text` reads like an instruction to a model or hides characters that reorder or hide text."""
-    if not _MAYBE_INSTRUCTION.search(text):
-        return False
-    if _HIDDEN_CHARS.search(text):
-        return True
-    if len(text) > 512:  # ticket texts and long descriptions: not worth caching
-        return bool(_INSTRUCTION_RE.search(text))
-    return _short_text_instruction(text)
-
-
-@lru_cache(maxsize=32768)
-def _short_text_instruction(text: str) -> bool:
-    # directory values repeat a lot (titles, departments, offices, names): remember the verdict
-    return bool(_INSTRUCTION_RE.search(text))
 
 
 # Fields that are identifiers, times or flags: not free text anyone can phrase as an instruction.
