@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from entra_mcp.errors import ConfigError
 
@@ -125,7 +125,7 @@ class TenantSettings(_Section):
     sync: SyncSettings = Field(default_factory=SyncSettings)
 
     @model_validator(mode="after")
-    def _check(self) -> "TenantSettings":
+    def _check(self, info: ValidationInfo) -> "TenantSettings":
         creds = [self.client_secret_env, self.client_secret_file, self.client_certificate_path]
         if sum(c is not None for c in creds) != 1:
             raise ValueError(
@@ -140,7 +140,40 @@ class TenantSettings(_Section):
         for url in (self.login_url, self.graph_url):
             if url is not None and not url.startswith("https://"):
                 raise ValueError(f"login_url and graph_url must start with https:// (got {url!r})")
+        if (info.context or {}).get("check_files", True):
+            problem = self.missing_file()
+            if problem:
+                raise ValueError(problem)
         return self
+
+    def missing_file(self) -> str | None:
+        """What is wrong with a file this tenant's settings name (ca_bundle, the certificate, the secret file), with
+        the key, the path and the fix; None when each is a readable file. Checked when the config loads, and again
+        before every sync run of `serve` (the emulator's CA, for one, is gone once it stops)."""
+        files = (
+            ("ca_bundle", self.ca_bundle, "point it at the PEM file of the CA to trust, or remove the key to trust "
+             "the system's CAs. The local emulator's CA exists only while `entra-mcp devtenant` runs: start it again "
+             "and use the config it prints"),
+            ("client_certificate_path", self.client_certificate_path,
+             "point it at a PEM file holding the certificate and its private key"),
+            ("client_secret_file", self.client_secret_file, "point it at a readable file that holds only the secret"),
+        )
+        for key, value, fix in files:
+            if value is None:
+                continue
+            path = Path(value).expanduser()
+            if not path.is_file():
+                what = "is a directory, not a file" if path.is_dir() else "does not exist"
+                return f"{key}: {path} {what}. Fix: {fix}."
+            if not os.access(path, os.R_OK):
+                return f"{key}: {path} cannot be read by this user. Fix: {fix}."
+        return None
+
+    def check_files(self) -> None:
+        """ConfigError when a file the settings name is missing now (see `missing_file`)."""
+        problem = self.missing_file()
+        if problem:
+            raise ConfigError(f"tenants[{self.name!r}].{problem}")
 
     @property
     def login_host(self) -> str:
@@ -372,17 +405,19 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(DEFAULT_CONFIG_NAME)
 
 
-def parse_settings(data: dict[str, Any], *, source: Path | None = None) -> Settings:
-    """Validate a config mapping; a ConfigError lists every problem with its key and the fix."""
+def parse_settings(data: dict[str, Any], *, source: Path | None = None, check_files: bool = True) -> Settings:
+    """Validate a config mapping; a ConfigError lists every problem with its key and the fix. With `check_files`
+    (the default) the files a tenant names (ca_bundle, certificate, secret file) must exist; `status`, which only
+    reads the mirror, passes False so it can show why a sync fails."""
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings.model_validate(data, context={"check_files": check_files})
     except ValidationError as exc:
         where = f" in {source}" if source else ""
         raise ConfigError(f"invalid configuration{where}:\n{_describe(exc, data)}") from None
     return settings.model_copy(update={"source": source})
 
 
-def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+def load_settings(path: str | os.PathLike[str] | None = None, *, check_files: bool = True) -> Settings:
     """Load and validate the config file. Raises ConfigError (exit code 2 at the CLI) with the key and the fix."""
     p = config_path(path)
     try:
@@ -400,7 +435,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(f"{p} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p} is not valid TOML: {exc}. Fix the syntax at that line.") from None
-    return parse_settings(data, source=p)
+    return parse_settings(data, source=p, check_files=check_files)
 
 
 __all__ = [

@@ -106,7 +106,7 @@ def _fmt_age(seconds: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from entra_mcp.mirror.store import MirrorStore
 
-    settings = load_settings(getattr(args, "config", None))
+    settings = load_settings(getattr(args, "config", None), check_files=False)  # it only reads the mirror
     store = MirrorStore(settings.server.cache_dir)
     try:
         report = status_report(settings, store)

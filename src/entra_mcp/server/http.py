@@ -135,7 +135,9 @@ class HostOriginMiddleware:
 
 
 def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[str, Any]:
-    """Liveness and per-tenant freshness; names and times only (no ids, no errors, nothing secret)."""
+    """Liveness and per-tenant freshness; names and times only (no ids, no error texts, nothing secret: `status`
+    and the sync_status tool say why). `status` is "ok", or "degraded" when a tenant's last sync failed (`failing`,
+    since when) or a synced mirror is older than two intervals (`fresh` false)."""
     now = now or datetime.now(timezone.utc)
     tenants = []
     for tv in views.all() if views is not None else []:
@@ -149,17 +151,27 @@ def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[s
         # Areas commit one by one: the tenant counts as synced once every enabled area has committed, so a
         # readiness probe does not pass while users or groups are still missing.
         complete = as_of is not None and all(a["lastSuccess"] is not None for a in areas.values() if a["enabled"])
+        # failing: an error newer than the last success (or no success yet) in an area that is not switched off
+        errors = [
+            st.last_error_at for st in (snap.areas.values() if snap is not None else ())
+            if st.last_error_at is not None and (st.last_success is None or st.last_error_at > st.last_success)
+            and (st.enabled or st.last_success is None)
+        ]
+        fresh = age is not None and age <= 2 * tv.interval_minutes * 60
         tenants.append(
             {
                 "tenant": tv.name,
                 "synced": complete,
                 "asOf": iso(as_of),
                 "ageSeconds": round(age) if age is not None else None,
-                "fresh": age is not None and age <= 2 * tv.interval_minutes * 60,
+                "fresh": fresh,
+                "failing": bool(errors),
+                "failingSince": _iso(min(errors)) if errors else None,
                 "areas": areas,
             }
         )
-    return {"status": "ok", "version": __version__, "tenants": tenants}
+    degraded = any(t["failing"] or (t["synced"] and not t["fresh"]) for t in tenants)
+    return {"status": "degraded" if degraded else "ok", "version": __version__, "tenants": tenants}
 
 
 def create_http_app(

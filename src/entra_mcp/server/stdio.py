@@ -2,13 +2,25 @@
 
 stdout is the MCP wire and nothing else: the real stdout is claimed first thing and file descriptor 1 is pointed at
 stderr, so a stray print or a chatty library cannot corrupt the protocol.
+
+stdin may be a pipe, a socket or a terminal (read on the event loop), or a regular file or /dev/null (containers
+without an interactive stdin, service managers, scripted runs), which the event loop cannot poll (epoll refuses
+them): those are read in a worker thread, where a read never waits long. At the end of stdin the server answers
+what it has read and exits.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import Any
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can wait on `fd` (pipes, sockets, terminals; not files or /dev/null)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
 class StdoutWire:
@@ -31,9 +43,10 @@ class StdoutWire:
 class _FdLines:
     """Lines from a file descriptor, read on the event loop (no worker thread per line, unlike anyio.wrap_file)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, pollable: bool = True) -> None:
         self.fd = fd
         self.buf = b""
+        self.pollable = pollable
 
     def __aiter__(self) -> "_FdLines":
         return self
@@ -42,11 +55,14 @@ class _FdLines:
         import anyio
 
         while b"\n" not in self.buf:
-            await anyio.wait_readable(self.fd)
-            try:
-                chunk = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                continue
+            if self.pollable:
+                await anyio.wait_readable(self.fd)
+                try:
+                    chunk = os.read(self.fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+            else:
+                chunk = await anyio.to_thread.run_sync(os.read, self.fd, 1 << 16)
             if not chunk:
                 if not self.buf:
                     raise StopAsyncIteration
@@ -88,13 +104,16 @@ def run_stdio(server: Any, wire: StdoutWire) -> None:
     os.dup2(null, 0)
     os.close(null)
     # Non-blocking only while serving: the flag lives on the shared open file (a terminal, a parent's pipe).
+    pollable = _pollable(stdin_fd)
     was_blocking = os.get_blocking(stdin_fd), os.get_blocking(wire.fd)
-    os.set_blocking(stdin_fd, False)
-    os.set_blocking(wire.fd, False)
+    if pollable:
+        os.set_blocking(stdin_fd, False)
+    if _pollable(wire.fd):
+        os.set_blocking(wire.fd, False)
 
     async def main() -> None:
         lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs, with our own streams
-        async with stdio_server(stdin=_FdLines(stdin_fd), stdout=_FdWriter(wire.fd)) as (read_stream, write_stream):  # type: ignore[arg-type]
+        async with stdio_server(stdin=_FdLines(stdin_fd, pollable), stdout=_FdWriter(wire.fd)) as (read_stream, write_stream):  # type: ignore[arg-type]
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     try:

@@ -1,14 +1,18 @@
 """Background sync for `serve`: every tenant on its own schedule (interval_minutes, with jitter), independently;
 sign-in events (when enabled) also on their own, shorter schedule (sign_in_events_interval_minutes).
 
-A tenant's failure (credentials refused, Graph down) is logged and retried at the next interval; it never stops the
-other tenants or the server. A run already in progress elsewhere (`entra-mcp sync` holding the writer lock) makes
-this round wait for it briefly, then skip.
+A run that fails, for whatever reason (credentials refused, Graph down, the CA file gone, a bug), is logged in one
+line, recorded as the last error of the tenant's enabled areas (so `/healthz`, `status` and `sync_status` say the
+mirror is failing and why), and retried with backoff: 30 s, 1, 2, 4... minutes, never later than the interval. It
+never stops the other tenants, the scheduler or the server. A run already in progress elsewhere (`entra-mcp sync`
+holding the writer lock) makes this round wait for it briefly, then skip.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Callable
 
 import anyio
@@ -16,6 +20,7 @@ import anyio
 from entra_mcp.config import Settings, TenantSettings
 from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
+from entra_mcp.mirror.snapshot import AREAS
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.sync import sign_ins
 from entra_mcp.sync.engine import TenantResult, sync_tenant
@@ -23,6 +28,7 @@ from entra_mcp.sync.engine import TenantResult, sync_tenant
 log = get_logger("sync.scheduler")
 
 JITTER = 0.1  # +-10% of the interval, so tenants (and replicas) do not hit Graph in lockstep
+BACKOFF_FIRST = 30.0  # seconds before the first retry of a failed run; doubles with each failure in a row
 
 
 def next_delay(interval_minutes: float, rnd: Callable[[], float] = random.random) -> float:
@@ -30,26 +36,86 @@ def next_delay(interval_minutes: float, rnd: Callable[[], float] = random.random
     return max(1.0, interval_minutes * 60.0 * (1.0 + JITTER * (2.0 * rnd() - 1.0)))
 
 
+def retry_delay(interval_minutes: float, failures: int, rnd: Callable[[], float] = random.random) -> float:
+    """Seconds until a failed run is retried: BACKOFF_FIRST doubled per failure in a row, at most the interval."""
+    backoff = BACKOFF_FIRST * 2.0 ** max(0, failures - 1)
+    return min(backoff * (1.0 + JITTER * (2.0 * rnd() - 1.0)), next_delay(interval_minutes, rnd))
+
+
+def _record_failure(store: MirrorStore, tenant: TenantSettings, message: str) -> None:
+    """The failure as the last error of each area that has synced or is still waiting for its first success."""
+    now = datetime.now(timezone.utc)
+    try:
+        with store.writer(tenant.name, wait_seconds=5.0) as writer:
+            for area in AREAS:
+                prev = writer.status(area)
+                if prev.enabled or prev.last_success is None:
+                    writer.set_status(area, replace(prev, last_error=message, last_error_at=now))
+    except Exception as exc:  # the mirror itself unwritable: the log line is all that can be done
+        log.error("tenant %s: cannot record the sync failure in the mirror: %s", tenant.name, exc)
+
+
+def _clear_recorded(store: MirrorStore, tenant: TenantSettings, message: str) -> None:
+    """After a successful run: the failure `_record_failure` wrote is over, also in the areas the run did not need
+    to touch (sign-in activity between its hourly refreshes); errors the engine recorded itself stay."""
+    try:
+        with store.writer(tenant.name, wait_seconds=5.0) as writer:
+            for area in AREAS:
+                prev = writer.status(area)
+                if prev.last_error == message:
+                    writer.set_status(area, replace(prev, last_error=None, last_error_at=None))
+    except Exception as exc:
+        log.error("tenant %s: cannot clear the recovered sync failure in the mirror: %s", tenant.name, exc)
+
+
+async def _run_once(tenant: TenantSettings, store: MirrorStore) -> tuple[TenantResult | None, str | None]:
+    """(result, None) or (result or None, what failed)."""
+    try:
+        tenant.check_files()  # a file removed since start (the emulator's CA): a clear error, not a TLS traceback
+        result = await sync_tenant(tenant, store, wait_seconds=30.0)
+    except EntraMcpError as exc:  # e.g. the secret's variable is unset
+        return None, str(exc)
+    except Exception as exc:  # anything else: a bug or an unexpected library error; the loop must go on
+        problem = tenant.missing_file()
+        if problem:  # the file went away during the run: the same clear message as before it
+            return None, f"tenants[{tenant.name!r}].{problem}"
+        log.exception("tenant %s: sync run crashed", tenant.name)
+        return None, f"the sync run failed unexpectedly ({type(exc).__name__}); see the server log"
+    return result, result.error
+
+
 async def _tenant_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event,
                        on_result: Callable[[TenantResult], None] | None, first_delay: float) -> None:
     delay = first_delay
+    failures = 0
+    recorded: str | None = None  # the failure this loop wrote into the mirror, until a run succeeds
     while not stop_event.is_set():
         if delay > 0:
             with anyio.move_on_after(delay):
                 await stop_event.wait()
             if stop_event.is_set():
                 return
-        try:
-            result = await sync_tenant(tenant, store, wait_seconds=30.0)
-            if result.error:
-                log.error("tenant %s: sync failed: %s", tenant.name, result.error)
-            else:
-                log.info("tenant %s: sync done in %.1fs (%s requests)", tenant.name, result.seconds, result.stats.get("requests"))
-            if on_result is not None:
+        result, error = await _run_once(tenant, store)
+        if error is None:
+            failures = 0
+            assert result is not None
+            if recorded is not None:
+                await anyio.to_thread.run_sync(_clear_recorded, store, tenant, recorded)
+                recorded = None
+            log.info("tenant %s: sync done in %.1fs (%s requests)", tenant.name, result.seconds, result.stats.get("requests"))
+            delay = next_delay(tenant.sync.interval_minutes)
+        else:
+            failures += 1
+            delay = retry_delay(tenant.sync.interval_minutes, failures)
+            log.error("tenant %s: sync failed (%d in a row, next try in %.0f s): %s", tenant.name, failures, delay, error)
+            if result is None:  # a failed run records its own errors per area; a run that never started cannot
+                await anyio.to_thread.run_sync(_record_failure, store, tenant, error)
+                recorded = error
+        if on_result is not None and result is not None:
+            try:
                 on_result(result)
-        except EntraMcpError as exc:  # e.g. the secret's variable is unset: say so, try again next interval
-            log.error("tenant %s: sync failed: %s", tenant.name, exc)
-        delay = next_delay(tenant.sync.interval_minutes)
+            except Exception:
+                log.exception("tenant %s: the sync result handler failed", tenant.name)
 
 
 async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event, first_delay: float) -> None:
@@ -89,4 +155,4 @@ async def run_scheduler(
         tg.cancel_scope.cancel()
 
 
-__all__ = ["next_delay", "run_scheduler"]
+__all__ = ["next_delay", "retry_delay", "run_scheduler"]
