@@ -38,6 +38,9 @@ class Answer(BaseModel):
 class LookupUserAnswer(Answer):
     matches: list[Obj] | None = Field(description="Users: id, displayName, userPrincipalName, mail, jobTitle, department, officeLocation, accountEnabled, userType...")
     matchType: Literal["exact", "fuzzy", "none"] | None
+    matchedBy: Literal["identifier", "accountName", "name", "similarName"] | None = Field(
+        None, description="How: an identifier, the local part of an address or mailNickname, the whole name exactly "
+        "(in any script), or a similar name.")
     total: int | None = Field(None, description="How many users match in all; `matches` is capped at `limit`.")
     truncated: bool | None = None
     suggestions: list[Obj] | None = Field(None, description="The closest names when nothing matched.")

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from entra_mcp import __version__
-from entra_mcp.identity.status import area_ok
+from entra_mcp.identity.status import area_ok, current_error
 from entra_mcp.identity.text import iso
 from entra_mcp.logs import get_logger
 from entra_mcp.server.limits import BodyBounds, BufferBudget, request_deadline_protocol
@@ -154,8 +154,7 @@ def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[s
         # failing: an error newer than the last success (or no success yet) in an area that is not switched off
         errors = [
             st.last_error_at for st in (snap.areas.values() if snap is not None else ())
-            if st.last_error_at is not None and (st.last_success is None or st.last_error_at > st.last_success)
-            and (st.enabled or st.last_success is None)
+            if st.last_error_at is not None and current_error(st) is not None and (st.enabled or st.last_success is None)
         ]
         fresh = age is not None and age <= 2 * tv.interval_minutes * 60
         tenants.append(
@@ -166,7 +165,7 @@ def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[s
                 "ageSeconds": round(age) if age is not None else None,
                 "fresh": fresh,
                 "failing": bool(errors),
-                "failingSince": _iso(min(errors)) if errors else None,
+                "failingSince": iso(min(errors)) if errors else None,
                 "areas": areas,
             }
         )

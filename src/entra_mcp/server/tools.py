@@ -220,12 +220,13 @@ def _lookup_summary(r: Answer) -> str:
 
 @tool("Find a user", A.LookupUserAnswer, _lookup_summary)
 def lookup_user(ask: Ask, query: UserRef, tenant: Tenant = None, limit: LookupLimit = 10) -> Answer:
-    """Find users in the directory by UPN, mail or proxy address, object id, employeeId, on-premises account
-    name (DOMAIN\\sam or sam), or a person's name as a ticket spells it (fuzzy, accent- and case-insensitive).
+    """Find users in the directory by UPN, mail or proxy address, the address's local part (wei.wang) or
+    mailNickname, object id, employeeId, on-premises account name (DOMAIN\\sam or sam), or a person's name as a
+    ticket spells it (fuzzy, accent- and case-insensitive; names in other scripts by their Latin spelling).
 
     Use this first when a ticket names someone loosely, then pass the chosen user's `id` or
-    `userPrincipalName` to the other tools. `matchType` is `exact` (an identifier matched), `fuzzy` (name
-    similarity: confirm with the requester before acting) or `none`. Several fuzzy matches mean the name is
+    `userPrincipalName` to the other tools. `matchType` is `exact` (an identifier matched), `fuzzy` (a name,
+    even a whole name matched exactly: confirm with the requester before acting) or `none`; `matchedBy` says how. Several fuzzy matches mean the name is
     ambiguous: do not pick one silently. `total` counts all matches; `matches` is capped at `limit`.
     """
     return identity.lookup_user(ask.view(tenant), query, limit)
