@@ -10,6 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from graph_models import check_page
+from msgraph.generated.models.sign_in import SignIn
+
 from entra_mcp.devtenant.graph_signins import SPRAY_IP, parse_filter
 from entra_mcp.devtenant.server import RunningEmulator
 
@@ -67,6 +70,9 @@ def _ts(e: dict[str, Any]) -> str:
 
 
 def test_failures_newest_first_paged_with_documented_shape(graph: Graph) -> None:
+    page = graph.get("/auditLogs/signIns", **{"$top": "200"}).json()
+    check_page(page, SignIn)  # every property and value as msgraph-sdk's SignIn model defines it
+    check_page(graph.get("/auditLogs/signIns", **{"$filter": "status/errorCode ne 0", "$top": "200"}).json(), SignIn)
     events, pages = graph.all(**{"$filter": "status/errorCode ne 0", "$top": "100"})
     assert pages > 1 and len(events) > 100
     assert [_ts(e) for e in events] == sorted((_ts(e) for e in events), reverse=True), "newest first"

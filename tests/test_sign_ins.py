@@ -290,3 +290,47 @@ def test_catalogue_is_complete_and_its_findings_exist() -> None:
         assert code in entries, code
     assert {e.finding for e in entries.values()} <= set(FINDINGS)
     assert all(e.cause and e.user_sees and e.next_step for e in entries.values())
+
+
+def test_serve_scheduler_polls_sign_in_events_on_their_own_interval(bed: Bed, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory syncs every 60 minutes; sign-in events every ~1 s (sign_in_events_interval_minutes): an event
+    added after the first run reaches the mirror long before the next directory sync."""
+    from entra_mcp.config import load_settings
+    from entra_mcp.sync.scheduler import run_scheduler
+
+    path, _ = write_config(bed.emu, tmp_path, monkeypatch,
+                           extra="[tenants.sync]\ninterval_minutes = 60\nsign_in_events = true\nsign_in_events_interval_minutes = 0.02\n")
+    settings = load_settings(path)
+    store = MirrorStore(settings.server.cache_dir)
+    name = settings.tenants[0].name
+    directory_runs: list[str] = []
+
+    def failures() -> int:
+        snap = store.sign_in_store().load_snapshot(name)
+        return 0 if snap is None else sum(len(v) for v in snap.collection("sign_in_failures").values())
+
+    async def scenario() -> None:
+        stop = anyio.Event()
+        first = anyio.Event()
+
+        def on_result(r: Any) -> None:
+            directory_runs.append(r.tenant)
+            first.set()
+
+        async def watch() -> None:
+            await first.wait()
+            assert failures() == 0
+            await anyio.to_thread.run_sync(lambda: bed.add({"user": bed.upns[0], "errorCode": 50126, "secondsAgo": 5}))
+            while failures() == 0:  # bounded by fail_after below
+                await anyio.sleep(0.2)
+            stop.set()
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await run_scheduler(settings, store, stop_event=stop, on_result=on_result)
+
+    anyio.run(scenario)
+    assert directory_runs == [name], "one directory sync only: the event came with the sign-in events' own poll"
+    assert failures() == 1

@@ -55,6 +55,7 @@ class SignInLog:
     by_user: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)  # user id / upn (folded) -> records
     hours: list[str] = field(default_factory=list)
     _tally: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
+    _merged: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, tenant: str, snapshot: DirectorySnapshot | None, meta: Mapping[str, Any] | None = None) -> "SignInLog":
@@ -506,43 +507,78 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
     }
 
 
-def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str | None) -> dict[str, Any]:
-    first_full = iso(begin + timedelta(hours=1))[:13] if iso(begin)[14:19] != "00:00" else iso(begin)[:13]
-    parts = []
-    for h in log.hours:
-        if h < iso(begin)[:13] or h > iso(now)[:13]:
-            continue
-        if h >= first_full and h < iso(now)[:13]:
-            parts.append(log.hour_tally(h, app_id))
-        else:  # a boundary hour: only the events inside the window
-            lo, hi = iso(begin), iso(now)
-            parts.append(_tally(r for r in log.failures.get(h, ()) if lo <= str(r.get("createdDateTime")) <= hi
-                                and (app_id is None or r.get("appId") == app_id)))
-    out: dict[str, Any] = {"n": 0, "codes": Counter(), "code_users": {}, "apps": Counter(), "app_code": Counter(),
-                           "ips": Counter(), "users": Counter(), "ip_users": {}, "ip_where": {}, "ip_times": {}}
-    for p in parts:
-        out["n"] += p["n"]
-        for k in ("codes", "apps", "app_code", "ips", "users"):
+_FULL_FIELDS = ("codes", "apps", "app_code", "ips", "users", "code_users", "ip_users", "ip_where", "ip_times")
+
+
+def _empty_tally() -> dict[str, Any]:
+    return {"n": 0, "codes": Counter(), "code_users": {}, "apps": Counter(), "app_code": Counter(), "ips": Counter(),
+            "users": Counter(), "ip_users": {}, "ip_where": {}, "ip_times": {}}
+
+
+def _add_tally(out: dict[str, Any], p: Mapping[str, Any], fields: tuple[str, ...]) -> None:
+    """Fold tally `p` into `out` (in place; `p` is left as it was)."""
+    out["n"] += p["n"]
+    for k in ("codes", "apps", "app_code", "ips", "users"):
+        if k in fields:
             out[k].update(p[k])
-        for k in ("code_users", "ip_users"):
-            for key, s in p[k].items():
-                out[k].setdefault(key, set()).update(s)
+    for k in ("code_users", "ip_users"):
+        if k in fields:
+            dst = out[k]
+            for key, users in p[k].items():
+                have = dst.get(key)
+                if have is None:
+                    dst[key] = set(users)
+                else:
+                    have.update(users)
+    if "ip_where" in fields:
         for ip, where in p["ip_where"].items():
             out["ip_where"].setdefault(ip, where)
+    if "ip_times" in fields:
         for ip, (a, b) in p["ip_times"].items():
-            cur = out["ip_times"].setdefault(ip, [a, b])
-            cur[0], cur[1] = min(cur[0], a), max(cur[1], b)
+            cur = out["ip_times"].get(ip)
+            if cur is None:
+                out["ip_times"][ip] = [a, b]
+            else:
+                cur[0], cur[1] = min(cur[0], a), max(cur[1], b)
+
+
+def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str | None,
+                   fields: tuple[str, ...] = _FULL_FIELDS) -> dict[str, Any]:
+    """Counts of the failures in [begin, now]: whole hours from the memoised hourly tallies (their merge memoised
+    too, so repeated questions about the same hours fold only the partial hours at both ends)."""
+    lo, hi = iso(begin), iso(now)
+    first_full = iso(begin + timedelta(hours=1))[:13] if lo[14:19] != "00:00" else lo[:13]
+    last_hour = hi[:13]
+    full = tuple(h for h in log.hours if first_full <= h < last_hour)
+    key = (full[0] if full else "", full[-1] if full else "", len(full), app_id, fields)
+    merged = log._merged.get(key)
+    if merged is None:
+        merged = _empty_tally()
+        for h in full:
+            _add_tally(merged, log.hour_tally(h, app_id), fields)
+        if len(log._merged) >= 64:
+            log._merged.clear()
+        log._merged[key] = merged
+    edges = [h for h in log.hours if lo[:13] <= h <= last_hour and not (first_full <= h < last_hour)]
+    if not edges:
+        return merged
+    out = _empty_tally()
+    _add_tally(out, merged, fields)
+    for h in edges:
+        _add_tally(out, _tally(r for r in log.failures.get(h, ()) if lo <= str(r.get("createdDateTime")) <= hi
+                               and (app_id is None or r.get("appId") == app_id)), fields)
     return out
 
 
 def _spikes(log: SignInLog, now: datetime, app_id: str | None) -> list[dict[str, Any]]:
     """app+code pairs whose failures in the last hour are far above their hourly average over the rest of the window."""
-    recent = _merge_tallies(log, now - timedelta(hours=1), now, app_id)
+    light = ("apps", "app_code")
+    recent = _merge_tallies(log, now - timedelta(hours=1), now, app_id, light)
     if not recent["n"]:
         return []
     kept = log.kept_from or (now - timedelta(days=7))
     base_hours = max(1.0, (now - timedelta(hours=1) - kept).total_seconds() / 3600)
-    base = _merge_tallies(log, kept, now - timedelta(hours=1), app_id)
+    base = _merge_tallies(log, kept, now - timedelta(hours=1), app_id, light)
     names = {a: n for (a, n) in recent["apps"]}
     out = []
     for (aid, code), n in recent["app_code"].items():
