@@ -34,7 +34,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sync import _emulator_session, _run_child, _stop  # noqa: E402
+from bench_sync import _emulator_session, _run_child  # noqa: E402
 
 SECTION = "## Sign-in events (bench/bench_sign_ins.py)"
 REPORTS_PER_10S = 5  # Microsoft's reporting throttle per app and tenant
@@ -141,14 +141,13 @@ def _answers(settings: Any, store: Any) -> dict[str, Any]:
     }
 
 
-def _live_summary(found: dict[str, str], env: dict[str, str], hours: int = 24) -> dict[str, Any]:
+def _live_summary(found: dict[str, str], secret: str, hours: int = 24) -> dict[str, Any]:
     """The live-call way: page through every failure of the last `hours` at call time."""
     ctx = ssl.create_default_context(cafile=found["ca_bundle"])
     base = found["graph_url"]
     http = httpx.Client(verify=ctx, timeout=120)
     r = http.post(f"{base}/{found['tenant_id']}/oauth2/v2.0/token", data={
-        "client_id": env["DEVTENANT_CLIENT_ID"] if "DEVTENANT_CLIENT_ID" in env else found["client_id"],
-        "client_secret": env["DEVTENANT_CLIENT_SECRET"], "scope": f"{base}/.default", "grant_type": "client_credentials"})
+        "client_id": found["client_id"], "client_secret": secret, "scope": f"{base}/.default", "grant_type": "client_credentials"})
     token = r.json()["access_token"]
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - hours * 3600))
     runs = []
@@ -184,7 +183,8 @@ def main() -> int:
     print(f"starting the emulator ({args.size}, {args.latency_ms:g} ms latency)...", file=sys.stderr)
     emu, config, env, ctl, found = _emulator_session(args.size, args.latency_ms, work / args.size)
     try:
-        found["client_id"] = next(line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("client_id"))
+        found["client_id"] = str(emu.config["tenants"][0]["client_id"])
+        secret_env = str(emu.config["tenants"][0]["client_secret_env"])
         users = int(ctl.counts()["counts"]["users"])
         _config(config, args.days)
         ctl.http.post("/signins/settings", json={"throttle_per_10s": 0}).raise_for_status()
@@ -200,10 +200,10 @@ def main() -> int:
         print(f"5-minute poll: {pwall:.1f}s, {poll['requests']} requests, {poll['changes']} new failures, RSS {prss:.0f} MB", file=sys.stderr)
         ans, _, arss = _child("answers", config, env)
         print(f"answers: {json.dumps(ans)}", file=sys.stderr)
-        live = _live_summary(found, env)
+        live = _live_summary(found, env[secret_env])
         print(f"live summary (24 h of failures): {live}", file=sys.stderr)
     finally:
-        _stop(emu)
+        emu.stop()
     lat = args.latency_ms
     ours_summary = ans["summary_24h"]["p50"]
     live_explain_floor = 2 * lat

@@ -14,6 +14,7 @@ from _sync_fixtures import control_of, run_sync, write_config  # noqa: F401 (fix
 from mcp import Client
 
 from entra_mcp.identity.sign_in_errors import catalogue
+from entra_mcp.identity.sign_ins import SignInLogs
 from entra_mcp.identity.findings import FINDINGS
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
@@ -188,8 +189,14 @@ def test_late_events_are_picked_up_by_the_next_poll_exactly_once(bed: Bed) -> No
     late = bed.add({"user": user, "errorCode": 50126, "secondsAgo": 240}, {"user": user, "errorCode": 0, "secondsAgo": 30})
     first = bed.poll()
     assert first["outcome"] == "delta" and first["changes"] == 1, first
+    logs = SignInLogs(bed.store)
+    held = logs.get(bed.settings.tenants[0].name)
+    polled_at = held.status.last_success if held.status else None
     again = bed.poll()
     assert again["changes"] == 0, "the overlap reads it again; the mirror keeps it once"
+    same = logs.get(bed.settings.tenants[0].name)
+    assert same is held, "no data changed: the loaded log is kept ..."
+    assert same.status is not None and polled_at is not None and same.status.last_success > polled_at, "... and its asOf moves"
     a = bed.ask("explain_sign_in", user=user)
     assert a["signInEvents"]["failures"] == 2 and a["failures"][0]["count"] == 2
     assert a["lastSuccess"]["createdDateTime"] == late[1]["createdDateTime"][:19] + "Z"

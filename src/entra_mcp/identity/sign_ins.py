@@ -56,6 +56,7 @@ class SignInLog:
     hours: list[str] = field(default_factory=list)
     _tally: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
     _merged: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    stamp: int = 0  # the sign-in mirror's commit stamp this log's status and meta are from
 
     @classmethod
     def build(cls, tenant: str, snapshot: DirectorySnapshot | None, meta: Mapping[str, Any] | None = None) -> "SignInLog":
@@ -622,21 +623,31 @@ class SignInLogs:
         self._lock = threading.Lock()
 
     def get(self, tenant: str) -> SignInLog:
+        """The tenant's current log: reloaded when the sign-in mirror's data version moved, its status and window
+        brought up to date (one small read) when only a poll's freshness did."""
         if self._store is None:
             return SignInLog(tenant, None)
         events = self._store.sign_in_store()
-        version = events.version(tenant)
+        fresh = events.freshness(tenant)
+        if fresh is None:
+            return SignInLog(tenant, None)
         held = self._held.get(tenant)
-        if held is not None and held.version == version:
+        if held is not None and held.version == fresh.version:
+            if held.stamp != fresh.stamp:
+                info = events.info(tenant)
+                held.meta = dict(info["areas"]["sign_in_events"]["meta"]) if info else held.meta
+                held.status = fresh.areas.get("sign_in_events")
+                held.stamp = fresh.stamp
             return held
         with self._lock:
             held = self._held.get(tenant)
-            if held is not None and held.version == version:
+            if held is not None and held.version == fresh.version:
                 return held
             snapshot = events.load_snapshot(tenant)
             info = events.info(tenant) if snapshot is not None else None
             meta = info["areas"]["sign_in_events"]["meta"] if info else {}
             log = SignInLog.build(tenant, snapshot, meta)
+            log.stamp = fresh.stamp
             self._held[tenant] = log
             return log
 
