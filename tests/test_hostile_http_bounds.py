@@ -29,6 +29,7 @@ TIMEOUT_S = 4
 BUFFERED = 200_000
 RATE_KEY = "rate-limited-key-0123456789abcdefXYZ"
 SESSION_KEY = "session-limited-key-0123456789abcdefXYZ"
+HEAVY_KEY = "heavy-caller-key-0123456789abcdefXYZ"
 MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
@@ -37,7 +38,7 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
 class _Config(ProductConfig):
     def env(self) -> dict[str, str]:
         env = super().env()
-        env[API_KEYS_ENV] = ",".join([API_KEY, RATE_KEY, SESSION_KEY])
+        env[API_KEYS_ENV] = ",".join([API_KEY, RATE_KEY, SESSION_KEY, HEAVY_KEY])
         return env
 
 
@@ -277,3 +278,70 @@ def test_unauthenticated_routes_never_answer_with_a_stack_trace(served: Any) -> 
         assert r.status_code < 500, (r.request.url, r.status_code, r.text[:200])
         assert "Traceback" not in r.text
     assert unexpected_tracebacks(server.log()) == []
+
+
+def test_expanding_text_is_bounded_on_its_normalised_length(served: Any) -> None:
+    cfg, server, upns = served
+
+    async def main() -> Any:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
+                return await client.call_tool("get_ticket_identity_context",
+                                              {"requester": upns[0], "ticket_text": "\ufdfa" * 20_000})
+
+    r = anyio.run(main)
+    assert r.is_error and "normalised" in r.content[0].text
+
+
+def test_one_callers_heavy_calls_do_not_stall_others(served: Any) -> None:
+    """Six heavy calls from one caller at once: /healthz and another caller's calls are answered meanwhile."""
+    cfg, server, upns = served
+    heavy_text = " ".join(f"\ufdfa {upn} x{i}" for i, upn in enumerate(upns * 150))[:19_000]
+    done: list[tuple[str, float]] = []
+
+    async def heavy() -> None:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {HEAVY_KEY}"}, timeout=120) as http:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
+                async def one() -> None:
+                    done.append(("call sent", time.monotonic()))
+                    r = await client.call_tool("get_ticket_identity_context", {"requester": upns[0], "ticket_text": heavy_text})
+                    assert not r.is_error, r.content[0].text[:300]
+                    done.append(("heavy", time.monotonic()))
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(6):
+                        tg.start_soon(one)
+
+    started = time.monotonic()
+    healthz_wait: list[float] = []
+
+    async def light() -> None:
+        async with httpx2.AsyncClient(timeout=60) as plain:
+            while not any(name == "call sent" for name, _ in done) and time.monotonic() - started < 30:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.1)  # the heavy calls are under way
+            asked = time.monotonic()
+            assert (await plain.get(f"{cfg.base}/healthz")).status_code == 200
+            healthz_wait.append(time.monotonic() - asked)
+            done.append(("healthz", time.monotonic()))
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
+                r = await client.call_tool("lookup_user", {"query": upns[1]})
+                assert not r.is_error
+                done.append(("other caller", time.monotonic()))
+
+    async def main() -> None:
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heavy)
+                tg.start_soon(light)
+
+    anyio.run(main)
+    order = [name for name, _ in sorted(done, key=lambda d: d[1]) if name != "call sent"]
+    assert order.count("heavy") == 6
+    sent = min(t for name, t in done if name == "call sent")
+    first_heavy = min(t for name, t in done if name == "heavy") - sent
+    # /healthz did not wait for a heavy call to finish (measured against one in the same run, not a fixed time)
+    assert healthz_wait[0] < first_heavy / 4, (healthz_wait, first_heavy)
+    last_heavy = max(i for i, name in enumerate(order) if name == "heavy")
+    assert order.index("healthz") < last_heavy and order.index("other caller") < last_heavy, order

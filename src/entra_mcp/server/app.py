@@ -9,6 +9,7 @@ reaches the model.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import json
 import re
@@ -16,6 +17,7 @@ import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated, Any, Callable, Mapping
 
+import anyio
 import pydantic_core
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
@@ -24,8 +26,11 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from entra_mcp import __version__, identity
 from entra_mcp.errors import EntraMcpError, InvalidArgument, MirrorError, NotFoundError
 from entra_mcp.identity.sign_ins import SignInLogs
-from entra_mcp.identity.text import iso
+from entra_mcp.identity.text import MAX_IDENTIFIER, iso
+from entra_mcp.identity.ticket import MAX_TICKET_SCAN
 from entra_mcp.logs import get_logger
+from entra_mcp.server.auth import PRINCIPAL_SCOPE_KEY
+from entra_mcp.server.limits import WorkLanes
 from entra_mcp.server.prompts import load_prompts
 from entra_mcp.server.tools import (
     TOOLS,
@@ -64,10 +69,24 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Unicode compatibility normalisation (which name matching applies) can expand text about 18 times (U+FDFA): the
+# work an argument costs is bounded on its normalised length, not only its raw length.
+MAX_NORMALISED_TEXT = 3 * MAX_TICKET_SCAN
+MAX_NORMALISED_IDENTIFIER = 3 * MAX_IDENTIFIER
+
+
 def _check_text(name: str, value: str | None, *, multiline: bool = False) -> str | None:
-    """Refuse control characters (and empty-after-trim strings) where input enters."""
+    """Refuse control characters (and empty-after-trim strings) where input enters, and text that normalisation
+    would blow up past what the argument may cost."""
     if value is None:
         return None
+    limit = MAX_NORMALISED_TEXT if multiline else MAX_NORMALISED_IDENTIFIER
+    if len(value) * 18 > limit and len(unicodedata.normalize("NFKD", value)) > limit:
+        raise InvalidArgument(
+            f"`{name}` is too long once its characters are normalised ({len(unicodedata.normalize('NFKD', value))} "
+            f"characters, at most {limit}): it holds characters that expand (ligatures, compatibility forms); "
+            "shorten it or send plain text."
+        )
     allowed = {"\n", "\r", "\t"} if multiline else set()
     for ch in value:
         if ch not in allowed and unicodedata.category(ch) in ("Cc", "Cf") and ch not in ("\u200d",):
@@ -153,17 +172,45 @@ def _checked(kinds: Mapping[str, type], arguments: dict[str, Any]) -> dict[str, 
     return out
 
 
-def _register(server: MCPServer[Any], spec: ToolSpec, ask: Ask) -> None:
+# Who is calling (server/auth.py's principal key; "local" over stdio or with server.auth.mode = "none"), set by the
+# `_caller` middleware for the duration of each request.
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("entra_mcp_caller", default="local")
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+async def _caller(ctx: Any, call_next: Any) -> Any:
+    """Server middleware: remember which principal the HTTP layer authenticated, for the tools' work lanes."""
+    scope = getattr(getattr(ctx, "request", None), "scope", None)
+    principal = scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(scope, dict) else None
+    token = _CALLER.set(str(getattr(principal, "key", "local")))
+    try:
+        return await call_next(ctx)
+    finally:
+        _CALLER.reset(token)
+
+
+def _register(server: MCPServer[Any], spec: ToolSpec, ask: Ask, lanes: WorkLanes) -> None:
     """The tool as the SDK sees it: spec.run's arguments (after `ask`) as the input schema, the answer model as
-    the output schema, errors the caller can act on as tool errors with their message."""
+    the output schema, errors the caller can act on as tool errors with their message. A synchronous answer (every
+    directory answer) is computed with its result in a worker thread, in the caller's lane (server/limits.py)."""
     signature = inspect.signature(spec.run, eval_str=True)
     kinds = text_kinds(signature)
+    on_loop = inspect.iscoroutinefunction(spec.run)
+
+    def work(arguments: dict[str, Any]) -> CallToolResult:
+        answer = spec.run(ask, **_checked(kinds, arguments))
+        if inspect.isawaitable(answer):  # a synchronous answer that hands back I/O to finish: on the loop
+            answer = anyio.from_thread.run(_awaited, answer)
+        return _result(spec, answer)
 
     async def call(**arguments: Any) -> CallToolResult:
         try:
-            answer = spec.run(ask, **_checked(kinds, arguments))
-            if inspect.isawaitable(answer):
-                answer = await answer
+            if not on_loop:
+                return await lanes.run(_CALLER.get(), lambda: work(arguments))  # type: ignore[no-any-return]
+            answer = await spec.run(ask, **_checked(kinds, arguments))
         except NotSynced as exc:
             return _result(spec, spec.unknown_answer(exc.tv.name))
         except (NotFoundError, InvalidArgument, MirrorError) as exc:
@@ -200,15 +247,16 @@ def create_server(
         version=__version__,
         instructions=INSTRUCTIONS,
         warn_on_duplicate_tools=True,
-        middleware=[_plain_argument_errors],
+        middleware=[_caller, _plain_argument_errors],
     )
     if sign_ins is None:
         store = getattr(views, "store", None) or getattr(views, "_store", None)
         sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
     writeback = {t.name: getattr(t, "password_writeback", None) for t in getattr(settings, "tenants", None) or ()}
     ask = Ask(views=views, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback)
+    lanes = WorkLanes()
     for spec in TOOLS:
-        _register(server, spec, ask)
+        _register(server, spec, ask, lanes)
 
     # ---------------------------------------------------------------- resources
 

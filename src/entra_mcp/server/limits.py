@@ -10,6 +10,7 @@
   It also keeps an unexpected exception from becoming a stack trace in the log: one line, a clean 500.
 - `PrincipalLimits`: per-caller quotas for /mcp (requests per minute, open MCP sessions, calls in progress); the
   guard in server/auth.py answers 429 with Retry-After when one is exceeded.
+- `WorkLanes`: tool answers computed in worker threads, one at a time per caller (server/app.py's dispatch).
 """
 
 from __future__ import annotations
@@ -277,6 +278,31 @@ class PrincipalLimits:
         return caller.in_flight
 
 
+class WorkLanes:
+    """Tool answers off the event loop, fairly: each caller's answers are computed one at a time (its lane) in a
+    worker thread, with at most `workers` threads in all. The loop stays free for /healthz, other callers' requests
+    and the transport; a caller sending many heavy calls queues behind itself, not in front of everyone else."""
+
+    MAX_LANES = 10_000
+
+    def __init__(self, workers: int = 4) -> None:
+        self._threads = anyio.CapacityLimiter(workers)
+        self._lanes: OrderedDict[str, anyio.Lock] = OrderedDict()
+
+    def _lane(self, key: str) -> anyio.Lock:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = anyio.Lock()
+            while len(self._lanes) > self.MAX_LANES:
+                self._lanes.popitem(last=False)
+        self._lanes.move_to_end(key)
+        return lane
+
+    async def run(self, key: str, work: Callable[[], Any]) -> Any:
+        async with self._lane(key):
+            return await anyio.to_thread.run_sync(work, limiter=self._threads)
+
+
 def too_many(refusal: Refusal) -> JSONResponse:
     """The 429 a refused caller gets."""
     return JSONResponse(
@@ -286,4 +312,4 @@ def too_many(refusal: Refusal) -> JSONResponse:
     )
 
 
-__all__ = ["BodyBounds", "BufferBudget", "PrincipalLimits", "Refusal", "request_deadline_protocol", "too_many"]
+__all__ = ["BodyBounds", "BufferBudget", "PrincipalLimits", "Refusal", "WorkLanes", "request_deadline_protocol", "too_many"]
