@@ -9,9 +9,10 @@ AssertionError naming every problem by its JSON path) when
 
 `check_page(page, User)` checks a collection or delta page: its envelope (`@odata.context`, `@odata.nextLink`,
 `@odata.deltaLink`, `@odata.count`, `value`) and every item. `delta=True` allows what Microsoft documents for delta
-items: `@removed: {"reason": "changed" | "deleted"}` on any item, and `members@delta` (directory object references,
-each possibly `@removed`) on groups (https://learn.microsoft.com/graph/api/user-delta,
-https://learn.microsoft.com/graph/api/group-delta). Directory objects of mixed types (memberOf, members, manager)
+items: `@removed: {"reason": "changed" | "deleted"}` on any item, and `members@delta` / `owners@delta` (directory
+object references, each possibly `@removed`) on groups (https://learn.microsoft.com/graph/api/user-delta,
+https://learn.microsoft.com/graph/api/group-delta: "track other changes such as ownership by selecting any group
+relationship of type directoryObject collection"). Directory objects of mixed types (memberOf, members, manager)
 are parsed with `DirectoryObject`, whose discriminator picks the model from `@odata.type`.
 
 Usage from a test: `check_page(client.get("/users", params={"$select": ...}).json(), User)`; models live in
@@ -24,12 +25,16 @@ import json
 import re
 import uuid
 from datetime import date, datetime
+from enum import Enum
 from typing import Any, Iterator
 
 from kiota_abstractions.serialization import AdditionalDataHolder, Parsable
 from kiota_serialization_json.json_parse_node_factory import JsonParseNodeFactory
 from kiota_serialization_json.json_serialization_writer_factory import JsonSerializationWriterFactory
 from msgraph.generated.models.app_role_assignment import AppRoleAssignment
+from msgraph.generated.models.conditional_access_guest_or_external_user_types import (
+    ConditionalAccessGuestOrExternalUserTypes,
+)
 from msgraph.generated.models.application import Application
 from msgraph.generated.models.directory_object import DirectoryObject
 from msgraph.generated.models.domain import Domain
@@ -50,8 +55,12 @@ MODELS: dict[str, type[Parsable]] = {
     "directoryObjects": DirectoryObject,
 }
 
+# multi-valued ("flags") enums: Graph sends "a,b"; kiota-python reads only single members, so check each member here
+FLAG_ENUMS: dict[str, type[Enum]] = {"guestOrExternalUserTypes": ConditionalAccessGuestOrExternalUserTypes}
 PAGE_KEYS = {"@odata.context": str, "@odata.nextLink": str, "@odata.deltaLink": str, "@odata.count": int}
 REMOVED_REASONS = {"changed", "deleted"}
+# group delta tracks any directoryObject-collection relationship selected (members, owners) as `<name>@delta`
+REFERENCE_DELTAS = ("members@delta", "owners@delta")
 
 _PARSE = JsonParseNodeFactory()
 _WRITE = JsonSerializationWriterFactory()
@@ -129,7 +138,7 @@ def _write(obj: Parsable) -> Any:
 def _strip_annotations(raw: dict[str, Any], delta: bool) -> dict[str, Any]:
     if not delta:
         return raw
-    return {k: v for k, v in raw.items() if k not in ("@removed", "members@delta")}
+    return {k: v for k, v in raw.items() if k != "@removed" and k not in REFERENCE_DELTAS}
 
 
 def _check(raw: dict[str, Any], model: type[Parsable], *, delta: bool, where: str,
@@ -153,15 +162,15 @@ def _annotation_problems(raw: dict[str, Any], model: type[Parsable], *, delta: b
         if "@removed" in raw and (not isinstance(removed, dict) or set(removed) != {"reason"}
                                   or removed["reason"] not in REMOVED_REASONS):
             yield f"{where}.@removed: expected {{\"reason\": \"changed\" | \"deleted\"}}, got {removed!r}"
-        if "members@delta" in raw:
-            refs = raw["members@delta"]
+        for name in (n for n in REFERENCE_DELTAS if n in raw):
+            refs = raw[name]
             if model is not Group:
-                yield f"{where}.members@delta: only groups carry members@delta"
+                yield f"{where}.{name}: only groups carry {name}"
             elif not isinstance(refs, list):
-                yield f"{where}.members@delta: not a list"
+                yield f"{where}.{name}: not a list"
             else:
                 for i, ref in enumerate(refs):
-                    here = f"{where}.members@delta[{i}]"
+                    here = f"{where}.{name}[{i}]"
                     if not isinstance(ref, dict) or not {"@odata.type", "id"} <= set(ref):
                         yield f"{here}: expected a reference with @odata.type and id, got {ref!r}"
                         continue
@@ -197,7 +206,12 @@ def _differences(sent: Any, back: Any, where: str) -> Iterator[str]:
         for key, value in sent.items():
             if value is None:
                 continue  # Graph sends null for unset properties of any type
-            if key not in back or back[key] is None:
+            if key in FLAG_ENUMS and isinstance(value, str):
+                members = {m.value for m in FLAG_ENUMS[key]}
+                wrong = [v for v in value.split(",") if v.strip() not in members]
+                if wrong:
+                    yield f"{where}.{key}: {wrong} are not members of {FLAG_ENUMS[key].__name__}"
+            elif key not in back or back[key] is None:
                 yield f"{where}.{key}: value {value!r} is not of the model's type"
             else:
                 yield from _differences(value, back[key], f"{where}.{key}")

@@ -164,3 +164,75 @@ def test_delta_pages_with_removals_and_member_changes(fresh_emulator: Any) -> No
                     for key in annotations:
                         annotations[key] += key in raw
         assert annotations["@removed"] >= 2 and annotations["members@delta"] >= 1, annotations
+
+
+# ------------------------------------------------------------------------ evidence beyond the directory
+
+EVIDENCE_ROLES = ["Directory.Read.All", "AuditLog.Read.All", "Device.Read.All", "Policy.Read.All",
+                  "RoleManagement.Read.Directory", "IdentityRiskyUser.Read.All", "Organization.Read.All"]
+
+
+def test_evidence_surfaces(fresh_emulator: Any) -> None:
+    """Sign-ins, devices, Conditional Access, owners, registration details, roles, licences, risky users."""
+    from msgraph.generated.models.conditional_access_policy import ConditionalAccessPolicy
+    from msgraph.generated.models.device import Device
+    from msgraph.generated.models.named_location import NamedLocation
+    from msgraph.generated.models.risky_user import RiskyUser
+    from msgraph.generated.models.sign_in import SignIn
+    from msgraph.generated.models.subscribed_sku import SubscribedSku
+    from msgraph.generated.models.unified_role_assignment import UnifiedRoleAssignment
+    from msgraph.generated.models.unified_role_definition import UnifiedRoleDefinition
+    from msgraph.generated.models.unified_role_eligibility_schedule_instance import UnifiedRoleEligibilityScheduleInstance
+    from msgraph.generated.models.user_registration_details import UserRegistrationDetails
+
+    emu: RunningEmulator = fresh_emulator(size="small", seed=1)
+    tenant = emu.tenant()
+    tid, cid = tenant.tenant_id, emu.sync_app().client_id
+    control(emu, "PUT", f"/tenants/{tid}/registrations/{cid}/roles", {"grant": EVIDENCE_ROLES})
+    collections = {
+        "/auditLogs/signIns": SignIn,
+        "/devices": Device,
+        "/identity/conditionalAccess/policies": ConditionalAccessPolicy,
+        "/identity/conditionalAccess/namedLocations": NamedLocation,
+        "/reports/authenticationMethods/userRegistrationDetails": UserRegistrationDetails,
+        "/roleManagement/directory/roleDefinitions": UnifiedRoleDefinition,
+        "/roleManagement/directory/roleAssignments": UnifiedRoleAssignment,
+        "/roleManagement/directory/roleEligibilityScheduleInstances": UnifiedRoleEligibilityScheduleInstance,
+        "/subscribedSkus": SubscribedSku,
+        "/identityProtection/riskyUsers": RiskyUser,
+    }
+    failures = []
+    with graph(emu) as c:
+        for path, model in collections.items():
+            try:  # the first page of each (sign-ins are throttled to a few requests per 10 s, as Graph does)
+                n = len(check_page(c.get(path).json(), model))
+                assert n > 0, f"{path}: nothing served"
+            except AssertionError as exc:
+                failures.append(f"{path}: {exc}")
+        try:
+            for page in pages(c, "/devices/delta"):
+                check_page(page, Device, delta=True)
+            dev = sorted(tenant_devices(emu))[0]
+            for path in (f"/devices/{dev}/registeredOwners", f"/devices/{dev}/registeredUsers"):
+                for page in pages(c, path):
+                    check_page(page, DirectoryObject)
+            gid = next(g for g in sorted(tenant.groups) if owners_of(emu, g))
+            for page in pages(c, f"/groups/{gid}/owners"):
+                check_page(page, DirectoryObject)
+            for page in pages(c, "/groups/delta", {"$select": "displayName,owners"}):
+                check_page(page, Group, delta=True)
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, "\n".join(failures)
+
+
+def tenant_devices(emu: RunningEmulator) -> list[str]:
+    from entra_mcp.devtenant.graph_access import access_of
+
+    return list(access_of(emu.tenant()).devices)
+
+
+def owners_of(emu: RunningEmulator, oid: str) -> list[str]:
+    from entra_mcp.devtenant.graph_access import access_of
+
+    return list(access_of(emu.tenant()).owners.get(oid, []))

@@ -44,7 +44,7 @@ USER_READ = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.Al
 
 DEVICE_PROPERTIES = (
     "id", "accountEnabled", "deviceId", "displayName", "operatingSystem", "operatingSystemVersion", "trustType",
-    "isManaged", "isCompliant", "approximateLastSignInDateTime", "registrationDateTime", "createdDateTime",
+    "isManaged", "isCompliant", "approximateLastSignInDateTime", "registrationDateTime",
     "profileType", "manufacturer", "model", "mdmAppId", "onPremisesSyncEnabled",
 )
 DEVICE_DEFAULT = DEVICE_PROPERTIES
@@ -132,10 +132,11 @@ def generate_access(tenant: EmulatedTenant, now: datetime) -> None:
             "operatingSystemVersion": version, "trustType": trust, "isManaged": managed,
             "isCompliant": compliant if managed else None,
             "approximateLastSignInDateTime": ago(0, 40), "registrationDateTime": ago(60, 900),
-            "createdDateTime": ago(60, 900), "profileType": "RegisteredDevice", "manufacturer": None, "model": None,
+            "profileType": "RegisteredDevice", "manufacturer": None, "model": None,
             "mdmAppId": "0000000a-0000-0000-c000-000000000000" if managed else None,
             "onPremisesSyncEnabled": True if trust == "ServerAd" else None,
         }
+        ago(60, 900)  # was createdDateTime (not on v1.0 device); still drawn so each seed's tenant stays
         acc.device_owners[oid] = [owner]
         acc.device_users[oid] = [owner]
         acc.device_seq[oid] = 0
@@ -230,7 +231,7 @@ def new_policy(pid: str, name: str, state: str, users: dict[str, Any], apps: lis
     user_cond.update(users)
     cond: dict[str, Any] = {
         "userRiskLevels": [], "signInRiskLevels": [], "clientAppTypes": ["all"], "servicePrincipalRiskLevels": [],
-        "platforms": None, "locations": None, "devices": None, "clientApplications": None, "times": None,
+        "platforms": None, "locations": None, "devices": None, "clientApplications": None,
         "applications": {"includeApplications": apps, "excludeApplications": exclude_apps or [],
                          "includeUserActions": [], "includeAuthenticationContextClassReferences": [],
                          "applicationFilter": None},
@@ -261,7 +262,7 @@ def _device_add(t: EmulatedTenant, op: dict[str, Any]) -> dict[str, Any]:
     dev = {p: None for p in DEVICE_PROPERTIES}
     dev.update({"id": oid, "accountEnabled": True, "deviceId": t._new_id("deviceId"), "displayName": "New device",
                 "operatingSystem": "Windows", "operatingSystemVersion": "10.0.22631.4460", "trustType": "AzureAd",
-                "isManaged": True, "isCompliant": True, "registrationDateTime": t._now(), "createdDateTime": t._now(),
+                "isManaged": True, "isCompliant": True, "registrationDateTime": t._now(),
                 "approximateLastSignInDateTime": t._now(), "profileType": "RegisteredDevice"})
     dev.update({k: v for k, v in props.items() if k in DEVICE_PROPERTIES})
     acc.devices[oid] = dev
