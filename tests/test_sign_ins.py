@@ -341,3 +341,36 @@ def test_serve_scheduler_polls_sign_in_events_on_their_own_interval(bed: Bed, tm
     anyio.run(scenario)
     assert directory_runs == [name], "one directory sync only: the event came with the sign-in events' own poll"
     assert failures() == 1
+
+
+def test_reporting_throttle_is_honoured(bed: Bed) -> None:
+    """Microsoft's reporting API allows 5 requests per 10 s per app; the emulator here allows 1: the first pull's
+    second request is answered 429 with Retry-After, waited out, and the pull completes."""
+    bed.ctl._ok(bed.ctl.http.post("/signins/settings", json={"throttle_per_10s": 1}))
+    bed.add({"user": bed.upns[0], "errorCode": 50126, "secondsAgo": 60})
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        from entra_mcp.graph.tenant import make_client
+
+        client = make_client(bed.settings.tenants[0])
+        try:
+            with anyio.fail_after(60):
+                return await sign_ins.run_area(bed.settings.tenants[0], bed.store, client), client.stats.as_dict()
+        finally:
+            await client.aclose()
+
+    polled, stats = anyio.run(go)
+    assert polled["outcome"] == "full" and polled["objects"] == 1
+    assert stats["throttled"] >= 1
+
+
+def test_sign_in_settings_are_checked() -> None:
+    from entra_mcp.config import parse_settings
+    from entra_mcp.errors import ConfigError
+
+    base = {"tenants": [{"name": "t", "tenant_id": "x", "client_id": "y", "client_secret_env": "S"}]}
+    ok = parse_settings({**base, "tenants": [{**base["tenants"][0], "sync": {"sign_in_events": True}}]})
+    assert ok.tenants[0].sync.sign_in_events_days == 7 and ok.tenants[0].sync.sign_in_events_interval_minutes == 5
+    assert parse_settings(base).tenants[0].sync.sign_in_events is False, "off unless enabled"
+    with pytest.raises(ConfigError, match="sign_in_events_days"):
+        parse_settings({**base, "tenants": [{**base["tenants"][0], "sync": {"sign_in_events_days": 31}}]})
