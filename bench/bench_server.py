@@ -22,7 +22,6 @@ import os
 import random
 import socket
 import ssl
-import statistics
 import sys
 import time
 import tomllib

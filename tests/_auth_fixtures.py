@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re as _re
 import time
+import tomllib as _tomllib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path as _Path
 from typing import Any
+from urllib.parse import parse_qs as _parse_qs
+from urllib.parse import urlsplit as _urlsplit
 
 import httpx
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from _harness import free_port, serve_app as serve  # noqa: F401 (re-exported: one helper for every test module)
 
 
 def b64url(data: bytes) -> str:
@@ -171,11 +178,6 @@ class CountingTransport(httpx.AsyncBaseTransport):
 # The emulator-backed sign-in harness: the product's /auth/* routes in-process (httpx ASGITransport) against the
 # emulator's login host over HTTPS (real discovery, JWKS, authorize page and token endpoint).
 
-import re as _re
-import tomllib as _tomllib
-from pathlib import Path as _Path
-from urllib.parse import parse_qs as _parse_qs
-from urllib.parse import urlsplit as _urlsplit
 
 PUBLIC_URL = "http://127.0.0.1:8765"
 WIDGET_ORIGIN = "https://chat.example.test"
@@ -275,9 +277,8 @@ def counting_transport(emu: Any) -> CountingTransport:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Serving the product's HTTP app for real (uvicorn on a free loopback port, in a thread) and speaking MCP to it.
-
-from _harness import free_port, serve_app as serve  # noqa: E402,F401  (one helper for every test module)
+# Serving the product's HTTP app for real (uvicorn on a free loopback port, in a thread: tests/_harness.py's
+# free_port and serve, imported above for the test modules) and speaking MCP to it.
 
 
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}

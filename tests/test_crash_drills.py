@@ -24,7 +24,7 @@ from _endurance_fixtures import (
     ENTRA_MCP,
     ProductConfig,
     ServeProcess,
-    spawn,
+    spawn,  # noqa: F401 (fixture)
     cache_integrity,
     load_snapshot,
     mirror_differences,

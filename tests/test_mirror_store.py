@@ -81,7 +81,7 @@ def test_loaded_snapshot_holds_each_distinct_string_once(tmp_path: Path) -> None
     ids = {uid: uid for uid in snap.users}
     for uid, user in snap.users.items():
         assert user["id"] is ids[uid] and user["managerId"] is ids[user["managerId"]]
-    for member_id, kind in [*snap.members["g1"].items(), *snap.members["g2"].items()]:
+    for member_id, _kind in [*snap.members["g1"].items(), *snap.members["g2"].items()]:
         assert member_id is (ids.get(member_id) or snap.groups[member_id]["id"])
     assert next(iter(snap.members["g1"].values())) is snap.members["g2"]["u00007"]
 

@@ -157,7 +157,6 @@ async def test_answers_match_the_emulated_directory(transport: str, server_env: 
 async def test_app_ticket_and_status_answers(transport: str, server_env: ServerEnv, request: pytest.FixtureRequest) -> None:
     t = server_env.tenant
     ex = examples(t)
-    ceo = t.users[ex["ceo"]]
     async with connect(transport, server_env, request) as client:
         sf = t.service_principals[ex["salesforce_sp"]]
         app = await call(client, "get_app_principal", app=sf["appId"])

@@ -15,7 +15,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InvalidArgument, NotFoundError

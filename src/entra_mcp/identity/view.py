@@ -34,7 +34,7 @@ from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
-from .text import fold, folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton, utcnow
+from .text import folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton, utcnow
 
 _EMPTY: tuple[str, ...] = ()
 _EMPTY_POSITIONS: tuple[int, ...] = ()
