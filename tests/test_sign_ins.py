@@ -374,3 +374,11 @@ def test_sign_in_settings_are_checked() -> None:
     assert parse_settings(base).tenants[0].sync.sign_in_events is False, "off unless enabled"
     with pytest.raises(ConfigError, match="sign_in_events_days"):
         parse_settings({**base, "tenants": [{**base["tenants"][0], "sync": {"sign_in_events_days": 31}}]})
+
+
+def test_a_poll_while_another_holds_the_sign_in_mirror_is_skipped_not_failed(bed: Bed) -> None:
+    name = bed.settings.tenants[0].name
+    with bed.store.sign_in_store().writer(name):  # another poll (serve's own loop) is writing
+        result = bed.sync()
+    assert result.areas["sign_in_events"].outcome == "skipped" and result.ok
+    assert bed.sync().areas["sign_in_events"].outcome == "full", "the next run does the work"

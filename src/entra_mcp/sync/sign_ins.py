@@ -193,7 +193,15 @@ async def run_area(
         return {"outcome": "off", "objects": None, "changes": 0, "message": reason,
                 "status": AreaStatus(enabled=False, disabled_reason=reason)}
     lock = events.writer(tenant.name, wait_seconds=wait_seconds)
-    writer = await anyio.to_thread.run_sync(lock.__enter__)
+    try:
+        writer = await anyio.to_thread.run_sync(lock.__enter__)
+    except MirrorError as exc:
+        if "is running" not in str(exc):
+            raise
+        # another poll of the same tenant (serve's own loop, or `entra-mcp sync`) holds the sign-in mirror: it does
+        # this run's work; nothing here failed
+        return {"outcome": "skipped", "objects": None, "changes": 0, "status": None,
+                "message": "another poll of the sign-in events is running; this run left them to it"}
     try:
         prev = writer.status(AREA)
 
@@ -318,8 +326,10 @@ async def run_in_sync(run: AreaRun, area: Any, prev: AreaStatus) -> AreaResult:
     so the engine records the area as disabled with the reason."""
     tenant, client = getattr(run, "tenant"), getattr(run, "client")  # sync/engine.py TenantSync
     store = getattr(run.writer, "store")  # mirror/store.py MirrorWriter
-    polled = await run_area(tenant, store, client, full=run.full, now=run.now())
+    polled = await run_area(tenant, store, client, full=run.full, now=run.now(), wait_seconds=5.0)
     status = polled["status"]
+    if polled["outcome"] == "skipped":
+        return AreaResult(area.name, "skipped", objects=prev.object_count, message=polled["message"])
     if polled["outcome"] == "off":
         if prev.enabled or prev.disabled_reason != status.disabled_reason or run.writer.has_data(area.name):
             await run.commit(getattr(run.writer, "clear_area"), area.name, status)
