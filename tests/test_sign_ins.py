@@ -23,6 +23,7 @@ from entra_mcp.sync import sign_ins
 
 ENABLED = "[tenants.sync]\nsign_in_events = true\n"
 SPRAY = "203.0.113.9"
+OFFICE = "192.0.2.44"
 
 
 class Bed:
@@ -157,15 +158,20 @@ def test_spray_detected_and_one_users_typos_are_not(bed: Bed) -> None:
     victims = bed.upns[:15]
     bed.add(*[{"user": v, "errorCode": 50126, "ipAddress": SPRAY, "clientAppUsed": "Authenticated SMTP", "secondsAgo": 900 - 5 * i}
               for i, v in enumerate(victims)],
-            *[{"user": bed.upns[20], "errorCode": 50126, "ipAddress": "198.51.100.7", "secondsAgo": 600 - i} for i in range(12)])
+            *[{"user": bed.upns[20], "errorCode": 50126, "ipAddress": "198.51.100.7", "secondsAgo": 600 - i} for i in range(12)],
+            # the office: 12 people mistype once from its address, and sign in from it too
+            *[{"user": bed.upns[25 + i], "errorCode": code, "ipAddress": OFFICE, "secondsAgo": 500 - i - (100 if code else 0)}
+              for i in range(12) for code in (50126, 0)])
     bed.sync()
     s = bed.ask("sign_in_failures_summary")
+    assert [x["ipAddress"] for x in s["sharedAddresses"]] == [OFFICE], "an office address is not a spray"
+    s["failures"] -= 12
     assert s["failures"] == 27
     assert [x["ipAddress"] for x in s["suspectedSprays"]] == [SPRAY]
     assert s["suspectedSprays"][0]["accounts"] == 15
     sprays = [f for f in s["findings"] if f["code"] == "PASSWORD_SPRAY_SUSPECTED"]
     assert len(sprays) == 1 and SPRAY in sprays[0]["message"] and "198.51.100.7" not in sprays[0]["message"]
-    assert s["topErrorCodes"][0]["errorCode"] == 50126 and s["topErrorCodes"][0]["users"] == 16
+    assert s["topErrorCodes"][0]["errorCode"] == 50126 and s["topErrorCodes"][0]["users"] == 28
     assert s["topUsers"][0]["count"] == 12
     narrow = bed.ask("sign_in_failures_summary", since="5m")
     assert narrow["failures"] == 0 and "SIGN_IN_NO_EVENTS" in _codes(narrow)

@@ -156,6 +156,7 @@ class SignInFailuresSummaryAnswer(Answer):
     topIpAddresses: list[Obj] | None = Field(description="ipAddress, count, accounts, city, countryOrRegion.")
     topUsers: list[Obj] | None
     suspectedSprays: list[Obj] | None = Field(description="One IP failing passwords against many accounts: ipAddress, accounts, failures, first, last.")
+    sharedAddresses: list[Obj] | None = Field(None, description="Addresses many accounts fail from but also sign in from (an office's egress): not flagged as sprays.")
     spikes: list[Obj] | None = Field(description="App and error code far above their hourly average in the last hour.")
 
 

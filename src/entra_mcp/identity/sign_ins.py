@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
+from itertools import islice
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,7 +34,10 @@ LEGACY_CLIENTS = frozenset({"imap4", "pop3", "authenticated smtp", "exchange act
                             "offline address book", "outlook anywhere (rpc over http)", "other clients",
                             "reporting web services", "universal outlook"})
 SPRAY_MIN_ACCOUNTS = 10  # distinct accounts with wrong passwords from one IP ...
-SPRAY_MAX_PER_ACCOUNT = 3.0  # ... and few tries each (one person's typos are many tries at ONE account)
+SPRAY_MAX_PER_ACCOUNT = 3.0  # ... and few tries each (one person's typos are many tries at ONE account) ...
+SPRAY_HOME_SHARE = 0.2  # ... unless this share of them also signed in successfully from it (an office's egress address)
+SPRAY_SAMPLE = 200  # accounts of one address checked for that
+_NO_USER = "00000000-0000-0000-0000-000000000000"
 SPIKE_MIN = 10  # failures of one app+code in the last hour, and ...
 SPIKE_FACTOR = 5.0  # ... this many times its hourly average over the rest of the window
 DEFAULT_SINCE = timedelta(hours=24)
@@ -127,7 +131,8 @@ def _tally(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             ips[ip] += 1
             ip_where.setdefault(ip, (r.get("city"), r.get("countryOrRegion")))
             if code in PASSWORD_CODES:
-                ip_users.setdefault(ip, set()).add(who)
+                uid = r.get("userId")
+                ip_users.setdefault(ip, set()).add(uid if uid and uid != _NO_USER else who)
                 t = ip_times.setdefault(ip, [str(r.get("createdDateTime")), str(r.get("createdDateTime"))])
                 t[0], t[1] = min(t[0], str(r.get("createdDateTime"))), max(t[1], str(r.get("createdDateTime")))
     return {"n": n, "codes": codes, "code_users": code_users, "apps": apps, "app_code": app_code, "ips": ips,
@@ -452,7 +457,8 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
     if not log.available:
         findings.append(finding("SIGN_IN_EVENTS_UNAVAILABLE", f"Sign-in events are not in the mirror: {log.unavailable_reason()}."))
         return {"window": None, "app": None, "failures": None, "topErrorCodes": None, "topApps": None,
-                "topIpAddresses": None, "topUsers": None, "suspectedSprays": None, "spikes": None, "asOf": None,
+                "topIpAddresses": None, "topUsers": None, "suspectedSprays": None, "sharedAddresses": None, "spikes": None,
+                "asOf": None,
                 "findings": sort_findings(findings)}
     begin, window, wf = _window(log, start, current)
     findings += wf
@@ -470,10 +476,17 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
         d = describe(code)
         top_codes.append({"errorCode": code, "count": n, "users": len(t["code_users"].get(code, ())), "cause": d["cause"],
                           "kind": d["kind"], "finding": d["finding"]})
-    sprays = []
+    sprays: list[dict[str, Any]] = []
+    shared: list[dict[str, Any]] = []  # many accounts fail from it, and sign in from it too: a shared office address
     for ip, accounts in t["ip_users"].items():
         tries = t["ips"][ip]
         if len(accounts) >= SPRAY_MIN_ACCOUNTS and tries / len(accounts) <= SPRAY_MAX_PER_ACCOUNT:
+            sample = list(islice(accounts, SPRAY_SAMPLE))
+            home = sum(1 for a in sample if any(s.get("ipAddress") == ip for s in log.successes.get(a, ())))
+            if home >= SPRAY_HOME_SHARE * len(sample):
+                shared.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries,
+                               "alsoSucceededFromIt": round(home / len(sample), 2)})
+                continue
             city, country = t["ip_where"].get(ip, (None, None))
             first, last = t["ip_times"].get(ip, [None, None])
             sprays.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries, "city": city,
@@ -502,6 +515,7 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
                            for ip, n in t["ips"].most_common(TOP)],
         "topUsers": [{"user": u, "count": n} for u, n in t["users"].most_common(TOP)],
         "suspectedSprays": sprays[:TOP],
+        "sharedAddresses": sorted(shared, key=lambda x: -x["accounts"])[:TOP],
         "spikes": spikes[:TOP],
         "asOf": window["asOf"],
         "findings": sort_findings(findings),
