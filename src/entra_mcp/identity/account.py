@@ -9,7 +9,7 @@ Sign-in times of "0001-01-01T00:00:00Z" mean never; an unavailable sign-in area 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import NotFoundError
 from .account_facts import account_sections
@@ -26,7 +26,7 @@ STALE_SIGN_IN_DAYS = 90
 _SIGN_IN_FIELDS = ("lastSignInDateTime", "lastNonInteractiveSignInDateTime", "lastSuccessfulSignInDateTime")
 
 
-def _password_policy(view: DirectoryView, user: dict[str, Any]) -> tuple[int | None, int, bool]:
+def _password_policy(view: DirectoryView, user: Mapping[str, Any]) -> tuple[int | None, int, bool]:
     """(validity days or None for never, notification days, assumed defaults?) for the user's UPN domain."""
     upn = str(user.get("userPrincipalName") or "")
     domain = view.domains.get(upn.rpartition("@")[2].casefold()) if "@" in upn else None
@@ -40,7 +40,7 @@ def _password_policy(view: DirectoryView, user: dict[str, Any]) -> tuple[int | N
     return validity, notification, False
 
 
-def _account_state(view: DirectoryView, user: dict[str, Any], now: datetime | None) -> dict[str, Any]:
+def _account_state(view: DirectoryView, user: Mapping[str, Any], now: datetime | None) -> dict[str, Any]:
     current = utcnow(now)
     name = name_of(user)
     findings: list[dict[str, str]] = []

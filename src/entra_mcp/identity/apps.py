@@ -12,7 +12,7 @@ Access rules (Microsoft Graph / Entra ID):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import InvalidArgument, NotFoundError
 from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, name_of, user_ref
@@ -29,7 +29,7 @@ MAX_ROLES = 50
 MAX_CREDENTIAL_FINDINGS = 5
 
 
-def resolve_app(view: DirectoryView, app: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def resolve_app(view: DirectoryView, app: str) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
     """(application, service principal) for an appId, an object id of either, or a display name. At least one is
     not None. NotFoundError with the closest names; InvalidArgument listing the appIds when a name is shared."""
     text = clean_identifier(app, argument="app", expected=APP_EXPECTED)
@@ -61,7 +61,7 @@ def resolve_app(view: DirectoryView, app: str) -> tuple[dict[str, Any] | None, d
 
 def _resolve_or_unknown(
     view: DirectoryView, app: str, consequence: str
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, str]]]:
+) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None, list[dict[str, str]]]:
     """resolve_app, except that an app not found while the app areas are disabled or not synced is unknown, not
     missing: (None, None, AREA_DISABLED findings). The contract's null-with-a-reason, never a guess."""
     try:
@@ -75,7 +75,7 @@ def _resolve_or_unknown(
     return application, sp, []
 
 
-def _credentials(obj: dict[str, Any] | None, source: str, now: datetime) -> list[dict[str, Any]]:
+def _credentials(obj: Mapping[str, Any] | None, source: str, now: datetime) -> list[dict[str, Any]]:
     if not obj:
         return []
     out = []
@@ -100,7 +100,7 @@ def _credentials(obj: dict[str, Any] | None, source: str, now: datetime) -> list
     return out
 
 
-def _role_map(application: dict[str, Any] | None, sp: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def _role_map(application: Mapping[str, Any] | None, sp: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     roles: dict[str, dict[str, Any]] = {}
     for obj in (application, sp):
         for role in (obj or {}).get("appRoles") or ():
@@ -121,7 +121,7 @@ def _role_ref(roles: dict[str, dict[str, Any]], role_id: str | None) -> dict[str
     return ref
 
 
-def _owned_here(view: DirectoryView, application: dict[str, Any] | None, sp: dict[str, Any] | None) -> bool | None:
+def _owned_here(view: DirectoryView, application: Mapping[str, Any] | None, sp: Mapping[str, Any] | None) -> bool | None:
     if application is not None:
         return True
     owner = (sp or {}).get("appOwnerOrganizationId")
@@ -130,7 +130,7 @@ def _owned_here(view: DirectoryView, application: dict[str, Any] | None, sp: dic
     return str(owner).casefold() == str(view.snapshot.tenant_id).casefold()
 
 
-def _app_header(view: DirectoryView, application: dict[str, Any] | None, sp: dict[str, Any] | None) -> dict[str, Any]:
+def _app_header(view: DirectoryView, application: Mapping[str, Any] | None, sp: Mapping[str, Any] | None) -> dict[str, Any]:
     obj = sp or application or {}
     return {
         "appId": obj.get("appId"),
@@ -262,7 +262,7 @@ def get_app_principal(view: DirectoryView, app: str, now: datetime | None = None
 
 
 def user_app_assignments(
-    view: DirectoryView, user_id: str, sp: dict[str, Any], roles: dict[str, dict[str, Any]]
+    view: DirectoryView, user_id: str, sp: Mapping[str, Any], roles: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The user's assignments to `sp`: direct, and through every group the user is in (with the chain of groups
     from the user's direct group to the assigned one; `effective` only for direct members of the group)."""
@@ -357,6 +357,7 @@ def check_app_access(view: DirectoryView, user: str, app: str, now: datetime | N
     area it needs is disabled). Lists the user's assignments (appRole, via direct or group, with the group chain)."""
     record = resolve_user(view, user)
     application, sp, unknown = _resolve_or_unknown(view, app, "whether the user may use the app is unknown (null).")
+    has_access: bool | None
     findings = freshness_findings(view.snapshot, now) + suspicious_findings("user", record)
     if unknown:
         return {"user": user_ref(record), "app": None, "hasAccess": None,
@@ -417,7 +418,7 @@ def check_app_access(view: DirectoryView, user: str, app: str, now: datetime | N
         blockers.append(f"the account of {who} is disabled")
         findings.append(finding("ACCOUNT_DISABLED", f"The account of {who} is disabled: it cannot sign in anywhere."))
     if blockers:
-        has_access: bool | None = False
+        has_access = False
         reason = f"No: {' and '.join(blockers)}" + (", although the user would otherwise be allowed." if grants else ".")
     else:
         has_access = grants

@@ -34,12 +34,12 @@ def as_of(view: DirectoryView) -> str | None:
     return iso(view.snapshot.as_of)
 
 
-def user_card(user: dict[str, Any]) -> dict[str, Any]:
+def user_card(user: Mapping[str, Any]) -> dict[str, Any]:
     """The contract's user shape for lists: identifying and distinguishing fields only."""
     return {name: user.get(name) for name in USER_FIELDS}
 
 
-def user_ref(user: dict[str, Any]) -> dict[str, Any]:
+def user_ref(user: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": user.get("id"), "displayName": user.get("displayName"), "userPrincipalName": user.get("userPrincipalName")}
 
 
@@ -84,7 +84,7 @@ def freshness_findings(snapshot: DirectorySnapshot, now: datetime | None) -> lis
     return []
 
 
-def name_of(obj: dict[str, Any] | None) -> str:
+def name_of(obj: Mapping[str, Any] | None) -> str:
     """An object's name quoted for a message (untrusted text made safe)."""
     if not obj:
         return '"?"'

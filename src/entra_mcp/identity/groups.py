@@ -25,7 +25,7 @@ MAX_MEMBERS = 1000
 SORT_MEMBERS_UP_TO = 5000  # larger groups list a sample (users first), not the alphabetical first `limit`
 
 
-def group_kind(group: dict[str, Any]) -> str:
+def group_kind(group: Mapping[str, Any]) -> str:
     types = group.get("groupTypes") or ()
     if "Unified" in types:
         return "microsoft365"
@@ -37,11 +37,11 @@ def group_kind(group: dict[str, Any]) -> str:
     return "security"
 
 
-def is_dynamic(group: dict[str, Any]) -> bool:
+def is_dynamic(group: Mapping[str, Any]) -> bool:
     return "DynamicMembership" in (group.get("groupTypes") or ())
 
 
-def group_card(group: dict[str, Any]) -> dict[str, Any]:
+def group_card(group: Mapping[str, Any]) -> dict[str, Any]:
     card: dict[str, Any] = {
         "id": group.get("id"),
         "displayName": group.get("displayName"),
@@ -58,7 +58,7 @@ def group_card(group: dict[str, Any]) -> dict[str, Any]:
     return card
 
 
-def resolve_group(view: DirectoryView, group: str) -> dict[str, Any]:
+def resolve_group(view: DirectoryView, group: str) -> Mapping[str, Any]:
     """The one group with this object id, mail or name (case- and accent-insensitive). NotFoundError with the closest
     names; InvalidArgument listing the ids when several groups share the name."""
     text = clean_identifier(group, argument="group", expected=GROUP_EXPECTED)
@@ -98,7 +98,8 @@ def list_group_memberships(
     rows = []
     for gid, chain in chains.items():
         group = groups.get(gid)
-        card = group_card(group) if group else {"id": gid, "displayName": None, "kind": None, "dynamic": False}
+        card: dict[str, Any] = group_card(group) if group else {"id": gid, "displayName": None, "kind": None,
+                                                                "dynamic": False}
         card["direct"] = len(chain) == 1
         card["via"] = [{"id": g, "displayName": (groups.get(g) or {}).get("displayName")} for g in chain[:-1]]
         rows.append((len(chain), str(card["displayName"] or "").casefold(), card))

@@ -363,7 +363,7 @@ def _required_literals(items: Any) -> frozenset[str] | None:
             found = _required_literals(arg[-1])
         elif name == "BRANCH":
             options = [_required_literals(alt) for alt in arg[1]]
-            found = None if any(o is None for o in options) else frozenset().union(*options)  # type: ignore[misc]
+            found = None if any(o is None for o in options) else frozenset[str]().union(*(o for o in options if o is not None))
         elif name in ("MAX_REPEAT", "MIN_REPEAT") and arg[0] >= 1:
             found = _required_literals(arg[2])
         if found:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import InvalidArgument
 from .account import account_summary
 from .common import as_of, freshness_findings, name_of, user_card, user_ref
-from .findings import finding, looks_like_instruction, quote, sort_findings, suspicious_findings
+from .findings import finding, quote, sort_findings, suspicious_findings
 from .groups import group_card
-from .text import USER_EXPECTED, clean_identifier, name_tokens
+from .text import USER_EXPECTED, clean_identifier, looks_like_instruction, name_tokens
 from .users import MATCH_TYPES, is_identifier, match_user
 from .view import DirectoryView
 
@@ -32,7 +32,7 @@ _VIP_TITLE = re.compile(
 _PROFILE_EXTRA = ("companyName", "employeeId", "usageLocation")
 
 
-def _manager(view: DirectoryView, user: dict[str, Any]) -> dict[str, Any] | None:
+def _manager(view: DirectoryView, user: Mapping[str, Any]) -> Mapping[str, Any] | None:
     manager_id = user.get("managerId")
     if not manager_id:
         return None

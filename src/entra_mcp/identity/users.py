@@ -75,7 +75,7 @@ def lookup_user(view: DirectoryView, query: str, limit: int = 10, *, now: dateti
     return answer
 
 
-def _describe(user: dict[str, Any]) -> str:
+def _describe(user: Mapping[str, Any]) -> str:
     details = ", ".join(
         quote(user.get(field), 40) for field in ("jobTitle", "department") if user.get(field)
     )
@@ -177,7 +177,7 @@ def is_identifier(text: str) -> bool:
     return "@" in text or "\\" in text
 
 
-def resolve_user(view: DirectoryView, user: str) -> dict[str, Any]:
+def resolve_user(view: DirectoryView, user: str) -> Mapping[str, Any]:
     """The one user `user` designates (UPN, mail, proxy address, object id, employee id, on-prem account name, or a
     name that only one user has). NotFoundError with the closest matches; InvalidArgument listing the candidates
     when several users fit."""
@@ -213,5 +213,5 @@ def resolve_user(view: DirectoryView, user: str) -> dict[str, Any]:
     raise NotFoundError(f"No user matches {quote(text)}.", suggestions=suggestions)
 
 
-def _describe_short(user: dict[str, Any]) -> str:
+def _describe_short(user: Mapping[str, Any]) -> str:
     return f"{quote(user.get('displayName'), 40)} <{clean(user.get('userPrincipalName'))}>"

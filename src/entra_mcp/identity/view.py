@@ -342,7 +342,7 @@ class DirectoryView:
 
     # ------------------------------------------------------------ users
 
-    def user(self, user_id: str) -> dict[str, Any] | None:
+    def user(self, user_id: str) -> Mapping[str, Any] | None:
         return self.snapshot.users.get(user_id)
 
     def exact_users(self, query: str) -> tuple[str, ...]:
@@ -587,7 +587,7 @@ class DirectoryView:
         key = query.strip().casefold()
         return _values(self.app_keys, key) or _values(self.app_keys, folded_name(query))
 
-    def app_objects(self, ref: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def app_objects(self, ref: str) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
         """(application, service principal) for an app reference from `app_refs`."""
         snap = self.snapshot
         if ref.startswith("application:"):
@@ -628,6 +628,6 @@ class DirectoryView:
                 return obj.get("displayName")
         return None
 
-    def groups_in(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+    def groups_in(self, ids: Iterable[str]) -> list[Mapping[str, Any]]:
         groups = self.snapshot.groups
         return [groups[g] for g in ids if g in groups]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Mapping
 
-from entra_mcp.areas import REGISTRY, AreaStatus
+from entra_mcp.areas import REGISTRY
+from entra_mcp.areas import AreaStatus as AreaStatus  # re-exported: the seam's status type
 
 # The sync areas, in sync order, from their one definition each (entra_mcp/areas.py, a leaf every layer may read; AreaStatus is defined there too).
 AreaName = str

@@ -131,7 +131,8 @@ def _empty_area() -> dict[str, Any]:
 def _area_of(root: dict[str, Any], area: str) -> dict[str, Any]:
     """An area's part of a root; an area this release defines that the root does not know yet (written by an
     earlier release) reads as never synced."""
-    return root["areas"].get(area) or _empty_area()  # type: ignore[no-any-return]
+    found: dict[str, Any] | None = root["areas"].get(area)
+    return found or _empty_area()
 
 
 def _stamp(root: dict[str, Any]) -> int:
@@ -539,7 +540,7 @@ class MirrorWriter:
             self._cache.delete(_DIRTY)
 
     def _referenced(self) -> set[str]:
-        keys = set()
+        keys: set[str] = set()
         for area, a in self._root["areas"].items():
             for coll, spec in a["colls"].items():
                 if spec:

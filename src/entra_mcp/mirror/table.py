@@ -27,7 +27,7 @@ import time
 from array import array
 from calendar import timegm
 from collections.abc import ItemsView, Mapping, ValuesView
-from typing import Any, Callable, Container, Iterator, Sequence
+from typing import Any, Callable, Container, Iterator, Sequence, cast
 
 
 class _Absent:
@@ -80,7 +80,7 @@ class Coded:
 
     __slots__ = ("values", "idx", "_verdicts")
 
-    def __init__(self, values: Sequence[Any], idx: array) -> None:
+    def __init__(self, values: Sequence[Any], idx: array[int]) -> None:
         self.values = tuple(values)
         self.idx = idx
         self._verdicts: dict[Any, tuple[bool, ...]] | None = None
@@ -135,7 +135,7 @@ def _present(col: Any, i: int) -> bool:
     if t is Coded:
         return col.values[col.idx[i]] is not ABSENT
     if t is array:
-        return col[i] != _ABSENT_TS
+        return bool(col[i] != _ABSENT_TS)
     return bool(col.present[i])
 
 
@@ -182,7 +182,7 @@ class Record(Mapping[str, Any]):
         i = self._i
         return any(_present(col, i) for col in self._t.cols)
 
-    def items(self) -> "_RecordItems":  # type: ignore[override]
+    def items(self) -> "_RecordItems":
         return _RecordItems(self)
 
     def scan(self, test: Callable[[Any], bool], skip: Container[str] = (), *, dates: bool = True) -> list[str]:
@@ -229,8 +229,12 @@ class Record(Mapping[str, Any]):
 
 
 class _RecordItems(ItemsView[str, Any]):
+    def __init__(self, record: Record) -> None:
+        super().__init__(record)
+        self._record = record
+
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        record: Record = self._mapping  # type: ignore[assignment]
+        record = self._record
         i = record._i
         for name, col in zip(record._t.fields, record._t.cols):
             v = _cell(col, i)
@@ -239,14 +243,22 @@ class _RecordItems(ItemsView[str, Any]):
 
 
 class _Items(ItemsView[str, Record]):
+    def __init__(self, table: Table) -> None:
+        super().__init__(table)
+        self._table = table
+
     def __iter__(self) -> Iterator[tuple[str, Record]]:
-        table: Table = self._mapping  # type: ignore[assignment]
+        table = self._table
         return zip(table.ids, map(Record, [table] * len(table.ids), range(len(table.ids))))
 
 
 class _Values(ValuesView[Record]):
+    def __init__(self, table: Table) -> None:
+        super().__init__(table)
+        self._table = table
+
     def __iter__(self) -> Iterator[Record]:
-        table: Table = self._mapping  # type: ignore[assignment]
+        table = self._table
         return map(Record, [table] * len(table.ids), range(len(table.ids)))
 
 
@@ -286,10 +298,10 @@ class Table(Mapping[str, Record]):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def items(self) -> _Items:  # type: ignore[override]
+    def items(self) -> _Items:
         return _Items(self)
 
-    def values(self) -> _Values:  # type: ignore[override]
+    def values(self) -> _Values:
         return _Values(self)
 
     def column(self, name: str) -> list[Any]:
@@ -438,7 +450,7 @@ def _expand(col: Any, n: int) -> list[Any]:
         return [ABSENT] * n
     t = type(col)
     if t is list:
-        return col
+        return cast("list[Any]", col)
     if t is Coded:
         values = col.values
         return [values[k] for k in col.idx]
