@@ -116,3 +116,30 @@ def test_control_hooks_change_what_graph_answers(fresh_emulator: Any) -> None:
     with graph(emu) as c:
         assert c.get("/roleManagement/directory/roleAssignments",
                      params={"$filter": f"principalId eq '{uid}'"}).json()["value"] == []
+
+
+def test_objects_match_msgraph_sdk_models(emulator: RunningEmulator) -> None:
+    """Every object of every account surface parses into msgraph-sdk's model with nothing left over."""
+    from msgraph.generated.models.risky_user import RiskyUser
+    from msgraph.generated.models.subscribed_sku import SubscribedSku
+    from msgraph.generated.models.unified_role_assignment import UnifiedRoleAssignment
+    from msgraph.generated.models.unified_role_definition import UnifiedRoleDefinition
+    from msgraph.generated.models.unified_role_eligibility_schedule_instance import UnifiedRoleEligibilityScheduleInstance
+    from msgraph.generated.models.user import User
+    from msgraph.generated.models.user_registration_details import UserRegistrationDetails
+
+    from tests.graph_models import check_page
+
+    ex = account_examples(emulator.tenant())
+    with graph(emulator) as c:
+        for path, model in (("/reports/authenticationMethods/userRegistrationDetails", UserRegistrationDetails),
+                            ("/roleManagement/directory/roleDefinitions", UnifiedRoleDefinition),
+                            ("/roleManagement/directory/roleAssignments", UnifiedRoleAssignment),
+                            ("/roleManagement/directory/roleEligibilityScheduleInstances", UnifiedRoleEligibilityScheduleInstance),
+                            ("/subscribedSkus", SubscribedSku),
+                            ("/identityProtection/riskyUsers", RiskyUser)):
+            for page in pages(c, path):
+                check_page(page, model)
+        page = c.get("/users", params={"$select": "id,licenseAssignmentStates,assignedLicenses",
+                                       "$filter": f"id eq '{ex['licence_DependencyViolation_user']}'"}).json()
+        check_page(page, User)
