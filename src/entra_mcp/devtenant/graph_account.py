@@ -381,17 +381,25 @@ def account_route(service: GraphService, segs: list[str]) -> Any:
     low = [s.lower() for s in segs]
 
     def listing(key: str, perm: frozenset[str], entity: EntityType, objs: Callable[[Caller], dict[str, dict[str, Any]]],
-                check: Callable[[Caller], None] | None = None, allow_top: bool = True) -> Any:
+                check: Callable[[Caller], None] | None = None, allow_top: bool = True,
+                lazy: Callable[[Caller], tuple[list[str], Callable[[str], dict[str, Any] | None]]] | None = None) -> Any:
+        """A paged list; `lazy(caller)` gives (sorted ids, id -> object) for a list computed per object."""
         def run(c: Caller, o: dict[str, str], h: dict[str, str]) -> Reply:
             if check is not None:
                 check(c)
             if not allow_top and "top" in o and "skiptoken" not in o:
                 raise GraphFailure(400, "BadRequest", "Query option '$top' is not supported for this request.")
             with c.tenant.lock:
-                data = objs(c)
-                ids = sorted(data)
-            return service._paged(c, key, o, h, entity=entity, ids=lambda: ids,
-                                  get=lambda i: (entity.name, data[i]) if i in data else None, path=key)
+                if lazy is not None:
+                    ids, one = lazy(c)
+                else:
+                    data = objs(c)
+                    ids, one = sorted(data), data.get
+
+            def get(i: str) -> tuple[str, dict[str, Any]] | None:
+                obj = one(i)
+                return (entity.name, obj) if obj is not None else None
+            return service._paged(c, key, o, h, entity=entity, ids=lambda: ids, get=get, path=key)
         return _Route(key, perm, run)
 
     if low == ["reports", "authenticationmethods", "userregistrationdetails"]:
@@ -399,18 +407,13 @@ def account_route(service: GraphService, segs: list[str]) -> Any:
             if not _has(account_of(c.tenant), "P1"):
                 raise _licence_error("P1", "Authentication_RequestFromNonPremiumTenantOrB2CTenant", 403)
 
-        def reg_objs(c: Caller) -> dict[str, dict[str, Any]]:
+        def reg_rows(c: Caller) -> tuple[list[str], Callable[[str], dict[str, Any] | None]]:
             t = c.tenant
             acc = account_of(t)
             admins = _user_principals_with_roles(t, acc)
-            out = {}
-            for uid in t.users:
-                d = registration_details(t, acc, uid, admins)
-                if d is not None:
-                    out[uid] = d
-            return out
+            return t.sorted_ids("users"), lambda uid: registration_details(t, acc, uid, admins)
         return listing("reports/authenticationMethods/userRegistrationDetails", AUDIT_READ, REGISTRATION_DETAILS,
-                       reg_objs, reg_check, allow_top=False)
+                       lambda c: {}, reg_check, allow_top=False, lazy=reg_rows)
     if low[:2] == ["rolemanagement", "directory"] and len(low) == 3:
         if low[2] == "roledefinitions":
             return listing("roleManagement/directory/roleDefinitions", ROLE_READ, ROLE_DEFINITION,
