@@ -11,7 +11,6 @@ from typing import Iterator
 import anyio
 import httpx
 import pytest
-
 from _endurance_fixtures import API_KEY, ProductConfig, ServeProcess, run_cli, track
 
 pytestmark = pytest.mark.timeout(180)

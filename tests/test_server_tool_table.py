@@ -141,6 +141,9 @@ class _Snapshots:
     def version(self, tenant_name: str) -> int:
         return 1 if tenant_name in self.snapshots else 0
 
+    def freshness(self, tenant_name: str) -> None:
+        return None  # nothing newer than the snapshot itself
+
 
 async def test_app_tools_answer_null_with_area_disabled_when_the_applications_area_is_off() -> None:
     """README and the lost_app_access playbook: `null` answers with AREA_DISABLED, not a tool error; and sync_status

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from _identity_fixtures import NOW, areas, make_snapshot
+
 from entra_mcp.cli import main
 from entra_mcp.identity.status import sync_status
 from entra_mcp.mirror.snapshot import AreaStatus

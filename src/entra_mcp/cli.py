@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help="config file (default: $ENTRA_MCP_CONFIG, else ./config.toml)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     # the same two options after the command too (`entra-mcp serve --config PATH`, as agent runtimes are often set up)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file (as before the command)")
     common.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

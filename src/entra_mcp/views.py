@@ -21,11 +21,15 @@ import threading
 import time
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.snapshot import DirectorySnapshot, Freshness
+
+if TYPE_CHECKING:  # identity loads with the first view, not with this module
+    from entra_mcp.config import Settings
+    from entra_mcp.identity.view import DirectoryView
 
 log = get_logger("views")
 
@@ -49,7 +53,7 @@ class TenantView:
     interval_minutes: float
     version: int
     snapshot: DirectorySnapshot | None
-    view: Any  # entra_mcp.identity DirectoryView, or None
+    view: DirectoryView | None
     stamp: int = 0  # the mirror's commit stamp this view is current with
 
     @property
@@ -70,7 +74,7 @@ def _view_type() -> type:
     return DirectoryView
 
 
-def _default_build(snapshot: DirectorySnapshot) -> Any:
+def _default_build(snapshot: DirectorySnapshot) -> DirectoryView:
     from entra_mcp.identity.view import DirectoryView
 
     return DirectoryView.build(snapshot)
@@ -217,7 +221,7 @@ def _load_and_index(store: SnapshotSource, name: str, build: Callable[[Directory
     return snapshot, view
 
 
-def prepare_views(cache_dir: str | os.PathLike[str], store: Any, names: Sequence[str]) -> None:
+def prepare_views(cache_dir: str | os.PathLike[str], store: SnapshotSource, names: Sequence[str]) -> None:
     """Build each named tenant's view now and keep it in the view cache, so that the next server start loads it
     instead of indexing the mirror (what `entra-mcp sync` does after it changed a mirror: agent runtimes launch a
     stdio server per session, and each such start is then a restart). A failure only costs the next start time."""
@@ -227,7 +231,7 @@ def prepare_views(cache_dir: str | os.PathLike[str], store: Any, names: Sequence
         started = time.perf_counter()
         try:
             snapshot, view = _load_and_index(store, name, _default_build)
-            if view is None:
+            if view is None or snapshot is None:
                 continue
             cache._write(name, (cache.fingerprint(view_type), snapshot.version), view)
         except Exception as exc:  # noqa: BLE001 - the mirror is fine; only the head start is lost
@@ -235,7 +239,7 @@ def prepare_views(cache_dir: str | os.PathLike[str], store: Any, names: Sequence
                         name, str(exc)[:200] or type(exc).__name__)
             continue
         finally:
-            snapshot = view = None  # type: ignore[assignment]
+            snapshot = view = None
             _return_free_memory()
         log.info("tenant %s: index for the server prepared in %.1f s", name, time.perf_counter() - started)
 
@@ -272,7 +276,7 @@ class ViewProvider:
         self._load_locks = {name: threading.Lock() for name in self._tenants}
 
     @classmethod
-    def from_settings(cls, settings: Any, store: SnapshotSource, **kwargs: Any) -> "ViewProvider":
+    def from_settings(cls, settings: Settings, store: SnapshotSource, **kwargs: Any) -> "ViewProvider":
         """`cache=True` keeps built views under cache_dir/.server-views (a name no tenant can have; see ViewCache)."""
         tenants = [TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in settings.tenants]
         if kwargs.get("cache") is True:
@@ -365,7 +369,7 @@ class ViewProvider:
                 return held
             info = self._tenants[name]
             started = time.perf_counter()
-            view_type = _view_type() if self._cache is not None else None
+            view_type = _view_type()
             with _no_cyclic_gc():
                 cached = self._cache.load(name, version, view_type) if self._cache is not None and version else None
                 if cached is not None:

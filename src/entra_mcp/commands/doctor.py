@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def doctor_tenant(t: TenantSettings, out: TextIO) -> bool:
     """Check one tenant: credentials, then each area's permission with a cheap request. True when all is well."""
-    from entra_mcp.graph.tenant import make_client
     from entra_mcp.areas import REGISTRY
+    from entra_mcp.graph.tenant import make_client
 
     ok = True
     out.write(f"tenant {t.name}: {t.tenant_id} (cloud {t.cloud}, login {t.login_host}, graph {t.graph_host})\n")

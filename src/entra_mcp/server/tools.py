@@ -349,7 +349,7 @@ def get_ticket_identity_context(
     view = ask.view(tenant)
     now = ask.now()
     data = dict(identity.get_ticket_identity_context(view, requester, ticket_text or None, now))
-    req = data.get("requester") if isinstance(data.get("requester"), Mapping) else {}
+    req: Mapping[str, Any] = data["requester"] if isinstance(data.get("requester"), Mapping) else {}
     profile = req.get("profile") if isinstance(req.get("profile"), Mapping) else None
     if req.get("status") == "found" and profile and profile.get("id"):
         apps = [str(a.get("appId") or a.get("id")) for a in (data.get("mentions") or {}).get("apps", [])
@@ -416,7 +416,7 @@ async def validate_chat_session(ask: Ask, session_token: SessionToken, claimed_u
     """
     if ask.sessions is None:
         return SIGN_IN_NOT_CONFIGURED
-    check = getattr(ask.sessions, "validate_chat_session", ask.sessions)
+    check: Callable[[str], Any] = getattr(ask.sessions, "validate_chat_session", None) or ask.sessions  # type: ignore[assignment]
     verdict = check(session_token)
     if inspect.isawaitable(verdict):
         verdict = await verdict
