@@ -20,7 +20,6 @@ names. Run functions use only what the engine's AreaRun offers (batch_get, commi
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from typing import Any
 
 from entra_mcp.errors import GraphError, PermissionDenied
@@ -134,7 +133,7 @@ async def run_roles(run: Any, area: Any, prev: Any) -> Any:
 async def run_licenses(run: Any, area: Any, prev: Any) -> Any:
     """Subscribed SKUs and the users' licence-assignment states in one $batch, at most every full_every_minutes."""
     name = area.name
-    fresh = prev.last_success is not None and run.now() - prev.last_success < timedelta(minutes=area.full_every_minutes)
+    fresh = prev.fresh(area.full_every_minutes, run.now())
     if not run.full and prev.enabled and fresh and run.writer.has_data(name):
         return _result(area=name, outcome="unchanged", objects=prev.object_count,
                        message=f"refreshed at most every {area.full_every_minutes:.0f} minutes")

@@ -308,6 +308,18 @@ class AreaStatus:
     object_count: int | None = None
     mode: str | None = None  # "full" or "delta": how the last successful run went
 
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed: an error newer than the last success (or no success at all)."""
+        return bool(self.last_error) and (self.last_success is None or (self.last_error_at is not None
+                                                                         and self.last_error_at > self.last_success))
+
+    def fresh(self, minutes: float, now: datetime) -> bool:
+        """Refreshed less than `minutes` ago and not failing since: an area refreshed on a timer may skip this run
+        (a failed refresh is retried at once, so its error does not outlive the next good run)."""
+        return (minutes > 0 and self.last_success is not None and now - self.last_success < timedelta(minutes=minutes)
+                and not self.failing)
+
 
 @dataclass
 class AreaResult:

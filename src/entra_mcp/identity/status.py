@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
-from ..mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot
+from ..areas import AreaStatus
+from ..mirror.snapshot import AREAS, DirectorySnapshot
 from .common import freshness_findings
 from .findings import finding, sort_findings
 from .text import iso
@@ -20,13 +21,7 @@ from .view import DirectoryView
 
 def current_error(status: AreaStatus) -> str | None:
     """The area's last error while it is still current: newer than the last success (or no success at all)."""
-    if not status.last_error:
-        return None
-    if status.last_success is None:
-        return status.last_error
-    if status.last_error_at is None or status.last_error_at <= status.last_success:
-        return None
-    return status.last_error
+    return status.last_error if status.failing else None
 
 
 def area_ok(status: AreaStatus) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import anyio
@@ -217,10 +217,7 @@ class TenantSync:
         name, apply = area.name, area.apply
         assert apply is not None
         every = area.full_every_minutes
-        fresh = every > 0 and prev.last_success is not None and self.now() - prev.last_success < timedelta(minutes=every)
-        # a refresh that failed since is tried again at once (its error stays current until a run gets through)
-        fresh = fresh and not (prev.last_error_at is not None and prev.last_success is not None
-                               and prev.last_error_at > prev.last_success)
+        fresh = prev.fresh(every, self.now())
         if not self.full and prev.enabled and fresh and self.writer.has_data(name):
             return AreaResult(name, "unchanged", objects=prev.object_count, message=f"refreshed at most every {every:.0f} minutes")
         target = A.FullBuild()
