@@ -15,7 +15,7 @@ import json
 import re
 import unicodedata
 from datetime import datetime, timezone
-from typing import Annotated, Any, Callable, Mapping, overload
+from typing import Annotated, Any, Awaitable, Callable, Mapping, cast, overload
 
 import anyio
 import pydantic_core
@@ -216,7 +216,7 @@ def _register(server: MCPServer[Any], spec: ToolSpec, ask: Ask, lanes: WorkLanes
         try:
             if not on_loop:
                 return await lanes.run(_CALLER.get(), lambda: work(arguments))  # type: ignore[no-any-return]
-            answer = await spec.run(ask, **_checked(kinds, arguments))
+            answer = await cast(Awaitable[Mapping[str, Any]], spec.run(ask, **_checked(kinds, arguments)))
         except NotSynced as exc:
             return _result(spec, spec.unknown_answer(exc.tv.name))
         except (NotFoundError, InvalidArgument, MirrorError) as exc:

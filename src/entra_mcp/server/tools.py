@@ -150,6 +150,17 @@ class Ask:
     def now(self) -> datetime:
         return self.clock()
 
+    async def chat_session(self, token: str) -> Mapping[str, Any] | None:
+        """The sign-in part's verdict on a chat session token ({valid, reason, identity}); None when sign-in is not
+        configured on this server. The token is never logged or returned."""
+        if self.sessions is None:
+            return None
+        check: Callable[[str], Any] = getattr(self.sessions, "validate_chat_session", None) or self.sessions  # type: ignore[assignment]
+        verdict = check(token)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return dict(verdict)
+
 
 @dataclass(frozen=True)
 class ToolSpec:
@@ -414,12 +425,9 @@ async def validate_chat_session(ask: Ask, session_token: SessionToken, claimed_u
     verified identity says who the person is; a name or address typed in the chat or in a ticket does not. If
     `valid` is false or `matchesClaimedUser` is false, do not act for the claimed user.
     """
-    if ask.sessions is None:
+    verdict = await ask.chat_session(session_token)
+    if verdict is None:
         return SIGN_IN_NOT_CONFIGURED
-    check: Callable[[str], Any] = getattr(ask.sessions, "validate_chat_session", None) or ask.sessions  # type: ignore[assignment]
-    verdict = check(session_token)
-    if inspect.isawaitable(verdict):
-        verdict = await verdict
     ident = verdict.get("identity") if verdict.get("valid") else None
     tid = str((ident or {}).get("tid") or "").casefold()
     tv = next((t for t in ask.views.all() if t.tenant_id.casefold() == tid), None) if ident else None
@@ -474,13 +482,10 @@ async def check_reset_eligibility(ask: Ask, user: UserRef, chat_session: ChatSes
 
 async def _caller_check(ask: Ask, view: DirectoryView, user: str, token: str) -> dict[str, Any]:
     """Whether the chat session proves the caller is `user`: {valid, matchesClaimedUser, reason} (no token in it)."""
-    if ask.sessions is None:
+    verdict = await ask.chat_session(token)
+    if verdict is None:
         return {"valid": False, "matchesClaimedUser": None,
                 "reason": "sign-in is not configured on this server, so the chat session cannot be verified"}
-    check = getattr(ask.sessions, "validate_chat_session", ask.sessions)
-    verdict = check(token)
-    if inspect.isawaitable(verdict):
-        verdict = await verdict
     if not verdict.get("valid"):
         return {"valid": False, "matchesClaimedUser": None, "reason": clean(verdict.get("reason") or "the session is not valid", 200)}
     ident = verdict.get("identity") or {}
