@@ -345,3 +345,21 @@ def test_one_callers_heavy_calls_do_not_stall_others(served: Any) -> None:
     assert healthz_wait[0] < first_heavy / 4, (healthz_wait, first_heavy)
     last_heavy = max(i for i, name in enumerate(order) if name == "heavy")
     assert order.index("healthz") < last_heavy and order.index("other caller") < last_heavy, order
+
+
+def test_no_answer_carries_a_client_secrets_first_characters(served: Any) -> None:
+    cfg, server, upns = served
+    apps = [a for a in cfg.emulator.tenant(0).applications.values() if a.get("passwordCredentials")]
+    assert apps, "the generated tenant has apps with client secrets"
+
+    async def main() -> list[Any]:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
+                return [await client.call_tool("get_app_principal", {"app": a["appId"]}) for a in apps[:5]]
+
+    for r in anyio.run(main):
+        assert not r.is_error
+        creds = r.structured_content["credentials"]
+        assert any(c["type"] == "password" for c in creds)
+        assert all("hint" not in c for c in creds)
+        assert '"hint"' not in r.content[-1].text

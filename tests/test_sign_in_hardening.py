@@ -39,10 +39,11 @@ async def h(emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     # The widget's origin is listed by page and by prefix only: nothing else there is a place to send people to.
     data["oidc"]["allowed_return_to"] = [f"{public}/", f"{WIDGET_ORIGIN}/chat", f"{WIDGET_ORIGIN}/help/"]
     settings = parse_settings(data)
-    sign_in = SignIn.from_settings(settings, transport=counting_transport(emu))
+    counting = counting_transport(emu)
+    sign_in = SignIn.from_settings(settings, transport=counting)
     app = Starlette(routes=sign_in.routes())
     with serve(app, port) as base:
-        harness = Harness(emu, settings, app, counting_transport(emu))
+        harness = Harness(emu, settings, app, counting)
         await harness.client.aclose()
         harness.client = httpx.AsyncClient(base_url=base, timeout=20)  # real HTTP, not the ASGI transport
         harness.sign_in_obj = sign_in  # type: ignore[attr-defined]
@@ -134,3 +135,18 @@ async def test_json_bodies_are_bounded_in_depth(h: Harness) -> None:
     ok_shape = {"code": "A" * 43, "code_verifier": "v" * 43}
     r = await h.client.post("/auth/chat/exchange", json=ok_shape)
     assert r.status_code == 400 and r.json()["error"] == "invalid_code"
+
+
+async def test_discovery_failures_are_remembered_with_backoff(h: Harness) -> None:
+    """While the login host's discovery fails, unauthenticated requests do not each cause an outbound fetch."""
+    import anyio
+
+    h.counting.down = lambda r: r.url.path.endswith("/openid-configuration")
+    answers = [(await h.login("portal", "/")).status_code for _ in range(30)]
+    assert answers == [503] * 30
+    assert h.counting.count("/openid-configuration") == 1
+    h.counting.down = lambda r: False
+    with anyio.fail_after(15):  # the first backoff is 2 s
+        while (await h.login("portal", "/")).status_code == 503:
+            await anyio.sleep(0.5)
+    assert h.counting.count("/openid-configuration") == 2

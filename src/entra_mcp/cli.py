@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 failed, 2 bad configuration or bad usage, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from types import ModuleType
 from typing import Sequence
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     setup_logging(args.log_level)
+    # Every file entra-mcp writes (mirror, sign-in store, views, logs it opens) is the service account's alone.
+    os.umask(0o077)
     try:
         code: int = args.run(args)
         return code

@@ -37,6 +37,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MIN_API_KEY_CHARS = 16
+MIN_API_KEY_DISTINCT = 8
+# Names of what cache_dir holds besides the tenants' mirrors: a tenant cannot be called like one of them.
+RESERVED_TENANT_NAMES = frozenset({"sessions"})
+
+
 class AuthSettings(_Section):
     mode: Literal["entra", "api_key", "none"] = "none"
     tenant: str | None = None
@@ -56,6 +62,13 @@ class AuthSettings(_Section):
             raise ConfigError(
                 f"server.auth.mode is 'api_key' but the environment variable {self.api_keys_env} is empty or unset. "
                 f"Fix: export {self.api_keys_env}=<key1>,<key2> (or change server.auth.api_keys_env)."
+            )
+        weak = [n for n, k in enumerate(keys, 1) if len(k) < MIN_API_KEY_CHARS or len(set(k)) < MIN_API_KEY_DISTINCT]
+        if weak:  # the keys themselves are never shown
+            raise ConfigError(
+                f"{self.api_keys_env} holds a key too easy to guess (key {', '.join(map(str, weak))} of {len(keys)}): "
+                f"an API key needs at least {MIN_API_KEY_CHARS} characters, {MIN_API_KEY_DISTINCT} of them different. "
+                "Fix: generate one, e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`."
             )
         return keys
 
@@ -270,6 +283,12 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         names = [t.name for t in self.tenants]
+        reserved = sorted({n for n in names if n.lower() in RESERVED_TENANT_NAMES})
+        if reserved:
+            raise ValueError(
+                f"tenant name {', '.join(map(repr, reserved))} is reserved: cache_dir keeps its own data under that "
+                f"name ({', '.join(sorted(RESERVED_TENANT_NAMES))} are reserved). Fix: choose another [[tenants]] name."
+            )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"tenant names must be unique; repeated: {', '.join(dupes)}")

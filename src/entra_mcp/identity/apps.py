@@ -92,9 +92,8 @@ def _credentials(obj: Mapping[str, Any] | None, source: str, now: datetime) -> l
                 "expiresInDays": days,
                 "source": source,
             }
-            if kind == "password":
-                row["hint"] = cred.get("hint")
-            else:
+            # A password credential's `hint` is the first characters of the secret itself: never passed on.
+            if kind != "password":
                 row["usage"] = cred.get("usage")
             out.append(row)
     return out

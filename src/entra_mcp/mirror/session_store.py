@@ -4,6 +4,7 @@ Records are small JSON-able dicts under namespaced keys. Secrets never become ke
 secret (a session id, a chat token, a sign-in `state`), and the store keys the record by its SHA-256, so the files on
 disk hold nothing a thief could replay. Every record has an expiry; `purge_expired()` removes the lapsed ones (run at
 start and periodically). `take()` is an atomic read-and-delete, for single-use values (state, one-time codes).
+The directory is private to the service account (mirror/permissions.py): its values are pickles.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import diskcache
 
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
+from entra_mcp.mirror.permissions import private_directory
 
 log = get_logger("mirror.sessions")
 
@@ -28,9 +30,8 @@ class SessionStore:
     """A namespaced, expiring key-value store for sign-in records that survives a server restart."""
 
     def __init__(self, cache_dir: Path | str) -> None:
-        self.directory = Path(cache_dir).expanduser() / "sessions"
+        self.directory = private_directory(Path(private_directory(cache_dir)) / "sessions")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
             self._cache = diskcache.Cache(str(self.directory), eviction_policy="none", size_limit=2**30)
         except OSError as exc:
             raise MirrorError(f"cannot open the session store at {self.directory} ({exc.strerror})") from None

@@ -46,6 +46,7 @@ import diskcache
 
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
+from entra_mcp.mirror.permissions import private_directory
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness
 from entra_mcp.areas import REGISTRY
 from entra_mcp.mirror.table import Table, concat_groups, is_packed, is_packed_groups, pack, pack_groups, unpack
@@ -196,7 +197,9 @@ class MirrorStore:
     """All tenants' mirrors under one cache_dir. Thread-safe; one instance per process is enough."""
 
     def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
-        self.cache_dir = Path(cache_dir).expanduser()
+        # Private to the service account, checked before anything is read from it (mirror/permissions.py); created
+        # (0700) only when a mirror is first written.
+        self.cache_dir = private_directory(cache_dir, create=False)
         self._caches: dict[str, diskcache.Cache] = {}
         self._lock = threading.Lock()
         self._sign_ins: MirrorStore | None = None
@@ -220,6 +223,8 @@ class MirrorStore:
             d = self.tenant_dir(tenant_name)
             if not create and not (d / "cache.db").exists():
                 return None
+            if create:
+                private_directory(self.cache_dir)
             try:
                 d.mkdir(parents=True, exist_ok=True)
                 cache = diskcache.Cache(str(d), **_SETTINGS)
@@ -382,6 +387,7 @@ class MirrorStore:
         """The one writer of a tenant's mirror (a lock across processes). Waits up to `wait_seconds` for another
         writer to finish, then raises MirrorError."""
         d = self.tenant_dir(tenant_name)
+        private_directory(self.cache_dir)
         try:
             d.mkdir(parents=True, exist_ok=True)
             fd = os.open(d / "writer.lock", os.O_RDWR | os.O_CREAT, 0o600)

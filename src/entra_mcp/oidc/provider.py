@@ -10,6 +10,10 @@ Key cache rules (docs/sign-in.md rules 3 and 8):
 - the cache is refreshed after `refresh_after` (1 h); while the JWKS endpoint is down the cached keys keep serving up
   to `max_key_age` (24 h) after the last successful fetch, then validation fails closed.
 
+Discovery failures are remembered per tenant with a backoff (2 s, doubling to 5 min): while the login host's
+discovery fails, requests fail fast with the remembered error instead of each one sending a fetch (an unauthenticated
+client must not be able to turn its requests into requests to the identity provider).
+
 All I/O goes through an injected `httpx.AsyncClient` (or a transport), never blocking the event loop.
 """
 
@@ -30,7 +34,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from entra_mcp.config import TenantSettings
-from entra_mcp.errors import AuthError, TransientError
+from entra_mcp.errors import AuthError, EntraMcpError, TransientError
 from entra_mcp.logs import get_logger
 
 log = get_logger("oidc.provider")
@@ -40,6 +44,8 @@ GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 KID_RE = re.compile(r"^[A-Za-z0-9_.=-]{1,128}$")
 MAX_JWKS_BYTES = 512 * 1024
 MAX_KEYS = 64
+DISCOVERY_BACKOFF_MIN = 2.0
+DISCOVERY_BACKOFF_MAX = 300.0
 
 
 class ProviderUnavailable(TransientError):
@@ -112,6 +118,8 @@ class OidcProvider:
         self._jwks_lock = anyio.Lock()
         self.jwks_fetches = 0  # attempts, for tests and status
         self.discovery_fetches = 0
+        # tenant -> (retry at, backoff, error class, message)
+        self._discovery_failures: dict[str, tuple[float, float, type[EntraMcpError], str]] = {}
 
     @classmethod
     def from_tenant(cls, tenant: TenantSettings, *, allowed_tenants: Iterable[str] = (), **kw: Any) -> "OidcProvider":
@@ -159,11 +167,26 @@ class OidcProvider:
         cached = self._metadata.get(tenant.lower())
         if cached is not None:
             return cached
+        failed = self._discovery_failures.get(tenant.lower())
+        if failed is not None and self._clock() < failed[0]:
+            raise failed[2](failed[3])
         async with self._meta_lock:
             cached = self._metadata.get(tenant.lower())
             if cached is not None:
                 return cached
-            meta = await self._discover(tenant)
+            failed = self._discovery_failures.get(tenant.lower())
+            if failed is not None and self._clock() < failed[0]:
+                raise failed[2](failed[3])  # a request that waited on the lock gets the attempt it waited for
+            try:
+                meta = await self._discover(tenant)
+            except (ProviderUnavailable, AuthError) as exc:
+                backoff = min(DISCOVERY_BACKOFF_MAX, failed[1] * 2) if failed is not None else DISCOVERY_BACKOFF_MIN
+                self._discovery_failures[tenant.lower()] = (self._clock() + backoff, backoff, type(exc), str(exc))
+                while len(self._discovery_failures) > 1000:  # tenants named by callers: keep the memory bounded
+                    self._discovery_failures.pop(next(iter(self._discovery_failures)))
+                log.warning("discovery for tenant %.64s failed; next attempt in %.0f s", tenant, backoff)
+                raise
+            self._discovery_failures.pop(tenant.lower(), None)
             self._metadata[tenant.lower()] = meta
             self._metadata[meta.tenant_id.lower()] = meta
             return meta
