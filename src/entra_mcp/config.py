@@ -113,6 +113,9 @@ class SyncSettings(_Section):
     roles: bool = True  # directory roles and PIM eligibility: RoleManagement.Read.Directory
     licenses: bool = True  # subscribed SKUs and licence-assignment errors: LicenseAssignment.Read.All
     risk: bool = True  # risky users: IdentityRiskyUser.Read.All, Entra ID P2
+    devices: bool = True
+    conditional_access: bool = True
+    owners: bool = True
     interval_minutes: float = Field(default=15, gt=0, le=24 * 60)
     # sign-in events (GET /auditLogs/signIns): AuditLog.Read.All and an Entra ID P1/P2 tenant; off unless enabled
     sign_in_events: bool = False
@@ -135,6 +138,7 @@ class TenantSettings(_Section):
     # whether Entra Connect writes cloud password resets back to AD; Graph does not tell an app, so say it here
     # (check_reset_eligibility: unset = unknown, and a synced account is sent to AD)
     password_writeback: bool | None = None
+    allow_live_what_if: bool = False  # check_app_access may call Graph's Conditional Access What If (a live call)
     sync: SyncSettings = Field(default_factory=SyncSettings)
 
     @model_validator(mode="after")

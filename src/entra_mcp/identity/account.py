@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from ..errors import NotFoundError
+from . import access
 from .account_facts import account_sections
 from .common import area_finding, as_of, freshness_findings, name_of, user_ref
 from .findings import finding, quote, sort_findings, suspicious_findings
@@ -185,18 +186,21 @@ def _account_state(view: DirectoryView, user: Mapping[str, Any], now: datetime |
 def check_account_state(view: DirectoryView, user: str, now: datetime | None = None) -> dict[str, Any]:
     """Can `user` sign in, and what stands in the way: disabled, expired password, on-premises sync, guest
     invitation, stale or missing sign-ins, missing licence; plus MFA/SSPR readiness (`authentication`), directory
-    roles (`roles`), licences with their errors (`licenses`) and Identity Protection risk (`risk`). Unknowns are
-    null, each with a finding saying why."""
+    roles (`roles`), licences with their errors (`licenses`), Identity Protection risk (`risk`) and the user's
+    devices (`devices`: joined/hybrid/registered, managed, compliant). Unknowns are null, each with a finding saying
+    why."""
     record = resolve_user(view, user)
     state = _account_state(view, record, now)
     sections, more = account_sections(view, record)
     findings = state.pop("findings") + more + freshness_findings(view.snapshot, now)
+    devices, device_findings = access.devices_summary(view, record)
     return {
         "user": {**user_ref(record), "mail": record.get("mail")},
         **state,
         **sections,
+        "devices": devices,
         "asOf": as_of(view),
-        "findings": sort_findings(findings),
+        "findings": sort_findings(findings + device_findings),
     }
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from ..errors import InvalidArgument, NotFoundError
+from . import access
 from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, name_of, user_ref
 from .findings import finding, quote, sort_findings, suspicious_findings
 from .text import APP_EXPECTED, clean_identifier, iso, parse_time, utcnow
@@ -27,6 +28,7 @@ EXPIRING_DAYS = 30
 MAX_CREDENTIALS = 50
 MAX_ROLES = 50
 MAX_CREDENTIAL_FINDINGS = 5
+MAX_APPROVER_GROUPS = 10
 
 
 def resolve_app(view: DirectoryView, app: str) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
@@ -423,13 +425,43 @@ def check_app_access(view: DirectoryView, user: str, app: str, now: datetime | N
         has_access = grants
         reason = grant_reason
 
+    if grants is False and assignments_known:
+        age = access.assignments_age_minutes(view, now)
+        if age is not None:
+            findings.append(finding("ASSIGNMENT_DATA_AGE", f"The assignment data is {age} minutes old: an assignment "
+                                    "made since then is not in it yet (assignment-required apps are re-read every sync)."))
+    ca_answer, ca_findings = access.conditional_access(view, record, sp, application)
+    findings += ca_findings
+    if ca_answer is not None and ca_answer["blocked"] is True and has_access:
+        has_access = False
+        reason = f"No: Conditional Access blocks {who} in {what} ({ca_answer['policies'][0]['displayName']!r})."
     answer.update(
         hasAccess=has_access,
         reason=reason,
         assignmentRequired=required,
         assignments=assignments[:50] if assignments_known else None,
         assignmentsTotal=len(assignments) if assignments_known else None,
+        conditionalAccess=ca_answer,
+        approvers=_approvers(view, application, sp, assignments) if grants is not True else None,
         asOf=as_of(view),
         findings=sort_findings(findings),
     )
     return answer
+
+
+def _approvers(view: DirectoryView, application: dict[str, Any] | None, sp: dict[str, Any],
+               assignments: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Who can approve or grant access when the user lacks it: the app's owners, and the owners of the groups
+    assigned to the app (adding the user to one of them grants access). None when owners are not mirrored."""
+    owners = access.app_owners(view, application, sp)
+    if owners is None:
+        return None
+    sp_id = str(sp.get("id"))
+    groups = view.snapshot.groups
+    assigned = [a for a in view.snapshot.app_role_assignments.get(sp_id, ()) if a.get("principalType") == "Group"]
+    rows = []
+    for a in assigned[:MAX_APPROVER_GROUPS]:
+        gid = str(a.get("principalId"))
+        rows.append({"id": gid, "displayName": (groups.get(gid) or {}).get("displayName") or a.get("principalDisplayName"),
+                     "owners": access.owners_of(view, gid) or []})
+    return {"appOwners": owners, "assignedGroups": rows, "assignedGroupsTotal": len(assigned)}

@@ -132,6 +132,34 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
     "SIGN_IN_WINDOW_CLIPPED": ("info", "The question reaches before the sign-in window the mirror keeps: only the kept part is covered."),
     "PASSWORD_SPRAY_SUSPECTED": ("critical", "One IP address failed passwords against many different accounts: likely a password spray."),
     "SIGN_IN_FAILURE_SPIKE": ("warning", "Failures of one app or error code rose sharply in the last hour: likely an outage or policy change."),
+    "ASSIGNMENT_DATA_AGE": (
+        "info",
+        "How old the app role assignment data behind a NOT_ASSIGNED answer is: a newer assignment is not in it yet.",
+    ),
+    # Conditional Access (check_app_access.conditionalAccess)
+    "CA_BLOCKED": ("critical", "An enabled Conditional Access policy blocks this user in this app, whatever the sign-in."),
+    "CA_BLOCK_DEPENDS_ON_SIGN_IN": (
+        "warning",
+        "An enabled Conditional Access policy blocks this user in this app under some sign-in conditions (location...).",
+    ),
+    "CA_REQUIREMENTS": ("info", "Enabled Conditional Access policies require controls (MFA, compliant device...) here."),
+    "CA_DEVICE_REQUIREMENT_UNMET": (
+        "warning",
+        "A policy requires a compliant or hybrid joined device and the user has no such device registered.",
+    ),
+    "CA_REPORT_ONLY": ("info", "Report-only Conditional Access policies would apply: they are logged, never enforced."),
+    "CA_PARTLY_UNKNOWN": (
+        "info",
+        "Whether some policies reach the user is unknown (roles, external tenants or app groups not in the mirror).",
+    ),
+    "CA_LIVE_WHAT_IF": ("info", "Microsoft Graph's What If evaluation was asked and its answer is in liveWhatIf."),
+    "CA_LIVE_WHAT_IF_DIFFERS": (
+        "warning",
+        "Graph's What If evaluation disagrees with the local evaluation of the mirrored policies (mirror out of date?).",
+    ),
+    # devices (check_account_state.devices)
+    "DEVICE_NOT_COMPLIANT": ("warning", "A managed device of the user is not compliant: compliant-device policies block it."),
+    "NO_COMPLIANT_DEVICE": ("info", "The user has devices but none marked compliant."),
     # tickets
     "VIP_REQUESTER": ("warning", "The requester is an executive: verify identity out of band before any reset."),
     "REQUESTER_NOT_FOUND": ("warning", "The ticket's requester matches no user in the mirror."),

@@ -1,0 +1,202 @@
+"""Devices, Conditional Access, owners and fresh assignments end to end: the emulator over HTTPS -> the product's sync
+-> the mirror -> a real MCP client (in memory) calling check_app_access, check_account_state and sync_status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import anyio
+import pytest
+from _sync_fixtures import Control, run_sync, write_config
+from mcp import Client
+
+from entra_mcp.config import Settings
+from entra_mcp.devtenant.graph_access import access_of
+from entra_mcp.devtenant.server import RunningEmulator, run_emulator
+from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.server.app import create_server
+from entra_mcp.views import ViewProvider
+
+
+class Env:
+    def __init__(self, emu: RunningEmulator, settings: Settings, store: MirrorStore) -> None:
+        self.emu, self.settings, self.store = emu, settings, store
+        self.tenant = emu.tenant()
+        self.control = Control(emu)
+
+    def sync(self, *, full: bool = False) -> Any:
+        result = run_sync(self.settings, self.store, full=full)
+        assert result.error is None, result.error
+        return result
+
+    def call(self, tool: str, **args: Any) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            views = ViewProvider.from_settings(self.settings, self.store)
+            async with Client(create_server(self.settings, views=views)) as client:
+                with anyio.fail_after(30):
+                    result = await client.call_tool(tool, args)
+            assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+            assert result.structured_content is not None
+            return result.structured_content
+
+        return anyio.run(go)
+
+    def group(self, name: str) -> str:
+        return next(gid for gid, g in self.tenant.groups.items() if g["displayName"] == name)
+
+    def put_policy(self, name: str, users: dict[str, Any], apps: list[str], grant: list[str], *,
+                   state: str = "enabled", **conditions: Any) -> None:
+        self.control.mutate([{"op": "put_ca_policy", "policy": {
+            "displayName": name, "state": state, "grantControls": {"operator": "OR", "builtInControls": grant},
+            "conditions": {"users": users, "applications": {"includeApplications": apps}, **conditions}}}])
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    with run_emulator(size="small", seed=11) as emu:
+        _, settings = write_config(emu, tmp_path, monkeypatch)
+        store = MirrorStore(settings.server.cache_dir)
+        e = Env(emu, settings, store)
+        try:
+            yield e
+        finally:
+            e.control.close()
+            store.close()
+
+
+def codes(answer: dict[str, Any]) -> set[str]:
+    return {f["code"] for f in answer.get("findings") or []}
+
+
+def policies(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["displayName"]: p for p in (answer["conditionalAccess"] or {}).get("policies", [])}
+
+
+def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
+    t = env.tenant
+    # a member of Service Desk Tier 1 only: inside Global IT through three levels of nesting
+    tier1, global_it = env.group("Service Desk Tier 1"), env.group("Global IT")
+    direct_global = set(t.members[global_it])
+    user = next(u for u in t.members[tier1] if u in t.users and u not in direct_global
+                and t.users[u]["accountEnabled"])
+    app = next(s for s in t.service_principals.values() if not s.get("appRoleAssignmentRequired")
+               and s["accountEnabled"] and s["appOwnerOrganizationId"] == t.tenant_id)
+    env.put_policy("T nested include", {"includeGroups": [global_it]}, [app["appId"]], ["mfa"])
+    env.put_policy("T exclusion wins", {"includeUsers": [user], "excludeGroups": [global_it]}, [app["appId"]], ["block"])
+    env.put_policy("T report only", {"includeUsers": ["All"]}, [app["appId"]], ["compliantDevice"],
+                   state="enabledForReportingButNotEnforced")
+    env.put_policy("T other app", {"includeUsers": ["All"]}, ["00000000-0000-0000-0000-00000000beef"], ["block"])
+    env.put_policy("T disabled", {"includeUsers": ["All"]}, ["All"], ["block"], state="disabled")
+    env.sync(full=True)
+
+    answer = env.call("check_app_access", user=user, app=app["appId"])
+    got = policies(answer)
+    assert got["T nested include"]["applies"] is True and got["T nested include"]["state"] == "enabled"
+    assert "nested" in got["T nested include"]["matchedBy"]
+    assert "T exclusion wins" not in got, "an exclusion (through nesting) wins over an inclusion by name"
+    assert got["T report only"]["state"] == "reportOnly" and "CA_REPORT_ONLY" in codes(answer)
+    assert "T other app" not in got and "T disabled" not in got
+    # generated policies: "Require MFA for all users" excludes Global IT (nested members too); the country block
+    # depends on where the sign-in comes from, and is named so, never guessed
+    assert "Require MFA for all users" not in got
+    block = got["Block sign-in from blocked countries"]
+    assert block["applies"] == "dependsOnSignIn" and block["dependsOn"][0]["condition"] == "location"
+    assert "CA_BLOCK_DEPENDS_ON_SIGN_IN" in codes(answer) and "CA_REQUIREMENTS" in codes(answer)
+    assert answer["hasAccess"] is True and answer["conditionalAccess"]["blocked"] == "dependsOnSignIn"
+
+    # a policy change is seen after the next (incremental) sync; a block flips the verdict
+    env.put_policy("T block now", {"includeUsers": [user]}, ["All"], ["block"])
+    env.sync()
+    answer = env.call("check_app_access", user=user, app=app["appId"])
+    assert answer["hasAccess"] is False and "CA_BLOCKED" in codes(answer)
+    assert answer["conditionalAccess"]["blocked"] is True
+
+
+def test_devices_in_account_state_and_compliant_device_grant(env: Env) -> None:
+    t = env.tenant
+    acc = access_of(t)
+    env.sync(full=True)
+    ceo = next(u for u in t.users.values() if u["jobTitle"] == "Chief Executive Officer")
+    cfo = next(u for u in t.users.values() if u["jobTitle"] == "Chief Financial Officer")
+    state = env.call("check_account_state", user=ceo["id"])
+    assert state["devices"]["compliant"] >= 1 and state["devices"]["items"][0]["joinType"] == "joined"
+    state = env.call("check_account_state", user=cfo["id"])
+    names = {d["displayName"]: d for d in state["devices"]["items"]}
+    assert names["LT-CFO-01"]["isCompliant"] is False and names["CFO iPhone"]["joinType"] == "registered"
+    assert {"DEVICE_NOT_COMPLIANT", "NO_COMPLIANT_DEVICE"} <= codes(state)
+
+    # Salesforce requires a compliant or hybrid joined device for the Salesforce Users group
+    sf_users = env.group("Salesforce Users")
+    env.control.mutate([{"op": "add_member", "group": sf_users, "member": cfo["id"]}])
+    env.sync()
+    answer = env.call("check_app_access", user=cfo["id"], app="Salesforce")
+    sf = policies(answer)["Salesforce: compliant or hybrid-joined device"]
+    assert sf["applies"] is True and set(sf["requires"]["builtInControls"]) == {"compliantDevice", "domainJoinedDevice"}
+    assert "CA_DEVICE_REQUIREMENT_UNMET" in codes(answer)
+    # the CFO's laptop becomes compliant: the device delta brings it, the requirement is met
+    laptop = next(d for d, dev in acc.devices.items() if dev["displayName"] == "LT-CFO-01")
+    added = env.control.mutate([{"op": "update_device", "id": laptop, "set": {"isCompliant": True}},
+                                {"op": "add_device", "owner": cfo["id"], "set": {"displayName": "CFO new laptop"}}])
+    result = env.sync()
+    assert result.areas["devices"].outcome == "delta"
+    answer = env.call("check_app_access", user=cfo["id"], app="Salesforce")
+    assert "CA_DEVICE_REQUIREMENT_UNMET" not in codes(answer)
+    state = env.call("check_account_state", user=cfo["id"])
+    assert "CFO new laptop" in {d["displayName"] for d in state["devices"]["items"]}, \
+        f"a new device's owner comes in $batch ({added[1]['id']})"
+
+
+def test_owners_and_an_assignment_visible_after_the_next_sync(env: Env) -> None:
+    t = env.tenant
+    acc = access_of(t)
+    sp = next(s for s in t.service_principals.values() if s.get("appRoleAssignmentRequired") and s["accountEnabled"]
+              and s["appOwnerOrganizationId"] == t.tenant_id and acc.owners.get(s["id"]))
+    assigned = {a["principalId"] for a in t.app_role_assignments.values() if a["resourceId"] == sp["id"]}
+    user = next(u for u, rec in t.users.items() if rec["accountEnabled"] and rec["userType"] == "Member"
+                and u not in assigned and not set(t.member_of(u)) & assigned)
+    env.sync(full=True)
+    answer = env.call("check_app_access", user=user, app=sp["appId"])
+    assert answer["hasAccess"] is False and {"NOT_ASSIGNED", "ASSIGNMENT_DATA_AGE"} <= codes(answer)
+    approvers = answer["approvers"]
+    assert {o["id"] for o in approvers["appOwners"]} >= set(acc.owners[sp["id"]])
+    for g in approvers["assignedGroups"]:
+        assert [o["id"] for o in g["owners"]] == acc.owners.get(g["id"], [])[:10]
+
+    # the assignment is made now; the next ordinary sync (not an hour later, not --full) shows it
+    env.control.mutate([{"op": "add_app_role_assignment", "resource": sp["id"], "principal": user}])
+    env.sync()
+    answer = env.call("check_app_access", user=user, app=sp["appId"])
+    assert answer["hasAccess"] is True, answer["reason"]
+    assert answer["approvers"] is None
+
+    # a new group owner arrives by the ownership delta stream
+    gid = next(g for g in t.groups if acc.owners.get(g))
+    env.control.mutate([{"op": "set_owners", "id": gid, "owners": [user]}])
+    result = env.sync()
+    assert result.areas["owners"].outcome == "delta"
+    snap = env.store.load_snapshot(env.settings.tenants[0].name)
+    assert snap is not None and [o["id"] for o in snap.collection("owners")[gid]] == [user]
+
+
+def test_areas_disabled_with_their_reason(env: Env) -> None:
+    env.control.roles(revoke=["Device.Read.All", "Policy.Read.All"])
+    env.sync(full=True)
+    status = env.call("sync_status")
+    areas = json.dumps(status)
+    assert "grant Device.Read.All" in areas and "grant Policy.Read.All" in areas
+    user = next(u for u, rec in env.tenant.users.items() if rec["accountEnabled"] and rec["userType"] == "Member")
+    state = env.call("check_account_state", user=user)
+    assert state["devices"] is None and "AREA_DISABLED" in codes(state)
+    assert state["accountEnabled"] is True, "the rest still answers"
+    answer = env.call("check_app_access", user=user, app="Salesforce")
+    assert answer["conditionalAccess"] is None and "AREA_DISABLED" in codes(answer)
+    # the permission is granted back, but the tenant has no P1 licence: the licence is the reason now
+    env.control.roles(grant=["Device.Read.All", "Policy.Read.All"])
+    env.control.mutate([{"op": "set_premium", "premium": False}])
+    env.sync()
+    status = json.dumps(env.call("sync_status"))
+    assert "P1" in status and "Authentication_RequestFromNonPremiumTenantOrB2CTenant" in status
+    state = env.call("check_account_state", user=user)
+    assert state["devices"] is not None, "devices need no licence: re-enabled by the grant"
