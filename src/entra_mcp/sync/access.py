@@ -12,8 +12,9 @@
                       $batch, refreshed every APP_OWNERS_REFRESH_MINUTES (Graph tracks no ownership change for
                       them). GroupMember.Read.All (groups) and Application.Read.All (apps).
 
-The fetch functions take the Graph client and return plain data; the `apply_*` functions change a mirror target
-(FullBuild or AreaChange), so a full and a delta run share one code path; applying a page twice is harmless.
+The `run_*` functions are the areas' custom runs (they page through `run.pager`); the `apply_*` functions change a
+mirror target (FullBuild or AreaChange), so a full and a delta run share one code path; applying a page twice is
+harmless.
 """
 
 from __future__ import annotations
@@ -23,16 +24,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Iterable
 
 from entra_mcp.errors import DeltaTokenExpired, GraphError
-from entra_mcp.graph.client import GraphClient
-from entra_mcp.graph.paging import Pager
-from entra_mcp.logs import get_logger
 from entra_mcp.sync.areas import AreaResult, Counter, FullBuild
 
 if TYPE_CHECKING:
     from entra_mcp.mirror.snapshot import AreaStatus
     from entra_mcp.sync.areas import Area, AreaRun
 
-log = get_logger("sync.access")
 
 DEVICE_FIELDS = (
     "id", "accountEnabled", "deviceId", "displayName", "operatingSystem", "operatingSystemVersion", "trustType",
@@ -120,22 +117,18 @@ def _kind(odata_type: Any) -> str:
     return tail or "directoryObject"
 
 
-def owned_here(applications: dict[str, Any], service_principals: dict[str, Any], tenant_id: str) -> dict[str, str]:
-    """The apps whose owners matter: every app registration, and the service principals of apps registered in this
-    tenant (Microsoft's and other organisations' apps have no owners here)."""
+def owned_here(applications: dict[str, Any], service_principals: dict[str, Any]) -> dict[str, str]:
+    """The apps whose owners matter: every app registration here, and the service principals of those apps (same
+    appId); Microsoft's and other organisations' apps have no owners in this tenant."""
     out = {str(a): "applications" for a in applications}
-    tid = tenant_id.lower()
+    own = {str(a.get("appId")) for a in applications.values() if a.get("appId")}
     for sid, sp in service_principals.items():
-        if str(sp.get("appOwnerOrganizationId") or "").lower() == tid:
+        if str(sp.get("appId")) in own:
             out[str(sid)] = "servicePrincipals"
     return out
 
 
 # ------------------------------------------------------------------------------------------- the area runs
-
-def _client(run: "AreaRun") -> GraphClient:
-    return run.client  # type: ignore[attr-defined, no-any-return]
-
 
 async def run_devices(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaResult:
     """devices: a full pull (delta link first, then the list with owners) or a delta round from the saved link."""
@@ -145,7 +138,6 @@ async def run_devices(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaR
         try:
             return await _devices_delta(run, area, prev, link)
         except DeltaTokenExpired as exc:
-            log.warning("devices: %s: full resync", exc)
             result = await _devices_full(run, area, prev)
             result.message = f"delta link expired ({exc.graph_code or exc.status}): full resync"
             return result
@@ -153,14 +145,16 @@ async def run_devices(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaR
 
 
 async def _devices_full(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaResult:
-    name, client = area.name, _client(run)
-    latest = await client.get("/devices/delta", params={"$select": DEVICE_SELECT, "$deltatoken": "latest"}, area=name)
-    link = latest.get("@odata.deltaLink")
-    if not isinstance(link, str):
+    name = area.name
+    latest = run.pager("/devices/delta", params={"$select": DEVICE_SELECT, "$deltatoken": "latest"}, area=name)
+    async for _ in latest:
+        pass  # no data: only a delta link from now on
+    link = latest.delta_link
+    if not link:
         raise GraphError("Graph answered devices/delta?$deltatoken=latest without an @odata.deltaLink")
     target, counter = FullBuild(), Counter()
-    pager = Pager(client, "/devices", params={"$select": DEVICE_SELECT, "$expand": "registeredOwners($select=id)",
-                                              "$top": "999"}, area=name)
+    pager = run.pager("/devices", params={"$select": DEVICE_SELECT, "$expand": "registeredOwners($select=id)",
+                                          "$top": "999"}, area=name)
     async for page in pager:
         apply_devices(target, page, counter, with_owners=True)
         run.tick(name, pager.items)
@@ -173,7 +167,7 @@ async def _devices_full(run: "AreaRun", area: "Area", prev: "AreaStatus") -> Are
 async def _devices_delta(run: "AreaRun", area: "Area", prev: "AreaStatus", link: str) -> AreaResult:
     name = area.name
     change, counter = run.writer.begin(name), Counter()
-    pager = Pager(_client(run), link, area=name)
+    pager = run.pager(link, area=name)
     new: list[str] = []
     async for page in pager:
         new += apply_devices(change, page, counter)
@@ -195,11 +189,11 @@ async def _devices_delta(run: "AreaRun", area: "Area", prev: "AreaStatus", link:
 
 async def run_conditional_access(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaResult:
     """conditional_access: both collections whole (Graph offers no delta for them)."""
-    name, client = area.name, _client(run)
+    name = area.name
     data: dict[str, dict[str, Any]] = {"ca_policies": {}, "named_locations": {}}
     for coll, path in (("ca_policies", "/identity/conditionalAccess/policies"),
                        ("named_locations", "/identity/conditionalAccess/namedLocations")):
-        async for page in Pager(client, path, area=name):
+        async for page in run.pager(path, area=name):
             for obj in page:
                 if isinstance(obj, dict) and obj.get("id"):
                     data[coll][str(obj["id"])] = obj
@@ -213,7 +207,7 @@ async def run_conditional_access(run: "AreaRun", area: "Area", prev: "AreaStatus
 async def run_owners(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaResult:
     """owners: the group-ownership delta stream every run; owners of apps in $batch at most every
     APP_OWNERS_REFRESH_MINUTES (and on a full run)."""
-    name, client, writer = area.name, _client(run), run.writer
+    name, writer = area.name, run.writer
     meta = writer.meta(name)
     link = None if run.full or not prev.enabled or not writer.has_data(name) else writer.delta_link(name)
     sp_result = run.results.get("service_principals")
@@ -222,14 +216,13 @@ async def run_owners(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaRe
     apps_due = link is None or last is None or run.now() - last >= timedelta(minutes=APP_OWNERS_REFRESH_MINUTES)
     target: Any = FullBuild() if link is None else writer.begin(name)
     counter = Counter()
-    pager = Pager(client, "/groups/delta" if link is None else link,
-                  params={"$select": OWNERS_GROUP_SELECT} if link is None else None, area=name)
+    pager = run.pager("/groups/delta" if link is None else link,
+                      params={"$select": OWNERS_GROUP_SELECT} if link is None else None, area=name)
     try:
         async for page in pager:
             apply_group_owners(target, page, counter)
             run.tick(name, pager.items)
-    except DeltaTokenExpired as exc:
-        log.warning("owners: %s: full resync", exc)
+    except DeltaTokenExpired:
         return await run_owners(_Full(run), area, prev)
     if not pager.delta_link:
         raise GraphError("Graph ended the groups/delta (owners) round without an @odata.deltaLink")
@@ -237,7 +230,7 @@ async def run_owners(run: "AreaRun", area: "Area", prev: "AreaStatus") -> AreaRe
     if apps_due and apps_readable:
         apps = await run.read_all("applications", "applications")
         sps = await run.read_all("service_principals", "service_principals")
-        objects = owned_here(apps, sps, str(getattr(getattr(run, "tenant", None), "tenant_id", "") or ""))
+        objects = owned_here(apps, sps)
         urls = {f"/{kind}/{oid}/owners?$select=id": oid for oid, kind in objects.items()}
         got = await run.batch_get(list(urls), area=name)
         for url, rows in got.items():
