@@ -152,6 +152,9 @@ def snapshot_from_emulated(tenant: Any, name: str = "contoso", *, as_of: datetim
         "app_role_assignments": sum(len(v) for v in by_resource.values()),
         "domains": len(tenant.domains),
     }
+    collections = access_collections(tenant)
+    counts.update({"devices": len(collections["devices"]), "conditional_access": len(collections["ca_policies"]),
+                   "owners": len(collections["owners"])})
     return DirectorySnapshot(
         tenant=name,
         tenant_id=tenant.tenant_id,
@@ -167,7 +170,7 @@ def snapshot_from_emulated(tenant: Any, name: str = "contoso", *, as_of: datetim
         areas={
             area: AreaStatus(enabled=True, last_success=when, object_count=counts.get(area), mode="full") for area in AREAS
         },
-        collections=account_collections(tenant),
+        collections={**account_collections(tenant), **collections},
         version=1,
     )
 
@@ -194,4 +197,25 @@ def account_collections(tenant: Any) -> dict[str, Any]:
         "licence_states": {uid: st for uid, u in tenant.users.items()
                            if (st := AA.compact_licence_states(u.get("licenseAssignmentStates")))},
         "risky_users": {k: AA._pick(v, AA.RISK_FIELDS) for k, v in acc.risky_users.items()},
+    }
+
+
+def access_collections(tenant: Any) -> dict[str, Any]:
+    """The devices, Conditional Access and owners collections of an EmulatedTenant, as the sync stores them."""
+    from entra_mcp.devtenant.graph_access import DEVICE_PROPERTIES, access_of
+
+    acc = access_of(tenant)
+    fields = [p for p in DEVICE_PROPERTIES if p not in ("createdDateTime", "profileType", "manufacturer", "model",
+                                                        "mdmAppId", "onPremisesSyncEnabled")]
+    devices = {d: {**{k: dev.get(k) for k in fields}, "registeredOwners": list(acc.device_owners.get(d, []))}
+               for d, dev in acc.devices.items()}
+
+    def kind(oid: str) -> str:
+        return "user" if oid in tenant.users else "servicePrincipal"
+
+    return {
+        "devices": Table.from_dicts(devices),
+        "ca_policies": {k: dict(v) for k, v in acc.policies.items()},
+        "named_locations": {k: dict(v) for k, v in acc.named_locations.items()},
+        "owners": {oid: [{"id": o, "type": kind(o)} for o in owners] for oid, owners in acc.owners.items() if owners},
     }

@@ -93,6 +93,7 @@ def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
 
     answer = env.call("check_app_access", user=user, app=app["appId"])
     got = policies(answer)
+    assert "T nested include" in got, json.dumps(answer)[:3000]
     assert got["T nested include"]["applies"] is True and got["T nested include"]["state"] == "enabled"
     assert "nested" in got["T nested include"]["matchedBy"]
     assert "T exclusion wins" not in got, "an exclusion (through nesting) wins over an inclusion by name"

@@ -23,6 +23,7 @@ import bisect
 import ipaddress
 import json
 import random
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -250,17 +251,22 @@ def new_policy(pid: str, name: str, state: str, users: dict[str, Any], apps: lis
 
 # ------------------------------------------------------------------------------------------------ mutations
 
+def _new_id(t: EmulatedTenant, kind: str) -> str:
+    """A fresh object id (deterministic in the order of mutations)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"entra-mcp/{t.tenant_id}/{kind}/{access_of(t).bump()}"))
+
+
 def _device_add(t: EmulatedTenant, op: dict[str, Any]) -> dict[str, Any]:
     acc = access_of(t)
     props = dict(op.get("set") or {})
     owner = op.get("owner")
     if owner is not None and owner not in t.users:
         raise MutationError(f"no user with id '{owner}'", status=404)
-    oid = str(props.pop("id", None) or t._new_id("device") + "-d")
+    oid = str(props.pop("id", None) or _new_id(t, "device"))
     if oid in acc.devices:
         raise MutationError(f"a device with id '{oid}' already exists")
     dev = {p: None for p in DEVICE_PROPERTIES}
-    dev.update({"id": oid, "accountEnabled": True, "deviceId": t._new_id("deviceId"), "displayName": "New device",
+    dev.update({"id": oid, "accountEnabled": True, "deviceId": _new_id(t, "deviceId"), "displayName": "New device",
                 "operatingSystem": "Windows", "operatingSystemVersion": "10.0.22631.4460", "trustType": "AzureAd",
                 "isManaged": True, "isCompliant": True, "registrationDateTime": t._now(),
                 "approximateLastSignInDateTime": t._now(), "profileType": "RegisteredDevice"})
@@ -327,7 +333,7 @@ def _put_policy(t: EmulatedTenant, op: dict[str, Any]) -> dict[str, Any]:
     raw = op.get("policy")
     if not isinstance(raw, dict) or not raw.get("displayName"):
         raise MutationError("'policy' must be an object with a displayName")
-    pid = str(raw.get("id") or t._new_id("caPolicy"))
+    pid = str(raw.get("id") or _new_id(t, "caPolicy"))
     cond = raw.get("conditions") or {}
     apps = (cond.get("applications") or {})
     base = new_policy(pid, str(raw["displayName"]), str(raw.get("state", "enabled")), dict(cond.get("users") or {}),

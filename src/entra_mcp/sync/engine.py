@@ -239,6 +239,9 @@ class TenantSync:
     async def batch_get(self, urls: list[str], *, area: str) -> dict[str, list[dict[str, Any]] | None]:
         return await batch_get(self.client, urls, area=area, progress=lambda n: self.tick(area, n))
 
+    def pager(self, path_or_link: str, *, params: dict[str, str] | None = None, area: str) -> Pager:
+        return Pager(self.client, path_or_link, params=params, area=area)
+
 
 async def sync_tenant(
     tenant: TenantSettings,
