@@ -87,6 +87,9 @@ class AccountStateAnswer(Answer):
         default=None, description="Licences: skuId, skuPartNumber, name, disabledPlans, state, error; null when unknown.")
     risk: Obj | None = Field(
         default=None, description="Identity Protection: riskLevel, riskState, riskDetail, riskLastUpdatedDateTime; null when unknown.")
+    devices: Obj | None = Field(None, description="The user's Entra devices, compact: total, enabled, managed, compliant, "
+                                "items (displayName, operatingSystem, joinType joined/hybridJoined/registered, isManaged, "
+                                "isCompliant, approximateLastSignInDateTime); null when the devices area is not synced.")
 
 
 class ResetEligibilityAnswer(Answer):
@@ -125,6 +128,14 @@ class AppAccessAnswer(Answer):
     assignmentRequired: bool | None = None
     assignments: list[Obj] | None = Field(description="The user's assignments to the app: appRole and via (direct or the group).")
     assignmentsTotal: int | None = None
+    conditionalAccess: Obj | None = Field(None, description=(
+        "Conditional Access from the mirrored policies: policies (displayName, state enabled|reportOnly, applies "
+        "true|dependsOnSignIn|null, matchedBy, requires {block, builtInControls, operator, text}, dependsOn "
+        "[{condition, detail}], unknown), blocked, dependsOnSignIn, deviceCheck, and liveWhatIf when Graph's What If "
+        "was asked; null when the policies are not mirrored."))
+    approvers: Obj | None = Field(None, description=(
+        "Who can grant access when the user lacks it: appOwners, and assignedGroups (the groups assigned to the app, "
+        "each with its owners); null when access is granted or owners are not mirrored."))
 
 
 class TicketContextAnswer(Answer):

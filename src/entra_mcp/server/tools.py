@@ -298,6 +298,8 @@ def check_account_state(ask: Ask, user: UserRef, tenant: Tenant = None) -> Answe
     `severity` and a one-line `message` (for example a disabled account, an expired password, a pending guest
     invitation, an account never used, a licence in error, a user at risk). `passwordExpired` or
     `lastSignInDateTime` null means unknown (the data is not available), not false; so does a null section.
+    `devices` lists the user's devices (joined, hybrid joined or registered; managed; compliant) for "is their
+    laptop compliant".
     """
     return identity.check_account_state(ask.view(tenant), user, ask.now())
 
@@ -333,6 +335,11 @@ def check_app_access(ask: Ask, user: UserRef, app: AppRef, tenant: Tenant = None
     tenant may sign in; when it does, the user needs an assignment directly or through a group. Account problems
     (disabled, expired password) show up as findings too. When the applications area is disabled, `hasAccess` is
     null with an AREA_DISABLED finding.
+
+    `conditionalAccess` lists the enabled and report-only Conditional Access policies that reach this user in this
+    app and what each requires (block, MFA, compliant device...); conditions that depend on the sign-in itself
+    (location, platform, client app, risk) are named in `dependsOn`, never guessed. When access is missing,
+    `approvers` names the app's owners and the owners of the groups assigned to it: who can grant access.
     """
     return identity.check_app_access(ask.view(tenant), user, app, ask.now())
 
