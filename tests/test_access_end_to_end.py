@@ -106,6 +106,15 @@ def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
     assert block["applies"] == "dependsOnSignIn" and block["dependsOn"][0]["condition"] == "location"
     assert "CA_BLOCK_DEPENDS_ON_SIGN_IN" in codes(answer) and "CA_REQUIREMENTS" in codes(answer)
     assert answer["hasAccess"] is True and answer["conditionalAccess"]["blocked"] == "dependsOnSignIn"
+    # roles are mirrored (roles area): the administrators' policy does not reach this user, and reaches an admin
+    assert "Require MFA for administrators" not in got
+    from entra_mcp.devtenant.graph_account import account_of
+
+    admin = next(a["principalId"] for a in account_of(t).role_assignments.values()
+                 if a["roleDefinitionId"] == "62e90394-69f5-4237-9190-012177145e10" and a["principalId"] in t.users
+                 and a.get("directoryScopeId", "/") == "/")
+    admins = policies(env.call("check_app_access", user=admin, app=app["appId"]))["Require MFA for administrators"]
+    assert admins["applies"] is True and admins["matchedBy"] == 'holds the role "Global Administrator"'
 
     # a policy change is seen after the next (incremental) sync; a block flips the verdict
     env.put_policy("T block now", {"includeUsers": [user]}, ["All"], ["block"])

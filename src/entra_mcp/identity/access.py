@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from . import conditional_access as ca
+from .account_facts import BUILTIN_ROLE_NAMES, account_index
 from .common import area_finding
 from .findings import finding, quote
 from .text import iso, utcnow
@@ -127,12 +128,13 @@ def assignments_age_minutes(view: DirectoryView, now: datetime | None) -> int | 
 
 
 def _user_roles(view: DirectoryView, user_id: str) -> set[str] | None:
-    """Active tenant-wide directory role template ids of the user, when a roles area provides them."""
-    provider = getattr(view, "active_role_template_ids", None)
-    if provider is None:
+    """Template ids (lower case) of the built-in roles the user holds actively at tenant scope, directly or through a
+    role-assignable group: what Conditional Access matches (not PIM-eligible, not administrative-unit scoped); None
+    when the roles area is not ready."""
+    if not view.area_ready("roles"):
         return None
-    roles = provider(user_id)
-    return None if roles is None else {str(r).lower() for r in roles}
+    return {h.template_id.lower() for h in account_index(view).roles_by_user.get(user_id, ())
+            if not h.eligible and h.scope == "/"}
 
 
 def conditional_access(view: DirectoryView, user: Mapping[str, Any], sp: Mapping[str, Any] | None,
@@ -151,7 +153,7 @@ def conditional_access(view: DirectoryView, user: Mapping[str, Any], sp: Mapping
         view.snapshot.collection("ca_policies"), view.snapshot.collection("named_locations"), user, app_id,
         first_party=first_party, chains=chains, roles=_user_roles(view, str(user.get("id"))),
         group_name=lambda gid: quote((groups.get(gid) or {}).get("displayName") or gid, 60),
-        role_name=lambda rid: rid,
+        role_name=lambda rid: quote(BUILTIN_ROLE_NAMES.get(rid.lower(), rid), 60),
     )
     findings: list[dict[str, str]] = []
     who = quote(user.get("displayName") or user.get("userPrincipalName"))
