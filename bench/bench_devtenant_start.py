@@ -53,22 +53,25 @@ def one_run(size: str, timeout_s: float) -> dict[str, float]:
         threading.Thread(target=_pump, args=(stream, q), daemon=True).start()
     try:
         deadline = started + timeout_s
+        exported = ""
         while True:
             line = err.get(timeout=max(0.1, deadline - time.monotonic()))
             if line is None:
                 raise SystemExit(f"devtenant exited with {proc.wait()} before it was ready")
+            if line.startswith("export "):
+                exported = line
             if line == "ready\n":
                 break
         ready_s = time.monotonic() - started
         rss_mb = psutil.Process(proc.pid).memory_info().rss / 2**20
         stdout = ""
-        while "export DEVTENANT_CLIENT_SECRET=" not in stdout:
+        while "API app (bearer audience)" not in stdout:  # the config's last line, written before "ready"
             chunk = out.get(timeout=max(0.1, deadline - time.monotonic()))
             if chunk is None:
                 raise SystemExit("devtenant closed stdout before printing its config")
             stdout += chunk
-        tenant = tomllib.loads(stdout.split("\nexport ")[0])["tenants"][0]
-        secret = shlex.split(stdout.split("export DEVTENANT_CLIENT_SECRET=")[1].splitlines()[0])[0]
+        tenant = tomllib.loads(stdout)["tenants"][0]  # stdout is TOML only; the export line is on stderr
+        secret = shlex.split(exported.split("export DEVTENANT_CLIENT_SECRET=")[1].splitlines()[0])[0]
         ctx = ssl.create_default_context(cafile=tenant["ca_bundle"])
         t0 = time.monotonic()
         with httpx.Client(verify=ctx, timeout=30) as client:

@@ -136,9 +136,10 @@ class DevtenantProcess:
         except BaseException:
             stop_process(self.proc)
             raise
-        lines = self.out_path.read_text().splitlines()  # written and flushed before "ready"
-        self.env = dict(shlex.split(x)[1].split("=", 1) for x in lines if x.startswith("export "))
-        self.config_text = "\n".join(x for x in lines if not x.startswith("export ")) + "\n"
+        # the config on stdout (TOML only), the secret's export line on stderr: both written before "ready"
+        self.config_text = self.out_path.read_text()
+        logged = self.log_path.read_text(errors="replace").splitlines()
+        self.env = dict(shlex.split(x)[1].split("=", 1) for x in logged if x.startswith("export "))
         self.config = tomllib.loads(self.config_text)
         first = self.config["tenants"][0]
         self.base_url: str = first["login_url"]

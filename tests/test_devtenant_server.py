@@ -212,13 +212,14 @@ def test_devtenant_cli_prints_config_serves_and_stops_on_a_signal(tmp_path: Path
             assert line is not None, f"devtenant exited early: {''.join(seen)}"
             seen.append(line)
         stdout = ""
-        while "export DEVTENANT_CLIENT_SECRET=" not in stdout:
+        while "API app (bearer audience)" not in stdout:  # the config's last line (written before "ready")
             line = out.get(timeout=max(0.1, deadline - time.monotonic()))
             assert line is not None
             stdout += line
-        settings = parse_settings(tomllib.loads(stdout.split("\nexport ")[0]))
+        settings = parse_settings(tomllib.loads(stdout))  # stdout is TOML only
         tenant = settings.tenant(None)
-        secret = shlex.split(stdout.split("export DEVTENANT_CLIENT_SECRET=")[1].splitlines()[0])[0]
+        export = next(line for line in seen if line.startswith("export DEVTENANT_CLIENT_SECRET="))  # on stderr
+        secret = shlex.split(export.split("=", 1)[1])[0]
         assert tenant.ca_bundle == tmp_path / "ca.pem"
         ctx = ssl.create_default_context(cafile=str(tenant.ca_bundle))
         with httpx.Client(verify=ctx) as client:

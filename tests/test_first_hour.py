@@ -122,3 +122,136 @@ def test_stdio_from_dev_null_or_a_regular_file(server_env: ServerEnv, tmp_path: 
     else:
         by_id = {r["id"]: r for r in replies if "id" in r}
         assert by_id[1]["result"]["serverInfo"] and "lookup_user" in {t["name"] for t in by_id[2]["result"]["tools"]}
+
+
+# ---------------------------------------------------------------- entra-mcp call
+
+
+def _call(env: ServerEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ENTRA_MCP), "--config", str(env.config_path), "call", *args], capture_output=True,
+                          text=True, timeout=120, env=env.subprocess_env(), stdin=subprocess.DEVNULL)
+
+
+def test_call_answers_from_the_mirror_human_readable_and_json(server_env: ServerEnv) -> None:
+    from entra_mcp.devtenant.generate import examples
+
+    ceo = server_env.tenant.users[examples(server_env.tenant)["ceo"]]
+    human = _call(server_env, "lookup_user", f"query={ceo['userPrincipalName']}")
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.startswith("1 match(es), matchType=exact")
+    assert f"userPrincipalName: {ceo['userPrincipalName']}" in human.stdout
+    machine = _call(server_env, "lookup_user", f"query={ceo['displayName']}", "limit=3", "--json")
+    answer = json.loads(machine.stdout)
+    assert machine.returncode == 0 and answer["matchType"] == "fuzzy" and ceo["id"] in [m["id"] for m in answer["matches"]]
+    state = _call(server_env, "check_account_state", f"user={ceo['id']}", "--tenant", server_env.name, "--json")
+    assert json.loads(state.stdout)["user"]["id"] == ceo["id"]
+    listed = _call(server_env)
+    assert "lookup_user: query (string, required)" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["lookup_user", "alex"], "'alex' is not key=value. lookup_user takes: query (string, required)"),
+        (["lookup_user", "qeury=alex"], "no argument 'qeury' (did you mean query?)"),
+        (["lookup_user", "query=alex", "limit=many"], "limit must be a whole number"),
+        (["lookup_user", "query=alex", "limit=1000"], "limit"),
+        (["lookup_user"], "lookup_user needs query"),
+        (["lookup_usr", "query=alex"], "Did you mean lookup_user?"),
+    ],
+)
+def test_call_says_what_the_tool_expects(server_env: ServerEnv, args: list[str], expected: str) -> None:
+    proc = _call(server_env, *args)
+    assert proc.returncode in (1, 2) and expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_call_an_unknown_user_is_a_tool_error(server_env: ServerEnv) -> None:
+    proc = _call(server_env, "check_account_state", "user=nobody@nowhere.example")
+    assert proc.returncode == 1 and "nobody@nowhere.example" in proc.stderr
+
+
+# ---------------------------------------------------------------- the demo on a terminal
+
+
+def test_demo_says_what_to_do_next_and_the_printed_call_works(tmp_path: Path) -> None:
+    import os
+    import shlex
+    import socket
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([str(ENTRA_MCP), "demo"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True)
+    assert proc.stderr is not None
+    try:
+        lines: list[str] = []
+        while not any("from another shell:" in line for line in lines):
+            line = proc.stderr.readline()  # bounded: the process is killed in `finally` if this test fails
+            assert line, "".join(lines)
+            lines.append(line)
+        while not any("in a browser:" in line for line in lines):
+            lines.append(proc.stderr.readline())
+        text = "".join(lines)
+        assert "npx @modelcontextprotocol/inspector" in text and "typing here does nothing useful" in text
+        call = next(line for line in lines if "from another shell:" in line).split("from another shell:", 1)[1]
+        answered = subprocess.run(shlex.split(call) + ["--json"], capture_output=True, text=True, timeout=120,
+                                  env=env, stdin=subprocess.DEVNULL)
+        assert answered.returncode == 0, answered.stderr
+        assert len(json.loads(answered.stdout)["matches"]) == 3
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]  # end of stdin: the demo exits
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
+
+    # a busy port is refused at once, before the emulator starts
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        refused = subprocess.run([str(ENTRA_MCP), "demo", "--transport", "http", "--port", str(port)], capture_output=True,
+                                 text=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "--port" in refused.stderr and "emulator" not in refused.stderr
+
+
+# ---------------------------------------------------------------- entra-mcp devtenant > config.toml
+
+
+def test_devtenant_output_is_a_config_that_survives_a_restart(tmp_path: Path) -> None:
+    """stdout is valid TOML; the TLS files live in a stable default directory, so the saved config syncs again after
+    the emulator restarts."""
+    import os
+    import signal
+    import tomllib
+
+    from _harness import wait_until
+
+    home = tmp_path / "home"
+    port = free_port()
+    env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("XDG_CACHE_HOME", None)
+    config = tmp_path / "config.toml"
+    for attempt in range(2):
+        log = tmp_path / f"devtenant-{attempt}.log"
+        with open(config if attempt == 0 else tmp_path / "again.toml", "wb") as out, open(log, "wb") as err:
+            proc = subprocess.Popen([str(ENTRA_MCP), "devtenant", "--port", str(port)], stdout=out, stderr=err, env=env,
+                                    stdin=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: "\nready\n" in "\n" + log.read_text(errors="replace"), timeout=120,
+                       what="devtenant ready", proc=proc, log_path=log)
+            data = tomllib.loads(config.read_text())  # the whole stdout of the first start parses
+            ca = Path(data["tenants"][0]["ca_bundle"])
+            assert ca.parent == home / ".cache" / "entra-mcp" / f"devtenant-{port}" and ca.exists()
+            exports = [line for line in log.read_text().splitlines() if line.startswith("export ")]
+            name, _, value = exports[0].removeprefix("export ").partition("=")
+            (tmp_path / "full.toml").write_text(config.read_text() + f'\n[server]\ncache_dir = "{tmp_path / "cache"}"\n')
+            synced = subprocess.run([str(ENTRA_MCP), "--config", str(tmp_path / "full.toml"), "sync"],
+                                    capture_output=True, text=True, timeout=300,
+                                    env={**env, name: value.strip("'")}, stdin=subprocess.DEVNULL)
+            assert synced.returncode == 0, synced.stderr[-3000:]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0

@@ -13,14 +13,14 @@ from types import ModuleType
 from typing import Sequence
 
 from entra_mcp import __version__
-from entra_mcp.commands import demo, devtenant, doctor, serve, status, sync
+from entra_mcp.commands import call, demo, devtenant, doctor, serve, status, sync
 from entra_mcp.errors import ConfigError, EntraMcpError
 from entra_mcp.logs import get_logger, setup_logging
 
 log = get_logger("cli")
 
 # in the order `entra-mcp --help` lists them; each has NAME, HELP, add_arguments(parser) and run(args) -> exit code
-COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, devtenant, demo)
+COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, call, devtenant, demo)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from entra_mcp.commands.serve import serve
+from entra_mcp.commands.serve import check_port_free, serve
 from entra_mcp.config import Settings, parse_settings
 from entra_mcp.errors import EntraMcpError
 from entra_mcp.server.stdio import StdoutWire
@@ -54,6 +54,8 @@ def _demo(args: argparse.Namespace, transport: str, wire: StdoutWire | None) -> 
 
     started = time.perf_counter()
     size = getattr(args, "size", None) or "small"
+    if transport == "http":  # a busy port is said now, not after the emulator and the sync
+        check_port_free("127.0.0.1", getattr(args, "port", None) or 8765)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="entra-mcp-demo-")))
         _say(f"entra-mcp demo: starting the local Entra ID + Graph emulator ({size} tenant)...")
@@ -66,15 +68,24 @@ def _demo(args: argparse.Namespace, transport: str, wire: StdoutWire | None) -> 
         _sync_once(settings)
         _say(f"entra-mcp demo: mirror ready {time.perf_counter() - started:.1f} s after start")
 
+        exe = _executable()
+
         def ready(where: str) -> None:
             if where == "stdio":
                 _say(
-                    "entra-mcp demo: serving MCP over stdio. Register the command `entra-mcp demo` as a stdio MCP "
-                    "server in your agent runtime (it speaks MCP on stdin/stdout), then ask e.g. lookup_user "
-                    '{"query": "alex johnson"}.'
+                    "entra-mcp demo: serving MCP over stdio: this process now speaks MCP (JSON-RPC) on stdin/stdout "
+                    "for an agent runtime; typing here does nothing useful. Register `entra-mcp demo` as a stdio MCP "
+                    "server in your agent runtime, or try it by hand:"
                 )
             else:
-                _say(f"entra-mcp demo: serving MCP over streamable HTTP at {where}   (health: {where[:-4]}/healthz)")
+                _say(f"entra-mcp demo: serving MCP over streamable HTTP at {where}   (health: {where[:-4]}/healthz). "
+                     "Point your MCP client at that URL, or try it by hand:")
+            _say(f"  from another shell:  {exe} --config {config_file} call lookup_user query='alex johnson'")
+            _say(f"                       {exe} --config {config_file} call     (lists the tools)")
+            if where == "stdio":
+                _say(f"  in a browser:        npx @modelcontextprotocol/inspector {exe} demo")
+            else:
+                _say(f"  in a browser:        npx @modelcontextprotocol/inspector   (transport Streamable HTTP, URL {where})")
             _say(f"entra-mcp demo: ready in {time.perf_counter() - started:.1f} s; stop with Ctrl-C (the demo's files in {tmp} are deleted)")
 
         interval = settings.tenants[0].sync.interval_minutes * 60  # just synced: the next run is one interval away
@@ -106,6 +117,17 @@ def _sync_once(settings: Settings) -> None:
             _say(f"entra-mcp demo: synced in {result.seconds:.1f} s" + (f" ({counts})" if counts else ""))
     finally:
         store.close()
+
+
+def _executable() -> str:
+    """How to run this entra-mcp from another shell: its absolute path when known (a virtual environment's bin is
+    rarely on PATH)."""
+    import shutil
+
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "entra-mcp" and argv0.exists():
+        return str(argv0.resolve())
+    return shutil.which("entra-mcp") or f"{sys.executable} -m entra_mcp"
 
 
 def _say(text: str) -> None:

@@ -1,19 +1,26 @@
 """`entra-mcp devtenant`: run the local emulator of Entra ID and Microsoft Graph (the one place besides `entra-mcp demo`
 where the product imports the emulator).
 
-stdout gets the config block that points the product at the emulator and the `export` line of the generated client
-secret (this is a local test bed: printing its own throw-away secret is the point). stderr gets progress, then a line
-"ready" once it serves. It runs until SIGINT or SIGTERM.
+stdout gets only the config that points the product at the emulator, as valid TOML (`entra-mcp devtenant >
+config.toml` saves a working config); stderr gets progress, the `export` line of the generated client secret (this is
+a local test bed: printing its own throw-away secret is the point; it is the same on every start with the same seed),
+then a line "ready" once it serves. It runs until SIGINT or SIGTERM; with --print-config it stops right after printing.
+
+The TLS files (the CA the config names in ca_bundle) live in a stable directory by default,
+~/.cache/entra-mcp/devtenant-<port> ($XDG_CACHE_HOME is honoured), so a saved config still works after a restart on
+the same port; with --port 0 (a random port, so no saved config can work again) they go to a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -55,7 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_ranged(int, 0, None, "a whole number"), default=1,
                    help="seed of the generated directory (same seed, same tenant)")
     p.add_argument("--tenants", type=_ranged(int, 1, 20, "a whole number"), default=1, help="how many tenants")
-    p.add_argument("--state-dir", metavar="DIR", help="where ca.pem and the TLS files go (default: a fresh temp dir)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where ca.pem and the TLS files go (default: ~/.cache/entra-mcp/devtenant-PORT, kept across "
+                   "restarts so a saved config keeps working; a temporary directory with --port 0)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config (stdout) and the secret's export line (stderr), then stop")
     p.add_argument("--latency-ms", type=_ranged(float, 0, 60_000, "a number"), default=0.0,
                    help="added to every login and Graph response")
     p.add_argument("--throttle-next", type=_ranged(int, 0, None, "a whole number"), default=0, metavar="N",
@@ -69,6 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-throttling", action="store_true", help="turn off Graph's resource-unit throttling")
     p.add_argument("--redirect-uri", action="append", type=_redirect_uri, default=[], metavar="URI",
                    help="add a redirect URI to the portal app (repeatable)")
+
+
+def default_state_dir(port: int) -> Path | None:
+    """~/.cache/entra-mcp/devtenant-PORT (None for port 0: a temporary directory)."""
+    if not port:
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "entra-mcp" / f"devtenant-{port}"
 
 
 def faults_from(args: argparse.Namespace) -> Any:
@@ -92,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     progress(f"generating {args.tenants} {args.size} tenant(s) with seed {args.seed}")
     with run_emulator(
         size=args.size, seed=args.seed, tenants=args.tenants, port=args.port, faults=faults_from(args),
-        state_dir=args.state_dir, progress=progress,
+        state_dir=args.state_dir or default_state_dir(args.port), progress=progress,
     ) as emu:
         # From here on a signal stops the server cleanly; before (while generating), Ctrl+C simply interrupts.
         stop = threading.Event()
@@ -105,10 +124,14 @@ def run(args: argparse.Namespace) -> int:
             out.append(f"# {emu.tenant_name(i)} ({tenant.domain}): portal app (sign-in) {emu.portal_app(i).client_id}, "
                        f"API app (bearer audience) {emu.api_app(i).client_id}; users sign in with their UPN and "
                        f"the password {DEFAULT_USER_PASSWORD}")
-        out.append("")
-        out += [f"export {name}={shlex.quote(value)}" for name, value in emu.secret_env(tenant_index=None).items()]
-        sys.stdout.write("\n".join(out) + "\n")
+        sys.stdout.write("\n".join(out) + "\n")  # TOML only: `entra-mcp devtenant > config.toml` works
         sys.stdout.flush()
+        progress("the config names the client secret's variable; set it in the shell that runs entra-mcp:")
+        exports = [f"export {name}={shlex.quote(value)}" for name, value in emu.secret_env(tenant_index=None).items()]
+        sys.stderr.write("\n".join(exports) + "\n")
+        sys.stderr.flush()
+        if args.print_config:
+            return 0
         progress(f"serving {emu.base_url} (login and Graph) after {time.monotonic() - started:.1f} s; "
                  "control API at /_emulator; Ctrl+C stops")
         sys.stderr.write("ready\n")
@@ -118,4 +141,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["HELP", "NAME", "add_arguments", "faults_from", "run"]
+__all__ = ["HELP", "NAME", "add_arguments", "default_state_dir", "faults_from", "run"]

@@ -129,6 +129,24 @@ def _sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError (exit 2) when the HTTP port is taken, said before anything slow starts."""
+    import socket
+
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another process (another entra-mcp?) uses "
+                "that port. Fix: pass --port with a free port, or stop the other process."
+            ) from None
+
+
 def serve(
     settings: Settings,
     *,
@@ -144,6 +162,8 @@ def serve(
     if not settings.tenants:
         raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml), or try `entra-mcp demo`.")
     started = time.perf_counter()
+    if settings.server.transport == "http":
+        check_port_free(settings.server.host, settings.server.port)
     with _sigterm_stops():
         try:
             _serve(settings, background_sync=background_sync, wire=wire, on_ready=on_ready, sync_delay=sync_delay,
