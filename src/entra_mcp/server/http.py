@@ -11,6 +11,7 @@ with a deadline for each whole request (server.request_timeout_seconds).
 from __future__ import annotations
 
 import contextlib
+import sys
 import logging
 import threading
 import time
@@ -296,6 +297,9 @@ def run_http(
     import uvicorn
 
     quiet_client_errors()
+    # Tool answers run in worker threads (server/limits.py WorkLanes); a shorter GIL switch interval than Python's 5 ms
+    # lets the event loop (/healthz, other callers' requests) in more often while one of them computes.
+    sys.setswitchinterval(0.001)
     app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect)
     config = uvicorn.Config(
         app,
