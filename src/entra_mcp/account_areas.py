@@ -73,7 +73,8 @@ def compact_licence_states(states: Any) -> list[dict[str, Any]] | None:
 def compact_sku(item: dict[str, Any]) -> dict[str, Any]:
     plans = {str(p.get("servicePlanId")): str(p.get("servicePlanName"))
              for p in item.get("servicePlans") or () if isinstance(p, dict) and p.get("servicePlanId")}
-    units = item.get("prepaidUnits") if isinstance(item.get("prepaidUnits"), dict) else {}
+    given = item.get("prepaidUnits")
+    units: dict[str, Any] = given if isinstance(given, dict) else {}
     return {"skuId": item.get("skuId"), "skuPartNumber": item.get("skuPartNumber"),
             "capabilityStatus": item.get("capabilityStatus"), "consumedUnits": item.get("consumedUnits"),
             "enabledUnits": units.get("enabled"), "servicePlans": plans}

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from types import ModuleType
-from typing import Sequence
+from typing import Sequence, NoReturn
 
 from entra_mcp import __version__
 from entra_mcp.commands import call, demo, devtenant, doctor, serve, status, sync
@@ -26,7 +26,7 @@ COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, call, devtenant
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error says what is wrong and how to get help, and exits 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\nRun `{self.prog} --help` for the options.\n")
         raise SystemExit(2)

@@ -371,7 +371,8 @@ class ViewProvider:
             started = time.perf_counter()
             view_type = _view_type()
             with _no_cyclic_gc():
-                cached = self._cache.load(name, version, view_type) if self._cache is not None and version else None
+                cached = (self._cache.load(name, version, view_type)
+                          if self._cache is not None and view_type is not None and version else None)
                 if cached is not None:
                     snapshot, view = cached.snapshot, cached
                     fresh = self._store.freshness(name)  # the cached view's asOf and statuses may be older
@@ -382,7 +383,8 @@ class ViewProvider:
                     snapshot, view = _load_and_index(self._store, name, self._build)
             if snapshot is not None:
                 version = max(version, snapshot.version)
-            if cached is None and view is not None and self._cache is not None and isinstance(view, view_type):
+            if (cached is None and view is not None and self._cache is not None and view_type is not None
+                    and isinstance(view, view_type)):
                 self._cache.save(name, version, view)
             tv = TenantView(
                 name=name,

@@ -163,7 +163,7 @@ class DeltaEngine:
             changed = tenant.changes.changed_props(oid, r["s"], r["u"])
             if changed is not None:
                 requested = set(props if props is not None else default_properties(entity, obj))
-                out = {"id": oid}
+                out: dict[str, Any] = {"id": oid}
                 for p in sorted(changed & requested):
                     out[p] = obj.get(p)
                 if want_manager and "manager" in changed:

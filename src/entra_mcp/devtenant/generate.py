@@ -460,11 +460,12 @@ def _gen_users(g: _Gen, t: EmulatedTenant, spec: SizeSpec, onprem_domain: str) -
             sia = _activity(NEVER, None, ni, rid, ni, rid)
         else:
             last = g.ago(120, 500) if (i in stale or i in disabled) else g.ago(0.05, 20)
-            ni = last - int(r.uniform(0, 3) * 86400)
+            non_interactive = last - int(r.uniform(0, 3) * 86400)
             rid = g.uuid()
             okid = rid if r.random() < 0.95 else g.uuid()
             # now and then the last attempt failed: the last success is an hour older
-            sia = _activity(_iso(last), rid, _iso(ni), g.uuid(), _iso(last if okid == rid else last - 3600), okid)
+            sia = _activity(_iso(last), rid, _iso(non_interactive), g.uuid(), _iso(last if okid == rid else last - 3600),
+                            okid)
         employee_id = f"E{100000 + i}"
         sam = local.replace(".", "")[:20]
         u: dict[str, Any] = {
@@ -987,12 +988,12 @@ def _gen_apps(g: _Gen, t: EmulatedTenant, spec: SizeSpec, facts: dict[str, Any],
         roll = (0.0, 0.5, 0.82, 0.9)[n] if n < 4 else r.random()  # one of each kind in every size
         if roll < 0.45:
             name = _OTHER_SAAS[n] if n < len(_OTHER_SAAS) else f"{r.choice(_APP_WORDS)} Cloud {n}"
-            roles = _roles(g, [("User", "User")]) if r.random() < 0.5 else None
-            sid = _service_principal(g, t, name, g.uuid(), owner=g.uuid(), roles=roles,
+            user_roles = _roles(g, [("User", "User")]) if r.random() < 0.5 else None
+            sid = _service_principal(g, t, name, g.uuid(), owner=g.uuid(), roles=user_roles,
                                      required=r.random() < 0.5, enabled=r.random() > 0.03,
                                      tags=_TAGS_INTEGRATED,
                                      certs=[_creds(g, r.choice(statuses), cert=True)] if r.random() < 0.3 else None)
-            resources.append((sid, roles or []))
+            resources.append((sid, user_roles or []))
         elif roll < 0.8:
             name = f"mi-{r.choice(_APP_WORDS).lower()}-{r.choice(('prod', 'dev', 'test'))}-{n:03d}"
             app_id = g.uuid()

@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -275,7 +275,7 @@ class GraphService:
         if head == "auditlogs" and n == 2 and segs[1].lower() == "signins":  # devtenant/graph_signins.py
             return _Route("auditLogs/signIns", SIGN_INS_READ, lambda c, o, h: Reply(*emulation(self.runtime).list(
                 c.tenant, c.app_id, o, token_key=self.runtime.state.token_key, base=self.base)))
-        found = account_route(self, segs)
+        found: _Route | None = account_route(self, segs)
         if found is not None:
             return found
         raise self._no_segment(segs[0] if head not in ("domains", "organization", "auditlogs") or n == 1 else segs[1])
@@ -383,8 +383,8 @@ class GraphService:
             body["@odata.count"] = total
         body["value"] = out
         if more:
-            tok = seal(self.runtime.state.token_key, {"k": "ls", "t": tenant.tenant_id, "r": path, "q": q, "c": last})
-            body["@odata.nextLink"] = f"{self.base}/v1.0/{path}?$skiptoken={tok}"
+            skiptoken = seal(self.runtime.state.token_key, {"k": "ls", "t": tenant.tenant_id, "r": path, "q": q, "c": last})
+            body["@odata.nextLink"] = f"{self.base}/v1.0/{path}?$skiptoken={skiptoken}"
         return self._ok(body)
 
     def _shape(self, caller: Caller, kind: str, obj: dict[str, Any], select: list[str] | None, typed: bool) -> dict[str, Any]:
@@ -674,8 +674,8 @@ def _union_entity(props: frozenset[str]) -> EntityType:
 
 # ------------------------------------------------------------------------------------------------------- ASGI
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class GraphApp:
@@ -687,7 +687,7 @@ class GraphApp:
         for tenant in list(runtime.state.tenants.values()):
             tenant.warm_indexes()
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 msg = await receive()

@@ -534,8 +534,8 @@ class SignInEmulation:
             last = (ts, eid)
         body: dict[str, Any] = {"@odata.context": f"{base}/v1.0/$metadata#auditLogs/signIns"}
         if more and last is not None:
-            tok = seal(token_key, {"k": "si", "t": tenant.tenant_id, "q": q_opts, "c": [last[0], last[1]], "n": now})
-            body["@odata.nextLink"] = f"{base}/v1.0/auditLogs/signIns?$skiptoken={tok}"
+            skiptoken = seal(token_key, {"k": "si", "t": tenant.tenant_id, "q": q_opts, "c": [last[0], last[1]], "n": now})
+            body["@odata.nextLink"] = f"{base}/v1.0/auditLogs/signIns?$skiptoken={skiptoken}"
         body["value"] = out
         return 200, body, {}
 

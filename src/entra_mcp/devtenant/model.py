@@ -596,7 +596,7 @@ class EmulatedTenant:
                 raise MutationError(f"'{principal_id}' is an {kind}: only users, groups and service principals get app roles")
             if app_role_id != DEFAULT_ACCESS_ROLE and not any(r.get("id") == app_role_id for r in resource.get("appRoles", [])):
                 raise MutationError(f"service principal '{resource_id}' has no app role '{app_role_id}'")
-            a = {
+            a: dict[str, Any] = {
                 "id": self._new_id("appRoleAssignment"), "appRoleId": app_role_id, "createdDateTime": self._now(),
                 "deletedDateTime": None, "principalDisplayName": principal.get("displayName"),
                 "principalId": principal_id, "principalType": PRINCIPAL_TYPE[kind],
@@ -634,7 +634,7 @@ class EmulatedTenant:
             area, obj = self._credential_owner(oid)
             secret = _secrets.token_urlsafe(30)
             now = self.clock.now()
-            cred = {
+            cred: dict[str, Any] = {
                 "customKeyIdentifier": None, "displayName": display_name or None,
                 "endDateTime": end_date_time or iso(now + timedelta(days=365 * 2)), "hint": secret[:3],
                 "keyId": self._new_id("passwordCredential"), "secretText": None, "startDateTime": iso(now),
@@ -655,7 +655,7 @@ class EmulatedTenant:
         with self.lock:
             area, obj = self._credential_owner(oid)
             now = self.clock.now()
-            cred = {
+            cred: dict[str, Any] = {
                 "customKeyIdentifier": _secrets.token_hex(20).upper(), "displayName": display_name or None,
                 "endDateTime": end_date_time or iso(now + timedelta(days=365)), "key": None,
                 "keyId": self._new_id("keyCredential"), "startDateTime": iso(now), "type": "AsymmetricX509Cert",
@@ -738,6 +738,7 @@ class EmulatorState:
 
     def resolve(self, tenant: str) -> EmulatedTenant | None:
         key = tenant.strip().lower()
+        t: EmulatedTenant | None
         if key in self.tenants:
             t = self.tenants[key]
         else:

@@ -456,7 +456,8 @@ def compile_filter(text: str, entity: EntityType) -> Filter:
             return lambda o: _fold(o.get(prop)) == val
         if op == "ne":
             return lambda o: _fold(o.get(prop)) != val
-        cmp = {"gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}[op]
+        cmp: Callable[[Any, Any], bool] = {"gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b,
+                                           "le": lambda a, b: a <= b}[op]
         return lambda o: o.get(prop) is not None and cmp(_fold(o.get(prop)), val)
 
     match = build(node)

@@ -329,7 +329,7 @@ def _generate(size: str, seed: int, tenants: int, progress: Callable[[str], None
     import inspect
 
     if progress is not None and "progress" in inspect.signature(generate_state).parameters:
-        return generate_state(size, seed, tenants, progress=progress)  # type: ignore[call-arg]
+        return generate_state(size, seed, tenants, progress=progress)
     return generate_state(size, seed, tenants)
 
 

@@ -80,7 +80,8 @@ async def batch_get(
                     status = int(resp.get("status") or 0)
                 except (TypeError, ValueError):
                     status = 0
-                rbody = resp.get("body") if isinstance(resp.get("body"), dict) else {}
+                found = resp.get("body")
+                rbody: dict[str, Any] = found if isinstance(found, dict) else {}
                 if status == 200:
                     rows = [v for v in rbody.get("value") or [] if isinstance(v, dict)]
                     nxt = rbody.get("@odata.nextLink")
@@ -96,7 +97,8 @@ async def batch_get(
                 elif status in _RETRY_ITEM:
                     if status == 429:
                         client.stats.throttled += 1
-                    headers = resp.get("headers") if isinstance(resp.get("headers"), dict) else {}
+                    given = resp.get("headers")
+                    headers: dict[str, Any] = given if isinstance(given, dict) else {}
                     ra = next((v for k, v in headers.items() if str(k).lower() == "retry-after"), None)
                     w = parse_retry_after(str(ra)) if ra is not None else None
                     if w is not None:

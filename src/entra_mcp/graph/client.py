@@ -94,7 +94,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rnd: float) -> float:
         """Capped exponential back-off with full jitter in [50%, 100%] of the step."""
-        step = min(self.max_backoff, self.base_backoff * (2 ** max(0, attempt - 1)))
+        step = min(self.max_backoff, self.base_backoff * float(2 ** max(0, attempt - 1)))
         return step * (0.5 + 0.5 * rnd)
 
 

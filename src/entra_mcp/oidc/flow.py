@@ -420,7 +420,7 @@ class SignInFlow:
                 f"{f', AADSTS{aadsts}' if aadsts else ''}); start again from the sign-in link",
                 aadsts=aadsts,
             )
-        return body["id_token"]
+        return str(body["id_token"])
 
 
 __all__ = ["FLOWS", "LoginResult", "LoginStart", "SignInBusy", "SignInError", "SignInFlow", "origin_of", "pkce_challenge",

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from entra_mcp.config import Settings
 from entra_mcp.logs import get_logger
@@ -50,7 +50,7 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def looks_like_secret(value: str | None) -> bool:
+def looks_like_secret(value: str | None) -> TypeGuard[str]:
     return isinstance(value, str) and _SECRET_RE.match(value) is not None
 
 

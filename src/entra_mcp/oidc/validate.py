@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -252,7 +252,7 @@ class TokenValidator:
         )
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 

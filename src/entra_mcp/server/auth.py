@@ -256,8 +256,8 @@ class _Protected:
         session_id = headers.get(MCP_SESSION_HEADER)
         if session_id is not None and not self.guard._owner_ok(session_id, principal):
             log.warning("refused an MCP session id presented by a principal other than its owner")
-            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}})
-            await Response(body, 404, media_type="application/json")(scope, receive, send)
+            gone = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}})
+            await Response(gone, 404, media_type="application/json")(scope, receive, send)
             return
         if session_id is None and method == "POST":
             refusal = self.limits.may_open_session(principal.key)

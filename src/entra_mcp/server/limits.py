@@ -50,7 +50,7 @@ def request_deadline_protocol(timeout: float) -> type:
     class RequestDeadlineH11(H11Protocol):
         _deadline: Any = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm()
 

@@ -94,6 +94,7 @@ def _make_prompt(meta: dict[str, Any], body: str) -> Prompt:
         return [UserMessage(_render(body, arguments))]
 
     return Prompt(
+        context_kwarg=None,
         name=meta["name"],
         title=meta.get("title"),
         description=meta.get("description", ""),
