@@ -242,4 +242,9 @@ def test_sync_prepares_the_servers_index(emulator: Any, tmp_path: Path, monkeypa
     fresh_as_of = store.freshness("contoso").as_of  # type: ignore[union-attr]
     assert fresh_as_of is not None and fresh_as_of > prepared.snapshot.as_of
     assert views.current().snapshot.as_of == fresh_as_of and views.current().view.exact is held.exact  # same index
+
+    cache.path("contoso").unlink()  # as after an upgrade: no index of this version built by this code
+    assert main(["--config", str(path), "sync"]) == 0  # nothing changed, but the next start would be a cold one
+    assert "index for the server prepared" in capsys.readouterr().err
+    assert store.version("contoso") == version and cache.holds("contoso", version, DirectoryView)
     store.close()

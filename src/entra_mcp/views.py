@@ -180,6 +180,14 @@ class ViewCache:
             return None
         return view if isinstance(view, view_type) else None
 
+    def holds(self, tenant: str, version: int, view_type: type) -> bool:
+        """Whether the file holds a view of this mirror version built by this code (reads its header only)."""
+        try:
+            with open(self.path(tenant), "rb") as f:
+                return bool(pickle.load(f) == (self.fingerprint(view_type), version))
+        except Exception:  # missing, unreadable, or from another release
+            return False
+
     def save(self, tenant: str, version: int, view: Any) -> None:
         """Write the file atomically, in a child process when fork is available."""
         header = (self.fingerprint(type(view)), version)
@@ -219,6 +227,16 @@ def _load_and_index(store: SnapshotSource, name: str, build: Callable[[Directory
         snapshot = store.load_snapshot(name)
         view = build(snapshot) if snapshot is not None and snapshot.as_of is not None else None
     return snapshot, view
+
+
+def views_to_prepare(cache_dir: str | os.PathLike[str], versions: dict[str, tuple[int, int]]) -> list[str]:
+    """The tenants whose index `entra-mcp sync` should prepare: `versions` maps a tenant to its data version before
+    and after the run; those whose objects changed, and those whose current version has no index built by this code
+    in the view cache (first run after an upgrade, or a cold start that could not write it)."""
+    cache = ViewCache(Path(cache_dir) / ".server-views")
+    view_type = _view_type()
+    return [name for name, (before, after) in versions.items()
+            if after and (after != before or not cache.holds(name, after, view_type))]
 
 
 def prepare_views(cache_dir: str | os.PathLike[str], store: SnapshotSource, names: Sequence[str]) -> None:
@@ -422,4 +440,4 @@ class ViewProvider:
         threading.Thread(target=work, name=f"entra-mcp-reload-{name}", daemon=True).start()
 
 
-__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "prepare_views"]
+__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "prepare_views", "views_to_prepare"]

@@ -120,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
         progress.done()
         for r in sorted(results, key=lambda r: r.tenant):
             _summary(r, sys.stderr)
-        changed = [t.name for t in tenants if _version(store, t.name) not in (before[t.name], 0)]
-        if changed:
-            # the server's index of a changed mirror, built now rather than at the next server start
-            from entra_mcp.views import prepare_views
+        # the server's index of a changed mirror (or of one this release has not indexed yet), built now rather
+        # than at the next server start
+        from entra_mcp.views import prepare_views, views_to_prepare
 
-            prepare_views(settings.server.cache_dir, store, changed)
+        stale = views_to_prepare(settings.server.cache_dir, {t.name: (before[t.name], _version(store, t.name)) for t in tenants})
+        if stale:
+            prepare_views(settings.server.cache_dir, store, stale)
     finally:
         progress.done()
         store.close()
