@@ -76,6 +76,11 @@ def test_columns_are_compact() -> None:
     assert isinstance(by_name["department"], Coded) and len(by_name["department"].values) == 2
     assert isinstance(by_name["assignedLicenses"], Coded) and len(by_name["assignedLicenses"].values) == 1
     assert isinstance(by_name["employeeId"], list)
+    # Graph's "never signed in" date is a date too: the sign-in columns of a real tenant stay arrays
+    never = {f"u{i}": {"lastSignInDateTime": "0001-01-01T00:00:00Z" if i % 3 else f"2026-11-{1 + i % 28:02d}T10:00:00Z"}
+             for i in range(30)}
+    col = pack(never)[3][0]
+    assert col.typecode == "q" and unpack(pack(never)) == never and Table.from_dicts(never) == never
     # equal strings of a bucket are stored once (pickle writes each object once)
     same = pack({"a": {"userPrincipalName": "x" + "@y", "mail": "x@" + "y"}})
     assert same[3][0][0] is same[3][1][0]

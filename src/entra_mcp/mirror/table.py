@@ -57,7 +57,11 @@ def _to_ts(text: str) -> int:
 
 
 def _from_ts(ts: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    if len(text) == 20:
+        return text
+    t = time.gmtime(ts)  # a year before 1000: strftime does not pad it (Graph's "never" is 0001-01-01T00:00:00Z)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}Z"
 
 
 def frozen(value: Any) -> Any:
@@ -559,9 +563,9 @@ def _pack_column(values: list[Any], pool: dict[str, str]) -> Any:
         elif type(v) is str and _DATE.match(v):
             try:
                 ts = _to_ts(v)
-            except (ValueError, OverflowError):
-                break
-            if _from_ts(ts) != v:  # not a real date, or outside what gmtime writes back the same way
+                if _from_ts(ts) != v:  # not a real date, or outside what gmtime writes back the same way
+                    break
+            except (ValueError, OverflowError, OSError):
                 break
             dates.append(ts)
         else:
