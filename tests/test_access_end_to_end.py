@@ -15,6 +15,7 @@ from mcp import Client
 from entra_mcp.config import Settings
 from entra_mcp.devtenant.graph_access import access_of
 from entra_mcp.devtenant.server import RunningEmulator, run_emulator
+from entra_mcp.graph.what_if import LiveWhatIf
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
 from entra_mcp.views import ViewProvider
@@ -34,7 +35,8 @@ class Env:
     def call(self, tool: str, **args: Any) -> dict[str, Any]:
         async def go() -> dict[str, Any]:
             views = ViewProvider.from_settings(self.settings, self.store)
-            async with Client(create_server(self.settings, views=views)) as client:
+            what_if = LiveWhatIf(self.settings)  # as `entra-mcp serve` hands it over
+            async with Client(create_server(self.settings, views=views, what_if=what_if)) as client:
                 with anyio.fail_after(30):
                     result = await client.call_tool(tool, args)
             assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
@@ -54,9 +56,10 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Env]:
+    extra = "allow_live_what_if = true\n" if "live_what_if" in request.node.name else ""
     with run_emulator(size="small", seed=11) as emu:
-        _, settings = write_config(emu, tmp_path, monkeypatch)
+        _, settings = write_config(emu, tmp_path, monkeypatch, extra=extra)
         store = MirrorStore(settings.server.cache_dir)
         e = Env(emu, settings, store)
         try:
@@ -210,3 +213,32 @@ def test_areas_disabled_with_their_reason(env: Env) -> None:
     assert "P1" in status and "Authentication_RequestFromNonPremiumTenantOrB2CTenant" in status
     state = env.call("check_account_state", user=user)
     assert state["devices"] is not None, "devices need no licence: re-enabled by the grant"
+
+
+def test_live_what_if_only_where_allowed_and_compared(env: Env) -> None:
+    t = env.tenant
+    env.sync(full=True)
+    ceo = next(u for u in t.users.values() if u["jobTitle"] == "Chief Executive Officer")
+    exchange = "00000002-0000-0ff1-ce00-000000000000"
+    answer = env.call("check_app_access", user=ceo["id"], app=exchange, live_what_if=True)
+    live = answer["liveWhatIf"]
+    assert {p["displayName"] for p in live["policies"] if p["policyApplies"]} >= {"Require MFA for all users"}
+    reasons = {p["displayName"]: p["analysisReasons"] for p in live["policies"]}
+    assert reasons["Office 365 outside trusted networks: MFA"] == "notEnoughInformation", "no sign-in details were sent"
+    assert live["differences"] == [] and "CA_LIVE_WHAT_IF" in codes(answer)
+    # a policy added after the last sync: Graph sees it, the mirror does not yet -> the difference is named
+    env.put_policy("T new block", {"includeUsers": [ceo["id"]]}, ["All"], ["block"])
+    answer = env.call("check_app_access", user=ceo["id"], app=exchange, live_what_if=True)
+    assert [d["displayName"] for d in answer["liveWhatIf"]["differences"]] == ["T new block"]
+    assert "CA_LIVE_WHAT_IF_DIFFERS" in codes(answer)
+    env.sync()
+    answer = env.call("check_app_access", user=ceo["id"], app=exchange, live_what_if=True)
+    assert answer["liveWhatIf"]["differences"] == [] and answer["hasAccess"] is False
+
+
+def test_what_if_refused_without_the_config_key(env: Env) -> None:
+    env.sync(full=True)
+    user = next(u for u, rec in env.tenant.users.items() if rec["accountEnabled"] and rec["userType"] == "Member")
+    answer = env.call("check_app_access", user=user, app="Salesforce", live_what_if=True)
+    assert answer["liveWhatIf"] is None and "CA_LIVE_WHAT_IF_UNAVAILABLE" in codes(answer)
+    assert answer["conditionalAccess"] is not None, "the local evaluation still answers"

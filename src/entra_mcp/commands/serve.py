@@ -183,6 +183,7 @@ def _serve(
     view_cache: bool,
     started: float,
 ) -> None:
+    from entra_mcp.graph.what_if import LiveWhatIf
     from entra_mcp.mirror.store import MirrorStore
     from entra_mcp.server.app import create_server
     from entra_mcp.server.http import run_http
@@ -197,7 +198,8 @@ def _serve(
                 log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
         hooks = _sign_in_hooks(settings, store)
         try:
-            server = create_server(settings, views=views, sessions=hooks.sessions)
+            what_if = LiveWhatIf(settings) if any(t.allow_live_what_if for t in settings.tenants) else None
+            server = create_server(settings, views=views, sessions=hooks.sessions, what_if=what_if)
             stop = threading.Event()
             scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
             try:

@@ -716,11 +716,12 @@ class _Routes:
         apps = [str(a) for a in context.get("includeApplications") or []]
         only_applied = bool(doc.get("appliedPoliciesOnly"))
         groups = self._groups_of(user["id"])
+        roles = self._roles_of(user["id"])
         out = []
         with self.tenant.lock:
             for pid in sorted(self.acc.policies):
                 p = self.acc.policies[pid]
-                applies, reason = self._what_if(p, user, groups, apps, conditions)
+                applies, reason = self._what_if(p, user, groups, roles, apps, conditions)
                 if only_applied and not applies:
                     continue
                 out.append({**json.loads(json.dumps(p)), "policyApplies": applies,
@@ -739,7 +740,16 @@ class _Routes:
             queue.extend(self.tenant.member_of(gid))
         return seen
 
-    def _what_if(self, p: dict[str, Any], user: dict[str, Any], groups: set[str], apps: list[str],
+    def _roles_of(self, user_id: str) -> set[str]:
+        """Built-in roles the user holds actively at tenant scope, directly or through a role-assignable group."""
+        from entra_mcp.devtenant.graph_account import account_of
+
+        direct = set(self.tenant.member_of(user_id))
+        return {str(a.get("roleDefinitionId")).lower() for a in account_of(self.tenant).role_assignments.values()
+                if (a.get("principalId") == user_id or a.get("principalId") in direct)
+                and a.get("directoryScopeId", "/") == "/"}
+
+    def _what_if(self, p: dict[str, Any], user: dict[str, Any], groups: set[str], roles: set[str], apps: list[str],
                  sign_in: dict[str, Any]) -> tuple[bool, str]:
         if p.get("state") == "disabled":
             return False, "policyNotEnabled"
@@ -749,9 +759,11 @@ class _Routes:
         guest = user.get("userType") == "Guest" or "#EXT#" in str(user.get("userPrincipalName", ""))
         included = ("All" in (u.get("includeUsers") or []) or uid in (u.get("includeUsers") or [])
                     or bool(groups & set(u.get("includeGroups") or []))
+                    or bool(roles & {r.lower() for r in u.get("includeRoles") or []})
                     or (guest and bool(u.get("includeGuestsOrExternalUsers"))
                         or ("GuestsOrExternalUsers" in (u.get("includeUsers") or []) and guest)))
         excluded = (uid in (u.get("excludeUsers") or []) or bool(groups & set(u.get("excludeGroups") or []))
+                    or bool(roles & {r.lower() for r in u.get("excludeRoles") or []})
                     or (guest and bool(u.get("excludeGuestsOrExternalUsers"))))
         if not included or excluded:
             return False, "users"

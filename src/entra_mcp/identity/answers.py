@@ -133,6 +133,9 @@ class AppAccessAnswer(Answer):
         "true|dependsOnSignIn|null, matchedBy, requires {block, builtInControls, operator, text}, dependsOn "
         "[{condition, detail}], unknown), blocked, dependsOnSignIn, deviceCheck, and liveWhatIf when Graph's What If "
         "was asked; null when the policies are not mirrored."))
+    liveWhatIf: Obj | None = Field(None, description=(
+        "Only with live_what_if=true and a tenant that allows it: Graph's Conditional Access What If answer, asked "
+        "now: policies (policyApplies, analysisReasons) and differences from the local evaluation."))
     approvers: Obj | None = Field(None, description=(
         "Who can grant access when the user lacks it: appOwners, and assignedGroups (the groups assigned to the app, "
         "each with its owners); null when access is granted or owners are not mirrored."))

@@ -241,4 +241,27 @@ def evaluate(policies: Mapping[str, Mapping[str, Any]], named_locations: Mapping
     return out
 
 
-__all__ = ["evaluate", "guest_kind", "requirement"]
+def compare_what_if(local: list[Mapping[str, Any]] | None, live: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Graph's What If answer beside the local evaluation: each policy's policyApplies and analysisReasons, and the
+    differences that matter (the local answer says a policy applies and Graph says it does not for a reason other
+    than missing sign-in details, or Graph says one applies that the local answer does not list)."""
+    policies = [{"id": p.get("id"), "displayName": p.get("displayName"), "state": p.get("state"),
+                 "policyApplies": p.get("policyApplies"), "analysisReasons": p.get("analysisReasons")} for p in live]
+    differences: list[dict[str, Any]] = []
+    if local is not None:
+        by_id = {str(p.get("id")): p for p in local}
+        for p in policies:
+            mine = by_id.get(str(p["id"]))
+            if p["state"] == "disabled":
+                continue
+            if p["policyApplies"] is True and mine is None:
+                differences.append({"id": p["id"], "displayName": p["displayName"],
+                                    "difference": "Graph says it applies; the mirror's policies do not reach this sign-in"})
+            elif (p["policyApplies"] is False and mine is not None and mine.get("applies") is True
+                  and p["analysisReasons"] != "notEnoughInformation"):
+                differences.append({"id": p["id"], "displayName": p["displayName"],
+                                    "difference": f"the mirror says it applies; Graph says not ({p['analysisReasons']})"})
+    return {"policies": policies, "differences": differences}
+
+
+__all__ = ["compare_what_if", "evaluate", "guest_kind", "requirement"]

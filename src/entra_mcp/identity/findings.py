@@ -153,6 +153,10 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
         "Whether some policies reach the user is unknown (roles, external tenants or app groups not in the mirror).",
     ),
     "CA_LIVE_WHAT_IF": ("info", "Microsoft Graph's What If evaluation was asked and its answer is in liveWhatIf."),
+    "CA_LIVE_WHAT_IF_UNAVAILABLE": (
+        "info",
+        "live_what_if was asked but cannot be answered (not allowed by the tenant's allow_live_what_if, or Graph refused).",
+    ),
     "CA_LIVE_WHAT_IF_DIFFERS": (
         "warning",
         "Graph's What If evaluation disagrees with the local evaluation of the mirrored policies (mirror out of date?).",

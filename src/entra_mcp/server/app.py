@@ -38,6 +38,7 @@ from entra_mcp.server.tools import (
     TOOLS,
     Ask,
     ChatSessionValidator,
+    WhatIf,
     Multiline,
     NotSynced,
     Token,
@@ -242,10 +243,12 @@ def create_server(
     sessions: ChatSessionValidator | Callable[[str], Any] | None = None,
     now: Clock | None = None,
     sign_ins: SignInLogs | None = None,
+    what_if: WhatIf | None = None,
 ) -> MCPServer[Any]:
     """Build the MCP server. `views` gives each tenant's current DirectoryView; `sessions` is the chat-session
     validator of the sign-in part (None: validate_chat_session says sign-in is not configured); `now` is the clock;
-    `sign_ins` each tenant's sign-in events (default: read from the views' mirror store)."""
+    `sign_ins` each tenant's sign-in events (default: read from the views' mirror store); `what_if` asks Graph's
+    Conditional Access What If live for check_app_access(live_what_if=true) (None: nowhere allowed)."""
     clock: Clock = now or _utcnow
     server: MCPServer[Any] = MCPServer(
         name="entra-mcp",
@@ -259,7 +262,7 @@ def create_server(
         store = getattr(views, "store", None) or getattr(views, "_store", None)
         sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
     writeback = {t.name: getattr(t, "password_writeback", None) for t in getattr(settings, "tenants", None) or ()}
-    ask = Ask(views=views, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback)
+    ask = Ask(views=views, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback, what_if=what_if)
     lanes = WorkLanes()
     for spec in TOOLS:
         _register(server, spec, ask, lanes)

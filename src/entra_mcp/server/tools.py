@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field
 
 from entra_mcp import identity
 from entra_mcp.identity import answers as A
-from entra_mcp.identity.findings import clean, finding, quote
+from entra_mcp.errors import EntraMcpError
+from entra_mcp.identity.conditional_access import compare_what_if
+from entra_mcp.identity.findings import clean, finding, quote, sort_findings
 from entra_mcp.identity.groups import MAX_MEMBERS
 from entra_mcp.identity.session import SIGN_IN_NOT_CONFIGURED, chat_session_answer
 from entra_mcp.identity.sign_ins import SINCE_MAX, SignInLog, SignInLogs, explain_sign_in as explain_sign_in_answer
@@ -92,10 +94,22 @@ Since = Annotated[
           description="Start of the period: an ISO time (2026-12-01T08:00:00Z) or a duration back from now (30m, 6h, "
           "3d). Default: the last 24 hours."),
 ]
+LiveWhatIfFlag = Annotated[
+    bool,
+    Field(description="Also ask Microsoft Graph's Conditional Access What If evaluation live (only where the tenant's "
+          "config sets allow_live_what_if); the answer comes back in liveWhatIf."),
+]
 ClaimedUser = Annotated[
     str | None,
     Field(min_length=1, max_length=MAX_IDENTIFIER, description="Who the person says they are (UPN, mail or name), to compare."),
 ]
+
+
+class WhatIf(Protocol):
+    """Graph's Conditional Access What If, asked live (graph/what_if.py LiveWhatIf, handed to create_server)."""
+
+    def allowed(self, tenant_name: str) -> bool: ...
+    def __call__(self, tenant_name: str, user_id: str, app_id: str) -> Awaitable[list[dict[str, Any]]]: ...
 
 
 class ChatSessionValidator(Protocol):
@@ -135,6 +149,8 @@ class Ask:
     sign_ins: SignInLogs | None = None  # each tenant's sign-in events (identity/sign_ins.py)
     # tenant name -> whether password writeback is on ([[tenants]] password_writeback; None: unknown)
     password_writeback: Mapping[str, bool | None] = field(default_factory=dict)
+    # Graph's Conditional Access What If, asked live (graph/what_if.py LiveWhatIf); None: no tenant may
+    what_if: WhatIf | None = None
 
     def sign_in_log(self, tenant_name: str) -> SignInLog:
         return self.sign_ins.get(tenant_name) if self.sign_ins is not None else SignInLog(tenant_name, None)
@@ -326,7 +342,8 @@ def _access_summary(r: Answer) -> str:
 
 @tool("Can this user use this app", A.AppAccessAnswer, _access_summary,
       unknown={"reason": "the tenant has not been synced yet"})
-def check_app_access(ask: Ask, user: UserRef, app: AppRef, tenant: Tenant = None) -> Answer:
+async def check_app_access(ask: Ask, user: UserRef, app: AppRef, tenant: Tenant = None,
+                           live_what_if: LiveWhatIfFlag = False) -> Answer:
     """Decide whether a user is allowed to use an application, from its app role assignments: `hasAccess`
     (true, false, or null when it cannot be known), the `reason`, and `assignments` (the app role and `via`:
     direct or the group that grants it).
@@ -340,8 +357,42 @@ def check_app_access(ask: Ask, user: UserRef, app: AppRef, tenant: Tenant = None
     app and what each requires (block, MFA, compliant device...); conditions that depend on the sign-in itself
     (location, platform, client app, risk) are named in `dependsOn`, never guessed. When access is missing,
     `approvers` names the app's owners and the owners of the groups assigned to it: who can grant access.
+    With `live_what_if=true` (only where the tenant's config allows it) Graph's own What If evaluation is asked
+    live and returned in `liveWhatIf`, with any difference from the mirror (CA_LIVE_WHAT_IF_DIFFERS).
     """
-    return identity.check_app_access(ask.view(tenant), user, app, ask.now())
+    answer = identity.check_app_access(ask.view(tenant), user, app, ask.now())
+    if live_what_if:
+        await _live_what_if(ask, ask.views.current(tenant).name, answer)
+    return answer
+
+
+async def _live_what_if(ask: Ask, tenant_name: str, answer: dict[str, Any]) -> None:
+    """Attach Graph's What If answer (or why there is none) to a check_app_access answer."""
+    user_id, app_id = (answer.get("user") or {}).get("id"), (answer.get("app") or {}).get("appId")
+    why = None
+    if ask.what_if is None or not ask.what_if.allowed(tenant_name):
+        why = (f"live What If is not allowed for tenant {tenant_name!r}: set allow_live_what_if = true in its "
+               "[[tenants]] table (a live Graph call; needs Policy.Read.All)")
+    elif not user_id or not app_id:
+        why = "live What If needs the user's id and the app's appId, which this answer lacks"
+    if why is None:
+        try:
+            live = await ask.what_if(tenant_name, str(user_id), str(app_id))
+        except EntraMcpError as exc:
+            why = f"Graph's What If evaluation failed: {exc}"
+        else:
+            ca = answer.get("conditionalAccess")
+            answer["liveWhatIf"] = compare_what_if(ca.get("policies") if ca else None, live)
+            findings = [finding("CA_LIVE_WHAT_IF", f"Graph's What If evaluation was asked live: "
+                                f"{sum(1 for p in live if p.get('policyApplies'))} of {len(live)} policies apply "
+                                "without sign-in details (see liveWhatIf).")]
+            for d in answer["liveWhatIf"]["differences"][:3]:
+                findings.append(finding("CA_LIVE_WHAT_IF_DIFFERS", f"{quote(d['displayName'], 80)}: {d['difference']} "
+                                        "(the mirror may be behind; the next sync catches up)."))
+            answer["findings"] = sort_findings(list(answer.get("findings") or []) + findings)
+            return
+    answer["liveWhatIf"] = None
+    answer["findings"] = sort_findings(list(answer.get("findings") or []) + [finding("CA_LIVE_WHAT_IF_UNAVAILABLE", why)])
 
 
 def _ticket_summary(r: Answer) -> str:
