@@ -209,11 +209,12 @@ def clean_limit(value: Any, *, default: int, maximum: int) -> int:
 
 # Zero-width and bidirectional control characters (used to hide or reorder text shown to people and models).
 HIDDEN_CHARS = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad]")
-# Work on at most this much NORMALISED text, and let no part of a text grow more than _MAX_GROWTH times under
-# NFKC (a part that would, like 20,000 "ﷺ" growing 18x, is matched as written: such characters spell no
-# instruction, and padding with them pushes nothing out of sight).
+# Normalise at most this much text (NFKC output); what follows is matched as written. Characters that grow most under
+# NFKC (Arabic presentation-form ligatures: "ﷺ" becomes 18 characters, "﷽" 33; CJK squared words) are matched as
+# written too: they spell no instruction, and padding made of them neither costs 18x the work nor pushes anything
+# out of sight.
 MAX_NORMALISED = 40_000
-_MAX_GROWTH = 2
+_EXPANDING = re.compile("([\ufb50-\ufdff\u3300-\u33ff]+)")
 _SHORT = 512
 
 _EN = [
@@ -371,28 +372,58 @@ def _required_literals(items: Any) -> frozenset[str] | None:
     return frozenset({"".join(run)}) if len(run) >= 2 else None
 
 
-def _compile(pattern: str) -> tuple[frozenset[str] | None, re.Pattern[str]]:
-    """A pattern with the literals that must be in a text for it to match (checked with `in`, at C speed, before
-    the regex runs: most of the patterns never run on an ordinary ticket)."""
+def _trie_pattern(words: list[str]) -> str:
+    """An alternation of literal strings as a prefix tree ("ab|ac" -> "a(?:b|c)"): the regex engine then reads each
+    character once instead of trying every alternative at every position (ten times faster for a few hundred)."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def walk(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + walk(child) for ch, child in sorted(node.items()) if ch]
+        if "" in node:  # a word ends here: whatever follows is optional
+            return f"(?:{'|'.join(branches)})?" if branches else ""
+        return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+
+    return walk(trie)
+
+
+def _literals_re(literals: frozenset[str] | None) -> re.Pattern[str] | None:
+    return re.compile(_trie_pattern(sorted(literals))) if literals else None
+
+
+def _compile(pattern: str) -> tuple[re.Pattern[str] | None, re.Pattern[str], frozenset[str] | None]:
+    """A pattern, and a search for the literals one of which must be in a text for it to match (one C-speed search
+    before the pattern runs: most patterns never run on an ordinary ticket or directory value)."""
     compiled = re.compile(pattern, re.IGNORECASE)
     try:
         parser = getattr(re, "_parser")
         literals = _required_literals(parser.parse(pattern))
     except Exception:  # an unparseable pattern simply always runs
         literals = None
-    return literals, compiled
+    return _literals_re(literals), compiled, literals
 
 
 _PATTERNS = [_compile(p) for p in (*_EN, *_OTHER)]
-_WAIVER_TRIGGERS, _WAIVER_RE = _compile(_WAIVED[0])
+_WAIVER_TRIGGERS, _WAIVER_RE, _ = _compile(_WAIVED[0])
 _WAIVED_ACTION_RE = re.compile(_WAIVED[1], re.IGNORECASE)
+# Any literal of any pattern: a text without one (most directory values) is cleared by a single search.
+_ANY_TRIGGER = (
+    None if any(lits is None for _, _, lits in _PATTERNS) or _WAIVER_TRIGGERS is None
+    else _literals_re(frozenset().union(*(lits for _, _, lits in _PATTERNS if lits)))
+)
 
 
 def _instruction_in(view: str) -> bool:
-    for literals, pattern in _PATTERNS:
-        if (literals is None or any(lit in view for lit in literals)) and pattern.search(view):
+    if _ANY_TRIGGER is not None and not _ANY_TRIGGER.search(view):
+        return False
+    for triggers, pattern, _ in _PATTERNS:
+        if (triggers is None or triggers.search(view)) and pattern.search(view):
             return True
-    if _WAIVER_TRIGGERS is None or any(lit in view for lit in _WAIVER_TRIGGERS):
+    if _WAIVER_TRIGGERS is None or _WAIVER_TRIGGERS.search(view):
         for n, waiver in enumerate(_WAIVER_RE.finditer(view)):
             if n >= _MAX_ANCHORS:
                 break
@@ -405,6 +436,9 @@ def _instruction_in(view: str) -> bool:
 _MAYBE_INSTRUCTION = re.compile(
     r"[\s<>{}\[\]:|&%]|[^\x00-\x7f]|tool_|function|[A-Za-z0-9+/_-]{16,}", re.IGNORECASE
 )
+# "SMTP:alias@domain", "sip:...": an address's scheme is not the colon of "system: ..." (proxy addresses are unique
+# per user, so they cannot lean on the verdict cache)
+_SCHEME = re.compile(r"^[A-Za-z0-9]{1,10}:(?=\S+$)")
 _SPACES = re.compile(r"[^\S\n]+")
 _LETTER_SPACED = re.compile(r"\b(?:[a-z][ .\-_*]){3,}[a-z]\b")
 _LEET_WORD = re.compile(r"\b(?=[a-z0-9@$]*[a-z])(?=[a-z0-9@$]*[013457@$])[a-z0-9@$]{3,}\b")
@@ -444,21 +478,20 @@ def _look_alikes() -> dict[int, str]:
 
 
 def _bounded_nfkc(text: str) -> str:
-    """NFKC of `text` at most _MAX_GROWTH times as long as each slice of it, and at most MAX_NORMALISED long."""
+    """NFKC of `text`, leaving the heavily expanding characters as they are, and at most MAX_NORMALISED characters
+    of it normalised (the rest as written)."""
     if text.isascii():
-        return text[:MAX_NORMALISED]
+        return text
     out: list[str] = []
-    size = 0
-    for start in range(0, len(text), 1024):
-        raw = text[start : start + 1024]
-        part = unicodedata.normalize("NFKC", raw)
-        if len(part) > _MAX_GROWTH * len(raw):
-            part = raw
-        out.append(part)
-        size += len(part)
-        if size >= MAX_NORMALISED:
-            break
-    return "".join(out)[:MAX_NORMALISED]
+    budget = MAX_NORMALISED
+    for i, part in enumerate(_EXPANDING.split(text)):
+        if i % 2 or budget <= 0:  # an expanding run, or past the budget: as written
+            out.append(part)
+            continue
+        normal = unicodedata.normalize("NFKC", part[:budget])
+        out.append(normal + part[budget:])
+        budget -= len(normal)
+    return "".join(out)
 
 
 def _decoded(text: str) -> list[str]:
@@ -479,10 +512,10 @@ def _decoded(text: str) -> list[str]:
     return out
 
 
-def _views(text: str) -> list[str]:
-    """The normalised forms one text is matched in: casefolded NFKC, and the same read in Latin letters (look-alikes
-    and accents folded, letter-spaced and leet words joined)."""
-    native = _SPACES.sub(" ", _bounded_nfkc(text).casefold())
+def _views(normalised: str) -> list[str]:
+    """The forms one (NFKC-normalised) text is matched in: casefolded, and the same read in Latin letters
+    (look-alikes and accents folded, letter-spaced and leet words joined)."""
+    native = _SPACES.sub(" ", normalised.casefold())
     latin = native if native.isascii() else native.translate(_look_alikes())
     if _LETTER_SPACED.search(latin):
         latin = _LETTER_SPACED.sub(lambda m: re.sub(r"[ .\-_*]", "", m.group(0)), latin)
@@ -494,18 +527,18 @@ def _views(text: str) -> list[str]:
 def _matches(text: str, depth: int) -> bool:
     if HIDDEN_CHARS.search(text):
         return True
-    views = _views(text)
-    if any(_instruction_in(view) for view in views):
+    normalised = _bounded_nfkc(text)
+    if any(_instruction_in(view) for view in _views(normalised)):
         return True
     if depth < 2:
-        return any(_matches(decoded, depth + 1) for decoded in _decoded(_bounded_nfkc(text)))
+        return any(_matches(decoded, depth + 1) for decoded in _decoded(normalised))
     return False
 
 
 def looks_like_instruction(text: str) -> bool:
     """True when `text` reads like an instruction to a model (in English or another common language, however it is
     spelled or encoded) or hides characters that reorder or hide text."""
-    if not _MAYBE_INSTRUCTION.search(text):
+    if not _MAYBE_INSTRUCTION.search(_SCHEME.sub("", text, count=1)):
         return False
     if len(text) > _SHORT:  # ticket texts and long descriptions: not worth caching
         return _matches(text, 0)
