@@ -206,7 +206,7 @@ def main() -> int:
             rss0 = rss_mb(server.proc.pid)
             quiet = asyncio.run(observe(base, args.seconds / 2, upns))
             busy = asyncio.run(loaded(base, port, args.seconds, args.slow, upns, server.proc.pid, args.heavy))
-            print(f"| phase | /healthz p50 | /healthz p99 | lookup_user p50 | lookup_user p99 | observer failures |")
+            print("| phase | /healthz p50 | /healthz p99 | lookup_user p50 | lookup_user p99 | observer failures |")
             print("|---|---|---|---|---|---|")
             load_name = f"{args.slow} slow bodies" + (f" + heavy caller ({args.heavy} calls in flight)" if args.heavy else "")
             for name, r in (("unloaded", quiet), (load_name, busy)):

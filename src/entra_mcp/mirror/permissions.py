@@ -20,7 +20,7 @@ log = get_logger("mirror.permissions")
 PRIVATE_DIR = 0o700
 
 
-def private_directory(path: Path | str, *, create: bool = True) -> Path:
+def private_directory(path: str | os.PathLike[str], *, create: bool = True) -> Path:
     """`path`, created 0700 when missing (with `create`), after checking nobody but this account can write it."""
     path = Path(path).expanduser()
     if create:

@@ -314,7 +314,7 @@ class SignInFlow:
             if tenant.lower() not in self.provider.allowed_tenants:
                 raise SignInError("tenant is not one of the tenants allowed to sign in (oidc.allowed_tenants)")
         meta = await self.provider.metadata(tenant) if tenant else home
-        binding = binding if looks_like_secret(binding) else new_secret()
+        binding = binding if binding is not None and looks_like_secret(binding) else new_secret()
         state = new_secret()
         nonce, verifier = _derived(binding, state, "nonce"), _derived(binding, state, "pkce")
         self.sessions.store.put(

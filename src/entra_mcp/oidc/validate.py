@@ -223,7 +223,7 @@ class TokenValidator:
         if now > exp + self.leeway:
             raise _reject("expired", "the token has expired")
         iat = claims.get("iat")
-        start = iat if _is_number(iat) else now
+        start = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else now
         if exp - min(start, now) > MAX_LIFETIME_SECONDS + self.leeway:
             raise _reject("lifetime", "the token's lifetime is longer than Entra ID issues (28 hours at most)")
         nbf = claims.get("nbf")

@@ -300,10 +300,10 @@ class _Protected:
             return
         # The body is read (bounded by server/limits.py's BodyBounds) before the call takes a place, so a caller's
         # slow upload never holds one of its places.
-        body = await _read_body(receive)
-        if body is None:
+        request_body = await _read_body(receive)
+        if request_body is None:
             return  # the client went away
-        receive = _replay(body, receive)
+        receive = _replay(request_body, receive)
         # A caller's calls beyond max_concurrent_calls wait their turn (bounded), so one caller's burst of heavy
         # calls takes at most that many workers and never starves another caller's.
         calls = self.limits.calls(principal.key)
