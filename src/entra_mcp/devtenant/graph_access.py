@@ -227,7 +227,7 @@ def new_policy(pid: str, name: str, state: str, users: dict[str, Any], apps: lis
                operator: str = "OR", created: str | None = None, exclude_apps: list[str] | None = None,
                **conditions: Any) -> dict[str, Any]:
     """A conditionalAccessPolicy in Graph's v1.0 shape."""
-    user_cond = {"includeUsers": [], "excludeUsers": [], "includeGroups": [], "excludeGroups": [], "includeRoles": [],
+    user_cond: dict[str, Any] = {"includeUsers": [], "excludeUsers": [], "includeGroups": [], "excludeGroups": [], "includeRoles": [],
                  "excludeRoles": [], "includeGuestsOrExternalUsers": None, "excludeGuestsOrExternalUsers": None}
     user_cond.update(users)
     cond: dict[str, Any] = {
@@ -265,7 +265,7 @@ def _device_add(t: EmulatedTenant, op: dict[str, Any]) -> dict[str, Any]:
     oid = str(props.pop("id", None) or _new_id(t, "device"))
     if oid in acc.devices:
         raise MutationError(f"a device with id '{oid}' already exists")
-    dev = {p: None for p in DEVICE_PROPERTIES}
+    dev: dict[str, Any] = {p: None for p in DEVICE_PROPERTIES}
     dev.update({"id": oid, "accountEnabled": True, "deviceId": _new_id(t, "deviceId"), "displayName": "New device",
                 "operatingSystem": "Windows", "operatingSystemVersion": "10.0.22631.4460", "trustType": "AzureAd",
                 "isManaged": True, "isCompliant": True, "registrationDateTime": t._now(),
@@ -430,7 +430,7 @@ def _owners_stream(opts: dict[str, str]) -> bool:
     if "select" in opts:
         return "owners" in [s.strip().lower() for s in opts["select"].split(",")]
     tok = opts.get("skiptoken") or opts.get("deltatoken")
-    return bool(tok) and tok.startswith("o.")
+    return bool(tok) and str(tok).startswith("o.")
 
 
 def _require(caller: "Caller", perms: frozenset[str]) -> None:
@@ -475,7 +475,7 @@ class _Routes:
     def _user_ref(self, oid: str) -> dict[str, Any]:
         user = self.tenant.users.get(oid)
         if user is not None:
-            ref = {"@odata.type": "#microsoft.graph.user", "id": oid}
+            ref: dict[str, Any] = {"@odata.type": "#microsoft.graph.user", "id": oid}
             if USER_READ & self.caller.roles:
                 ref.update(displayName=user.get("displayName"), userPrincipalName=user.get("userPrincipalName"),
                            mail=user.get("mail"))
@@ -528,8 +528,8 @@ class _Routes:
                 out.append(item)
         body: dict[str, Any] = {"@odata.context": f"{self.service.base}/v1.0/$metadata#devices", "value": out}
         if start + page < len(ids):
-            tok = seal(self.key, {"k": "dl", "t": self.tenant.tenant_id, "q": q, "c": chosen[-1]})
-            body["@odata.nextLink"] = f"{self.service.base}/v1.0/devices?$skiptoken={tok}"
+            nxt = seal(self.key, {"k": "dl", "t": self.tenant.tenant_id, "q": q, "c": chosen[-1]})
+            body["@odata.nextLink"] = f"{self.service.base}/v1.0/devices?$skiptoken={nxt}"
         return self.ok(body)
 
     # --------------------------------------------------------------------------------------- devices delta
@@ -690,8 +690,8 @@ class _Routes:
         ctx = f"{self.service.base}/v1.0/$metadata#identity/conditionalAccess/{name}"
         body: dict[str, Any] = {"@odata.context": ctx, "value": value}
         if start + top < len(ids):
-            tok = seal(self.key, {"k": "ca", "n": name, "t": self.tenant.tenant_id, "c": chosen[-1], "p": top, "s": select})
-            body["@odata.nextLink"] = f"{self.service.base}/v1.0/identity/conditionalAccess/{name}?$skiptoken={tok}"
+            nxt = seal(self.key, {"k": "ca", "n": name, "t": self.tenant.tenant_id, "c": chosen[-1], "p": top, "s": select})
+            body["@odata.nextLink"] = f"{self.service.base}/v1.0/identity/conditionalAccess/{name}?$skiptoken={nxt}"
         return self.ok(body)
 
     def evaluate(self, raw: bytes) -> "Reply":

@@ -370,14 +370,15 @@ async def _live_what_if(ask: Ask, tenant_name: str, answer: dict[str, Any]) -> N
     """Attach Graph's What If answer (or why there is none) to a check_app_access answer."""
     user_id, app_id = (answer.get("user") or {}).get("id"), (answer.get("app") or {}).get("appId")
     why = None
-    if ask.what_if is None or not ask.what_if.allowed(tenant_name):
+    what_if = ask.what_if
+    if what_if is None or not what_if.allowed(tenant_name):
         why = (f"live What If is not allowed for tenant {tenant_name!r}: set allow_live_what_if = true in its "
                "[[tenants]] table (a live Graph call; needs Policy.Read.All)")
     elif not user_id or not app_id:
         why = "live What If needs the user's id and the app's appId, which this answer lacks"
-    if why is None:
+    if why is None and what_if is not None:
         try:
-            live = await ask.what_if(tenant_name, str(user_id), str(app_id))
+            live: list[Mapping[str, Any]] = list(await what_if(tenant_name, str(user_id), str(app_id)))
         except EntraMcpError as exc:
             why = f"Graph's What If evaluation failed: {exc}"
         else:
