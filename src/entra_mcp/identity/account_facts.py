@@ -15,7 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Mapping
 
-from .common import area_finding, area_unavailable_reason, name_of
+from .common import area_finding, area_unavailable_reason, name_of, property_getter
 from .findings import finding, quote
 from .view import DirectoryView
 
@@ -120,8 +120,9 @@ def _build_index(view: DirectoryView) -> AccountIndex:
         add(a, False)
     for e in collection(view, "role_eligibilities").values():
         add(e, True)
-    for gid, g in groups.items():
-        if g.get("isAssignableToRole"):
+    assignable = property_getter(groups, "isAssignableToRole")  # a column read: 15,000 groups in milliseconds
+    for gid in groups:
+        if assignable(gid):
             for uid, kind in (members.get(gid) or {}).items():
                 if kind == "user":
                     idx.role_group_members.setdefault(uid, []).append(gid)
