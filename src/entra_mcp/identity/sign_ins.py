@@ -15,6 +15,7 @@ import re
 import threading
 from collections import Counter
 from itertools import islice
+from operator import itemgetter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
@@ -60,6 +61,8 @@ class SignInLog:
     hours: list[str] = field(default_factory=list)
     _tally: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
     _merged: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    _rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    _success_ips: dict[str, frozenset[str]] = field(default_factory=dict)
     stamp: int = 0  # the sign-in mirror's commit stamp this log's status and meta are from
 
     @classmethod
@@ -101,12 +104,37 @@ class SignInLog:
         key = (hour, app)
         t = self._tally.get(key)
         if t is None:
-            t = _tally(r for r in self.failures.get(hour, ()) if app is None or r.get("appId") == app)
+            t = _tally(r for r in self.hour_rows(hour) if app is None or r[3] == app)
             self._tally[key] = t
         return t
 
+    def success_ips(self, user_id: str) -> frozenset[str]:
+        """The addresses of the user's last successes (memoised)."""
+        got = self._success_ips.get(user_id)
+        if got is None:
+            got = self._success_ips[user_id] = frozenset(str(r.get("ipAddress")) for r in self.successes.get(user_id, ()))
+        return got
 
-def _tally(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    def hour_rows(self, hour: str) -> list[tuple[Any, ...]]:
+        """The hour's failures as `_ROW` tuples (the last few hours asked for are kept)."""
+        rows = self._rows.get(hour)
+        if rows is None:
+            rows = [tuple(r.get(k) for k in _ROW) for r in self.failures.get(hour, ())]
+            if len(self._rows) >= _HELD_HOURS:
+                self._rows.pop(next(iter(self._rows)))
+            self._rows[hour] = rows
+        return rows
+
+
+# what the tenant-wide counts read of a failure, as one tuple per event (reading a columnar record field by field is
+# the slow part of counting): createdDateTime, userId, userPrincipalName, appId, appDisplayName, errorCode,
+# ipAddress, city, countryOrRegion
+_ROW = ("createdDateTime", "userId", "userPrincipalName", "appId", "appDisplayName", "errorCode", "ipAddress", "city",
+        "countryOrRegion")
+_HELD_HOURS = 16  # hours whose rows are kept as tuples (the partial hours at a window's ends, reused call after call)
+
+
+def _tally(rows: Iterable[tuple[Any, ...]]) -> dict[str, Any]:
     codes: Counter[int] = Counter()
     apps: Counter[tuple[Any, Any]] = Counter()
     ips: Counter[str] = Counter()
@@ -117,24 +145,25 @@ def _tally(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     ip_where: dict[str, tuple[Any, Any]] = {}
     ip_times: dict[str, list[str]] = {}
     n = 0
-    for r in rows:
+    for when, uid, upn, app_id, app_name, code, ip, city, country in rows:
         n += 1
-        code = int(r.get("errorCode") or 0)
-        who = str(r.get("userPrincipalName") or r.get("userId") or "?").casefold()
+        code = int(code or 0)
+        who = str(upn or uid or "?").casefold()
         codes[code] += 1
         code_users.setdefault(code, set()).add(who)
-        apps[(r.get("appId"), r.get("appDisplayName"))] += 1
-        app_code[(r.get("appId"), code)] += 1
+        apps[(app_id, app_name)] += 1
+        app_code[(app_id, code)] += 1
         users[who] += 1
-        ip = r.get("ipAddress")
         if ip:
             ips[ip] += 1
-            ip_where.setdefault(ip, (r.get("city"), r.get("countryOrRegion")))
+            ip_where.setdefault(ip, (city, country))
             if code in PASSWORD_CODES:
-                uid = r.get("userId")
                 ip_users.setdefault(ip, set()).add(uid if uid and uid != _NO_USER else who)
-                t = ip_times.setdefault(ip, [str(r.get("createdDateTime")), str(r.get("createdDateTime"))])
-                t[0], t[1] = min(t[0], str(r.get("createdDateTime"))), max(t[1], str(r.get("createdDateTime")))
+                t = ip_times.setdefault(ip, [when, when])
+                if when < t[0]:
+                    t[0] = when
+                elif when > t[1]:
+                    t[1] = when
     return {"n": n, "codes": codes, "code_users": code_users, "apps": apps, "app_code": app_code, "ips": ips,
             "users": users, "ip_users": ip_users, "ip_where": ip_where, "ip_times": ip_times}
 
@@ -472,7 +501,7 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
     t = _merge_tallies(log, begin, current, app_id)
     total = t["n"]
     top_codes = []
-    for code, n in t["codes"].most_common(TOP):
+    for code, n in _top(t["codes"]):
         d = describe(code)
         top_codes.append({"errorCode": code, "count": n, "users": len(t["code_users"].get(code, ())), "cause": d["cause"],
                           "kind": d["kind"], "finding": d["finding"]})
@@ -482,7 +511,7 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
         tries = t["ips"][ip]
         if len(accounts) >= SPRAY_MIN_ACCOUNTS and tries / len(accounts) <= SPRAY_MAX_PER_ACCOUNT:
             sample = list(islice(accounts, SPRAY_SAMPLE))
-            home = sum(1 for a in sample if any(s.get("ipAddress") == ip for s in log.successes.get(a, ())))
+            home = sum(1 for a in sample if ip in log.success_ips(a))
             if home >= SPRAY_HOME_SHARE * len(sample):
                 shared.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries,
                                "alsoSucceededFromIt": round(home / len(sample), 2)})
@@ -509,11 +538,11 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
         "app": {"appId": app_id, "displayName": app_name} if app_id else None,
         "failures": total,
         "topErrorCodes": top_codes,
-        "topApps": [{"appId": a, "displayName": name, "count": n} for (a, name), n in t["apps"].most_common(TOP)],
+        "topApps": [{"appId": a, "displayName": name, "count": n} for (a, name), n in _top(t["apps"])],
         "topIpAddresses": [{"ipAddress": ip, "count": n, "accounts": len(t["ip_users"].get(ip, ())),
                             "city": t["ip_where"].get(ip, (None, None))[0], "countryOrRegion": t["ip_where"].get(ip, (None, None))[1]}
-                           for ip, n in t["ips"].most_common(TOP)],
-        "topUsers": [{"user": u, "count": n} for u, n in t["users"].most_common(TOP)],
+                           for ip, n in _top(t["ips"])],
+        "topUsers": [{"user": u, "count": n} for u, n in _top(t["users"])],
         "suspectedSprays": sprays[:TOP],
         "sharedAddresses": sorted(shared, key=lambda x: -x["accounts"])[:TOP],
         "spikes": spikes[:TOP],
@@ -577,27 +606,68 @@ def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str |
     edges = [h for h in log.hours if lo[:13] <= h <= last_hour and not (first_full <= h < last_hour)]
     if not edges:
         return merged
-    out = _empty_tally()
-    _add_tally(out, merged, fields)
-    for h in edges:
-        _add_tally(out, _tally(r for r in log.failures.get(h, ()) if lo <= str(r.get("createdDateTime")) <= hi
-                               and (app_id is None or r.get("appId") == app_id)), fields)
+    return _overlay(merged, [_tally(r for r in log.hour_rows(h) if lo <= r[0] <= hi and (app_id is None or r[3] == app_id))
+                             for h in edges])
+
+
+def _top(counts: Counter[Any], n: int = TOP) -> list[tuple[Any, int]]:
+    """The n largest counts (a C sort of the items: faster than most_common's heap on thousands of keys)."""
+    return sorted(counts.items(), key=itemgetter(1), reverse=True)[:n]
+
+
+def _overlay(big: dict[str, Any], small: list[dict[str, Any]]) -> dict[str, Any]:
+    """`big` (a memoised merge, left as it is) plus a few small tallies: shallow copies at C speed, new sets and
+    lists only where a small tally adds to them."""
+    out: dict[str, Any] = {"n": big["n"] + sum(p["n"] for p in small)}
+    for k in ("codes", "apps", "app_code", "ips", "users"):
+        c: Counter[Any] = Counter(big[k])
+        for p in small:
+            c.update(p[k])
+        out[k] = c
+    for k in ("code_users", "ip_users"):
+        d = dict(big[k])
+        for p in small:
+            for key, users in p[k].items():
+                have = d.get(key)
+                d[key] = have | users if have is not None else set(users)
+        out[k] = d
+    where = dict(big["ip_where"])
+    times = dict(big["ip_times"])
+    for p in small:
+        for ip, w in p["ip_where"].items():
+            where.setdefault(ip, w)
+        for ip, (a, b) in p["ip_times"].items():
+            cur = times.get(ip)
+            times[ip] = [a, b] if cur is None else [min(cur[0], a), max(cur[1], b)]
+    out["ip_where"], out["ip_times"] = where, times
     return out
 
 
 def _spikes(log: SignInLog, now: datetime, app_id: str | None) -> list[dict[str, Any]]:
-    """app+code pairs whose failures in the last hour are far above their hourly average over the rest of the window."""
-    light = ("apps", "app_code")
-    recent = _merge_tallies(log, now - timedelta(hours=1), now, app_id, light)
-    if not recent["n"]:
+    """app+code pairs whose failures in the last hour are far above their hourly average over the rest of the window
+    (the whole hours before it, from the memoised hourly tallies)."""
+    lo, hi = iso(now - timedelta(hours=1)), iso(now)
+    recent: Counter[tuple[Any, int]] = Counter()
+    names: dict[Any, Any] = {}
+    for h in (lo[:13], hi[:13]) if lo[:13] != hi[:13] else (hi[:13],):
+        for r in log.hour_rows(h):
+            if lo <= r[0] <= hi and (app_id is None or r[3] == app_id):
+                recent[(r[3], int(r[5] or 0))] += 1
+                names.setdefault(r[3], r[4])
+    if not recent:
         return []
-    kept = log.kept_from or (now - timedelta(days=7))
-    base_hours = max(1.0, (now - timedelta(hours=1) - kept).total_seconds() / 3600)
-    base = _merge_tallies(log, kept, now - timedelta(hours=1), app_id, light)
-    names = {a: n for (a, n) in recent["apps"]}
+    before = tuple(h for h in log.hours if h < lo[:13])
+    key = ("spike-base", before[0] if before else "", before[-1] if before else "", len(before), app_id)
+    base = log._merged.get(key)
+    if base is None:
+        counts: Counter[tuple[Any, int]] = Counter()
+        for h in before:
+            counts.update(log.hour_tally(h, app_id)["app_code"])
+        base = log._merged[key] = {"app_code": counts}
+    hours = max(1.0, float(len(before)))
     out = []
-    for (aid, code), n in recent["app_code"].items():
-        avg = base["app_code"].get((aid, code), 0) / base_hours
+    for (aid, code), n in recent.items():
+        avg = base["app_code"].get((aid, code), 0) / hours
         if n >= SPIKE_MIN and n >= SPIKE_FACTOR * max(avg, 1.0):
             out.append({"appId": aid, "appDisplayName": names.get(aid), "errorCode": code, "count": n,
                         "hourlyAverage": round(avg, 1)})
