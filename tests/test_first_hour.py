@@ -99,7 +99,7 @@ async def test_background_sync_survives_a_ca_file_removed_after_start(server_env
     assert "Traceback" not in log
 
 
-@pytest.mark.parametrize("stdin_kind", ["devnull", "file"])
+@pytest.mark.parametrize("stdin_kind", ["devnull", "file", "zero"])
 def test_stdio_from_dev_null_or_a_regular_file(server_env: ServerEnv, tmp_path: Path, stdin_kind: str) -> None:
     """Containers and service managers give no interactive stdin: serve what is there, then exit cleanly."""
     messages = [
@@ -110,14 +110,15 @@ def test_stdio_from_dev_null_or_a_regular_file(server_env: ServerEnv, tmp_path: 
     ]
     source = tmp_path / "requests.jsonl"
     source.write_text("".join(json.dumps(m) + "\n" for m in messages))
-    with open("/dev/null" if stdin_kind == "devnull" else source, "rb") as stdin:
+    paths = {"devnull": "/dev/null", "zero": "/dev/zero", "file": str(source)}  # /dev/zero: endless, no line break
+    with open(paths[stdin_kind], "rb") as stdin:
         proc = subprocess.run([str(ENTRA_MCP), "--config", str(server_env.config_path), "serve", "--no-sync"],
                               stdin=stdin, capture_output=True, timeout=60, env=server_env.subprocess_env())
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     replies = [json.loads(line) for line in proc.stdout.decode().splitlines()]
-    if stdin_kind == "devnull":
+    if stdin_kind != "file":
         assert replies == []
     else:
         by_id = {r["id"]: r for r in replies if "id" in r}
@@ -255,3 +256,14 @@ def test_devtenant_output_is_a_config_that_survives_a_restart(tmp_path: Path) ->
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
+
+
+def test_every_command_help_says_what_it_does_with_an_example() -> None:
+    from entra_mcp.cli import COMMANDS
+
+    for command in COMMANDS:
+        proc = subprocess.run([str(ENTRA_MCP), command.NAME, "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        description = proc.stdout.split("\n\n")[1]
+        assert len(description.splitlines()) >= 2, (command.NAME, description)
+        assert command.NAME in ("status", "doctor") or f"entra-mcp {command.NAME}" in proc.stdout.split("options:")[0]

@@ -23,6 +23,40 @@ log = get_logger("cli")
 COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, call, devtenant, demo)
 
 
+# What `entra-mcp COMMAND --help` says above the options: what it does, what it needs, an example.
+_DESCRIPTIONS = {
+    "serve": "Run the MCP server over the local mirror: stdio for an agent runtime that launches it (the default),\n"
+             "or streamable HTTP at /mcp for hosted agents. Syncs every tenant in the background every\n"
+             "interval_minutes unless --no-sync; /healthz tells whether each mirror is fresh or failing.\n\n"
+             "  entra-mcp --config /etc/entra-mcp/config.toml serve\n"
+             "  entra-mcp serve --transport http --port 8765",
+    "sync": "Run one sync of every enabled area of every tenant (or --tenant NAME) from Microsoft Graph into the\n"
+            "mirror: delta when it can, --full to pull everything. Exit 0 done (areas disabled for a missing\n"
+            "permission are named), 1 failed, 2 bad config. Schedule it (cron, systemd timer) with serve --no-sync.\n\n"
+            "  entra-mcp sync --tenant contoso",
+    "status": "Show, from the mirror alone (no network), each tenant's areas: enabled or why not, last success, last\n"
+              "error (while it is newer than the last success), object counts and age. --json for scripts.",
+    "doctor": "Check the config, get a token, probe each area's Graph permission, and say what to grant in Entra ID.\n"
+              "Exit 0 all good, 1 a problem found, 2 bad config.",
+    "call": "Ask one of the server's MCP tools from the shell and print its answer, computed from the local mirror\n"
+            "(run `entra-mcp sync` first; nothing goes to the network). Arguments are key=value pairs named as in\n"
+            "the tool's input schema; without TOOL the tools and their arguments are listed. --json prints the\n"
+            "structured answer. Exit 0 answered, 1 the tool's error (unknown user...), 2 bad usage.\n\n"
+            "  entra-mcp call lookup_user query='alex johnson' limit=5\n"
+            "  entra-mcp call check_account_state user=alex.johnson@contoso.com --json",
+    "devtenant": "Run the local emulator of Entra ID and Microsoft Graph (real HTTPS on 127.0.0.1, tokens, paging,\n"
+                 "delta, throttling). stdout is the config that points entra-mcp at it (valid TOML); stderr gets\n"
+                 "the client secret's export line and progress.\n\n"
+                 "  entra-mcp devtenant > config.toml      # then run the printed export line in your shell\n"
+                 "  entra-mcp --config config.toml sync",
+    "demo": "Start the emulator, sync it and serve it in one command: no config, no tenant, no network. Over stdio\n"
+            "(the default) it is an MCP server for an agent runtime; it prints on stderr how to ask it from another\n"
+            "shell (entra-mcp call) or the MCP Inspector.\n\n"
+            "  entra-mcp demo\n"
+            "  entra-mcp demo --transport http --port 8765",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error says what is wrong and how to get help, and exits 2."""
 
@@ -43,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
-        p = sub.add_parser(command.NAME, parents=[common], help=command.HELP)
+        p = sub.add_parser(command.NAME, parents=[common], help=command.HELP,
+                           description=_DESCRIPTIONS.get(command.NAME, command.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_arguments(p)
         p.set_defaults(run=command.run)
     return parser

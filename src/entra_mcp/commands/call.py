@@ -22,11 +22,6 @@ HELP = "ask one tool from the shell, answered from the mirror (e.g. call lookup_
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Call one of the server's MCP tools from the shell and print its answer, computed from the local mirror "
-        "(run `entra-mcp sync` first). Arguments are key=value pairs named as in the tool's input schema. "
-        "Example: entra-mcp call lookup_user query='alex johnson' limit=5"
-    )
     p.add_argument("tool", nargs="?", metavar="TOOL", help="the tool to call; without it, the tools are listed")
     p.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="the tool's arguments, e.g. query='alex johnson'")
     p.add_argument("--tenant", metavar="NAME", help="the configured tenant to ask (optional with one tenant)")

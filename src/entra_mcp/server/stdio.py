@@ -17,6 +17,9 @@ import sys
 from typing import Any
 
 
+MAX_LINE = 64 << 20  # bytes of one message on stdin; far beyond any request a client sends
+
+
 def _pollable(fd: int) -> bool:
     """Whether the event loop can wait on `fd` (pipes, sockets, terminals; not files or /dev/null)."""
     mode = os.fstat(fd).st_mode
@@ -45,7 +48,7 @@ class _FdLines:
 
     def __init__(self, fd: int, pollable: bool = True) -> None:
         self.fd = fd
-        self.buf = b""
+        self.buf = bytearray()
         self.pollable = pollable
 
     def __aiter__(self) -> "_FdLines":
@@ -54,22 +57,33 @@ class _FdLines:
     async def __anext__(self) -> str:
         import anyio
 
-        while b"\n" not in self.buf:
+        end = self.buf.find(b"\n")
+        while end < 0:
             if self.pollable:
                 await anyio.wait_readable(self.fd)
                 try:
                     chunk = os.read(self.fd, 1 << 16)
                 except BlockingIOError:
                     continue
-            else:
-                chunk = await anyio.to_thread.run_sync(os.read, self.fd, 1 << 16)
+            else:  # abandoned on cancel: a stop never waits for a read
+                chunk = await anyio.to_thread.run_sync(os.read, self.fd, 1 << 16, abandon_on_cancel=True)
             if not chunk:
                 if not self.buf:
                     raise StopAsyncIteration
-                line, self.buf = self.buf, b""
+                line = bytes(self.buf)
+                self.buf.clear()
                 return line.decode("utf-8", "replace")
+            newline = chunk.find(b"\n")
+            end = len(self.buf) + newline if newline >= 0 else -1
             self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
+            if end < 0 and len(self.buf) > MAX_LINE:
+                # no JSON-RPC message is this long (stdin may be /dev/zero or a binary file): stop reading
+                sys.stderr.write(f"entra-mcp: stdin sent more than {MAX_LINE} bytes without a line break; "
+                                 "it is not MCP: stopping\n")
+                self.buf.clear()
+                raise StopAsyncIteration
+        line = bytes(self.buf[:end])
+        del self.buf[: end + 1]
         return line.decode("utf-8", "replace") + "\n"
 
 
