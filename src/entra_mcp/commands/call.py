@@ -158,7 +158,7 @@ async def _call(settings: Any, tool: str | None, pairs: list[str], tenant: str |
             result = await client.call_tool(tool, arguments)
     finally:
         store.close()
-    texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+    texts = [str(getattr(c, "text")) for c in result.content if getattr(c, "type", None) == "text"]
     if result.is_error:
         sys.stderr.write(f"entra-mcp call: {texts[0] if texts else 'the tool answered with an error'}\n")
         return 1

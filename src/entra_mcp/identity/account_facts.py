@@ -148,7 +148,7 @@ def authentication_section(view: DirectoryView, user: Mapping[str, Any]) -> tupl
     unavailable = _unavailable(view, "auth_methods", "MFA and self-service reset readiness are unknown (null).")
     if unavailable is not None:
         return None, unavailable
-    name = name_of(user)  # type: ignore[arg-type]
+    name = name_of(user)
     report = collection(view, "registration")
     reg = report.get(str(user.get("id")))
     if reg is None and not report:
@@ -176,7 +176,7 @@ def roles_section(view: DirectoryView, user: Mapping[str, Any]) -> tuple[dict[st
     unavailable = _unavailable(view, "roles", "directory roles are unknown (null).")
     if unavailable is not None:
         return None, unavailable
-    name = name_of(user)  # type: ignore[arg-type]
+    name = name_of(user)
     holdings = account_index(view).roles_by_user.get(str(user.get("id")), [])
     snap = view.snapshot
 
@@ -213,7 +213,7 @@ def roles_section(view: DirectoryView, user: Mapping[str, Any]) -> tuple[dict[st
 
 def licenses_section(view: DirectoryView, user: Mapping[str, Any]) -> tuple[list[dict[str, Any]] | None, list[dict[str, str]]]:
     assigned = user.get("assignedLicenses")
-    name = name_of(user)  # type: ignore[arg-type]
+    name = name_of(user)
     skus = collection(view, "skus")
     sku_names, plan_names = licence_names()
     findings: list[dict[str, str]] = []
@@ -273,7 +273,7 @@ def risk_section(view: DirectoryView, user: Mapping[str, Any]) -> tuple[dict[str
     if rec is None:
         return {"riskLevel": "none", "riskState": "none", "riskDetail": None, "riskLastUpdatedDateTime": None}, []
     out = {k: rec.get(k) for k in ("riskLevel", "riskState", "riskDetail", "riskLastUpdatedDateTime")}
-    name = name_of(user)  # type: ignore[arg-type]
+    name = name_of(user)
     if rec.get("riskState") in AT_RISK_STATES:
         return out, [finding("USER_AT_RISK", f"Identity Protection flags {name} as {quote(rec.get('riskState'))} "
                              f"(risk level {quote(rec.get('riskLevel'))}, updated {rec.get('riskLastUpdatedDateTime')}): "

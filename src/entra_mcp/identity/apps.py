@@ -449,7 +449,7 @@ def check_app_access(view: DirectoryView, user: str, app: str, now: datetime | N
     return answer
 
 
-def _approvers(view: DirectoryView, application: dict[str, Any] | None, sp: dict[str, Any],
+def _approvers(view: DirectoryView, application: Mapping[str, Any] | None, sp: Mapping[str, Any],
                assignments: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Who can approve or grant access when the user lacks it: the app's owners, and the owners of the groups
     assigned to the app (adding the user to one of them grants access). None when owners are not mirrored."""

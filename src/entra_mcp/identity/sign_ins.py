@@ -392,9 +392,9 @@ def explain_sign_in(log: SignInLog, view: Any, user: str, app: str | None = None
             findings.append(finding("SIGN_IN_LEGACY_AUTHENTICATION", f"{g['errorCode']} came from legacy clients: "
                                     f"{', '.join(c for c in g['clientApps'] if c.casefold() in LEGACY_CLIENTS)}."))
     if lock["probablyLockedNow"] or lock["lockouts"]:
-        state = "probably locked now, clearing about " + str(lock["clearsAt"]) if lock["probablyLockedNow"] else \
+        lock_state = "probably locked now, clearing about " + str(lock["clearsAt"]) if lock["probablyLockedNow"] else \
             "was locked; the lock has probably cleared (" + str(lock["clearsAt"]) + ")"
-        findings.append(finding("SIGN_IN_LOCKED_OUT", f"Smart Lockout: {state}. {lock['basis']}."))
+        findings.append(finding("SIGN_IN_LOCKED_OUT", f"Smart Lockout: {lock_state}. {lock['basis']}."))
     return _finish(answer, findings, groups, directory, access, lock, current, log)
 
 

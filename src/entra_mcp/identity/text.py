@@ -9,7 +9,7 @@ import re
 import unicodedata
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any
+from typing import Any, overload
 from urllib.parse import unquote
 
 from anyascii import anyascii
@@ -132,6 +132,12 @@ def parse_time(value: Any) -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
+@overload
+def iso(dt: datetime) -> str: ...
+@overload
+def iso(dt: None) -> None: ...
+@overload
+def iso(dt: datetime | None) -> str | None: ...
 def iso(dt: datetime | None) -> str | None:
     """ISO 8601 UTC with a Z, as Graph writes it."""
     if dt is None:

@@ -199,7 +199,7 @@ class MirrorStore:
     def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
         # Private to the service account, checked before anything is read from it (mirror/permissions.py); created
         # (0700) only when a mirror is first written.
-        self.cache_dir = private_directory(cache_dir, create=False)
+        self.cache_dir = private_directory(os.fspath(cache_dir), create=False)
         self._caches: dict[str, diskcache.Cache] = {}
         self._lock = threading.Lock()
         self._sign_ins: MirrorStore | None = None

@@ -75,15 +75,21 @@ def _s(v: Any) -> str | None:
     return sys.intern(v) if isinstance(v, str) and len(v) <= 200 else (v[:2000] if isinstance(v, str) else None)
 
 
+def _obj(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """A nested JSON object of a Graph answer, {} when absent or not an object (directory data is untrusted)."""
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def compact_failure(e: dict[str, Any]) -> dict[str, Any] | None:
     """A failed signIn reduced to what the answers read; None when it is not a usable failure."""
-    status = e.get("status") if isinstance(e.get("status"), dict) else {}
+    status = _obj(e, "status")
     code = status.get("errorCode")
     when = parse_iso(e.get("createdDateTime"))
     if not isinstance(code, int) or isinstance(code, bool) or code == 0 or when is None or not e.get("id"):
         return None
-    loc = e.get("location") if isinstance(e.get("location"), dict) else {}
-    dev = e.get("deviceDetail") if isinstance(e.get("deviceDetail"), dict) else {}
+    loc = _obj(e, "location")
+    dev = _obj(e, "deviceDetail")
     policies = [p for p in e.get("appliedConditionalAccessPolicies") or [] if isinstance(p, dict)]
     failed = [p for p in policies if p.get("result") == "failure"]
     return {
@@ -103,11 +109,11 @@ def compact_failure(e: dict[str, Any]) -> dict[str, Any] | None:
 
 def compact_success(e: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """(user id, record) of a successful signIn; None when it is not one."""
-    status = e.get("status") if isinstance(e.get("status"), dict) else {}
+    status = _obj(e, "status")
     when = parse_iso(e.get("createdDateTime"))
     if status.get("errorCode") != 0 or when is None or not e.get("userId") or not e.get("appId"):
         return None
-    loc = e.get("location") if isinstance(e.get("location"), dict) else {}
+    loc = _obj(e, "location")
     return str(e["userId"]), {
         "appId": _s(e.get("appId")), "appDisplayName": _s(e.get("appDisplayName")), "createdDateTime": iso(when),
         "ipAddress": _s(e.get("ipAddress")), "clientAppUsed": _s(e.get("clientAppUsed")), "city": _s(loc.get("city")),
