@@ -154,6 +154,14 @@ def test_devices_in_account_state_and_compliant_device_grant(env: Env) -> None:
                                 {"op": "add_device", "owner": cfo["id"], "set": {"displayName": "CFO new laptop"}}])
     result = env.sync()
     assert result.areas["devices"].outcome == "delta"
+    # the mirror holds exactly the emulator's devices, with their compliance and registered owners
+    truth = {d["id"]: d for d in env.control.snapshot()["devices"]}
+    snap = env.store.load_snapshot(env.settings.tenants[0].name)
+    assert snap is not None
+    mirrored = snap.collection("devices")
+    assert set(mirrored) == set(truth)
+    assert all(mirrored[d]["isCompliant"] == truth[d]["isCompliant"]
+               and list(mirrored[d]["registeredOwners"]) == truth[d]["registeredOwners"] for d in truth)
     answer = env.call("check_app_access", user=cfo["id"], app="Salesforce")
     assert "CA_DEVICE_REQUIREMENT_UNMET" not in codes(answer)
     state = env.call("check_account_state", user=cfo["id"])

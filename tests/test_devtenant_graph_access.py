@@ -118,3 +118,31 @@ def test_owners_of_groups_by_delta_and_of_apps(fresh_emulator: Any) -> None:
         assert [o["id"] for o in owners] == acc.owners[sp_id] and owners[0]["userPrincipalName"]
         r = client.post("/$batch", json={"requests": [{"id": "1", "method": "GET", "url": f"/servicePrincipals/{sp_id}/owners"}]})
         assert r.json()["responses"][0]["status"] == 200
+
+
+def test_objects_match_msgraph_sdk_models(emulator: RunningEmulator) -> None:
+    """Devices, policies, named locations and What If results are valid instances of Microsoft's published models."""
+    from msgraph.generated.models.conditional_access_policy import ConditionalAccessPolicy
+    from msgraph.generated.models.device import Device
+    from msgraph.generated.models.named_location import NamedLocation
+    from msgraph.generated.models.what_if_analysis_result import WhatIfAnalysisResult
+
+    from tests.graph_models import check_page
+
+    tenant = emulator.tenant()
+    with graph(emulator) as client:
+        check_page(client.get("/devices", params={"$top": "999"}).json(), Device)
+        check_page(client.get("/devices/delta").json(), Device, delta=True)
+        check_page(client.get("/identity/conditionalAccess/policies").json(), ConditionalAccessPolicy)
+        check_page(client.get("/identity/conditionalAccess/namedLocations").json(), NamedLocation)
+        user = next(iter(tenant.users))
+        body = {"signInIdentity": {"@odata.type": "#microsoft.graph.userSignIn", "userId": user},
+                "signInContext": {"@odata.type": "#microsoft.graph.applicationContext", "includeApplications": ["All"]},
+                "signInConditions": {}}
+        page = client.post("/identity/conditionalAccess/evaluate", json=body).json()
+        assert all(isinstance(p["analysisReasons"], str) for p in page["value"])
+        # Microsoft's page shows analysisReasons as one string ("notSet"); msgraph-sdk's model reads the flags enum as
+        # a collection: the documented wire form is kept, the rest of each result is checked against the model
+        for p in page["value"]:
+            del p["analysisReasons"]
+        check_page(page, WhatIfAnalysisResult)

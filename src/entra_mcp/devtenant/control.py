@@ -223,7 +223,8 @@ def build_control_app(runtime: EmulatorRuntime) -> Starlette:
         return tenants_document(state)
 
     async def snapshot(request: Request) -> Any:
-        return tenant_or_404(request).snapshot()
+        tenant = tenant_or_404(request)
+        return {**tenant.snapshot(), **graph_access.ground_truth(tenant)}
 
     async def mutations(request: Request) -> Any:
         t = tenant_or_404(request)

@@ -249,6 +249,19 @@ def new_policy(pid: str, name: str, state: str, users: dict[str, Any], apps: lis
     }
 
 
+def ground_truth(tenant: EmulatedTenant) -> dict[str, Any]:
+    """The control API snapshot's part of this module: devices (with registeredOwners), policies, named locations,
+    owners."""
+    acc = access_of(tenant)
+    with tenant.lock:
+        return {
+            "devices": [{**d, "registeredOwners": list(acc.device_owners.get(i, []))} for i, d in acc.devices.items()],
+            "conditionalAccessPolicies": [dict(p) for p in acc.policies.values()],
+            "namedLocations": [dict(n) for n in acc.named_locations.values()],
+            "owners": {k: list(v) for k, v in acc.owners.items() if v},
+        }
+
+
 # ------------------------------------------------------------------------------------------------ mutations
 
 def _new_id(t: EmulatedTenant, kind: str) -> str:
@@ -833,4 +846,4 @@ class _Routes:
         return out
 
 
-__all__ = ["MUTATIONS", "TenantAccess", "access_of", "generate_access", "handle", "new_policy"]
+__all__ = ["MUTATIONS", "TenantAccess", "access_of", "generate_access", "ground_truth", "handle", "new_policy"]
