@@ -192,6 +192,13 @@ def test_owners_and_an_assignment_visible_after_the_next_sync(env: Env) -> None:
     assert answer["hasAccess"] is True, answer["reason"]
     assert answer["approvers"] is None
 
+    # owners in get_app_principal (whom to route an app problem to) and list_group_members (who approves membership)
+    principal = env.call("get_app_principal", app=sp["appId"])
+    assert {o["id"] for o in principal["owners"]} >= set(acc.owners[sp["id"]])
+    some_group = next(g for g in t.groups if acc.owners.get(g))
+    members = env.call("list_group_members", group=some_group)
+    assert [o["id"] for o in members["owners"]] == acc.owners[some_group][:10]
+
     # a new group owner arrives by the ownership delta stream
     gid = next(g for g in t.groups if acc.owners.get(g))
     env.control.mutate([{"op": "set_owners", "id": gid, "owners": [user]}])

@@ -62,6 +62,8 @@ class GroupMembersAnswer(Answer):
     truncated: bool | None = None
     sortedByName: bool | None = None
     transitive: bool | None = None
+    owners: list[Obj] | None = Field(None, description="The group's owners (id, displayName, userPrincipalName, type): who "
+                                     "approves membership; null when owners are not mirrored.")
 
 
 class AccountStateAnswer(Answer):
@@ -118,6 +120,8 @@ class AppPrincipalAnswer(Answer):
     credentialsTotal: int | None = None
     appRoles: list[Obj] | None = None
     appRolesTotal: int | None = None
+    owners: list[Obj] | None = Field(None, description="Owners of the app registration and enterprise app: whom to route an "
+                                     "app problem or an access approval to; null when owners are not mirrored.")
 
 
 class AppAccessAnswer(Answer):

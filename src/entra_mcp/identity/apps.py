@@ -257,6 +257,7 @@ def get_app_principal(view: DirectoryView, app: str, now: datetime | None = None
             for r in roles[:MAX_ROLES]
         ],
         "appRolesTotal": len(roles),
+        "owners": access.app_owners(view, application, sp),
         "asOf": as_of(view),
         "findings": sort_findings(findings),
     }

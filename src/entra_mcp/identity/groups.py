@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Iterator, Mapping
 
 from ..errors import InvalidArgument, NotFoundError
+from . import access
 from .common import area_finding, area_unavailable_reason, as_of, freshness_findings, property_getter, user_ref
 from .findings import finding, quote, sort_findings, suspicious_findings
 from .text import GROUP_EXPECTED, clean_identifier, clean_limit
@@ -180,6 +181,7 @@ def list_group_members(
         findings.append(finding("DYNAMIC_MEMBERSHIP_PAUSED"))
     return {
         "group": group_card(record),
+        "owners": access.owners_of(view, str(record.get("id"))),
         "members": members,
         "total": total,
         "countsByType": dict(counts),
