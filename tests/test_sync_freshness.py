@@ -103,3 +103,50 @@ def test_a_sync_that_found_nothing_new_refreshes_the_server_without_reindexing(
     after = views.current()
     assert built == [version, store.version(name)] and after.view.snapshot.users[user["id"]]["jobTitle"] == "Changed Title"
     store.close()
+
+
+def test_a_change_only_in_sign_in_activity_keeps_the_servers_index(tmp_path: Path) -> None:
+    """Sign-in activity is refreshed hourly and changes every time in a live tenant; the index reads no sign-in
+    field, so the server loads the new data and keeps its index."""
+    from entra_mcp.identity.view import DirectoryView
+    from entra_mcp.views import TenantInfo
+
+    store = MirrorStore(tmp_path)
+    users = {f"u{i}": {"id": f"u{i}", "displayName": f"User {i}", "userPrincipalName": f"u{i}@contoso.example", "managerId": None}
+             for i in range(300)}
+    ok = AreaStatus(enabled=True, object_count=300)
+
+    def sign_ins(when: str) -> dict[str, Any]:
+        return {"sign_in": {uid: {"lastSignInDateTime": when} for uid in users}}
+
+    with store.writer("t") as w:
+        w.set_tenant(tenant_id="tid", interval_minutes=5)
+        w.commit_full("users", {"users": users}, delta_link="dl", status=ok)
+        w.commit_full("groups", {"groups": {"g1": {"id": "g1", "displayName": "G"}}, "members": {"g1": {"u1": "user"}}},
+                      delta_link="dl", status=ok)
+        w.commit_full("sign_in_activity", sign_ins("2026-11-01T10:00:00Z"), delta_link=None, status=ok)
+    built: list[int] = []
+
+    def build(snapshot: Any) -> Any:
+        built.append(snapshot.version)
+        return DirectoryView.build(snapshot)
+
+    views = ViewProvider([TenantInfo("t", "tid", 5)], store, build=build, check_interval=0, background_reload=False)
+    first = views.current()
+    assert len(built) == 1 and first.view.snapshot.users["u7"]["signInActivity"]["lastSignInDateTime"] == "2026-11-01T10:00:00Z"
+
+    with store.writer("t") as w:
+        w.commit_full("sign_in_activity", sign_ins("2026-11-02T11:00:00Z"), delta_link=None, status=ok)
+    second = views.current()
+    assert second.version > first.version and len(built) == 1  # new data, same index
+    assert second.view.exact is first.view.exact and second.view.snapshot is second.snapshot
+    assert second.view.snapshot.users["u7"]["signInActivity"]["lastSignInDateTime"] == "2026-11-02T11:00:00Z"
+    assert second.view.exact_users("u7@contoso.example") == first.view.exact_users("u7@contoso.example")
+
+    with store.writer("t") as w:
+        change = w.begin("users")
+        change.put("users", "u300", {"id": "u300", "displayName": "New Person", "userPrincipalName": "u300@contoso.example", "managerId": None})
+        w.commit_delta(change, delta_link="dl-2", status=ok)
+    third = views.current()
+    assert len(built) == 2 and third.view.exact_users("u300@contoso.example")  # the users changed: indexed again
+    store.close()

@@ -418,6 +418,7 @@ class Area:
     apply: ApplyFn | None = None
     run: RunFn | None = None
     meta_on_full: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None  # extra figures for status
+    indexed: bool = True  # the server's index (identity/view.py DirectoryView.build) reads its objects
     always_run: bool = False  # `run` is called even when switched off (it clears data kept outside this mirror)
     sync_run: bool = False  # its run function lives in sync/ (engine.SYNC_RUNS): it pages Graph into a mirror of its own
 
@@ -757,6 +758,7 @@ REGISTRY: tuple[Area, ...] = (
         collections=(Collection("sign_in", "table"),),  # user id -> signInActivity
         refresh="full", full_every_minutes=SIGN_IN_REFRESH_MINUTES, path="/users", select=SIGN_IN_SELECT,
         params={"$top": "500"}, apply=apply_sign_in, probe=_probe("/users", "id,signInActivity"),
+        indexed=False,  # read through the users' records only: an hourly refresh re-indexes nothing
     ),
     Area(
         name="groups", label="groups and memberships", switch="groups", permission="GroupMember.Read.All",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.logs import get_logger
-from entra_mcp.mirror.snapshot import DirectorySnapshot, Freshness
+from entra_mcp.mirror.snapshot import UNINDEXED_AREAS, DirectorySnapshot, Freshness
 
 if TYPE_CHECKING:  # identity loads with the first view, not with this module
     from entra_mcp.config import Settings
@@ -220,13 +220,24 @@ class ViewCache:
             log.warning("tenant %s: writing the view cache failed; the next start rebuilds the view", tenant)
 
 
-def _load_and_index(store: SnapshotSource, name: str, build: Callable[[DirectorySnapshot], Any]) -> tuple[DirectorySnapshot | None, Any]:
+def _load_and_index(
+    store: SnapshotSource, name: str, build: Callable[[DirectorySnapshot], Any], held: "TenantView | None" = None
+) -> tuple[DirectorySnapshot | None, Any]:
     """(snapshot, view) of a tenant's mirror, loaded and indexed with the cyclic collector off; the view is None
-    when the tenant was never synced."""
+    when the tenant was never synced. When only areas the index does not read changed since `held` (an hourly
+    sign-in activity refresh), `held`'s index is kept over the new snapshot instead of being built again."""
     with _no_cyclic_gc():
         snapshot = store.load_snapshot(name)
-        view = build(snapshot) if snapshot is not None and snapshot.as_of is not None else None
-    return snapshot, view
+        if snapshot is None or snapshot.as_of is None:
+            return snapshot, None
+        if held is not None and held.snapshot is not None and held.view is not None:
+            changed = snapshot.areas_changed_since(held.snapshot)
+            if changed <= UNINDEXED_AREAS:
+                reused = _with_snapshot(held.view, snapshot)
+                if reused is not held.view:
+                    log.info("tenant %s: only %s changed: the index is kept", name, ", ".join(sorted(changed)) or "freshness")
+                    return snapshot, reused
+        return snapshot, build(snapshot)
 
 
 def views_to_prepare(cache_dir: str | os.PathLike[str], versions: dict[str, tuple[int, int]]) -> list[str]:
@@ -398,7 +409,7 @@ class ViewProvider:
                         snapshot = snapshot.refreshed(fresh)
                         view = _with_snapshot(view, snapshot)
                 else:
-                    snapshot, view = _load_and_index(self._store, name, self._build)
+                    snapshot, view = _load_and_index(self._store, name, self._build, held)
             if snapshot is not None:
                 version = max(version, snapshot.version)
             if (cached is None and view is not None and self._cache is not None and view_type is not None

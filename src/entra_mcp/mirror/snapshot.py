@@ -20,6 +20,8 @@ from entra_mcp.areas import AreaStatus as AreaStatus  # re-exported: the seam's 
 AreaName = str
 AREAS: tuple[AreaName, ...] = tuple(a.name for a in REGISTRY)
 AREA_LABELS: dict[str, str] = {a.name: a.label for a in REGISTRY}
+# areas whose objects the server's index (identity/view.py) does not read: a change there needs no re-indexing
+UNINDEXED_AREAS: frozenset[str] = frozenset(a.name for a in REGISTRY if not a.indexed)
 # collection name -> the area that owns it
 COLLECTION_AREA: dict[str, str] = {c.name: a.name for a in REGISTRY for c in a.collections}
 
@@ -73,6 +75,14 @@ class DirectorySnapshot:
     version: int = 0  # the data version: grows when a commit changed objects; readers compare it to reload
     collections: Mapping[str, Any] = field(default_factory=dict)
     stamp: int = 0  # grows with every commit (freshness too): see refreshed()
+    data_stamps: dict[str, int] = field(default_factory=dict)  # area -> the stamp of the commit that last changed its objects
+
+    def areas_changed_since(self, older: "DirectorySnapshot") -> set[str]:
+        """The areas whose objects differ from `older`'s (of the same tenant's mirror); every area when either
+        snapshot does not know its areas' data stamps (built by hand, or loaded from an older mirror)."""
+        if not self.data_stamps or not older.data_stamps:
+            return set(AREAS)
+        return {a for a in set(self.data_stamps) | set(older.data_stamps) if self.data_stamps.get(a) != older.data_stamps.get(a)}
 
     def refreshed(self, fresh: "Freshness") -> "DirectorySnapshot":
         """This snapshot with the freshness of a later commit that changed no object (same data version): new

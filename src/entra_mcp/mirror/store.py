@@ -379,6 +379,7 @@ class MirrorStore:
             version=int(root["version"]),
             stamp=_stamp(root),
             collections=data,
+            data_stamps={a: int(_area_of(root, a).get("data_stamp", 0)) for a in AREAS},
         )
 
     # ---------- writing ----------
@@ -740,8 +741,10 @@ class MirrorWriter:
         old_keys = self._referenced()
         root = dict(self._root)
         root["areas"] = dict(root["areas"])
-        root["areas"][area] = new_area
         root["stamp"] = self.stamp + 1
+        # the stamp of the commit that last changed the area's objects: readers see which areas' data moved
+        new_area = {**new_area, "data_stamp": root["stamp"] if data_changed else _area_of(self._root, area).get("data_stamp", 0)}
+        root["areas"][area] = new_area
         if data_changed:
             root["version"] = self.version + 1
         if touch_as_of:
