@@ -49,3 +49,20 @@ def test_synced_when_every_enabled_area_committed_disabled_ones_aside() -> None:
 def test_never_synced_tenant() -> None:
     [t] = health(_Views(_Tenant("t", None)), now=NOW)["tenants"]
     assert t["synced"] is False and t["asOf"] is None
+
+
+def test_a_failing_sync_makes_health_degraded_until_a_success_follows() -> None:
+    from dataclasses import replace
+
+    snap = _snapshot(done=set(AREAS))
+    ok = health(_Views(_Tenant("t", snap)), now=NOW)
+    assert ok["status"] == "ok" and ok["tenants"][0]["failing"] is False
+    failed_at = NOW - timedelta(seconds=10)
+    snap.areas = {a: replace(st, last_error="ca_bundle: /x/ca.pem does not exist", last_error_at=failed_at)
+                  for a, st in snap.areas.items()}
+    [tenant] = (degraded := health(_Views(_Tenant("t", snap)), now=NOW))["tenants"]
+    assert degraded["status"] == "degraded" and tenant["failing"] is True
+    assert tenant["failingSince"] == "2026-11-26T11:59:50Z"
+    assert "ca.pem" not in str(degraded)  # no error text on the unauthenticated route
+    stale = health(_Views(_Tenant("t", _snapshot(done=set(AREAS)))), now=NOW + timedelta(hours=1))
+    assert stale["status"] == "degraded" and stale["tenants"][0]["fresh"] is False
