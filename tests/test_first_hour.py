@@ -267,3 +267,28 @@ def test_every_command_help_says_what_it_does_with_an_example() -> None:
         description = proc.stdout.split("\n\n")[1]
         assert len(description.splitlines()) >= 2, (command.NAME, description)
         assert command.NAME in ("status", "doctor") or f"entra-mcp {command.NAME}" in proc.stdout.split("options:")[0]
+
+
+def test_demo_stopped_by_sigterm_leaves_no_temporary_files(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from _harness import wait_until
+
+    log = tmp_path / "demo.log"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([str(ENTRA_MCP), "demo"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                                env=env, cwd=tmp_path)
+    try:
+        wait_until(lambda: "ready in" in log.read_text(errors="replace"), timeout=120, what="demo ready", proc=proc,
+                   log_path=log)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith("entra-mcp-demo-")]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("entra-mcp-demo-")] == []
+    assert "Traceback" not in log.read_text()
