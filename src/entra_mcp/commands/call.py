@@ -134,17 +134,16 @@ def _arguments(tools: dict[str, Any], tool: str, pairs: list[str], tenant: str |
 
 
 async def _call(settings: Any, tool: str | None, pairs: list[str], tenant: str | None, as_json: bool) -> int:
-    from mcp import Client
-
     from entra_mcp.mirror.store import MirrorStore
     from entra_mcp.server.app import create_server
+    from entra_mcp.server.local import in_process
     from entra_mcp.views import ViewProvider
 
     store = MirrorStore(settings.server.cache_dir)
     try:
         views = ViewProvider.from_settings(settings, store, cache=True)
         server = create_server(settings, views=views)
-        async with Client(server) as client:
+        async with in_process(server) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             if tool is None:
                 for t in tools.values():
