@@ -150,3 +150,20 @@ def test_a_change_only_in_sign_in_activity_keeps_the_servers_index(tmp_path: Pat
     third = views.current()
     assert len(built) == 2 and third.view.exact_users("u300@contoso.example")  # the users changed: indexed again
     store.close()
+
+
+def test_a_full_pull_repairs_a_missing_bucket_instead_of_comparing_with_it(tmp_path: Path) -> None:
+    """`sync --full` is the advice for a damaged mirror: comparing with the stored buckets must not trip on one."""
+    from entra_mcp.mirror import store as store_mod
+
+    store = MirrorStore(tmp_path)
+    ok = AreaStatus(enabled=True, object_count=1000)
+    with store.writer("t") as w:
+        w.set_tenant(tenant_id="tid", interval_minutes=5)
+        v1 = w.commit_full("users", {"users": _users(1000)}, delta_link="dl", status=ok)
+        n, revs = _colls(store, "users")["users"]
+        w._cache.delete(store_mod._key("users", "users", 0, revs[0]))  # the damage
+        assert w.commit_full("users", {"users": _users(1000)}, delta_link="dl", status=ok) == v1 + 1
+    snap = store.load_snapshot("t")
+    assert snap is not None and len(snap.users) == 1000
+    store.close()

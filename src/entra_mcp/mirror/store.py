@@ -631,7 +631,10 @@ class MirrorWriter:
         for i, part in enumerate(parts):
             if same_shape:
                 old_rev = old[1][i]  # type: ignore[index]
-                before = unpack(self._get(_key(area, coll, i, old_rev))) if old_rev >= 0 else {}
+                try:
+                    before: dict[str, Any] | None = unpack(self._get(_key(area, coll, i, old_rev))) if old_rev >= 0 else {}
+                except MirrorError:  # a damaged mirror (a bucket missing): the full pull rewrites it
+                    before = None
                 if before == part:
                     revs.append(old_rev)
                     continue
