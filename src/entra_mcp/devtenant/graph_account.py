@@ -135,7 +135,9 @@ ENTITY_BY_KIND.update({e.name: e for e in (REGISTRATION_DETAILS, ROLE_DEFINITION
                                             RISKY_USER)})
 
 _DEFAULT_METHODS = ["microsoftAuthenticatorPush", "softwareOneTimePasscode", "mobilePhone"]
-_VIP_TITLE = re.compile(r"\b(chief|ceo|cfo|cto|coo|ciso|president|vice president|vp|director)\b", re.I)
+# executives are left out of the scenarios (the product escalates them); a superset of identity/ticket.py's pattern
+_VIP_TITLE = re.compile(r"\b(chief|ceo|cfo|cto|coo|cio|ciso|cmo|president|vice president|vp|director|managing partner|"
+                        r"general counsel|chair(man|woman|person)?)\b", re.I)
 
 
 @dataclass

@@ -8,7 +8,6 @@ as a PIM eligibility (activatable at any moment). Facts and sources: docs/graph-
 from __future__ import annotations
 
 import json
-import re
 import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,7 +47,6 @@ BUILTIN_ROLE_NAMES = {
 NON_ADMIN_ROLES = frozenset({DIRECTORY_READERS, GUEST_INVITER, MESSAGE_CENTER_READER, REPORTS_READER,
                              UX_SUCCESS_MANAGER, USAGE_SUMMARY_READER})
 AT_RISK_STATES = frozenset({"atRisk", "confirmedCompromised"})
-_VIP_TITLE = re.compile(r"\b(chief|ceo|cfo|cto|coo|ciso|president|vice president|vp|director)\b", re.I)
 
 
 def collection(view: DirectoryView, name: str) -> Mapping[str, Any]:
@@ -139,6 +137,9 @@ def _unavailable(view: DirectoryView, area: str, consequence: str) -> list[dict[
 
 
 def is_vip(user: Mapping[str, Any]) -> bool:
+    """An executive by job title, as the ticket context judges it (VIP_REQUESTER)."""
+    from .ticket import _VIP_TITLE  # ticket imports account, which imports this module: at call time
+
     return bool(_VIP_TITLE.search(str(user.get("jobTitle") or "")))
 
 
