@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (a virtualenv with the package and its test extras; Debian's chromium for the
-# browser tests) and runs the whole test suite. Extra arguments go to pytest.
+# browser tests), runs ruff and mypy (strict on the product package), then the whole test suite. Extra arguments go
+# to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +22,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# The gates before the tests (configured in pyproject.toml; versions pinned in the test extra).
+echo "ruff check src tests bench" >&2
+.venv/bin/ruff check --quiet src tests bench
+echo "mypy --strict src/entra_mcp" >&2
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"
