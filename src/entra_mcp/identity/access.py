@@ -5,6 +5,7 @@ assignment data is. Pure functions of the view; the mirror's devices, owners and
 
 from __future__ import annotations
 
+import weakref
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -19,14 +20,15 @@ MAX_DEVICES = 10
 MAX_OWNERS = 10
 JOIN_TYPE = {"AzureAd": "joined", "ServerAd": "hybridJoined", "Workplace": "registered"}
 
-# derived indexes, per snapshot object (a view's snapshot never changes; a new version is a new snapshot)
-_INDEX: dict[int, tuple[Any, dict[str, tuple[str, ...]]]] = {}
+# devices by user, per view (weakly held: an old view and its snapshot are freed as soon as the server drops them),
+# rebuilt when the view is reused over a newer snapshot
+_INDEX: "weakref.WeakKeyDictionary[DirectoryView, tuple[int, dict[str, tuple[str, ...]]]]" = weakref.WeakKeyDictionary()
 
 
 def _devices_by_user(view: DirectoryView) -> dict[str, tuple[str, ...]]:
     snap = view.snapshot
-    hit = _INDEX.get(id(snap))
-    if hit is not None and hit[0] is snap:
+    hit = _INDEX.get(view)
+    if hit is not None and hit[0] == id(snap):
         return hit[1]
     index: dict[str, list[str]] = {}
     for did, dev in snap.collection("devices").items():
@@ -36,9 +38,7 @@ def _devices_by_user(view: DirectoryView) -> dict[str, tuple[str, ...]]:
             if did not in index.get(str(uid), ()):
                 index.setdefault(str(uid), []).append(did)
     frozen = {k: tuple(v) for k, v in index.items()}
-    if len(_INDEX) >= 8:
-        _INDEX.pop(next(iter(_INDEX)))
-    _INDEX[id(snap)] = (snap, frozen)
+    _INDEX[view] = (id(snap), frozen)
     return frozen
 
 
