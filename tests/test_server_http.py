@@ -85,11 +85,12 @@ def test_healthz_reports_freshness_without_secrets(base: str, server_env: Server
 def test_mcp_behind_the_sign_in_guard(server_env: ServerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     """/mcp wrapped by the sign-in part's protection (api_key mode): 401 without a key, served with one; /healthz
     stays open; the Host check still comes first."""
-    monkeypatch.setenv("TEST_MCP_KEYS", "k-" + "7" * 40)
+    key = "k-test-0123456789abcdefghij"  # long and varied enough for the API-key strength check
+    monkeypatch.setenv("TEST_MCP_KEYS", key)
     with serve_http(server_env, auth={"mode": "api_key", "api_keys_env": "TEST_MCP_KEYS"}) as url:
         assert post_init(url).status_code == 401
         assert post_init(url, Authorization="Bearer wrong").status_code == 401
-        r = post_init(url, Authorization="Bearer k-" + "7" * 40)
+        r = post_init(url, Authorization=f"Bearer {key}")
         assert r.status_code == 200 and "entra-mcp" in r.text
-        assert post_init(url, Host="evil.example", Authorization="Bearer k-" + "7" * 40).status_code == 421
+        assert post_init(url, Host="evil.example", Authorization=f"Bearer {key}").status_code == 421
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
