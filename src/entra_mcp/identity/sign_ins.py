@@ -477,6 +477,41 @@ def _verdict(groups: list[dict[str, Any]], directory: dict[str, Any] | None, acc
             "tenant, on-premises app) or may be newer than the last poll.")
 
 
+def _summary_parts(log: SignInLog, t: Mapping[str, Any]) -> dict[str, Any]:
+    """What the summary shows of a tally: top codes, sprays and shared addresses (computed once per tally)."""
+    top_codes = []
+    for code, n in _top(t["codes"]):
+        d = describe(code)
+        top_codes.append({"errorCode": code, "count": n, "users": len(t["code_users"].get(code, ())), "cause": d["cause"],
+                          "kind": d["kind"], "finding": d["finding"]})
+    sprays: list[dict[str, Any]] = []
+    shared: list[dict[str, Any]] = []  # many accounts fail from it, and sign in from it too: a shared office address
+    for ip, accounts in t["ip_users"].items():
+        if len(accounts) < SPRAY_MIN_ACCOUNTS:
+            continue
+        tries = t["ips"][ip]
+        if tries / len(accounts) > SPRAY_MAX_PER_ACCOUNT:
+            continue
+        sample = list(islice(accounts, SPRAY_SAMPLE))
+        home = sum(1 for a in sample if ip in log.success_ips(a))
+        if home >= SPRAY_HOME_SHARE * len(sample):
+            shared.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries,
+                           "alsoSucceededFromIt": round(home / len(sample), 2)})
+            continue
+        city, country = t["ip_where"].get(ip, (None, None))
+        first, last = t["ip_times"].get(ip, [None, None])
+        sprays.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries, "city": city,
+                       "countryOrRegion": country, "first": first, "last": last})
+    sprays.sort(key=lambda x: -x["accounts"])
+    shared.sort(key=lambda x: -x["accounts"])
+    return {"top_codes": top_codes, "sprays": sprays, "shared": shared[:TOP],
+            "top_apps": [{"appId": a, "displayName": name, "count": n} for (a, name), n in _top(t["apps"])],
+            "top_ips": [{"ipAddress": ip, "count": n, "accounts": len(t["ip_users"].get(ip, ())),
+                         "city": t["ip_where"].get(ip, (None, None))[0], "countryOrRegion": t["ip_where"].get(ip, (None, None))[1]}
+                        for ip, n in _top(t["ips"])],
+            "top_users": [{"user": u, "count": n} for u, n in _top(t["users"])]}
+
+
 def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None = None, app: str | None = None,
                              now: datetime | None = None) -> dict[str, Any]:
     """The tenant-wide picture: top error codes, apps, IPs and users with failures; password spray and spikes."""
@@ -498,29 +533,18 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
         if app_id is None:
             raise NotFoundError(f"No failed sign-in to an app called {quote(str(app))} is in the sign-in window, and the "
                                 "directory has no such app.")
+    # whole hours: the tenant-wide picture counts from the start of the hour `since` falls in (window.from says so),
+    # so every hour's counts and their merge are computed once per loaded log and reused call after call
+    begin = begin.replace(minute=0, second=0, microsecond=0)
+    window["from"] = iso(begin)
     t = _merge_tallies(log, begin, current, app_id)
+    derived = t.get("_derived") if isinstance(t.get("_derived"), dict) else None
+    if derived is None:
+        derived = _summary_parts(log, t)
+        t["_derived"] = derived  # a memoised merge (or a one-off overlay): both belong to this log only
     total = t["n"]
-    top_codes = []
-    for code, n in _top(t["codes"]):
-        d = describe(code)
-        top_codes.append({"errorCode": code, "count": n, "users": len(t["code_users"].get(code, ())), "cause": d["cause"],
-                          "kind": d["kind"], "finding": d["finding"]})
-    sprays: list[dict[str, Any]] = []
-    shared: list[dict[str, Any]] = []  # many accounts fail from it, and sign in from it too: a shared office address
-    for ip, accounts in t["ip_users"].items():
-        tries = t["ips"][ip]
-        if len(accounts) >= SPRAY_MIN_ACCOUNTS and tries / len(accounts) <= SPRAY_MAX_PER_ACCOUNT:
-            sample = list(islice(accounts, SPRAY_SAMPLE))
-            home = sum(1 for a in sample if ip in log.success_ips(a))
-            if home >= SPRAY_HOME_SHARE * len(sample):
-                shared.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries,
-                               "alsoSucceededFromIt": round(home / len(sample), 2)})
-                continue
-            city, country = t["ip_where"].get(ip, (None, None))
-            first, last = t["ip_times"].get(ip, [None, None])
-            sprays.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries, "city": city,
-                           "countryOrRegion": country, "first": first, "last": last})
-    sprays.sort(key=lambda s: -s["accounts"])
+    top_codes = derived["top_codes"]
+    sprays, shared = derived["sprays"], derived["shared"]
     for s in sprays[:5]:
         findings.append(finding("PASSWORD_SPRAY_SUSPECTED", f"{s['ipAddress']} ({s['city'] or '?'}, {s['countryOrRegion'] or '?'}) "
                                 f"failed passwords against {s['accounts']} accounts ({s['failures']} attempts) from "
@@ -538,13 +562,11 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
         "app": {"appId": app_id, "displayName": app_name} if app_id else None,
         "failures": total,
         "topErrorCodes": top_codes,
-        "topApps": [{"appId": a, "displayName": name, "count": n} for (a, name), n in _top(t["apps"])],
-        "topIpAddresses": [{"ipAddress": ip, "count": n, "accounts": len(t["ip_users"].get(ip, ())),
-                            "city": t["ip_where"].get(ip, (None, None))[0], "countryOrRegion": t["ip_where"].get(ip, (None, None))[1]}
-                           for ip, n in _top(t["ips"])],
-        "topUsers": [{"user": u, "count": n} for u, n in _top(t["users"])],
+        "topApps": derived["top_apps"],
+        "topIpAddresses": derived["top_ips"],
+        "topUsers": derived["top_users"],
         "suspectedSprays": sprays[:TOP],
-        "sharedAddresses": sorted(shared, key=lambda x: -x["accounts"])[:TOP],
+        "sharedAddresses": shared,
         "spikes": spikes[:TOP],
         "asOf": window["asOf"],
         "findings": sort_findings(findings),
@@ -594,6 +616,9 @@ def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str |
     first_full = iso(begin + timedelta(hours=1))[:13] if lo[14:19] != "00:00" else lo[:13]
     last_hour = hi[:13]
     full = tuple(h for h in log.hours if first_full <= h < last_hour)
+    rows_last = log.hour_rows(last_hour) if last_hour in log.failures else []
+    if lo[14:19] == "00:00" and first_full <= last_hour and all(r[0] <= hi for r in rows_last):
+        full += (last_hour,) if rows_last else ()  # the log holds nothing after `now`: the current hour counts whole
     key = (full[0] if full else "", full[-1] if full else "", len(full), app_id, fields)
     merged = log._merged.get(key)
     if merged is None:
@@ -603,7 +628,7 @@ def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str |
         if len(log._merged) >= 64:
             log._merged.clear()
         log._merged[key] = merged
-    edges = [h for h in log.hours if lo[:13] <= h <= last_hour and not (first_full <= h < last_hour)]
+    edges = [h for h in log.hours if lo[:13] <= h <= hi[:13] and h not in full]
     if not edges:
         return merged
     return _overlay(merged, [_tally(r for r in log.hour_rows(h) if lo <= r[0] <= hi and (app_id is None or r[3] == app_id))
