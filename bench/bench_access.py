@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
+from _report import write_section  # noqa: E402
 from bench_sync import _emulator_session, _run_child, _summary  # noqa: E402
 
 SECTION = "## Devices, Conditional Access and owners (bench/bench_access.py)"
@@ -77,19 +78,6 @@ def _answers(config: str, name: str, n: int) -> dict[str, Any]:
             "policies": len(snap.collection("ca_policies")), "devices": len(snap.collection("devices")),
             "owners": len(snap.collection("owners")), "listed_per_answer": listed / n,
             "rss_mb": psutil.Process().memory_info().rss / 2**20}
-
-
-def _write_report(lines: list[str]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8")
-    body = "\n".join([SECTION, "", *lines, ""])
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text, encoding="utf-8")
 
 
 def _area_row(label: str, fig: dict[str, Any], area: str) -> str:
@@ -188,7 +176,7 @@ def main() -> int:
     ]
     print("\n".join(lines))
     if not args.no_write:
-        _write_report(lines)
+        write_section(SECTION, lines)
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
+from _report import write_section  # noqa: E402
 from bench_sync import _emulator_session, _our_full, _run_child, _summary  # noqa: E402
 
 SECTION = "## Account areas and reset eligibility (bench/bench_account.py)"
@@ -173,17 +174,7 @@ def main() -> None:
         f"RSS of a process holding the loaded mirror and view: {fig['rss_mb']:.0f} MB with the account areas"
         + (f", {rss_off:.0f} MB without ({fig['rss_mb'] - rss_off:+.0f} MB)." if rss_off else "."),
     ]
-    body = "\n".join([SECTION, "", *lines, ""])
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8")
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text, encoding="utf-8")
-    print(body)
+    print(write_section(SECTION, lines))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
 from bench_sync import _emulator_session, _run_child  # noqa: E402
 
 SECTION = "## Sign-in events (bench/bench_sign_ins.py)"
@@ -316,16 +317,7 @@ def main() -> int:
     ]
     print("\n".join(lines))
     if not args.no_report:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-        body = SECTION + "\n\n" + "\n".join(lines) + "\n"
-        if SECTION in text:
-            start = text.index(SECTION)
-            nxt = text.find("\n## ", start + len(SECTION))
-            text = text[:start] + body + (text[nxt + 1:] if nxt >= 0 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + body
-        doc.write_text(text, encoding="utf-8")
+        write_section(SECTION, lines)
     return 0
 
 

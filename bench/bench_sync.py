@@ -34,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from _harness import DevtenantProcess  # noqa: E402
+from _report import write_section  # noqa: E402
 SECTION = "## Directory sync (bench/bench_sync.py)"
 
 
@@ -239,19 +240,6 @@ def peer(config: str, deadline_s: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the report
-def _write_report(lines: list[str]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    body = "\n".join([SECTION, "", *lines, ""])
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text, encoding="utf-8")
-
-
 def _emulator_session(size: str, latency_ms: float, work: Path) -> tuple[DevtenantProcess, Path, dict[str, str], Control, dict[str, str]]:
     emu = DevtenantProcess("--size", size, "--latency-ms", str(latency_ms), "--state-dir", str(work / "emu"),
                            root=work / "emu-process", argv=[sys.executable, "-m", "entra_mcp"])
@@ -412,7 +400,7 @@ def main() -> int:
               " server starts load it instead of indexing."]
     print("\n".join(lines))
     if not args.no_report:
-        _write_report(lines)
+        write_section(SECTION, lines)
     return 0
 
 
