@@ -228,7 +228,7 @@ def test_sync_prepares_the_servers_index(emulator: Any, tmp_path: Path, monkeypa
     assert prepared is not None and prepared.snapshot.version == version
     written = cache.path("contoso").stat().st_mtime_ns
 
-    views = ViewProvider.from_settings(settings, store, cache=True)
+    views = ViewProvider.from_settings(settings, store, cache=True, check_interval=0)  # asks the store on every call
     views.warm()
     assert "index loaded from the view cache" in capsys.readouterr().err
     fresh = DirectoryView.build(store.load_snapshot("contoso"))  # type: ignore[arg-type]
