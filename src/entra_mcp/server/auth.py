@@ -56,9 +56,10 @@ PRINCIPAL_SCOPE_KEY = "entra_mcp.principal"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling /mcp. `key` identifies it (entra: tid/oid, api_key: a hash of the key); never a secret."""
+    """Who is calling /mcp. `key` identifies it (entra and oauth: tid/oid, api_key: a hash of the key); never a secret.
+    `client_id`: the OAuth client the person approved (oauth mode), else None."""
 
-    kind: str  # "entra" | "api_key" | "anonymous"
+    kind: str  # "entra" | "oauth" | "api_key" | "anonymous"
     key: str
     tid: str | None = None
     oid: str | None = None
@@ -66,6 +67,7 @@ class Principal:
     preferred_username: str | None = None
     app_only: bool = False
     scopes: tuple[str, ...] = ()
+    client_id: str | None = None
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")
