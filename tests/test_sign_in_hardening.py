@@ -71,6 +71,30 @@ async def test_pending_sign_ins_are_capped_per_address(h: Harness) -> None:
     assert (await h.login("portal", "/")).status_code == 302
 
 
+async def test_pending_sign_ins_on_disk_still_count_after_a_restart(h: Harness) -> None:
+    cap = flow_module.MAX_PENDING_PER_CLIENT
+    started = [await h.login("portal", "/") for _ in range(cap)]
+    assert [r.status_code for r in started] == [302] * cap
+    # A new process over the same cache directory: the records on disk are counted at start, so the cap still holds.
+    restarted = SignIn.from_settings(h.settings, transport=counting_transport(h.emu))
+    try:
+        assert restarted.flow.pending == cap
+        port = free_port()
+        with serve(Starlette(routes=restarted.routes()), port) as base:
+            async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+                refused = await client.get("/auth/login", params={"flow": "portal", "return_to": "/"})
+                assert refused.status_code == 429, refused.text[:200]
+                # a sign-in started before the restart comes back to the new process and frees its place there
+                user = next(iter(h.emu.tenant(0).users.values()))["userPrincipalName"]
+                callback = urlsplit(await h.authenticate(started[0].headers["location"], user))
+                client.cookies.set("entra_mcp_signin", started[0].cookies["entra_mcp_signin"])
+                done = await client.get(f"{callback.path}?{callback.query}")
+                assert done.status_code == 303, done.text
+                assert restarted.flow.pending == cap - 1
+    finally:
+        restarted.sessions.store.close()
+
+
 async def test_the_store_holds_nothing_a_thief_could_replay(h: Harness) -> None:
     start = await h.login("portal", "/")
     q = {k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()}
@@ -79,7 +103,8 @@ async def test_the_store_holds_nothing_a_thief_could_replay(h: Harness) -> None:
     for secret in (q["state"], q["nonce"], start.cookies.get("entra_mcp_signin") or "x" * 43):
         assert secret.encode() not in raw
     record = h.sign_in_obj.sessions.store.get("state", q["state"])  # type: ignore[attr-defined]
-    assert set(record) == {"binding", "flow", "returnTo", "tenant", "chatChallenge", "createdAt"}
+    assert set(record) == {"binding", "flow", "returnTo", "tenant", "chatChallenge", "createdAt", "client"}
+    assert "127.0.0.1" not in record["client"]  # the caps count by a digest of the address, not the address
     # and the sign-in still completes: verifier and nonce are recomputed from the state and the browser's binding
     callback = await h.authenticate(start.headers["location"], next(iter(h.emu.tenant(0).users.values()))["userPrincipalName"])
     done = await h.client.get(callback)

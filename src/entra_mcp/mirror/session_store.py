@@ -10,6 +10,7 @@ The directory is private to the service account (mirror/permissions.py): its val
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,15 @@ class SessionStore:
 
     def delete(self, namespace: str, secret: str) -> bool:
         return bool(self._cache.delete(_key(namespace, secret), retry=True))
+
+    def records(self, namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(SHA-256 of the secret, record) of every live record in `namespace`: what a restarted process counts."""
+        prefix = f"{namespace}:"
+        for key in self._cache.iterkeys():
+            if isinstance(key, str) and key.startswith(prefix):
+                value = self._cache.get(key)
+                if isinstance(value, dict):
+                    yield key[len(prefix):], value
 
     def purge_expired(self) -> int:
         """Remove every record whose expiry has passed; returns how many went."""

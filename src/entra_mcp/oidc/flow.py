@@ -153,6 +153,11 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def _client_key(address: str) -> str:
+    """What the pending-sign-in caps count by: a digest of the client's address, so the store holds no address."""
+    return "client:" + _digest(address)[:24]
+
+
 def _derived(binding: str, state: str, purpose: str) -> str:
     """A secret only the browser holding `binding` can recompute once the IdP sends `state` back (43 base64url
     characters: a valid PKCE verifier, and a nonce)."""
@@ -217,6 +222,7 @@ class SignInFlow:
         self._pending_per_client: Counter[str] = Counter()
         self._login_rate = RateLimiter(LOGINS_PER_MINUTE)
         self._last_purge = time.monotonic()
+        self._count_stored_pending()
 
     @classmethod
     def from_settings(
@@ -254,6 +260,21 @@ class SignInFlow:
                               allowed_prefixes=self.allowed_return_prefixes, exact=exact)
 
     # -- pending sign-ins ------------------------------------------------------------------------------------
+    # Counted per client address (its digest: the store holds no address) and in total. The records live in the
+    # session store; a restarted process counts the ones already there, so a restart does not reopen the caps.
+    def _count_stored_pending(self) -> None:
+        now = self._clock()
+        found = []
+        for key, record in self.sessions.store.records(_STATE_NS):
+            expires = float(record.get("createdAt", 0)) + STATE_SECONDS
+            if expires > now:
+                found.append((expires, key, str(record.get("client") or "unknown")))
+        for expires, key, client in sorted(found):  # oldest first, as _forget_lapsed expects
+            self._pending[key] = (client, expires)
+            self._pending_per_client[client] += 1
+        if found:
+            log.info("counted %d sign-ins still pending from before the start", len(found))
+
     def _forget_lapsed(self) -> None:
         now = self._clock()
         while self._pending:
@@ -273,6 +294,7 @@ class SignInFlow:
                 del self._pending_per_client[entry[0]]
 
     def _admit(self, client: str) -> None:
+        """`client` is the digest of the client's address (`_client_key`)."""
         self._forget_lapsed()
         wait = self._login_rate.admit(client)
         if wait is not None:
@@ -308,6 +330,7 @@ class SignInFlow:
                 "and sends with the one-time code to /auth/chat/exchange"
             )
         target = self.check_return_to(return_to, exact=flow == "chat")
+        client = _client_key(client)
         self._admit(client)
         home = await self.provider.metadata()
         if tenant and tenant.lower() not in (self.provider.tenant.lower(), home.tenant_id.lower()):
@@ -327,6 +350,7 @@ class SignInFlow:
                 "tenant": meta.tenant_id,
                 "chatChallenge": chat_challenge if flow == "chat" else None,
                 "createdAt": self._clock(),
+                "client": client,
             },
             ttl=STATE_SECONDS,
         )
