@@ -30,6 +30,8 @@ BUFFERED = 200_000
 RATE_KEY = "rate-limited-key-0123456789abcdefXYZ"
 SESSION_KEY = "session-limited-key-0123456789abcdefXYZ"
 HEAVY_KEY = "heavy-caller-key-0123456789abcdefXYZ"
+IDLE_KEY = "idle-sessions-key-0123456789abcdefXYZ"
+SESSION_IDLE_S = 8
 MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
@@ -38,7 +40,7 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
 class _Config(ProductConfig):
     def env(self) -> dict[str, str]:
         env = super().env()
-        env[API_KEYS_ENV] = ",".join([API_KEY, RATE_KEY, SESSION_KEY, HEAVY_KEY])
+        env[API_KEYS_ENV] = ",".join([API_KEY, RATE_KEY, SESSION_KEY, HEAVY_KEY, IDLE_KEY])
         return env
 
 
@@ -49,7 +51,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProductCo
     with run_emulator(size="small", seed=31) as emu:
         cfg = _Config(emu, Path(tmp_path_factory.mktemp("bounds")), extra_server={
             "max_body_bytes": MAX_BODY, "request_timeout_seconds": TIMEOUT_S, "max_buffered_bytes": BUFFERED,
-            "max_requests_per_minute": 300, "max_sessions_per_caller": 3})
+            "max_requests_per_minute": 300, "max_sessions_per_caller": 3, "mcp_session_idle_seconds": SESSION_IDLE_S})
         assert run_cli(cfg, "sync").returncode == 0
         server = ServeProcess(cfg, "--no-sync")
         track(server.proc)
@@ -229,6 +231,25 @@ def test_one_caller_cannot_hold_every_session(served: Any) -> None:
         ended = http.delete("/mcp", headers={**MCP, **auth, "Mcp-Session-Id": sessions[0], "MCP-Protocol-Version": "2025-06-18"})
         assert ended.status_code in (200, 204), ended.text
         assert http.post("/mcp", json=INIT, headers={**MCP, **auth}).status_code == 200
+
+
+def test_sessions_that_end_idle_free_the_callers_quota(served: Any) -> None:
+    """The quota counts sessions from the wire (no SDK internals): idle ones end, in the MCP app and in the count."""
+    cfg, server, upns = served
+    auth = {**MCP, "Authorization": f"Bearer {IDLE_KEY}"}
+    with httpx.Client(base_url=cfg.base, timeout=10) as http:
+        opened = time.monotonic()
+        sessions = [http.post("/mcp", json=INIT, headers=auth).headers["mcp-session-id"] for _ in range(3)]
+        assert http.post("/mcp", json=INIT, headers=auth).status_code == 429
+        deadline = opened + SESSION_IDLE_S + 30
+        while (r := http.post("/mcp", json=INIT, headers=auth)).status_code == 429 and time.monotonic() < deadline:
+            time.sleep(0.25)  # pacing of a bounded poll, not a wait for a fixed time
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - opened >= SESSION_IDLE_S - 1  # held until they were idle that long, not before
+        # the MCP app ended them too: their ids are gone
+        old = http.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "ping"},
+                        headers={**auth, "Mcp-Session-Id": sessions[0], "MCP-Protocol-Version": "2025-06-18"})
+        assert old.status_code == 404, old.text
 
 
 def test_host_and_origin_are_compared_case_insensitively(served: Any) -> None:

@@ -90,6 +90,7 @@ class ServerSettings(_Section):
     max_buffered_bytes: int = Field(default=64_000_000, ge=1024)
     max_requests_per_minute: int = Field(default=600, ge=1)
     max_sessions_per_caller: int = Field(default=32, ge=1)
+    mcp_session_idle_seconds: float = Field(default=1800, ge=1, le=86400)  # an MCP session with no request this long ends
     max_concurrent_calls: int = Field(default=4, ge=1, le=64)
     auth: AuthSettings = Field(default_factory=AuthSettings)
 

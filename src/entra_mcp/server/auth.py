@@ -215,17 +215,14 @@ class McpGuard:
     def wrap(self, app: ASGIApp) -> ASGIApp:
         """The /mcp app behind authentication, session binding and the per-caller quotas (server/limits.py).
 
-        When `app` is the SDK's StreamableHTTPASGIApp its session manager tells which sessions are still open (the
-        SDK ends idle ones on its own), so a caller's session quota frees up when its sessions do."""
+        Open sessions are counted from what crosses the wire (PrincipalLimits), with the same idle timeout the MCP
+        app is given (server.mcp_session_idle_seconds): nothing here reads the SDK's session table."""
         srv = self.settings.server
-        manager = getattr(app, "session_manager", None)
-        instances = getattr(manager, "_server_instances", None)
         limits = PrincipalLimits(
             requests_per_minute=srv.max_requests_per_minute,
             sessions=srv.max_sessions_per_caller,
             concurrent_calls=srv.max_concurrent_calls,
-            session_idle_seconds=getattr(manager, "session_idle_timeout", None),
-            live_sessions=(lambda: instances) if isinstance(instances, dict) else None,
+            session_idle_seconds=srv.mcp_session_idle_seconds,
         )
         return _Protected(app, self, limits, queue_seconds=srv.request_timeout_seconds)
 
@@ -267,8 +264,6 @@ class _Protected:
                 log.info("refused a new MCP session: one caller has %d open", self.limits.max_sessions)
                 await too_many(refusal)(scope, receive, send)
                 return
-        elif session_id is not None:
-            self.limits.session_used(principal.key, session_id)
         inner = dict(scope)
         # The caller's credential goes no further than this wrapper (no token passthrough, rule 15).
         inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
@@ -295,8 +290,20 @@ class _Protected:
                 if method == "DELETE" and session_id is not None:
                     self.guard._owners.pop(session_id, None)
                     self.limits.session_closed(principal.key, session_id)
+            elif message["type"] == "http.response.start" and message["status"] == 404 and session_id is not None:
+                self.limits.session_closed(principal.key, session_id)  # the MCP app no longer knows it
             await send(message)
 
+        if session_id is not None:
+            self.limits.session_request(principal.key, session_id, started=True)
+        try:
+            await self._forward(scope, inner, receive, send, send_and_bind, principal, method)
+        finally:
+            if session_id is not None:
+                self.limits.session_request(principal.key, session_id, started=False)
+
+    async def _forward(self, scope: Scope, inner: Scope, receive: Receive, send: Send, send_and_bind: Send,
+                       principal: Principal, method: str) -> None:
         if method != "POST":  # GET is the long-lived stream of a session, DELETE ends one: not calls
             await self.app(inner, receive, send_and_bind)
             return

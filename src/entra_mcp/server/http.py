@@ -208,6 +208,7 @@ def create_http_app(
         stateless_http=stateless,
         transport_security=security,
         max_request_body_size=max_body,
+        session_idle_timeout=settings.server.mcp_session_idle_seconds,  # the per-caller session quota uses it too
         host=settings.server.host,
     )
     manager = server.session_manager

@@ -182,8 +182,14 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, messa
 
 
 @dataclass
+class _Session:
+    last_seen: float  # clock time the last request on it ended (or began, while one is in progress)
+    in_flight: int = 0  # requests on it in progress (an open GET stream is one)
+
+
+@dataclass
 class _Caller:
-    sessions: dict[str, float] = field(default_factory=dict)  # Mcp-Session-Id -> last use (clock time)
+    sessions: dict[str, _Session] = field(default_factory=dict)  # Mcp-Session-Id -> its use
     in_flight: anyio.Semaphore | None = None
 
 
@@ -198,7 +204,14 @@ class Refusal:
 
 class PrincipalLimits:
     """Quotas per principal on /mcp: a token bucket of requests per minute, a cap on open MCP sessions and on
-    calls in progress at once. Callers are tracked in an LRU table of bounded size."""
+    calls in progress at once. Callers are tracked in an LRU table of bounded size.
+
+    Open sessions are tracked here, from what crosses the wire, not read from the MCP SDK: a session counts from the
+    response that hands out its Mcp-Session-Id until its DELETE succeeds, a request on it answers 404 (the SDK no
+    longer knows it: ended idle, crashed, or the server restarted), or it has had no request in progress for
+    `session_idle_seconds` (the same idle timeout the SDK is given, so both forget it together). Without sessions
+    (a stateless transport, where no response carries an Mcp-Session-Id) nothing is counted and only the request
+    rate and calls-in-progress quotas apply."""
 
     MAX_CALLERS = 50_000
 
@@ -209,14 +222,12 @@ class PrincipalLimits:
         sessions: int,
         concurrent_calls: int,
         session_idle_seconds: float | None = None,
-        live_sessions: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = RateLimiter(requests_per_minute, max_keys=self.MAX_CALLERS, clock=clock)
         self.max_sessions = sessions
         self.concurrent_calls = concurrent_calls
         self.session_idle_seconds = session_idle_seconds
-        self.live_sessions = live_sessions
         self._clock = clock
         self._callers: OrderedDict[str, _Caller] = OrderedDict()
 
@@ -239,12 +250,11 @@ class PrincipalLimits:
 
     def open_sessions(self, key: str) -> int:
         caller = self._caller(key)
-        live = self.live_sessions() if self.live_sessions is not None else None
-        now = self._clock()
-        for sid, seen in list(caller.sessions.items()):
-            idle = self.session_idle_seconds is not None and now - seen > self.session_idle_seconds
-            if idle or (live is not None and sid not in live):
-                del caller.sessions[sid]
+        if self.session_idle_seconds is not None:
+            now = self._clock()
+            for sid, session in list(caller.sessions.items()):
+                if session.in_flight == 0 and now - session.last_seen > self.session_idle_seconds:
+                    del caller.sessions[sid]
         return len(caller.sessions)
 
     def may_open_session(self, key: str) -> Refusal | None:
@@ -258,14 +268,18 @@ class PrincipalLimits:
         )
 
     def session_opened(self, key: str, session_id: str) -> None:
-        self._caller(key).sessions[session_id] = self._clock()
+        self._caller(key).sessions[session_id] = _Session(self._clock())
 
-    def session_used(self, key: str, session_id: str) -> None:
+    def session_request(self, key: str, session_id: str, *, started: bool) -> None:
+        """A request on `session_id` starts (started=True) or ends: a session with one in progress is never idle."""
         caller = self._callers.get(key)
-        if caller is not None and session_id in caller.sessions:
-            caller.sessions[session_id] = self._clock()
+        session = caller.sessions.get(session_id) if caller is not None else None
+        if session is not None:
+            session.in_flight = max(0, session.in_flight + (1 if started else -1))
+            session.last_seen = self._clock()
 
     def session_closed(self, key: str, session_id: str) -> None:
+        """The session ended (DELETE) or the MCP app no longer knows it (404)."""
         caller = self._callers.get(key)
         if caller is not None:
             caller.sessions.pop(session_id, None)
