@@ -152,13 +152,14 @@ class DevtenantProcess:
 
 
 @contextmanager
-def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
-    """Run the ASGI `app` with uvicorn on 127.0.0.1 (a free port unless given) until the block ends."""
+def serve_app(app: Any, port: int | None = None, **config: Any) -> Iterator[str]:
+    """Run the ASGI `app` with uvicorn on 127.0.0.1 (a free port unless given) until the block ends. `config`: more
+    uvicorn.Config arguments (e.g. ssl_certfile/ssl_keyfile: the URL yielded is then https)."""
     import uvicorn
 
     port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                                           lifespan="on"))
+                                           lifespan="on", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
 
@@ -169,7 +170,7 @@ def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
 
     wait_until(started, timeout=20, what="uvicorn serving")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if config.get('ssl_certfile') else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

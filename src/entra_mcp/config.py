@@ -43,8 +43,30 @@ MIN_API_KEY_DISTINCT = 8
 RESERVED_TENANT_NAMES = frozenset({"sessions"})
 
 
+class OAuthSettings(_Section):
+    """[server.auth.oauth]: the authorization server for MCP clients (server.auth.mode = "oauth", docs/oauth.md)."""
+
+    # How clients identify themselves: RFC 7591 registration at /oauth/register, and/or an https URL as client_id
+    # whose JSON document (the Client ID Metadata Document) this server fetches.
+    dynamic_registration: bool = True
+    client_metadata_documents: bool = True
+    # Client ID Metadata Document fetching: https only, never to private, loopback or link-local addresses except the
+    # hosts listed here (exact host names or IP literals, e.g. "127.0.0.1" for a test bed); bounded in size and time.
+    client_metadata_allowed_hosts: list[str] = Field(default_factory=list)
+    client_metadata_max_bytes: int = Field(default=5120, ge=256, le=1_000_000)
+    client_metadata_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    client_metadata_cache_seconds: int = Field(default=300, ge=0, le=86_400)
+    client_metadata_ca_bundle: Path | None = None  # an extra CA to trust when fetching documents (a test bed)
+    # Lifetimes: access tokens are short; a refresh token family (one sign-in and consent) lasts refresh_token_days at
+    # most, each refresh token is single use (rotated; a reused one revokes its whole family).
+    access_token_minutes: float = Field(default=10, gt=0, le=24 * 60)
+    refresh_token_days: float = Field(default=14, gt=0, le=365)
+    registered_client_days: float = Field(default=180, gt=0, le=3650)
+    registrations_per_minute: int = Field(default=30, ge=1)  # per client address, on /oauth/register
+
+
 class AuthSettings(_Section):
-    mode: Literal["entra", "api_key", "none"] = "none"
+    mode: Literal["entra", "api_key", "none", "oauth"] = "none"
     tenant: str | None = None
     audience: str | None = None
     required_scopes: list[str] = Field(default_factory=lambda: ["Identity.Investigate"])
@@ -53,6 +75,7 @@ class AuthSettings(_Section):
     # from oidc.allowed_tenants, which only says who may sign in to the portal and chat.
     allowed_tenants: list[str] = Field(default_factory=list)
     api_keys_env: str = "ENTRA_MCP_API_KEYS"
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
 
     def api_keys(self) -> list[str]:
         """The configured API keys (api_key mode). Raises ConfigError naming the variable when there are none."""
@@ -303,6 +326,11 @@ class Settings(_Section):
                 raise ValueError("server.auth.mode = 'entra' needs server.auth.tenant set to the name of a [[tenants]] entry")
             if not auth.audience:
                 raise ValueError("server.auth.mode = 'entra' needs server.auth.audience (the API app registration's client id)")
+        if auth.mode == "oauth" and not self.oidc.enabled:
+            raise ValueError(
+                "server.auth.mode = 'oauth' signs people in with Entra through [oidc]: set oidc.enabled = true with "
+                "oidc.tenant and oidc.client_id (docs/oauth.md)"
+            )
         if auth.mode == "none" and self.server.transport == "http":
             _check_open_mode(self.server)
         if self.oidc.enabled:

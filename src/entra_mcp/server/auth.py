@@ -7,6 +7,10 @@ Modes:
   a valid token without the scope -> 403 `insufficient_scope`. The metadata routes (RFC 9728) come from `routes()`.
 - api_key: `Authorization: Bearer <key>` with one of the keys in the environment variable server.auth.api_keys_env,
   compared in constant time.
+- oauth: `Authorization: Bearer <access token>` issued by this server's own authorization server (entra_mcp.oauth,
+  docs/oauth.md) for this resource, with every server.auth.required_scopes granted; the protected-resource metadata
+  names this server as the authorization server. The person behind it signed in with Entra, so the principal is
+  (tid, oid) as in entra mode, plus the OAuth client it approved.
 - none: open (config refuses it on a non-loopback host).
 
 Whatever the mode: a token in the query string is never read; the Authorization header is removed before the request
@@ -40,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from entra_mcp.config import Settings
 from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
+from entra_mcp.oauth import OAuthRoutes
 from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.routes import SignIn
 from entra_mcp.oidc.sessions import SessionService
@@ -82,6 +87,7 @@ class McpGuard:
         *,
         validator: TokenValidator | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        oauth: OAuthRoutes | None = None,
     ) -> None:
         self.settings = settings
         self.auth = settings.server.auth
@@ -92,6 +98,9 @@ class McpGuard:
         self.validator: TokenValidator | None = None
         self._key_hashes: list[bytes] = []
         self._issuer: str | None = None
+        self.oauth = oauth
+        if self.mode == "oauth" and oauth is None:
+            raise ValueError("server.auth.mode = 'oauth' needs the authorization server (build_hooks makes it)")
         if self.mode == "entra":
             tenant = settings.tenant(self.auth.tenant)
             self._issuer = tenant.issuer
@@ -113,6 +122,14 @@ class McpGuard:
 
     # -- metadata (RFC 9728) ---------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
+        if self.mode == "oauth":
+            return {
+                "resource": self.resource,
+                "authorization_servers": [self.public_url],
+                "scopes_supported": list(self.auth.required_scopes),
+                "bearer_methods_supported": ["header"],
+                "resource_name": "entra-mcp",
+            }
         home = self.validator.provider.home if self.validator is not None else None
         issuer = home.issuer if home is not None else self._issuer
         audience = self.auth.audience or ""
@@ -134,8 +151,8 @@ class McpGuard:
         return JSONResponse(self.metadata(), headers={"Cache-Control": "public, max-age=3600"})
 
     def routes(self) -> list[BaseRoute]:
-        """The protected-resource metadata routes (entra mode only)."""
-        if self.mode != "entra":
+        """The protected-resource metadata routes (entra and oauth modes)."""
+        if self.mode not in ("entra", "oauth"):
             return []
         return [
             Route(METADATA_PATH, self._metadata_endpoint, methods=["GET"]),
@@ -168,6 +185,8 @@ class McpGuard:
         credential = auth[7:].strip()
         if self.mode == "api_key":
             return self._api_key(credential)
+        if self.mode == "oauth":
+            return self._oauth(credential)
         assert self.validator is not None and self.auth.audience
         try:
             tok = await self.validator.validate_access_token(
@@ -189,6 +208,20 @@ class McpGuard:
         i = tok.identity
         return Principal("entra", f"{i.tid.lower()}/{i.oid.lower()}", i.tid, i.oid, i.name, i.preferred_username,
                          tok.app_only, tuple(sorted(tok.scopes or tok.roles)))
+
+    def _oauth(self, credential: str) -> Principal | Response:
+        assert self.oauth is not None
+        grant = self.oauth.server.verify(credential)
+        if grant is None:
+            log.info("OAuth access token refused on /mcp: unknown, expired or revoked")
+            return self._challenge(401, "invalid_token", "the access token is unknown, expired or revoked")
+        if grant.resource != self.resource:
+            return self._challenge(401, "invalid_token", "the access token was issued for another resource")
+        missing = [s for s in self.auth.required_scopes if s not in grant.scopes]
+        if missing:
+            return self._challenge(403, "insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
+        return Principal("oauth", f"{grant.tid.lower()}/{grant.oid.lower()}", grant.tid, grant.oid, grant.name,
+                         grant.preferred_username, False, grant.scopes, grant.client_id)
 
     def _api_key(self, credential: str) -> Principal | Response:
         digest = hashlib.sha256(credential.encode("utf-8", "replace")).digest()
@@ -363,9 +396,12 @@ class AuthHooks:
     sessions: SessionService | None  # the chat-session validator for validate_chat_session; None when [oidc] is off
     guard: McpGuard
     sign_in: SignIn | None
+    oauth: OAuthRoutes | None = None
 
     async def aclose(self) -> None:
         await self.guard.aclose()
+        if self.oauth is not None:
+            await self.oauth.aclose()
         if self.sign_in is not None:
             await self.sign_in.aclose()
 
@@ -375,15 +411,20 @@ def build_hooks(settings: Settings, store: Any = None, *, transport: httpx.Async
 
     `store` (the mirror store) is not needed: sessions live in their own store under cache_dir/sessions.
     `transport` replaces the HTTP transport to the login host (tests)."""
-    guard = McpGuard(settings, transport=transport)
     sign_in = SignIn.from_settings(settings, transport=transport) if settings.oidc.enabled else None
-    routes = tuple(guard.routes()) + tuple(sign_in.routes() if sign_in else ())
+    oauth = None
+    if settings.server.auth.mode == "oauth":
+        assert sign_in is not None  # config requires [oidc] for oauth mode
+        oauth = OAuthRoutes.from_settings(settings, sign_in)
+    guard = McpGuard(settings, transport=transport, oauth=oauth)
+    routes = tuple(guard.routes()) + tuple(sign_in.routes() if sign_in else ()) + tuple(oauth.routes() if oauth else ())
     return AuthHooks(
         protect=None if settings.server.auth.mode == "none" else guard.wrap,
         routes=routes,
         sessions=sign_in.sessions if sign_in else None,
         guard=guard,
         sign_in=sign_in,
+        oauth=oauth,
     )
 
 
