@@ -22,7 +22,7 @@ class _Views:
     def __init__(self, *tenants: _Tenant) -> None:
         self._tenants = tenants
 
-    def all(self) -> tuple[_Tenant, ...]:
+    def statuses(self) -> tuple[_Tenant, ...]:
         return self._tenants
 
 

@@ -115,6 +115,9 @@ class ServerSettings(_Section):
     max_sessions_per_caller: int = Field(default=32, ge=1)
     mcp_session_idle_seconds: float = Field(default=1800, ge=1, le=86400)  # an MCP session with no request this long ends
     max_concurrent_calls: int = Field(default=4, ge=1, le=64)
+    # memory for the tenants' loaded views (indexes) together; 0 = no budget. With a budget, a tenant's view is loaded
+    # at its first call and the least recently used views are dropped when the estimate goes over (views.py)
+    view_memory_mb: int = Field(default=0, ge=0)
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @field_validator("cache_dir")
@@ -145,6 +148,15 @@ class SyncSettings(_Section):
     sign_in_events: bool = False
     sign_in_events_days: int = Field(default=7, ge=1, le=30)  # the window kept (Graph keeps 30 days on P1/P2)
     sign_in_events_interval_minutes: float = Field(default=5, gt=0, le=24 * 60)  # its own poll, apart from the sync
+    # this tenant's Graph requests per 10 seconds ($batch items count one each), kept by every client of the tenant;
+    # Graph throttles per app and tenant at 3,500-8,000 resource units per 10 s (docs/graph-facts-tenants.md)
+    max_requests_per_10s: int = Field(default=600, ge=10, le=10_000)
+
+
+class SchedulerSettings(_Section):
+    """How `serve` syncs many tenants (sync/scheduler.py)."""
+
+    max_concurrent_syncs: int = Field(default=4, ge=1, le=64)  # tenants synced at the same time
 
 
 class TenantSettings(_Section):
@@ -304,6 +316,12 @@ class OidcSettings(_Section):
 
 class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    # shared keys merged under every [[tenants]] entry (an entry's own keys win; its [tenants.sync] table is merged
+    # key by key), and a TOML file of more [[tenants]] entries (a relative path is relative to this config file)
+    # (both are read by parse_settings before validation and left out of a dump: its tenants are already merged)
+    tenant_defaults: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    tenants_file: Path | None = Field(default=None, exclude=True)
     tenants: list[TenantSettings] = Field(default_factory=list)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     source: Path | None = Field(default=None, exclude=True)
@@ -353,9 +371,21 @@ class Settings(_Section):
         for t in self.tenants:
             if t.name == name:
                 return t
-        close = difflib.get_close_matches(name, [t.name for t in self.tenants], n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else f" Configured: {', '.join(t.name for t in self.tenants) or 'none'}."
-        raise ConfigError(f"unknown tenant {name!r}.{hint}")
+        raise ConfigError(f"unknown tenant {name[:80]!r}. {tenant_hint(name, [t.name for t in self.tenants])}")
+
+
+def tenant_hint(name: str, names: list[str], *, shown: int = 10) -> str:
+    """"Did you mean ...?" with the closest configured names, else the configured names (the first `shown` of many)."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if not close:
+        folded = name.casefold()
+        close = [n for n in names if folded and (folded in n.casefold() or n.casefold() in folded)][:3]
+    if close:
+        return f"Did you mean {', '.join(close)}?"
+    if not names:
+        return "No tenants are configured."
+    more = f" and {len(names) - shown} more (`entra-mcp tenants list`)" if len(names) > shown else ""
+    return f"Configured: {', '.join(names[:shown])}{more}."
 
 
 def _check_open_mode(server: ServerSettings) -> None:
@@ -413,11 +443,14 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+def _describe(exc: ValidationError, data: dict[str, Any], origins: list[str] | None = None) -> str:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         path = _dotted(loc, data)
+        if origins and len(loc) > 1 and loc[0] == "tenants" and isinstance(loc[1], int) and loc[1] < len(origins) \
+                and origins[loc[1]]:
+            path = f"{origins[loc[1]]}: {path}"  # an entry of the tenants file: name the file
         if err["type"] == "extra_forbidden":
             owner = _model_at(loc)
             key = str(loc[-1])
@@ -429,6 +462,8 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {path or '(top level)'}: {msg}")
+    if len(lines) > MAX_PROBLEM_LINES:
+        lines = lines[:MAX_PROBLEM_LINES] + [f"  ... and {len(lines) - MAX_PROBLEM_LINES} more problems like these"]
     return "\n".join(lines)
 
 
@@ -457,15 +492,126 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(DEFAULT_CONFIG_NAME)
 
 
+# ------------------------------------------------------------------ many tenants: shared defaults and a tenants file
+
+# keys that name one tenant: never shared through [tenant_defaults]
+TENANT_OWN_KEYS = frozenset({"name", "tenant_id"})
+CREDENTIAL_KEYS = ("client_secret_env", "client_secret_file", "client_certificate_path", "client_certificate_password_env")
+CUSTOM_CLOUD_KEYS = ("login_url", "graph_url")
+MAX_PROBLEM_LINES = 25  # a tenants file of hundreds of entries with one shared mistake must not print hundreds of lines
+
+
+def merge_tenant(defaults: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """One [[tenants]] entry over the shared defaults: the entry's keys win, its `sync` table is merged key by key,
+    and an entry naming its own credential (or cloud) drops the defaults' other credential (or custom URLs)."""
+    base = dict(defaults)
+    if any(k in entry for k in CREDENTIAL_KEYS):
+        for k in CREDENTIAL_KEYS:
+            base.pop(k, None)
+    if "cloud" in entry:
+        for k in CUSTOM_CLOUD_KEYS:
+            base.pop(k, None)
+    merged = {**base, **entry}
+    if isinstance(base.get("sync"), dict) and isinstance(entry.get("sync"), dict):
+        merged["sync"] = {**base["sync"], **entry["sync"]}
+    return merged
+
+
+def _defaults_problems(defaults: Any) -> list[str]:
+    """What is wrong with [tenant_defaults] itself, said once (not once per tenant)."""
+    if not isinstance(defaults, dict):
+        return ["  tenant_defaults: must be a table ([tenant_defaults])"]
+    lines = []
+    for key in sorted(TENANT_OWN_KEYS & set(defaults)):
+        lines.append(f"  tenant_defaults.{key}: names one tenant and cannot be shared; set it in each [[tenants]] entry")
+    # validate the defaults as a tenant of their own, keeping only the errors about keys they set
+    probe = {"name": "defaults", "tenant_id": "defaults", "client_id": "defaults", **defaults}
+    try:
+        TenantSettings.model_validate(probe, context={"check_files": False})
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            if not loc or loc[0] not in defaults or loc[0] in TENANT_OWN_KEYS:
+                continue
+            path = "tenant_defaults." + ".".join(str(p) for p in loc)
+            if err["type"] == "extra_forbidden":
+                owner = SyncSettings if len(loc) > 1 and loc[0] == "sync" else TenantSettings
+                close = difflib.get_close_matches(str(loc[-1]), _known_keys(owner), n=1)
+                lines.append(f"  {path}: unknown key; " + (f"did you mean '{close[0]}'?" if close else
+                                                          "remove it (config.example.toml lists every key)"))
+            else:
+                lines.append(f"  {path}: {err['msg'].removeprefix('Value error, ')}")
+    return lines
+
+
+def read_tenants_file(path: Path) -> list[dict[str, Any]]:
+    """The [[tenants]] entries of a tenants file (TOML holding only [[tenants]] tables). ConfigError naming the file."""
+    fix = "Fix: point tenants_file at a TOML file of [[tenants]] tables (`entra-mcp tenants add` creates it)."
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"tenants_file: {path} does not exist. {fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"tenants_file: {path} is a directory, not a file. {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"tenants_file: cannot read {path} ({exc.strerror}). {fix}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"tenants_file: {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"tenants_file: {path} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    other = sorted(set(data) - {"tenants"})
+    if other:
+        raise ConfigError(f"tenants_file: {path}: unknown key {', '.join(map(repr, other))}; a tenants file holds only "
+                          "[[tenants]] tables (shared keys go in [tenant_defaults] of the main config)")
+    entries = data.get("tenants", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"tenants_file: {path}: `tenants` must be an array of tables ([[tenants]])")
+    return entries
+
+
+def _expand_tenants(data: dict[str, Any], source: Path | None) -> tuple[dict[str, Any], list[str]]:
+    """`data` with the tenants file's entries appended and [tenant_defaults] merged under every entry; and for each
+    entry where it came from ("" for the main config, else the tenants file's path)."""
+    defaults = data.get("tenant_defaults", {})
+    file_value = data.get("tenants_file")
+    if not defaults and file_value is None:
+        return data, [""] * len(data.get("tenants") or [])
+    problems = _defaults_problems(defaults)
+    if problems:
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(problems))
+    own = data.get("tenants", [])
+    if not isinstance(own, list):
+        return data, []  # pydantic says what is wrong with it
+    entries = list(own)
+    origins = [""] * len(entries)
+    out = dict(data)
+    if file_value is not None:
+        if not isinstance(file_value, (str, os.PathLike)) or not str(file_value).strip():
+            raise ConfigError("tenants_file: must be the path of a TOML file of [[tenants]] tables")
+        path = Path(os.path.expandvars(str(file_value))).expanduser()
+        if not path.is_absolute() and source is not None:
+            path = Path(source).parent / path
+        extra = read_tenants_file(path)
+        entries += extra
+        origins += [str(path)] * len(extra)
+        out["tenants_file"] = path
+    out["tenants"] = [merge_tenant(defaults, e) if isinstance(e, dict) else e for e in entries]
+    return out, origins
+
+
 def parse_settings(data: dict[str, Any], *, source: Path | None = None, check_files: bool = True) -> Settings:
-    """Validate a config mapping; a ConfigError lists every problem with its key and the fix. With `check_files`
-    (the default) the files a tenant names (ca_bundle, certificate, secret file) must exist; `status`, which only
-    reads the mirror, passes False so it can show why a sync fails."""
+    """Validate a config mapping; a ConfigError lists every problem with its key and the fix (entries of the tenants
+    file name that file). With `check_files` (the default) the files a tenant names (ca_bundle, certificate, secret
+    file) must exist; `status`, which only reads the mirror, passes False so it can show why a sync fails."""
+    data, origins = _expand_tenants(data, source)
     try:
         settings = Settings.model_validate(data, context={"check_files": check_files})
     except ValidationError as exc:
         where = f" in {source}" if source else ""
-        raise ConfigError(f"invalid configuration{where}:\n{_describe(exc, data)}") from None
+        raise ConfigError(f"invalid configuration{where}:\n{_describe(exc, data, origins)}") from None
     return settings.model_copy(update={"source": source})
 
 
@@ -495,10 +641,14 @@ __all__ = [
     "AuthSettings",
     "OidcSettings",
     "ServerSettings",
+    "SchedulerSettings",
     "Settings",
     "SyncSettings",
     "TenantSettings",
     "config_path",
     "load_settings",
+    "merge_tenant",
     "parse_settings",
+    "read_tenants_file",
+    "tenant_hint",
 ]

@@ -7,22 +7,28 @@ moved, a new view is built from the new snapshot. The first view of a tenant is
 built on the calling thread; later rebuilds happen on a background thread while the old view keeps answering, so a
 sync of a large tenant never stalls a request. A tenant that was never synced has no view: the tools then answer
 with nulls and a finding (see server/app.py), never a crash.
+
+Many tenants: with a memory budget (`[server] view_memory_mb`), views are loaded at a tenant's first call and the
+least recently used ones are dropped when the held views' estimated size goes over it (a dropped tenant is loaded
+again, from the view cache on disk, at its next call). `status()` / `statuses()` answer `/healthz`, sync_status and
+the tenants resource from the mirror's freshness (one small read) without loading a view.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import gc
 import hashlib
 import os
 import pickle
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
+from entra_mcp.config import tenant_hint
 from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.snapshot import UNINDEXED_AREAS, DirectorySnapshot, Freshness
@@ -55,10 +61,37 @@ class TenantView:
     snapshot: DirectorySnapshot | None
     view: DirectoryView | None
     stamp: int = 0  # the mirror's commit stamp this view is current with
+    loaded: bool = True  # False: a status only (the mirror's freshness, no objects, no view; see ViewProvider.status)
 
     @property
     def synced(self) -> bool:
+        if not self.loaded:
+            return self.snapshot is not None and self.snapshot.as_of is not None and self.version > 0
         return self.view is not None
+
+
+# What one held view costs, estimated from its object counts (bench/bench_tenants.py measures the real figure):
+# the columnar tables, the indexes and the snapshot's other collections of a directory object, and a tenant's floor.
+VIEW_BYTES_PER_OBJECT = 2_000
+VIEW_BYTES_BASE = 400_000
+WARM_MAX = 16  # tenants loaded at start; the others at their first call
+
+
+def estimate_view_bytes(tv: TenantView) -> int:
+    """Estimated memory of a held view: VIEW_BYTES_BASE plus VIEW_BYTES_PER_OBJECT per mirrored object."""
+    snap = tv.snapshot
+    if snap is None:
+        return VIEW_BYTES_BASE // 4
+    objects = len(snap.users) + len(snap.groups) + len(snap.applications) + len(snap.service_principals)
+    objects += sum(len(m) for m in snap.members.values()) // 4  # a membership is a small entry, not an object
+    objects += sum(len(a) for a in snap.app_role_assignments.values())
+    for name, coll in snap.collections.items():
+        if name not in ("users", "groups", "applications", "service_principals", "members", "assignments"):
+            try:
+                objects += len(coll)
+            except TypeError:
+                objects += 1
+    return VIEW_BYTES_BASE + VIEW_BYTES_PER_OBJECT * objects
 
 
 def _with_snapshot(view: Any, snapshot: DirectorySnapshot) -> Any:
@@ -290,24 +323,35 @@ class ViewProvider:
         background_reload: bool = True,
         clock: Callable[[], float] = time.monotonic,
         cache: ViewCache | None = None,
+        memory_budget_bytes: int = 0,
+        estimate: Callable[[TenantView], int] = estimate_view_bytes,
     ) -> None:
         self._tenants = {t.name: t for t in tenants}
+        self._folded = {n.casefold(): n for n in self._tenants}
+        self._by_tenant_id = {t.tenant_id.casefold(): t.name for t in tenants}
+        self._seen_ids: set[str] = set()  # tenants whose mirror's tenant GUID is in _by_tenant_id
         self._cache = cache
         self._store = store
         self._build = build
         self._check_interval = check_interval
         self._background = background_reload
         self._clock = clock
-        self._held: dict[str, TenantView] = {}
+        self._budget = memory_budget_bytes
+        self._estimate = estimate
+        self._held: OrderedDict[str, TenantView] = OrderedDict()  # least recently used first
+        self._sizes: dict[str, int] = {}
         self._checked_at: dict[str, float] = {}
         self._reloading: set[str] = set()
         self._lock = threading.Lock()
         self._load_locks = {name: threading.Lock() for name in self._tenants}
+        self.evictions = 0
+        self.loads = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, store: SnapshotSource, **kwargs: Any) -> "ViewProvider":
         """`cache=True` keeps built views under cache_dir/.server-views (a name no tenant can have; see ViewCache)."""
         tenants = [TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in settings.tenants]
+        kwargs.setdefault("memory_budget_bytes", settings.server.view_memory_mb * 1024 * 1024)
         if kwargs.get("cache") is True:
             kwargs["cache"] = ViewCache(Path(settings.server.cache_dir) / ".server-views")
         elif kwargs.get("cache") is False:
@@ -330,22 +374,42 @@ class ViewProvider:
             )
         if tenant in self._tenants:
             return tenant
-        folded = {n.casefold(): n for n in self._tenants}
-        if tenant.casefold() in folded:
-            return folded[tenant.casefold()]
-        for info in self._tenants.values():  # the tenant id or domain is accepted too
-            if tenant.casefold() == info.tenant_id.casefold():
-                return info.name
-        close = difflib.get_close_matches(tenant, list(self._tenants), n=3)
-        raise NotFoundError(
-            f"unknown tenant {tenant[:80]!r}. Configured tenants: {', '.join(self._tenants) or 'none'}.",
-            suggestions=close,
-        )
+        folded = tenant.casefold()
+        if folded in self._folded:
+            return self._folded[folded]
+        if folded in self._by_tenant_id:  # the tenant id or domain is accepted too
+            return self._by_tenant_id[folded]
+        hint = tenant_hint(tenant, list(self._tenants))
+        close = hint.removeprefix("Did you mean ").removesuffix("?").split(", ") if hint.startswith("Did you") else []
+        raise NotFoundError(f"unknown tenant {tenant[:80]!r}: no tenant of this server has that name or id. {hint}",
+                            suggestions=close)
+
+    def find_tenant_id(self, tenant_id: str) -> str | None:
+        """The configured tenant whose id is `tenant_id` (case-insensitive): the config's tenant_id (a GUID or a
+        domain) or the GUID its mirror recorded; None when no tenant has it. Reads freshness only."""
+        key = tenant_id.casefold()
+        if key not in self._by_tenant_id:
+            for name in self._tenants:
+                if name not in self._seen_ids:
+                    self.status(name)  # records the mirror's tenant GUID
+                if key in self._by_tenant_id:
+                    break
+        return self._by_tenant_id.get(key)
+
+    def _learn_tenant_id(self, name: str, tenant_id: str | None) -> None:
+        if tenant_id:
+            self._by_tenant_id.setdefault(tenant_id.casefold(), name)
+            self._seen_ids.add(name)
 
     def current(self, tenant: str | None = None) -> TenantView:
         """The freshest view of `tenant` this provider holds (loading it when the store has a newer version)."""
         name = self.resolve(tenant)
         held = self._held.get(name)
+        if held is not None and self._budget:
+            try:
+                self._held.move_to_end(name)  # most recently used
+            except KeyError:  # evicted by another thread just now
+                pass
         now = self._clock()
         if held is not None and now - self._checked_at.get(name, 0.0) < self._check_interval:
             return held
@@ -354,7 +418,7 @@ class ViewProvider:
         version = fresh.version if fresh is not None else 0
         if held is not None and held.version == version:
             if fresh is not None and held.stamp != fresh.stamp:
-                return self._refresh(name, fresh)
+                return self._refresh(name, fresh, held)
             return held
         if held is None or not self._background:
             return self._load(name, version)
@@ -362,20 +426,82 @@ class ViewProvider:
         return held
 
     def all(self) -> list[TenantView]:
+        """Every tenant's view, loading those not held: for few tenants; `statuses()` reads only freshness."""
         return [self.current(name) for name in self._tenants]
 
     def warm(self) -> None:
-        """Load every tenant now (at start-up, so the first question is answered at full speed)."""
-        for name in self._tenants:
+        """Load tenants now (at start-up, so the first question is answered at full speed): the first WARM_MAX, and
+        with a memory budget only while it lasts; the others are loaded at their first call."""
+        for name in list(self._tenants)[:WARM_MAX]:
+            if self._budget and sum(self._sizes.values()) >= self._budget:
+                break
             self._load(name, self._store.version(name))
 
-    def _refresh(self, name: str, fresh: Freshness) -> TenantView:
-        """The held view with `fresh`'s asOf and statuses (no objects changed): no load, no indexing."""
+    @property
+    def held(self) -> list[str]:
+        """Names of the tenants whose view is in memory, least recently used first."""
+        return list(self._held)
+
+    def held_bytes(self) -> int:
+        """The held views' estimated memory (see estimate_view_bytes)."""
+        return sum(self._sizes.values())
+
+    def status(self, tenant: str | None = None) -> TenantView:
+        """The tenant's view when it is held (brought up to the mirror's freshness), else a status-only TenantView
+        (`loaded` False, a snapshot of the areas' statuses without objects): never loads or indexes a mirror."""
+        name = self.resolve(tenant)
+        held = self._held.get(name)
+        fresh = self._store.freshness(name)
+        if held is not None:
+            if fresh is not None and held.version == fresh.version and held.stamp != fresh.stamp:
+                return self._refresh(name, fresh, held)
+            return held
+        info = self._tenants[name]
+        if fresh is None:
+            return TenantView(name=name, tenant_id=info.tenant_id, interval_minutes=info.interval_minutes, version=0,
+                              snapshot=None, view=None, loaded=False)
+        self._learn_tenant_id(name, fresh.tenant_id)
+        snapshot = DirectorySnapshot(tenant=name, tenant_id=fresh.tenant_id or info.tenant_id, as_of=fresh.as_of,
+                                     interval_minutes=fresh.interval_minutes, areas=dict(fresh.areas),
+                                     version=fresh.version, stamp=fresh.stamp)
+        return TenantView(name=name, tenant_id=snapshot.tenant_id, interval_minutes=info.interval_minutes,
+                          version=fresh.version, snapshot=snapshot, view=None, stamp=fresh.stamp, loaded=False)
+
+    def statuses(self) -> list[TenantView]:
+        """status() of every tenant: what /healthz and sync_status read (no view loads)."""
+        return [self.status(name) for name in self._tenants]
+
+    def _evict(self, keep: str) -> None:
+        """Drop the least recently used views until the held ones fit the budget (`keep`, just loaded, stays)."""
+        if not self._budget:
+            return
+        dropped = []
+        with self._lock:
+            for name in list(self._held):
+                if sum(self._sizes.values()) <= self._budget:
+                    break
+                if name == keep or name in self._reloading or self._load_locks[name].locked():
+                    continue
+                self._held.pop(name, None)
+                self._sizes.pop(name, None)
+                self._checked_at.pop(name, None)
+                dropped.append(name)
+        if dropped:
+            self.evictions += len(dropped)
+            _return_free_memory()
+            log.info("views: dropped %d cold tenant view(s) to stay within the memory budget (%s)", len(dropped),
+                     ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
+
+    def _refresh(self, name: str, fresh: Freshness, seen: TenantView) -> TenantView:
+        """The held view with `fresh`'s asOf and statuses (no objects changed): no load, no indexing. `seen` is the
+        view the caller found held (answered when a reload or an eviction is under way)."""
         lock = self._load_locks[name]
         if not lock.acquire(blocking=False):  # a reload is under way: it brings the new freshness itself
-            return self._held[name]
+            return self._held.get(name, seen)
         try:
-            held = self._held[name]
+            held = self._held.get(name)
+            if held is None:  # dropped from memory just now: the caller's copy is still a true answer
+                return seen
             if held.version != fresh.version or fresh.stamp <= held.stamp:
                 return held
             if held.snapshot is not None:
@@ -386,7 +512,9 @@ class ViewProvider:
             else:
                 return held
             tv = replace(held, snapshot=snapshot, view=_with_snapshot(held.view, snapshot), stamp=fresh.stamp)
-            self._held[name] = tv
+            with self._lock:
+                if name in self._held:
+                    self._held[name] = tv
             return tv
         finally:
             lock.release()
@@ -424,14 +552,20 @@ class ViewProvider:
                 view=view,
                 stamp=snapshot.stamp if snapshot is not None else 0,
             )
-            self._held[name] = tv
+            self._learn_tenant_id(name, tv.tenant_id)
+            with self._lock:
+                self._held[name] = tv
+                self._held.move_to_end(name)
+                self._sizes[name] = self._estimate(tv)
+            self.loads += 1
             from_cache = cached is not None
             held = cached = None  # the replaced view is gone now, unless a request still reads it
             _return_free_memory()  # the load's transient objects and the replaced view
             if view is not None:
                 log.info("tenant %s: view of mirror version %s ready in %.0f ms (%s)", name, version,
                          (time.perf_counter() - started) * 1000, "index loaded from the view cache" if from_cache else "mirror indexed")
-            return tv
+        self._evict(keep=name)
+        return tv
 
     def _reload_in_background(self, name: str, version: int) -> None:
         with self._lock:
@@ -443,7 +577,9 @@ class ViewProvider:
             try:
                 self._load(name, version)
             except Exception:  # a bad snapshot must not take the server down; the old view keeps answering
-                log.exception("tenant %s: reloading the mirror failed; still answering from version %s", name, self._held[name].version)
+                held = self._held.get(name)
+                log.exception("tenant %s: reloading the mirror failed; still answering from version %s", name,
+                              held.version if held is not None else "none (not in memory)")
             finally:
                 with self._lock:
                     self._reloading.discard(name)
@@ -451,4 +587,5 @@ class ViewProvider:
         threading.Thread(target=work, name=f"entra-mcp-reload-{name}", daemon=True).start()
 
 
-__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "prepare_views", "views_to_prepare"]
+__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "estimate_view_bytes", "prepare_views",
+           "views_to_prepare"]

@@ -193,9 +193,11 @@ def _serve(
     try:
         views = ViewProvider.from_settings(settings, store, cache=view_cache)
         views.warm()
-        for tv in views.all():
-            if not tv.synced:
-                log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", tv.name)
+        unsynced = [tv.name for tv in views.statuses() if not tv.synced]
+        for name in unsynced[:10]:
+            log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", name)
+        if len(unsynced) > 10:
+            log.warning("%d more tenants have no mirror yet", len(unsynced) - 10)
         hooks = _sign_in_hooks(settings, store)
         try:
             what_if = LiveWhatIf(settings) if any(t.allow_live_what_if for t in settings.tenants) else None

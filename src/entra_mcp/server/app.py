@@ -294,7 +294,7 @@ def create_server(
                     "synced": tv.synced,
                     "asOf": iso(tv.snapshot.as_of) if tv.snapshot else None,
                 }
-                for tv in views.all()
+                for tv in views.statuses()
             ]
         )
 
@@ -320,7 +320,7 @@ def create_server(
     def sync_status_resource(tenant: str) -> str:
         """Per-area freshness of one tenant's mirror."""
         try:
-            tv = views.current(_check_text("tenant", tenant))
+            tv = views.status(_check_text("tenant", tenant))
         except (NotFoundError, InvalidArgument) as exc:
             raise ResourceError(str(exc)) from None
         return json.dumps(tenant_status(tv, clock()), ensure_ascii=False, default=str)

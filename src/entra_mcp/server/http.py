@@ -141,7 +141,7 @@ def health(views: ViewProvider | None, *, now: datetime | None = None) -> dict[s
     since when) or a synced mirror is older than two intervals (`fresh` false)."""
     now = now or datetime.now(timezone.utc)
     tenants = []
-    for tv in views.all() if views is not None else []:
+    for tv in views.statuses() if views is not None else []:  # freshness reads: no view is loaded
         snap = tv.snapshot
         as_of = snap.as_of if snap is not None else None
         age = (now - as_of).total_seconds() if as_of else None

@@ -489,7 +489,8 @@ async def validate_chat_session(ask: Ask, session_token: SessionToken, claimed_u
         return SIGN_IN_NOT_CONFIGURED
     ident = verdict.get("identity") if verdict.get("valid") else None
     tid = str((ident or {}).get("tid") or "").casefold()
-    tv = next((t for t in ask.views.all() if t.tenant_id.casefold() == tid), None) if ident else None
+    name = ask.views.find_tenant_id(tid) if ident and tid else None
+    tv = ask.views.current(name) if name is not None else None
     return chat_session_answer(
         verdict, claimed_user, tv.view if tv is not None else None, mirrored=tv is not None,
         not_synced=not_synced_finding(tv.name) if tv is not None and tv.view is None else None, now=ask.now(),
@@ -580,8 +581,8 @@ def sync_status(ask: Ask, tenant: Tenant = None) -> Answer:
     """
     now = ask.now()
     if tenant or len(ask.views.names) == 1:
-        return tenant_status(ask.views.current(tenant), now)
-    return {"asOf": iso(now), "tenants": [tenant_status(ask.views.current(n), now) for n in ask.views.names],
+        return tenant_status(ask.views.status(tenant), now)  # freshness reads: no view is loaded for this
+    return {"asOf": iso(now), "tenants": [tenant_status(ask.views.status(n), now) for n in ask.views.names],
             "findings": []}
 
 
