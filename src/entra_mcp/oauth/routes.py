@@ -104,7 +104,9 @@ def _page_headers(form_target: str | None = None) -> dict[str, str]:
         "Content-Security-Policy": f"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
                                    f"base-uri 'none'; form-action {form_action}",
         "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
+        # same-origin, not no-referrer: with no-referrer Chromium sends `Origin: null` on the consent form's POST,
+        # which the Origin guard refuses; across origins (the redirect to the client) nothing is sent either way.
+        "Referrer-Policy": "same-origin",
         "X-Content-Type-Options": "nosniff",
     }
 

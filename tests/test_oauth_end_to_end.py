@@ -1,0 +1,177 @@
+"""The MCP SDK's own OAuth client (`mcp.client.auth.OAuthClientProvider`) against server.auth.mode = "oauth".
+
+Discovery (401 -> protected-resource metadata -> authorization-server metadata), registration in both styles
+(Dynamic Client Registration, then a Client ID Metadata Document served over HTTPS), headless Chromium completing the
+emulator's Entra sign-in and the consent page, tool calls through `mcp.Client` with the token, refresh (the SDK
+refreshes an expired token itself; the refresh token rotates), and revocation. One browser, one sign-in: the
+second client finds the browser signed in and goes straight to its consent page.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+
+from _auth_fixtures import MCP_HEADERS, free_port
+from _oauth_fixtures import CLIENT_NAME, SCOPE, Stack, oauth_stack
+from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (scripts/test.sh installs Debian's chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with oauth_stack(tmp_path_factory.mktemp("oauth-e2e"), seed=6) as s:
+        yield s
+
+
+class MemoryStorage:
+    """The SDK's TokenStorage protocol, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+class BrowserAgent:
+    """What a desktop MCP client does with the authorization URL: opens it in the person's browser and waits for the
+    redirect to its loopback callback (intercepted here, so no listener is needed)."""
+
+    def __init__(self, page: Any, stack: Stack, callback_port: int) -> None:
+        self.page = page
+        self.stack = stack
+        self.callback_port = callback_port
+        self.callback_url: str | None = None
+        self.consent_text = ""
+        self.sign_ins = 0
+        self.authorizations = 0
+
+    async def install(self) -> None:
+        async def on_callback(route: Any) -> None:
+            self.callback_url = route.request.url
+            await route.fulfill(status=200, content_type="text/plain", body="You can close this window.")
+
+        await self.page.route(f"http://127.0.0.1:{self.callback_port}/**", on_callback)
+
+    async def redirect_handler(self, authorization_url: str) -> None:
+        self.callback_url = None
+        self.authorizations += 1
+        await self.page.goto(authorization_url)
+        await self.page.wait_for_selector("#username, #approve", timeout=20000)
+        if await self.page.locator("#username").count():
+            self.sign_ins += 1
+            await self.page.fill("#username", self.stack.upn)
+            await self.page.fill("#password", DEFAULT_USER_PASSWORD)
+            await self.page.click("#submit")
+            await self.page.wait_for_selector("#approve", timeout=20000)
+        self.consent_text = await self.page.inner_text("body")
+        await self.page.click("#approve")
+
+    async def callback_handler(self) -> AuthorizationCodeResult:
+        deadline = time.monotonic() + 20
+        while self.callback_url is None:  # the browser's redirect to the callback, within a bound
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no callback; the browser is at {self.page.url}: "
+                                     f"{(await self.page.content())[:1500]}")
+            await anyio.sleep(0.05)
+        q = parse_qs(urlsplit(self.callback_url).query)
+        return AuthorizationCodeResult(code=q["code"][0], state=q["state"][0], iss=q.get("iss", [None])[0])
+
+
+async def _use(stack: Stack, provider: OAuthClientProvider, upn_tool_calls: int = 1) -> None:
+    async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
+        async with Client(streamable_http_client(f"{stack.resource}", http_client=http), mode="legacy") as client:
+            for _ in range(upn_tool_calls):
+                r = await client.call_tool("lookup_user", {"query": stack.upn})
+                assert not r.is_error, r.content
+
+
+def _metadata(redirect: str) -> OAuthClientMetadata:
+    return OAuthClientMetadata(redirect_uris=[redirect], client_name=CLIENT_NAME, token_endpoint_auth_method="none",
+                               grant_types=["authorization_code", "refresh_token"], response_types=["code"])
+
+
+@pytest.mark.anyio
+async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stack) -> None:
+    from playwright.async_api import async_playwright
+
+    callback_port = free_port()
+    redirect = f"http://127.0.0.1:{callback_port}/callback"
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await chromium.new_context(ignore_https_errors=True)  # the emulator's own CA
+            agent = BrowserAgent(await context.new_page(), stack, callback_port)
+            await agent.install()
+
+            # 1. Dynamic Client Registration: discovery, registration, sign-in, consent, token, tool calls
+            dcr = MemoryStorage()
+            provider = OAuthClientProvider(stack.resource, _metadata(redirect), dcr,
+                                           redirect_handler=agent.redirect_handler,
+                                           callback_handler=agent.callback_handler)
+            await _use(stack, provider)
+            assert agent.sign_ins == 1
+            assert dcr.client is not None and not dcr.client.client_id.startswith("https://")
+            assert dcr.tokens is not None and dcr.tokens.refresh_token and dcr.tokens.scope == SCOPE
+            assert CLIENT_NAME in agent.consent_text and "127.0.0.1 (an application on this computer)" in agent.consent_text
+            assert stack.upn in agent.consent_text
+
+            # refresh: the SDK refreshes an expired token by itself; the refresh token rotates
+            first = dcr.tokens
+            provider.context.token_expiry_time = time.time() - 1
+            await _use(stack, provider)
+            assert dcr.tokens.access_token != first.access_token and dcr.tokens.refresh_token != first.refresh_token
+            assert agent.authorizations == 1  # no new trip through the browser
+
+            # revocation (RFC 7009): the tokens stop working on /mcp
+            async with httpx.AsyncClient(timeout=20) as http:
+                r = await http.post(f"{stack.base}/oauth/revoke",
+                                    data={"token": dcr.tokens.refresh_token, "client_id": dcr.client.client_id})
+                assert r.status_code == 200
+                r = await http.post(stack.resource, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                                    headers={**MCP_HEADERS, "Authorization": f"Bearer {dcr.tokens.access_token}"})
+                assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+
+            # 2. a Client ID Metadata Document: no registration call; the browser is signed in already
+            cimd = MemoryStorage()
+            url = f"{stack.docs}/client/good"
+            provider = OAuthClientProvider(stack.resource, _metadata(redirect), cimd,
+                                           redirect_handler=agent.redirect_handler,
+                                           callback_handler=agent.callback_handler, client_metadata_url=url)
+            await _use(stack, provider)
+            assert cimd.client is not None and cimd.client.client_id == url
+            assert agent.authorizations == 2 and agent.sign_ins == 1
+            assert url in agent.consent_text and CLIENT_NAME in agent.consent_text
+        finally:
+            await chromium.close()
