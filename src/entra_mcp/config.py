@@ -96,6 +96,92 @@ class AuthSettings(_Section):
         return keys
 
 
+def _env_secret(key: str, variable: str | None, what: str) -> str | None:
+    """The secret in the environment variable `variable` names (None when no variable is configured); ConfigError
+    naming the key and the variable, never a value, when it is unset or empty."""
+    if not variable:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise ConfigError(f"{key} names {variable}, which is unset or empty. Fix: export {variable}=<{what}>.")
+    return value
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class StoreSettings(_Section):
+    """[server.store]: the store shared by several replicas (sessions, sign-in state, rate-limit counters). Absent
+    `redis_url`: the local diskcache under cache_dir (one machine). The password is read from `password_env` when
+    the connection opens; a URL carrying a password is refused (secrets never live in the config file)."""
+
+    redis_url: str | None = None
+    username: str | None = None  # the Redis ACL user (AUTH username password); none: the default user
+    password_env: str | None = None  # the environment variable holding the password
+    ca_bundle: Path | None = None  # rediss:// only: the PEM of the CA that signed the Redis server's certificate
+    key_prefix: str = Field(default="entra-mcp:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:{}-]+$")
+    timeout_seconds: float = Field(default=2.0, gt=0, le=30)  # connect and each command; a slower Redis is unreachable
+    start_wait_seconds: float = Field(default=10.0, ge=0, le=300)  # serve waits this long for Redis at start, then exits
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                f"redis_url must start with redis:// (plain), rediss:// (TLS) or unix:// (a socket path); got "
+                f"{(parts.scheme + '://') if parts.scheme else 'no scheme'}"
+            )
+        if parts.password is not None:  # the URL itself is never echoed: it holds the secret
+            raise ValueError(
+                "redis_url carries a password: secrets never go in the config file. Fix: remove it from the URL and "
+                "set password_env to the name of an environment variable holding it (and username for an ACL user)."
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("redis_url names no host; e.g. redis://127.0.0.1:6379/0")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("redis_url has an invalid port") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "StoreSettings":
+        if self.redis_url is None:
+            others = [k for k in ("username", "password_env", "ca_bundle") if getattr(self, k) is not None]
+            if others:
+                raise ValueError(f"{', '.join(others)} set without redis_url; set redis_url or remove them")
+            return self
+        if self.ca_bundle is not None and not self.redis_url.startswith("rediss://"):
+            raise ValueError("ca_bundle is for TLS only: use a rediss:// redis_url, or remove ca_bundle")
+        if self.username is not None and urlsplit(self.redis_url).username:
+            raise ValueError("the ACL user is named twice (in redis_url and in username); keep one")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        """Whether a shared store (Redis) is configured."""
+        return self.redis_url is not None
+
+    def redacted_url(self) -> str:
+        """redis_url for messages: scheme, host, port and database only."""
+        if self.redis_url is None:
+            return "(none)"
+        parts = urlsplit(self.redis_url)
+        if parts.scheme == "unix":
+            return f"unix://{parts.path}"
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+
+    def password(self) -> str | None:
+        """The Redis password from its variable, read when the connection opens."""
+        return _env_secret("server.store.password_env", self.password_env, "the Redis password")
+
+
 class ServerSettings(_Section):
     cache_dir: Path = Path("~/.cache/entra-mcp")
     transport: Literal["stdio", "http"] = "stdio"
@@ -119,6 +205,7 @@ class ServerSettings(_Section):
     # at its first call and the least recently used views are dropped when the estimate goes over (views.py)
     view_memory_mb: int = Field(default=0, ge=0)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @field_validator("cache_dir")
     @classmethod
@@ -303,15 +390,7 @@ class OidcSettings(_Section):
     scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
 
     def client_secret(self) -> str | None:
-        if not self.client_secret_env:
-            return None
-        value = os.environ.get(self.client_secret_env)
-        if not value:
-            raise ConfigError(
-                f"oidc.client_secret_env names {self.client_secret_env}, which is unset or empty. "
-                f"Fix: export {self.client_secret_env}=<the web app registration's client secret>."
-            )
-        return value
+        return _env_secret("oidc.client_secret_env", self.client_secret_env, "the web app registration's client secret")
 
 
 class Settings(_Section):
@@ -643,6 +722,7 @@ __all__ = [
     "ServerSettings",
     "SchedulerSettings",
     "Settings",
+    "StoreSettings",
     "SyncSettings",
     "TenantSettings",
     "config_path",

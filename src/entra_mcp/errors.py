@@ -8,6 +8,7 @@ EntraMcpError
 │   ├── DeltaTokenExpired  the delta link is no longer valid: a full resync of that area follows
 │   └── NotFound           404 from Graph
 ├── TransientError         throttling, 5xx, dropped connections after the retry budget ran out
+│   └── StoreUnavailable   the shared store (Redis, [server.store]) cannot be reached now: retry shortly
 ├── MirrorError            the local mirror cannot be read or written (disk full, read-only, locked)
 ├── NotFoundError          a tool was asked about a user, group, app or tenant the mirror does not hold
 └── InvalidArgument        a tool or command was given input it cannot use; the message says what it expected
@@ -75,6 +76,12 @@ class TransientError(EntraMcpError):
     code = "TRANSIENT"
 
 
+class StoreUnavailable(TransientError):
+    """The shared store (Redis) did not answer: refused, timed out, or refused our credentials. Never names a secret."""
+
+    code = "STORE_UNAVAILABLE"
+
+
 class MirrorError(EntraMcpError):
     code = "MIRROR"
 
@@ -106,5 +113,6 @@ __all__ = [
     "NotFound",
     "NotFoundError",
     "PermissionDenied",
+    "StoreUnavailable",
     "TransientError",
 ]

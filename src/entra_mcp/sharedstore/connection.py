@@ -1,0 +1,206 @@
+"""The connection to the shared store: one Redis client per process, built from [server.store].
+
+`SharedRedis.from_settings(store)` builds the client without any I/O; `wait_reachable(seconds)` is what `serve` calls
+at start (a clear StoreUnavailable when Redis does not answer in time). Every command of the product goes through
+`call(fn)`, the one place where the client's errors are translated: a refused or timed-out connection, a refused
+password or ACL user become `StoreUnavailable`, whose message names the store by its redacted URL and never carries
+the password.
+
+While Redis is down the process must not stall on it: after a failure `call` fails fast for `RETRY_SECONDS` (no
+socket is opened), then lets one command through to probe. The first failure is logged as one WARNING and the
+recovery as one INFO line, whatever the number of calls in between. Nothing needs restarting when Redis returns:
+the client reconnects on the next command.
+
+Commands are synchronous with short timeouts (`timeout_seconds`, 2 s by default): Redis answers a local network in well
+under a millisecond, and the callers (the session store, the rate limiter) are synchronous. `async_client()` gives
+a redis.asyncio client with the same settings for code that waits on Redis for longer (the sync leader's lease).
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from entra_mcp.config import StoreSettings
+from entra_mcp.errors import ConfigError, StoreUnavailable
+from entra_mcp.logs import get_logger
+
+log = get_logger("sharedstore")
+
+T = TypeVar("T")
+
+RETRY_SECONDS = 1.0  # after a failure, calls fail fast this long before one probes Redis again
+CLIENT_NAME = "entra-mcp"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, secret-free reason for a redis-py error (its text can echo the URL, never the password)."""
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return "the password or ACL user was refused"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return "the ACL user lacks a permission this needs"
+    if isinstance(exc, redis.exceptions.TimeoutError):
+        return "timed out"
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return "Redis is still loading its data"
+    text = str(exc).lower()
+    if "ssl" in text or "certificate" in text or isinstance(exc.__cause__ or exc.__context__, ssl.SSLError):
+        return "the TLS handshake failed (check rediss:// and ca_bundle)"
+    if "refused" in text:
+        return "connection refused"
+    if "name or service" in text or "nodename" in text or "resolve" in text:
+        return "the host name does not resolve"
+    if "read only" in text:
+        return "Redis is a read-only replica"
+    return type(exc).__name__
+
+
+def client_kwargs(store: StoreSettings) -> dict[str, Any]:
+    """Keyword arguments for `redis.Redis.from_url(store.redis_url, **kw)` (and redis.asyncio's): credentials from
+    the environment, TLS trust, timeouts. ConfigError when the password variable or the CA file is missing."""
+    if store.redis_url is None:
+        raise ConfigError("no shared store is configured ([server.store] redis_url)")
+    kw: dict[str, Any] = {
+        "socket_timeout": store.timeout_seconds,
+        "socket_connect_timeout": store.timeout_seconds,
+        # one quick retry: after Redis restarts, a pooled connection is dead but a new one works at once
+        "retry": Retry(NoBackoff(), 1),
+        "client_name": CLIENT_NAME,
+        "decode_responses": False,
+    }
+    password = store.password()
+    if password is not None:
+        kw["password"] = password
+    if store.username is not None:
+        kw["username"] = store.username
+    if store.redis_url.startswith("rediss://"):
+        kw["ssl_cert_reqs"] = "required"
+        kw["ssl_check_hostname"] = True
+        if store.ca_bundle is not None:
+            ca = Path(store.ca_bundle).expanduser()
+            if not ca.is_file():
+                raise ConfigError(
+                    f"server.store.ca_bundle: {ca} does not exist or is not a file. Fix: point it at the PEM of the CA "
+                    "that signed the Redis server's certificate, or remove it to trust the system's CAs."
+                )
+            kw["ssl_ca_certs"] = str(ca)
+    return kw
+
+
+class SharedRedis:
+    """The shared store's client with error translation and a fail-fast window while Redis is down (module doc)."""
+
+    def __init__(self, store: StoreSettings, *, client: redis.Redis | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = store
+        self.prefix = store.key_prefix
+        self.where = store.redacted_url()
+        self.client: redis.Redis = client if client is not None else redis.Redis.from_url(
+            store.redis_url or "", **client_kwargs(store)
+        )
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._probe_at = 0.0
+        self._last_reason = ""
+
+    @classmethod
+    def from_settings(cls, store: StoreSettings) -> "SharedRedis":
+        return cls(store)
+
+    def key(self, *parts: str) -> str:
+        """A namespaced key: key_prefix + the parts joined by ':'."""
+        return self.prefix + ":".join(parts)
+
+    @property
+    def available(self) -> bool:
+        """False while the last command failed (and the retry window has not passed)."""
+        return self._down_since is None
+
+    @staticmethod
+    def unavailable(what: str = "the shared store") -> StoreUnavailable:
+        """The error callers see: what cannot be done now. Where Redis is and why it failed go to the log only (the
+        message reaches sign-in pages and tool results)."""
+        return StoreUnavailable(f"{what} is unavailable (the shared store does not answer); retry in a few seconds")
+
+    def call(self, fn: Callable[[redis.Redis], T], *, what: str = "the shared store") -> T:
+        """Run `fn(client)`; StoreUnavailable when Redis cannot answer now (without trying while a recent failure's
+        retry window lasts). Errors of the command itself (a bad script, a wrong type) are not availability and pass."""
+        if self._down_since is not None and self._clock() < self._probe_at:
+            raise self.unavailable(what)
+        try:
+            result = fn(self.client)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.NoPermissionError,
+                redis.exceptions.ReadOnlyError, OSError) as exc:
+            self._failed(exc)
+            raise self.unavailable(what) from None
+        if self._down_since is not None:
+            self._recovered()
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        now = self._clock()
+        with self._lock:
+            self._last_reason = _reason(exc)
+            self._probe_at = now + RETRY_SECONDS
+            if self._down_since is None:
+                self._down_since = now
+                log.warning("the shared store at %s is unavailable (%s): sign-in is refused and limits count locally "
+                            "until it answers again", self.where, self._last_reason)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            if self._down_since is None:
+                return
+            log.info("the shared store at %s answers again (after %.1f s)", self.where, self._clock() - self._down_since)
+            self._down_since = None
+            self._last_reason = ""
+
+    def ping(self) -> None:
+        """One round trip; StoreUnavailable when it fails."""
+        self.call(lambda c: c.ping())
+
+    def wait_reachable(self, seconds: float) -> None:
+        """Poll until Redis answers a PING, at most `seconds` (serve's start). StoreUnavailable with the reason and
+        the fix when it does not; a refused password fails at once (waiting would not fix it)."""
+        deadline = time.monotonic() + seconds
+        pause = threading.Event()
+        while True:
+            try:
+                self.client.ping()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ResponseError,
+                    OSError) as exc:
+                reason = _reason(exc)
+                credentials = isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError
+                                         | redis.exceptions.AuthenticationWrongNumberOfArgsError)
+                if credentials or time.monotonic() >= deadline:
+                    fix = ("check server.store.username and the password in the variable server.store.password_env names"
+                           if credentials else "start Redis, or correct server.store.redis_url "
+                           "(remove [server.store] redis_url to run one replica on the local store)")
+                    raise StoreUnavailable(
+                        f"the shared store at {self.where} is unreachable ({reason}; waited {seconds:g} s, "
+                        f"server.store.start_wait_seconds). Fix: {fix}."
+                    ) from None
+                pause.wait(0.1)
+                continue
+            self._recovered()
+            return
+
+    def async_client(self) -> redis.asyncio.Redis:
+        """A redis.asyncio client with the same URL, credentials, TLS and timeouts (each call builds a new one)."""
+        return redis.asyncio.Redis.from_url(self.settings.redis_url or "", **client_kwargs(self.settings))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+__all__ = ["RETRY_SECONDS", "SharedRedis", "client_kwargs"]
