@@ -1,4 +1,5 @@
-"""SessionService over the diskcache store: timeouts, rotation, revocation, chat tokens and their reasons."""
+"""SessionService over both session stores (the local diskcache one and the Redis one of [server.store]): timeouts,
+rotation, revocation, chat tokens and their reasons."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from _auth_fixtures import FakeClock
+from _redis import redis_server  # noqa: F401
 from entra_mcp.mirror.session_store import SessionStore
 from entra_mcp.oidc.sessions import SessionService, looks_like_secret, s256
 from entra_mcp.oidc.validate import Identity
@@ -19,10 +21,30 @@ ME = Identity(TID, str(uuid.uuid4()), "Ada", "ada@contoso.example")
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+def local_store(tmp_path: Path):  # type: ignore[no-untyped-def]
     s = SessionStore(tmp_path)
     yield s
     s.close()
+
+
+@pytest.fixture(params=["local", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The same semantics from both backends."""
+    if request.param == "local":
+        s = SessionStore(tmp_path)
+        yield s
+        s.close()
+        return
+    from _redis import unique_prefix
+
+    from entra_mcp.config import StoreSettings
+    from entra_mcp.sharedstore.connection import SharedRedis
+    from entra_mcp.sharedstore.sessions import RedisSessionStore
+
+    server = request.getfixturevalue("redis_server")
+    shared = SharedRedis(StoreSettings(redis_url=server.url, key_prefix=unique_prefix()))
+    yield RedisSessionStore(shared)
+    shared.close()
 
 
 def service(store: SessionStore, clock: FakeClock, **kw: object) -> SessionService:
@@ -98,7 +120,8 @@ def test_sessions_of_tenants_no_longer_served_are_wrong_tenant(store: SessionSto
     assert svc.validate_chat_token(token).reason == "wrong_tenant"
 
 
-def test_expired_records_are_purged_from_disk(store: SessionStore) -> None:
+def test_expired_records_are_purged_from_disk(local_store: SessionStore) -> None:
+    store = local_store
     svc = SessionService(store, idle_seconds=0.3, max_seconds=3600)
     sid, _ = svc.create(ME, kind="portal")
     keep = SessionService(store, idle_seconds=600, max_seconds=3600).create(ME, kind="portal")[0]

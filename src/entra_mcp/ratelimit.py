@@ -1,4 +1,8 @@
-"""Token buckets per key (a caller of /mcp, a client address on /auth/login), in memory, of bounded size."""
+"""Token buckets per key (a caller of /mcp, a client address on /auth/login), in memory, of bounded size.
+
+`Limiter` is what the callers need (`admit`); `RateLimiter` counts in this process, sharedstore/counters.py's
+`SharedRateLimiter` counts in Redis for all replicas together (and falls back to a `RateLimiter` while Redis is down).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    per_minute: int
+
+    def admit(self, key: str) -> int | None:
+        """Spend one request of `key`: None when allowed, else the seconds to wait before the next one."""
 
 
 @dataclass
@@ -45,4 +57,4 @@ class RateLimiter:
         return max(1, math.ceil((1.0 - b.tokens) / self.rate))
 
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limiter", "RateLimiter"]

@@ -35,13 +35,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ sign-in hooks
 
 
-def _sign_in_hooks(settings: Settings, store: Any) -> Any:
+def _sign_in_hooks(settings: Settings, store: Any, shared: Any = None) -> Any:
     """The sign-in part's hooks: `entra_mcp.server.auth.build_hooks(settings, store)` gives `protect` (wraps the
     /mcp ASGI app; None for mode "none"), `routes` (/auth/*, /.well-known/oauth-protected-resource...) and
-    `sessions` (the chat-session validator; None when [oidc] is off)."""
+    `sessions` (the chat-session validator; None when [oidc] is off). `shared`: the [server.store] connection."""
     from entra_mcp.server.auth import build_hooks
 
-    return build_hooks(settings, store)
+    return build_hooks(settings, store, shared=shared)
+
+
+def open_shared_store(settings: Settings) -> Any:
+    """The [server.store] connection, once Redis answers (None without redis_url). Redis unreachable at start is an
+    error (StoreUnavailable, exit 1) after server.store.start_wait_seconds: a replica that started without it would
+    sign users in where the other replicas cannot see them. Once started, an outage is survived (docs/deployment.md)."""
+    if not settings.server.store.shared:
+        return None
+    from entra_mcp.sharedstore.connection import SharedRedis
+
+    shared = SharedRedis.from_settings(settings.server.store)
+    try:
+        shared.wait_reachable(settings.server.store.start_wait_seconds)
+    except BaseException:
+        shared.close()
+        raise
+    log.info("shared store: Redis at %s (sessions, sign-in state and rate limits shared; /mcp stateless)", shared.where)
+    return shared
 
 
 def _close_hooks(hooks: Any) -> None:
@@ -165,11 +183,16 @@ def serve(
     if settings.server.transport == "http":
         check_port_free(settings.server.host, settings.server.port)
     with _sigterm_stops():
+        shared = None
         try:
+            shared = open_shared_store(settings)
             _serve(settings, background_sync=background_sync, wire=wire, on_ready=on_ready, sync_delay=sync_delay,
-                   view_cache=view_cache, started=started)
+                   view_cache=view_cache, started=started, shared=shared)
         except _Terminated:
             log.info("stopped (SIGTERM)")
+        finally:
+            if shared is not None:
+                shared.close()
     return 0
 
 
@@ -182,6 +205,7 @@ def _serve(
     sync_delay: float,
     view_cache: bool,
     started: float,
+    shared: Any = None,
 ) -> None:
     from entra_mcp.graph.what_if import LiveWhatIf
     from entra_mcp.mirror.store import MirrorStore
@@ -198,7 +222,7 @@ def _serve(
             log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", name)
         if len(unsynced) > 10:
             log.warning("%d more tenants have no mirror yet", len(unsynced) - 10)
-        hooks = _sign_in_hooks(settings, store)
+        hooks = _sign_in_hooks(settings, store, shared)
         try:
             what_if = LiveWhatIf(settings) if any(t.allow_live_what_if for t in settings.tenants) else None
             server = create_server(settings, views=views, sessions=hooks.sessions, what_if=what_if)

@@ -5,6 +5,10 @@ secret (a session id, a chat token, a sign-in `state`), and the store keys the r
 disk hold nothing a thief could replay. Every record has an expiry; `purge_expired()` removes the lapsed ones (run at
 start and periodically). `take()` is an atomic read-and-delete, for single-use values (state, one-time codes).
 The directory is private to the service account (mirror/permissions.py): its values are pickles.
+
+`SessionRecords` is the interface the sign-in code uses; `SessionStore` (here, one machine) and the Redis backend
+for replicas (sharedstore/sessions.py `RedisSessionStore`, [server.store] redis_url) both implement it with the same
+semantics. A backend that cannot answer raises `StoreUnavailable` (errors.py); nothing is half-written.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import diskcache
 
@@ -24,7 +28,31 @@ log = get_logger("mirror.sessions")
 
 
 def _key(namespace: str, secret: str) -> str:
-    return f"{namespace}:{hashlib.sha256(secret.encode('utf-8')).hexdigest()}"
+    return f"{namespace}:{secret_digest(secret)}"
+
+
+def secret_digest(secret: str) -> str:
+    """What a record is keyed by instead of its secret: SHA-256, hex."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class SessionRecords(Protocol):
+    """Namespaced, expiring records keyed by (namespace, secret); the secret itself is never stored."""
+
+    def put(self, namespace: str, secret: str, record: dict[str, Any], *, ttl: float) -> None:
+        """Store `record` for `ttl` seconds, replacing any earlier one (all or nothing)."""
+
+    def get(self, namespace: str, secret: str) -> dict[str, Any] | None: ...
+
+    def take(self, namespace: str, secret: str) -> dict[str, Any] | None:
+        """Read and delete atomically: of concurrent callers with the same secret only one gets the record."""
+
+    def delete(self, namespace: str, secret: str) -> bool: ...
+
+    def purge_expired(self) -> int:
+        """Remove lapsed records where the backend does not expire them itself; how many went."""
+
+    def close(self) -> None: ...
 
 
 class SessionStore:
@@ -79,4 +107,4 @@ class SessionStore:
         return len(self._cache)
 
 
-__all__ = ["SessionStore"]
+__all__ = ["SessionRecords", "SessionStore", "secret_digest"]

@@ -32,7 +32,7 @@ from entra_mcp.logs import get_logger
 from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.sessions import Session, SessionService, looks_like_challenge, looks_like_secret, new_secret, s256
 from entra_mcp.oidc.validate import TokenRejected, TokenValidator
-from entra_mcp.ratelimit import RateLimiter
+from entra_mcp.ratelimit import Limiter, RateLimiter
 
 log = get_logger("oidc.flow")
 
@@ -205,6 +205,7 @@ class SignInFlow:
         allowed_return_to: Collection[str] = (),
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
+        login_rate: Limiter | None = None,
     ) -> None:
         self.client_id = client_id
         self._client_secret = client_secret
@@ -220,7 +221,8 @@ class SignInFlow:
         self.token_requests = 0
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()  # state digest -> (client, expires)
         self._pending_per_client: Counter[str] = Counter()
-        self._login_rate = RateLimiter(LOGINS_PER_MINUTE)
+        # sign-ins started per client address: counted by all replicas together when given the shared limiter
+        self._login_rate: Limiter = login_rate or RateLimiter(LOGINS_PER_MINUTE)
         self._last_purge = time.monotonic()
         self._count_stored_pending()
 

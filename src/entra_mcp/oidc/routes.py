@@ -29,13 +29,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from entra_mcp.config import Settings, _is_loopback
-from entra_mcp.errors import ConfigError, EntraMcpError
+from entra_mcp.errors import ConfigError, EntraMcpError, StoreUnavailable
 from entra_mcp.logs import get_logger
-from entra_mcp.mirror.session_store import SessionStore
+from entra_mcp.mirror.session_store import SessionRecords
 from entra_mcp.oidc.flow import SignInBusy, SignInError, SignInFlow, origin_of
 from entra_mcp.oidc.provider import GUID_RE, OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.sessions import SessionService
 from entra_mcp.oidc.validate import TokenValidator
+from entra_mcp.ratelimit import Limiter
 
 log = get_logger("oidc.routes")
 
@@ -150,9 +151,12 @@ class SignIn:
         settings: Settings,
         *,
         sessions: SessionService | None = None,
-        store: SessionStore | None = None,
+        store: SessionRecords | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        login_rate: Limiter | None = None,
     ) -> "SignIn":
+        """`store`: where sign-in records and sessions live (default: the local store in cache_dir); `login_rate`:
+        the per-address limit of sign-ins started (default: counted in this process)."""
         o = settings.oidc
         if not o.enabled:
             raise ConfigError("sign-in routes need [oidc] enabled = true")
@@ -160,7 +164,8 @@ class SignIn:
         provider = OidcProvider.from_tenant(tenant, allowed_tenants=o.allowed_tenants, transport=transport)
         validator = TokenValidator(provider)
         sessions = sessions or SessionService.from_settings(settings, store=store, tenant_ids=_served_tenant_ids(settings))
-        flow = SignInFlow.from_settings(settings, provider=provider, validator=validator, sessions=sessions)
+        flow = SignInFlow.from_settings(settings, provider=provider, validator=validator, sessions=sessions,
+                                        **({"login_rate": login_rate} if login_rate is not None else {}))
         public_origin = origin_of(settings.server.resolved_public_url)
         return_origins = {origin_of(u) for u in o.allowed_return_to}
         extra = {origin_of(u) for u in settings.server.allowed_origins}
@@ -318,15 +323,29 @@ class SignIn:
             },
         )
 
+    def _store_answers(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """`handler`, answering 503 with Retry-After when the session store (Redis) cannot answer: the session is
+        neither created, found nor ended, and the client is told to retry (the login pages say it in their own way)."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StoreUnavailable as exc:
+                return self._cors(request, JSONResponse(
+                    {"error": "temporarily_unavailable", "error_description": str(exc)}, 503,
+                    headers={**_NO_STORE, "Retry-After": "5"}))
+
+        return guarded
+
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/auth/login", self.login, methods=["GET"]),
             Route("/auth/callback", self.callback, methods=["GET"]),
-            Route("/auth/session", self.session, methods=["GET"]),
+            Route("/auth/session", self._store_answers(self.session), methods=["GET"]),
             Route("/auth/session", self.preflight, methods=["OPTIONS"]),
-            Route("/auth/logout", self.logout, methods=["POST"]),
+            Route("/auth/logout", self._store_answers(self.logout), methods=["POST"]),
             Route("/auth/logout", self.preflight, methods=["OPTIONS"]),
-            Route("/auth/chat/exchange", self.chat_exchange, methods=["POST"]),
+            Route("/auth/chat/exchange", self._store_answers(self.chat_exchange), methods=["POST"]),
             Route("/auth/chat/exchange", self.preflight, methods=["OPTIONS"]),
         ]
 

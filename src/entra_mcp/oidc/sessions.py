@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeGuard
 
 from entra_mcp.config import Settings
 from entra_mcp.logs import get_logger
-from entra_mcp.mirror.session_store import SessionStore
+from entra_mcp.mirror.session_store import SessionRecords, SessionStore
 from entra_mcp.oidc.validate import Identity
 
 log = get_logger("oidc.sessions")
@@ -140,7 +140,7 @@ class SessionService:
 
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionRecords,
         *,
         idle_seconds: float = 3600.0,
         max_seconds: float = 12 * 3600.0,
@@ -157,9 +157,11 @@ class SessionService:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, store: SessionStore | None = None, tenant_ids: Collection[str] | None = None, **kw: Any
+        cls, settings: Settings, *, store: SessionRecords | None = None, tenant_ids: Collection[str] | None = None,
+        **kw: Any
     ) -> "SessionService":
-        """`tenant_ids`: the tenant GUIDs whose sessions are valid (None: any tenant that could sign in)."""
+        """`tenant_ids`: the tenant GUIDs whose sessions are valid (None: any tenant that could sign in). `store`: where
+        the records live (the Redis one when [server.store] redis_url is set); default the local one in cache_dir."""
         o = settings.oidc
         return cls(
             store or SessionStore(settings.server.cache_dir),

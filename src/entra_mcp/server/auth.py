@@ -28,7 +28,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -45,11 +45,17 @@ from entra_mcp.config import Settings
 from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
 from entra_mcp.oauth import OAuthRoutes
+from entra_mcp.mirror.session_store import SessionRecords
+from entra_mcp.oidc.flow import LOGINS_PER_MINUTE
 from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.routes import SignIn
 from entra_mcp.oidc.sessions import SessionService
 from entra_mcp.oidc.validate import InsufficientScope, TokenRejected, TokenValidator
+from entra_mcp.ratelimit import Limiter
 from entra_mcp.server.limits import PrincipalLimits, Refusal, too_many
+
+if TYPE_CHECKING:
+    from entra_mcp.sharedstore.connection import SharedRedis
 
 log = get_logger("server.auth")
 
@@ -88,8 +94,10 @@ class McpGuard:
         validator: TokenValidator | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         oauth: OAuthRoutes | None = None,
+        rate: Limiter | None = None,
     ) -> None:
         self.settings = settings
+        self.rate = rate  # requests per minute per caller; None: counted in this process
         self.auth = settings.server.auth
         self.mode = self.auth.mode
         self.public_url = settings.server.resolved_public_url
@@ -256,6 +264,7 @@ class McpGuard:
             sessions=srv.max_sessions_per_caller,
             concurrent_calls=srv.max_concurrent_calls,
             session_idle_seconds=srv.mcp_session_idle_seconds,
+            rate=self.rate,
         )
         return _Protected(app, self, limits, queue_seconds=srv.request_timeout_seconds)
 
@@ -406,17 +415,29 @@ class AuthHooks:
             await self.sign_in.aclose()
 
 
-def build_hooks(settings: Settings, store: Any = None, *, transport: httpx.AsyncBaseTransport | None = None) -> AuthHooks:
+def build_hooks(settings: Settings, store: Any = None, *, transport: httpx.AsyncBaseTransport | None = None,
+                shared: SharedRedis | None = None) -> AuthHooks:
     """Build /mcp protection, the /auth/* and metadata routes and the session service from the settings.
 
-    `store` (the mirror store) is not needed: sessions live in their own store under cache_dir/sessions.
-    `transport` replaces the HTTP transport to the login host (tests)."""
-    sign_in = SignIn.from_settings(settings, transport=transport) if settings.oidc.enabled else None
+    `store` (the mirror store) is not needed: sessions live in their own store under cache_dir/sessions, or in Redis
+    when `shared` (the [server.store] connection) is given: then sign-in records, sessions and the rate limits of /mcp
+    and /auth/login are the replicas' common ones. `transport` replaces the HTTP transport to the login host (tests)."""
+    records: SessionRecords | None = None
+    mcp_rate = login_rate = None
+    if shared is not None:  # imported here: a server without [server.store] never loads the Redis client
+        from entra_mcp.sharedstore.counters import SharedRateLimiter
+        from entra_mcp.sharedstore.sessions import RedisSessionStore
+
+        records = RedisSessionStore(shared)
+        mcp_rate = SharedRateLimiter(shared, "mcp", settings.server.max_requests_per_minute)
+        login_rate = SharedRateLimiter(shared, "login", LOGINS_PER_MINUTE)
+    sign_in = (SignIn.from_settings(settings, transport=transport, store=records, login_rate=login_rate)
+               if settings.oidc.enabled else None)
     oauth = None
     if settings.server.auth.mode == "oauth":
         assert sign_in is not None  # config requires [oidc] for oauth mode
         oauth = OAuthRoutes.from_settings(settings, sign_in)
-    guard = McpGuard(settings, transport=transport, oauth=oauth)
+    guard = McpGuard(settings, transport=transport, oauth=oauth, rate=mcp_rate)
     routes = tuple(guard.routes()) + tuple(sign_in.routes() if sign_in else ()) + tuple(oauth.routes() if oauth else ())
     return AuthHooks(
         protect=None if settings.server.auth.mode == "none" else guard.wrap,

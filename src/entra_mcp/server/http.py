@@ -301,7 +301,10 @@ def run_http(
     # Tool answers run in worker threads (server/limits.py WorkLanes); a shorter GIL switch interval than Python's 5 ms
     # lets the event loop (/healthz, other callers' requests) in more often while one of them computes.
     sys.setswitchinterval(0.001)
-    app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect)
+    # With a shared store, /mcp keeps no session in this process (stateless streamable HTTP): any replica answers
+    # any request, and a replica may die between two calls of one client (docs/deployment.md).
+    app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect,
+                          stateless=settings.server.store.shared)
     config = uvicorn.Config(
         app,
         host=settings.server.host,

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entra_mcp.logs import get_logger
-from entra_mcp.ratelimit import RateLimiter
+from entra_mcp.ratelimit import Limiter, RateLimiter
 
 log = get_logger("server.limits")
 
@@ -223,8 +223,11 @@ class PrincipalLimits:
         concurrent_calls: int,
         session_idle_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rate: Limiter | None = None,
     ) -> None:
-        self.rate = RateLimiter(requests_per_minute, max_keys=self.MAX_CALLERS, clock=clock)
+        # `rate`: the requests-per-minute buckets; the shared ones (sharedstore/counters.py) count every replica's
+        # requests of a caller together. Open sessions and calls in progress are this process's own.
+        self.rate: Limiter = rate or RateLimiter(requests_per_minute, max_keys=self.MAX_CALLERS, clock=clock)
         self.max_sessions = sessions
         self.concurrent_calls = concurrent_calls
         self.session_idle_seconds = session_idle_seconds
