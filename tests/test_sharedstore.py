@@ -294,3 +294,12 @@ def _probe(shared: SharedRedis) -> bool:
         return True
     except StoreUnavailable:
         return False
+
+
+def test_records_of_a_namespace_are_listed_by_digest(shared: SharedRedis) -> None:
+    store = RedisSessionStore(shared)
+    for i in range(3):
+        store.put("state", f"{i}" * 43, {"i": i}, ttl=60)
+    store.put("session", "9" * 43, {"i": 9}, ttl=60)
+    found = dict(store.records("state"))
+    assert found == {hashlib.sha256((f"{i}" * 43).encode()).hexdigest(): {"i": i} for i in range(3)}

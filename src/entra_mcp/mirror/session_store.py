@@ -49,6 +49,9 @@ class SessionRecords(Protocol):
 
     def delete(self, namespace: str, secret: str) -> bool: ...
 
+    def records(self, namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(SHA-256 of the secret, record) of every live record in `namespace`."""
+
     def purge_expired(self) -> int:
         """Remove lapsed records where the backend does not expire them itself; how many went."""
 

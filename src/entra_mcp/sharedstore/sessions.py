@@ -13,12 +13,14 @@ routes answer 503; a chat-session check says the store is unavailable) and nothi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from entra_mcp.mirror.session_store import secret_digest
 from entra_mcp.sharedstore.connection import SharedRedis
 
 WHAT = "the session store"
+SCAN_BATCH = 500
 
 
 class RedisSessionStore:
@@ -53,6 +55,20 @@ class RedisSessionStore:
 
     def delete(self, namespace: str, secret: str) -> bool:
         return bool(self.shared.call(lambda c: c.delete(self._key(namespace, secret)), what=WHAT))
+
+    def records(self, namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(SHA-256 of the secret, record) of every live record in `namespace`, of all replicas (SCAN, then MGET in
+        batches: Redis is never blocked by one long command)."""
+        head = self.shared.key("rec", namespace, "")
+        keys: list[bytes] = self.shared.call(
+            lambda c: list(c.scan_iter(match=head + "*", count=SCAN_BATCH)), what=WHAT)
+        for start in range(0, len(keys), SCAN_BATCH):
+            batch = keys[start:start + SCAN_BATCH]
+            values = self.shared.call(lambda c: c.mget(batch), what=WHAT)
+            for key, raw in zip(batch, values):
+                record = self._decode(raw)
+                if record is not None:
+                    yield key.decode("utf-8", "replace")[len(head):], record
 
     def purge_expired(self) -> int:
         return 0  # Redis expires keys itself
