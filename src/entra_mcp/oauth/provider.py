@@ -39,7 +39,7 @@ from mcp.server.auth.provider import (
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from entra_mcp.logs import get_logger
-from entra_mcp.mirror.session_store import SessionStore
+from entra_mcp.mirror.session_store import SessionRecords
 from entra_mcp.oauth.clients import (
     MAX_REDIRECT_URIS,
     Client,
@@ -109,7 +109,7 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
 
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionRecords,
         *,
         issuer: str,
         resource: str,

@@ -42,7 +42,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entra_mcp.config import Settings
-from entra_mcp.errors import EntraMcpError
+from entra_mcp.errors import EntraMcpError, StoreUnavailable
 from entra_mcp.logs import get_logger
 from entra_mcp.oauth import OAuthRoutes
 from entra_mcp.mirror.session_store import SessionRecords
@@ -219,7 +219,12 @@ class McpGuard:
 
     def _oauth(self, credential: str) -> Principal | Response:
         assert self.oauth is not None
-        grant = self.oauth.server.verify(credential)
+        try:
+            grant = self.oauth.server.verify(credential)
+        except StoreUnavailable:  # opaque tokens are looked up in the store: without it none can be checked
+            return JSONResponse({"error": "temporarily_unavailable",
+                                 "error_description": "access tokens cannot be checked now (the token store does not "
+                                                      "answer); retry in a few seconds"}, 503, headers={"Retry-After": "5"})
         if grant is None:
             log.info("OAuth access token refused on /mcp: unknown, expired or revoked")
             return self._challenge(401, "invalid_token", "the access token is unknown, expired or revoked")
