@@ -35,6 +35,12 @@ ENTRA_MCP = str(Path(sys.executable).parent / "entra-mcp")
 POLL_SECONDS = 0.05
 
 
+# Headless Debian Chromium for the browser tests (playwright drives it; scripts/test.sh installs it).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
 class NotReady(AssertionError):
     """A process or server did not become ready within its bound (or exited first)."""
 
@@ -176,5 +182,5 @@ def serve_app(app: Any, port: int | None = None, **config: Any) -> Iterator[str]
         thread.join(timeout=10)
 
 
-__all__ = ["ENTRA_MCP", "DevtenantProcess", "NotReady", "ServeProcess", "free_port", "healthz_ok", "serve_app",
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ENTRA_MCP", "DevtenantProcess", "NotReady", "ServeProcess", "free_port", "healthz_ok", "serve_app",
            "stop_process", "wait_until"]

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from _harness import CHROMIUM, CHROMIUM_ARGS
 from _auth_fixtures import MCP_HEADERS, emulator_settings, free_port, rpc_result, serve, user_upn
 from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
 from entra_mcp.devtenant.server import run_emulator
@@ -28,9 +29,6 @@ from entra_mcp.server.auth import build_hooks
 from entra_mcp.server.http import create_http_app
 from entra_mcp.views import ViewProvider
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.browser,

@@ -24,13 +24,11 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
+from _harness import CHROMIUM, CHROMIUM_ARGS
 from _auth_fixtures import MCP_HEADERS, free_port
 from _oauth_fixtures import CLIENT_NAME, SCOPE, Stack, oauth_stack
 from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.browser,
