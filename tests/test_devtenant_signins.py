@@ -140,6 +140,13 @@ def test_retention_licence_permission_and_throttle(fresh_emulator: Any) -> None:
     r = g2.get("/auditLogs/signIns")
     assert r.status_code == 403 and r.json()["error"]["code"] == "Authorization_RequestDenied"
     g.control(f"/tenants/{g.tenant.tenant_id}/registrations/{emu.sync_app(0).client_id}/roles", {"grant": ["AuditLog.Read.All"]})
+    # Microsoft documents AuditLog.Read.All AND Directory.Read.All; the emulator checks the second when asked to
+    g.control("/signins/settings", {"require_directory_read": True})
+    r = Graph(emu).get("/auditLogs/signIns")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "Authorization_RequestDenied"
+    g.control(f"/tenants/{g.tenant.tenant_id}/registrations/{emu.sync_app(0).client_id}/roles", {"grant": ["Directory.Read.All"]})
+    assert Graph(emu).get("/auditLogs/signIns").status_code == 200
+    g.control("/signins/settings", {"require_directory_read": False})
     g3 = Graph(emu)
     g3.control("/signins/settings", {"throttle_per_10s": 5})
     statuses = [g3.get("/auditLogs/signIns", **{"$top": "1"}) for _ in range(6)]

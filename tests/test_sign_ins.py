@@ -348,6 +348,75 @@ def test_serve_scheduler_polls_sign_in_events_on_their_own_interval(bed: Bed, tm
     assert failures() == 1
 
 
+def test_serve_polls_record_their_outcome_where_status_and_health_read_it(bed: Bed, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between directory syncs (60 minutes apart) each sign-in poll's outcome reaches `status`, sync_status and
+    /healthz: Directory.Read.All missing (Microsoft documents AuditLog.Read.All AND Directory.Read.All) disables the
+    area with that reason at the next poll; granted, the poll after re-enables it with a newer lastSuccess."""
+    from entra_mcp.commands.status import status_report
+    from entra_mcp.config import load_settings
+    from entra_mcp.identity.status import sync_status
+    from entra_mcp.server.http import health
+    from entra_mcp.sync.scheduler import run_scheduler
+
+    path, _ = write_config(bed.emu, tmp_path, monkeypatch,
+                           extra="[tenants.sync]\ninterval_minutes = 60\nsign_in_events = true\nsign_in_events_interval_minutes = 0.02\n")
+    settings = load_settings(path)
+    store = MirrorStore(settings.server.cache_dir)
+    name = settings.tenants[0].name
+    views = ViewProvider.from_settings(settings, store, background_reload=False)
+    directory_runs: list[str] = []
+    seen: dict[str, Any] = {}
+
+    def area() -> dict[str, Any]:
+        return status_report(settings, store)["tenants"][0]["areas"]["sign_in_events"]  # type: ignore[no-any-return]
+
+    async def until(check: Any) -> None:
+        while not await anyio.to_thread.run_sync(check):  # bounded by fail_after below
+            await anyio.sleep(0.2)
+
+    async def scenario() -> None:
+        stop = anyio.Event()
+        first = anyio.Event()
+
+        def on_result(r: Any) -> None:
+            directory_runs.append(r.tenant)
+            first.set()
+
+        async def watch() -> None:
+            await first.wait()
+            seen["before"] = area()
+            assert seen["before"]["enabled"] and seen["before"]["lastSuccess"]
+            await anyio.to_thread.run_sync(lambda: bed.ctl._ok(bed.ctl.http.post(
+                "/signins/settings", json={"require_directory_read": True})))
+            await until(lambda: area()["enabled"] is False)
+            seen["denied"] = area()
+            seen["denied_tool"] = sync_status(views.current(name).view)["areas"]["sign_in_events"]
+            seen["denied_health"] = health(views)["tenants"][0]["areas"]["sign_in_events"]
+            await anyio.to_thread.run_sync(lambda: bed.ctl.roles(grant=["Directory.Read.All"]))
+            await until(lambda: area()["enabled"] is True)
+            seen["granted"] = area()
+            seen["granted_tool"] = sync_status(views.current(name).view)["areas"]["sign_in_events"]
+            stop.set()
+
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await run_scheduler(settings, store, stop_event=stop, on_result=on_result)
+
+    try:
+        anyio.run(scenario)
+    finally:
+        bed.ctl._ok(bed.ctl.http.post("/signins/settings", json={"require_directory_read": False}))
+    assert directory_runs == [name], "one directory sync only: the statuses came with the sign-in events' own polls"
+    denied = seen["denied"]
+    assert "Directory.Read.All" in denied["disabledReason"] and "Authorization_RequestDenied" in denied["disabledReason"]
+    assert seen["denied_tool"]["enabled"] is False and "Directory.Read.All" in seen["denied_tool"]["disabledReason"]
+    assert seen["denied_health"]["enabled"] is False
+    assert seen["granted"]["lastSuccess"] > seen["before"]["lastSuccess"] and seen["granted"]["disabledReason"] is None
+    assert seen["granted_tool"]["enabled"] is True
+
+
 def test_reporting_throttle_is_honoured(bed: Bed) -> None:
     """Microsoft's reporting API allows 5 requests per 10 s per app; the emulator here allows 1: the first pull's
     second request is answered 429 with Retry-After, waited out, and the pull completes."""

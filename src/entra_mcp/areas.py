@@ -794,7 +794,8 @@ REGISTRY: tuple[Area, ...] = (
     ),
     Area(
         name="sign_in_events", label="sign-in events", switch="sign_in_events", permission="AuditLog.Read.All",
-        licence=Licence("Entra ID P1/P2"),
+        # Microsoft documents both for List signIns (docs/graph-facts-sign-ins.md, "Permissions")
+        permission_text="AuditLog.Read.All and Directory.Read.All", licence=Licence("Entra ID P1/P2"),
         # hour -> failed sign-ins; user id -> last success per app: kept in the sign-in mirror (sync/sign_ins.py)
         collections=(Collection("sign_in_failures", "grouped"), Collection("sign_in_successes", "grouped")),
         refresh="custom", sync_run=True, always_run=True, probe=("/auditLogs/signIns", {"$top": "1"}),

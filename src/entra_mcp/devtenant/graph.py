@@ -274,7 +274,7 @@ class GraphService:
             return _Route("organization", ORG_READ, lambda c, o, h: self.organization(c, o))
         if head == "auditlogs" and n == 2 and segs[1].lower() == "signins":  # devtenant/graph_signins.py
             return _Route("auditLogs/signIns", SIGN_INS_READ, lambda c, o, h: Reply(*emulation(self.runtime).list(
-                c.tenant, c.app_id, o, token_key=self.runtime.state.token_key, base=self.base)))
+                c.tenant, c.app_id, o, token_key=self.runtime.state.token_key, base=self.base, roles=c.roles)))
         found: _Route | None = account_route(self, segs)
         if found is not None:
             return found

@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from collections.abc import Collection
 from functools import lru_cache
 from typing import Any, Callable, Iterator
 
@@ -34,6 +35,8 @@ from entra_mcp.devtenant.model import EmulatedTenant
 from entra_mcp.devtenant.odata import GraphFailure, bad_request, seal, unseal
 
 PERMISSION = frozenset({"AuditLog.Read.All"})
+DIRECTORY_READ_ALL = "Directory.Read.All"
+DIRECTORY_READ = frozenset({DIRECTORY_READ_ALL, "Directory.ReadWrite.All"})  # also needed, as documented (see settings)
 MAX_TOP = 1000
 SLICE_S = 60
 EVENTS_PER_USER_DAY = 10
@@ -103,6 +106,11 @@ class SignInSettings:
     retention_days: float = 30.0  # premium tenants (Entra ID Free keeps 7 days, but cannot read the API at all)
     throttle_per_10s: int = 5  # reporting API: requests per 10 s per app and tenant (0: off)
     events_per_user_day: float = EVENTS_PER_USER_DAY
+    # Microsoft documents AuditLog.Read.All AND Directory.Read.All for List signIns (docs/graph-facts-sign-ins.md).
+    # Off by default: the emulator's sync app holds least-privilege grants per area, and Directory.Read.All would
+    # also satisfy every directory route, so revoking one area's permission could no longer be emulated. On: a caller
+    # without Directory.Read.All (or .ReadWrite.All) gets Graph's 403.
+    require_directory_read: bool = False
 
 
 def _iso(ts: float) -> str:
@@ -492,8 +500,11 @@ class SignInEmulation:
             return t
 
     def list(self, tenant: EmulatedTenant, app_id: str, opts: dict[str, str], *, token_key: bytes, base: str,
-             ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """One page of GET /auditLogs/signIns as (status, body, headers); errors raise GraphFailure."""
+             roles: Collection[str] = (DIRECTORY_READ_ALL,)) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """One page of GET /auditLogs/signIns as (status, body, headers); errors raise GraphFailure. `roles`: the
+        caller's application permissions (the route itself already required AuditLog.Read.All)."""
+        if self.settings.require_directory_read and not DIRECTORY_READ & set(roles):
+            raise GraphFailure(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
         wait = self.throttle.check((app_id, tenant.tenant_id), self.settings.throttle_per_10s, time.monotonic())
         if wait is not None:
             raise GraphFailure(429, "TooManyRequests", "Too many requests.", {

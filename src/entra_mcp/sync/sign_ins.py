@@ -33,6 +33,9 @@ from entra_mcp.errors import EntraMcpError, MirrorError, PermissionDenied
 from entra_mcp.graph.client import GraphClient
 from entra_mcp.graph.paging import Pager
 from entra_mcp.graph.tenant import make_client
+from entra_mcp.logs import get_logger
+
+log = get_logger("sync.sign_ins")
 
 AREA = "sign_in_events"
 AREA_DEF = AREAS_BY_NAME[AREA]
@@ -347,12 +350,35 @@ async def run_in_sync(run: AreaRun, area: Any, prev: AreaStatus) -> AreaResult:
 
 async def poll(tenant: Any, store: Any, *, client: GraphClient | None = None, wait_seconds: float = 30.0) -> dict[str, Any]:
     """One poll of the sign-in events alone (the serve scheduler's own interval, sign_in_events_interval_minutes).
-    Never raises for Graph, credential or mirror problems: {"outcome": "failed", "message": ...} instead."""
+    Never raises for Graph, credential or mirror problems: {"outcome": "failed", "message": ...} instead.
+
+    Whatever the outcome, the area's status the poll left in the sign-in mirror (success, the error kept with the
+    data, or disabled with the reason on a 403) is copied into the directory mirror, where `status`, the sync_status
+    tool and /healthz read it: they follow the 5-minute polls, not only the directory sync runs."""
     gc = client or make_client(tenant)
     try:
-        return await run_area(tenant, store, gc, wait_seconds=wait_seconds)
+        result = await run_area(tenant, store, gc, wait_seconds=wait_seconds)
     except EntraMcpError as exc:
-        return {"outcome": "disabled" if isinstance(exc, PermissionDenied) else "failed", "message": str(exc)}
+        result = {"outcome": "disabled" if isinstance(exc, PermissionDenied) else "failed", "message": str(exc)}
     finally:
         if client is None:
             await gc.aclose()
+    if result["outcome"] not in ("skipped", "off"):
+        await anyio.to_thread.run_sync(_publish_status, tenant.name, store)
+    return result
+
+
+def _publish_status(tenant_name: str, store: Any) -> None:
+    """Copy the sign-in mirror's status of the area into the directory mirror (a status-only commit: the directory's
+    index is not rebuilt). A directory sync holding its writer for long is left alone: its own run of the area
+    records the status, and the next poll copies it again."""
+    try:
+        info = store.sign_in_store().info(tenant_name)
+        if info is None or store.info(tenant_name) is None:
+            return  # nothing polled yet, or no directory mirror yet (its first sync records the area)
+        status = info["areas"][AREA]["status"]
+        with store.writer(tenant_name, wait_seconds=2.0) as writer:
+            if writer.status(AREA) != status:
+                writer.set_status(AREA, status)
+    except MirrorError as exc:
+        log.info("tenant %s: the sign-in events' status waits for the next poll (%s)", tenant_name, exc)
