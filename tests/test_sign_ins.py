@@ -304,23 +304,19 @@ def test_catalogue_is_complete_and_its_findings_exist() -> None:
     assert all(e.cause and e.user_sees and e.next_step for e in entries.values())
 
 
-def test_serve_scheduler_polls_sign_in_events_on_their_own_interval(bed: Bed, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The directory syncs every 60 minutes; sign-in events every ~1 s (sign_in_events_interval_minutes): an event
-    added after the first run reaches the mirror long before the next directory sync."""
+POLLING = "[tenants.sync]\ninterval_minutes = 60\nsign_in_events = true\nsign_in_events_interval_minutes = 0.02\n"
+
+
+def _serve_scheduler(bed: Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, watch: Any, *, seconds: float) -> Any:
+    """serve's scheduler (directory every 60 minutes, sign-in events every ~1 s) until `watch(settings, store)`,
+    started after the first directory run, returns. Returns (settings, store, directory runs)."""
     from entra_mcp.config import load_settings
     from entra_mcp.sync.scheduler import run_scheduler
 
-    path, _ = write_config(bed.emu, tmp_path, monkeypatch,
-                           extra="[tenants.sync]\ninterval_minutes = 60\nsign_in_events = true\nsign_in_events_interval_minutes = 0.02\n")
+    path, _ = write_config(bed.emu, tmp_path, monkeypatch, extra=POLLING)
     settings = load_settings(path)
     store = MirrorStore(settings.server.cache_dir)
-    name = settings.tenants[0].name
     directory_runs: list[str] = []
-
-    def failures() -> int:
-        snap = store.sign_in_store().load_snapshot(name)
-        return 0 if snap is None else sum(len(v) for v in snap.collection("sign_in_failures").values())
 
     async def scenario() -> None:
         stop = anyio.Event()
@@ -330,22 +326,39 @@ def test_serve_scheduler_polls_sign_in_events_on_their_own_interval(bed: Bed, tm
             directory_runs.append(r.tenant)
             first.set()
 
-        async def watch() -> None:
+        async def watching() -> None:
             await first.wait()
-            assert failures() == 0
-            await anyio.to_thread.run_sync(lambda: bed.add({"user": bed.upns[0], "errorCode": 50126, "secondsAgo": 5}))
-            while failures() == 0:  # bounded by fail_after below
-                await anyio.sleep(0.2)
+            await watch(settings, store)
             stop.set()
 
-        with anyio.fail_after(60):
+        with anyio.fail_after(seconds):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
+                tg.start_soon(watching)
                 await run_scheduler(settings, store, stop_event=stop, on_result=on_result)
 
     anyio.run(scenario)
+    return settings, store, directory_runs
+
+
+def test_serve_scheduler_polls_sign_in_events_on_their_own_interval(bed: Bed, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory syncs every 60 minutes; sign-in events every ~1 s (sign_in_events_interval_minutes): an event
+    added after the first run reaches the mirror long before the next directory sync."""
+
+    def failures(settings: Any, store: Any) -> int:
+        snap = store.sign_in_store().load_snapshot(settings.tenants[0].name)
+        return 0 if snap is None else sum(len(v) for v in snap.collection("sign_in_failures").values())
+
+    async def watch(settings: Any, store: Any) -> None:
+        assert failures(settings, store) == 0
+        await anyio.to_thread.run_sync(lambda: bed.add({"user": bed.upns[0], "errorCode": 50126, "secondsAgo": 5}))
+        while failures(settings, store) == 0:  # bounded by fail_after
+            await anyio.sleep(0.2)
+
+    settings, store, directory_runs = _serve_scheduler(bed, tmp_path, monkeypatch, watch, seconds=60)
+    name = settings.tenants[0].name
     assert directory_runs == [name], "one directory sync only: the event came with the sign-in events' own poll"
-    assert failures() == 1
+    assert failures(settings, store) == 1
 
 
 def test_serve_polls_record_their_outcome_where_status_and_health_read_it(bed: Bed, tmp_path: Path,
@@ -354,61 +367,40 @@ def test_serve_polls_record_their_outcome_where_status_and_health_read_it(bed: B
     /healthz: Directory.Read.All missing (Microsoft documents AuditLog.Read.All AND Directory.Read.All) disables the
     area with that reason at the next poll; granted, the poll after re-enables it with a newer lastSuccess."""
     from entra_mcp.commands.status import status_report
-    from entra_mcp.config import load_settings
     from entra_mcp.identity.status import sync_status
     from entra_mcp.server.http import health
-    from entra_mcp.sync.scheduler import run_scheduler
 
-    path, _ = write_config(bed.emu, tmp_path, monkeypatch,
-                           extra="[tenants.sync]\ninterval_minutes = 60\nsign_in_events = true\nsign_in_events_interval_minutes = 0.02\n")
-    settings = load_settings(path)
-    store = MirrorStore(settings.server.cache_dir)
-    name = settings.tenants[0].name
-    views = ViewProvider.from_settings(settings, store, background_reload=False)
-    directory_runs: list[str] = []
     seen: dict[str, Any] = {}
 
-    def area() -> dict[str, Any]:
-        return status_report(settings, store)["tenants"][0]["areas"]["sign_in_events"]  # type: ignore[no-any-return]
+    async def watch(settings: Any, store: Any) -> None:
+        name = settings.tenants[0].name
+        views = ViewProvider.from_settings(settings, store, background_reload=False)
 
-    async def until(check: Any) -> None:
-        while not await anyio.to_thread.run_sync(check):  # bounded by fail_after below
-            await anyio.sleep(0.2)
+        def area() -> dict[str, Any]:
+            return status_report(settings, store)["tenants"][0]["areas"]["sign_in_events"]  # type: ignore[no-any-return]
 
-    async def scenario() -> None:
-        stop = anyio.Event()
-        first = anyio.Event()
+        async def until(check: Any) -> None:
+            while not await anyio.to_thread.run_sync(check):  # bounded by fail_after
+                await anyio.sleep(0.2)
 
-        def on_result(r: Any) -> None:
-            directory_runs.append(r.tenant)
-            first.set()
-
-        async def watch() -> None:
-            await first.wait()
-            seen["before"] = area()
-            assert seen["before"]["enabled"] and seen["before"]["lastSuccess"]
-            await anyio.to_thread.run_sync(lambda: bed.ctl._ok(bed.ctl.http.post(
-                "/signins/settings", json={"require_directory_read": True})))
-            await until(lambda: area()["enabled"] is False)
-            seen["denied"] = area()
-            seen["denied_tool"] = sync_status(views.current(name).view)["areas"]["sign_in_events"]
-            seen["denied_health"] = health(views)["tenants"][0]["areas"]["sign_in_events"]
-            await anyio.to_thread.run_sync(lambda: bed.ctl.roles(grant=["Directory.Read.All"]))
-            await until(lambda: area()["enabled"] is True)
-            seen["granted"] = area()
-            seen["granted_tool"] = sync_status(views.current(name).view)["areas"]["sign_in_events"]
-            stop.set()
-
-        with anyio.fail_after(90):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
-                await run_scheduler(settings, store, stop_event=stop, on_result=on_result)
+        seen["before"] = area()
+        assert seen["before"]["enabled"] and seen["before"]["lastSuccess"]
+        await anyio.to_thread.run_sync(lambda: bed.ctl._ok(bed.ctl.http.post(
+            "/signins/settings", json={"require_directory_read": True})))
+        await until(lambda: area()["enabled"] is False)
+        seen["denied"] = area()
+        seen["denied_tool"] = sync_status(views.current(name).view)["areas"]["sign_in_events"]
+        seen["denied_health"] = health(views)["tenants"][0]["areas"]["sign_in_events"]
+        await anyio.to_thread.run_sync(lambda: bed.ctl.roles(grant=["Directory.Read.All"]))
+        await until(lambda: area()["enabled"] is True)
+        seen["granted"] = area()
+        seen["granted_tool"] = sync_status(views.current(name).view)["areas"]["sign_in_events"]
 
     try:
-        anyio.run(scenario)
+        settings, store, directory_runs = _serve_scheduler(bed, tmp_path, monkeypatch, watch, seconds=90)
     finally:
         bed.ctl._ok(bed.ctl.http.post("/signins/settings", json={"require_directory_read": False}))
-    assert directory_runs == [name], "one directory sync only: the statuses came with the sign-in events' own polls"
+    assert directory_runs == [settings.tenants[0].name], "one directory sync: the statuses came with the polls"
     denied = seen["denied"]
     assert "Directory.Read.All" in denied["disabledReason"] and "Authorization_RequestDenied" in denied["disabledReason"]
     assert seen["denied_tool"]["enabled"] is False and "Directory.Read.All" in seen["denied_tool"]["disabledReason"]
