@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 import tomllib
@@ -60,6 +61,10 @@ def documents_app() -> Starlette:
             body["client_id"] = url + "-not-me"
         elif kind == "secret":
             body["token_endpoint_auth_method"] = "client_secret_post"
+        elif kind == "text":
+            return Response(json.dumps(body), media_type="text/plain")
+        elif kind == "redirect":
+            return Response(status_code=302, headers={"Location": url.replace("/redirect", "/good")})
         return JSONResponse(body)
 
     return Starlette(routes=[Route("/client/{kind}", doc)])

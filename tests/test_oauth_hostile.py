@@ -121,7 +121,9 @@ def test_code_token_use_refresh_and_revocation(stack: Stack, browser: HttpBrowse
     assert fresh["refresh_token"] != tokens["refresh_token"] and fresh["access_token"] != tokens["access_token"]
     assert _mcp(stack, fresh["access_token"]).status_code == 200
 
-    # revocation (RFC 7009) of the refresh token ends every token of the sign-in
+    # revocation (RFC 7009): an unknown token is fine; the refresh token ends every token of the sign-in
+    r = browser.http.post(f"{stack.base}/oauth/revoke", data={"token": "not-a-token", "client_id": client["client_id"]})
+    assert r.status_code == 200
     r = browser.http.post(f"{stack.base}/oauth/revoke", data={"token": fresh["refresh_token"],
                                                               "client_id": client["client_id"]})
     assert r.status_code == 200
@@ -236,6 +238,8 @@ def test_a_token_for_another_resource_is_refused(stack: Stack, browser: HttpBrow
     ("big", "127.0.0.1"),  # larger than client_metadata_max_bytes
     ("other-id", "127.0.0.1"),  # the document names another client_id
     ("secret", "127.0.0.1"),  # a shared-secret method in a public document
+    ("text", "127.0.0.1"),  # not served as JSON
+    ("redirect", "127.0.0.1"),  # redirects are not followed
 ])
 def test_client_metadata_documents_that_are_refused(stack: Stack, browser: HttpBrowser, kind: str, host: str) -> None:
     port = urlsplit(stack.docs).port

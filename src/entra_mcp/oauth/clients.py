@@ -235,6 +235,9 @@ class MetadataDocuments:
                 try:
                     if response.status_code != 200:
                         raise ClientMetadataError(f"the client metadata document answered HTTP {response.status_code}")
+                    ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+                        raise ClientMetadataError("the client metadata document is not served as application/json")
                     declared = response.headers.get("content-length")
                     if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                         raise ClientMetadataError(f"the client metadata document is larger than {self.max_bytes} bytes")
