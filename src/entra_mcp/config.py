@@ -122,6 +122,12 @@ class StoreSettings(_Section):
     key_prefix: str = Field(default="entra-mcp:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:{}-]+$")
     timeout_seconds: float = Field(default=2.0, gt=0, le=30)  # connect and each command; a slower Redis is unreachable
     start_wait_seconds: float = Field(default=10.0, ge=0, le=300)  # serve waits this long for Redis at start, then exits
+    # One sync leader per tenant (cluster/): the leader publishes each committed mirror version here (immutable
+    # files; a directory every replica mounts, never a database) and the others adopt it. Needs redis_url.
+    snapshot_dir: Path | None = None
+    lease_seconds: float = Field(default=30.0, ge=2, le=600)  # a dead leader is replaced within this time
+    snapshot_poll_seconds: float = Field(default=2.0, gt=0, le=300)  # how often followers look for a new version
+    snapshot_keep: int = Field(default=3, ge=1, le=100)  # published data versions kept per tenant
 
     @field_validator("redis_url")
     @classmethod
@@ -147,10 +153,15 @@ class StoreSettings(_Section):
             raise ValueError("redis_url has an invalid port") from None
         return v
 
+    @field_validator("snapshot_dir")
+    @classmethod
+    def _expand_dir(cls, v: Path | None) -> Path | None:
+        return Path(os.path.expandvars(str(v))).expanduser() if v is not None else None
+
     @model_validator(mode="after")
     def _check(self) -> "StoreSettings":
         if self.redis_url is None:
-            others = [k for k in ("username", "password_env", "ca_bundle") if getattr(self, k) is not None]
+            others = [k for k in ("username", "password_env", "ca_bundle", "snapshot_dir") if getattr(self, k) is not None]
             if others:
                 raise ValueError(f"{', '.join(others)} set without redis_url; set redis_url or remove them")
             return self

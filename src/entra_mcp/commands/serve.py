@@ -77,8 +77,10 @@ def _close_hooks(hooks: Any) -> None:
 # ------------------------------------------------------------------ background sync
 
 
-def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, initial_delay: float = 0.0) -> threading.Thread:
-    """Run the sync scheduler on its own thread and event loop until `stop` is set."""
+def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, initial_delay: float = 0.0,
+                     sync: bool = True, replication: Any = None) -> threading.Thread:
+    """Run the sync scheduler (with `sync`) and, with several replicas, the lease keeper and the follower of the
+    published versions (cluster/replica.py) on their own thread and event loop until `stop` is set."""
     import anyio
 
     from entra_mcp.sync.scheduler import run_scheduler
@@ -92,7 +94,13 @@ def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, i
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay)
-            await run_scheduler(settings, store, stop_event=stop_event, initial_delay=initial_delay)
+            if replication is not None:
+                tg.start_soon(replication.keep_leases, stop_event)
+                tg.start_soon(replication.follow, stop_event)
+            if sync:
+                await run_scheduler(settings, store, stop_event=stop_event, initial_delay=initial_delay, gate=replication)
+            else:
+                await stop_event.wait()
             tg.cancel_scope.cancel()
 
     def work() -> None:
@@ -104,6 +112,21 @@ def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, i
     t = threading.Thread(target=work, name="entra-mcp-sync", daemon=True)
     t.start()
     return t
+
+
+def _replication(settings: Settings, store: Any, shared: Any, *, lead: bool) -> Any:
+    """The leader/follower part when `[server.store] snapshot_dir` is set (several replicas), else None."""
+    conf = settings.server.store
+    if conf.snapshot_dir is None or shared is None:
+        return None
+    from entra_mcp.cluster.replica import Replication
+
+    replication = Replication([t.name for t in settings.tenants], store, shared, snapshot_dir=conf.snapshot_dir,
+                              lease_seconds=conf.lease_seconds, poll_seconds=conf.snapshot_poll_seconds,
+                              keep=conf.snapshot_keep, lead=lead)
+    log.info("replica %s: %s the sync lease of each tenant; published versions in %s", replication.holder,
+             "competes for" if lead else "follows (--no-sync), never takes", conf.snapshot_dir)
+    return replication
 
 
 # ------------------------------------------------------------------ serving
@@ -231,7 +254,10 @@ def _serve(
                 what_if = LiveWhatIf(settings)
             server = create_server(settings, views=views, sessions=hooks.sessions, what_if=what_if)
             stop = threading.Event()
-            scheduler = _start_scheduler(settings, store, stop, initial_delay=sync_delay) if background_sync else None
+            replication = _replication(settings, store, shared, lead=background_sync)
+            scheduler = (_start_scheduler(settings, store, stop, initial_delay=sync_delay, sync=background_sync,
+                                          replication=replication)
+                         if background_sync or replication is not None else None)
             try:
                 if settings.server.transport == "stdio":
                     log.info("serving MCP over stdio (ready in %.2f s)", time.perf_counter() - started)
@@ -240,7 +266,7 @@ def _serve(
                     run_stdio(server, wire or StdoutWire())
                 else:
                     run_http(settings, server, views, protect=hooks.protect, routes=hooks.routes, started=started,
-                             on_ready=on_ready)
+                             on_ready=on_ready, replication=replication.health if replication is not None else None)
             finally:
                 stop.set()
                 if scheduler is not None:

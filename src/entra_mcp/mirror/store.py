@@ -37,10 +37,10 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import diskcache
 
@@ -71,9 +71,13 @@ MAX_BUCKETS = 1024
 _ITEMS_PER_BUCKET = 128  # small buckets: a delta run unpickles and rewrites little
 _FULL_BELOW = 1 << 20  # bytes free under which SQLite's "disk I/O error" means a full disk
 _MISSING = object()
+_T = TypeVar("_T")
 _ROOT = "root"
 _DIRTY = "writer/running"
 _LAST_RUN = "run/last"  # figures of the last sync run (not part of the snapshot: writing it bumps no version)
+# the published version this mirror holds (cluster/: adopted from the sync leader, or published by this replica) and
+# which leader bucket revisions its buckets are copies of; valid only while "root" has the stamp noted in it
+_SOURCE = "replica/source"
 _SETTINGS = {
     "eviction_policy": "none",  # a mirror is not a cache: never evict
     "size_limit": 2**62,
@@ -335,28 +339,85 @@ class MirrorStore:
             out.update(bucket)
         return out
 
-    def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None:
-        """The tenant's mirror as one consistent DirectorySnapshot; None when it was never synced (or the stored schema
-        is from another release)."""
+    def _consistent(self, tenant_name: str, read: Callable[[dict[str, Any], diskcache.Cache], _T]) -> _T | None:
+        """`read(root, cache)` of the committed root, started again from the new root when a newer commit removed a
+        bucket it needed (`_Stale`); None when there is no (usable) mirror."""
         for _ in range(50):
             root = self._root(tenant_name)
             if root is None:
                 return None
             cache = self._cache(tenant_name, create=False)
             assert cache is not None
-            # this load's ids: the tables are read first, so member lists, managers and assignments reuse the id
-            # objects the tables hold (a bucket's pickle shares equal strings only within itself)
-            pool: dict[Any, Any] = {}
             try:
-                data: dict[str, Any] = {}
-                for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]), key=lambda ac: ac[1] not in TABLES):
-                    data[coll] = self._read_coll(cache, area, coll, _area_of(root, area)["colls"].get(coll), pool)
+                return read(root, cache)
             except _Stale:
                 continue  # a newer commit replaced a bucket while we read: start again from the new root
             except (OSError, sqlite3.Error) as exc:
                 raise MirrorError(f"cannot read the mirror of tenant {tenant_name}: {exc}") from None
-            return self._snapshot(tenant_name, root, data)
         raise MirrorError(f"the mirror of tenant {tenant_name} kept changing while it was read; try again")
+
+    def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None:
+        """The tenant's mirror as one consistent DirectorySnapshot; None when it was never synced (or the stored schema
+        is from another release)."""
+
+        def read(root: dict[str, Any], cache: diskcache.Cache) -> DirectorySnapshot:
+            # this load's ids: the tables are read first, so member lists, managers and assignments reuse the id
+            # objects the tables hold (a bucket's pickle shares equal strings only within itself)
+            pool: dict[Any, Any] = {}
+            data: dict[str, Any] = {}
+            for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]), key=lambda ac: ac[1] not in TABLES):
+                data[coll] = self._read_coll(cache, area, coll, _area_of(root, area)["colls"].get(coll), pool)
+            return self._snapshot(tenant_name, root, data)
+
+        return self._consistent(tenant_name, read)
+
+    def export(self, tenant_name: str) -> MirrorExport | None:
+        """The committed mirror as it is stored (root and the buckets it names), for a replica to adopt; None when
+        there is no (usable) mirror. Consistent like load_snapshot."""
+
+        def read(root: dict[str, Any], cache: diskcache.Cache) -> MirrorExport:
+            buckets: dict[str, Any] = {}
+            for area, a in root["areas"].items():
+                for coll, spec in a["colls"].items():
+                    for i, rev in enumerate(spec[1] if spec else ()):
+                        if rev >= 0:
+                            k = _key(area, coll, i, rev)
+                            value = cache.get(k, default=_MISSING)
+                            if value is _MISSING:
+                                raise _Stale()
+                            buckets[k] = value
+            return MirrorExport(root=root, buckets=buckets)
+
+        return self._consistent(tenant_name, read)
+
+    def root_state(self, tenant_name: str) -> dict[str, Any] | None:
+        """The committed root alone (statuses, delta links, bucket revisions; no objects): a freshness publication."""
+        return self._root(tenant_name)
+
+    def source(self, tenant_name: str, *, any_stamp: bool = False) -> dict[str, Any] | None:
+        """What `set_source` recorded, while it still describes the committed root (None after a local commit,
+        unless `any_stamp`)."""
+        cache = self._cache(tenant_name, create=False)
+        root = self._root(tenant_name)
+        if cache is None or root is None:
+            return None
+        try:
+            found = cache.get(_SOURCE)
+        except (OSError, sqlite3.Error):
+            return None
+        if not isinstance(found, dict) or (found.get("local_stamp") != _stamp(root) and not any_stamp):
+            return None
+        return found
+
+    def set_source(self, tenant_name: str, *, local_stamp: int, publication: dict[str, Any], colls: dict[str, Any]) -> None:
+        """Record that the root of stamp `local_stamp` holds `publication` (the leader's version), and per area and
+        collection the leader's bucket revisions its buckets copy (`colls`), so the next adoption copies only the
+        buckets that moved."""
+        cache = self._cache(tenant_name, create=False)
+        if cache is None:
+            return
+        with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
+            cache.set(_SOURCE, {"local_stamp": local_stamp, "publication": dict(publication), "colls": colls})
 
     def _snapshot(self, tenant_name: str, root: dict[str, Any], data: dict[str, Any]) -> DirectorySnapshot:
         users = data["users"]
@@ -430,6 +491,14 @@ class MirrorStore:
 
 class _Stale(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class MirrorExport:
+    """A committed mirror as stored: the root and every bucket it names (key -> stored form)."""
+
+    root: dict[str, Any]
+    buckets: dict[str, Any]
 
 
 class AreaChange:
@@ -556,7 +625,7 @@ class MirrorWriter:
 
     def _sweep(self, *, check_files: bool) -> None:
         """Delete buckets no root references (left by a run that died before its commit, or by an old schema)."""
-        live = self._referenced() | {_ROOT, _DIRTY, _LAST_RUN}
+        live = self._referenced() | {_ROOT, _DIRTY, _LAST_RUN, _SOURCE}
         stale = [k for k in self._cache.iterkeys() if k not in live]
         for k in stale:
             self._cache.delete(k)
@@ -740,8 +809,71 @@ class MirrorWriter:
             new_area = {"status": _status_to_dict(status), "delta_link": None, "meta": {}, "colls": {}}
             return self._switch(area, new_area, [], data_changed=had_data, touch_as_of=False)
 
+    def adopt(self, root: dict[str, Any], buckets: dict[str, Any] | None, source: dict[str, Any] | None) -> tuple[int, int]:
+        """Make this mirror hold another replica's committed state in ONE switch: its statuses, delta links, meta,
+        tenant and asOf, and (with `buckets`, an export's) its objects. Without `buckets` (a freshness publication)
+        the objects stay. `source` (MirrorStore.source) names the leader bucket revisions the current buckets copy:
+        only buckets whose revision moved are written (stored form as is, no unpickling); without it every bucket
+        is. The local version and stamp stay monotonic (never below the leader's: the usual case is equal).
+        Returns (data version, stamp)."""
+        with self._lock:
+            if root.get("schema") != SCHEMA_VERSION:
+                raise MirrorError(f"the published mirror has schema {root.get('schema')}, this release uses "
+                                  f"{SCHEMA_VERSION}: upgrade every replica to the same release")
+            new_stamp = max(self.stamp + 1, _stamp(root))
+            copied = (source or {}).get("colls", {})
+            written: list[str] = []
+            areas: dict[str, Any] = {}
+            changed = False
+            try:
+                for area in AREAS:
+                    theirs = _area_of(root, area)
+                    ours = _area_of(self._root, area)
+                    colls = ours["colls"]
+                    area_changed = False
+                    if buckets is not None:
+                        colls = {}
+                        for coll in COLLECTIONS[area]:
+                            spec = theirs["colls"].get(coll)
+                            if not spec:
+                                continue
+                            n, revs = spec
+                            was, mine = copied.get(area, {}).get(coll), ours["colls"].get(coll)
+                            same_shape = bool(was and mine and was[0] == n and mine[0] == n)
+                            out = []
+                            for i, rev in enumerate(revs):
+                                if same_shape and was[1][i] == rev:
+                                    out.append(mine[1][i])
+                                    continue
+                                area_changed = True
+                                if rev < 0:
+                                    out.append(-1)
+                                    continue
+                                k = _key(area, coll, i, new_stamp)
+                                self._cache.set(k, buckets[_key(area, coll, i, rev)])
+                                written.append(k)
+                                out.append(new_stamp)
+                            colls[coll] = [n, out]
+                        area_changed = area_changed or set(colls) != set(ours["colls"])
+                    changed = changed or area_changed
+                    areas[area] = {"status": theirs["status"], "delta_link": theirs["delta_link"],
+                                   "meta": dict(theirs["meta"]), "colls": colls,
+                                   "data_stamp": new_stamp if area_changed else ours.get("data_stamp", 0)}
+            except BaseException as exc:
+                self._forget(written)
+                if isinstance(exc, KeyError):
+                    raise MirrorError(f"the published mirror is incomplete (missing {exc})") from None
+                if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
+                    raise _mirror_error(self.path, exc) from None
+                raise
+            new_root = {**self._root, "areas": areas, "stamp": new_stamp, "tenant_id": root["tenant_id"],
+                        "as_of": root["as_of"], "interval_minutes": root["interval_minutes"]}
+            if changed:
+                new_root["version"] = max(self.version + 1, int(root["version"]))
+            self._commit_root(new_root, written)
+            return self.version, self.stamp
+
     def _switch(self, area: str, new_area: dict[str, Any], written: list[str], *, data_changed: bool, touch_as_of: bool = True) -> int:
-        old_keys = self._referenced()
         root = dict(self._root)
         root["areas"] = dict(root["areas"])
         root["stamp"] = self.stamp + 1
@@ -752,6 +884,13 @@ class MirrorWriter:
             root["version"] = self.version + 1
         if touch_as_of:
             root["as_of"] = datetime.now(timezone.utc)
+        self._commit_root(root, written)
+        return self.version
+
+    def _commit_root(self, root: dict[str, Any], written: list[str]) -> None:
+        """Write `root` (the commit point), then delete the buckets only the previous root referenced; a failed
+        write forgets the buckets `written` for it and keeps the previous root."""
+        old_keys = self._referenced()
         try:
             self._cache.set(_ROOT, root)  # the commit point
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
@@ -761,7 +900,6 @@ class MirrorWriter:
         for k in old_keys - self._referenced():
             with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
                 self._cache.delete(k)
-        return self.version
 
     def _forget(self, keys: list[str]) -> None:
         for k in keys:
@@ -769,4 +907,4 @@ class MirrorWriter:
                 self._cache.delete(k)
 
 
-__all__ = ["COLLECTIONS", "SCHEMA_VERSION", "SIGN_IN_DIR", "AreaChange", "MirrorStore", "MirrorWriter", "bucket_of"]
+__all__ = ["COLLECTIONS", "SCHEMA_VERSION", "SIGN_IN_DIR", "AreaChange", "MirrorExport", "MirrorStore", "MirrorWriter", "bucket_of"]

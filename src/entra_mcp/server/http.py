@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
@@ -183,6 +184,7 @@ def create_http_app(
     protect: Protect | None = None,
     json_response: bool = True,
     stateless: bool = False,
+    replication: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The Starlette app of the HTTP transport.
 
@@ -192,6 +194,8 @@ def create_http_app(
       protect       wraps the /mcp ASGI app, e.g. `lambda app: RequireBearer(app, settings)`: it answers 401 with
                     WWW-Authenticate / 403 insufficient_scope itself and calls the wrapped app when the caller may
                     pass. None leaves /mcp open (server.auth.mode = "none", loopback only).
+      replication   several replicas (cluster/replica.py `Replication.health`): /healthz adds which tenants this
+                    replica leads and the published version it serves.
 
     Transport: stateful sessions (Mcp-Session-Id), and each POST is answered with one application/json body
     (`json_response=True`, the default). The SDK's alternative, an SSE stream per POST, costs about twice the server
@@ -220,6 +224,8 @@ def create_http_app(
     async def healthz(request: Request) -> Response:
         data = health(views)
         data["uptimeSeconds"] = round(time.monotonic() - started)
+        if replication is not None:
+            data["replication"] = await anyio.to_thread.run_sync(replication)
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     @contextlib.asynccontextmanager
@@ -294,6 +300,7 @@ def run_http(
     routes: Sequence[Any],
     started: float,
     on_ready: Callable[[str], None] | None,
+    replication: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     import uvicorn
 
@@ -304,7 +311,7 @@ def run_http(
     # With a shared store, /mcp keeps no session in this process (stateless streamable HTTP): any replica answers
     # any request, and a replica may die between two calls of one client (docs/deployment.md).
     app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect,
-                          stateless=settings.server.store.shared)
+                          stateless=settings.server.store.shared, replication=replication)
     config = uvicorn.Config(
         app,
         host=settings.server.host,

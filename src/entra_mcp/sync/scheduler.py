@@ -6,6 +6,10 @@ line, recorded as the last error of the tenant's enabled areas (so `/healthz`, `
 mirror is failing and why), and retried with backoff: 30 s, 1, 2, 4... minutes, never later than the interval. It
 never stops the other tenants, the scheduler or the server. A run already in progress elsewhere (`entra-mcp sync`
 holding the writer lock) makes this round wait for it briefly, then skip.
+
+With several replicas (cluster/replica.py) a `gate` decides: each run happens inside `gate.run(tenant)`, which yields
+whether this replica leads the tenant's sync (else the round is skipped and asked again after `gate.retry_seconds`)
+and publishes what the run committed; the sign-in poll runs only where `gate.may_sync(name)`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Callable
+from typing import AsyncContextManager, Callable, Protocol
 
 import anyio
 
@@ -29,6 +33,16 @@ log = get_logger("sync.scheduler")
 
 JITTER = 0.1  # +-10% of the interval, so tenants (and replicas) do not hit Graph in lockstep
 BACKOFF_FIRST = 30.0  # seconds before the first retry of a failed run; doubles with each failure in a row
+
+
+class SyncGate(Protocol):
+    """Who may sync a tenant now (one leader among several replicas)."""
+
+    retry_seconds: float
+
+    def run(self, tenant: TenantSettings) -> AsyncContextManager[bool]: ...
+
+    def may_sync(self, tenant: str) -> bool: ...
 
 
 def next_delay(interval_minutes: float, rnd: Callable[[], float] = random.random) -> float:
@@ -85,7 +99,8 @@ async def _run_once(tenant: TenantSettings, store: MirrorStore) -> tuple[TenantR
 
 
 async def _tenant_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event,
-                       on_result: Callable[[TenantResult], None] | None, first_delay: float) -> None:
+                       on_result: Callable[[TenantResult], None] | None, first_delay: float,
+                       gate: SyncGate | None = None) -> None:
     delay = first_delay
     failures = 0
     recorded: str | None = None  # the failure this loop wrote into the mirror, until a run succeeds
@@ -95,7 +110,15 @@ async def _tenant_loop(tenant: TenantSettings, store: MirrorStore, stop_event: a
                 await stop_event.wait()
             if stop_event.is_set():
                 return
-        result, error = await _run_once(tenant, store)
+        if gate is None:
+            result, error = await _run_once(tenant, store)
+        else:
+            async with gate.run(tenant) as leading:
+                if leading:
+                    result, error = await _run_once(tenant, store)
+            if not leading:  # another replica syncs this tenant; ask again soon (it may die)
+                delay = gate.retry_seconds
+                continue
         if error is None:
             failures = 0
             assert result is not None
@@ -118,7 +141,8 @@ async def _tenant_loop(tenant: TenantSettings, store: MirrorStore, stop_event: a
                 log.exception("tenant %s: the sync result handler failed", tenant.name)
 
 
-async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event, first_delay: float) -> None:
+async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event, first_delay: float,
+                        gate: SyncGate | None = None) -> None:
     """The sign-in events' own poll (sign_in_events_interval_minutes, default 5), apart from the directory sync."""
     delay = first_delay
     while not stop_event.is_set():
@@ -126,6 +150,9 @@ async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: 
             await stop_event.wait()
         if stop_event.is_set():
             return
+        if gate is not None and not gate.may_sync(tenant.name):
+            delay = next_delay(tenant.sync.sign_in_events_interval_minutes)
+            continue
         result = await sign_ins.poll(tenant, store)
         if result["outcome"] in ("failed", "disabled"):
             log.warning("tenant %s: sign-in events: %s", tenant.name, result.get("message"))
@@ -141,18 +168,20 @@ async def run_scheduler(
     stop_event: anyio.Event,
     on_result: Callable[[TenantResult], None] | None = None,
     initial_delay: float = 0.0,
+    gate: SyncGate | None = None,
 ) -> None:
-    """Sync every tenant now (after `initial_delay`), then every interval_minutes (+-10%), until stop_event is set."""
+    """Sync every tenant now (after `initial_delay`), then every interval_minutes (+-10%), until stop_event is set.
+    With a `gate`, only the tenants this replica leads."""
     async with anyio.create_task_group() as tg:
         for n, tenant in enumerate(settings.tenants):
             # stagger the first runs a little so several tenants do not start in the same second
-            tg.start_soon(_tenant_loop, tenant, store, stop_event, on_result, initial_delay + n * 0.5)
+            tg.start_soon(_tenant_loop, tenant, store, stop_event, on_result, initial_delay + n * 0.5, gate)
             if tenant.sync.sign_in_events:
                 # the first directory sync polls sign-in events too; this loop takes over from one interval later
                 tg.start_soon(_sign_in_loop, tenant, store, stop_event,
-                              initial_delay + n * 0.5 + next_delay(tenant.sync.sign_in_events_interval_minutes))
+                              initial_delay + n * 0.5 + next_delay(tenant.sync.sign_in_events_interval_minutes), gate)
         await stop_event.wait()
         tg.cancel_scope.cancel()
 
 
-__all__ = ["next_delay", "retry_delay", "run_scheduler"]
+__all__ = ["SyncGate", "next_delay", "retry_delay", "run_scheduler"]

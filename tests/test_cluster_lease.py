@@ -1,0 +1,221 @@
+"""One sync leader: the Redis lease and its fencing token (real redis-server), a mirror adopting another replica's
+published version in one switch, and the snapshot files' retention."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from _redis import redis_server, unique_prefix  # noqa: F401  (fixture)
+from entra_mcp.cluster.lease import Publication, SyncLease
+from entra_mcp.cluster.snapshots import SnapshotDir, file_name
+from entra_mcp.config import StoreSettings
+from entra_mcp.errors import MirrorError
+from entra_mcp.mirror.snapshot import AreaStatus
+from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.sharedstore.connection import SharedRedis
+
+
+class Clock:
+    """A hand-moved monotonic clock: the lease's local deadline without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def shared(redis_server: Any) -> Iterator[SharedRedis]:  # noqa: F811
+    s = SharedRedis(StoreSettings(redis_url=redis_server.url, key_prefix=unique_prefix("lease")))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(shared: SharedRedis) -> Any:
+    return shared.client
+
+
+def _pub(lease: SyncLease, version: int, token: int | None = None) -> Publication:
+    token = lease.token if token is None else token
+    assert token is not None
+    name = file_name(version, version, token, "data")
+    return Publication(version=version, stamp=version, token=token, file=name, data_file=name, holder=lease.holder,
+                       as_of=None, kind="data", published_at=0.0)
+
+
+def _expire(client: Any, lease: SyncLease) -> None:
+    """The lease's time ran out (what Redis does by itself after ttl; said at once here)."""
+    client.pexpire(lease.keys["lease"], 1)
+    stop = threading.Event()
+    for _ in range(200):
+        if not client.exists(lease.keys["lease"]):
+            return
+        stop.wait(0.01)
+    raise AssertionError("the lease key did not expire")
+
+
+def test_one_holder_tokens_grow_and_a_released_lease_is_free_at_once(shared: SharedRedis) -> None:
+    a = SyncLease(shared, tenant="contoso", holder="a", ttl_seconds=30)
+    b = SyncLease(shared, tenant="contoso", holder="b", ttl_seconds=30)
+    t1 = a.acquire()
+    assert t1 == 1 and a.held()
+    assert b.acquire() is None and not b.held()
+    assert a.acquire() == t1  # ours: extended, same token
+    assert a.renew() and a.leader() == ("a", 1)
+    a.release()
+    assert a.leader() is None and not a.held()
+    t2 = b.acquire()
+    assert t2 == 2 and b.leader() == ("b", 2)
+    other = SyncLease(shared, tenant="fabrikam", holder="a", ttl_seconds=30)
+    assert other.acquire() == 1  # tokens are per tenant
+
+
+def test_a_paused_leader_past_its_lease_cannot_publish(shared: SharedRedis, client: Any) -> None:
+    clock = Clock()
+    a = SyncLease(shared, tenant="contoso", holder="a", ttl_seconds=5, clock=clock)
+    b = SyncLease(shared, tenant="contoso", holder="b", ttl_seconds=5, clock=clock)
+    assert a.acquire() == 1
+    assert a.publish(_pub(a, 1))
+    # a is paused: its lease runs out in Redis, b takes over, then a resumes still holding token 1
+    _expire(client, a)
+    assert b.acquire() == 2
+    stale = _pub(a, 2, token=1)
+    assert not a.publish(stale, token=1)
+    assert a.refused() == 1
+    assert b.publish(_pub(b, 2))
+    assert [(p.holder, p.version, p.token) for p in b.history()] == [("a", 1, 1), ("b", 2, 2)]
+    assert b.published() is not None and b.published().holder == "b"  # type: ignore[union-attr]
+    # a's renewal fails: it no longer assumes it leads, even before its local deadline
+    clock.now += 1
+    assert not a.renew() and not a.held()
+
+
+def test_the_newest_token_wins_even_over_a_lease_nobody_renewed(shared: SharedRedis, client: Any) -> None:
+    """An expired lease nobody took yet: the old holder's publish is refused too (it must take the lease again)."""
+    a = SyncLease(shared, tenant="contoso", holder="a", ttl_seconds=5)
+    assert a.acquire() == 1
+    _expire(client, a)
+    assert not a.publish(_pub(a, 1), token=1)
+    assert a.acquire() == 2 and a.publish(_pub(a, 1))
+
+
+def test_local_deadline_ends_leadership_without_redis(shared: SharedRedis) -> None:
+    clock = Clock()
+    a = SyncLease(shared, tenant="contoso", holder="a", ttl_seconds=5, clock=clock)
+    a.acquire()
+    clock.now += 4.9
+    assert a.held()
+    clock.now += 0.2
+    assert not a.held()
+
+
+def test_redis_unreachable_is_a_clear_error_without_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from entra_mcp.errors import StoreUnavailable
+
+    monkeypatch.setenv("LEASE_TEST_REDIS_PW", "s3cret-pw")
+    dead = SharedRedis(StoreSettings(redis_url="redis://127.0.0.1:1/0", password_env="LEASE_TEST_REDIS_PW",
+                                     timeout_seconds=0.5))
+    lease = SyncLease(dead, tenant="contoso", holder="a", ttl_seconds=5)
+    with pytest.raises(StoreUnavailable) as err:
+        lease.acquire()
+    assert "s3cret" not in str(err.value) and "contoso" in str(err.value)
+    assert not lease.held()
+    dead.close()
+
+
+# ---------------------------------------------------------------------------------------------- mirror adoption
+
+
+def _users(n: int, tag: str = "") -> dict[str, dict[str, Any]]:
+    return {f"u{i:05d}": {"id": f"u{i:05d}", "displayName": f"User {i}{tag}"} for i in range(n)}
+
+
+def _commit_users(store: MirrorStore, users: dict[str, Any], link: str) -> None:
+    with store.writer("t") as w:
+        w.set_tenant(tenant_id="tid-1", interval_minutes=5)
+        w.commit_full("users", {"users": users}, delta_link=link, status=AreaStatus(enabled=True, object_count=len(users)))
+
+
+def _adopt(leader: MirrorStore, follower: MirrorStore, publication: dict[str, Any]) -> tuple[int, int]:
+    export = leader.export("t")
+    assert export is not None
+    source = follower.source("t")
+    with follower.writer("t") as w:
+        version, stamp = w.adopt(export.root, export.buckets, source)
+    follower.set_source("t", local_stamp=stamp, publication=publication,
+                        colls={a: dict(x["colls"]) for a, x in export.root["areas"].items()})
+    return version, stamp
+
+
+def test_adopt_copies_the_leaders_version_and_then_only_the_buckets_that_moved(tmp_path: Path) -> None:
+    leader, follower = MirrorStore(tmp_path / "a"), MirrorStore(tmp_path / "b")
+    users = _users(3000)
+    _commit_users(leader, users, "dl-1")
+    version, _ = _adopt(leader, follower, {"version": 1})
+    snap, lsnap = follower.load_snapshot("t"), leader.load_snapshot("t")
+    assert snap is not None and lsnap is not None
+    assert version == lsnap.version and snap.users.to_dicts() == lsnap.users.to_dicts()  # type: ignore[attr-defined]
+    assert snap.as_of == lsnap.as_of and snap.tenant_id == "tid-1"
+    with follower.writer("t") as w:
+        assert w.delta_link("users") == "dl-1"  # a follower that takes over continues with the leader's delta link
+
+    # one user renamed: the second adoption writes only that bucket
+    users["u00007"] = {"id": "u00007", "displayName": "Renamed"}
+    _commit_users(leader, users, "dl-2")
+    before = set(follower._cache("t", create=False).iterkeys())  # type: ignore[union-attr]
+    version2, _ = _adopt(leader, follower, {"version": 2})
+    after = set(follower._cache("t", create=False).iterkeys())  # type: ignore[union-attr]
+    assert len([k for k in after - before if k.startswith("b/")]) == 1
+    snap2 = follower.load_snapshot("t")
+    assert snap2 is not None and snap2.users["u00007"]["displayName"] == "Renamed" and version2 > version
+    assert snap2.users.to_dicts() == leader.load_snapshot("t").users.to_dicts()  # type: ignore[union-attr]
+
+
+def test_adopt_replaces_a_diverged_local_commit(tmp_path: Path) -> None:
+    """A replica that committed on its own (a paused leader refused at publish) holds the leader's version after
+    the next adoption: its own buckets are never reused for the leader's."""
+    leader, follower = MirrorStore(tmp_path / "a"), MirrorStore(tmp_path / "b")
+    _commit_users(leader, _users(500), "dl-1")
+    _adopt(leader, follower, {"version": 1})
+    _commit_users(follower, _users(500, " (diverged)"), "dl-x")  # same stamp numbers as the leader's next commit
+    _commit_users(leader, _users(500, " (leader)"), "dl-2")
+    assert follower.source("t") is None  # the local commit made the recorded source stale
+    _adopt(leader, follower, {"version": 2})
+    snap = follower.load_snapshot("t")
+    assert snap is not None and {u["displayName"] for u in snap.users.values()} == {f"User {i} (leader)" for i in range(500)}
+
+
+def test_adopt_refuses_another_schema(tmp_path: Path) -> None:
+    leader, follower = MirrorStore(tmp_path / "a"), MirrorStore(tmp_path / "b")
+    _commit_users(leader, _users(10), "dl")
+    export = leader.export("t")
+    assert export is not None
+    with follower.writer("t") as w, pytest.raises(MirrorError, match="schema"):
+        w.adopt({**export.root, "schema": 999}, export.buckets, None)
+    assert follower.load_snapshot("t") is None
+
+
+# ---------------------------------------------------------------------------------------------- snapshot files
+
+
+def test_snapshot_files_are_immutable_and_retention_keeps_the_newest(tmp_path: Path) -> None:
+    snaps = SnapshotDir(tmp_path / "shared")
+    names = [snaps.write("t", version=v, stamp=v, token=1, root={"v": v}, buckets={"k": v}) for v in range(1, 6)]
+    fresh = snaps.write("t", version=5, stamp=6, token=1, root={"v": 5, "fresh": True}, buckets=None, data_file=names[-1])
+    got = snaps.read("t", fresh)
+    assert got.buckets is None and got.header["data_file"] == names[-1] and got.root["fresh"]
+    assert snaps.read("t", names[2]).buckets == {"k": 3}
+    assert not [p for p in (tmp_path / "shared" / "t").iterdir() if p.name.endswith(".tmp")]
+    removed = snaps.prune("t", keep=2, current=fresh, current_data=names[-1], grace_seconds=0)
+    assert sorted(removed) == names[:3]
+    assert snaps.names("t") == [names[3], names[4], fresh]
+    with pytest.raises(MirrorError, match="not a snapshot file name"):
+        snaps.read("t", "../../etc/passwd")
+    with pytest.raises(MirrorError, match="gone"):
+        snaps.read("t", names[0])
