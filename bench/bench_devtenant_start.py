@@ -1,7 +1,7 @@
 """How long `entra-mcp devtenant --size large --port 0` takes to serve, and how much memory it holds then.
 
-Starts the command as a subprocess, waits (bounded) for "ready" on its stderr, samples its resident set size with
-psutil, checks that the login host answers with the printed config (a client-credentials token over TLS with the
+Starts the command as a subprocess (tests/_harness.py's DevtenantProcess), waits (bounded) for "ready" on its stderr,
+samples its resident set size with psutil, checks that the login host answers with the printed config (a client-credentials token over TLS with the
 printed ca_bundle), stops it with SIGTERM, and appends a section to docs/benchmarks.md.
 
     .venv/bin/python bench/bench_devtenant_start.py [--size large] [--runs 1] [--no-write]
@@ -15,82 +15,39 @@ import argparse
 import datetime as dt
 import os
 import platform
-import queue
-import shlex
-import signal
-import ssl
-import subprocess
 import sys
-import threading
+import tempfile
 import time
-import tomllib
 from pathlib import Path
-from typing import IO
 
-import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from _harness import DevtenantProcess  # noqa: E402
+
 READY_TARGET_S = 60.0
 RSS_TARGET_MB = 1536.0
 
 
-def _pump(stream: IO[str], lines: "queue.Queue[str | None]") -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 def one_run(size: str, timeout_s: float) -> dict[str, float]:
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "entra_mcp", "devtenant", "--size", size, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    out: queue.Queue[str | None] = queue.Queue()
-    err: queue.Queue[str | None] = queue.Queue()
-    for stream, q in ((proc.stdout, out), (proc.stderr, err)):
-        threading.Thread(target=_pump, args=(stream, q), daemon=True).start()
-    try:
-        deadline = started + timeout_s
-        exported = ""
-        while True:
-            line = err.get(timeout=max(0.1, deadline - time.monotonic()))
-            if line is None:
-                raise SystemExit(f"devtenant exited with {proc.wait()} before it was ready")
-            if line.startswith("export "):
-                exported = line
-            if line == "ready\n":
-                break
-        ready_s = time.monotonic() - started
-        rss_mb = psutil.Process(proc.pid).memory_info().rss / 2**20
-        stdout = ""
-        while "API app (bearer audience)" not in stdout:  # the config's last line, written before "ready"
-            chunk = out.get(timeout=max(0.1, deadline - time.monotonic()))
-            if chunk is None:
-                raise SystemExit("devtenant closed stdout before printing its config")
-            stdout += chunk
-        tenant = tomllib.loads(stdout)["tenants"][0]  # stdout is TOML only; the export line is on stderr
-        secret = shlex.split(exported.split("export DEVTENANT_CLIENT_SECRET=")[1].splitlines()[0])[0]
-        ctx = ssl.create_default_context(cafile=tenant["ca_bundle"])
-        t0 = time.monotonic()
-        with httpx.Client(verify=ctx, timeout=30) as client:
-            resp = client.post(f"{tenant['login_url']}/{tenant['tenant_id']}/oauth2/v2.0/token", data={
-                "grant_type": "client_credentials", "client_id": tenant["client_id"], "client_secret": secret,
-                "scope": f"{tenant['graph_url']}/.default"})
-            resp.raise_for_status()
-        token_ms = (time.monotonic() - t0) * 1000
-        proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        code = proc.wait(timeout=30)
-        stop_s = time.monotonic() - t0
-        if code != 0:
-            raise SystemExit(f"devtenant exited with {code} after SIGTERM")
-        return {"ready_s": ready_s, "rss_mb": rss_mb, "first_token_ms": token_ms, "stop_s": stop_s}
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-devtenant-") as work:
+        # tests/_harness.py: waits (bounded) for "ready", reads the printed config and the secret's export line
+        proc = DevtenantProcess("--size", size, root=Path(work), timeout=timeout_s,
+                                argv=[sys.executable, "-m", "entra_mcp"])
+        try:
+            rss_mb = psutil.Process(proc.proc.pid).memory_info().rss / 2**20
+            t0 = time.monotonic()
+            proc.client_credentials_token().raise_for_status()
+            token_ms = (time.monotonic() - t0) * 1000
+            t0 = time.monotonic()
+            code = proc.stop(timeout=30)
+            stop_s = time.monotonic() - t0
+            if code != 0:
+                raise SystemExit(f"devtenant exited with {code} after SIGTERM")
+            return {"ready_s": proc.ready_seconds, "rss_mb": rss_mb, "first_token_ms": token_ms, "stop_s": stop_s}
+        finally:
+            proc.stop()
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -128,11 +129,13 @@ class DevtenantProcess:
     """`entra-mcp devtenant --port 0 ARGS...` as a subprocess, ready on return (bounded by `timeout`).
 
     `.config`: the printed config block (parsed TOML); `.env`: its `export` lines; `.base_url`, `.ca_bundle`,
-    `.tenant_id`, `.tenant_name` of its first tenant. Output goes to files under `root`."""
+    `.tenant_id`, `.tenant_name` of its first tenant; `.ready_seconds`: from the start to "ready" (50 ms polls).
+    Output goes to files under `root`."""
 
     def __init__(self, *args: str, root: Path, timeout: float = 600.0, argv: list[str] | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.out_path, self.log_path = root / "devtenant.out", root / "devtenant.log"
+        started = time.monotonic()
         with open(self.out_path, "wb") as out, open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen([*(argv or [ENTRA_MCP]), "devtenant", "--port", "0", *args], stdout=out,
                                          stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -142,6 +145,7 @@ class DevtenantProcess:
         except BaseException:
             stop_process(self.proc)
             raise
+        self.ready_seconds = time.monotonic() - started
         # the config on stdout (TOML only), the secret's export line on stderr: both written before "ready"
         self.config_text = self.out_path.read_text()
         logged = self.log_path.read_text(errors="replace").splitlines()
@@ -152,6 +156,16 @@ class DevtenantProcess:
         self.ca_bundle: str = first["ca_bundle"]
         self.tenant_id: str = first["tenant_id"]
         self.tenant_name: str = first["name"]
+
+    def client_credentials_token(self) -> httpx.Response:
+        """The first tenant's sync app asks for a Graph token with the printed config and secret, over TLS trusting
+        only the printed ca_bundle."""
+        tenant = self.config["tenants"][0]
+        ctx = ssl.create_default_context(cafile=self.ca_bundle)
+        with httpx.Client(verify=ctx, timeout=30) as client:
+            return client.post(f"{tenant['login_url']}/{self.tenant_id}/oauth2/v2.0/token", data={
+                "grant_type": "client_credentials", "client_id": tenant["client_id"],
+                "client_secret": self.env["DEVTENANT_CLIENT_SECRET"], "scope": f"{tenant['graph_url']}/.default"})
 
     def stop(self, timeout: float = 20.0) -> int | None:
         return stop_process(self.proc, timeout)

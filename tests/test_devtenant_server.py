@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import os
-import queue
-import shlex
 import signal
 import socket
 import ssl
 import stat
 import subprocess
 import sys
-import threading
-import time
 import tomllib
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import msal
 import pytest
 from cryptography import x509
 
+from _harness import DevtenantProcess
 from entra_mcp.config import parse_settings
 from entra_mcp.devtenant.model import EmulatorState
 from entra_mcp.devtenant.server import RunningEmulator, run_emulator
@@ -187,52 +184,23 @@ def _header_json(token: str) -> str:
 # ---- the CLI ----------------------------------------------------------------------------------------------------------
 
 
-def _pump(stream: IO[str], lines: "queue.Queue[str | None]") -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_devtenant_cli_prints_config_serves_and_stops_on_a_signal(tmp_path: Path, stop_signal: int) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "entra_mcp", "devtenant", "--port", "0", "--state-dir", str(tmp_path),
-         "--token-lifetime", "120", "--redirect-uri", "http://127.0.0.1:7/cb"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    out: queue.Queue[str | None] = queue.Queue()
-    err: queue.Queue[str | None] = queue.Queue()
-    for stream, q in ((proc.stdout, out), (proc.stderr, err)):
-        threading.Thread(target=_pump, args=(stream, q), daemon=True).start()
+    # the config on stdout (TOML only), the secret's export line on stderr, then "ready" (tests/_harness.py)
+    proc = DevtenantProcess("--state-dir", str(tmp_path / "state"), "--token-lifetime", "120", "--redirect-uri",
+                            "http://127.0.0.1:7/cb", root=tmp_path / "out", timeout=60,
+                            argv=[sys.executable, "-m", "entra_mcp"])
     try:
-        deadline = time.monotonic() + 60
-        seen: list[str] = []
-        while "ready\n" not in seen:
-            line = err.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, f"devtenant exited early: {''.join(seen)}"
-            seen.append(line)
-        stdout = ""
-        while "API app (bearer audience)" not in stdout:  # the config's last line (written before "ready")
-            line = out.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None
-            stdout += line
-        settings = parse_settings(tomllib.loads(stdout))  # stdout is TOML only
+        settings = parse_settings(proc.config)
         tenant = settings.tenant(None)
-        export = next(line for line in seen if line.startswith("export DEVTENANT_CLIENT_SECRET="))  # on stderr
-        secret = shlex.split(export.split("=", 1)[1])[0]
-        assert tenant.ca_bundle == tmp_path / "ca.pem"
-        ctx = ssl.create_default_context(cafile=str(tenant.ca_bundle))
-        with httpx.Client(verify=ctx) as client:
-            resp = client.post(f"{tenant.login_host}/{tenant.tenant_id}/oauth2/v2.0/token", data={
-                "grant_type": "client_credentials", "client_id": tenant.client_id, "client_secret": secret,
-                "scope": f"{tenant.graph_host}/.default"})
+        assert tenant.ca_bundle == tmp_path / "state" / "ca.pem"
+        assert tenant.client_secret_env in proc.env
+        resp = proc.client_credentials_token()
         assert resp.status_code == 200 and resp.json()["expires_in"] == 120
-        proc.send_signal(stop_signal)
-        assert proc.wait(timeout=20) == 0
+        proc.proc.send_signal(stop_signal)
+        assert proc.proc.wait(timeout=20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.stop()
 
 
 @pytest.mark.parametrize(
