@@ -13,7 +13,8 @@ import re as _re
 import time
 import tomllib as _tomllib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as _Path
 from typing import Any
@@ -282,6 +283,29 @@ def counting_transport(emu: Any) -> CountingTransport:
 
 
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@contextmanager
+def serve_product(settings: Any, *, transport: httpx.AsyncBaseTransport | None = None) -> Iterator[tuple[str, Any]]:
+    """The product's HTTP app assembled as `entra-mcp serve` does (sign-in hooks, the mirror store, the view provider,
+    the MCP server, the HTTP app) under uvicorn on `settings.server.port` until the block ends; yields (base URL,
+    hooks). `transport` replaces the hooks' HTTP transport to the login host (e.g. a CountingTransport)."""
+    from entra_mcp.mirror.store import MirrorStore
+    from entra_mcp.server.app import create_server
+    from entra_mcp.server.auth import build_hooks
+    from entra_mcp.server.http import create_http_app
+    from entra_mcp.views import ViewProvider
+
+    hooks = build_hooks(settings, transport=transport)
+    store = MirrorStore(settings.server.cache_dir)
+    try:
+        views = ViewProvider.from_settings(settings, store)
+        server = create_server(settings, views=views, sessions=hooks.sessions)
+        app = create_http_app(settings, server, views=views, extra_routes=hooks.routes, protect=hooks.protect)
+        with serve(app, settings.server.port) as base:
+            yield base, hooks
+    finally:
+        store.close()
 
 
 def rpc_result(resp: httpx.Response) -> dict[str, Any]:

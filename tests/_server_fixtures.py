@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from _harness import ENTRA_MCP, free_port, serve_app
+from _auth_fixtures import serve_product
+from _harness import ENTRA_MCP, free_port
 from entra_mcp.config import Settings, parse_settings
 from entra_mcp.mirror.snapshot import AreaStatus
 from entra_mcp.mirror.store import MirrorStore
@@ -110,29 +111,18 @@ def write_ground_truth(store: MirrorStore, name: str, tenant: Any) -> None:
 def serve_http(env: ServerEnv, **server: Any) -> Iterator[str]:
     """The HTTP transport over env's mirror, served by uvicorn in a thread on a free port; yields the base URL.
     `server` overrides [server] keys (allowed_hosts, max_body_bytes...)."""
-    from entra_mcp.server.app import create_server
-    from entra_mcp.server.auth import build_hooks
-    from entra_mcp.server.http import create_http_app
-    from entra_mcp.views import ViewProvider
+    import anyio
 
     data = env.settings.model_dump(mode="python")
     data["server"].update({"port": free_port(), **server})
     if "auth" in server:
         data["server"]["auth"] = {**env.settings.server.auth.model_dump(), **server["auth"]}
     settings = parse_settings(data)
-    store = MirrorStore(env.cache_dir)
-    views = ViewProvider.from_settings(settings, store)
-    hooks = build_hooks(settings)  # the sign-in part's /mcp protection and routes, wired as `serve` does
-    app = create_http_app(settings, create_server(settings, views=views, sessions=hooks.sessions), views=views,
-                          extra_routes=hooks.routes, protect=hooks.protect)
-    try:
-        with serve_app(app, settings.server.port) as base:
+    with serve_product(settings) as (base, hooks):
+        try:
             yield base
-    finally:
-        store.close()
-        import anyio
-
-        anyio.run(hooks.aclose)
+        finally:
+            anyio.run(hooks.aclose)
 
 
 @pytest.fixture(scope="session")

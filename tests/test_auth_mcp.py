@@ -24,15 +24,11 @@ from _auth_fixtures import (
     mcp_call,
     mcp_open,
     rpc_result,
-    serve,
+    serve_product,
     user_upn,
 )
 from entra_mcp.devtenant.server import run_emulator
-from entra_mcp.mirror.store import MirrorStore
-from entra_mcp.server.app import create_server
-from entra_mcp.server.auth import PRINCIPAL_SCOPE_KEY, McpGuard, build_hooks
-from entra_mcp.server.http import create_http_app
-from entra_mcp.views import ViewProvider
+from entra_mcp.server.auth import PRINCIPAL_SCOPE_KEY, McpGuard
 
 pytestmark = pytest.mark.anyio
 SCOPE = "Identity.Investigate"
@@ -86,17 +82,11 @@ async def api(emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Asyn
     port = free_port()
     settings = emulator_settings(emu, tmp_path, public_url=f"http://127.0.0.1:{port}", port=port)
     counting = counting_transport(emu)
-    hooks = build_hooks(settings, transport=counting)
-    store = MirrorStore(settings.server.cache_dir)
-    views = ViewProvider.from_settings(settings, store)
-    server = create_server(settings, views=views, sessions=hooks.sessions)
-    app = create_http_app(settings, server, views=views, extra_routes=hooks.routes, protect=hooks.protect)
-    with serve(app, port) as base:
+    with serve_product(settings, transport=counting) as (base, hooks):
         a = Api(emu, settings, base, counting, hooks)
         yield a
         await a.http.aclose()
     # hooks' HTTP clients lived on uvicorn's loop, which is gone now; their connections went with it.
-    store.close()
 
 
 async def test_no_credential_gets_401_with_resource_metadata(api: Api) -> None:

@@ -15,14 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from _auth_fixtures import counting_transport, emulator_settings, free_port, mcp_open, serve, user_upn
+from _auth_fixtures import counting_transport, emulator_settings, free_port, mcp_open, serve_product, user_upn
 from entra_mcp.config import parse_settings
 from entra_mcp.devtenant.server import run_emulator
-from entra_mcp.mirror.store import MirrorStore
-from entra_mcp.server.app import create_server
-from entra_mcp.server.auth import build_hooks
-from entra_mcp.server.http import create_http_app
-from entra_mcp.views import ViewProvider
 
 pytestmark = pytest.mark.anyio
 SCOPE = "Identity.Investigate"
@@ -51,16 +46,8 @@ def served(emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Served:
         data["server"]["auth"].update(auth or {})
         data["oidc"].update(oidc or {})
         settings = parse_settings(data)
-        hooks = build_hooks(settings, transport=counting_transport(emu))
-        store = MirrorStore(settings.server.cache_dir)
-        views = ViewProvider.from_settings(settings, store)
-        server = create_server(settings, views=views, sessions=hooks.sessions)
-        app = create_http_app(settings, server, views=views, extra_routes=hooks.routes, protect=hooks.protect)
-        try:
-            with serve(app, port) as url:
-                yield url + "/mcp"
-        finally:
-            store.close()
+        with serve_product(settings, transport=counting_transport(emu)) as (url, _):
+            yield url + "/mcp"
 
     return run
 

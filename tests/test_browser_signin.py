@@ -20,14 +20,9 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from _harness import CHROMIUM, CHROMIUM_ARGS
-from _auth_fixtures import MCP_HEADERS, emulator_settings, free_port, rpc_result, serve, user_upn
+from _auth_fixtures import MCP_HEADERS, emulator_settings, free_port, rpc_result, serve, serve_product, user_upn
 from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
 from entra_mcp.devtenant.server import run_emulator
-from entra_mcp.mirror.store import MirrorStore
-from entra_mcp.server.app import create_server
-from entra_mcp.server.auth import build_hooks
-from entra_mcp.server.http import create_http_app
-from entra_mcp.views import ViewProvider
 
 
 pytestmark = [
@@ -82,19 +77,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 mp.setenv(k, v)
             settings = emulator_settings(emu, root, public_url=base, port=port, widget_origin=widget,
                                          allowed_origins=[widget])
-            hooks = build_hooks(settings)
-            store = MirrorStore(settings.server.cache_dir)
-            views = ViewProvider.from_settings(settings, store)
-            server = create_server(settings, views=views, sessions=hooks.sessions)
-            app = create_http_app(settings, server, views=views, extra_routes=hooks.routes, protect=hooks.protect)
 
             async def page(request: Any) -> HTMLResponse:
                 return HTMLResponse(WIDGET_HTML % {"api": json.dumps(base)})
 
             widget_app = Starlette(routes=[Route("/chat", page)])
-            with serve(app, port), serve(widget_app, wport):
+            with serve_product(settings) as (_, hooks), serve(widget_app, wport):
                 yield {"emu": emu, "base": base, "widget": widget, "hooks": hooks, "settings": settings}
-            store.close()
 
 
 @pytest.fixture(scope="module")

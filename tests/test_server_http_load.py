@@ -18,13 +18,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from _auth_fixtures import WIDGET_ORIGIN, emulator_settings, free_port, mcp_call, mcp_open, serve, user_upn
+from _auth_fixtures import WIDGET_ORIGIN, emulator_settings, free_port, mcp_call, mcp_open, serve_product, user_upn
 from entra_mcp.devtenant.server import run_emulator
-from entra_mcp.mirror.store import MirrorStore
-from entra_mcp.server.app import create_server
-from entra_mcp.server.auth import build_hooks
-from entra_mcp.server.http import allowed_hosts_and_origins, create_http_app
-from entra_mcp.views import ViewProvider
+from entra_mcp.server.http import allowed_hosts_and_origins
 
 pytestmark = pytest.mark.anyio
 SCOPE = "Identity.Investigate"
@@ -55,14 +51,8 @@ async def served(emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     # The widget's origin is only in oidc.allowed_return_to, not in server.allowed_origins.
     settings = emulator_settings(emu, tmp_path, public_url=f"http://127.0.0.1:{port}", port=port)
     assert settings.server.allowed_origins == []
-    hooks = build_hooks(settings)
-    store = MirrorStore(settings.server.cache_dir)
-    views = ViewProvider.from_settings(settings, store)
-    app = create_http_app(settings, create_server(settings, views=views, sessions=hooks.sessions), views=views,
-                          extra_routes=hooks.routes, protect=hooks.protect)
-    with serve(app, port) as base:
+    with serve_product(settings) as (base, _):
         yield Served(emu, settings, base)
-    store.close()
 
 
 def test_return_to_origins_are_allowed_origins(tmp_path: Path, emu: Any) -> None:
