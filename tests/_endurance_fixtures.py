@@ -4,6 +4,7 @@
   environment the product's processes need (the emulator's secrets, the API key).
 - `ServeProcess`: `entra-mcp serve --transport http` for a ProductConfig (tests/_harness.py's, which polls /healthz
   with a deadline in `wait_ready()`).
+- `synced_server(root, seed=..., **server)`: a small emulator, its mirror synced, `serve --no-sync` on it, ready.
 - `run_cli(...)`: an `entra-mcp` command as a subprocess; `sync_until_done(...)` retries `entra-mcp sync` while
   another writer (the background sync) holds the lock.
 - `cache_integrity(cache_dir)`: SQLite's integrity check of every database under the cache directory.
@@ -18,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -134,6 +136,26 @@ def run_cli(cfg: ProductConfig, *args: str, timeout: float = 120.0, env: dict[st
                           timeout=timeout, env=env or cfg.env(), preexec_fn=preexec)
 
 
+@contextmanager
+def synced_server(root: Path, *, seed: int, config: type[ProductConfig] = ProductConfig,
+                  **extra_server: Any) -> Iterator[tuple[ProductConfig, ServeProcess, Any]]:
+    """A small emulated tenant (`seed`), its mirror filled by `entra-mcp sync`, and `entra-mcp serve --no-sync` on
+    it with `extra_server` in [server], ready; yields (config, server, emulator) and stops both at the end."""
+    from entra_mcp.devtenant.server import run_emulator
+
+    with run_emulator(size="small", seed=seed) as emu:
+        cfg = config(emu, root, extra_server=extra_server)
+        synced = run_cli(cfg, "sync")
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        server = ServeProcess(cfg, "--no-sync")
+        track(server.proc)
+        try:
+            server.wait_ready()
+            yield cfg, server, emu
+        finally:
+            server.stop()
+
+
 def sync_until_done(cfg: ProductConfig, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
     """`entra-mcp sync` until it gets the writer lock (the background sync may hold it); returns the last run."""
     deadline = time.monotonic() + timeout
@@ -185,4 +207,4 @@ def mirror_stamp(cfg: ProductConfig) -> int:
 
 
 __all__ = ["API_KEY", "ENTRA_MCP", "ProductConfig", "ServeProcess", "cache_integrity", "free_port", "load_snapshot",
-           "mirror_differences", "mirror_stamp", "mirror_version", "run_cli", "spawn", "sync_until_done", "track", "unexpected_tracebacks"]
+           "mirror_differences", "mirror_stamp", "mirror_version", "run_cli", "spawn", "sync_until_done", "synced_server", "track", "unexpected_tracebacks"]

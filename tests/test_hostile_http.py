@@ -12,7 +12,6 @@ import os
 import random
 import socket
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import anyio
@@ -22,7 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from _endurance_fixtures import API_KEY, ProductConfig, ServeProcess, run_cli, track, unexpected_tracebacks
+from _endurance_fixtures import API_KEY, ProductConfig, ServeProcess, synced_server, unexpected_tracebacks
 
 MAX_BODY = 65536
 HEADERS = {"Authorization": f"Bearer {API_KEY}", "Accept": "application/json, text/event-stream",
@@ -31,19 +30,8 @@ HEADERS = {"Authorization": f"Bearer {API_KEY}", "Accept": "application/json, te
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProductConfig, ServeProcess, list[str]]]:
-    from entra_mcp.devtenant.server import run_emulator
-
-    with run_emulator(size="small", seed=29) as emu:
-        cfg = ProductConfig(emu, Path(tmp_path_factory.mktemp("hostile-http")), extra_server={"max_body_bytes": MAX_BODY})
-        assert run_cli(cfg, "sync").returncode == 0
-        server = ServeProcess(cfg, "--no-sync")
-        track(server.proc)
-        try:
-            server.wait_ready()
-            upns = [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:20]]
-            yield cfg, server, upns
-        finally:
-            server.stop()
+    with synced_server(tmp_path_factory.mktemp("hostile-http"), seed=29, max_body_bytes=MAX_BODY) as (cfg, server, emu):
+        yield cfg, server, [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:20]]
 
 
 def _still_serving(cfg: ProductConfig, server: ServeProcess, upns: list[str], clients: int = 4) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import anyio
@@ -22,7 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from _endurance_fixtures import API_KEY, API_KEYS_ENV, ProductConfig, ServeProcess, run_cli, track, unexpected_tracebacks
+from _endurance_fixtures import API_KEY, API_KEYS_ENV, ProductConfig, ServeProcess, run_cli, synced_server, unexpected_tracebacks
 
 MAX_BODY = 65536
 TIMEOUT_S = 4
@@ -46,21 +45,10 @@ class _Config(ProductConfig):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProductConfig, ServeProcess, list[str]]]:
-    from entra_mcp.devtenant.server import run_emulator
-
-    with run_emulator(size="small", seed=31) as emu:
-        cfg = _Config(emu, Path(tmp_path_factory.mktemp("bounds")), extra_server={
-            "max_body_bytes": MAX_BODY, "request_timeout_seconds": TIMEOUT_S, "max_buffered_bytes": BUFFERED,
-            "max_requests_per_minute": 300, "max_sessions_per_caller": 3, "mcp_session_idle_seconds": SESSION_IDLE_S})
-        assert run_cli(cfg, "sync").returncode == 0
-        server = ServeProcess(cfg, "--no-sync")
-        track(server.proc)
-        try:
-            server.wait_ready()
-            upns = [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:8]]
-            yield cfg, server, upns
-        finally:
-            server.stop()
+    with synced_server(tmp_path_factory.mktemp("bounds"), seed=31, config=_Config, max_body_bytes=MAX_BODY,
+                       request_timeout_seconds=TIMEOUT_S, max_buffered_bytes=BUFFERED, max_requests_per_minute=300,
+                       max_sessions_per_caller=3, mcp_session_idle_seconds=SESSION_IDLE_S) as (cfg, server, emu):
+        yield cfg, server, [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:8]]
 
 
 def _mcp_works(cfg: ProductConfig, upns: list[str], clients: int = 3) -> None:

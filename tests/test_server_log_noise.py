@@ -5,13 +5,12 @@ line in the server's log, not a third-party traceback at ERROR level: an operato
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Iterator
 
 import anyio
 import httpx
 import pytest
-from _endurance_fixtures import API_KEY, ProductConfig, ServeProcess, run_cli, track
+from _endurance_fixtures import API_KEY, ProductConfig, ServeProcess, synced_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -20,18 +19,8 @@ MAX_BODY = 65536
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProductConfig, ServeProcess]]:
-    from entra_mcp.devtenant.server import run_emulator
-
-    with run_emulator(size="small", seed=31) as emu:
-        cfg = ProductConfig(emu, Path(tmp_path_factory.mktemp("log-noise")), extra_server={"max_body_bytes": MAX_BODY})
-        assert run_cli(cfg, "sync").returncode == 0
-        server = ServeProcess(cfg, "--no-sync")
-        track(server.proc)
-        try:
-            server.wait_ready()
-            yield cfg, server
-        finally:
-            server.stop()
+    with synced_server(tmp_path_factory.mktemp("log-noise"), seed=31, max_body_bytes=MAX_BODY) as (cfg, server, _):
+        yield cfg, server
 
 
 def _cut_short(port: int) -> None:
