@@ -115,6 +115,10 @@ def test_any_replica_answers_any_request_without_affinity(cluster: Cluster, http
     upn = _a_user(cluster)
     for _ in range(9):
         assert _lookup(http, cluster.public, upn)["matchType"] == "exact"
+    # a session id sent anyway names nothing: there is no session to take over, the call is answered on its own
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "lookup_user", "arguments": {"query": upn}}}
+    stray = http.post(f"{cluster.public}/mcp", json=body, headers={**MCP_HEADERS, "Mcp-Session-Id": "someone-elses"})
+    assert tool_answer(stray)["matchType"] == "exact"
     after = {name: int(row["stot"]) for name, row in cluster.haproxy.stats().items()}
     assert all(after[n] - before.get(n, 0) >= 2 for n in ("r0", "r1", "r2")), (before, after)
 
@@ -152,6 +156,9 @@ def test_redis_restarted_mid_run(cluster: Cluster, http: httpx.Client, chat: dic
     assert seen.status_code == 503 and seen.headers["Retry-After"] and seen.json()["error"] == "temporarily_unavailable"
     tool = call_tool(http, cluster.public, "validate_chat_session", {"session_token": chat["token"]}).json()["result"]
     assert tool["isError"] and "unavailable" in tool["content"][0]["text"]
+    health = http.get(f"{cluster.base(0)}/healthz")  # 200: the replica still serves, so the balancer keeps it
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert health.json()["sharedStore"] == {"available": False}
 
     cluster.redis.start()  # same port, its append-only file: what it held comes back
     for i in range(3):
@@ -160,6 +167,7 @@ def test_redis_restarted_mid_run(cluster: Cluster, http: httpx.Client, chat: dic
                    timeout=20, what=f"replica {i} using Redis again")
     again = http.get(f"{cluster.public}/auth/login", params={"flow": "portal", "return_to": cluster.public + "/"})
     assert again.status_code == 302
+    assert http.get(f"{cluster.base(0)}/healthz").json()["sharedStore"] == {"available": True}
     logs = [r.log() for r in cluster.replicas if r is not None]
     for log in logs:
         assert log.count("is unavailable (connection refused)") <= 1, log[-2000:]

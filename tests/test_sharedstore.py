@@ -303,3 +303,45 @@ def test_records_of_a_namespace_are_listed_by_digest(shared: SharedRedis) -> Non
     store.put("session", "9" * 43, {"i": 9}, ttl=60)
     found = dict(store.records("state"))
     assert found == {hashlib.sha256((f"{i}" * 43).encode()).hexdigest(): {"i": i} for i in range(3)}
+
+
+# The ACL rule docs/deployment.md gives the service's Redis user: its keys only, no dangerous commands.
+DOC_ACL = "on ~{prefix}* resetchannels -@all +@read +@write +@scripting +@connection +time -@dangerous"
+
+
+def test_the_documented_acl_user_is_enough(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not have_redis():
+        pytest.skip("redis-server is not installed")
+    deployment = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
+    assert DOC_ACL.format(prefix="entra-mcp:") in deployment
+    with RedisServer(tmp_path / "r") as server:
+        with server.client() as admin:
+            admin.execute_command("ACL", "SETUSER", "entra-mcp", *DOC_ACL.format(prefix="entra-mcp:").split(),
+                                  f">{SECRET}")
+        monkeypatch.setenv("REDIS_PW_TEST", SECRET)
+        shared = SharedRedis(store_settings(redis_url=server.url, username="entra-mcp", password_env="REDIS_PW_TEST"))
+        try:
+            shared.wait_reachable(5)
+            store = RedisSessionStore(shared)
+            store.put("state", "a" * 43, {"x": 1}, ttl=60)
+            assert dict(store.records("state")) and store.take("state", "a" * 43) == {"x": 1}
+            limiter = SharedRateLimiter(shared, "mcp", 2)
+            assert [limiter.admit("k") for _ in range(3)][:2] == [None, None]
+            assert limiter._counting_locally is False  # the script ran in Redis, not the local fallback
+            # the sync leader's lease and publication (cluster/lease.py) under the same user
+            from entra_mcp.cluster.lease import Publication, SyncLease
+
+            lease = SyncLease(shared, tenant="contoso", holder="replica-a", ttl_seconds=5)
+            token = lease.acquire()
+            assert token is not None and lease.renew()
+            assert lease.publish(Publication(1, 1, token, "v1.data", "v1.data", "replica-a", None, "data", 0.0))
+            assert lease.published() is not None
+            lease.release()
+            # outside its prefix the user can do nothing
+            other = SharedRedis(store_settings(redis_url=server.url, username="entra-mcp",
+                                               password_env="REDIS_PW_TEST", key_prefix="other:"))
+            with pytest.raises(StoreUnavailable):
+                RedisSessionStore(other).put("state", "b" * 43, {"x": 1}, ttl=60)
+            other.close()
+        finally:
+            shared.close()

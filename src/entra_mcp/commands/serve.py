@@ -266,7 +266,8 @@ def _serve(
                     run_stdio(server, wire or StdoutWire())
                 else:
                     run_http(settings, server, views, protect=hooks.protect, routes=hooks.routes, started=started,
-                             on_ready=on_ready, replication=replication.health if replication is not None else None)
+                             on_ready=on_ready, replication=replication.health if replication is not None else None,
+                             shared_store=shared.reachable if shared is not None else None)
             finally:
                 stop.set()
                 if scheduler is not None:

@@ -185,6 +185,7 @@ def create_http_app(
     json_response: bool = True,
     stateless: bool = False,
     replication: Callable[[], dict[str, Any]] | None = None,
+    shared_store: Callable[[], bool] | None = None,
 ) -> Starlette:
     """The Starlette app of the HTTP transport.
 
@@ -196,6 +197,10 @@ def create_http_app(
                     pass. None leaves /mcp open (server.auth.mode = "none", loopback only).
       replication   several replicas (cluster/replica.py `Replication.health`): /healthz adds which tenants this
                     replica leads and the published version it serves.
+      shared_store  [server.store] (sharedstore/connection.py `SharedRedis.reachable`): /healthz adds
+                    `sharedStore: {"available": ...}`, and `status` is "degraded" while Redis does not answer (sign-in
+                    refused, limits counted locally). The answer stays 200: the replica still serves tool calls, so a
+                    load balancer must keep sending it requests.
 
     Transport: stateful sessions (Mcp-Session-Id), and each POST is answered with one application/json body
     (`json_response=True`, the default). The SDK's alternative, an SSE stream per POST, costs about twice the server
@@ -226,6 +231,11 @@ def create_http_app(
         data["uptimeSeconds"] = round(time.monotonic() - started)
         if replication is not None:
             data["replication"] = await anyio.to_thread.run_sync(replication)
+        if shared_store is not None:
+            available = await anyio.to_thread.run_sync(shared_store)
+            data["sharedStore"] = {"available": available}
+            if not available:
+                data["status"] = "degraded"
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     @contextlib.asynccontextmanager
@@ -301,6 +311,7 @@ def run_http(
     started: float,
     on_ready: Callable[[str], None] | None,
     replication: Callable[[], dict[str, Any]] | None = None,
+    shared_store: Callable[[], bool] | None = None,
 ) -> None:
     import uvicorn
 
@@ -311,7 +322,7 @@ def run_http(
     # With a shared store, /mcp keeps no session in this process (stateless streamable HTTP): any replica answers
     # any request, and a replica may die between two calls of one client (docs/deployment.md).
     app = create_http_app(settings, server, views=views, extra_routes=routes, protect=protect,
-                          stateless=settings.server.store.shared, replication=replication)
+                          stateless=settings.server.store.shared, replication=replication, shared_store=shared_store)
     config = uvicorn.Config(
         app,
         host=settings.server.host,

@@ -169,6 +169,14 @@ class SharedRedis:
         """One round trip; StoreUnavailable when it fails."""
         self.call(lambda c: c.ping())
 
+    def reachable(self) -> bool:
+        """Whether Redis answers a PING now (False at once inside a failure's retry window): for /healthz."""
+        try:
+            self.ping()
+        except StoreUnavailable:
+            return False
+        return True
+
     def wait_reachable(self, seconds: float) -> None:
         """Poll until Redis answers a PING, at most `seconds` (serve's start). StoreUnavailable with the reason and
         the fix when it does not; a refused password fails at once (waiting would not fix it)."""
