@@ -13,14 +13,14 @@ from types import ModuleType
 from typing import Sequence, NoReturn
 
 from entra_mcp import __version__
-from entra_mcp.commands import call, demo, devtenant, doctor, serve, status, sync
+from entra_mcp.commands import audit, call, demo, devtenant, doctor, serve, status, sync
 from entra_mcp.errors import ConfigError, EntraMcpError
 from entra_mcp.logs import get_logger, setup_logging
 
 log = get_logger("cli")
 
 # in the order `entra-mcp --help` lists them; each has NAME, HELP, add_arguments(parser) and run(args) -> exit code
-COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, call, devtenant, demo)
+COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, call, audit, devtenant, demo)
 
 
 # What `entra-mcp COMMAND --help` says above the options: what it does, what it needs, an example.
@@ -44,6 +44,12 @@ _DESCRIPTIONS = {
             "structured answer. Exit 0 answered, 1 the tool's error (unknown user...), 2 bad usage.\n\n"
             "  entra-mcp call lookup_user query='alex johnson' limit=5\n"
             "  entra-mcp call check_account_state user=alex.johnson@contoso.com --json",
+    "audit": "Answer from the audit trail ([server.audit]): who looked up this user (--user: UPN, name or id,\n"
+             "resolved through the mirror), what this caller looked at (--caller), between two times (--since,\n"
+             "--until: ISO or 6h/3d back from now). --verify checks the hash chain and names the first broken line.\n"
+             "Exit 0 done, 1 the chain is broken, 2 bad usage.\n\n"
+             "  entra-mcp audit --user alex.johnson@contoso.com --since 7d\n"
+             "  entra-mcp audit --caller desk-bot --verify",
     "devtenant": "Run the local emulator of Entra ID and Microsoft Graph (real HTTPS on 127.0.0.1, tokens, paging,\n"
                  "delta, throttling). stdout is the config that points entra-mcp at it (valid TOML); stderr gets\n"
                  "the client secret's export line and progress.\n\n"

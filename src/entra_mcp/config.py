@@ -8,8 +8,10 @@ this module ever puts a secret's value into a message.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -79,8 +81,16 @@ class AuthSettings(_Section):
 
     def api_keys(self) -> list[str]:
         """The configured API keys (api_key mode). Raises ConfigError naming the variable when there are none."""
+        return [key for _, key in self.named_api_keys()]
+
+    def named_api_keys(self) -> list[tuple[str, str]]:
+        """(name, key) of each configured API key. The variable holds `name=key` or a bare `key` per comma-separated
+        item; a bare key (the format before keys had names) is named `key-<first 8 hex of its SHA-256>`, so it can
+        still be told apart in the audit trail. Names are what [server.access] rules and the audit trail use; the keys
+        themselves are never shown."""
         raw = os.environ.get(self.api_keys_env, "")
-        keys = [k.strip() for k in raw.split(",") if k.strip()]
+        items = [_api_key_item(k.strip()) for k in raw.split(",") if k.strip()]
+        keys = [key for _, key in items]
         if not keys:
             raise ConfigError(
                 f"server.auth.mode is 'api_key' but the environment variable {self.api_keys_env} is empty or unset. "
@@ -93,7 +103,88 @@ class AuthSettings(_Section):
                 f"an API key needs at least {MIN_API_KEY_CHARS} characters, {MIN_API_KEY_DISTINCT} of them different. "
                 "Fix: generate one, e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`."
             )
-        return keys
+        names = [name for name, _ in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(
+                f"{self.api_keys_env} names several keys {', '.join(map(repr, dupes))}: each key needs its own name. "
+                f"Fix: rename them (name=key, comma-separated)."
+            )
+        return items
+
+
+API_KEY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def _api_key_item(item: str) -> tuple[str, str]:
+    """`name=key` -> (name, key); a bare key (possibly ending in base64 `=` padding) -> (key-<hash8>, key)."""
+    name, sep, key = item.partition("=")
+    if sep and API_KEY_NAME.match(name.strip()) and key.strip().strip("="):
+        return name.strip(), key.strip()
+    return "key-" + hashlib.sha256(item.encode("utf-8")).hexdigest()[:8], item
+
+
+class AccessRule(_Section):
+    """One [[server.access.rules]] entry: which callers (every selector given must match; any value of a list) may use
+    which mirrored tenants and tools."""
+
+    name: str | None = Field(default=None, max_length=64)
+    tids: list[str] = Field(default_factory=list)  # the caller's Entra tenant (token `tid`)
+    roles: list[str] = Field(default_factory=list)  # app roles in the token (`roles`), from one of `tids`
+    groups: list[str] = Field(default_factory=list)  # group object ids in the token (`groups`), from one of `tids`
+    api_keys: list[str] = Field(default_factory=list)  # API key names (server.auth.api_keys_env, name=key)
+    tenants: list[str] = Field(min_length=1)  # configured [[tenants]] names, or "*" for all
+    tools: list[str] = Field(default_factory=lambda: ["*"])  # tool names, or "*" for all
+
+    @model_validator(mode="after")
+    def _check(self) -> "AccessRule":
+        if not (self.tids or self.roles or self.groups or self.api_keys):
+            raise ValueError("a rule needs at least one of tids, roles, groups or api_keys (who it is for)")
+        if self.api_keys and (self.tids or self.roles or self.groups):
+            raise ValueError("api_keys cannot be combined with tids, roles or groups in one rule (an API key has no "
+                             "Entra identity): split it into two rules")
+        if (self.roles or self.groups) and not self.tids:
+            raise ValueError("roles and groups are assigned by each tenant's own admins: name the tenants whose "
+                             "assignments you trust in `tids` (their tenant GUIDs)")
+        for t in self.tids:
+            if not _GUID.match(t):
+                raise ValueError(f"tids holds {t[:80]!r}, which is not a tenant GUID (the token's tid claim)")
+        if not self.tools:
+            raise ValueError("tools is empty: list tool names, or \"*\" for every tool")
+        return self
+
+
+class AccessSettings(_Section):
+    """[server.access]: which callers may use which mirrored tenants and tools (server/access.py)."""
+
+    rules: list[AccessRule] = Field(default_factory=list)
+    # A caller of the HTTP endpoint whose Entra tenant is a mirrored tenant and whom no rule matches sees that tenant.
+    home_tenant: bool = True
+    # An API key no rule names: "all" tenants and tools, or "none". Unset: "all" when one tenant is configured (the
+    # single-tenant deployment keeps working as before), "none" with several (a key never silently sees every customer).
+    unmatched_api_keys: Literal["all", "none"] | None = None
+
+
+class AuditSettings(_Section):
+    """[server.audit]: the audit trail of tool calls and sign-in events (audit/, docs/audit.md)."""
+
+    enabled: bool = True
+    path: Path | None = None  # default: <cache_dir>/audit/audit.jsonl
+    max_bytes: int = Field(default=10_000_000, ge=4096)  # the file is rotated before it would grow past this
+    keep_files: int = Field(default=50, ge=1, le=100_000)  # rotated files kept (oldest removed first)
+    retention_days: float = Field(default=400, ge=0)  # rotated files older than this are removed (0: no age limit)
+    mirror: Literal["none", "stderr", "syslog"] = "none"  # also send each record there
+
+    @field_validator("path")
+    @classmethod
+    def _expand_path(cls, v: Path | None) -> Path | None:
+        return Path(os.path.expandvars(str(v))).expanduser() if v is not None else None
+
+    def resolved_path(self, cache_dir: Path) -> Path:
+        return self.path or Path(cache_dir) / "audit" / "audit.jsonl"
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def _env_secret(key: str, variable: str | None, what: str) -> str | None:
@@ -217,6 +308,8 @@ class ServerSettings(_Section):
     view_memory_mb: int = Field(default=0, ge=0)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("cache_dir")
     @classmethod
@@ -441,6 +534,13 @@ class Settings(_Section):
             )
         if auth.mode == "none" and self.server.transport == "http":
             _check_open_mode(self.server)
+        for n, rule in enumerate(self.server.access.rules):
+            unknown = [t for t in rule.tenants if t != "*" and t not in names]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], names, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"configured: {', '.join(names) or 'none'}"
+                raise ValueError(f"server.access.rules[{n}].tenants names {', '.join(map(repr, unknown))}, which is not a "
+                                 f"[[tenants]] name ({hint}). Fix: use a configured tenant's name, or \"*\" for all.")
         if self.oidc.enabled:
             if not self.oidc.tenant or self.oidc.tenant not in names:
                 raise ValueError("oidc.enabled needs oidc.tenant set to the name of a [[tenants]] entry")

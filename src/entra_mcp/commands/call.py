@@ -142,7 +142,7 @@ async def _call(settings: Any, tool: str | None, pairs: list[str], tenant: str |
     store = MirrorStore(settings.server.cache_dir)
     try:
         views = ViewProvider.from_settings(settings, store, cache=True)
-        server = create_server(settings, views=views)
+        server = create_server(settings, views=views, channel="call")
         async with in_process(server) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             if tool is None:

@@ -31,7 +31,7 @@ from entra_mcp.errors import AuthError, ConfigError
 from entra_mcp.logs import get_logger
 from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.sessions import Session, SessionService, looks_like_challenge, looks_like_secret, new_secret, s256
-from entra_mcp.oidc.validate import TokenRejected, TokenValidator
+from entra_mcp.oidc.validate import Identity, TokenRejected, TokenValidator
 from entra_mcp.ratelimit import Limiter, RateLimiter
 
 log = get_logger("oidc.flow")
@@ -180,6 +180,7 @@ class LoginResult:
     session_id: str | None = None  # portal: the new session's id (cookie value)
     session: Session | None = None
     chat_code: str | None = None  # chat: the one-time code for the widget
+    identity: Identity | None = None  # who signed in (for the audit trail)
 
     def redirect_target(self) -> str:
         if self.flow == "chat":
@@ -403,9 +404,9 @@ class SignInFlow:
             raise SignInError("the identity provider answered for another tenant than the one sign-in started with")
         if flow == "chat":
             code = self.sessions.issue_chat_code(identity, challenge=str(record["chatChallenge"]))
-            return LoginResult("chat", record["returnTo"], chat_code=code)
+            return LoginResult("chat", record["returnTo"], chat_code=code, identity=identity)
         sid, session = self.sessions.create(identity, kind="portal", replaces=previous_session)
-        return LoginResult("portal", record["returnTo"], session_id=sid, session=session)
+        return LoginResult("portal", record["returnTo"], session_id=sid, session=session, identity=identity)
 
     def discard_state(self, state: str | None) -> None:
         """Consume a state without redeeming anything (the IdP answered with an error)."""

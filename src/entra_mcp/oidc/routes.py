@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from entra_mcp.audit import sign_in_event
 from entra_mcp.config import Settings, _is_loopback
 from entra_mcp.errors import ConfigError, EntraMcpError, StoreUnavailable
 from entra_mcp.logs import get_logger
@@ -35,7 +36,7 @@ from entra_mcp.mirror.session_store import SessionRecords
 from entra_mcp.oidc.flow import SignInBusy, SignInError, SignInFlow, origin_of
 from entra_mcp.oidc.provider import GUID_RE, OidcProvider, ProviderUnavailable
 from entra_mcp.oidc.sessions import SessionService
-from entra_mcp.oidc.validate import TokenValidator
+from entra_mcp.oidc.validate import Identity, TokenValidator
 from entra_mcp.ratelimit import Limiter
 
 log = get_logger("oidc.routes")
@@ -144,6 +145,7 @@ class SignIn:
     post_origins: frozenset[str]
     cors_origins: frozenset[str]
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    settings: Settings | None = None  # for the audit trail ([server.audit]); None: sign-in events are not recorded
 
     @classmethod
     def from_settings(
@@ -172,13 +174,23 @@ class SignIn:
         post = {x for x in {public_origin, *return_origins, *extra} if x}
         cors = {x for x in {*return_origins, *extra} if x and x != public_origin}
         return cls(flow, sessions, CookiePolicy.for_public_url(settings.server.resolved_public_url), frozenset(post),
-                   frozenset(cors), [provider.aclose])
+                   frozenset(cors), [provider.aclose], settings)
 
     async def aclose(self) -> None:
         for close in self._closers:
             await close()
 
     # -- helpers ---------------------------------------------------------------------------------------------
+    def _audit(self, request: Request, event: str, outcome: str, *, identity: Identity | None = None,
+               flow: str | None = None, session_id: str | None = None, reason: str | None = None) -> None:
+        """One sign-in event in the audit trail (identifiers only: the session id is hashed there)."""
+        if self.settings is None:
+            return
+        sign_in_event(self.settings, event, outcome, tid=identity.tid if identity else None,
+                      oid=identity.oid if identity else None, upn=identity.preferred_username if identity else None,
+                      flow=flow, session_id=session_id, reason=reason,
+                      ip=request.client.host if request.client else None)
+
     def _cookie(self, request: Request, base: str) -> str | None:
         return request.cookies.get(self.cookies.name(base))
 
@@ -231,6 +243,7 @@ class SignIn:
             # fixed text: anyone can craft this URL, so nothing of it is shown; the error code goes to the log.
             self.flow.discard_state(q.get("state"))
             log.info("sign-in came back with an error from the identity provider: %.64r", q.get("error"))
+            self._audit(request, "sign_in", "failed", reason="identity provider error")
             return _error_page(400, "the identity provider did not complete the sign-in (cancelled, or consent or "
                                     "access missing); start again from the sign-in link")
         try:
@@ -241,9 +254,12 @@ class SignIn:
                 previous_session=self._cookie(request, SESSION_COOKIE),
             )
         except SignInError as exc:
+            self._audit(request, "sign_in", "failed", reason=str(exc)[:160])
             return _error_page(400, str(exc))
         except (ProviderUnavailable, EntraMcpError) as exc:
+            self._audit(request, "sign_in", "failed", reason="identity provider unavailable")
             return _error_page(503, f"sign-in is unavailable: {exc}")
+        self._audit(request, "sign_in", "ok", identity=result.identity, flow=result.flow, session_id=result.session_id)
         response = RedirectResponse(result.redirect_target(), status_code=303, headers=_NO_STORE)
         if result.flow == "portal" and result.session_id and result.session:
             self.cookies.set(response, SESSION_COOKIE, result.session_id, max_age=int(result.session.max_seconds))
@@ -264,9 +280,18 @@ class SignIn:
             return JSONResponse({"error": "origin_not_allowed"}, 403)
         ended = False
         bearer = self._bearer(request)
+        cookie = self._cookie(request, SESSION_COOKIE)
         if bearer is not None:
-            ended = self.sessions.revoke_chat_token(bearer) or ended
-        ended = self.sessions.delete(self._cookie(request, SESSION_COOKIE)) or ended
+            chat, _ = self.sessions.lookup(bearer, kind="chat", touch=False)
+            if self.sessions.revoke_chat_token(bearer):
+                ended = True
+                self._audit(request, "sign_out", "ok", identity=chat.identity if chat else None, flow="chat",
+                            session_id=bearer)
+        portal = self.sessions.get(cookie) if cookie else None
+        if self.sessions.delete(cookie):
+            ended = True
+            self._audit(request, "sign_out", "ok", identity=portal.identity if portal else None, flow="portal",
+                        session_id=cookie)
         response = self._cors(request, JSONResponse({"signedOut": ended}, headers=_NO_STORE))
         self.cookies.clear(response, SESSION_COOKIE)
         return response
@@ -300,6 +325,7 @@ class SignIn:
                              400),
             )
         token, session = redeemed
+        self._audit(request, "chat_session", "ok", identity=session.identity, flow="chat", session_id=token)
         payload = {
             "chatSessionToken": token,
             "tokenType": "chat_session",

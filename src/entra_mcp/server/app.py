@@ -10,10 +10,14 @@ reaches the model.
 from __future__ import annotations
 
 import contextvars
+import getpass
 import inspect
 import json
 import re
+import secrets
+import time
 import unicodedata
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Any, Awaitable, Callable, Mapping, cast, overload
 
@@ -31,6 +35,8 @@ from entra_mcp.identity.text import MAX_IDENTIFIER, iso
 from entra_mcp.identity.ticket import MAX_TICKET_SCAN
 from entra_mcp.identity.view import DirectoryView
 from entra_mcp.logs import get_logger
+from entra_mcp.audit import AuditTrail, session_ref
+from entra_mcp.server.access import EVERYTHING, LOCAL, Access, AccessPolicy, Caller, PermittedViews
 from entra_mcp.server.auth import PRINCIPAL_SCOPE_KEY
 from entra_mcp.server.limits import WorkLanes
 from entra_mcp.server.prompts import load_prompts
@@ -41,6 +47,7 @@ from entra_mcp.server.tools import (
     WhatIf,
     Multiline,
     NotSynced,
+    TicketId,
     Token,
     ToolSpec,
     findings_tail,
@@ -199,6 +206,165 @@ async def _caller(ctx: Any, call_next: Any) -> Any:
         _CALLER.reset(token)
 
 
+@dataclass
+class CallContext:
+    """One MCP request as the access policy and the audit trail see it (set by `CallGate` for its duration)."""
+
+    caller: Caller
+    access: Access
+    transport: str  # "stdio" | "http" | "call"
+    session: str | None = None  # the MCP session id, hashed (audit/trail.py session_ref)
+    client: dict[str, Any] | None = None
+    tenants: list[str] = field(default_factory=list)  # the tenants the call resolved
+    error_code: str | None = None
+    ticket_id: str | None = None
+
+    def touched(self, name: str) -> None:
+        if name not in self.tenants:
+            self.tenants.append(name)
+
+
+_CALL: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("entra_mcp_call", default=None)
+_LOCAL_CALL = CallContext(LOCAL, EVERYTHING, "local")
+
+
+def _current_access() -> Access:
+    call = _CALL.get()
+    return call.access if call is not None else _LOCAL_CALL.access
+
+
+def _touched(name: str) -> None:
+    call = _CALL.get()
+    if call is not None:
+        call.touched(name)
+
+
+def unknown_tool(name: str) -> dict[str, Any]:
+    """The SDK's own answer to a tool that does not exist: what a caller gets for a tool it may not use."""
+    return {"content": [{"type": "text", "text": f"Unknown tool: {name}"}], "isError": True}
+
+
+MAX_AUDIT_OBJECTS = 100
+_OBJECT_HINTS = ("userPrincipalName", "displayName", "appId", "mail")
+
+
+def touched_objects(answer: Any) -> tuple[list[str], int]:
+    """The directory object ids an answer names (users, groups, apps...): at most MAX_AUDIT_OBJECTS, and the count."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    total = 0
+    stack: list[tuple[Any, int]] = [(answer, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            oid = value.get("id")
+            if isinstance(oid, str) and oid not in seen and any(h in value for h in _OBJECT_HINTS):
+                seen.add(oid)
+                total += 1
+                if len(ids) < MAX_AUDIT_OBJECTS:
+                    ids.append(oid)
+            if depth < 5:
+                stack.extend((v, depth + 1) for k, v in reversed(list(value.items()))
+                             if k != "findings" and isinstance(v, (Mapping, list)))
+        elif isinstance(value, list) and depth < 5:
+            stack.extend((v, depth + 1) for v in reversed(value) if isinstance(v, (Mapping, list)))
+    return ids, total
+
+
+def _as_dict(result: Any) -> dict[str, Any] | None:
+    if isinstance(result, dict):
+        return result
+    dump = getattr(result, "model_dump", None)
+    return dump(by_alias=True, mode="json", exclude_none=True) if dump is not None else None
+
+
+class CallGate:
+    """Server middleware: who is calling (the HTTP layer's principal, else the local operator), what they may use
+    ([server.access]: forbidden tools are neither listed nor callable), and one audit record per tool call."""
+
+    def __init__(self, policy: AccessPolicy, trail: AuditTrail | None, channel: str) -> None:
+        self.policy = policy
+        self.trail = trail
+        self.channel = channel
+        try:
+            user = getpass.getuser()
+        except Exception:  # no login name (a container without a passwd entry)
+            user = None
+        self.local = Caller("local", "local", name=user)
+
+    def context(self, ctx: Any) -> CallContext:
+        request = getattr(ctx, "request", None)
+        scope = getattr(request, "scope", None)
+        if isinstance(scope, dict):
+            principal = scope.get(PRINCIPAL_SCOPE_KEY)
+            caller = Caller.of(principal) if principal is not None else Caller("anonymous", "anonymous")
+            headers = getattr(request, "headers", None)
+            session = session_ref(headers.get("mcp-session-id")) if headers is not None else None
+            transport = "http"
+        else:
+            caller, session, transport = self.local, None, self.channel
+        client = None
+        try:
+            info = ctx.session.client_params.client_info
+            client = {"name": str(info.name)[:128], "version": str(info.version)[:64]}
+        except AttributeError:
+            pass
+        return CallContext(caller, self.policy.for_caller(caller), transport, session, client)
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        call = self.context(ctx)
+        token = _CALL.set(call)
+        try:
+            if ctx.method == "tools/list":
+                return self._listed(await call_next(ctx), call.access)
+            if ctx.method != "tools/call":
+                return await call_next(ctx)
+            name = str((ctx.params or {}).get("name") or "")
+            started = time.perf_counter()
+            result: Any = None
+            try:
+                result = unknown_tool(name) if not call.access.tool_ok(name) else await call_next(ctx)
+                return result
+            finally:
+                if self.trail is not None:
+                    self._audit(call, name, result, time.perf_counter() - started)
+        finally:
+            _CALL.reset(token)
+
+    @staticmethod
+    def _listed(result: Any, access: Access) -> Any:
+        if access.tools is None:
+            return result
+        data = _as_dict(result)
+        if data is None:
+            return result
+        return {**data, "tools": [t for t in data.get("tools") or () if isinstance(t, Mapping) and access.tool_ok(str(t.get("name")))]}
+
+    def _audit(self, call: CallContext, tool: str, result: Any, seconds: float) -> None:
+        data = _as_dict(result) or {}
+        answer = data.get("structuredContent")
+        objects, total = touched_objects(answer) if isinstance(answer, Mapping) else ([], 0)
+        findings = [str(f.get("code")) for f in (answer.get("findings") or ()) if isinstance(f, Mapping)][:50] \
+            if isinstance(answer, Mapping) else []
+        if result is None:
+            outcome = "failed"
+        elif not call.access.tool_ok(tool):
+            outcome = "refused"
+        elif data.get("isError"):
+            outcome = "error"
+        else:
+            outcome = "ok"
+        self.trail.record("tool_call", {  # type: ignore[union-attr]
+            "caller": call.caller.audit_fields(), "client": call.client, "session": call.session,
+            "transport": call.transport, "tool": tool[:64], "tenant": call.tenants[0] if len(call.tenants) == 1 else None,
+            "tenants": call.tenants if len(call.tenants) > 1 else None, "objects": objects or None,
+            "objectsTotal": total if total > len(objects) else None, "findings": findings or None,
+            "outcome": outcome, "errorCode": call.error_code if outcome == "error" else None,
+            "access": call.access.why if outcome == "refused" else None,
+            "latencyMs": round(seconds * 1000, 3), "ticketId": call.ticket_id,
+        })
+
+
 def _register(server: MCPServer[Any], spec: ToolSpec, ask: Ask, lanes: WorkLanes) -> None:
     """The tool as the SDK sees it: spec.run's arguments (after `ask`) as the input schema, the answer model as
     the output schema, errors the caller can act on as tool errors with their message. A synchronous answer (every
@@ -214,6 +380,10 @@ def _register(server: MCPServer[Any], spec: ToolSpec, ask: Ask, lanes: WorkLanes
         return _result(spec, answer)
 
     async def call(**arguments: Any) -> CallToolResult:
+        ticket = arguments.pop("ticket_id", None) if spec.ticket else None
+        context = _CALL.get()
+        if context is not None and ticket is not None:
+            context.ticket_id = ticket
         try:
             if not on_loop:
                 return await lanes.run(_CALLER.get(), lambda: work(arguments))  # type: ignore[no-any-return]
@@ -222,15 +392,22 @@ def _register(server: MCPServer[Any], spec: ToolSpec, ask: Ask, lanes: WorkLanes
             return _result(spec, spec.unknown_answer(exc.tv.name))
         except (NotFoundError, InvalidArgument, MirrorError) as exc:
             log.info("tool %s: %s", spec.name, exc.code)
+            if context is not None:
+                context.error_code = exc.code
             return _error(str(exc))
         except EntraMcpError as exc:
             log.warning("tool %s failed: %s", spec.name, exc.code)
+            if context is not None:
+                context.error_code = exc.code
             return _error(f"{spec.name} could not answer: {exc}")
         return _result(spec, answer)
 
+    params = list(signature.parameters.values())[1:]
+    if spec.ticket and "ticket_id" not in signature.parameters:
+        params.append(inspect.Parameter("ticket_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TicketId))
     call.__name__ = spec.name
     call.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=list(signature.parameters.values())[1:],
+        parameters=params,
         return_annotation=Annotated[CallToolResult, spec.answer],
     )
     server.add_tool(call, name=spec.name, title=spec.title, description=spec.description, annotations=READ_ONLY)
@@ -244,25 +421,37 @@ def create_server(
     now: Clock | None = None,
     sign_ins: SignInLogs | None = None,
     what_if: WhatIf | None = None,
+    audit: AuditTrail | None | bool = True,
+    channel: str = "stdio",
 ) -> MCPServer[Any]:
     """Build the MCP server. `views` gives each tenant's current DirectoryView; `sessions` is the chat-session
     validator of the sign-in part (None: validate_chat_session says sign-in is not configured); `now` is the clock;
     `sign_ins` each tenant's sign-in events (default: read from the views' mirror store); `what_if` asks Graph's
-    Conditional Access What If live for check_app_access(live_what_if=true) (None: nowhere allowed)."""
+    Conditional Access What If live for check_app_access(live_what_if=true) (None: nowhere allowed); `audit` the
+    audit trail (True: the one [server.audit] configures; None or False: none); `channel` names the transport of
+    calls that do not come over HTTP in the audit trail ("stdio", or "call" for `entra-mcp call`).
+
+    Access per caller ([server.access], server/access.py) is enforced here once: the tools see the views through
+    PermittedViews, and CallGate hides and refuses the tools a caller may not use."""
     clock: Clock = now or _utcnow
+    policy = AccessPolicy.from_settings(settings, [spec.name for spec in TOOLS], _tenant_of_tid(views))
+    trail = (AuditTrail.from_settings(settings) if settings is not None else None) if audit is True else (audit or None)
+    gate = CallGate(policy, trail, channel)
     server: MCPServer[Any] = MCPServer(
         name="entra-mcp",
         title="Entra ID identity context",
         version=__version__,
         instructions=INSTRUCTIONS,
         warn_on_duplicate_tools=True,
-        middleware=[_caller, _plain_argument_errors],
+        middleware=[_caller, gate, _plain_argument_errors],
     )
     if sign_ins is None:
         store = getattr(views, "store", None) or getattr(views, "_store", None)
         sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
     writeback = {t.name: getattr(t, "password_writeback", None) for t in getattr(settings, "tenants", None) or ()}
-    ask = Ask(views=views, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback, what_if=what_if)
+    permitted = PermittedViews(views, _current_access, _touched)
+    ask = Ask(views=permitted, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback,  # type: ignore[arg-type]
+              what_if=what_if, session_filter=_session_filter(permitted))
     lanes = WorkLanes()
     for spec in TOOLS:
         _register(server, spec, ask, lanes)
@@ -271,7 +460,7 @@ def create_server(
 
     def _resource_view(tenant: str) -> DirectoryView:
         try:
-            tv = views.current(_check_text("tenant", tenant))
+            tv = permitted.current(_check_text("tenant", tenant))
         except (NotFoundError, InvalidArgument) as exc:
             raise ResourceError(str(exc)) from None
         if tv.view is None:
@@ -294,7 +483,7 @@ def create_server(
                     "synced": tv.synced,
                     "asOf": iso(tv.snapshot.as_of) if tv.snapshot else None,
                 }
-                for tv in views.statuses()
+                for tv in permitted.statuses()
             ]
         )
 
@@ -320,7 +509,7 @@ def create_server(
     def sync_status_resource(tenant: str) -> str:
         """Per-area freshness of one tenant's mirror."""
         try:
-            tv = views.status(_check_text("tenant", tenant))
+            tv = permitted.status(_check_text("tenant", tenant))
         except (NotFoundError, InvalidArgument) as exc:
             raise ResourceError(str(exc)) from None
         return json.dumps(tenant_status(tv, clock()), ensure_ascii=False, default=str)
@@ -333,4 +522,33 @@ def create_server(
     return server
 
 
-__all__ = ["ChatSessionValidator", "INSTRUCTIONS", "READ_ONLY", "create_server"]
+def _tenant_of_tid(views: Any) -> Any:
+    """caller tid -> the configured tenants that are that directory (the configured tenant_id, or the tenant GUID its
+    mirror recorded: views.py find_tenant_id reads freshness only)."""
+
+    def names(tid: str) -> list[str]:
+        name = views.find_tenant_id(tid)
+        return [name] if name else []
+
+    return names
+
+
+def _session_filter(permitted: PermittedViews) -> Any:
+    """A chat session of a tenant the caller may not use reads exactly like a session that does not exist."""
+
+    async def only_permitted(verdict: Mapping[str, Any], check: Callable[[str], Any]) -> Mapping[str, Any]:
+        access = _current_access()
+        if access.tenants is None or not verdict.get("valid"):
+            return verdict
+        tid = str((verdict.get("identity") or {}).get("tid") or "")
+        if tid and permitted.find_tenant_id(tid) is not None:
+            return verdict
+        unknown = check(secrets.token_urlsafe(32))  # the validator's own answer for a session it does not know
+        if inspect.isawaitable(unknown):
+            unknown = await unknown
+        return dict(unknown)
+
+    return only_permitted
+
+
+__all__ = ["CallContext", "CallGate", "ChatSessionValidator", "INSTRUCTIONS", "READ_ONLY", "create_server"]

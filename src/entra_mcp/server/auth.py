@@ -5,8 +5,8 @@ Modes:
   every server.auth.required_scopes in `scp`; app-only tokens only with allow_app_tokens. No credential or a bad
   one -> 401 with `WWW-Authenticate: Bearer resource_metadata="{public_url}/.well-known/oauth-protected-resource/mcp"`;
   a valid token without the scope -> 403 `insufficient_scope`. The metadata routes (RFC 9728) come from `routes()`.
-- api_key: `Authorization: Bearer <key>` with one of the keys in the environment variable server.auth.api_keys_env,
-  compared in constant time.
+- api_key: `Authorization: Bearer <key>` with one of the keys in the environment variable server.auth.api_keys_env
+  (`name=key` items, or bare keys), compared in constant time; the principal carries the key's name, never the key.
 - oauth: `Authorization: Bearer <access token>` issued by this server's own authorization server (entra_mcp.oauth,
   docs/oauth.md) for this resource, with every server.auth.required_scopes granted; the protected-resource metadata
   names this server as the authorization server. The person behind it signed in with Entra, so the principal is
@@ -79,6 +79,9 @@ class Principal:
     app_only: bool = False
     scopes: tuple[str, ...] = ()
     client_id: str | None = None
+    roles: tuple[str, ...] = ()  # the token's app roles (`roles` claim), for [server.access] rules
+    groups: tuple[str, ...] = ()  # the token's group object ids (`groups` claim; absent on overage), same
+    key_name: str | None = None  # api_key: the key's name (server.auth.api_keys_env `name=key`), never the key
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")
@@ -104,7 +107,7 @@ class McpGuard:
         self.resource = f"{self.public_url}/mcp"
         self.metadata_url = f"{self.public_url}{METADATA_PATH}/mcp"
         self.validator: TokenValidator | None = None
-        self._key_hashes: list[bytes] = []
+        self._key_hashes: list[tuple[bytes, str]] = []  # (SHA-256 of a key, its name)
         self._issuer: str | None = None
         self.oauth = oauth
         if self.mode == "oauth" and oauth is None:
@@ -121,7 +124,7 @@ class McpGuard:
             self.validator = validator
         elif self.mode == "api_key":
             # Keys are hashed once; requests compare hashes in constant time (equal lengths, no early exit).
-            self._key_hashes = [hashlib.sha256(k.encode("utf-8")).digest() for k in self.auth.api_keys()]
+            self._key_hashes = [(hashlib.sha256(k.encode("utf-8")).digest(), name) for name, k in self.auth.named_api_keys()]
         self._owners: OrderedDict[str, str] = OrderedDict()  # Mcp-Session-Id -> principal key
 
     async def aclose(self) -> None:
@@ -214,8 +217,10 @@ class McpGuard:
                                  "error_description": "the identity provider's signing keys cannot be fetched"}, 503,
                                 headers={"Retry-After": "30"})
         i = tok.identity
+        groups = tok.claims.get("groups")
         return Principal("entra", f"{i.tid.lower()}/{i.oid.lower()}", i.tid, i.oid, i.name, i.preferred_username,
-                         tok.app_only, tuple(sorted(tok.scopes or tok.roles)))
+                         tok.app_only, tuple(sorted(tok.scopes or tok.roles)), roles=tuple(sorted(tok.roles)),
+                         groups=tuple(str(g) for g in groups[:1000]) if isinstance(groups, list) else ())
 
     def _oauth(self, credential: str) -> Principal | Response:
         assert self.oauth is not None
@@ -239,13 +244,17 @@ class McpGuard:
     def _api_key(self, credential: str) -> Principal | Response:
         digest = hashlib.sha256(credential.encode("utf-8", "replace")).digest()
         match = False
-        for known in self._key_hashes:
-            match |= hmac.compare_digest(digest, known)
+        name = None
+        for known, key_name in self._key_hashes:
+            same = hmac.compare_digest(digest, known)
+            match |= same
+            if same:
+                name = key_name
         if not match:
             log.info("API key refused on /mcp")
             return JSONResponse({"error": "invalid_token", "error_description": "the API key is not valid"}, 401,
                                 headers={"WWW-Authenticate": 'Bearer realm="entra-mcp", error="invalid_token"'})
-        return Principal("api_key", "api_key:" + digest.hex()[:16])
+        return Principal("api_key", "api_key:" + digest.hex()[:16], key_name=name)
 
     # -- session binding -------------------------------------------------------------------------------------
     def _owner_ok(self, session_id: str, principal: Principal) -> bool:

@@ -99,6 +99,13 @@ LiveWhatIfFlag = Annotated[
     Field(description="Also ask Microsoft Graph's Conditional Access What If evaluation live (only where the tenant's "
           "config sets allow_live_what_if); the answer comes back in liveWhatIf."),
 ]
+MAX_TICKET_ID = 64
+TicketId = Annotated[
+    str | None,
+    Field(min_length=1, max_length=MAX_TICKET_ID, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:#/-]*$",
+          description="The service-desk ticket this lookup is for (e.g. INC0012345), recorded in the server's audit "
+          "trail so the lookup can be accounted for later. Letters, digits and _ . : # / - only."),
+]
 ClaimedUser = Annotated[
     str | None,
     Field(min_length=1, max_length=MAX_IDENTIFIER, description="Who the person says they are (UPN, mail or name), to compare."),
@@ -151,6 +158,9 @@ class Ask:
     password_writeback: Mapping[str, bool | None] = field(default_factory=dict)
     # Graph's Conditional Access What If, asked live (graph/what_if.py LiveWhatIf); None: no tenant may
     what_if: WhatIf | None = None
+    # the caller's view of a chat-session verdict (server/app.py: a session of a tenant the caller may not use reads
+    # exactly like an unknown session); None: verdicts as they are
+    session_filter: Callable[[Mapping[str, Any], Callable[[str], Any]], Awaitable[Mapping[str, Any]]] | None = None
 
     def sign_in_log(self, tenant_name: str) -> SignInLog:
         return self.sign_ins.get(tenant_name) if self.sign_ins is not None else SignInLog(tenant_name, None)
@@ -175,6 +185,8 @@ class Ask:
         verdict = check(token)
         if inspect.isawaitable(verdict):
             verdict = await verdict
+        if self.session_filter is not None:
+            verdict = await self.session_filter(verdict, check)
         return dict(verdict)
 
 
@@ -186,6 +198,7 @@ class ToolSpec:
     summary: Callable[[Answer], str]
     run: Callable[..., Answer | Awaitable[Answer]]
     unknown: Mapping[str, Any] = field(default_factory=dict)  # fields set when the tenant was never synced
+    ticket: bool = True  # takes the optional `ticket_id` (recorded in the audit trail; never passed to `run`)
 
     @property
     def description(self) -> str:
@@ -214,10 +227,11 @@ def text_kinds(signature: inspect.Signature) -> dict[str, type]:
 
 
 def tool(
-    title: str, answer: type[BaseModel], summary: Callable[[Answer], str], *, unknown: Mapping[str, Any] | None = None
+    title: str, answer: type[BaseModel], summary: Callable[[Answer], str], *, unknown: Mapping[str, Any] | None = None,
+    ticket: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        TOOLS.append(ToolSpec(fn.__name__, title, answer, summary, fn, dict(unknown or {})))
+        TOOLS.append(ToolSpec(fn.__name__, title, answer, summary, fn, dict(unknown or {}), ticket))
         return fn
 
     return register
@@ -569,7 +583,7 @@ def _status_summary(r: Answer) -> str:
     return "sync status of " + ", ".join(str(t.get("tenant")) for t in r.get("tenants", [r]))
 
 
-@tool("Mirror freshness", A.SyncStatusAnswer, _status_summary)
+@tool("Mirror freshness", A.SyncStatusAnswer, _status_summary, ticket=False)
 def sync_status(ask: Ask, tenant: Tenant = None) -> Answer:
     """How fresh and complete the mirror is, per tenant and area (users, groups, applications, service
     principals, sign-in activity...): `enabled`, `disabledReason` (for example a Graph permission not granted),
@@ -586,5 +600,5 @@ def sync_status(ask: Ask, tenant: Tenant = None) -> Answer:
             "findings": []}
 
 
-__all__ = ["TOOLS", "Ask", "ChatSessionValidator", "Multiline", "NotSynced", "Token", "ToolSpec", "findings_tail",
+__all__ = ["MAX_TICKET_ID", "TOOLS", "Ask", "TicketId", "ChatSessionValidator", "Multiline", "NotSynced", "Token", "ToolSpec", "findings_tail",
            "not_synced_finding", "tenant_status", "text_kinds", "tool"]
