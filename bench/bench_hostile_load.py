@@ -8,7 +8,10 @@ own MCP session: first unloaded, then while (from another process)
   once, so N stay held for the whole phase;
 - one heavy caller keeps 6 calls of `get_ticket_identity_context` with an expensive ticket text in flight.
 
-    .venv/bin/python bench/bench_hostile_load.py [--slow 300] [--seconds 20]
+    .venv/bin/python bench/bench_hostile_load.py [--slow 300] [--seconds 20] [--shares 1,0.5]
+
+Each value of --shares is one server (server.tool_cpu_share_per_caller; 1 turns the pacing of heavy answers off),
+measured in turn in the same run against the same synced mirror, so the ratios compare like with like.
 
 Prints p50/p99 of both observers in each phase, their loaded/unloaded p99 ratios, the observer's failures, the heavy
 caller's calls, how many slow connections the server dropped, and the server's peak RSS.
@@ -179,46 +182,59 @@ async def loaded(base: str, port: int, seconds: float, n_slow: int, upns: list[s
     return result
 
 
+def run_case(emu: Any, root: Path, share: float, args: argparse.Namespace) -> dict[str, Any]:
+    """One server with server.tool_cpu_share_per_caller = `share`: unloaded, then loaded."""
+    port = free_port()
+    text = emu.config_toml(0, root / "cache", with_sign_in=True)
+    text = text.replace("[server]\n", f'[server]\ntransport = "http"\nport = {port}\npublic_url = "http://127.0.0.1:{port}"\n'
+                        f"tool_cpu_share_per_caller = {share}\n", 1)
+    text = text.replace('mode = "entra"', 'mode = "api_key"', 1)
+    cfg = root / f"config-{share}.toml"
+    cfg.write_text(text, encoding="utf-8")
+    env = {**os.environ, **emu.secret_env(0, with_sign_in=True), "ENTRA_MCP_API_KEYS": ",".join(KEYS.values())}
+    exe = str(Path(sys.executable).with_name("entra-mcp"))
+    if not (root / "cache").exists():
+        subprocess.run([exe, "--config", str(cfg), "--log-level", "ERROR", "sync"], env=env, check=True, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    server = ServeProcess(cfg, "--no-sync", env=env, log_path=root / f"serve-{share}.log", base=base, options=("--log-level", "WARNING"))
+    try:
+        server.wait_ready(60)
+        upns = [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:20]]
+        rss0 = rss_mb(server.proc.pid)
+        quiet = asyncio.run(observe(base, args.seconds / 2, upns))
+        busy = asyncio.run(loaded(base, port, args.seconds, args.slow, upns, server.proc.pid, args.heavy))
+        return {"share": share, "quiet": quiet, "busy": busy, "rss0": rss0}
+    finally:
+        server.stop(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slow", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--heavy", type=int, default=6, help="heavy calls kept in flight (0: slow bodies only)")
+    parser.add_argument("--shares", default="1,0.5",
+                        help="server.tool_cpu_share_per_caller of each server measured, in turn (1: pacing off)")
     args = parser.parse_args()
     from entra_mcp.devtenant.server import run_emulator
 
     with run_emulator(size="small", seed=41) as emu, tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
-        root = Path(tmp)
-        port = free_port()
-        text = emu.config_toml(0, root / "cache", with_sign_in=True)
-        text = text.replace("[server]\n", f'[server]\ntransport = "http"\nport = {port}\npublic_url = "http://127.0.0.1:{port}"\n', 1)
-        text = text.replace('mode = "entra"', 'mode = "api_key"', 1)
-        cfg = root / "config.toml"
-        cfg.write_text(text, encoding="utf-8")
-        env = {**os.environ, **emu.secret_env(0, with_sign_in=True), "ENTRA_MCP_API_KEYS": ",".join(KEYS.values())}
-        exe = str(Path(sys.executable).with_name("entra-mcp"))
-        subprocess.run([exe, "--config", str(cfg), "--log-level", "ERROR", "sync"], env=env, check=True, stdout=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        server = ServeProcess(cfg, "--no-sync", env=env, log_path=root / "serve.log", base=base, options=("--log-level", "WARNING"))
-        try:
-            server.wait_ready(60)
-            upns = [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:20]]
-            rss0 = rss_mb(server.proc.pid)
-            quiet = asyncio.run(observe(base, args.seconds / 2, upns))
-            busy = asyncio.run(loaded(base, port, args.seconds, args.slow, upns, server.proc.pid, args.heavy))
-            print("| phase | /healthz p50 | /healthz p99 | lookup_user p50 | lookup_user p99 | observer failures |")
-            print("|---|---|---|---|---|---|")
-            load_name = f"{args.slow} slow bodies" + (f" + heavy caller ({args.heavy} calls in flight)" if args.heavy else "")
-            for name, r in (("unloaded", quiet), (load_name, busy)):
-                print(f"| {name} | {pct(r['health'], 50):.1f} ms | {pct(r['health'], 99):.1f} ms | "
-                      f"{pct(r['calls'], 50):.1f} ms | {pct(r['calls'], 99):.1f} ms | {r['failures']} of {len(r['calls'])} |")
-            print(f"\np99 ratios loaded/unloaded: /healthz {pct(busy['health'], 99) / pct(quiet['health'], 99):.2f}x, "
-                  f"lookup_user {pct(busy['calls'], 99) / pct(quiet['calls'], 99):.2f}x; heavy calls answered: "
-                  f"{busy['heavy_calls']}; slow connections dropped by the server (and reopened): {busy['dropped']}; "
-                  f"server RSS {rss0:.0f} MB idle, peak {busy['peak_rss_mb']:.0f} MB under load; "
-                  f"median /healthz unloaded {statistics.median(quiet['health']) * 1000:.1f} ms")
-        finally:
-            server.stop(10)
+        cases = [run_case(emu, Path(tmp), float(x), args) for x in args.shares.split(",")]
+    load_name = f"{args.slow} slow bodies" + (f" + heavy caller ({args.heavy} calls in flight)" if args.heavy else "")
+    print("| tool_cpu_share_per_caller | phase | /healthz p50 | /healthz p99 | lookup_user p50 | lookup_user p99 | observer failures |")
+    print("|---|---|---|---|---|---|---|")
+    for c in cases:
+        for name, r in (("unloaded", c["quiet"]), (load_name, c["busy"])):
+            print(f"| {c['share']:g} | {name} | {pct(r['health'], 50):.1f} ms | {pct(r['health'], 99):.1f} ms | "
+                  f"{pct(r['calls'], 50):.1f} ms | {pct(r['calls'], 99):.1f} ms | {r['failures']} of {len(r['calls'])} |")
+    for c in cases:
+        quiet, busy = c["quiet"], c["busy"]
+        print(f"\nshare {c['share']:g}: p99 ratios loaded/unloaded: /healthz {pct(busy['health'], 99) / pct(quiet['health'], 99):.2f}x, "
+              f"lookup_user {pct(busy['calls'], 99) / pct(quiet['calls'], 99):.2f}x; heavy calls answered: "
+              f"{busy['heavy_calls']}; slow connections dropped by the server (and reopened): {busy['dropped']}; "
+              f"server RSS {c['rss0']:.0f} MB idle, peak {busy['peak_rss_mb']:.0f} MB under load; "
+              f"median /healthz unloaded {statistics.median(quiet['health']) * 1000:.1f} ms")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -303,6 +303,9 @@ class ServerSettings(_Section):
     max_sessions_per_caller: int = Field(default=32, ge=1)
     mcp_session_idle_seconds: float = Field(default=1800, ge=1, le=86400)  # an MCP session with no request this long ends
     max_concurrent_calls: int = Field(default=4, ge=1, le=64)
+    # Of one CPU, what a caller's tool answers may use on average (after a short burst); long answers give way to
+    # others at their checkpoints (entra_mcp/pacing.py). 1 turns pacing off.
+    tool_cpu_share_per_caller: float = Field(default=0.5, gt=0, le=1)
     # memory for the tenants' loaded views (indexes) together; 0 = no budget. With a budget, a tenant's view is loaded
     # at its first call and the least recently used views are dropped when the estimate goes over (views.py)
     view_memory_mb: int = Field(default=0, ge=0)

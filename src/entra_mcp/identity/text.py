@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from anyascii import anyascii
 
 from ..errors import InvalidArgument
+from ..pacing import COARSE, checkpoint
 
 # ---------------------------------------------------------------- names
 
@@ -427,6 +428,8 @@ def _instruction_in(view: str) -> bool:
     if _ANY_TRIGGER is not None and not _ANY_TRIGGER.search(view):
         return False
     for triggers, pattern, _ in _PATTERNS:
+        if len(view) > 2000:  # a ticket text: each search is a tenth of a millisecond or more
+            checkpoint(COARSE)
         if (triggers is None or triggers.search(view)) and pattern.search(view):
             return True
     if _WAIVER_TRIGGERS is None or _WAIVER_TRIGGERS.search(view):

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from ..errors import InvalidArgument
+from ..pacing import checkpoint
 from .account import account_summary
 from .common import as_of, freshness_findings, name_of, user_card, user_ref
 from .findings import finding, quote, sort_findings, suspicious_findings
@@ -120,6 +121,7 @@ def _name_spans(text: str) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(words):
+        checkpoint()
         if not words[i][0][0].isupper():
             i += 1
             continue
@@ -140,6 +142,7 @@ def _known_names(text: str, names: frozenset[str], longest: int) -> list[str]:
     found: list[str] = []
     i = 0
     while i < len(tokens):
+        checkpoint()
         for size in range(min(longest, len(tokens) - i), 0, -1):
             gram = " ".join(tokens[i : i + size])
             if gram in names:
@@ -173,6 +176,7 @@ def _mentions(
         elif len(unresolved) < MAX_MENTIONS:
             unresolved.append(address)
     for span in _name_spans(text):
+        checkpoint()
         if len(users) >= MAX_MENTIONS * 2:
             break
         ids = view.users_named(span)

@@ -452,7 +452,8 @@ def create_server(
     permitted = PermittedViews(views, _current_access, _touched)
     ask = Ask(views=permitted, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback,  # type: ignore[arg-type]
               what_if=what_if, session_filter=_session_filter(permitted))
-    lanes = WorkLanes()
+    srv = getattr(settings, "server", None)
+    lanes = WorkLanes(cpu_share=getattr(srv, "tool_cpu_share_per_caller", 1.0))
     for spec in TOOLS:
         _register(server, spec, ask, lanes)
 

@@ -10,7 +10,8 @@
   It also keeps an unexpected exception from becoming a stack trace in the log: one line, a clean 500.
 - `PrincipalLimits`: per-caller quotas for /mcp (requests per minute, open MCP sessions, calls in progress); the
   guard in server/auth.py answers 429 with Retry-After when one is exceeded.
-- `WorkLanes`: tool answers computed in worker threads, one at a time per caller (server/app.py's dispatch).
+- `WorkLanes`: tool answers computed in worker threads, one at a time per caller (server/app.py's dispatch), paced
+  so that one caller's heavy answers give way to everyone else's (entra_mcp/pacing.py).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entra_mcp.logs import get_logger
+from entra_mcp.pacing import CpuBudget, Pacer, paced
 from entra_mcp.ratelimit import Limiter, RateLimiter
 
 log = get_logger("server.limits")
+
+MAX_WAIT_FOR_SHARE = 5.0  # the longest a caller over its CPU share waits before its next call starts
 
 
 # ------------------------------------------------------------------ whole-request deadline
@@ -298,26 +302,44 @@ class PrincipalLimits:
 class WorkLanes:
     """Tool answers off the event loop, fairly: each caller's answers are computed one at a time (its lane) in a
     worker thread, with at most `workers` threads in all. The loop stays free for /healthz, other callers' requests
-    and the transport; a caller sending many heavy calls queues behind itself, not in front of everyone else."""
+    and the transport; a caller sending many heavy calls queues behind itself, not in front of everyone else.
+
+    With `cpu_share` below 1, answers are paced (entra_mcp/pacing.py): a long answer gives way at its checkpoints
+    whenever others were running, and a caller that has used more than `cpu_share` of a CPU (after a burst of
+    `cpu_burst` seconds) waits, between its calls and inside a long one, until it is back under its share. Python's
+    GIL lets one thread run at a time, so this is what keeps one caller's heavy answers from slowing everyone's."""
 
     MAX_LANES = 10_000
 
-    def __init__(self, workers: int = 4) -> None:
+    def __init__(self, workers: int = 4, *, cpu_share: float = 1.0, cpu_burst: float = 0.5) -> None:
         self._threads = anyio.CapacityLimiter(workers)
-        self._lanes: OrderedDict[str, anyio.Lock] = OrderedDict()
+        self._lanes: OrderedDict[str, tuple[anyio.Lock, CpuBudget]] = OrderedDict()
+        self.cpu_share = cpu_share
+        self.cpu_burst = cpu_burst
 
-    def _lane(self, key: str) -> anyio.Lock:
+    def _lane(self, key: str) -> tuple[anyio.Lock, CpuBudget]:
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = anyio.Lock()
+            lane = self._lanes[key] = (anyio.Lock(), CpuBudget(self.cpu_share, self.cpu_burst))
             while len(self._lanes) > self.MAX_LANES:
                 self._lanes.popitem(last=False)
         self._lanes.move_to_end(key)
         return lane
 
     async def run(self, key: str, work: Callable[[], Any]) -> Any:
-        async with self._lane(key):
-            return await anyio.to_thread.run_sync(work, limiter=self._threads)
+        lock, budget = self._lane(key)
+        async with lock:
+            if self.cpu_share >= 1:
+                return await anyio.to_thread.run_sync(work, limiter=self._threads)
+            debt = budget.debt()
+            if debt > 0:  # over its share: wait on the loop, holding no thread and no GIL
+                await anyio.sleep(min(debt, MAX_WAIT_FOR_SHARE))
+
+            def paced_work() -> Any:
+                with paced(Pacer(budget)):
+                    return work()
+
+            return await anyio.to_thread.run_sync(paced_work, limiter=self._threads)
 
 
 def too_many(refusal: Refusal) -> JSONResponse:
