@@ -13,14 +13,14 @@ from types import ModuleType
 from typing import Sequence, NoReturn
 
 from entra_mcp import __version__
-from entra_mcp.commands import audit, call, demo, devtenant, doctor, serve, status, sync
+from entra_mcp.commands import audit, call, demo, devtenant, doctor, serve, status, sync, tenants
 from entra_mcp.errors import ConfigError, EntraMcpError
 from entra_mcp.logs import get_logger, setup_logging
 
 log = get_logger("cli")
 
 # in the order `entra-mcp --help` lists them; each has NAME, HELP, add_arguments(parser) and run(args) -> exit code
-COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, call, audit, devtenant, demo)
+COMMANDS: tuple[ModuleType, ...] = (serve, sync, status, doctor, call, audit, tenants, devtenant, demo)
 
 
 # What `entra-mcp COMMAND --help` says above the options: what it does, what it needs, an example.
@@ -50,6 +50,12 @@ _DESCRIPTIONS = {
              "Exit 0 done, 1 the chain is broken, 2 bad usage.\n\n"
              "  entra-mcp audit --user alex.johnson@contoso.com --since 7d\n"
              "  entra-mcp audit --caller desk-bot --verify",
+    "tenants": "The customer tenants of a deployment serving many (one multi-tenant app consented in each):\n"
+               "list: each tenant and its mirror's state; add NAME TENANT: write the entry to tenants_file and print\n"
+               "the admin-consent link; check: token and each area's permission per tenant, several at a time.\n"
+               "Exit 0 all good, 1 a problem found, 2 bad config or a refused entry.\n\n"
+               "  entra-mcp tenants add acme 00000000-0000-0000-0000-000000000000\n"
+               "  entra-mcp tenants check --concurrency 16",
     "devtenant": "Run the local emulator of Entra ID and Microsoft Graph (real HTTPS on 127.0.0.1, tokens, paging,\n"
                  "delta, throttling). stdout is the config that points entra-mcp at it (valid TOML); stderr gets\n"
                  "the client secret's export line and progress.\n\n"

@@ -420,8 +420,8 @@ class ViewProvider:
             if fresh is not None and held.stamp != fresh.stamp:
                 return self._refresh(name, fresh, held)
             return held
-        if held is None or not self._background:
-            return self._load(name, version)
+        if held is None or held.view is None or not self._background:
+            return self._load(name, version)  # nothing to answer from meanwhile (a first sync just landed): load now
         self._reload_in_background(name, version)
         return held
 
@@ -452,11 +452,11 @@ class ViewProvider:
         name = self.resolve(tenant)
         held = self._held.get(name)
         fresh = self._store.freshness(name)
-        if held is not None:
-            if fresh is not None and held.version == fresh.version and held.stamp != fresh.stamp:
+        if held is not None and (fresh is None or held.version == fresh.version):
+            if fresh is not None and held.stamp != fresh.stamp:
                 return self._refresh(name, fresh, held)
             return held
-        info = self._tenants[name]
+        info = self._tenants[name]  # not held, or the mirror moved on since: its freshness says how it stands
         if fresh is None:
             return TenantView(name=name, tenant_id=info.tenant_id, interval_minutes=info.interval_minutes, version=0,
                               snapshot=None, view=None, loaded=False)

@@ -195,6 +195,8 @@ class GraphService:
             if isinstance(who, Reply):
                 return who
             caller = who
+        if not is_batch:
+            self.runtime.requests.record(caller.tenant.tenant_id)  # $batch items are counted one by one
         if is_batch:
             if method != "POST":
                 return self.error(405, "Request_BadRequest", "The $batch endpoint only accepts POST.")

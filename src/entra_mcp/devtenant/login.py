@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from entra_mcp.devtenant.customers import consent_error
 from entra_mcp.devtenant.model import AppRegistration, EmulatedTenant
 from entra_mcp.devtenant.tokens import (
     AZPACR_CERTIFICATE,
@@ -581,6 +582,8 @@ class LoginHost:
         cid, basic = self.client_id_of(form, request)
         reg = self.find_registration(cid, tenant)
         azpacr = self.authenticate_client(reg, tenant, form, basic, required=True)
+        if (missing := consent_error(tenant, reg)) is not None:  # a multi-tenant app no admin consented to here
+            raise LoginError("invalid_client", 7000229, missing)
         self.check_enabled(tenant, reg)
         audience = self.resolve_app_scope(tenant, form.get("scope", ""))
         token = self.tokens.issue_app_token(tenant, reg, audience, azpacr=azpacr)

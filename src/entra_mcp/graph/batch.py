@@ -66,7 +66,7 @@ async def batch_get(
 
         async def one(chunk: list[str]) -> None:
             reqs = [{"id": str(n), "method": "GET", "url": url} for n, url in enumerate(chunk)]
-            body = await client.post("/$batch", json={"requests": reqs}, area=area)
+            body = await client.post("/$batch", json={"requests": reqs}, area=area, weight=len(reqs))
             answered: set[str] = set()
             for resp in body.get("responses") or []:
                 if not isinstance(resp, dict):

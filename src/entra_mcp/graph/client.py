@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from entra_mcp.graph.budget import RequestBudget
 from entra_mcp.errors import AuthError, DeltaTokenExpired, GraphError, NotFound, PermissionDenied, TransientError
 from entra_mcp.logs import get_logger
 
@@ -151,6 +152,7 @@ class GraphClient:
         random: Callable[[], float] = _random.random,
         clock: Callable[[], float] = time.monotonic,
         api_version: str = "v1.0",
+        budget: RequestBudget | None = None,
     ) -> None:
         self.graph_host = graph_host.rstrip("/")
         self.base_url = f"{self.graph_host}/{api_version}"
@@ -166,6 +168,7 @@ class GraphClient:
         # A 429 pauses every request of this client until its Retry-After has passed: the resource-unit bucket is per
         # app and tenant, so concurrent requests retrying on their own would only burn it again (a thundering herd).
         self._not_before = 0.0
+        self._request_budget = budget  # the tenant's requests per 10 s (graph/budget.py), shared with its other clients
         self.stats = ClientStats()
         self._token: str | None = None
         self._token_lock = anyio.Lock()
@@ -206,8 +209,9 @@ class GraphClient:
     async def get(self, path_or_url: str, *, params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None, area: str | None = None) -> dict[str, Any]:
         return await self.request("GET", path_or_url, params=params, headers=headers, area=area)
 
-    async def post(self, path_or_url: str, *, json: Any, headers: Mapping[str, str] | None = None, area: str | None = None) -> dict[str, Any]:
-        return await self.request("POST", path_or_url, json=json, headers=headers, area=area)
+    async def post(self, path_or_url: str, *, json: Any, headers: Mapping[str, str] | None = None, area: str | None = None,
+                   weight: int = 1) -> dict[str, Any]:
+        return await self.request("POST", path_or_url, json=json, headers=headers, area=area, weight=weight)
 
     async def ensure_token(self) -> None:
         """Get a token now (raises AuthError when the login host refuses the credential)."""
@@ -229,7 +233,10 @@ class GraphClient:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         area: str | None = None,
+        weight: int = 1,
     ) -> dict[str, Any]:
+        """One request with the retries above. `weight`: how many requests Graph counts it as (a $batch: its items),
+        taken from the tenant's request budget before each attempt."""
         url = self.url(path_or_url)
         path = urlsplit(url).path.removeprefix(urlsplit(self.base_url).path)
         attempt = 0
@@ -247,6 +254,11 @@ class GraphClient:
                     self.stats.seconds_waiting += pause
                     await self._sleep(pause)
                 waited = False
+                if self._request_budget is not None:
+                    turn = self._request_budget.reserve(weight)
+                    if turn > 0:
+                        self.stats.seconds_waiting += turn
+                        await self._sleep(turn)
                 token = await self._bearer(force=False)
                 hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
                 self.stats.requests += 1

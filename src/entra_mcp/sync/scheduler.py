@@ -1,6 +1,11 @@
 """Background sync for `serve`: every tenant on its own schedule (interval_minutes, with jitter), independently;
 sign-in events (when enabled) also on their own, shorter schedule (sign_in_events_interval_minutes).
 
+Many tenants: at most `[scheduler] max_concurrent_syncs` tenants sync at once; when more are due, the one due the
+longest goes first (at start: never synced, then the oldest mirror), so a slow or failing tenant holds one slot and
+never the others. Each tenant keeps within its own Graph request budget (graph/budget.py) and a 429 pauses only that
+tenant's client: throttling is per app per tenant at Graph, so one busy tenant slows no other.
+
 A run that fails, for whatever reason (credentials refused, Graph down, the CA file gone, a bug), is logged in one
 line, recorded as the last error of the tenant's enabled areas (so `/healthz`, `status` and `sync_status` say the
 mirror is failing and why), and retried with backoff: 30 s, 1, 2, 4... minutes, never later than the interval. It
@@ -15,6 +20,7 @@ and publishes what the run committed; the sign-in poll runs only where `gate.may
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import AsyncContextManager, Callable, Protocol
@@ -98,47 +104,108 @@ async def _run_once(tenant: TenantSettings, store: MirrorStore) -> tuple[TenantR
     return result, result.error
 
 
-async def _tenant_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event,
-                       on_result: Callable[[TenantResult], None] | None, first_delay: float,
-                       gate: SyncGate | None = None) -> None:
-    delay = first_delay
-    failures = 0
-    recorded: str | None = None  # the failure this loop wrote into the mirror, until a run succeeds
-    while not stop_event.is_set():
-        if delay > 0:
-            with anyio.move_on_after(delay):
-                await stop_event.wait()
-            if stop_event.is_set():
-                return
-        if gate is None:
-            result, error = await _run_once(tenant, store)
-        else:
-            async with gate.run(tenant) as leading:
-                if leading:
-                    result, error = await _run_once(tenant, store)
-            if not leading:  # another replica syncs this tenant; ask again soon (it may die)
-                delay = gate.retry_seconds
-                continue
-        if error is None:
-            failures = 0
-            assert result is not None
-            if recorded is not None:
-                await anyio.to_thread.run_sync(_clear_recorded, store, tenant, recorded)
-                recorded = None
-            log.info("tenant %s: sync done in %.1fs (%s requests)", tenant.name, result.seconds, result.stats.get("requests"))
-            delay = next_delay(tenant.sync.interval_minutes)
-        else:
-            failures += 1
-            delay = retry_delay(tenant.sync.interval_minutes, failures)
-            log.error("tenant %s: sync failed (%d in a row, next try in %.0f s): %s", tenant.name, failures, delay, error)
-            if result is None:  # a failed run records its own errors per area; a run that never started cannot
-                await anyio.to_thread.run_sync(_record_failure, store, tenant, error)
-                recorded = error
-        if on_result is not None and result is not None:
-            try:
-                on_result(result)
-            except Exception:
-                log.exception("tenant %s: the sync result handler failed", tenant.name)
+class _Schedule:
+    """When each tenant is due, what its last runs did, and which are running (one event loop: no locks needed)."""
+
+    def __init__(self, tenants: list[TenantSettings], store: MirrorStore, initial_delay: float,
+                 clock: Callable[[], float]) -> None:
+        self.clock = clock
+        start = clock() + initial_delay
+        self.due: dict[str, float] = {}
+        self.order: dict[str, float] = {}  # tie-break among equally due tenants: the oldest mirror first
+        for t in tenants:
+            fresh = store.freshness(t.name)
+            as_of = fresh.as_of.timestamp() if fresh is not None and fresh.as_of is not None else float("-inf")
+            self.due[t.name] = start
+            self.order[t.name] = as_of
+        self.failures = {t.name: 0 for t in tenants}
+        self.recorded: dict[str, str | None] = {t.name: None for t in tenants}
+        self.running: set[str] = set()
+
+    def ready(self, limit: int) -> list[str]:
+        """Up to `limit` due tenants not running, the one due the longest first."""
+        now = self.clock()
+        due = [n for n, at in self.due.items() if at <= now and n not in self.running]
+        due.sort(key=lambda n: (self.due[n], self.order[n]))
+        return due[:max(0, limit)]
+
+    def next_due_in(self) -> float:
+        waiting = [at for n, at in self.due.items() if n not in self.running]
+        return max(0.0, min(waiting) - self.clock()) if waiting else 3600.0
+
+
+async def _run_tenant(tenant: TenantSettings, store: MirrorStore, schedule: _Schedule,
+                      on_result: Callable[[TenantResult], None] | None, gate: SyncGate | None = None) -> None:
+    """One run of one tenant, then its next due time: the interval (+-10%) after a success, backoff after a failure,
+    `gate.retry_seconds` when another replica leads this tenant's sync (it may die)."""
+    name = tenant.name
+    if gate is None:
+        result, error = await _run_once(tenant, store)
+    else:
+        async with gate.run(tenant) as leading:
+            if leading:
+                result, error = await _run_once(tenant, store)
+        if not leading:
+            schedule.due[name] = schedule.clock() + gate.retry_seconds
+            return
+    if error is None:
+        schedule.failures[name] = 0
+        assert result is not None
+        recorded = schedule.recorded[name]
+        if recorded is not None:
+            await anyio.to_thread.run_sync(_clear_recorded, store, tenant, recorded)
+            schedule.recorded[name] = None
+        throttled = result.stats.get("throttled") or 0
+        log.info("tenant %s: sync done in %.1fs (%s requests%s)", name, result.seconds, result.stats.get("requests"),
+                 f", {throttled} throttled by Graph" if throttled else "")
+        delay = next_delay(tenant.sync.interval_minutes)
+    else:
+        schedule.failures[name] += 1
+        failures = schedule.failures[name]
+        delay = retry_delay(tenant.sync.interval_minutes, failures)
+        log.error("tenant %s: sync failed (%d in a row, next try in %.0f s): %s", name, failures, delay, error)
+        if result is None:  # a failed run records its own errors per area; a run that never started cannot
+            await anyio.to_thread.run_sync(_record_failure, store, tenant, error)
+            schedule.recorded[name] = error
+    schedule.due[name] = schedule.clock() + delay
+    schedule.order[name] = datetime.now(timezone.utc).timestamp() if error is None else schedule.order[name]
+    if on_result is not None and result is not None:
+        try:
+            on_result(result)
+        except Exception:
+            log.exception("tenant %s: the sync result handler failed", name)
+
+
+async def _dispatch(tenants: list[TenantSettings], store: MirrorStore, stop_event: anyio.Event,
+                    on_result: Callable[[TenantResult], None] | None, initial_delay: float, limit: int,
+                    gate: SyncGate | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    """Start due tenants, at most `limit` at once, until stop_event is set."""
+    by_name = {t.name: t for t in tenants}
+    schedule = await anyio.to_thread.run_sync(_Schedule, tenants, store, initial_delay, clock)
+    wake = anyio.Event()
+
+    async def run(name: str) -> None:
+        nonlocal wake
+        try:
+            await _run_tenant(by_name[name], store, schedule, on_result, gate)
+        finally:
+            schedule.running.discard(name)
+            wake.set()
+
+    async def relay_stop() -> None:
+        await stop_event.wait()
+        wake.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(relay_stop)
+        while not stop_event.is_set():
+            for name in schedule.ready(limit - len(schedule.running)):
+                schedule.running.add(name)
+                tg.start_soon(run, name)
+            with anyio.move_on_after(schedule.next_due_in() if len(schedule.running) < limit else 3600.0):
+                await wake.wait()
+            wake = anyio.Event()
+        tg.cancel_scope.cancel()
 
 
 async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event, first_delay: float,
@@ -168,14 +235,16 @@ async def run_scheduler(
     stop_event: anyio.Event,
     on_result: Callable[[TenantResult], None] | None = None,
     initial_delay: float = 0.0,
+    max_concurrent: int | None = None,
     gate: SyncGate | None = None,
 ) -> None:
-    """Sync every tenant now (after `initial_delay`), then every interval_minutes (+-10%), until stop_event is set.
-    With a `gate`, only the tenants this replica leads."""
+    """Sync every tenant now (after `initial_delay`), then every interval_minutes (+-10%), until stop_event is set;
+    at most `max_concurrent` (default `[scheduler] max_concurrent_syncs`) at once. With a `gate`, only the tenants
+    this replica leads."""
+    limit = max_concurrent or settings.scheduler.max_concurrent_syncs
     async with anyio.create_task_group() as tg:
+        tg.start_soon(_dispatch, list(settings.tenants), store, stop_event, on_result, initial_delay, limit, gate)
         for n, tenant in enumerate(settings.tenants):
-            # stagger the first runs a little so several tenants do not start in the same second
-            tg.start_soon(_tenant_loop, tenant, store, stop_event, on_result, initial_delay + n * 0.5, gate)
             if tenant.sync.sign_in_events:
                 # the first directory sync polls sign-in events too; this loop takes over from one interval later
                 tg.start_soon(_sign_in_loop, tenant, store, stop_event,

@@ -1,0 +1,163 @@
+"""Many customer tenants served by one multi-tenant app: what a service provider's hosted entra-mcp talks to.
+
+- `add_provider_app(state, ...)`: registers ONE multi-tenant app ("entra-mcp provider", signInAudience
+  AzureADMultipleOrgs) in the first tenant, with a client secret and the sync permissions, and consents to it in
+  each customer tenant: admin consent creates the app's service principal there (docs/graph-facts-tenants.md). Its
+  client credentials then get a token in every consented tenant; a tenant without the consent refuses it with
+  AADSTS7000229 (the login host asks `check_consent`).
+- `customer_state(count, size, seed)`: `count` tenants for a scale test (generated without their own certificate key
+  pair each: one RSA key is reused, which is what makes 200 tenants cheap), with the provider app consented in all.
+- `provider_config(emu, app, names)`: the `[tenant_defaults]` block and the tenants file pointing at a running emulator.
+- `RequestLog` (`runtime.requests`): each tenant's Graph requests as the emulator received them ($batch items one
+  each), so a test can check that the product kept every tenant within its request budget (`max_in_window`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from entra_mcp.devtenant.model import AppRegistration, ClientSecret, EmulatedTenant, EmulatorState
+
+PROVIDER_APP = "entra-mcp provider"
+MULTI_TENANT = "AzureADMultipleOrgs"
+PROVIDER_SECRET_ENV = "DEVTENANT_PROVIDER_SECRET"
+
+
+def add_provider_app(state: EmulatorState, *, roles: Iterable[str] | None = None, consent_in: Iterable[str] | None = None,
+                     seed: int = 1) -> AppRegistration:
+    """The multi-tenant app, registered in the first tenant and consented in `consent_in` (tenant ids; default all)."""
+    from entra_mcp.devtenant.generate import SYNC_APP_ROLES
+
+    home = next(iter(state.tenants.values()))
+    client_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"entra-mcp/provider/{seed}/{home.tenant_id}"))
+    reg = AppRegistration(client_id=client_id, display_name=PROVIDER_APP,
+                          secrets=[ClientSecret(key_id=str(uuid.uuid4()), value=secrets.token_urlsafe(30),
+                                                display_name="provider")],
+                          granted_roles=list(roles if roles is not None else SYNC_APP_ROLES), sign_in_audience=MULTI_TENANT)
+    with home.lock:
+        home.registrations[client_id] = reg
+    for tid in (list(state.tenants) if consent_in is None else list(consent_in)):
+        consent(state.tenants[tid], reg, home)
+    return reg
+
+
+def consent(tenant: EmulatedTenant, reg: AppRegistration, home: EmulatedTenant) -> dict[str, Any]:
+    """Admin consent in `tenant`: the app's service principal appears there (owned by the home tenant)."""
+    existing = provider_principal(tenant, reg.client_id)
+    if existing is not None:
+        return existing
+    return tenant.create_service_principal({"appId": reg.client_id, "displayName": reg.display_name,
+                                            "appDisplayName": reg.display_name, "appOwnerOrganizationId": home.tenant_id,
+                                            "servicePrincipalNames": [reg.client_id], "signInAudience": MULTI_TENANT})
+
+
+def revoke_consent(tenant: EmulatedTenant, client_id: str) -> None:
+    """Remove the app's service principal from `tenant` (the customer's admin deleted the enterprise app)."""
+    sp = provider_principal(tenant, client_id)
+    if sp is not None:
+        tenant.hard_delete(str(sp["id"]))
+
+
+def provider_principal(tenant: EmulatedTenant, client_id: str) -> dict[str, Any] | None:
+    with tenant.lock:
+        return next((sp for sp in tenant.service_principals.values() if sp.get("appId") == client_id), None)
+
+
+def consent_error(tenant: EmulatedTenant, reg: AppRegistration) -> str | None:
+    """Why `reg` (registered in another tenant) cannot get a token in `tenant`, or None: Entra's AADSTS7000229 when
+    no admin consented (no service principal of the app there)."""
+    if reg.client_id in tenant.registrations or provider_principal(tenant, reg.client_id) is not None:
+        return None
+    return (f"The client application {reg.client_id} is missing service principal in the tenant {tenant.tenant_id}. "
+            "See instructions here: https://go.microsoft.com/fwlink/?linkid=2225119")
+
+
+def customer_state(count: int, size: str = "small", seed: int = 1, *, sizes: Callable[[int], str] | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[EmulatorState, AppRegistration]:
+    """`count` tenants (their size `sizes(index)`, default `size`) with the provider app consented in each."""
+    from entra_mcp.devtenant import generate
+
+    state = EmulatorState()
+    with reused_certificate_key():
+        for index in range(count):
+            kind = sizes(index) if sizes is not None else size
+            if progress is not None and index % 50 == 0:
+                progress(f"generating tenants {index + 1}-{min(count, index + 50)} of {count}")
+            state.add_tenant(generate.generate_tenant(kind, seed, index))
+    return state, add_provider_app(state, seed=seed)
+
+
+def provider_config(emu: Any, app: AppRegistration, names: Iterable[str], *, secret_env: str = PROVIDER_SECRET_ENV,
+                    sync: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(the main config's `[tenant_defaults]` block, the tenants file's text) for the running emulator `emu`: every
+    tenant of it under `names`, all with the provider app's client id and secret (in `secret_env`)."""
+    import json
+
+    q = json.dumps
+    defaults = (f"[tenant_defaults]\nclient_id = {q(app.client_id)}\nclient_secret_env = {q(secret_env)}\n"
+                f'cloud = "custom"\nlogin_url = {q(emu.login_url)}\ngraph_url = {q(emu.graph_url)}\n'
+                f"ca_bundle = {q(str(emu.ca_bundle))}\n")
+    if sync:
+        defaults += "\n[tenant_defaults.sync]\n" + "".join(f"{k} = {q(v)}\n" for k, v in sync.items())
+    entries = "".join(f'[[tenants]]\nname = {q(n)}\ntenant_id = {q(t.tenant_id)}\n\n' for n, t in zip(names, emu.tenants()))
+    return defaults, entries
+
+
+class reused_certificate_key:
+    """While active, every generated sync-app certificate uses one RSA key (generation of 200 keys costs ~30 s of CPU;
+    certificates, thumbprints and key ids stay distinct)."""
+
+    def __enter__(self) -> "reused_certificate_key":
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self._original = rsa.generate_private_key
+        key = self._original(public_exponent=65537, key_size=2048)
+        rsa.generate_private_key = lambda *a, **k: key  # restored in __exit__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        rsa.generate_private_key = self._original
+
+
+@dataclass
+class RequestLog:
+    """Graph requests per tenant id, as (monotonic time) stamps, and their total."""
+
+    clock: Callable[[], float] = time.monotonic
+    stamps: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, tenant_id: str) -> None:
+        with self._lock:
+            self.stamps[tenant_id].append(self.clock())
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {tid: len(s) for tid, s in self.stamps.items()}
+
+    def max_in_window(self, tenant_id: str, seconds: float = 10.0) -> int:
+        """The most requests this tenant received within any `seconds`-long window."""
+        with self._lock:
+            times = list(self.stamps.get(tenant_id, ()))
+        best = start = 0
+        for end, t in enumerate(times):
+            while t - times[start] > seconds:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    def reset(self) -> None:
+        with self._lock:
+            self.stamps.clear()
+
+
+__all__ = ["MULTI_TENANT", "PROVIDER_APP", "PROVIDER_SECRET_ENV", "RequestLog", "add_provider_app", "consent",
+           "consent_error", "customer_state", "provider_config", "provider_principal", "revoke_consent"]

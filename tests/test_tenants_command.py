@@ -1,0 +1,112 @@
+"""`entra-mcp tenants list|add|check` against the emulator: three customer tenants, one multi-tenant app consented in
+two of them (the second tenant has no Entra ID P1/P2 licence)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import pytest
+
+from entra_mcp.cli import main
+from entra_mcp.config import load_settings
+from entra_mcp.devtenant.customers import customer_state, provider_config, revoke_consent
+from entra_mcp.devtenant.server import RunningEmulator, run_emulator
+from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.sync.engine import sync_tenant
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("tenants-cmd")
+    state, app = customer_state(3, "small", seed=5)
+    third = list(state.tenants.values())[2]
+    revoke_consent(third, app.client_id)  # the customer's admin has not consented yet
+    with run_emulator(state=state, state_dir=root / "emu") as emu:
+        yield {"emu": emu, "app": app, "root": root}
+
+
+def _config(bed: dict[str, Any], tmp_path: Path) -> Path:
+    defaults, entries = provider_config(bed["emu"], bed["app"], ["cust-0", "cust-1"], secret_env="PROVIDER_SECRET_T",
+                                        sync={"sign_in_activity": False})
+    (tmp_path / "tenants.toml").write_text(entries, encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text(f'tenants_file = "tenants.toml"\n[server]\ncache_dir = {json.dumps(str(tmp_path / "cache"))}\n{defaults}',
+                      encoding="utf-8")
+    return config
+
+
+@pytest.fixture
+def config(bed: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PROVIDER_SECRET_T", bed["app"].secrets[0].value)
+    return _config(bed, tmp_path)
+
+
+def test_add_writes_the_entry_and_prints_the_admin_consent_link(bed: dict[str, Any], config: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    emu: RunningEmulator = bed["emu"]
+    tid = emu.tenant(2).tenant_id
+    assert main(["--config", str(config), "tenants", "add", "cust-2", tid, "--redirect-uri", "https://provider.example/consented"]) == 0
+    out = capsys.readouterr().out
+    link = next(w for w in out.split() if "/adminconsent?" in w)
+    parts = urlsplit(link)
+    assert f"{parts.scheme}://{parts.netloc}" == emu.login_url and parts.path == f"/{tid}/v2.0/adminconsent"
+    query = parse_qs(parts.query)
+    assert query["client_id"] == [bed["app"].client_id] and query["scope"] == [f"{emu.graph_url}/.default"]
+    assert query["redirect_uri"] == ["https://provider.example/consented"] and query["state"][0]
+    settings = load_settings(config)
+    assert [t.name for t in settings.tenants] == ["cust-0", "cust-1", "cust-2"]
+    assert settings.tenant("cust-2").client_id == bed["app"].client_id  # the shared app, from [tenant_defaults]
+    # refused: a taken name, a tenant already configured, an id that is neither GUID nor domain; the file is unchanged
+    before = (config.parent / "tenants.toml").read_text(encoding="utf-8")
+    for args, expected in ((["CUST-0", "x.example"], "already configured"), (["other", tid], "already configured as 'cust-2'"),
+                           (["other", "not an id"], "neither a tenant id"), (["bad name", "y.example"], "tenant name")):
+        assert main(["--config", str(config), "tenants", "add", *args]) == 2
+        assert expected in capsys.readouterr().err
+    assert (config.parent / "tenants.toml").read_text(encoding="utf-8") == before
+
+
+def test_global_cloud_link_uses_that_clouds_hosts(tmp_path: Path) -> None:
+    from entra_mcp.commands.tenants import admin_consent_url
+    from entra_mcp.config import TenantSettings
+
+    t = TenantSettings(name="gov", tenant_id="contoso.onmicrosoft.us", client_id="c", client_secret_env="X", cloud="usgov")
+    url = admin_consent_url(t, "https://app.example/", state="s")
+    assert url.startswith("https://login.microsoftonline.us/contoso.onmicrosoft.us/v2.0/adminconsent?client_id=c&")
+    assert "scope=https%3A%2F%2Fgraph.microsoft.us%2F.default" in url
+
+
+def test_check_probes_every_tenant_and_names_the_one_without_consent(bed: dict[str, Any], config: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--config", str(config), "tenants", "add", "cust-2", bed["emu"].tenant(2).tenant_id])
+    capsys.readouterr()
+    assert main(["--config", str(config), "tenants", "check", "--concurrency", "3"]) == 1
+    out = capsys.readouterr().out
+    progress = [ln for ln in out.splitlines() if ln.startswith("[")]
+    assert len(progress) == 3 and {ln.split("] ")[1].split(":")[0] for ln in progress} == {"cust-0", "cust-1", "cust-2"}
+    assert "cust-0: ok" in out, out
+    # tenant #1 of the emulator has no Entra ID P1/P2: its premium areas are named with the licence they need
+    assert "cust-1: PROBLEM: conditional_access" in out and "Entra ID P1 licence" in out
+    assert "2 of 3 tenants have problems" in out and "cust-2: PROBLEM: token: FAILED" in out and "AADSTS7000229" in out
+    assert bed["app"].secrets[0].value not in out
+
+
+def test_list_shows_each_tenants_mirror_state(bed: dict[str, Any], config: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    settings = load_settings(config)
+    store = MirrorStore(settings.server.cache_dir)
+    try:
+        result = anyio.run(sync_tenant, settings.tenant("cust-1"), store)
+        assert result.error is None
+    finally:
+        store.close()
+    assert main(["--config", str(config), "tenants", "list", "--json"]) == 0
+    rows = {r["tenant"]: r for r in json.loads(capsys.readouterr().out)["tenants"]}
+    assert rows["cust-1"]["synced"] and rows["cust-1"]["users"] == len(bed["emu"].tenant(1).users)
+    assert not rows["cust-0"]["synced"] and rows["cust-0"]["configuredIn"] == "tenants_file"
+    assert main(["--config", str(config), "tenants", "list"]) == 0
+    assert "2 tenants: 1 synced, 1 not yet, 0 failing" in capsys.readouterr().out

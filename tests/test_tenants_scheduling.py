@@ -1,0 +1,69 @@
+"""The parts that keep hundreds of tenants fair and within Graph's budgets, with their clocks injected: the
+per-tenant request budget (graph/budget.py) and the scheduler's choice of the next tenants (sync/scheduler.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from entra_mcp.config import TenantSettings
+from entra_mcp.graph.budget import RequestBudget, tenant_budget
+from entra_mcp.mirror.store import MirrorStore
+from entra_mcp.sync.scheduler import _Schedule
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_ten_second_window_gets_more_than_the_budget() -> None:
+    clock = Clock()
+    budget = RequestBudget(50, clock=clock)
+    sent: list[float] = []
+    for _ in range(400):  # callers as fast as they can: each sends when the budget says
+        clock.now += budget.reserve()
+        sent.append(clock.now)
+    worst = max(sum(1 for t in sent if start <= t < start + 10.0) for start in sent)
+    assert worst <= 50
+    assert sent[-1] - sent[0] < 400 / 50 * 10 * 1.1  # and it is not much slower than the budget allows
+
+
+def test_a_batch_reserves_its_items_and_callers_queue_in_order() -> None:
+    clock = Clock()
+    budget = RequestBudget(100, clock=clock)
+    assert budget.reserve(10) == 0  # the burst share (a tenth) goes at once
+    first = budget.reserve(20)
+    second = budget.reserve(1)
+    assert 0 < first < second  # the later caller waits behind the earlier one: nobody starves
+
+
+def test_one_budget_per_tenant_shared_by_its_clients() -> None:
+    a = tenant_budget("t1\0id1", 600)
+    assert tenant_budget("t1\0id1", 600) is a and tenant_budget("t2\0id2", 600) is not a
+
+
+def _tenants(n: int) -> list[TenantSettings]:
+    return [TenantSettings(name=f"t{i}", tenant_id=f"t{i}.example", client_id="c", client_secret_env="X") for i in range(n)]
+
+
+def test_the_tenant_due_longest_goes_first_and_running_ones_are_skipped(tmp_path: Path) -> None:
+    clock = Clock()
+    store = MirrorStore(tmp_path)
+    try:
+        schedule = _Schedule(_tenants(6), store, initial_delay=0.0, clock=clock)
+    finally:
+        store.close()
+    assert schedule.ready(3) == ["t0", "t1", "t2"]  # all due at start: at most the limit, in a stable order
+    schedule.running |= {"t0", "t1", "t2"}
+    assert schedule.ready(3) == ["t3", "t4", "t5"]
+    schedule.running.clear()
+    schedule.due.update({"t0": 200.0, "t1": 150.0, "t2": 90.0, "t3": 95.0, "t4": 300.0, "t5": 99.0})
+    assert schedule.ready(10) == ["t2", "t3", "t5"]  # due ones only, the longest overdue first
+    clock.now = 160.0
+    assert schedule.ready(2) == ["t2", "t3"]
+    assert schedule.next_due_in() == 0.0
+    schedule.due = {"t4": 300.0}
+    assert schedule.next_due_in() == 140.0
