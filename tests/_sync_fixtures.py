@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,34 @@ def assert_mirror_matches(snap: DirectorySnapshot | None, truth: dict[str, Any],
     if "domains" in areas:
         keep = ("id", "isDefault", "isVerified", "passwordValidityPeriodInDays", "passwordNotificationWindowInDays")
         assert sorted((_project(d, keep) for d in snap.domains), key=str) == sorted((_project(d, keep) for d in truth["domains"]), key=str)
+
+
+@dataclass
+class SyncedViews:
+    """A small emulator synced once, and a ViewProvider over its mirror that records every full index build."""
+
+    control: Control
+    settings: Settings
+    store: MirrorStore
+    views: Any  # entra_mcp.views.ViewProvider
+    built: list[int]  # the data version of each snapshot indexed by a full build
+
+
+def synced_views(fresh_emulator: Any, control_of: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                 seed: int) -> SyncedViews:
+    from entra_mcp.identity.view import DirectoryView
+    from entra_mcp.views import ViewProvider
+
+    emu = fresh_emulator(size="small", seed=seed)
+    ctl = control_of(emu)
+    _, settings = write_config(emu, tmp_path, monkeypatch)
+    store = MirrorStore(settings.server.cache_dir)
+    assert run_sync(settings, store).ok
+    built: list[int] = []
+
+    def build(snapshot: Any) -> Any:
+        built.append(snapshot.version)
+        return DirectoryView.build(snapshot)
+
+    views = ViewProvider.from_settings(settings, store, build=build, check_interval=0, background_reload=False)
+    return SyncedViews(ctl, settings, store, views, built)

@@ -11,7 +11,7 @@ import pytest
 from entra_mcp.mirror.snapshot import AreaStatus
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.views import ViewProvider
-from tests._sync_fixtures import control_of, run_sync, write_config  # noqa: F401
+from tests._sync_fixtures import control_of, run_sync, synced_views  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,21 +68,9 @@ def test_commits_that_change_no_object_keep_the_data_version(tmp_path: Path) -> 
 def test_a_sync_that_found_nothing_new_refreshes_the_server_without_reindexing(
     fresh_emulator: Any, control_of: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emu = fresh_emulator(size="small", seed=5)
-    ctl = control_of(emu)
-    _, settings = write_config(emu, tmp_path, monkeypatch)
+    env = synced_views(fresh_emulator, control_of, tmp_path, monkeypatch, seed=5)
+    ctl, settings, store, views, built = env.control, env.settings, env.store, env.views, env.built
     name = settings.tenants[0].name
-    store = MirrorStore(settings.server.cache_dir)
-    assert run_sync(settings, store).ok
-    built: list[int] = []
-
-    def build(snapshot: Any) -> Any:
-        from entra_mcp.identity.view import DirectoryView
-
-        built.append(snapshot.version)
-        return DirectoryView.build(snapshot)
-
-    views = ViewProvider.from_settings(settings, store, build=build, check_interval=0, background_reload=False)
     first = views.current()
     version = store.version(name)
     assert first.version == version and built == [version]
@@ -101,7 +89,9 @@ def test_a_sync_that_found_nothing_new_refreshes_the_server_without_reindexing(
     assert run_sync(settings, store).ok
     assert store.version(name) > version
     after = views.current()
-    assert built == [version, store.version(name)] and after.view.snapshot.users[user["id"]]["jobTitle"] == "Changed Title"
+    # a new data version: the new snapshot, its index patched from the held one (no indexed field changed)
+    assert after.version == store.version(name) and after.view.snapshot.users[user["id"]]["jobTitle"] == "Changed Title"
+    assert built == [version] and after.view.exact == first.view.exact
     store.close()
 
 

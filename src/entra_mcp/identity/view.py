@@ -25,7 +25,8 @@ import gc
 import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
-from itertools import repeat
+from itertools import compress, repeat
+from operator import ne
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping
@@ -43,6 +44,8 @@ _EMPTY_POSITIONS: tuple[int, ...] = ()
 _EXACT, _PREFIX_BASE, _TYPO1, _TYPO2 = 1.0, 0.80, 0.72, 0.55
 _MAX_PREFIX_TOKENS = 3000
 _SCORE_CACHE_SIZE = 8
+# DirectoryView.updated patches at most this many changed users; more are indexed afresh
+PATCH_MAX_CHANGED = 2000
 # a consonant skeleton match (an abjad name) is a guess about vowels: ranked like a one-letter typo
 _SKELETON = 0.72
 
@@ -84,6 +87,265 @@ def _values(index: Mapping[str, Any], key: str) -> tuple[str, ...]:
     if found is None:
         return _EMPTY
     return found if isinstance(found, tuple) else (found,)
+
+
+def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The user indexes of DirectoryView (its fields of the same names) plus "upn_domains", for `users` in order."""
+    user_ids: list[str] = []
+    user_names: list[str] = []
+    exact: dict[str, Any] = {}
+    sam: dict[str, Any] = {}
+    employee_ids: dict[str, Any] = {}
+    nicknames: dict[str, Any] = {}
+    skeleton_lists: dict[str, list[int]] = {}
+    token_lists: dict[str, list[int]] = {}
+    full_names: dict[str, Any] = {}
+    upn_domains: set[str] = set()
+
+    token_cache: dict[str, list[str]] = {}  # givenName and surname repeat a lot
+    names_seen: dict[str, str] = {}
+
+    def tokens_of(text: str | None) -> list[str]:
+        if not text:
+            return []
+        found = token_cache.get(text)
+        if found is None:
+            found = name_tokens(text)
+            if len(token_cache) < 200_000:
+                token_cache[text] = found
+        return found
+
+    columns = [_column(users, name) for name in _INDEXED_USER_FIELDS]
+    user_ids.extend(users)  # object ids are found in snapshot.users itself (see exact_users)
+    in_exact, in_employee_ids, in_full_names = exact.setdefault, employee_ids.setdefault, full_names.setdefault
+    for pos, (uid, upn, mail, other_mails, proxies, employee_id, account, display, given, surname, nick) in (
+        enumerate(zip(user_ids, *columns))
+    ):
+        # a key seen for the first time (nearly every key) costs one setdefault; _add sorts out the rest
+        if upn:
+            key = _key(upn)
+            if in_exact(key, uid) is not uid:
+                _add(exact, key, uid)
+            at = key.rfind("@")
+            if at > 0:
+                upn_domains.add(key[at + 1 :])
+        if mail and mail is not upn:  # the same object when equal to the UPN (the mirror stores it once)
+            key = _key(mail)
+            if in_exact(key, uid) is not uid:
+                _add(exact, key, uid)
+        for other in other_mails or ():
+            if other:
+                _add(exact, _key(other), uid)
+        for proxy in proxies or ():
+            if not proxy:
+                continue
+            address = proxy.partition(":")[2].casefold()
+            if uid in _values(exact, address):
+                continue  # the primary address, already there as mail or UPN
+            # the whole "smtp:alias@domain" is the key: aliases are written in lower case, so no copy is made
+            key = _key(proxy)
+            if in_exact(key, uid) is not uid:
+                _add(exact, key, uid)
+        if employee_id:
+            # kept as written (no folded copy per user); lookups try the query as given, upper and lower case
+            key = employee_id if isinstance(employee_id, str) else str(employee_id)
+            if in_employee_ids(key, uid) is not uid:
+                _add(employee_ids, key, uid)
+        if account:
+            _add(sam, _key(account), uid)
+        if nick:
+            key = _key(nick)
+            if not (upn and upn[: len(key) + 1].casefold() == key + "@") and not (
+                mail and mail[: len(key) + 1].casefold() == key + "@"
+            ):
+                _add(nicknames, key, uid)
+
+        given_tokens = tokens_of(given)
+        surname_tokens = tokens_of(surname)
+        if given_tokens and surname_tokens and display == f"{given} {surname}":
+            display_tokens = given_tokens + surname_tokens  # the usual name: no second folding
+            alias = None
+        else:
+            display_tokens = name_tokens(display)
+            alias = " ".join((*given_tokens, *surname_tokens)) if given_tokens and surname_tokens else None
+        display_name = " ".join(display_tokens)
+        display_name = names_seen.setdefault(display_name, display_name)  # one copy per distinct name
+        user_names.append(display_name)
+        if display_name and in_full_names(display_name, uid) is not uid:
+            _add(full_names, display_name, uid)
+        tokens = {*display_tokens}
+        if alias is not None:
+            tokens.update(given_tokens, surname_tokens)
+            if alias != display_name:
+                _add(full_names, alias, uid)
+        if not display_name.isascii() or (alias is not None and not alias.isascii()):
+            # another script: the Latin spelling the desk types is a name of the user too
+            for full in {latin_name(display), latin_name(f"{given} {surname}") if alias is not None else ""}:
+                if full and full != display_name:
+                    _add(full_names, full, uid)
+            for token in list(tokens):
+                spelled = latin_tokens(token)
+                tokens.update(spelled)
+                if spelled and is_abjad(token):
+                    for latin in spelled:
+                        bare = skeleton(latin)
+                        if bare:
+                            skeleton_lists.setdefault(bare, []).append(pos)
+        for token in tokens:
+            bucket = token_lists.get(token)
+            if bucket is None:
+                token_lists[token] = [pos]
+            else:
+                bucket.append(pos)
+
+    return {
+        "user_ids": user_ids, "user_names": user_names, "exact": exact, "sam": sam, "employee_ids": employee_ids,
+        "nicknames": nicknames, "full_names": full_names, "upn_domains": upn_domains,
+        "postings": {token: tuple(positions) for token, positions in token_lists.items()},
+        "skeletons": {bare: tuple(dict.fromkeys(positions)) for bare, positions in skeleton_lists.items()},
+    }
+
+
+def _index_users_domains(users: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The casefolded domains of every user's UPN (what _index_users collects as "upn_domains")."""
+    domains: set[str] = set()
+    for upn in _column(users, "userPrincipalName"):
+        if upn:
+            key = _key(upn)
+            at = key.rfind("@")
+            if at > 0:
+                domains.add(key[at + 1 :])
+    return domains
+
+
+def _patched_keys(index: dict[str, Any], was: dict[str, Any], now: dict[str, Any], pos: Any) -> dict[str, Any]:
+    """A copy of the multi-valued `index` (key -> id, or ids in position order) with the entries of `was` removed
+    and those of `now` added (both built by _index_users over the same few users)."""
+    out = dict(index)
+    for key, found in was.items():
+        gone = set(found) if isinstance(found, tuple) else {found}
+        held = out.get(key)
+        if held is None:
+            continue
+        rest = tuple(uid for uid in (held if isinstance(held, tuple) else (held,)) if uid not in gone)
+        if not rest:
+            del out[key]
+        else:
+            out[key] = rest if len(rest) > 1 else rest[0]
+    for key, found in now.items():
+        held = out.get(key)
+        merged = dict.fromkeys((*(() if held is None else held if isinstance(held, tuple) else (held,)),
+                                *(found if isinstance(found, tuple) else (found,))))
+        ordered = tuple(sorted(merged, key=pos))
+        out[key] = ordered if len(ordered) > 1 else ordered[0]
+    return out
+
+
+def _patched_positions(index: dict[str, tuple[int, ...]], was: dict[str, tuple[int, ...]],
+                       now: dict[str, tuple[int, ...]], rows: list[int]) -> dict[str, tuple[int, ...]]:
+    """A copy of a token -> user positions index with the postings of `was` removed and those of `now` added; the
+    positions in `was` and `now` are indexes into `rows` (the real positions of the users they were built over)."""
+    out = dict(index)
+    for key, found in was.items():
+        gone = {rows[i] for i in found}
+        rest = tuple(p for p in out.get(key, _EMPTY_POSITIONS) if p not in gone)
+        if rest:
+            out[key] = rest
+        else:
+            out.pop(key, None)
+    for key, found in now.items():
+        out[key] = tuple(sorted({*out.get(key, _EMPTY_POSITIONS), *(rows[i] for i in found)}))
+    return out
+
+
+def _vocabulary(postings: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[tuple[str, int], tuple[str, ...]]]:
+    """(sorted tokens, (first letter, length) -> tokens) of the name postings."""
+    vocabulary = tuple(sorted(postings))
+    buckets: defaultdict[tuple[str, int], list[str]] = defaultdict(list)
+    for word in vocabulary:
+        buckets[(word[0], len(word))].append(word)
+    return vocabulary, {key: tuple(words) for key, words in buckets.items()}
+
+
+def _index_members(members: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """member id -> the groups it is a direct member of, in the order of `members`."""
+    parents: defaultdict[str, list[str]] = defaultdict(list)
+    for gid, group_members in members.items():  # parents[member].append(gid) for every member, at C speed
+        deque(map(list.append, map(parents.__getitem__, group_members), repeat(gid, len(group_members))), maxlen=0)
+    return {member_id: tuple(gids) for member_id, gids in parents.items()}
+
+
+def _index_directory(snapshot: DirectorySnapshot, held: "DirectoryView | None" = None) -> dict[str, Any]:
+    """The indexes of groups, applications, service principals, assignments and domains (cheap next to the users').
+    With `held` (a view of an older version of the same mirror), the group and app indexes are taken from it when
+    the mirror rewrote none of their collections' buckets since."""
+
+    def unchanged(*names: str) -> bool:
+        return (held is not None and bool(snapshot.buckets) and bool(held.snapshot.buckets)
+                and all(snapshot.buckets.get(name) == held.snapshot.buckets.get(name) for name in names))
+
+    out = _index_assignments_and_domains(snapshot)
+    if held is not None and unchanged("groups"):
+        out.update({k: getattr(held, k) for k in ("group_keys", "group_names", "group_name_set")})
+    else:
+        out.update(_index_groups(snapshot))
+    if held is not None and unchanged("applications", "service_principals"):
+        out.update({k: getattr(held, k) for k in ("sp_by_app_id", "app_by_app_id", "app_keys", "app_names", "app_name_set")})
+    else:
+        out.update(_index_apps(snapshot))
+    out["longest_name"] = min(12, max((n.count(" ") + 1 for n in (*out["group_names"], *out["app_names"])), default=1))
+    return out
+
+
+def _index_groups(snapshot: DirectorySnapshot) -> dict[str, Any]:
+    group_keys: dict[str, Any] = {}
+    group_names: set[str] = set()
+    for gid, group in snapshot.groups.items():
+        _add(group_keys, gid.casefold(), gid)
+        name = folded_name(group.get("displayName"))
+        if name:
+            _add(group_keys, name, gid)
+            group_names.add(name)
+        if group.get("mail"):
+            _add(group_keys, str(group["mail"]).casefold(), gid)
+    return {"group_keys": group_keys, "group_names": tuple(sorted(group_names)), "group_name_set": frozenset(group_names)}
+
+
+def _index_apps(snapshot: DirectorySnapshot) -> dict[str, Any]:
+    sp_by_app_id: dict[str, str] = {}
+    app_by_app_id: dict[str, str] = {}
+    app_keys: dict[str, Any] = {}
+    app_names: set[str] = set()
+    for kind, objects, by_app_id in (
+        ("application", snapshot.applications, app_by_app_id),
+        ("servicePrincipal", snapshot.service_principals, sp_by_app_id),
+    ):
+        for oid, obj in objects.items():
+            app_id = str(obj.get("appId") or "").casefold()
+            ref = app_id or f"{kind}:{oid}"  # an object without appId is still findable by its id
+            if app_id:
+                by_app_id.setdefault(app_id, oid)
+                _add(app_keys, app_id, ref)
+            _add(app_keys, oid.casefold(), ref)
+            for name_field in ("displayName", "appDisplayName"):
+                name = folded_name(obj.get(name_field))
+                if name:
+                    _add(app_keys, name, ref)
+                    app_names.add(name)
+    return {"sp_by_app_id": sp_by_app_id, "app_by_app_id": app_by_app_id, "app_keys": app_keys,
+            "app_names": tuple(sorted(app_names)), "app_name_set": frozenset(app_names)}
+
+
+def _index_assignments_and_domains(snapshot: DirectorySnapshot) -> dict[str, Any]:
+    by_principal: dict[str, list[dict[str, Any]]] = {}
+    for assignments in snapshot.app_role_assignments.values():
+        for assignment in assignments:
+            principal = assignment.get("principalId")
+            if principal:
+                by_principal.setdefault(principal, []).append(assignment)
+
+    return {"assignments_by_principal": {k: tuple(v) for k, v in by_principal.items()},
+            "domains": {str(d.get("id", "")).casefold(): d for d in snapshot.domains if d.get("id")}}
 
 
 @dataclass(frozen=True)
@@ -140,195 +402,120 @@ class DirectoryView:
 
     @classmethod
     def _build(cls, snapshot: DirectorySnapshot, now: datetime | None) -> "DirectoryView":
-        users = snapshot.users
-        user_ids: list[str] = []
-        user_names: list[str] = []
-        exact: dict[str, Any] = {}
-        sam: dict[str, Any] = {}
-        employee_ids: dict[str, Any] = {}
-        nicknames: dict[str, Any] = {}
-        skeleton_lists: dict[str, list[int]] = {}
-        token_lists: dict[str, list[int]] = {}
-        full_names: dict[str, Any] = {}
-        upn_domains: set[str] = set()
+        users = _index_users(snapshot.users)
+        return cls._assemble(snapshot, now, users, _index_members(snapshot.members), _index_directory(snapshot))
 
-        token_cache: dict[str, list[str]] = {}  # givenName and surname repeat a lot
-        names_seen: dict[str, str] = {}
-
-        def tokens_of(text: str | None) -> list[str]:
-            if not text:
-                return []
-            found = token_cache.get(text)
-            if found is None:
-                found = name_tokens(text)
-                if len(token_cache) < 200_000:
-                    token_cache[text] = found
-            return found
-
-        columns = [_column(users, name) for name in _INDEXED_USER_FIELDS]
-        user_ids.extend(users)  # object ids are found in snapshot.users itself (see exact_users)
-        in_exact, in_employee_ids, in_full_names = exact.setdefault, employee_ids.setdefault, full_names.setdefault
-        for pos, (uid, upn, mail, other_mails, proxies, employee_id, account, display, given, surname, nick) in (
-            enumerate(zip(user_ids, *columns))
-        ):
-            # a key seen for the first time (nearly every key) costs one setdefault; _add sorts out the rest
-            if upn:
-                key = _key(upn)
-                if in_exact(key, uid) is not uid:
-                    _add(exact, key, uid)
-                at = key.rfind("@")
-                if at > 0:
-                    upn_domains.add(key[at + 1 :])
-            if mail and mail is not upn:  # the same object when equal to the UPN (the mirror stores it once)
-                key = _key(mail)
-                if in_exact(key, uid) is not uid:
-                    _add(exact, key, uid)
-            for other in other_mails or ():
-                if other:
-                    _add(exact, _key(other), uid)
-            for proxy in proxies or ():
-                if not proxy:
-                    continue
-                address = proxy.partition(":")[2].casefold()
-                if uid in _values(exact, address):
-                    continue  # the primary address, already there as mail or UPN
-                # the whole "smtp:alias@domain" is the key: aliases are written in lower case, so no copy is made
-                key = _key(proxy)
-                if in_exact(key, uid) is not uid:
-                    _add(exact, key, uid)
-            if employee_id:
-                # kept as written (no folded copy per user); lookups try the query as given, upper and lower case
-                key = employee_id if isinstance(employee_id, str) else str(employee_id)
-                if in_employee_ids(key, uid) is not uid:
-                    _add(employee_ids, key, uid)
-            if account:
-                _add(sam, _key(account), uid)
-            if nick:
-                key = _key(nick)
-                if not (upn and upn[: len(key) + 1].casefold() == key + "@") and not (
-                    mail and mail[: len(key) + 1].casefold() == key + "@"
-                ):
-                    _add(nicknames, key, uid)
-
-            given_tokens = tokens_of(given)
-            surname_tokens = tokens_of(surname)
-            if given_tokens and surname_tokens and display == f"{given} {surname}":
-                display_tokens = given_tokens + surname_tokens  # the usual name: no second folding
-                alias = None
-            else:
-                display_tokens = name_tokens(display)
-                alias = " ".join((*given_tokens, *surname_tokens)) if given_tokens and surname_tokens else None
-            display_name = " ".join(display_tokens)
-            display_name = names_seen.setdefault(display_name, display_name)  # one copy per distinct name
-            user_names.append(display_name)
-            if display_name and in_full_names(display_name, uid) is not uid:
-                _add(full_names, display_name, uid)
-            tokens = {*display_tokens}
-            if alias is not None:
-                tokens.update(given_tokens, surname_tokens)
-                if alias != display_name:
-                    _add(full_names, alias, uid)
-            if not display_name.isascii() or (alias is not None and not alias.isascii()):
-                # another script: the Latin spelling the desk types is a name of the user too
-                for full in {latin_name(display), latin_name(f"{given} {surname}") if alias is not None else ""}:
-                    if full and full != display_name:
-                        _add(full_names, full, uid)
-                for token in list(tokens):
-                    spelled = latin_tokens(token)
-                    tokens.update(spelled)
-                    if spelled and is_abjad(token):
-                        for latin in spelled:
-                            bare = skeleton(latin)
-                            if bare:
-                                skeleton_lists.setdefault(bare, []).append(pos)
-            for token in tokens:
-                bucket = token_lists.get(token)
-                if bucket is None:
-                    token_lists[token] = [pos]
-                else:
-                    bucket.append(pos)
-
-        postings = {token: tuple(positions) for token, positions in token_lists.items()}
-        del token_lists
-        vocabulary = tuple(sorted(postings))
-        buckets: defaultdict[tuple[str, int], list[str]] = defaultdict(list)
-        for word in vocabulary:
-            buckets[(word[0], len(word))].append(word)
-
-        parents: defaultdict[str, list[str]] = defaultdict(list)
-        for gid, members in snapshot.members.items():  # parents[member].append(gid) for every member, at C speed
-            deque(map(list.append, map(parents.__getitem__, members), repeat(gid, len(members))), maxlen=0)
-        member_of = {member_id: tuple(gids) for member_id, gids in parents.items()}
-        del parents
-
-        group_keys: dict[str, Any] = {}
-        group_names: set[str] = set()
-        for gid, group in snapshot.groups.items():
-            _add(group_keys, gid.casefold(), gid)
-            name = folded_name(group.get("displayName"))
-            if name:
-                _add(group_keys, name, gid)
-                group_names.add(name)
-            if group.get("mail"):
-                _add(group_keys, str(group["mail"]).casefold(), gid)
-
-        sp_by_app_id: dict[str, str] = {}
-        app_by_app_id: dict[str, str] = {}
-        app_keys: dict[str, Any] = {}
-        app_names: set[str] = set()
-        for kind, objects, by_app_id in (
-            ("application", snapshot.applications, app_by_app_id),
-            ("servicePrincipal", snapshot.service_principals, sp_by_app_id),
-        ):
-            for oid, obj in objects.items():
-                app_id = str(obj.get("appId") or "").casefold()
-                ref = app_id or f"{kind}:{oid}"  # an object without appId is still findable by its id
-                if app_id:
-                    by_app_id.setdefault(app_id, oid)
-                    _add(app_keys, app_id, ref)
-                _add(app_keys, oid.casefold(), ref)
-                for name_field in ("displayName", "appDisplayName"):
-                    name = folded_name(obj.get(name_field))
-                    if name:
-                        _add(app_keys, name, ref)
-                        app_names.add(name)
-
-        by_principal: dict[str, list[dict[str, Any]]] = {}
-        for assignments in snapshot.app_role_assignments.values():
-            for assignment in assignments:
-                principal = assignment.get("principalId")
-                if principal:
-                    by_principal.setdefault(principal, []).append(assignment)
-
-        domains = {str(d.get("id", "")).casefold(): d for d in snapshot.domains if d.get("id")}
+    @classmethod
+    def _assemble(cls, snapshot: DirectorySnapshot, now: datetime | None, users: dict[str, Any],
+                  member_of: dict[str, tuple[str, ...]], directory: dict[str, Any],
+                  vocabulary: tuple[tuple[str, ...], dict[tuple[str, int], tuple[str, ...]]] | None = None) -> "DirectoryView":
+        words, typo_buckets = vocabulary if vocabulary is not None else _vocabulary(users["postings"])
         return cls(
             snapshot=snapshot,
             built_at=utcnow(now),
-            user_ids=tuple(user_ids),
-            user_names=tuple(user_names),
-            exact=exact,
-            sam=sam,
-            employee_ids=employee_ids,
-            nicknames=nicknames,
-            skeletons={bare: tuple(dict.fromkeys(positions)) for bare, positions in skeleton_lists.items()},
-            postings=postings,
-            vocabulary=vocabulary,
-            typo_buckets={key: tuple(words) for key, words in buckets.items()},
-            full_names=full_names,
+            user_ids=tuple(users["user_ids"]),
+            user_names=tuple(users["user_names"]),
+            exact=users["exact"],
+            sam=users["sam"],
+            employee_ids=users["employee_ids"],
+            nicknames=users["nicknames"],
+            skeletons=users["skeletons"],
+            postings=users["postings"],
+            vocabulary=words,
+            typo_buckets=typo_buckets,
+            full_names=users["full_names"],
             member_of=member_of,
-            group_keys=group_keys,
-            group_names=tuple(sorted(group_names)),
-            group_name_set=frozenset(group_names),
-            sp_by_app_id=sp_by_app_id,
-            app_by_app_id=app_by_app_id,
-            app_keys=app_keys,
-            app_names=tuple(sorted(app_names)),
-            app_name_set=frozenset(app_names),
-            longest_name=min(12, max((n.count(" ") + 1 for n in (*group_names, *app_names)), default=1)),
-            assignments_by_principal={k: tuple(v) for k, v in by_principal.items()},
-            domains=domains,
-            known_domains=frozenset(upn_domains | set(domains)),
+            known_domains=frozenset(users["upn_domains"] | set(directory["domains"])),
+            **directory,
         )
+
+    def updated(self, snapshot: DirectorySnapshot, *, now: datetime | None = None,
+                max_changed: int = PATCH_MAX_CHANGED) -> "DirectoryView | None":
+        """This view's indexes brought to `snapshot`, a later version of the same mirror, by patching what changed:
+        the entries of the users whose indexed properties changed, the direct groups of the members whose groups
+        changed; the small indexes (groups, apps, assignments, domains) are rebuilt. Equal to build(snapshot), and
+        this view is left as it is (it keeps answering meanwhile). None when a build is the better way: users were
+        added or removed (every later position moves), or more than `max_changed` users changed."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._updated(snapshot, now, max_changed)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _updated(self, snapshot: DirectorySnapshot, now: datetime | None, max_changed: int) -> "DirectoryView | None":
+        old_users, new_users = self.snapshot.users, snapshot.users
+        if len(new_users) != len(self.user_ids) or tuple(new_users) != self.user_ids:
+            return None
+        changed: set[int] = set()
+        maybe = snapshot.changed_ids(self.snapshot, "users", new_users)
+        if maybe is not None:  # the users in the mirror's rewritten buckets: compare those only
+            pos = getattr(new_users, "pos", None) or {uid: p for p, uid in enumerate(self.user_ids)}
+            for uid in maybe:
+                before_user, after_user = old_users[uid], new_users[uid]
+                if any(before_user.get(name) != after_user.get(name) for name in _INDEXED_USER_FIELDS):
+                    changed.add(pos[uid])
+            if len(changed) > max_changed:
+                return None
+        else:  # no bucket revisions (a snapshot built by hand): compare the indexed columns
+            n = len(self.user_ids)
+            for name in _INDEXED_USER_FIELDS:
+                before, after = _column(old_users, name), _column(new_users, name)
+                if before != after:
+                    changed.update(compress(range(n), map(ne, before, after)))
+                    if len(changed) > max_changed:
+                        return None
+        users: dict[str, Any] = {"user_ids": self.user_ids, "user_names": self.user_names, "exact": self.exact,
+                                 "sam": self.sam, "employee_ids": self.employee_ids, "nicknames": self.nicknames,
+                                 "full_names": self.full_names, "postings": self.postings, "skeletons": self.skeletons}
+        vocabulary = (self.vocabulary, self.typo_buckets)
+        upn_domains: set[str] | None = None  # None: the UPN domains did not change
+        if changed:
+            rows = sorted(changed)
+            ids = [self.user_ids[p] for p in rows]
+            was = _index_users({uid: old_users[uid] for uid in ids})
+            now_ = _index_users({uid: new_users[uid] for uid in ids})
+            position = (getattr(new_users, "pos", None) or {uid: p for p, uid in enumerate(self.user_ids)}).__getitem__
+            for key in ("exact", "sam", "employee_ids", "nicknames", "full_names"):
+                if was[key] or now_[key]:
+                    users[key] = _patched_keys(users[key], was[key], now_[key], position)
+            for key in ("postings", "skeletons"):
+                if was[key] or now_[key]:
+                    users[key] = _patched_positions(users[key], was[key], now_[key], rows)
+            names = list(self.user_names)
+            for i, p in enumerate(rows):
+                names[p] = now_["user_names"][i]
+            users["user_names"] = tuple(names)
+            if users["postings"].keys() != self.postings.keys():
+                vocabulary = _vocabulary(users["postings"])
+            if was["upn_domains"] != now_["upn_domains"]:  # a domain only these users had may be gone
+                upn_domains = _index_users_domains(new_users)
+        directory = _index_directory(snapshot, self)
+        if upn_domains is None and directory["domains"].keys() != self.domains.keys():
+            upn_domains = _index_users_domains(new_users)  # the tenant's domains changed: which are the UPNs' own?
+        users["upn_domains"] = self.known_domains if upn_domains is None else upn_domains
+        old_members, new_members = self.snapshot.members, snapshot.members
+        if list(old_members) != list(new_members):
+            member_of = _index_members(new_members)
+        else:
+            member_of = self.member_of
+            maybe = snapshot.changed_ids(self.snapshot, "members", new_members)
+            moved = [gid for gid in (new_members if maybe is None else maybe) if new_members[gid] != old_members[gid]]
+            if moved:
+                member_of = dict(member_of)
+                order = {gid: i for i, gid in enumerate(new_members)}.__getitem__
+                for gid in moved:
+                    before_ids, after_ids = old_members[gid].keys(), new_members[gid].keys()
+                    for member in after_ids - before_ids:
+                        member_of[member] = tuple(sorted((*member_of.get(member, _EMPTY), gid), key=order))
+                    for member in before_ids - after_ids:
+                        rest = tuple(g for g in member_of.get(member, _EMPTY) if g != gid)
+                        if rest:
+                            member_of[member] = rest
+                        else:
+                            member_of.pop(member, None)
+        return self._assemble(snapshot, now, users, member_of, directory, vocabulary)
 
     # ------------------------------------------------------------ areas
 

@@ -9,9 +9,10 @@ here speaks HTTP or MCP.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from entra_mcp.areas import REGISTRY
 from entra_mcp.areas import AreaStatus as AreaStatus  # re-exported: the seam's status type
@@ -76,6 +77,8 @@ class DirectorySnapshot:
     collections: Mapping[str, Any] = field(default_factory=dict)
     stamp: int = 0  # grows with every commit (freshness too): see refreshed()
     data_stamps: dict[str, int] = field(default_factory=dict)  # area -> the stamp of the commit that last changed its objects
+    # collection -> (bucket count, revision of each bucket) as loaded from the mirror: what two versions differ in
+    buckets: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
 
     def areas_changed_since(self, older: "DirectorySnapshot") -> set[str]:
         """The areas whose objects differ from `older`'s (of the same tenant's mirror); every area when either
@@ -83,6 +86,17 @@ class DirectorySnapshot:
         if not self.data_stamps or not older.data_stamps:
             return set(AREAS)
         return {a for a in set(self.data_stamps) | set(older.data_stamps) if self.data_stamps.get(a) != older.data_stamps.get(a)}
+
+    def changed_ids(self, older: "DirectorySnapshot", name: str, ids: Iterable[str]) -> set[str] | None:
+        """Those of `ids` that may differ in collection `name` between `older` and this snapshot (of the same
+        mirror): the ids that fall in a bucket rewritten since (a few hundred per changed bucket; the caller compares
+        them). None when unknown (a snapshot built by hand, or the collection re-bucketed): compare everything."""
+        before, after = older.buckets.get(name), self.buckets.get(name)
+        if before is None or after is None or before[0] != after[0]:
+            return None
+        n = after[0]
+        moved = {i for i, (a, b) in enumerate(zip(before[1], after[1])) if a != b}
+        return {oid for oid in ids if bucket_of(oid, n) in moved} if moved else set()
 
     def refreshed(self, fresh: "Freshness") -> "DirectorySnapshot":
         """This snapshot with the freshness of a later commit that changed no object (same data version): new
@@ -116,6 +130,11 @@ class Freshness:
     as_of: datetime | None
     interval_minutes: float
     areas: dict[str, AreaStatus]
+
+
+def bucket_of(object_id: str, n: int) -> int:
+    """The bucket of a collection split into `n` that holds `object_id` (mirror/store.py writes them so)."""
+    return zlib.crc32(object_id.encode()) % n if n > 1 else 0
 
 
 # collections held by a typed field too (a snapshot built by hand fills only those)

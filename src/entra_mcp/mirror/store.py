@@ -36,7 +36,6 @@ import sqlite3
 import sys
 import threading
 import time
-import zlib
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +46,7 @@ import diskcache
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.permissions import private_directory
-from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness
+from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness, bucket_of
 from entra_mcp.areas import REGISTRY
 from entra_mcp.mirror.table import Table, concat_groups, is_packed, is_packed_groups, pack, pack_groups, unpack
 
@@ -89,10 +88,6 @@ _SETTINGS = {
     "sqlite_cache_size": 256,
     "sqlite_mmap_size": 0,
 }
-
-
-def bucket_of(object_id: str, n: int) -> int:
-    return zlib.crc32(object_id.encode()) % n if n > 1 else 0
 
 
 def _bucket_count(data: dict[str, Any]) -> int:
@@ -441,6 +436,7 @@ class MirrorStore:
             stamp=_stamp(root),
             collections=data,
             data_stamps={a: int(_area_of(root, a).get("data_stamp", 0)) for a in AREAS},
+            buckets={coll: (int(spec[0]), tuple(spec[1])) for a in AREAS for coll, spec in _area_of(root, a)["colls"].items() if spec},
         )
 
     # ---------- writing ----------
