@@ -748,12 +748,7 @@ def read_tenants_file(path: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"tenants_file: {path} is a directory, not a file. {fix}") from None
     except OSError as exc:
         raise ConfigError(f"tenants_file: cannot read {path} ({exc.strerror}). {fix}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"tenants_file: {path} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"tenants_file: {path} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    data = _parse_toml(raw, f"tenants_file: {path}")
     other = sorted(set(data) - {"tenants"})
     if other:
         raise ConfigError(f"tenants_file: {path}: unknown key {', '.join(map(repr, other))}; a tenants file holds only "
@@ -820,13 +815,17 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, check_files: bo
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    return parse_settings(_parse_toml(raw, str(p)), source=p, check_files=check_files)
+
+
+def _parse_toml(raw: bytes, what: str) -> dict[str, Any]:
+    """TOML bytes as a mapping; ConfigError naming `what` (the file) when they are not UTF-8 TOML."""
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{p} is not UTF-8 text") from None
+        raise ConfigError(f"{what} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p} is not valid TOML: {exc}. Fix the syntax at that line.") from None
-    return parse_settings(data, source=p, check_files=check_files)
+        raise ConfigError(f"{what} is not valid TOML: {exc}. Fix the syntax at that line.") from None
 
 
 __all__ = [
