@@ -122,10 +122,12 @@ def test_cold_views_are_dropped_and_reloaded_with_equal_answers(fleet: dict[str,
 
 
 def test_an_unknown_tenant_among_hundreds_is_answered_with_close_matches(fleet: dict[str, Any]) -> None:
+    cold = _tenant_name(TENANTS - 3)  # never asked about, and past the tenants loaded at start
     (err, text), (err2, text2) = anyio.run(_calls, fleet["base"], [
         ("lookup_user", {"query": "someone", "tenant": "customer-1999"}),
-        ("sync_status", {"tenant": "customer-007"}),
+        ("sync_status", {"tenant": cold}),
     ])
     assert err and "unknown tenant 'customer-1999'" in text and "customer-199" in text
     assert text.count("customer-") < 8  # close matches, not the list of 200
-    assert not err2 and text2["tenant"] == "customer-007" and text2["areas"]["users"]["lastSuccess"]
+    assert not err2 and text2["tenant"] == cold and text2["areas"]["users"]["lastSuccess"]
+    assert f"tenant {cold}: view of" not in fleet["server"].log()  # sync_status read freshness, loaded no view

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from entra_mcp.config import TenantSettings
 from entra_mcp.graph.budget import RequestBudget, tenant_budget
 from entra_mcp.mirror.store import MirrorStore
@@ -67,3 +69,16 @@ def test_the_tenant_due_longest_goes_first_and_running_ones_are_skipped(tmp_path
     assert schedule.next_due_in() == 0.0
     schedule.due = {"t4": 300.0}
     assert schedule.next_due_in() == 140.0
+
+
+def test_a_429_slows_that_tenant_only_and_it_recovers_after_a_quiet_minute() -> None:
+    clock = Clock()
+    throttled, other = RequestBudget(100, clock=clock), RequestBudget(100, clock=clock)
+    throttled.throttled(retry_after=5.0)
+    assert throttled.reserve() >= 5.0  # every client of the tenant waits out Retry-After
+    assert other.reserve() == 0.0  # another tenant goes on at once
+    clock.now += 30.0
+    slow = [throttled.reserve() for _ in range(50)][-1]
+    clock.now += 120.0  # a quiet minute: the full rate again (the same 50 requests queue half as long)
+    fast = [throttled.reserve() for _ in range(50)][-1]
+    assert slow == pytest.approx(2 * fast, rel=0.05)

@@ -30,18 +30,38 @@ class RequestBudget:
         self._tokens = self.capacity
         self._stamp = clock()
         self._lock = threading.Lock()
+        self._slow = 1.0  # share of the rate while Graph throttles this tenant (halved per 429, back after a quiet minute)
+        self._slow_until = 0.0
         self.waited = 0.0  # seconds callers were asked to wait, for the stats
+
+    def _refill(self, now: float) -> float:
+        if self._slow < 1.0 and now >= self._slow_until:
+            self._slow = 1.0
+        rate = self.rate * self._slow
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * rate)
+        self._stamp = now
+        return rate
 
     def reserve(self, n: int = 1) -> float:
         """Take `n` requests' worth now; the seconds the caller must wait before sending them (0: go ahead)."""
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+            rate = self._refill(self._clock())
             self._tokens -= n
-            wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+            wait = 0.0 if self._tokens >= 0 else -self._tokens / rate
             self.waited += wait
             return wait
+
+    def throttled(self, retry_after: float | None) -> None:
+        """Graph answered 429 for this tenant: every client of the tenant waits out `retry_after` (queued behind it),
+        and the tenant's rate halves (down to a tenth) until a minute passes without another 429. Other tenants'
+        budgets are untouched: Graph's limits are per app per tenant."""
+        with self._lock:
+            now = self._clock()
+            self._slow = max(0.1, self._slow / 2)
+            self._slow_until = now + 60.0
+            rate = self._refill(now)
+            if retry_after:
+                self._tokens = min(self._tokens, -retry_after * rate)
 
 
 _BUDGETS: dict[str, RequestBudget] = {}

@@ -303,6 +303,8 @@ class GraphClient:
                         throttled += 1
                         if wait is not None:
                             self._not_before = max(self._not_before, self._clock() + min(wait, self.retry.max_retry_after))
+                        if self._request_budget is not None:  # the tenant's other clients slow down too
+                            self._request_budget.throttled(min(wait, self.retry.max_retry_after) if wait is not None else None)
                         if throttled >= self.retry.max_throttled_attempts:
                             raise TransientError(f"{what}: still throttled after {throttled} attempts; the next run retries.")
                         await self._back_off(1 if wait is not None else throttled, wait, what)
