@@ -109,7 +109,28 @@ def test_account_state_shows_readiness_roles_licence_errors_and_risk(fresh_emula
     assert risky["risk"]["riskLevel"] == "high" and "USER_AT_RISK" in _codes(risky)
     plain = check_account_state(view, ex["sspr_ready_user"])
     assert plain["authentication"]["isMfaRegistered"] is True and plain["risk"]["riskState"] == "none"
-    assert plain["roles"] == {"privileged": False, "active": [], "eligible": [], "roleAssignableGroups": []}
+    assert plain["roles"] == {"privileged": False, "active": [], "eligible": [], "roleAssignableGroups": [],
+                              "ownsRoleAssignableGroups": []}
+
+
+def test_an_owner_of_a_role_assignable_group_counts_as_privileged(fresh_emulator: Any, control_of: Any, tmp_path: Path,  # noqa: F811
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Owners manage a role-assignable group's membership, so they can take its roles: Entra protects them like its
+    members (groups-faq-troubleshooting), and so do check_account_state and check_reset_eligibility."""
+    emu = fresh_emulator(size="small", seed=1)
+    ex = account_examples(emu.tenant())
+    owner = ex["sspr_ready_user"]  # no role of their own
+    control_of(emu).mutate([{"op": "set_owners", "id": ex["role_group"], "owners": [owner]}])
+    _, _, view = _synced(emu, tmp_path, monkeypatch)
+    state = check_account_state(view, owner)
+    assert state["roles"]["active"] == [] and state["roles"]["privileged"] is True
+    [owned] = state["roles"]["ownsRoleAssignableGroups"]
+    assert owned["id"] == ex["role_group"] and owned["roles"] == ["User Administrator"]
+    assert "ROLE_GROUP_OWNER" in _codes(state)
+    answer = check_reset_eligibility(view, owner)  # a Helpdesk Administrator may not reset them
+    assert answer["verdict"] == "not_by_helpdesk", answer["reasons"]
+    assert "owns the role-assignable group" in answer["reasons"][0]
+    assert answer["rolesThatMayReset"] == ["Privileged Authentication Administrator", "Global Administrator"]
 
 
 def test_missing_permission_or_licence_disables_only_that_area(fresh_emulator: Any, control_of: Any, tmp_path: Path,

@@ -80,6 +80,11 @@ class AccountIndex:
 
     roles_by_user: dict[str, list[RoleHolding]] = field(default_factory=dict)
     role_group_members: dict[str, list[str]] = field(default_factory=dict)  # user -> role-assignable groups
+    # user -> role-assignable groups they own: an owner manages the membership, so can add themselves and hold the
+    # group's roles; Entra protects owners like members ("All members and owners of role-assignable groups are
+    # protected", docs/graph-facts-account.md). Empty when the owners area is not mirrored.
+    role_group_owners: dict[str, list[str]] = field(default_factory=dict)
+    role_group_roles: dict[str, set[str]] = field(default_factory=dict)  # group -> names of the roles it holds
 
 
 _INDEXES: "weakref.WeakKeyDictionary[DirectoryView, AccountIndex]" = weakref.WeakKeyDictionary()
@@ -108,6 +113,7 @@ def _build_index(view: DirectoryView) -> AccountIndex:
         name = str(d.get("displayName") or BUILTIN_ROLE_NAMES.get(template) or rid)
         scope = str(a.get("directoryScopeId") or "/")
         if pid in groups:
+            idx.role_group_roles.setdefault(pid, set()).add(name)
             for uid, kind in (members.get(pid) or {}).items():
                 if kind == "user":
                     idx.roles_by_user.setdefault(uid, []).append(RoleHolding(rid, template, name, scope, pid, eligible))
@@ -119,11 +125,16 @@ def _build_index(view: DirectoryView) -> AccountIndex:
     for e in collection(view, "role_eligibilities").values():
         add(e, True)
     assignable = property_getter(groups, "isAssignableToRole")  # a column read: 15,000 groups in milliseconds
+    owners = snap.collection("owners") if view.area_ready("owners") else {}
     for gid in groups:
         if assignable(gid):
             for uid, kind in (members.get(gid) or {}).items():
                 if kind == "user":
                     idx.role_group_members.setdefault(uid, []).append(gid)
+            for ref in owners.get(gid) or ():
+                oid = str(ref.get("id")) if isinstance(ref, Mapping) else str(ref)
+                if oid in snap.users:
+                    idx.role_group_owners.setdefault(oid, []).append(gid)
     return idx
 
 
@@ -196,7 +207,20 @@ def roles_section(view: DirectoryView, user: Mapping[str, Any]) -> tuple[dict[st
                            "eligible": eligible if pim == "synced" else None}
     groups = account_index(view).role_group_members.get(str(user.get("id")), [])
     out["roleAssignableGroups"] = [{"id": g, "displayName": (snap.groups.get(g) or {}).get("displayName")} for g in groups]
+    idx = account_index(view)
+    owned = idx.role_group_owners.get(str(user.get("id")), [])
+    out["ownsRoleAssignableGroups"] = ([{"id": g, "displayName": (snap.groups.get(g) or {}).get("displayName"),
+                                         "roles": sorted(idx.role_group_roles.get(g, ()))} for g in owned]
+                                       if view.area_ready("owners") else None)
     findings = []
+    if any(idx.role_group_roles.get(g) for g in owned):
+        out["privileged"] = True  # they can make themselves a member at any moment
+    for g in owned:
+        held = sorted(idx.role_group_roles.get(g, ()))
+        what = f" (its members hold {', '.join(quote(r) for r in held)})" if held else ""
+        findings.append(finding("ROLE_GROUP_OWNER", f"{name} owns the role-assignable group "
+                                f"{name_of(dict(snap.groups.get(g) or {'id': g}))}{what}: an owner can add anyone, "
+                                "themselves included, to it, and Entra protects them like an administrator."))
     names = sorted({h.name for h in admin if not h.eligible})
     if names:
         findings.append(finding("PRIVILEGED_ROLE", f"{name} holds {', '.join(quote(n) for n in names)}."))

@@ -84,7 +84,8 @@ class AccountStateAnswer(Answer):
         "isSsprCapable, isPasswordlessCapable, methodsRegistered, preferredMethod; null when unknown.")
     roles: Obj | None = Field(
         default=None, description="Directory roles: privileged, active and eligible (PIM) [{role, directoryScopeId, via}], "
-        "roleAssignableGroups; null when unknown.")
+        "roleAssignableGroups, ownsRoleAssignableGroups [{id, displayName, roles}] (an owner can add themselves: "
+        "privileged when the group holds a role; null when owners are not mirrored); null when unknown.")
     licenses: list[Obj] | None = Field(
         default=None, description="Licences: skuId, skuPartNumber, name, disabledPlans, state, error; null when unknown.")
     risk: Obj | None = Field(

@@ -50,6 +50,9 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
     "SSPR_NOT_REGISTERED": ("info", "Self-service password reset is enabled for the user but they have not registered for it."),
     "PRIVILEGED_ROLE": ("warning", "The user holds an administrator role in Entra ID."),
     "ROLE_VIA_GROUP": ("warning", "The user holds an administrator role as a member of a role-assignable group."),
+    "ROLE_GROUP_OWNER": ("warning", "The user owns a role-assignable group: they can add themselves to it and hold its roles; "
+                         "Entra protects them like an administrator (only a Privileged Authentication Administrator or a "
+                         "Global Administrator resets their password)."),
     "PRIVILEGED_ROLE_ELIGIBLE": ("warning", "The user is eligible (PIM) to activate an administrator role at any moment."),
     "LICENSE_ERROR": ("warning", "A licence assignment of the user is in error (count, conflict, dependency, usage location...)."),
     "LICENSE_PLAN_DISABLED": ("info", "A service plan of one of the user's licences is switched off (disabledPlans)."),

@@ -98,6 +98,10 @@ def who_may_reset(view: DirectoryView, user_id: str) -> tuple[frozenset[str], li
         scope = "" if h.scope == "/" else f" (scoped to {quote(h.scope)})"
         if RESET_TABLE.get(h.template_id, OTHER_ROLES) != _ALL:
             why.append(f"{how} {quote(h.name)}{via}{scope}")
+    if idx.role_group_owners.get(user_id):  # "members and owners of role-assignable groups are protected"
+        allowed = allowed & OTHER_ROLES
+        why.append("owns the role-assignable group "
+                   + ", ".join(name_of(dict(view.snapshot.groups.get(g) or {"id": g})) for g in idx.role_group_owners[user_id]))
     if idx.role_group_members.get(user_id):
         allowed = allowed & OTHER_ROLES
         if not any("role-assignable" in w for w in why):
