@@ -110,3 +110,32 @@ def test_list_shows_each_tenants_mirror_state(bed: dict[str, Any], config: Path,
     assert not rows["cust-0"]["synced"] and rows["cust-0"]["configuredIn"] == "tenants_file"
     assert main(["--config", str(config), "tenants", "list"]) == 0
     assert "2 tenants: 1 synced, 1 not yet, 0 failing" in capsys.readouterr().out
+
+
+def test_devtenant_customers_prints_a_working_multi_tenant_config(tmp_path: Path) -> None:
+    """`entra-mcp devtenant --customers 3`: its printed config (one app in [tenant_defaults]) checks out with
+    `entra-mcp tenants check` against it."""
+    import os
+    import shlex
+    import subprocess
+
+    from _harness import ENTRA_MCP, stop_process, wait_until
+
+    out, err = tmp_path / "devtenant.out", tmp_path / "devtenant.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([ENTRA_MCP, "devtenant", "--port", "0", "--customers", "3", "--state-dir",
+                                 str(tmp_path / "emu")], stdout=o, stderr=e, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: "\nready\n" in "\n" + err.read_text(errors="replace"), timeout=120,
+                   what="devtenant --customers ready", proc=proc, log_path=err)
+        exports = [ln for ln in err.read_text().splitlines() if ln.startswith("export ")]
+        env = {**os.environ, **dict(shlex.split(x)[1].split("=", 1) for x in exports)}
+        config = tmp_path / "config.toml"
+        config.write_text(f"[server]\ncache_dir = {json.dumps(str(tmp_path / 'cache'))}\n" + out.read_text(), encoding="utf-8")
+        settings = load_settings(config)
+        assert len(settings.tenants) == 3 and len({t.client_id for t in settings.tenants}) == 1
+        check = subprocess.run([ENTRA_MCP, "--config", str(config), "tenants", "check"], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert "[3/3" in check.stdout and f"{settings.tenants[0].name}: ok" in check.stdout, check.stdout + check.stderr
+    finally:
+        stop_process(proc)

@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_ranged(int, 0, None, "a whole number"), default=1,
                    help="seed of the generated directory (same seed, same tenant)")
     p.add_argument("--tenants", type=_ranged(int, 1, 20, "a whole number"), default=1, help="how many tenants")
+    p.add_argument("--customers", type=_ranged(int, 1, 1000, "a whole number"), default=0, metavar="N",
+                   help="instead: N customer tenants with ONE multi-tenant app consented in each (a service provider's "
+                        "setup); the config shares the app in [tenant_defaults]")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where ca.pem and the TLS files go (default: ~/.cache/entra-mcp/devtenant-PORT, kept across "
                    "restarts so a saved config keeps working; a temporary directory with --port 0)")
@@ -108,9 +111,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     started = time.monotonic()
-    progress(f"generating {args.tenants} {args.size} tenant(s) with seed {args.seed}")
+    state = provider = None
+    if args.customers:
+        from entra_mcp.devtenant.customers import customer_state
+
+        progress(f"generating {args.customers} {args.size} customer tenant(s) with seed {args.seed}, one multi-tenant app")
+        state, provider = customer_state(args.customers, args.size, args.seed, progress=progress)
+    else:
+        progress(f"generating {args.tenants} {args.size} tenant(s) with seed {args.seed}")
     with run_emulator(
-        size=args.size, seed=args.seed, tenants=args.tenants, port=args.port, faults=faults_from(args),
+        state, size=args.size, seed=args.seed, tenants=args.tenants, port=args.port, faults=faults_from(args),
         state_dir=args.state_dir or default_state_dir(args.port), progress=progress,
     ) as emu:
         # From here on a signal stops the server cleanly; before (while generating), Ctrl+C simply interrupts.
@@ -119,17 +129,28 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: stop.set())
         for uri in args.redirect_uri:
             emu.add_redirect_uri(uri)
-        out = [emu.config_toml(tenant_index=None)]
-        for i, tenant in enumerate(emu.tenants()):
+        if provider is not None:
+            from entra_mcp.devtenant.customers import PROVIDER_SECRET_ENV, provider_config
+
+            defaults, entries = provider_config(emu, provider, [emu.tenant_name(i) for i in range(len(emu.tenants()))])
+            sys.stdout.write(f"# entra-mcp devtenant: {len(emu.tenants())} customer tenants, one multi-tenant app\n"
+                             f"{defaults}\n{entries}")
+            sys.stdout.flush()
+            progress("the config names the provider app's secret variable; set it in the shell that runs entra-mcp:")
+            sys.stderr.write(f"export {PROVIDER_SECRET_ENV}={shlex.quote(provider.secrets[0].value)}\n")
+            sys.stderr.flush()
+        out = [emu.config_toml(tenant_index=None)] if provider is None else []
+        for i, tenant in enumerate(emu.tenants() if provider is None else []):
             out.append(f"# {emu.tenant_name(i)} ({tenant.domain}): portal app (sign-in) {emu.portal_app(i).client_id}, "
                        f"API app (bearer audience) {emu.api_app(i).client_id}; users sign in with their UPN and "
                        f"the password {DEFAULT_USER_PASSWORD}")
-        sys.stdout.write("\n".join(out) + "\n")  # TOML only: `entra-mcp devtenant > config.toml` works
-        sys.stdout.flush()
-        progress("the config names the client secret's variable; set it in the shell that runs entra-mcp:")
-        exports = [f"export {name}={shlex.quote(value)}" for name, value in emu.secret_env(tenant_index=None).items()]
-        sys.stderr.write("\n".join(exports) + "\n")
-        sys.stderr.flush()
+        if provider is None:
+            sys.stdout.write("\n".join(out) + "\n")  # TOML only: `entra-mcp devtenant > config.toml` works
+            sys.stdout.flush()
+            progress("the config names the client secret's variable; set it in the shell that runs entra-mcp:")
+            exports = [f"export {name}={shlex.quote(value)}" for name, value in emu.secret_env(tenant_index=None).items()]
+            sys.stderr.write("\n".join(exports) + "\n")
+            sys.stderr.flush()
         if args.print_config:
             return 0
         progress(f"serving {emu.base_url} (login and Graph) after {time.monotonic() - started:.1f} s; "
