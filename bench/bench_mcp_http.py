@@ -92,7 +92,8 @@ async def _client_loop(port: int, token: str | None, tool: str, stop_at: float, 
     status, rh, _ = await conn.post("/mcp", json.dumps(init).encode(), hdr)
     if status != 200:
         raise SystemExit(f"initialize answered {status}")
-    hdr["Mcp-Session-Id"] = rh["mcp-session-id"]
+    if "mcp-session-id" in rh:  # a stateless server ([server.store]) gives none: each call stands alone
+        hdr["Mcp-Session-Id"] = rh["mcp-session-id"]
     await conn.post("/mcp", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', hdr)
     i = 2
     while time.time() < start_at:  # everyone starts together

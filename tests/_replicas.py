@@ -158,14 +158,17 @@ class Cluster:
         env.update({PORTAL_ENV: self.emu.portal_app(0).secrets[0].value, API_KEYS_ENV: API_KEY, "PYTHONUNBUFFERED": "1"})
         return env
 
-    def config_text(self, port: int, cache_dir: Path, *, redis_url: str | None = None, **store: Any) -> str:
+    def config_text(self, port: int, cache_dir: Path, *, redis_url: str | None = None, shared: bool = True,
+                    **store: Any) -> str:
+        """A replica's config; `shared=False`: without [server.store] (one machine's local store, stateful /mcp)."""
         emu = self.emu
         server = {"cache_dir": str(cache_dir), "transport": "http", "host": "127.0.0.1", "port": port,
                   "public_url": self.public, **self.extra_server}
         lines = ["[server]"] + [f"{k} = {_q(v)}" for k, v in server.items()]
         lines += ["", "[server.auth]", 'mode = "api_key"', f"api_keys_env = {_q(API_KEYS_ENV)}", ""]
-        lines += ["[server.store]", f"redis_url = {_q(redis_url or self.redis.url)}", 'key_prefix = "replicas:"']
-        lines += [f"{k} = {_q(v)}" for k, v in store.items()] + [""]
+        if shared:
+            lines += ["[server.store]", f"redis_url = {_q(redis_url or self.redis.url)}", 'key_prefix = "replicas:"']
+            lines += [f"{k} = {_q(v)}" for k, v in store.items()] + [""]
         block = emu.config_toml(0).split("[[tenants]]", 1)[1]
         lines += ["[[tenants]]" + block.rstrip(), ""]
         lines += ["[oidc]", "enabled = true", f"tenant = {_q(emu.tenant_name(0))}",
