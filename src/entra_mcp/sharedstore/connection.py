@@ -6,10 +6,11 @@ at start (a clear StoreUnavailable when Redis does not answer in time). Every co
 password or ACL user become `StoreUnavailable`, whose message names the store by its redacted URL and never carries
 the password.
 
-While Redis is down the process must not stall on it: after a failure `call` fails fast for `RETRY_SECONDS` (no
-socket is opened), then lets one command through to probe. The first failure is logged as one WARNING and the
-recovery as one INFO line, whatever the number of calls in between. Nothing needs restarting when Redis returns:
-the client reconnects on the next command.
+While Redis is down the process must not stall on it (the callers run on the event loop): after a failure `call`
+fails at once, without opening a socket, and a background thread PINGs Redis every `RETRY_SECONDS` until it answers;
+only the request that meets the outage first waits (at most `timeout_seconds`, e.g. for a host that stopped
+answering). The first failure is logged as one WARNING and the recovery as one INFO line, whatever the number of
+calls in between. Nothing needs restarting when Redis returns: the client reconnects on the next command.
 
 Commands are synchronous with short timeouts (`timeout_seconds`, 2 s by default): Redis answers a local network in well
 under a millisecond, and the callers (the session store, the rate limiter) are synchronous. `async_client()` gives
@@ -38,7 +39,7 @@ log = get_logger("sharedstore")
 
 T = TypeVar("T")
 
-RETRY_SECONDS = 1.0  # after a failure, calls fail fast this long before one probes Redis again
+RETRY_SECONDS = 1.0  # while Redis is down, the background probe PINGs it this often
 CLIENT_NAME = "entra-mcp"
 
 
@@ -72,8 +73,9 @@ def client_kwargs(store: StoreSettings) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "socket_timeout": store.timeout_seconds,
         "socket_connect_timeout": store.timeout_seconds,
-        # one quick retry: after Redis restarts, a pooled connection is dead but a new one works at once
-        "retry": Retry(NoBackoff(), 1),
+        # one quick retry after a connection error: after Redis restarts, a pooled connection is dead but a new one
+        # works at once. Not after a timeout: that would double the wait of the one request that meets an outage.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
         "client_name": CLIENT_NAME,
         "decode_responses": False,
     }
@@ -110,8 +112,9 @@ class SharedRedis:
         self._clock = clock
         self._lock = threading.Lock()
         self._down_since: float | None = None
-        self._probe_at = 0.0
         self._last_reason = ""
+        self._prober: threading.Thread | None = None
+        self._closed = threading.Event()
 
     @classmethod
     def from_settings(cls, store: StoreSettings) -> "SharedRedis":
@@ -123,7 +126,7 @@ class SharedRedis:
 
     @property
     def available(self) -> bool:
-        """False while the last command failed (and the retry window has not passed)."""
+        """False from a failed command until the background probe gets an answer again."""
         return self._down_since is None
 
     @staticmethod
@@ -133,29 +136,45 @@ class SharedRedis:
         return StoreUnavailable(f"{what} is unavailable (the shared store does not answer); retry in a few seconds")
 
     def call(self, fn: Callable[[redis.Redis], T], *, what: str = "the shared store") -> T:
-        """Run `fn(client)`; StoreUnavailable when Redis cannot answer now (without trying while a recent failure's
-        retry window lasts). Errors of the command itself (a bad script, a wrong type) are not availability and pass."""
-        if self._down_since is not None and self._clock() < self._probe_at:
+        """Run `fn(client)`; StoreUnavailable when Redis cannot answer now. While Redis is known to be down this fails
+        at once, without touching the network: a background probe (one PING every RETRY_SECONDS) notices its return,
+        so no request ever waits for a timeout but the first one of an outage. Errors of the command itself (a bad
+        script, a wrong type) are not about availability and pass through."""
+        if self._down_since is not None:
+            self._probe_in_background()
             raise self.unavailable(what)
         try:
-            result = fn(self.client)
+            return fn(self.client)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.NoPermissionError,
                 redis.exceptions.ReadOnlyError, OSError) as exc:
             self._failed(exc)
             raise self.unavailable(what) from None
-        if self._down_since is not None:
-            self._recovered()
-        return result
 
     def _failed(self, exc: BaseException) -> None:
         now = self._clock()
         with self._lock:
             self._last_reason = _reason(exc)
-            self._probe_at = now + RETRY_SECONDS
             if self._down_since is None:
                 self._down_since = now
                 log.warning("the shared store at %s is unavailable (%s): sign-in is refused and limits count locally "
                             "until it answers again", self.where, self._last_reason)
+        self._probe_in_background()
+
+    def _probe_in_background(self) -> None:
+        with self._lock:
+            if self._closed.is_set() or (self._prober is not None and self._prober.is_alive()):
+                return
+            self._prober = threading.Thread(target=self._probe, name="entra-mcp-redis-probe", daemon=True)
+            self._prober.start()
+
+    def _probe(self) -> None:
+        while self._down_since is not None and not self._closed.wait(RETRY_SECONDS):
+            try:
+                self.client.ping()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                self._last_reason = _reason(exc)
+                continue
+            self._recovered()
 
     def _recovered(self) -> None:
         with self._lock:
@@ -170,7 +189,7 @@ class SharedRedis:
         self.call(lambda c: c.ping())
 
     def reachable(self) -> bool:
-        """Whether Redis answers a PING now (False at once inside a failure's retry window): for /healthz."""
+        """Whether Redis answers a PING now (False at once while it is known to be down): for /healthz."""
         try:
             self.ping()
         except StoreUnavailable:
@@ -208,6 +227,9 @@ class SharedRedis:
         return redis.asyncio.Redis.from_url(self.settings.redis_url or "", **client_kwargs(self.settings))
 
     def close(self) -> None:
+        self._closed.set()
+        if self._prober is not None:
+            self._prober.join(timeout=self.settings.timeout_seconds * 2 + 1)
         self.client.close()
 
 
