@@ -82,3 +82,22 @@ def test_a_429_slows_that_tenant_only_and_it_recovers_after_a_quiet_minute() -> 
     clock.now += 120.0  # a quiet minute: the full rate again (the same 50 requests queue half as long)
     fast = [throttled.reserve() for _ in range(50)][-1]
     assert slow == pytest.approx(2 * fast, rel=0.05)
+
+
+def test_serve_raises_its_open_files_limit_for_many_tenants() -> None:
+    """Each tenant's mirror keeps database files open: serve lifts the soft limit to the hard one at start."""
+    import resource
+    import subprocess
+    import sys
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 512:
+        pytest.skip("the hard limit of open files is too low here to lower the soft one below it")
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    code = ("import resource; from entra_mcp.commands.serve import raise_open_files_limit; raise_open_files_limit(200); "
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=lower, capture_output=True, text=True, timeout=60)
+    assert int(out.stdout.strip()) == (hard if hard != resource.RLIM_INFINITY else 1_048_576), out.stderr

@@ -188,6 +188,32 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+FDS_PER_TENANT = 24  # open files a tenant's mirror can hold (its SQLite databases, one connection per thread reading it)
+
+
+def raise_open_files_limit(tenants: int) -> None:
+    """Raise this process's soft limit of open files to its hard limit (as many servers do at start): each tenant's
+    mirror keeps database files open, so hundreds of tenants need more than the common default of 1,024. Warns when
+    even the hard limit looks too small for this many tenants."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open files limit: %s", exc)
+    need = 256 + FDS_PER_TENANT * tenants
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("the open files limit is %d and %d tenants may need about %d: raise it (ulimit -n, systemd "
+                    "LimitNOFILE=) or the server will fail with 'Too many open files' as tenants are used", soft,
+                    tenants, need)
+
+
 def serve(
     settings: Settings,
     *,
@@ -235,6 +261,7 @@ def _serve(
     from entra_mcp.server.http import run_http
     from entra_mcp.views import ViewProvider
 
+    raise_open_files_limit(len(settings.tenants))
     store = MirrorStore(settings.server.cache_dir)
     try:
         views = ViewProvider.from_settings(settings, store, cache=view_cache)
@@ -291,4 +318,4 @@ def run(args: argparse.Namespace) -> int:
             wire.release()
 
 
-__all__ = ["HELP", "NAME", "add_arguments", "run", "serve"]
+__all__ = ["HELP", "NAME", "add_arguments", "raise_open_files_limit", "run", "serve"]
