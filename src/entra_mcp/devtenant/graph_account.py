@@ -439,6 +439,7 @@ def account_route(service: GraphService, segs: list[str]) -> Any:
     if low == ["identityprotection", "riskyusers"]:
         def risk_check(c: Caller) -> None:
             if not _has(account_of(c.tenant), "P2"):
+                # assumed body: Microsoft documents the P2 requirement, not the error (docs/graph-facts-account.md)
                 raise GraphFailure(403, "Forbidden", "Your tenant is not licensed for this feature.")
         return listing("identityProtection/riskyUsers", RISK_READ, RISKY_USER,
                        lambda c: account_of(c.tenant).risky_users, risk_check)
