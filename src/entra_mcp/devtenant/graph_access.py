@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from entra_mcp.devtenant.device_filter import RuleError, in_scope
 from entra_mcp.devtenant.model import EmulatedTenant, MutationError
 from entra_mcp.devtenant.odata import GraphFailure, bad_request, parse_options, parse_top, seal, unseal
 
@@ -804,6 +805,13 @@ class _Routes:
             excp = {x.lower() for x in plat.get("excludePlatforms") or []}
             if not ("all" in incp or given.lower() in incp) or given.lower() in excp:
                 return False, "devicePlatform"
+        device_filter = (c.get("devices") or {}).get("deviceFilter")
+        if device_filter:  # devtenant/device_filter.py: no deviceInfo is an unregistered device (null attributes)
+            try:
+                if not in_scope(device_filter, sign_in.get("deviceInfo") if isinstance(sign_in.get("deviceInfo"), dict) else None):
+                    return False, "devices"
+            except RuleError:
+                return False, "invalidCondition"
         loc = c.get("locations")
         if loc:
             matched = self._locations(sign_in)
