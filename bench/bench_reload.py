@@ -79,7 +79,7 @@ def _child(config: Path) -> dict[str, float]:
     held.view.updated(now.view.snapshot)
     patch_cpu = time.process_time() - c0
     for f in fields(DirectoryView):
-        if f.name not in ("snapshot", "built_at", "_scores_cache"):
+        if f.name not in ("snapshot", "built_at", "_scores_cache", "_derived"):
             assert getattr(now.view, f.name) == getattr(fresh, f.name), f.name
     return {"reload_s": reload_s, "reload_cpu": reload_cpu, "patch_cpu": patch_cpu, "build_cpu": build_cpu,
             "rss_before": before_rss / 2**20, "peak": peak / 2**20}

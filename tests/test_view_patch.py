@@ -16,7 +16,7 @@ from tests._sync_fixtures import control_of, run_sync, synced_views  # noqa: F40
 
 pytestmark = pytest.mark.timeout(120)
 
-_NOT_INDEXES = {"snapshot", "built_at", "_scores_cache"}
+_NOT_INDEXES = {"snapshot", "built_at", "_scores_cache", "_derived"}
 
 
 def assert_same_index(patched: DirectoryView, fresh: DirectoryView) -> None:
@@ -124,3 +124,24 @@ def test_a_delta_of_three_users_patches_the_servers_index(
     # a restart indexes the mirror afresh: the same index
     assert_same_index(now.view, DirectoryView.build(store.load_snapshot(name)))  # type: ignore[arg-type]
     store.close()
+
+
+def test_derived_indexes_survive_a_refresh_and_follow_a_new_collection() -> None:
+    """The answers' derived indexes (devices by user) are made once per collection, kept by the copy a freshness
+    refresh makes of the view, and made again from a newer collection."""
+    from dataclasses import replace
+
+    from entra_mcp.identity.access import _devices_by_user, derive_indexes
+
+    devices = {"d1": {"id": "d1", "registeredOwners": ["u001"], "registeredUsers": ["u001", "u002"]}}
+    snap = replace(_snapshot({"u001": _user(1), "u002": _user(2)}, {}, version=1, columns=True),
+                   collections={"devices": Table.from_dicts(devices)})
+    view = DirectoryView.build(snap)
+    derive_indexes(view)
+    first = _devices_by_user(view)
+    assert first == {"u001": ("d1",), "u002": ("d1",)}
+    refreshed = replace(view, snapshot=replace(snap, stamp=2))  # what a sync that changed no object does
+    assert _devices_by_user(refreshed) is first
+    newer = replace(view, snapshot=replace(snap, collections={"devices": Table.from_dicts({**devices, "d2": {
+        "id": "d2", "registeredOwners": ["u002"]}})}))
+    assert _devices_by_user(newer) == {"u001": ("d1",), "u002": ("d1", "d2")}

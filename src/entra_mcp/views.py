@@ -277,8 +277,19 @@ def _load_and_index(
                 patched = update(snapshot)
                 if patched is not None:
                     log.info("tenant %s: index updated in place in %.0f ms", name, (time.perf_counter() - started) * 1000)
-                    return snapshot, patched
+                    return snapshot, _derived(patched)
+            return snapshot, _derived(build(snapshot))  # a reload: off the request path
         return snapshot, build(snapshot)
+
+
+def _derived(view: Any) -> Any:
+    """`view` with the indexes the answers would otherwise derive on their first call (identity.access)."""
+    from entra_mcp.identity.access import derive_indexes
+    from entra_mcp.identity.view import DirectoryView
+
+    if isinstance(view, DirectoryView):
+        derive_indexes(view)
+    return view
 
 
 def views_to_prepare(cache_dir: str | os.PathLike[str], versions: dict[str, tuple[int, int]]) -> list[str]:
@@ -301,6 +312,7 @@ def prepare_views(cache_dir: str | os.PathLike[str], store: SnapshotSource, name
         started = time.perf_counter()
         try:
             snapshot, view = _load_and_index(store, name, _default_build)
+            view = _derived(view)  # kept with the index: the first answers after a start do not derive them
             if view is None or snapshot is None:
                 continue
             cache._write(name, (cache.fingerprint(view_type), snapshot.version), view)

@@ -5,7 +5,6 @@ assignment data is. Pure functions of the view; the mirror's devices, owners and
 
 from __future__ import annotations
 
-import weakref
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -14,32 +13,35 @@ from .account_facts import BUILTIN_ROLE_NAMES, account_index
 from .common import area_finding
 from .findings import finding, quote
 from .text import iso, utcnow
-from .view import DirectoryView
+from .view import DirectoryView, _column
 
 MAX_DEVICES = 10
 MAX_OWNERS = 10
 JOIN_TYPE = {"AzureAd": "joined", "ServerAd": "hybridJoined", "Workplace": "registered"}
 
-# devices by user, per view (weakly held: an old view and its snapshot are freed as soon as the server drops them),
-# rebuilt when the view is reused over a newer snapshot
-_INDEX: "weakref.WeakKeyDictionary[DirectoryView, tuple[int, dict[str, tuple[str, ...]]]]" = weakref.WeakKeyDictionary()
-
-
 def _devices_by_user(view: DirectoryView) -> dict[str, tuple[str, ...]]:
-    snap = view.snapshot
-    hit = _INDEX.get(view)
-    if hit is not None and hit[0] == id(snap):
-        return hit[1]
+    """user id -> the devices they own or use (owners first), derived once per devices collection."""
+    devices = view.snapshot.collection("devices")
+    return view.derived("devices_by_user", (devices,), lambda: _index_devices(devices))  # type: ignore[no-any-return]
+
+
+def derive_indexes(view: DirectoryView) -> None:
+    """Make the indexes the account and access answers derive on first use (roles by user, devices by user) now:
+    a reload or `entra-mcp sync` does it off the request path, so the first answer after it is not the slow one."""
+    account_index(view)
+    _devices_by_user(view)
+
+
+def _index_devices(devices: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
     index: dict[str, list[str]] = {}
-    for did, dev in snap.collection("devices").items():
-        for uid in dev.get("registeredOwners") or ():
+    owners, users = _column(devices, "registeredOwners"), _column(devices, "registeredUsers")
+    for did, owned_by, used_by in zip(devices, owners, users):
+        for uid in owned_by or ():
             index.setdefault(str(uid), []).append(did)
-        for uid in dev.get("registeredUsers") or ():
+        for uid in used_by or ():
             if did not in index.get(str(uid), ()):
                 index.setdefault(str(uid), []).append(did)
-    frozen = {k: tuple(v) for k, v in index.items()}
-    _INDEX[view] = (id(snap), frozen)
-    return frozen
+    return {k: tuple(v) for k, v in index.items()}
 
 
 def device_card(dev: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ as a PIM eligibility (activatable at any moment). Facts and sources: docs/graph-
 from __future__ import annotations
 
 import json
-import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -87,14 +86,15 @@ class AccountIndex:
     role_group_roles: dict[str, set[str]] = field(default_factory=dict)  # group -> names of the roles it holds
 
 
-_INDEXES: "weakref.WeakKeyDictionary[DirectoryView, AccountIndex]" = weakref.WeakKeyDictionary()
+_ROLE_SOURCES = ("role_assignments", "role_eligibilities", "role_definitions")
 
 
 def account_index(view: DirectoryView) -> AccountIndex:
-    idx = _INDEXES.get(view)
-    if idx is None:
-        idx = _INDEXES[view] = _build_index(view)
-    return idx
+    """The view's AccountIndex, derived once per version of the collections it reads."""
+    snap = view.snapshot
+    sources = (*(collection(view, name) for name in _ROLE_SOURCES), snap.groups, snap.members,
+               collection(view, "owners"), view.area_ready("owners"))
+    return view.derived("account_index", sources, lambda: _build_index(view))  # type: ignore[no-any-return]
 
 
 def _build_index(view: DirectoryView) -> AccountIndex:

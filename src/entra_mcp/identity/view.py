@@ -29,7 +29,7 @@ from itertools import compress, repeat
 from operator import ne
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
@@ -385,6 +385,9 @@ class DirectoryView:
     domains: dict[str, dict[str, Any]]  # casefolded domain name -> domain dict
     known_domains: frozenset[str]  # domain names of the tenant and of its UPNs (for sam@domain)
     _scores_cache: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)
+    # name -> (the objects it was derived from, value): indexes the answers derive from this view's collections on
+    # first use (derived()); shared by the copies a freshness refresh makes, so they survive it
+    _derived: dict[str, tuple[tuple[Any, ...], Any]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ build
 
@@ -516,6 +519,18 @@ class DirectoryView:
                         else:
                             member_of.pop(member, None)
         return self._assemble(snapshot, now, users, member_of, directory, vocabulary)
+
+    def derived(self, name: str, sources: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """The index `name` that `make()` derives from `sources` (collections of this view's snapshot), made once
+        and kept while the view holds those very collections (a refresh that changed no object keeps them; a newer
+        snapshot of one of them makes it again)."""
+        found = self._derived.get(name)
+        if found is not None and len(found[0]) == len(sources) and all(
+                a is b or (not a and not b) for a, b in zip(found[0], sources)):  # two empty collections are alike
+            return found[1]
+        value = make()
+        self._derived[name] = (sources, value)
+        return value
 
     # ------------------------------------------------------------ areas
 
