@@ -127,3 +127,11 @@ def test_a_dump_of_the_settings_does_not_read_the_file_twice(tmp_path: Path) -> 
     s = load_settings(write(tmp_path, MAIN, FILE))
     again = parse_settings(s.model_dump(mode="python"), source=s.source)
     assert [t.name for t in again.tenants] == ["own", "acme", "beta"]
+
+
+def test_no_tenant_named_among_hundreds_says_so_briefly(tmp_path: Path) -> None:
+    many = "".join(f'\n[[tenants]]\nname = "customer-{i:03d}"\ntenant_id = "c{i}.example"\n' for i in range(200))
+    s = load_settings(write(tmp_path, MAIN, many))
+    with pytest.raises(ConfigError) as e:
+        s.tenant(None)
+    assert "and 191 more" in str(e.value) and len(str(e.value)) < 400

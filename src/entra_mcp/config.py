@@ -559,7 +559,8 @@ class Settings(_Section):
             if not self.tenants:
                 raise ConfigError("no [[tenants]] are configured. Fix: add a [[tenants]] table (see config.example.toml).")
             raise ConfigError(
-                f"several tenants are configured ({', '.join(t.name for t in self.tenants)}): name one."
+                f"several tenants are configured ({', '.join(t.name for t in self.tenants[:10])}"
+                f"{f' and {len(self.tenants) - 10} more' if len(self.tenants) > 10 else ''}): name one."
             )
         for t in self.tenants:
             if t.name == name:

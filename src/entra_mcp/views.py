@@ -94,6 +94,11 @@ def estimate_view_bytes(tv: TenantView) -> int:
     return VIEW_BYTES_BASE + VIEW_BYTES_PER_OBJECT * objects
 
 
+def _some(names: list[str], shown: int = 10) -> str:
+    """The first `shown` names, and how many more (hundreds of tenants do not fit in an error message)."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def _with_snapshot(view: Any, snapshot: DirectorySnapshot) -> Any:
     """The same view (the same indexes) over `snapshot`, a refreshed copy of the one it was built from."""
     if is_dataclass(view) and not isinstance(view, type) and any(f.name == "snapshot" for f in fields(view)):
@@ -390,7 +395,7 @@ class ViewProvider:
             if not self._tenants:
                 raise InvalidArgument("no tenants are configured on this server; add a [[tenants]] entry to its config.")
             raise InvalidArgument(
-                f"several tenants are configured ({', '.join(self._tenants)}); pass `tenant` with one of these names."
+                f"several tenants are configured ({_some(list(self._tenants))}); pass `tenant` with one of these names."
             )
         if tenant in self._tenants:
             return tenant
