@@ -387,3 +387,23 @@ def test_no_token_code_or_secret_reaches_the_logs(stack: Stack, browser: HttpBro
     assert "revoked" in text  # the events were logged...
     for secret in (client["client_secret"], code, request_id, verifier, tokens["access_token"], tokens["refresh_token"]):
         assert secret not in text  # ...their secrets were not
+
+
+def test_doctor_reports_the_oauth_modes_readiness(stack: Stack) -> None:
+    import io
+
+    from entra_mcp.commands.doctor import doctor_oauth
+
+    out = io.StringIO()
+    assert anyio.run(doctor_oauth, stack.settings, out) is True
+    text = out.getvalue()
+    assert f"issuer {stack.base}" in text and "dynamic registration and client metadata documents" in text
+    assert "sign-in: ok" in text
+
+    s = stack.settings
+    oauth = s.server.auth.oauth.model_copy(update={"dynamic_registration": False, "client_metadata_documents": False})
+    server = s.server.model_copy(update={"auth": s.server.auth.model_copy(update={"oauth": oauth}),
+                                         "public_url": "http://mcp.example.com"})
+    out = io.StringIO()
+    assert anyio.run(doctor_oauth, s.model_copy(update={"server": server}), out) is False
+    assert "PLAIN HTTP off loopback" in out.getvalue() and "clients: NONE" in out.getvalue()

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from entra_mcp.config import TenantSettings, load_settings
+from entra_mcp.config import Settings, TenantSettings, load_settings
 from entra_mcp.errors import AuthError, EntraMcpError, GraphError, PermissionDenied, TransientError
 
 NAME = "doctor"
@@ -54,6 +54,43 @@ async def doctor_tenant(t: TenantSettings, out: TextIO) -> bool:
     return ok
 
 
+async def doctor_oauth(settings: Settings, out: TextIO) -> bool:
+    """server.auth.mode = "oauth": can MCP clients use this server as their authorization server? True when so."""
+    from urllib.parse import urlsplit
+
+    from entra_mcp.config import _is_loopback
+    from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
+
+    o = settings.server.auth.oauth
+    public = settings.server.resolved_public_url
+    ok = True
+    out.write(f"oauth: issuer {public}, resource {public}/mcp, scopes {' '.join(settings.server.auth.required_scopes)}\n")
+    parts = urlsplit(public)
+    if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
+        ok = False
+        out.write("  public_url: PLAIN HTTP off loopback - MCP clients refuse such an authorization server. Fix: serve "
+                  "it over https and set server.public_url to the https address\n")
+    styles = [name for name, on in (("dynamic registration", o.dynamic_registration),
+                                    ("client metadata documents", o.client_metadata_documents)) if on]
+    if styles:
+        out.write(f"  clients: {' and '.join(styles)}\n")
+    else:
+        ok = False
+        out.write("  clients: NONE - no client can identify itself. Fix: turn on server.auth.oauth.dynamic_registration "
+                  "or client_metadata_documents\n")
+    provider = OidcProvider.from_tenant(settings.tenant(settings.oidc.tenant), allowed_tenants=settings.oidc.allowed_tenants)
+    try:
+        await provider.metadata()
+        out.write(f"  sign-in: ok (people sign in through [oidc] tenant {settings.oidc.tenant}; redirect URI "
+                  f"{public}/auth/callback must be registered on app {settings.oidc.client_id})\n")
+    except (ProviderUnavailable, EntraMcpError) as exc:
+        ok = False
+        out.write(f"  sign-in: FAILED - the login host's discovery document cannot be fetched ({exc})\n")
+    finally:
+        await provider.aclose()
+    return ok
+
+
 def run(args: argparse.Namespace) -> int:
     import anyio
 
@@ -70,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             t.client_secret()
         else:
             t.client_certificate()
+    if settings.server.auth.mode == "oauth":
+        settings.oidc.client_secret()  # the sign-in app's secret variable unset: bad config (exit 2)
     ok = True
     store = MirrorStore(settings.server.cache_dir)
     try:
@@ -94,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             except EntraMcpError as exc:
                 out.write(f"  FAILED - {exc}\n")
                 results.append(False)
+        if settings.server.auth.mode == "oauth":
+            results.append(await doctor_oauth(settings, out))
         return all(results)
 
     ok = anyio.run(main) and ok
@@ -101,4 +142,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-__all__ = ["HELP", "NAME", "add_arguments", "doctor_tenant", "run"]
+__all__ = ["HELP", "NAME", "add_arguments", "doctor_oauth", "doctor_tenant", "run"]
