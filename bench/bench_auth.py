@@ -6,8 +6,9 @@
 2. A burst of 50 tokens with unknown kids: JWKS fetches it costs each validator.
 3. Authenticated /mcp tool calls per second and latency percentiles under 32 concurrent clients (each with its own
    MCP session and bearer token), with the product's HTTP app (create_http_app + build_hooks, entra mode) served by
-   uvicorn in a separate process; the same server with server.auth.mode = "none" is the baseline that shows what
-   authentication costs.
+   uvicorn in a separate process; the same in oauth mode (tokens from the server's own authorization server, each
+   client a different person who signed in and consented) and api_key mode; server.auth.mode = "none" is the
+   baseline that shows what authentication costs.
 
     .venv/bin/python bench/bench_auth.py [--seconds 8] [--clients 32] [--no-write]
 
@@ -183,6 +184,7 @@ def main() -> None:
         v = validation_bench(emu, args.seconds)
         entra = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds)
         api_key = mcp_bench(emu, Path(tmp), "api_key", args.clients, args.seconds)
+        oauth = mcp_bench(emu, Path(tmp), "oauth", args.clients, args.seconds)
         none = mcp_bench(emu, Path(tmp), "none", args.clients, args.seconds)
         paced = mcp_bench(emu, Path(tmp), "entra", args.clients, args.seconds, rate=CALLS_TARGET)
 
@@ -217,6 +219,7 @@ as soon as it is answered: the maximum rate) unless "paced" (a fixed offered rat
 | server.auth.mode | calls/s | p50 (ms) | p99 (ms) | errors | server CPU (% of a core) | server CPU per call (ms) |
 |---|---|---|---|---|---|---|
 {row("entra (bearer token validated on every request)", entra)}
+{row("oauth (this server's own opaque access token, looked up in the session store on every request)", oauth)}
 {row("api_key", api_key)}
 {row("none (baseline, loopback)", none)}
 {row(f"entra, paced: {CALLS_TARGET:.0f} calls/s offered by the {args.clients} clients", paced)}

@@ -5,7 +5,7 @@ config and middleware), over the emulator's small tenant (synced first). The loa
 client (h11 over asyncio streams, one keep-alive connection and one MCP session per client, TCP_NODELAY) spread
 over --procs processes, so that the generator is not what is measured: each process reports its own CPU use.
 
-    .venv/bin/python bench/bench_mcp_http.py [--modes api_key,entra] [--clients 32] [--seconds 8] [--procs 2]
+    .venv/bin/python bench/bench_mcp_http.py [--modes api_key,entra,oauth] [--clients 32] [--seconds 8] [--procs 2]
                                              [--tool sync_status]
 
 Prints one markdown table row per auth mode (calls/s, p50, p99, errors, server CPU, client CPU).
@@ -55,11 +55,11 @@ class Conn:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(reader, writer, f"{host}:{port}")
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    async def post(self, path: str, body: bytes, headers: dict[str, str], method: str = "POST") -> tuple[int, dict[str, str], bytes]:
         if self.h.our_state is h11.DONE and self.h.their_state is h11.DONE:
             self.h.start_next_cycle()
         hdrs = [("Host", self.host), ("Content-Length", str(len(body))), *headers.items()]
-        self.w.write(self.h.send(h11.Request(method="POST", target=path, headers=hdrs)) + self.h.send(h11.Data(data=body))
+        self.w.write(self.h.send(h11.Request(method=method, target=path, headers=hdrs)) + self.h.send(h11.Data(data=body))
                      + self.h.send(h11.EndOfMessage()))
         status, resp_headers, chunks = 0, {}, []
         while True:
@@ -80,8 +80,8 @@ class Conn:
         self.w.close()
 
 
-async def _client_loop(port: int, token: str | None, tool: str, stop_at: float, start_at: float,
-                       latencies: list[float], errors: list[int], interval: float, phase: float) -> None:
+async def _open(port: int, token: str | None) -> tuple[Conn, dict[str, str]]:
+    """One client's connection and MCP session (initialize + initialized)."""
     hdr = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
            "MCP-Protocol-Version": "2025-06-18"}
     if token:
@@ -95,10 +95,15 @@ async def _client_loop(port: int, token: str | None, tool: str, stop_at: float, 
     if "mcp-session-id" in rh:  # a stateless server ([server.store]) gives none: each call stands alone
         hdr["Mcp-Session-Id"] = rh["mcp-session-id"]
     await conn.post("/mcp", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', hdr)
+    return conn, hdr
+
+
+async def _client_loop(conn: Conn, hdr: dict[str, str], tool: str, start_at: float, stop_at: float,
+                       latencies: list[float], errors: list[int], interval: float, phase: float) -> None:
     i = 2
-    while time.time() < start_at:  # everyone starts together
+    while time.perf_counter() < start_at:  # everyone starts together
         await asyncio.sleep(0.005)
-    due = time.perf_counter() + phase
+    due = start_at + phase
     while True:
         body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": tool, "arguments": {}}}).encode()
         if interval:  # paced: send on a fixed schedule, latency counted from the scheduled time
@@ -117,20 +122,27 @@ async def _client_loop(port: int, token: str | None, tool: str, stop_at: float, 
         if status != 200 or b'"isError":true' in data.replace(b" ", b"") or f'"id":{i}'.encode() not in data.replace(b" ", b""):
             errors[0] += 1
         i += 1
+    # End the session (DELETE), as a client does: the per-caller session quota counts open sessions, and a caller
+    # that runs the load twice (the warm-up, then the measurement) would otherwise find its quota taken.
+    await conn.post("/mcp", b"", {k: v for k, v in hdr.items() if k != "Content-Type"}, method="DELETE")
     conn.close()
 
 
-def _generator(port: int, tokens: list[str | None], tool: str, seconds: float, start_at: float, out: Any,
+def _generator(port: int, tokens: list[str | None], tool: str, seconds: float, barrier: Any, out: Any,
                interval: float = 0.0, first: int = 0, total: int = 1) -> None:
     latencies: list[float] = []
     errors = [0]
 
     async def run() -> None:
-        offset = time.time() - time.perf_counter()
-        stop_at = start_at - offset + seconds
-        await asyncio.gather(*(_client_loop(port, t, tool, stop_at, start_at, latencies, errors, interval,
+        # Every process opens its sessions first, then all start together (a barrier, not a fixed start time: on a
+        # loaded machine spawning and initializing can take longer than any fixed delay).
+        opened = await asyncio.gather(*(_open(port, t) for t in tokens))
+        await asyncio.to_thread(barrier.wait, 120)
+        start_at = time.perf_counter() + 0.1
+        stop_at = start_at + seconds
+        await asyncio.gather(*(_client_loop(conn, hdr, tool, start_at, stop_at, latencies, errors, interval,
                                             interval * (first + k * (total // max(len(tokens), 1))) / total)
-                               for k, t in enumerate(tokens)))
+                               for k, (conn, hdr) in enumerate(opened)))
 
     cpu0 = time.process_time()
     asyncio.run(run())
@@ -143,11 +155,11 @@ def load(port: int, tokens: list[str | None], tool: str, seconds: float, procs: 
     `rate` calls/s on a fixed schedule (no coordinated omission: a stalled server is charged for delayed sends)."""
     interval = len(tokens) / rate if rate else 0.0
     ctx = mp.get_context("spawn")
-    start_at = time.time() + 1.5 + 0.05 * len(tokens)
+    barrier = ctx.Barrier(procs)
     parts, pipes = [], []
     for p in range(procs):
         rx, tx = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_generator, args=(port, tokens[p::procs], tool, seconds, start_at, tx, interval, p, len(tokens)),
+        proc = ctx.Process(target=_generator, args=(port, tokens[p::procs], tool, seconds, barrier, tx, interval, p, len(tokens)),
                            daemon=True)
         proc.start()
         parts.append(proc)
@@ -176,6 +188,36 @@ _SSE_SERVER = ("import functools, sys; import entra_mcp.server.http as h; "
                "from entra_mcp.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
+def _oauth_tokens(emu: Any, base: str, clients: int) -> list[str | None]:
+    """Access tokens from the server's own authorization server (oauth mode), the way MCP clients get them: one
+    client registered (RFC 7591), then for each of `clients` directory users a sign-in with Entra on the emulator,
+    the consent page, and the code redeemed with PKCE (tests/_oauth_fixtures.py HttpBrowser walks the pages)."""
+    from types import SimpleNamespace
+
+    from _auth_fixtures import user_upn
+    from _oauth_fixtures import HttpBrowser, pkce
+
+    users = sum(1 for u in emu.tenant(0).users.values()
+                if u.get("accountEnabled", True) and u.get("userType", "Member") == "Member")
+    redirect = "http://127.0.0.1:40000/callback"
+    tokens: list[str | None] = []
+    client_id = ""
+    for i in range(clients):
+        browser = HttpBrowser(SimpleNamespace(emu=emu, base=base, resource=f"{base}/mcp",  # type: ignore[arg-type]
+                                              upn=user_upn(emu, 0, n=i % users)))
+        try:
+            if not client_id:
+                client_id = browser.register([redirect]).json()["client_id"]
+            verifier, challenge = pkce()
+            code = browser.code_for(client_id, redirect, challenge)
+            answer = browser.token(grant_type="authorization_code", code=code, redirect_uri=redirect,
+                                   client_id=client_id, code_verifier=verifier, resource=f"{base}/mcp")
+            tokens.append(answer.json()["access_token"])
+        finally:
+            browser.close()
+    return tokens
+
+
 def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs: int, tool: str, *,
             sse: bool = False, rate: float = 0.0) -> dict[str, float]:
     port = free_port()
@@ -184,6 +226,9 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
     text = text.replace("[server]\n", f'[server]\ntransport = "http"\nport = {port}\npublic_url = "http://127.0.0.1:{port}"\n', 1)
     if mode != "entra":
         text = text.replace('mode = "entra"', f'mode = "{mode}"', 1)
+    if mode == "oauth":  # tokens live 10 minutes by default: long enough for any run here
+        text = text.replace('required_scopes = ["Identity.Investigate"]',
+                            'required_scopes = ["Identity.Investigate"]\n\n[server.auth.oauth]\naccess_token_minutes = 60', 1)
     cfg = root / f"{mode}.toml"
     cfg.write_text(text, encoding="utf-8")
     env = {**os.environ, **emu.secret_env(0, with_sign_in=True), "ENTRA_MCP_API_KEYS": API_KEY}
@@ -203,6 +248,8 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
             tokens: list[str | None] = [
                 emu.tokens.issue_user_tokens(t, emu.portal_app(0), users[i % len(users)], audience=emu.api_app(0).client_id,
                                              scp=[SCOPE], scopes=[SCOPE]).access_token for i in range(clients)]
+        elif mode == "oauth":
+            tokens = _oauth_tokens(emu, f"http://127.0.0.1:{port}", clients)
         elif mode == "api_key":
             tokens = [API_KEY] * clients
         else:
@@ -216,9 +263,61 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
         serving.stop(10)
 
 
+def token_check_cpu(emu: Any, calls: int = 20000) -> dict[str, float]:
+    """CPU per bearer-token check, in this process, one thread: oauth mode's store lookup (AuthorizationServer.verify:
+    the token's record and its family's, diskcache) against entra mode's JWT validation (TokenValidator, RS256,
+    cached JWKS). The honest figure for what each mode's authentication costs per request on a shared machine."""
+    import anyio
+
+    from entra_mcp.mirror.session_store import SessionStore
+    from entra_mcp.oauth.provider import AuthorizationServer
+    from entra_mcp.oidc.provider import OidcProvider
+    from entra_mcp.oidc.validate import TokenValidator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SessionStore(tmp)
+        srv = AuthorizationServer(store, issuer="http://127.0.0.1:1", resource="http://127.0.0.1:1/mcp", scopes=[SCOPE],
+                                  consent_url="http://127.0.0.1:1/oauth/consent", documents=None,
+                                  dynamic_registration=True, access_seconds=3600, refresh_seconds=86400,
+                                  client_seconds=86400)
+        request = {"client_id": "bench", "redirect_uri": "http://127.0.0.1/cb", "redirect_explicit": True,
+                   "code_challenge": "x" * 43, "state": None, "scopes": [SCOPE], "resource": srv.resource, "binding": ""}
+        code = srv.issue_code(request, {"tid": "t", "oid": "o", "name": None, "preferredUsername": None})
+
+        async def mint() -> str:
+            client: Any = type("C", (), {"client_id": "bench"})()
+            loaded = await srv.load_authorization_code(client, code)
+            assert loaded is not None
+            return (await srv.exchange_authorization_code(client, loaded)).access_token
+
+        token = anyio.run(mint)
+        t0 = time.process_time()
+        for _ in range(calls):
+            assert srv.verify(token) is not None
+        oauth_ms = (time.process_time() - t0) / calls * 1000
+        store.close()
+
+    t = emu.tenant(0)
+    user = next(u for u in t.users.values() if u.get("accountEnabled", True))
+    jwt = emu.tokens.issue_user_tokens(t, emu.portal_app(0), user, audience=emu.api_app(0).client_id, scp=[SCOPE],
+                                       scopes=[SCOPE]).access_token
+
+    async def entra() -> float:
+        v = TokenValidator(OidcProvider(emu.login_url, t.tenant_id, ca_bundle=emu.ca_bundle))
+        await v.validate_access_token(jwt, audience=emu.api_app(0).client_id, required_scopes=[SCOPE])
+        n = calls // 4
+        t0 = time.process_time()
+        for _ in range(n):
+            await v.validate_access_token(jwt, audience=emu.api_app(0).client_id, required_scopes=[SCOPE])
+        await v.provider.aclose()
+        return (time.process_time() - t0) / n * 1000
+
+    return {"oauth": oauth_ms, "entra": anyio.run(entra)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="api_key,entra")
+    parser.add_argument("--modes", default="api_key,entra,oauth")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
@@ -250,6 +349,11 @@ def main() -> None:
           "| server CPU per call (ms) | load generator CPU (% of a core) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if "oauth" in args.modes.split(","):
+        with run_emulator(size="small", seed=1) as emu:
+            check = token_check_cpu(emu)
+        print(f"\nCPU per bearer-token check, one thread: oauth (store lookup) {check['oauth']:.3f} ms, entra (RS256 JWT "
+              f"validation) {check['entra']:.3f} ms")
 
 
 if __name__ == "__main__":
