@@ -168,6 +168,22 @@ class Cluster:
             finally:
                 store.close()
 
+    def call_tool(self, r: Replica, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """One tools/call over the wire to replica `r` (its /mcp is stateless with a shared store)."""
+        import anyio
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        async def go() -> dict[str, Any]:
+            async with httpx2.AsyncClient(timeout=60) as http:
+                async with Client(streamable_http_client(f"{r.base}/mcp", http_client=http), mode="legacy") as client:
+                    result = await client.call_tool(name, arguments)
+                    assert not result.is_error, result.content
+                    return dict(result.structured_content or {})
+
+        return anyio.run(go)
+
     def wait_mid_run(self, r: Replica, timeout: float = 30.0) -> None:
         wait_until(lambda: r.syncing(self.tenant), timeout=timeout, what=f"replica {r.name} in the middle of a sync run",
                    proc=r.proc.proc if r.proc else None)

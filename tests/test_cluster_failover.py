@@ -11,15 +11,18 @@ redis-server, one shared snapshot directory, the emulator over HTTPS).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import time
-from typing import Iterator
+from datetime import datetime
+from typing import Any, Iterator
 
 import pytest
 
 from _cluster import LEASE_SECONDS, Cluster
-from _harness import wait_until
+from _harness import ENTRA_MCP, wait_until
 from _redis import RedisServer, have_redis
 from entra_mcp.devtenant.server import run_emulator
 from entra_mcp.mirror.store import MirrorStore
@@ -81,6 +84,37 @@ def test_kill_9_the_leader_mid_sync_another_takes_over(cluster: Cluster) -> None
         assert snap is not None and any(u.get("userPrincipalName") == upn for u in snap.users.values())
     finally:
         store.close()
+
+    # the followers took the leader's prepared index with the version (no indexing of their own)
+    assert any("with its index" in r.proc.log() for r in c.replicas if r.proc is not None)
+
+    # the restarted replica follows: it answers the change, and its asOf is a leader's commit time, not its own
+    # (the server swaps to a newly adopted version in the background; the held view answers meanwhile)
+    answers: list[dict[str, Any]] = []
+
+    def found() -> bool:
+        answers.append(c.call_tool(leader, "lookup_user", {"query": upn}))
+        return answers[-1]["matchType"] == "exact"
+    wait_until(found, timeout=60, what="the restarted replica answering from the adopted version")
+    answer = answers[-1]
+    assert answer["matches"][0]["userPrincipalName"] == upn
+    for a in answers:  # every answer, also those from the older view, carries a leader's commit time
+        assert _when(a["asOf"]) in {_when(p.as_of) for p in c.history()}, a["asOf"]
+    published_as_of = {_when(p.as_of) for p in c.history()}
+    assert _when(answer["asOf"]) in published_as_of, (answer["asOf"], sorted(published_as_of)[-3:])
+    status = c.call_tool(leader, "sync_status", {})
+    assert status["replication"]["leading"] is False and status["replication"]["serving"]["token"] == c.published().token  # type: ignore[union-attr]
+    # `entra-mcp status` from the same config says who leads and that this cache holds a published version
+    out = subprocess.run([ENTRA_MCP, "--config", str(leader.root / "config.toml"), "status", "--json"], env=c.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)["tenants"][0]["replication"]
+    assert rep["leader"] == c.published().holder and rep["redisError"] is None and rep["serving"]["token"]  # type: ignore[union-attr]
+
+
+def _when(text: str | None) -> datetime:
+    assert text, "no asOf"
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(microsecond=0)
 
 
 def test_a_paused_leader_past_its_lease_cannot_commit(cluster: Cluster) -> None:

@@ -219,3 +219,35 @@ def test_snapshot_files_are_immutable_and_retention_keeps_the_newest(tmp_path: P
         snaps.read("t", "../../etc/passwd")
     with pytest.raises(MirrorError, match="gone"):
         snaps.read("t", names[0])
+
+
+def test_a_follower_adopts_a_publication_with_the_leaders_prepared_index(tmp_path: Path, shared: SharedRedis) -> None:
+    """Leader and follower through the real publish and adopt paths (no processes): the follower's mirror holds the
+    leader's objects and asOf, and its view cache the leader's index under the follower's own version."""
+    from entra_mcp.cluster.replica import Replication
+    from entra_mcp.views import ShippedViews, ViewCache, _view_type
+
+    a, b = MirrorStore(tmp_path / "a"), MirrorStore(tmp_path / "b")
+    shared_dir = tmp_path / "shared"
+    leader = Replication(["t"], a, shared, snapshot_dir=shared_dir, views=ShippedViews(tmp_path / "a", a), holder="A")
+    follower = Replication(["t"], b, shared, snapshot_dir=shared_dir, views=ShippedViews(tmp_path / "b", b), holder="B",
+                           lead=False)
+    token = leader.leases["t"].acquire()
+    assert token is not None
+    _commit_users(a, _users(300), "dl-1")
+    assert leader._publish("t", token)
+    assert not leader._publish("t", token)  # nothing committed since
+    assert follower._catch_up("t")
+    snap_a, snap_b = a.load_snapshot("t"), b.load_snapshot("t")
+    assert snap_a is not None and snap_b is not None and snap_b.as_of == snap_a.as_of
+    assert snap_b.users.to_dicts() == snap_a.users.to_dicts()  # type: ignore[attr-defined]
+    assert ViewCache(tmp_path / "b" / ".server-views").holds("t", snap_b.version, _view_type())
+    st = follower.status("t")
+    assert st["inSync"] and not st["leading"] and st["published"]["by"] == "A"
+
+    # a run that changed nothing: a freshness publication (no data file), adopted without copying buckets
+    with a.writer("t") as w:
+        w.set_status("users", AreaStatus(enabled=True, object_count=300))
+    assert leader._publish("t", token)
+    assert (leader.leases["t"].published() or Publication.from_json("{}")).kind == "freshness"  # type: ignore[union-attr]
+    assert follower._catch_up("t") and follower.status("t")["inSync"]

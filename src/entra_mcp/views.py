@@ -331,6 +331,46 @@ def prepare_views(cache_dir: str | os.PathLike[str], store: SnapshotSource, name
         log.info("tenant %s: index for the server prepared in %.1f s", name, time.perf_counter() - started)
 
 
+class ShippedViews:
+    """The prepared index travelling with a published snapshot (cluster/replica.py): the leader builds the view of
+    the version it publishes (and keeps it in its own view cache, so its server loads it instead of indexing
+    again); a follower that adopts that version installs it in its view cache under its own version numbers before
+    the mirror switches, so its server loads it instead of indexing. Only a view built by this release's code is
+    used (the fingerprint); anything else: the server indexes the mirror as usual."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str], store: SnapshotSource) -> None:
+        self.cache = ViewCache(Path(cache_dir) / ".server-views")
+        self.store = store
+
+    def fingerprint(self) -> str:
+        return self.cache.fingerprint(_view_type())
+
+    def prepare(self, name: str, version: int) -> tuple[Any, str | None]:
+        """(view, fingerprint) of `name`'s mirror, built now and written to this replica's view cache; (None, None)
+        when it cannot be built (the followers then index it themselves)."""
+        try:
+            snapshot, view = _load_and_index(self.store, name, _default_build)
+            if view is None or snapshot is None:
+                return None, None
+            fingerprint = self.fingerprint()
+            self.cache._write(name, (fingerprint, snapshot.version), view)
+            return view, fingerprint
+        except Exception as exc:  # noqa: BLE001 - publishing goes on without the index
+            log.warning("tenant %s: could not prepare the index to publish (%s)", name, str(exc)[:200] or type(exc).__name__)
+            return None, None
+
+    def install(self, name: str, view: Any, *, version: int, stamp: int, data_stamps: dict[str, int]) -> None:
+        """Keep a shipped `view` as the index of this replica's mirror of `version` (its own numbers)."""
+        shipped = getattr(view, "snapshot", None)
+        if not isinstance(view, _view_type()) or not isinstance(shipped, DirectorySnapshot):
+            return
+        try:
+            snapshot = replace(shipped, version=version, stamp=stamp, data_stamps=dict(data_stamps))
+            self.cache._write(name, (self.fingerprint(), version), _with_snapshot(view, snapshot))
+        except Exception as exc:  # noqa: BLE001 - the server indexes the mirror itself
+            log.warning("tenant %s: could not keep the published index (%s)", name, str(exc)[:200] or type(exc).__name__)
+
+
 class ViewProvider:
     """Hands out the current TenantView per tenant name, reloading from the store when its version changes.
 
@@ -612,5 +652,5 @@ class ViewProvider:
         threading.Thread(target=work, name=f"entra-mcp-reload-{name}", daemon=True).start()
 
 
-__all__ = ["SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "estimate_view_bytes", "prepare_views",
+__all__ = ["ShippedViews", "SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "estimate_view_bytes", "prepare_views",
            "views_to_prepare"]

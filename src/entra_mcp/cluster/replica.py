@@ -43,8 +43,8 @@ class Replication:
     """The leader/follower side of `serve` for the tenants named. `shared` is sharedstore's SharedRedis."""
 
     def __init__(self, tenants: Sequence[str], store: MirrorStore, shared: Any, *, snapshot_dir: str | Any,
-                 lease_seconds: float = 30.0, poll_seconds: float = 2.0, keep: int = 3, holder: str | None = None, lead: bool = True, view_prepare: Callable[[str, int], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 lease_seconds: float = 30.0, poll_seconds: float = 2.0, keep: int = 3, holder: str | None = None,
+                 lead: bool = True, views: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.holder = holder or replica_id()
         self.snapshots = SnapshotDir(snapshot_dir)
@@ -55,7 +55,7 @@ class Replication:
         self.leases = {name: SyncLease(shared, tenant=name, holder=self.holder, ttl_seconds=lease_seconds, clock=clock)
                        for name in tenants}
         self.retry_seconds = max(0.2, min(poll_seconds, lease_seconds / 3.0))
-        self._view_prepare = view_prepare
+        self._views = views  # views.ShippedViews: the prepared index published with a version, installed on adoption
         self.last_error: dict[str, str] = {}
         self.refused: dict[str, int] = {name: 0 for name in tenants}
         self._seen: dict[str, Publication] = {}  # the newest publication seen per tenant
@@ -141,12 +141,19 @@ class Replication:
             return False  # our own, with a local commit since (published by the next run)
         started = time.perf_counter()
         try:
-            data = self.snapshots.read(name, rec.data_file)
+            # buckets copied from the data file only when the local mirror does not already hold that version
+            same_data = source is not None and have.get("data_file") == rec.data_file
+            views = self._views
+            data = self.snapshots.read(name, rec.data_file, view_fingerprint=None if same_data or views is None
+                                       else views.fingerprint())
             root = data.root if rec.file == rec.data_file else self.snapshots.read(name, rec.file).root
+
+            def install(version: int, stamp: int, data_stamps: dict[str, int]) -> None:
+                if views is not None and data.view is not None:
+                    views.install(name, data.view, version=version, stamp=stamp, data_stamps=data_stamps)
+
             with self.store.writer(name, wait_seconds=10.0) as writer:
-                # buckets copied from the data file only when the local mirror does not already hold that version
-                same_data = source is not None and have.get("data_file") == rec.data_file
-                version, stamp = writer.adopt(root, None if same_data else data.buckets, source)
+                version, stamp = writer.adopt(root, None if same_data else data.buckets, source, before_commit=install)
             self.store.set_source(name, local_stamp=stamp, publication=asdict(rec), colls=_colls(root))
         except MirrorError as exc:
             if self.last_error.get(f"follow:{name}") != str(exc):
@@ -154,8 +161,9 @@ class Replication:
             self.last_error[f"follow:{name}"] = str(exc)
             return False
         self.last_error.pop(f"follow:{name}", None)
-        log.info("tenant %s: adopted the published %s version %s (stamp %s, token %s) in %.0f ms", name, rec.kind,
-                 rec.version, rec.stamp, rec.token, (time.perf_counter() - started) * 1000)
+        log.info("tenant %s: adopted the published %s version %s (stamp %s, token %s%s) in %.0f ms", name, rec.kind,
+                 rec.version, rec.stamp, rec.token, ", with its index" if data.view is not None else "",
+                 (time.perf_counter() - started) * 1000)
         return True
 
     # ------------------------------------------------------------------ publishing
@@ -183,7 +191,7 @@ class Replication:
                     return False
                 root = export.root
                 stamp, version = int(root.get("stamp", root["version"])), int(root["version"])
-                view, fingerprint = self._view_prepare(name, version) if self._view_prepare else (None, None)
+                view, fingerprint = self._views.prepare(name, version) if self._views is not None else (None, None)
                 file = self.snapshots.write(name, version=version, stamp=stamp, token=token, root=root,
                                             buckets=export.buckets, view=view, fingerprint=fingerprint)
                 data_file = file
@@ -225,8 +233,7 @@ class Replication:
         return {
             "leading": leading,
             "fencingToken": lease.token if leading else None,
-            "published": {"version": rec.version, "stamp": rec.stamp, "token": rec.token, "asOf": rec.as_of,
-                          "kind": rec.kind, "by": rec.holder} if rec else None,
+            "published": _publication_json(rec),
             "serving": {k: have.get(k) for k in ("version", "stamp", "token")} if have else None,
             "inSync": bool(rec and have and have.get("token") == rec.token and have.get("stamp") == rec.stamp),
             "refusedPublications": self.refused.get(name, 0),
@@ -240,4 +247,28 @@ class Replication:
                 "tenants": {name: self.status(name) for name in self.leases}}
 
 
-__all__ = ["Replication"]
+def _publication_json(rec: Publication | None) -> dict[str, Any] | None:
+    return {"version": rec.version, "stamp": rec.stamp, "token": rec.token, "asOf": rec.as_of, "kind": rec.kind,
+            "by": rec.holder} if rec else None
+
+
+def replication_report(shared: Any, store: MirrorStore, name: str) -> dict[str, Any]:
+    """For `entra-mcp status`, from any process: who holds `name`'s lease now, the newest publication (both read
+    from Redis), and the publication this cache_dir's mirror holds. Redis unreachable: `redisError` says so."""
+    lease = SyncLease(shared, tenant=name, holder="status", ttl_seconds=1)
+    have = ((store.source(name) or {}).get("publication") or {})
+    out: dict[str, Any] = {"leader": None, "fencingToken": None, "published": None,
+                           "serving": {k: have.get(k) for k in ("version", "stamp", "token")} if have else None,
+                           "inSync": None, "redisError": None}
+    try:
+        leader, rec = lease.leader(), lease.published()
+    except StoreUnavailable as exc:
+        out["redisError"] = str(exc)
+        return out
+    out["leader"], out["fencingToken"] = (leader[0], leader[1]) if leader else (None, None)
+    out["published"] = _publication_json(rec)
+    out["inSync"] = bool(rec and have and have.get("token") == rec.token and have.get("stamp") == rec.stamp)
+    return out
+
+
+__all__ = ["Replication", "replication_report"]

@@ -114,16 +114,18 @@ def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, i
     return t
 
 
-def _replication(settings: Settings, store: Any, shared: Any, *, lead: bool) -> Any:
+def _replication(settings: Settings, store: Any, shared: Any, *, lead: bool, view_cache: bool = True) -> Any:
     """The leader/follower part when `[server.store] snapshot_dir` is set (several replicas), else None."""
     conf = settings.server.store
     if conf.snapshot_dir is None or shared is None:
         return None
     from entra_mcp.cluster.replica import Replication
+    from entra_mcp.views import ShippedViews
 
     replication = Replication([t.name for t in settings.tenants], store, shared, snapshot_dir=conf.snapshot_dir,
                               lease_seconds=conf.lease_seconds, poll_seconds=conf.snapshot_poll_seconds,
-                              keep=conf.snapshot_keep, lead=lead)
+                              keep=conf.snapshot_keep, lead=lead,
+                              views=ShippedViews(settings.server.cache_dir, store) if view_cache else None)
     log.info("replica %s: %s the sync lease of each tenant; published versions in %s", replication.holder,
              "competes for" if lead else "follows (--no-sync), never takes", conf.snapshot_dir)
     return replication
@@ -279,9 +281,10 @@ def _serve(
                 from entra_mcp.graph.what_if import LiveWhatIf
 
                 what_if = LiveWhatIf(settings)
-            server = create_server(settings, views=views, sessions=hooks.sessions, what_if=what_if)
+            replication = _replication(settings, store, shared, lead=background_sync, view_cache=view_cache)
+            server = create_server(settings, views=views, sessions=hooks.sessions, what_if=what_if,
+                                   replication=replication.status if replication is not None else None)
             stop = threading.Event()
-            replication = _replication(settings, store, shared, lead=background_sync)
             scheduler = (_start_scheduler(settings, store, stop, initial_delay=sync_delay, sync=background_sync,
                                           replication=replication)
                          if background_sync or replication is not None else None)

@@ -1,5 +1,7 @@
 """`entra-mcp status`: per tenant and area, enabled or disabled with the reason, last success, last error, object
-counts and age, from the mirror alone (no network). Prints on stdout; exit 0 even when a mirror cannot be read.
+counts and age, from the mirror alone (no network). With several replicas (`[server.store] snapshot_dir`) also which
+replica leads each tenant's sync and the newest published version, read from Redis (a short timeout; unreachable is
+said, not fatal). Prints on stdout; exit 0 even when a mirror cannot be read.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from entra_mcp.config import Settings, load_settings
-from entra_mcp.errors import MirrorError
+from entra_mcp.errors import EntraMcpError, MirrorError
 
 if TYPE_CHECKING:
     from entra_mcp.mirror.store import MirrorStore
@@ -34,8 +36,10 @@ def _age(dt: Any, now: datetime) -> float | None:
     return round((now - dt).total_seconds(), 1) if isinstance(dt, datetime) else None
 
 
-def status_report(settings: Settings, store: MirrorStore, *, now: datetime | None = None) -> dict[str, Any]:
-    """What `status --json` prints: per tenant and area, no secrets."""
+def status_report(settings: Settings, store: MirrorStore, *, now: datetime | None = None,
+                  shared: Any = None) -> dict[str, Any]:
+    """What `status --json` prints: per tenant and area, no secrets. With `shared` (the [server.store] connection)
+    and a snapshot_dir, each tenant gains `replication` (cluster/replica.py replication_report)."""
     from entra_mcp.areas import REGISTRY
     from entra_mcp.identity.status import area_json, disabled_findings, shared_error
 
@@ -80,8 +84,29 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
             "lastErrorAt": error_at,
             "areas": areas,
             "findings": disabled_findings(areas),
+            **({"replication": _replication(shared, store, t.name)}
+               if shared is not None and settings.server.store.snapshot_dir is not None else {}),
         })
     return {"generatedAt": _iso(now), "tenants": tenants}
+
+
+def _replication(shared: Any, store: MirrorStore, name: str) -> dict[str, Any]:
+    from entra_mcp.cluster.replica import replication_report
+
+    return replication_report(shared, store, name)
+
+
+def _open_shared(settings: Settings) -> Any:
+    """The [server.store] connection when several replicas share a snapshot directory (no I/O yet), else None."""
+    if settings.server.store.snapshot_dir is None or not settings.server.store.shared:
+        return None
+    from entra_mcp.sharedstore.connection import SharedRedis
+
+    try:
+        return SharedRedis.from_settings(settings.server.store)
+    except EntraMcpError as exc:  # e.g. the password variable unset: status still reports the mirror
+        sys.stderr.write(f"replication status unavailable: {exc}\n")
+        return None
 
 
 def _last_run(run: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -89,6 +114,18 @@ def _last_run(run: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("seconds", "full", "ok", "requests", "retries", "throttled", "tokenRefreshes", "secondsWaiting", "byArea")
     return {"at": _iso(run.get("at")), **{k: run.get(k) for k in keys}}
+
+
+def _replication_line(rep: dict[str, Any]) -> str:
+    serving = rep["serving"]
+    here = f"this cache holds version {serving['version']} (token {serving['token']})" if serving else "this cache holds no published version"
+    if rep["redisError"]:
+        return f"sync leader unknown ({rep['redisError']}); {here}"
+    pub = rep["published"]
+    newest = (f"newest published version {pub['version']} (token {pub['token']}, asOf {pub['asOf']})" if pub
+              else "nothing published yet")
+    leader = f"sync leader {rep['leader']} (token {rep['fencingToken']})" if rep["leader"] else "no sync leader now"
+    return f"{leader}; {newest}; {here}{'' if rep['inSync'] else ', not the newest'}"
 
 
 def _fmt_age(seconds: float | None) -> str:
@@ -108,10 +145,13 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(getattr(args, "config", None), check_files=False)  # it only reads the mirror
     store = MirrorStore(settings.server.cache_dir)
+    shared = _open_shared(settings)
     try:
-        report = status_report(settings, store)
+        report = status_report(settings, store, shared=shared)
     finally:
         store.close()
+        if shared is not None:
+            shared.close()
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return 0
@@ -125,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
             out.write(f"  mirror unreadable: {t['mirrorError']}\n")
         if t["lastError"]:
             out.write(f"  last error {t['lastErrorAt']} (every failing area): {t['lastError']}\n")
+        rep = t.get("replication")
+        if rep is not None:
+            out.write(f"  {_replication_line(rep)}\n")
         run = t["lastRun"]
         if run:
             out.write(f"  last run {run['at']}: {'full' if run['full'] else 'delta'}, {'ok' if run['ok'] else 'with failures'},"

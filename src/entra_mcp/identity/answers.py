@@ -198,6 +198,7 @@ class SyncStatusAnswer(Answer):
     lastErrorAt: str | None = None
     areas: dict[str, Obj] | None = Field(None, description="Per area: enabled, disabledReason, lastSuccess, lastError (only when newer than lastSuccess), lastErrorAt, objectCount, mode.")
     tenants: list[Obj] | None = Field(None, description="With several tenants: one such status each.")
+    replication: Obj | None = Field(None, description="Several replicas only: leading (whether this replica syncs the tenant), published (the newest version its leader published: version, asOf, by), serving (the one this replica answers from), inSync.")
     findings: list[Finding] = Field(default_factory=list)
 
 

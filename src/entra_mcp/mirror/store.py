@@ -805,12 +805,15 @@ class MirrorWriter:
             new_area = {"status": _status_to_dict(status), "delta_link": None, "meta": {}, "colls": {}}
             return self._switch(area, new_area, [], data_changed=had_data, touch_as_of=False)
 
-    def adopt(self, root: dict[str, Any], buckets: dict[str, Any] | None, source: dict[str, Any] | None) -> tuple[int, int]:
+    def adopt(self, root: dict[str, Any], buckets: dict[str, Any] | None, source: dict[str, Any] | None, *,
+              before_commit: Callable[[int, int, dict[str, int]], None] | None = None) -> tuple[int, int]:
         """Make this mirror hold another replica's committed state in ONE switch: its statuses, delta links, meta,
         tenant and asOf, and (with `buckets`, an export's) its objects. Without `buckets` (a freshness publication)
         the objects stay. `source` (MirrorStore.source) names the leader bucket revisions the current buckets copy:
         only buckets whose revision moved are written (stored form as is, no unpickling); without it every bucket
         is. The local version and stamp stay monotonic (never below the leader's: the usual case is equal).
+        `before_commit(version, stamp, data stamps)` runs when objects changed, once the buckets are written and just
+        before the switch (a prepared index is kept then, so a reader finds it as soon as it sees the version).
         Returns (data version, stamp)."""
         with self._lock:
             if root.get("schema") != SCHEMA_VERSION:
@@ -866,6 +869,8 @@ class MirrorWriter:
                         "as_of": root["as_of"], "interval_minutes": root["interval_minutes"]}
             if changed:
                 new_root["version"] = max(self.version + 1, int(root["version"]))
+                if before_commit is not None:
+                    before_commit(int(new_root["version"]), new_stamp, {a: int(x["data_stamp"]) for a, x in areas.items()})
             self._commit_root(new_root, written)
             return self.version, self.stamp
 

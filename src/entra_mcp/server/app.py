@@ -423,13 +423,15 @@ def create_server(
     what_if: WhatIf | None = None,
     audit: AuditTrail | None | bool = True,
     channel: str = "stdio",
+    replication: Callable[[str], dict[str, Any]] | None = None,
 ) -> MCPServer[Any]:
     """Build the MCP server. `views` gives each tenant's current DirectoryView; `sessions` is the chat-session
     validator of the sign-in part (None: validate_chat_session says sign-in is not configured); `now` is the clock;
     `sign_ins` each tenant's sign-in events (default: read from the views' mirror store); `what_if` asks Graph's
     Conditional Access What If live for check_app_access(live_what_if=true) (None: nowhere allowed); `audit` the
     audit trail (True: the one [server.audit] configures; None or False: none); `channel` names the transport of
-    calls that do not come over HTTP in the audit trail ("stdio", or "call" for `entra-mcp call`).
+    calls that do not come over HTTP in the audit trail ("stdio", or "call" for `entra-mcp call`); `replication`
+    (several replicas) gives sync_status each tenant's leader and published version.
 
     Access per caller ([server.access], server/access.py) is enforced here once: the tools see the views through
     PermittedViews, and CallGate hides and refuses the tools a caller may not use."""
@@ -451,7 +453,7 @@ def create_server(
     writeback = {t.name: getattr(t, "password_writeback", None) for t in getattr(settings, "tenants", None) or ()}
     permitted = PermittedViews(views, _current_access, _touched)
     ask = Ask(views=permitted, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback,  # type: ignore[arg-type]
-              what_if=what_if, session_filter=_session_filter(permitted))
+              what_if=what_if, session_filter=_session_filter(permitted), replication=replication)
     srv = getattr(settings, "server", None)
     lanes = WorkLanes(cpu_share=getattr(srv, "tool_cpu_share_per_caller", 1.0))
     for spec in TOOLS:

@@ -161,6 +161,9 @@ class Ask:
     # the caller's view of a chat-session verdict (server/app.py: a session of a tenant the caller may not use reads
     # exactly like an unknown session); None: verdicts as they are
     session_filter: Callable[[Mapping[str, Any], Callable[[str], Any]], Awaitable[Mapping[str, Any]]] | None = None
+    # several replicas: tenant name -> who leads its sync and the published version this replica serves
+    # (cluster/replica.py Replication.status); None: one replica
+    replication: Callable[[str], dict[str, Any]] | None = None
 
     def sign_in_log(self, tenant_name: str) -> SignInLog:
         return self.sign_ins.get(tenant_name) if self.sign_ins is not None else SignInLog(tenant_name, None)
@@ -570,12 +573,17 @@ async def _caller_check(ask: Ask, view: DirectoryView, user: str, token: str) ->
             "reason": None if matches else "the signed-in person is someone else"}
 
 
-def tenant_status(tv: TenantView, now: datetime) -> dict[str, Any]:
-    """sync_status of one tenant: identity.sync_status of its mirror, or MIRROR_NOT_SYNCED."""
+def tenant_status(tv: TenantView, now: datetime, replication: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """sync_status of one tenant: identity.sync_status of its mirror, or MIRROR_NOT_SYNCED; with several replicas
+    its `replication` too."""
+    data: dict[str, Any]
     if tv.snapshot is None:
-        return {"tenant": tv.name, "asOf": None, "areas": None, "findings": [not_synced_finding(tv.name)]}
-    data = identity.sync_status(tv.snapshot, now)
-    data.setdefault("tenant", tv.name)
+        data = {"tenant": tv.name, "asOf": None, "areas": None, "findings": [not_synced_finding(tv.name)]}
+    else:
+        data = identity.sync_status(tv.snapshot, now)
+        data.setdefault("tenant", tv.name)
+    if replication is not None:
+        data["replication"] = replication(tv.name)
     return data
 
 
@@ -591,13 +599,14 @@ def sync_status(ask: Ask, tenant: Tenant = None) -> Answer:
     the same one), `objectCount`.
 
     Use it when an answer looks stale or a field is null: a disabled area explains why some answers are
-    unknown. Without `tenant` and with several tenants configured, every tenant is listed.
+    unknown. Without `tenant` and with several tenants configured, every tenant is listed. On a server of several
+    replicas, `replication` says whether this replica leads the tenant's sync and which published version it serves.
     """
     now = ask.now()
     if tenant or len(ask.views.names) == 1:
-        return tenant_status(ask.views.status(tenant), now)  # freshness reads: no view is loaded for this
-    return {"asOf": iso(now), "tenants": [tenant_status(ask.views.status(n), now) for n in ask.views.names],
-            "findings": []}
+        return tenant_status(ask.views.status(tenant), now, ask.replication)  # freshness reads: no view is loaded
+    return {"asOf": iso(now), "tenants": [tenant_status(ask.views.status(n), now, ask.replication)
+                                          for n in ask.views.names], "findings": []}
 
 
 __all__ = ["MAX_TICKET_ID", "TOOLS", "Ask", "TicketId", "ChatSessionValidator", "Multiline", "NotSynced", "Token", "ToolSpec", "findings_tail",
