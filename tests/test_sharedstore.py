@@ -346,3 +346,19 @@ def test_the_documented_acl_user_is_enough(tmp_path: Path, monkeypatch: pytest.M
             other.close()
         finally:
             shared.close()
+
+
+def test_doctor_checks_the_shared_store(redis_server: RedisServer, tmp_path: Path) -> None:
+    import io
+
+    from entra_mcp.commands.doctor import check_shared_store
+
+    out = io.StringIO()
+    good = parse_settings({"server": {"store": {"redis_url": redis_server.url, "key_prefix": unique_prefix()}}})
+    assert check_shared_store(good, out) and f"shared store {redis_server.url}: ok" in out.getvalue()
+    port = free_port()
+    bad = parse_settings({"server": {"store": {"redis_url": f"redis://127.0.0.1:{port}/0", "start_wait_seconds": 0.2}}})
+    out = io.StringIO()
+    assert not check_shared_store(bad, out)
+    assert f"shared store redis://127.0.0.1:{port}/0: FAILED" in out.getvalue() and "connection refused" in out.getvalue()
+    assert check_shared_store(parse_settings({}), io.StringIO())  # nothing configured: nothing to check

@@ -1,5 +1,6 @@
-"""`entra-mcp doctor`: checks the config, gets a token, probes each area's Graph permission with a cheap request and
-prints what works and what to grant (stdout). Exit 0 all good, 1 a problem found, 2 bad config.
+"""`entra-mcp doctor`: checks the config, the shared store when one is configured, gets a token, probes each area's
+Graph permission with a cheap request and prints what works and what to grant (stdout). Exit 0 all good, 1 a problem
+found, 2 bad config.
 """
 
 from __future__ import annotations
@@ -91,6 +92,39 @@ async def doctor_oauth(settings: Settings, out: TextIO) -> bool:
     return ok
 
 
+def check_shared_store(settings: Settings, out: TextIO) -> bool:
+    """[server.store]: Redis answers within start_wait_seconds (at most 5 s here) and the configured user may write,
+    read, take and script under key_prefix (a probe key that expires in a second). True when all is well or no
+    shared store is configured."""
+    store = settings.server.store
+    if not store.shared:
+        return True
+    from entra_mcp.sharedstore.connection import SharedRedis
+    from entra_mcp.sharedstore.counters import SharedRateLimiter
+    from entra_mcp.sharedstore.sessions import RedisSessionStore
+
+    shared = SharedRedis.from_settings(store)
+    try:
+        try:
+            shared.wait_reachable(min(store.start_wait_seconds, 5.0))
+            records = RedisSessionStore(shared)
+            probe = "doctor-probe-" + "x" * 30
+            records.put("doctor", probe, {"ok": True}, ttl=1.0)
+            taken = records.take("doctor", probe) == {"ok": True}
+            SharedRateLimiter(shared, "doctor", 1_000).admit("doctor")
+        except EntraMcpError as exc:
+            out.write(f"shared store {shared.where}: FAILED - {exc}\n")
+            return False
+        if not taken:
+            out.write(f"shared store {shared.where}: FAILED - a record written could not be read back\n")
+            return False
+        out.write(f"shared store {shared.where}: ok (sessions, sign-in state and rate limits under "
+                  f"{store.key_prefix!r})\n")
+        return True
+    finally:
+        shared.close()
+
+
 def run(args: argparse.Namespace) -> int:
     import anyio
 
@@ -124,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 out.write(f"mirror {d}: NOT WRITABLE ({exc.strerror}). Fix: check server.cache_dir\n")
     finally:
         store.close()
+    ok = check_shared_store(settings, out) and ok
 
     async def main() -> bool:
         results = []
@@ -142,4 +177,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-__all__ = ["HELP", "NAME", "add_arguments", "doctor_oauth", "doctor_tenant", "run"]
+__all__ = ["HELP", "NAME", "add_arguments", "check_shared_store", "doctor_oauth", "doctor_tenant", "run"]
