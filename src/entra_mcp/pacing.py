@@ -59,7 +59,7 @@ class CpuBudget:
 class Pacer:
     """The pacing of one computation (one tool answer) in the current thread; see the module doc."""
 
-    def __init__(self, budget: CpuBudget | None, *, slice_seconds: float = 0.002, pause_seconds: float = 0.002) -> None:
+    def __init__(self, budget: CpuBudget | None, *, slice_seconds: float = 0.002, pause_seconds: float = 0.005) -> None:
         self.budget = budget
         self.slice_seconds = slice_seconds
         self.pause_seconds = pause_seconds
