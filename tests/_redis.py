@@ -35,7 +35,9 @@ def unique_prefix(name: str = "test") -> str:
 
 class RedisServer:
     def __init__(self, root: Path, *, port: int | None = None, password: str | None = None,
-                 persistence: bool = False) -> None:
+                 persistence: bool = False, tls: Any = None) -> None:
+        """`tls`: devtenant/tls.py's TlsFiles (a CA and a certificate for 127.0.0.1): TLS only, on `port`."""
+        self.tls = tls
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -46,10 +48,15 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def argv(self) -> list[str]:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert_file),
+                     "--tls-key-file", str(self.tls.key_file), "--tls-ca-cert-file", str(self.tls.ca_bundle),
+                     "--tls-auth-clients", "no"]
+        args = [REDIS_SERVER, *ports, "--bind", "127.0.0.1", "--dir", str(self.root),
                 "--logfile", str(self.log_path), "--daemonize", "no", "--databases", "4"]
         if self.persistence:
             args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
@@ -62,6 +69,8 @@ class RedisServer:
     def client(self, **kw: Any) -> Any:
         import redis
 
+        if self.tls:
+            kw.update(ssl=True, ssl_ca_certs=str(self.tls.ca_bundle))
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5, **kw)
 
     def _answers(self) -> bool:

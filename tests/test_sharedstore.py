@@ -362,3 +362,29 @@ def test_doctor_checks_the_shared_store(redis_server: RedisServer, tmp_path: Pat
     assert not check_shared_store(bad, out)
     assert f"shared store redis://127.0.0.1:{port}/0: FAILED" in out.getvalue() and "connection refused" in out.getvalue()
     assert check_shared_store(parse_settings({}), io.StringIO())  # nothing configured: nothing to check
+
+
+def test_tls_with_the_configured_ca(tmp_path: Path) -> None:
+    """rediss:// against a real TLS-only redis-server: the configured CA is trusted, the system's CAs alone are not."""
+    if not have_redis():
+        pytest.skip("redis-server is not installed")
+    from entra_mcp.devtenant.tls import create_tls_files
+
+    tls = create_tls_files(tmp_path / "tls")
+    with RedisServer(tmp_path / "r", tls=tls) as server:
+        assert server.url.startswith("rediss://")
+        shared = SharedRedis(store_settings(redis_url=server.url, ca_bundle=str(tls.ca_bundle)))
+        try:
+            shared.wait_reachable(5)
+            RedisSessionStore(shared).put("state", "t" * 43, {"tls": True}, ttl=60)
+            assert RedisSessionStore(shared).take("state", "t" * 43) == {"tls": True}
+        finally:
+            shared.close()
+        untrusted = SharedRedis(store_settings(redis_url=server.url, timeout_seconds=1))
+        with pytest.raises(StoreUnavailable, match="TLS handshake failed"):
+            untrusted.wait_reachable(0.5)
+        untrusted.close()
+        plain = SharedRedis(store_settings(redis_url=server.url.replace("rediss://", "redis://"), timeout_seconds=1))
+        with pytest.raises(StoreUnavailable):  # plain text to a TLS port never passes for a connection
+            plain.wait_reachable(0.5)
+        plain.close()

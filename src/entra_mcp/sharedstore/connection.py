@@ -3,8 +3,8 @@
 `SharedRedis.from_settings(store)` builds the client without any I/O; `wait_reachable(seconds)` is what `serve` calls
 at start (a clear StoreUnavailable when Redis does not answer in time). Every command of the product goes through
 `call(fn)`, the one place where the client's errors are translated: a refused or timed-out connection, a refused
-password or ACL user become `StoreUnavailable`, whose message names the store by its redacted URL and never carries
-the password.
+password or ACL user become `StoreUnavailable`, whose message says what cannot be done now (it reaches sign-in pages
+and tool results); where Redis is (the redacted URL) and why go to the log, never the password.
 
 While Redis is down the process must not stall on it (the callers run on the event loop): after a failure `call`
 fails at once, without opening a socket, and a background thread PINGs Redis every `RETRY_SECONDS` until it answers;
