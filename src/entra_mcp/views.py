@@ -70,10 +70,11 @@ class TenantView:
         return self.view is not None
 
 
-# What one held view costs, estimated from its object counts (bench/bench_tenants.py measures the real figure):
-# the columnar tables, the indexes and the snapshot's other collections of a directory object, and a tenant's floor.
-VIEW_BYTES_PER_OBJECT = 2_000
-VIEW_BYTES_BASE = 400_000
+# What one held view costs, estimated from its object counts: the columnar tables, the indexes and the snapshot's other
+# collections of a directory object, and a tenant's floor. Measured 2026-12-02 (RSS growth while loading the views of
+# bench/bench_tenants.py's mirrors): a medium tenant's view (5,000 users, core areas) ~16 MB, a small one ~0.55 MB.
+VIEW_BYTES_PER_OBJECT = 1_000
+VIEW_BYTES_BASE = 300_000
 WARM_MAX = 16  # tenants loaded at start; the others at their first call
 
 
