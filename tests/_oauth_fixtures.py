@@ -85,7 +85,8 @@ class Stack:
 
 
 @contextmanager
-def oauth_stack(root: Path, *, seed: int = 5) -> Iterator[Stack]:
+def oauth_stack(root: Path, *, seed: int = 5, redis_url: str | None = None) -> Iterator[Stack]:
+    """`redis_url`: the authorization server's records in Redis ([server.store]), /mcp stateless, as `serve` does."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with run_emulator(tenants=1, seed=seed, size="small") as emu, pytest.MonkeyPatch.context() as mp:
@@ -100,18 +101,28 @@ def oauth_stack(root: Path, *, seed: int = 5) -> Iterator[Stack]:
         }
         data["oidc"]["allowed_return_to"] = [f"{base}/"]
         emu.add_redirect_uri(base + "/auth/callback", None)
+        if redis_url is not None:
+            data["server"]["store"] = {"redis_url": redis_url, "key_prefix": f"oauth-{secrets.token_hex(4)}:"}
         settings = parse_settings(data)
-        hooks = build_hooks(settings)
+        shared = None
+        if redis_url is not None:
+            from entra_mcp.sharedstore.connection import SharedRedis
+
+            shared = SharedRedis.from_settings(settings.server.store)
+        hooks = build_hooks(settings, shared=shared)
         store = MirrorStore(settings.server.cache_dir)
         views = ViewProvider.from_settings(settings, store)
         server = create_server(settings, views=views, sessions=hooks.sessions)
-        app = create_http_app(settings, server, views=views, extra_routes=hooks.routes, protect=hooks.protect)
+        app = create_http_app(settings, server, views=views, extra_routes=hooks.routes, protect=hooks.protect,
+                              stateless=shared is not None)
         tls = {"ssl_certfile": str(emu.tls.cert_file), "ssl_keyfile": str(emu.tls.key_file)}
         try:
             with serve(app, port), serve(documents_app(), **tls) as docs:
                 yield Stack(emu, base, docs, settings, hooks, user_upn(emu))
         finally:
             store.close()
+            if shared is not None:
+                shared.close()
 
 
 class HttpBrowser:
