@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from . import conditional_access as ca
 from .account_facts import BUILTIN_ROLE_NAMES, account_index
 from .common import area_finding
-from .findings import finding, quote
+from .findings import finding, quote, suspicious_fields
 from .text import iso, utcnow
 from .view import DirectoryView, _column
 
@@ -26,10 +26,16 @@ def _devices_by_user(view: DirectoryView) -> dict[str, tuple[str, ...]]:
 
 
 def derive_indexes(view: DirectoryView) -> None:
-    """Make the indexes the account and access answers derive on first use (roles by user, devices by user) now:
+    """Make the indexes the account and access answers derive on first use (roles by user, devices by user, the
+    instruction-text verdicts of the tables' repeated values) now:
     a reload or `entra-mcp sync` does it off the request path, so the first answer after it is not the slow one."""
     account_index(view)
     _devices_by_user(view)
+    snap = view.snapshot
+    for table in (snap.users, snap.groups, snap.applications, snap.service_principals):
+        for record in table.values():  # judges each repeated value of the table's coded columns once, for all records
+            suspicious_fields(record)
+            break
 
 
 def _index_devices(devices: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:

@@ -84,10 +84,10 @@ class Coded:
 
     __slots__ = ("values", "idx", "_verdicts")
 
-    def __init__(self, values: Sequence[Any], idx: array[int]) -> None:
+    def __init__(self, values: Sequence[Any], idx: array[int], verdicts: dict[Any, tuple[bool, ...]] | None = None) -> None:
         self.values = tuple(values)
         self.idx = idx
-        self._verdicts: dict[Any, tuple[bool, ...]] | None = None
+        self._verdicts: dict[Any, tuple[bool, ...]] | None = verdicts
 
     def verdicts(self, test: Callable[[Any], bool]) -> tuple[bool, ...]:
         """test(value) for each distinct value (False for ABSENT), computed once per column and test."""
@@ -102,7 +102,9 @@ class Coded:
         return found
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Coded, (self.values, self.idx))
+        # verdicts of module-level tests are kept (the server's prepared index carries them); a lambda's cannot be
+        memo = {test: found for test, found in (self._verdicts or {}).items() if "<" not in getattr(test, "__qualname__", "<")}
+        return (Coded, (self.values, self.idx, memo)) if memo else (Coded, (self.values, self.idx))
 
 
 class Child:
