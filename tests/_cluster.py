@@ -83,6 +83,7 @@ class Cluster:
         import redis
 
         self.redis = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
+        self.redis_server: Any = None  # tests/_redis.py RedisServer, when the caller started one
         self.env = {k: v for k, v in os.environ.items() if k not in ("ENTRA_MCP_CONFIG", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
         self.env.update(emu.secret_env(0))
 
