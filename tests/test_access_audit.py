@@ -251,6 +251,10 @@ async def test_a_caller_of_tenant_a_cannot_see_tenant_b_by_name_id_or_chat_sessi
         assert status["tenant"] == a_name and b_name not in json.dumps(status)
         listed = await client.read_resource("entra://tenants")
         assert [t["tenant"] for t in json.loads(listed.contents[0].text)] == [a_name]  # type: ignore[union-attr]
+        card = await client.read_resource(f"entra://{a_name}/users/{env.user(0, 8)['id']}")
+        assert env.user(0, 8)["userPrincipalName"] in card.contents[0].text  # type: ignore[union-attr]
+        read = [r for r in records(env) if r["event"] == "resource_read"][-1]
+        assert read["resource"] == "users" and read["objects"] == [env.user(0, 8)["id"]] and read["tenant"] == a_name
         # and its own tenant works
         is_error, mine = await ask(client, "lookup_user", query=env.user(0)["userPrincipalName"])
         assert not is_error and mine["matchType"] == "exact"

@@ -102,6 +102,9 @@ class AuditTrail:
         self.failures = 0
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._head_fd: int | None = None
+        self._fd: int | None = None  # the live file, open for appending
+        self._fd_ino = -1
         self._known: tuple[int, int, str] | None = None  # (inode, size, hash of its last line) after our last write
         self._head_path = self.path.with_name(self.path.name + ".head")
 
@@ -135,15 +138,16 @@ class AuditTrail:
 
     def _append(self, event: str, fields: Mapping[str, Any]) -> None:
         body = {"v": RECORD_VERSION, "time": now_iso(self.clock()), "event": event, **_clean(fields)}
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             fd = self._locked_fd()
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                removed = self._rotate_if_needed(len(json.dumps(body)) + 100)
+                removed = self._rotate_if_needed(len(text) + 100)
                 for name, last in removed:
-                    self._write_line({"v": RECORD_VERSION, "time": body["time"], "event": "audit_retention",
-                                      "removedFile": name, "removedLastHash": last})
-                line = self._write_line(body)
+                    self._write_line(json.dumps({"v": RECORD_VERSION, "time": body["time"], "event": "audit_retention",
+                                                 "removedFile": name, "removedLastHash": last}, separators=(",", ":")))
+                line = self._write_line(text)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         if self.mirror == "stderr":
@@ -158,51 +162,52 @@ class AuditTrail:
         if self._lock_fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            self._head_fd = os.open(self._head_path, os.O_WRONLY | os.O_CREAT, 0o600)
         return self._lock_fd
 
-    def _write_line(self, body: dict[str, Any]) -> bytes:
-        """Chain `body` to the last line of the trail and append it (the file lock is held)."""
-        prev = self._last_hash()
-        body = {**body, "prev": prev}
-        line = (json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        if len(line) > MAX_LINE_BYTES:  # never expected: lists are cut before; keep the record, drop its lists
-            body = {k: v for k, v in body.items() if not isinstance(v, (list, dict))}
-            body["truncated"] = True
-            line = (json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            st = os.fstat(fd)
-            if st.st_size and not self._ends_with_newline(fd, st.st_size):
-                os.write(fd, b"\n")  # a torn line (a writer killed mid-append) stays alone on its line
-            os.write(fd, line)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        digest = line_hash(line)
-        self._known = (st.st_ino, st.st_size, digest)
-        self._write_head(digest)
-        return line
-
-    @staticmethod
-    def _ends_with_newline(fd: int, size: int) -> bool:
-        return os.pread(fd, 1, size - 1) == b"\n"
-
-    def _write_head(self, digest: str) -> None:
-        fd = os.open(self._head_path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.pwrite(fd, (digest + "\n").encode(), 0)
-        finally:
-            os.close(fd)
-
-    def _last_hash(self) -> str:
-        """The hash of the trail's last line: remembered from our own last write unless the file moved since."""
+    def _live(self) -> tuple[int, os.stat_result]:
+        """The append descriptor of the live file (reopened when another writer rotated it) and its stat."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             st = None
-        if st is not None and self._known is not None and self._known[:2] == (st.st_ino, st.st_size):
-            return self._known[2]
-        if st is not None and st.st_size:
+        if self._fd is None or st is None or st.st_ino != self._fd_ino:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            st = os.fstat(self._fd)
+            self._fd_ino = st.st_ino
+        return self._fd, st
+
+    def _write_line(self, text: str) -> bytes:
+        """Chain the record `text` (a JSON object) to the last line of the trail and append it (the file lock is
+        held). One stat, one write and the head's pwrite when this writer wrote the line before; a read of the tail
+        when another did."""
+        fd, st = self._live()
+        torn = b""
+        if self._known is not None and self._known[:2] == (st.st_ino, st.st_size):
+            prev = self._known[2]
+        else:
+            prev = self._last_hash(st.st_size)
+            if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                torn = b"\n"  # a torn line (a writer killed mid-append) stays alone on its line
+        body = text[:-1] + f',"prev":"{prev}"}}'
+        line = (body + "\n").encode("utf-8")
+        if len(line) > MAX_LINE_BYTES:  # never expected: lists are cut before; keep the record, drop its lists
+            short = {k: v for k, v in json.loads(text).items() if not isinstance(v, (list, dict))}
+            short.update(truncated=True, prev=prev)
+            line = (json.dumps(short, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        os.write(fd, torn + line)
+        digest = line_hash(line)
+        self._known = (st.st_ino, st.st_size + len(torn) + len(line), digest)
+        assert self._head_fd is not None
+        os.pwrite(self._head_fd, (digest + "\n").encode(), 0)
+        return line
+
+    def _last_hash(self, size: int) -> str:
+        """The hash of the trail's last line, read from the file (another writer moved it)."""
+        if size:
             last = last_line(self.path)
             if last is not None:
                 return line_hash(last)
@@ -231,6 +236,9 @@ class AuditTrail:
         target = self.path.with_name(f"{stem}.{stamp}{n:03d}Z{suffix}")
         os.rename(self.path, target)
         self._known = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         return self._apply_retention()
 
     def _apply_retention(self) -> list[tuple[str, str]]:
@@ -252,9 +260,11 @@ class AuditTrail:
 
     def close(self) -> None:
         with self._lock:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            for name in ("_fd", "_head_fd", "_lock_fd"):
+                fd = getattr(self, name)
+                if fd is not None:
+                    os.close(fd)
+                    setattr(self, name, None)
 
 
 def last_line(path: Path) -> bytes | None:

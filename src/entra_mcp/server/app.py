@@ -317,6 +317,8 @@ class CallGate:
         try:
             if ctx.method == "tools/list":
                 return self._listed(await call_next(ctx), call.access)
+            if ctx.method == "resources/read" and self.trail is not None:
+                return await self._resource_read(ctx, call_next, call)
             if ctx.method != "tools/call":
                 return await call_next(ctx)
             name = str((ctx.params or {}).get("name") or "")
@@ -330,6 +332,31 @@ class CallGate:
                     self._audit(call, name, result, time.perf_counter() - started)
         finally:
             _CALL.reset(token)
+
+    async def _resource_read(self, ctx: Any, call_next: Any, call: CallContext) -> Any:
+        """A resource read (a user's or group's card, a tenant's status) is a lookup too: one record, like a call."""
+        uri = str((ctx.params or {}).get("uri") or "")
+        started = time.perf_counter()
+        result: Any = None
+        try:
+            result = await call_next(ctx)
+            return result
+        finally:
+            data = _as_dict(result) or {}
+            objects: list[str] = []
+            for item in data.get("contents") or ():
+                try:
+                    objects += touched_objects(json.loads(item.get("text") or "null"))[0]
+                except (ValueError, AttributeError):
+                    pass
+            parts = uri.split("://", 1)[-1].split("/")
+            self.trail.record("resource_read", {  # type: ignore[union-attr]
+                "caller": call.caller.audit_fields(), "client": call.client, "session": call.session,
+                "transport": call.transport, "resource": parts[1][:32] if len(parts) > 1 else parts[0][:32],
+                "tenant": call.tenants[0] if call.tenants else None, "objects": objects[:MAX_AUDIT_OBJECTS] or None,
+                "outcome": "ok" if result is not None else "error",
+                "latencyMs": round((time.perf_counter() - started) * 1000, 3),
+            })
 
     @staticmethod
     def _listed(result: Any, access: Access) -> Any:
