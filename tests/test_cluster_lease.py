@@ -251,3 +251,14 @@ def test_a_follower_adopts_a_publication_with_the_leaders_prepared_index(tmp_pat
     assert leader._publish("t", token)
     assert (leader.leases["t"].published() or Publication.from_json("{}")).kind == "freshness"  # type: ignore[union-attr]
     assert follower._catch_up("t") and follower.status("t")["inSync"]
+
+
+def test_snapshot_dir_without_redis_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from entra_mcp.config import parse_settings
+    from entra_mcp.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"server": {"store": {"snapshot_dir": str(tmp_path)}}})
+    assert "snapshot_dir" in str(err.value) and "redis_url" in str(err.value)
+    ok = parse_settings({"server": {"store": {"redis_url": "redis://127.0.0.1:6379/0", "snapshot_dir": "~/snaps"}}})
+    assert ok.server.store.snapshot_dir is not None and "~" not in str(ok.server.store.snapshot_dir)
