@@ -139,3 +139,16 @@ def test_devtenant_customers_prints_a_working_multi_tenant_config(tmp_path: Path
         assert "[3/3" in check.stdout and f"{settings.tenants[0].name}: ok" in check.stdout, check.stdout + check.stderr
     finally:
         stop_process(proc)
+
+
+def test_sync_of_many_tenants_runs_at_most_max_concurrent_syncs_at_once(bed: dict[str, Any], config: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`entra-mcp sync` of every tenant keeps [scheduler] max_concurrent_syncs: with 1, the two consented tenants'
+    Graph requests (the emulator's own log) never interleave."""
+    emu: RunningEmulator = bed["emu"]
+    config.write_text(config.read_text(encoding="utf-8").replace("[server]", "[scheduler]\nmax_concurrent_syncs = 1\n\n[server]", 1),
+                      encoding="utf-8")
+    emu.runtime.requests.reset()
+    assert main(["--config", str(config), "sync"]) == 0
+    spans = sorted((min(s), max(s)) for s in emu.runtime.requests.stamps.values() if s)
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans

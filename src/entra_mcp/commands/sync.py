@@ -106,9 +106,11 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> list[TenantResult]:
         results: list[TenantResult] = []
+        limiter = anyio.CapacityLimiter(settings.scheduler.max_concurrent_syncs)  # hundreds of tenants: a few at once
 
         async def one(t: TenantSettings) -> None:
-            results.append(await sync_tenant(t, store, full=bool(getattr(args, "full", False)), progress=progress))
+            async with limiter:
+                results.append(await sync_tenant(t, store, full=bool(getattr(args, "full", False)), progress=progress))
 
         async with anyio.create_task_group() as tg:
             for t in tenants:
