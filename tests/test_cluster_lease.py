@@ -262,3 +262,32 @@ def test_snapshot_dir_without_redis_is_refused_with_the_fix(tmp_path: Path) -> N
     assert "snapshot_dir" in str(err.value) and "redis_url" in str(err.value)
     ok = parse_settings({"server": {"store": {"redis_url": "redis://127.0.0.1:6379/0", "snapshot_dir": "~/snaps"}}})
     assert ok.server.store.snapshot_dir is not None and "~" not in str(ok.server.store.snapshot_dir)
+
+
+def test_replicas_share_the_tenants_leases(tmp_path: Path, shared: SharedRedis) -> None:
+    """A replica that started first took every lease; once a second one is alive, leases are handed over one a
+    round until each leads its share; a follower-only replica neither counts nor takes one."""
+    from entra_mcp.cluster.replica import Replication
+
+    names = ["t1", "t2", "t3", "t4"]
+
+    def replica(holder: str, *, lead: bool = True) -> Replication:
+        return Replication(names, MirrorStore(tmp_path / holder), shared, snapshot_dir=tmp_path / "shared",
+                           holder=holder, lead=lead, lease_seconds=30)
+
+    a = replica("A")
+    a.keep_round()
+    assert sorted(n for n, x in a.leases.items() if x.held()) == names
+    b, c = replica("B"), replica("C", lead=False)
+    for _ in range(4):
+        for r in (b, c, a):
+            r.keep_round()
+    held = {r.holder: sorted(n for n, x in r.leases.items() if x.held()) for r in (a, b, c)}
+    assert len(held["A"]) == 2 and len(held["B"]) == 2 and held["C"] == [], held
+    assert set(held["A"]) | set(held["B"]) == set(names)
+    # A stops cleanly: B takes the rest at its next round
+    for lease in a.leases.values():
+        lease.release()
+    a.replica_set.leave()
+    b.keep_round()
+    assert sorted(n for n, x in b.leases.items() if x.held()) == names

@@ -79,6 +79,17 @@ redis.call('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
 return 1
 """
 
+# KEYS: the replica set; ARGV: holder, ttl ms. This replica alive until now + ttl (Redis's clock); the others whose
+# time ran out dropped; returns how many replicas are alive.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+return redis.call('ZCARD', KEYS[1])
+"""
+
 LOG_LENGTH = 1000
 
 
@@ -114,6 +125,30 @@ class Publication:
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring an unreadable publication record in Redis")
             return None
+
+
+class ReplicaSet:
+    """The replicas alive now ({prefix}sync:replicas, a sorted set of holders by the time each stops counting), so
+    that each takes about its share of the tenants' leases."""
+
+    def __init__(self, shared: Any, *, holder: str, ttl_seconds: float) -> None:
+        self._shared = shared
+        self.holder = holder
+        self.ttl_ms = max(100, int(ttl_seconds * 1000))
+        self.key = shared.key("sync", "replicas")
+        self._beat = shared.client.register_script(_HEARTBEAT)
+
+    def beat(self) -> int:
+        """Say this replica is alive for another ttl; how many replicas are alive (at least 1). StoreUnavailable."""
+        n = self._shared.call(lambda c: self._beat(keys=[self.key], args=[self.holder, self.ttl_ms]),
+                              what="the sync leases (the replica set)")
+        return max(1, int(n))
+
+    def leave(self) -> None:
+        try:
+            self._shared.call(lambda c: c.zrem(self.key, self.holder), what="the sync leases (the replica set)")
+        except StoreUnavailable:
+            pass
 
 
 class SyncLease:
@@ -224,4 +259,4 @@ class SyncLease:
         return int(raw or 0)
 
 
-__all__ = ["LOG_LENGTH", "Publication", "SyncLease", "replica_id"]
+__all__ = ["LOG_LENGTH", "Publication", "ReplicaSet", "SyncLease", "replica_id"]

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import anyio
 
-from entra_mcp.cluster.lease import Publication, SyncLease, replica_id
+from entra_mcp.cluster.lease import Publication, ReplicaSet, SyncLease, replica_id
 from entra_mcp.cluster.snapshots import SnapshotDir
 from entra_mcp.errors import MirrorError, StoreUnavailable
 from entra_mcp.logs import get_logger
@@ -55,6 +55,9 @@ class Replication:
         self.leases = {name: SyncLease(shared, tenant=name, holder=self.holder, ttl_seconds=lease_seconds, clock=clock)
                        for name in tenants}
         self.retry_seconds = max(0.2, min(poll_seconds, lease_seconds / 3.0))
+        self.replica_set = ReplicaSet(shared, holder=self.holder, ttl_seconds=lease_seconds)
+        self.live_replicas = 1
+        self._running: set[str] = set()  # tenants whose sync run is in progress here (their lease is never handed over)
         self._views = views  # views.ShippedViews: the prepared index published with a version, installed on adoption
         self.last_error: dict[str, str] = {}
         self.refused: dict[str, int] = {name: 0 for name in tenants}
@@ -76,9 +79,13 @@ class Replication:
             yield False
             return
         token = lease.token
-        await anyio.to_thread.run_sync(self._catch_up, name)
-        yield True
-        await anyio.to_thread.run_sync(self._publish, name, token)
+        self._running.add(name)
+        try:
+            await anyio.to_thread.run_sync(self._catch_up, name)
+            yield True
+            await anyio.to_thread.run_sync(self._publish, name, token)
+        finally:
+            self._running.discard(name)
 
     # ------------------------------------------------------------------ background loops
     async def keep_leases(self, stop_event: anyio.Event) -> None:
@@ -86,20 +93,46 @@ class Replication:
         interval = self.lease_seconds / 3.0
         try:
             while not stop_event.is_set():
-                for name, lease in self.leases.items():
-                    await anyio.to_thread.run_sync(self._keep, name, lease)
+                await anyio.to_thread.run_sync(self.keep_round)
                 with anyio.move_on_after(interval):
                     await stop_event.wait()
         finally:
             with anyio.CancelScope(shield=True):
                 for lease in self.leases.values():
                     await anyio.to_thread.run_sync(lease.release)
+                await anyio.to_thread.run_sync(self.replica_set.leave)
 
-    def _keep(self, name: str, lease: SyncLease) -> None:
+    def fair_share(self) -> int:
+        """How many tenants this replica should lead: the tenants divided by the leader-capable replicas alive,
+        rounded up."""
+        return -(-len(self.leases) // max(1, self.live_replicas))
+
+    def keep_round(self) -> None:
+        """One round: say this replica is alive, renew the leases it holds, take free ones up to its fair share, and
+        hand one over when it leads more than its share (a replica that started first took them all), never one
+        whose run is in progress. Another replica under its share takes it at its next round."""
+        if self.lead:  # a follower-only replica (serve --no-sync) takes no share
+            try:
+                self.live_replicas = self.replica_set.beat()
+            except StoreUnavailable:
+                pass  # the leases below say so
+        share = self.fair_share()
+        for name, lease in self.leases.items():
+            self._keep(name, lease, share)
+        leading = [n for n, lease in self.leases.items() if lease.held()]
+        spare = [n for n in leading if n not in self._running]
+        if len(leading) > share and spare:
+            name = spare[-1]
+            log.info("tenant %s: handing the sync lease over (this replica leads %d tenants, its share of %d replicas "
+                     "is %d)", name, len(leading), self.live_replicas, share)
+            self.leases[name].release()
+
+    def _keep(self, name: str, lease: SyncLease, share: int | None = None) -> None:
         try:
             if lease.token is not None and lease.renew():
                 return
-            if self.lead:
+            leading = sum(1 for x in self.leases.values() if x.held())
+            if self.lead and (share is None or leading < share):
                 lease.acquire()
             self.last_error.pop(f"lease:{name}", None)
         except StoreUnavailable as exc:
