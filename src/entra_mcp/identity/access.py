@@ -36,6 +36,8 @@ def derive_indexes(view: DirectoryView) -> None:
         for record in table.values():  # judges each repeated value of the table's coded columns once, for all records
             suspicious_fields(record)
             break
+    for table in snap.collections.values():
+        getattr(table, "pos", None)  # a mirror Table's id -> row map, made on first use (100,000 users: ~0.05 s)
 
 
 def _index_devices(devices: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
