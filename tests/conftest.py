@@ -15,6 +15,11 @@
     new emulator (same keyword arguments as `run_emulator`, e.g. `faults=FaultPlan(throttle_next=3)`, `tenants=2`,
     `state=my_state`) and stops it when the test ends. Start ~0.3 s for a small tenant.
 
+No process outlives the run: the test process adopts the processes its children leave behind (Linux's child
+subreaper), and at the end of the session kills whatever is still running below it, naming each on stderr (a test
+that killed a helper on time-out but not the servers the helper started would otherwise leave them serving and
+syncing, and slowing every test after it).
+
 msal and REQUESTS_CA_BUNDLE: `requests` lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment override a
 session's `verify` (psf/requests#3829), so msal's `verify=ca_bundle` is silently ignored when either is set. The
 fixtures do not hide this; product code must not rely on `verify=` alone (see tests/test_devtenant_login.py).
@@ -22,12 +27,43 @@ fixtures do not hide this; product code must not rely on `verify=` alone (see te
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from contextlib import ExitStack
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from entra_mcp.devtenant.server import RunningEmulator, run_emulator
+
+
+def _adopt_orphans() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants are re-parented to this process instead of init."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: leftovers go to init, as before
+            pass
+
+
+_adopt_orphans()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After every fixture is torn down: kill what is still running below this process, and say so. (Under
+    pytest-xdist each worker does this for its own tests; the controller's children are the workers themselves.)"""
+    import psutil
+
+    if getattr(session.config.option, "dist", "no") != "no" and not hasattr(session.config, "workerinput"):
+        return
+    left = psutil.Process().children(recursive=True)
+    for proc in left:
+        try:
+            sys.stderr.write(f"\nkilling a process the tests left running: {' '.join(proc.cmdline())[:300]}\n")
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
 
 
 @pytest.fixture(scope="session")
