@@ -26,22 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _iso(dt: Any) -> str | None:
-    from entra_mcp.identity.text import iso  # the one time format of every answer (...Z)
-
-    return iso(dt) if isinstance(dt, datetime) else None
-
-
-def _age(dt: Any, now: datetime) -> float | None:
-    return round((now - dt).total_seconds(), 1) if isinstance(dt, datetime) else None
-
-
 def status_report(settings: Settings, store: MirrorStore, *, now: datetime | None = None,
                   shared: Any = None) -> dict[str, Any]:
-    """What `status --json` prints: per tenant and area, no secrets. With `shared` (the [server.store] connection)
-    and a snapshot_dir, each tenant gains `replication` (cluster/replica.py replication_report)."""
+    """What `status --json` prints: per tenant its configuration's identity and its mirror as identity/status.py's
+    `mirror_report` renders it (the same rendering as the sync_status tool's); no secrets. With `shared` (the
+    [server.store] connection) and a snapshot_dir, each tenant gains `replication` (cluster/replica.py
+    replication_report)."""
     from entra_mcp.areas import REGISTRY
-    from entra_mcp.identity.status import area_json, disabled_findings, shared_error
+    from entra_mcp.identity.status import mirror_report
+    from entra_mcp.identity.text import iso  # the one time format of every answer (...Z)
 
     now = now or datetime.now(timezone.utc)
     tenants = []
@@ -50,23 +43,7 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
             info, mirror_error = store.info(t.name), None
         except MirrorError as exc:  # a full or read-only disk: report it per tenant, status itself still answers
             info, mirror_error = None, str(exc)
-        areas = {}
-        for defn in REGISTRY:
-            area = defn.name
-            st = info["areas"][area]["status"] if info else None
-            in_config = bool(getattr(t.sync, defn.switch))
-            meta = info["areas"][area]["meta"] if info else {}
-            shown = area_json(st) if st else {"enabled": True, "disabledReason": None, "lastSuccess": None, "lastError": None,
-                                              "lastErrorAt": None, "objectCount": None, "mode": None}
-            areas[area] = {
-                **shown,
-                "enabled": bool(shown["enabled"]) and in_config,
-                "disabledReason": shown["disabledReason"] if in_config else "turned off in config",
-                "ageSeconds": _age(st.last_success, now) if st else None,
-                "hasDeltaLink": info["areas"][area]["has_delta_link"] if info else False,
-                **({"memberships": meta["memberships"]} if "memberships" in meta else {}),
-            }
-        error, error_at = shared_error(areas)
+        turned_on = {defn.name: bool(getattr(t.sync, defn.switch)) for defn in REGISTRY}
         tenants.append({
             "name": t.name,
             "tenantId": t.tenant_id,
@@ -74,20 +51,11 @@ def status_report(settings: Settings, store: MirrorStore, *, now: datetime | Non
             "graphUrl": t.graph_host,
             "mirror": str(store.tenant_dir(t.name)),
             "mirrorError": mirror_error,
-            "synced": info is not None and info["as_of"] is not None,
-            "asOf": _iso(info["as_of"]) if info else None,
-            "ageSeconds": _age(info["as_of"], now) if info else None,
-            "version": info["version"] if info else 0,
-            "lastRun": _last_run(info.get("last_run") if info else None),
-            "intervalMinutes": t.sync.interval_minutes,
-            "lastError": error,
-            "lastErrorAt": error_at,
-            "areas": areas,
-            "findings": disabled_findings(areas),
+            **mirror_report(info, turned_on=turned_on, interval_minutes=t.sync.interval_minutes, now=now),
             **({"replication": _replication(shared, store, t.name)}
                if shared is not None and settings.server.store.snapshot_dir is not None else {}),
         })
-    return {"generatedAt": _iso(now), "tenants": tenants}
+    return {"generatedAt": iso(now), "tenants": tenants}
 
 
 def _replication(shared: Any, store: MirrorStore, name: str) -> dict[str, Any]:
@@ -107,13 +75,6 @@ def _open_shared(settings: Settings) -> Any:
     except EntraMcpError as exc:  # e.g. the password variable unset: status still reports the mirror
         sys.stderr.write(f"replication status unavailable: {exc}\n")
         return None
-
-
-def _last_run(run: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not run:
-        return None
-    keys = ("seconds", "full", "ok", "requests", "retries", "throttled", "tokenRefreshes", "secondsWaiting", "byArea")
-    return {"at": _iso(run.get("at")), **{k: run.get(k) for k in keys}}
 
 
 def _replication_line(rep: dict[str, Any]) -> str:

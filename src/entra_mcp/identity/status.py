@@ -1,5 +1,5 @@
 """How a tenant's mirror stands, per area, as JSON: the one rendering behind the sync_status tool, `entra-mcp status`
-(text and --json) and /healthz. Straight from AreaStatus; the only judgement made is which error is still current.
+(text and --json: `mirror_report`) and /healthz. Straight from AreaStatus; the only judgement made is which error is still current.
 
 An area's last error is shown only while it is newer than its last success (an error a later run got past is
 history, not news). When every area that shows an error shows the same one (a wrong secret, an unreachable login
@@ -72,6 +72,58 @@ def disabled_findings(areas: Mapping[str, dict[str, Any]]) -> list[dict[str, str
     return [finding("AREA_DISABLED", "Disabled, so answers that need them are null: " + "; ".join(off) + ".")]
 
 
+def _age(at: Any, now: datetime) -> float | None:
+    return round((now - at).total_seconds(), 1) if isinstance(at, datetime) else None
+
+
+def _last_run(run: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not run:
+        return None
+    keys = ("seconds", "full", "ok", "requests", "retries", "throttled", "tokenRefreshes", "secondsWaiting", "byArea")
+    at = run.get("at")
+    return {"at": iso(at) if isinstance(at, datetime) else None, **{k: run.get(k) for k in keys}}
+
+
+def mirror_report(info: Mapping[str, Any] | None, *, turned_on: Mapping[str, bool], interval_minutes: float,
+                  now: datetime) -> dict[str, Any]:
+    """A tenant's mirror as `entra-mcp status` shows it, from `MirrorStore.info()` (None: no mirror): synced, asOf,
+    ageSeconds, version, lastRun, intervalMinutes, the shared error, and per area (every defined area, in order)
+    `area_json` plus ageSeconds, hasDeltaLink and memberships; an area that `turned_on` says is off in the config
+    is disabled with that reason, whatever the mirror last recorded."""
+    from ..areas import REGISTRY
+
+    areas = {}
+    for defn in REGISTRY:
+        entry = info["areas"][defn.name] if info else None
+        st = entry["status"] if entry else None
+        shown = area_json(st) if st else {"enabled": True, "disabledReason": None, "lastSuccess": None,
+                                          "lastError": None, "lastErrorAt": None, "objectCount": None, "mode": None}
+        on = bool(turned_on.get(defn.name, True))
+        meta = entry["meta"] if entry else {}
+        areas[defn.name] = {
+            **shown,
+            "enabled": bool(shown["enabled"]) and on,
+            "disabledReason": shown["disabledReason"] if on else "turned off in config",
+            "ageSeconds": _age(st.last_success, now) if st else None,
+            "hasDeltaLink": entry["has_delta_link"] if entry else False,
+            **({"memberships": meta["memberships"]} if "memberships" in meta else {}),
+        }
+    error, error_at = shared_error(areas)
+    as_of = info["as_of"] if info else None
+    return {
+        "synced": as_of is not None,
+        "asOf": iso(as_of) if isinstance(as_of, datetime) else None,
+        "ageSeconds": _age(as_of, now),
+        "version": info["version"] if info else 0,
+        "lastRun": _last_run(info.get("last_run") if info else None),
+        "intervalMinutes": interval_minutes,
+        "lastError": error,
+        "lastErrorAt": error_at,
+        "areas": areas,
+        "findings": disabled_findings(areas),
+    }
+
+
 def sync_status(source: DirectorySnapshot | DirectoryView, now: datetime | None = None) -> dict[str, Any]:
     """Per area: enabled, disabledReason, lastSuccess, lastError, objectCount, mode (full/delta); plus the tenant,
     asOf, the sync interval, the tenant's shared error, a MIRROR_STALE finding when the mirror is older than two
@@ -94,4 +146,5 @@ def sync_status(source: DirectorySnapshot | DirectoryView, now: datetime | None 
     return answer
 
 
-__all__ = ["area_json", "area_names", "area_ok", "current_error", "disabled_findings", "shared_error", "sync_status"]
+__all__ = ["area_json", "area_names", "area_ok", "current_error", "disabled_findings", "mirror_report", "shared_error",
+           "sync_status"]
