@@ -276,7 +276,7 @@ def _load_and_index(
                 reused = _with_snapshot(held.view, snapshot)
                 if reused is not held.view:
                     log.info("tenant %s: only %s changed: the index is kept", name, ", ".join(sorted(changed)) or "freshness")
-                    return snapshot, reused
+                    return snapshot, _derived(reused)
             update = getattr(held.view, "updated", None)  # a DirectoryView patches the entries of what changed
             if update is not None:
                 started = time.perf_counter()
