@@ -9,6 +9,7 @@ second client finds the browser signed in and goes straight to its consent page.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -171,5 +172,17 @@ async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stac
             assert cimd.client is not None and cimd.client.client_id == url
             assert agent.authorizations == 2 and agent.sign_ins == 1
             assert url in agent.consent_text and CLIENT_NAME in agent.consent_text
+
+            # the audit trail: consent, token grants, revocation and the tool calls, with the client; no token
+            trail = stack.settings.server.audit.resolved_path(stack.settings.server.cache_dir)
+            text = trail.read_text()
+            rows = [json.loads(line) for line in text.splitlines()]
+            events = {(r["event"], r.get("outcome"), r.get("grant")) for r in rows}
+            assert {("consent", "ok", None), ("token", "ok", "authorization_code"), ("token", "ok", "refresh_token"),
+                    ("revoke", "ok", None)} <= events, events
+            calls = [r for r in rows if r["event"] == "tool_call"]
+            assert calls and {r["caller"].get("clientId") for r in calls} >= {dcr.client.client_id, url}
+            for secret in (first.access_token, first.refresh_token, dcr.tokens.access_token, dcr.tokens.refresh_token):
+                assert secret not in text
         finally:
             await chromium.close()

@@ -40,6 +40,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from entra_mcp.audit import sign_in_event
 from entra_mcp.config import Settings
 from entra_mcp.logs import get_logger
 from entra_mcp.oauth.clients import LOOPBACK_HOSTS, Client, MetadataDocuments, secret_hash
@@ -285,7 +286,11 @@ class OAuthRoutes:
             return _error_page(403, "This decision did not come from the consent page shown to you. Start again "
                                     "from your MCP client.")
         redirect_uri, state = str(pending["redirect_uri"]), pending.get("state")
-        if form.get("decision") != "approve":
+        approved = form.get("decision") == "approve"
+        self._audit(request, "consent", "ok" if approved else "refused", client_id=str(pending["client_id"]),
+                    tid=session.identity.tid, oid=session.identity.oid, upn=session.identity.preferred_username,
+                    reason=None if approved else "denied by the person")
+        if not approved:
             log.info("OAuth consent denied by tid=%s oid=%s for client %.120r", session.identity.tid,
                      session.identity.oid, pending["client_id"])
             target = construct_redirect_uri(redirect_uri, error="access_denied", state=state, iss=self.public_url)
@@ -313,7 +318,19 @@ class OAuthRoutes:
                                  "error_description": f"this server issues tokens only for {self.server.resource}"},
                                 400, headers=_NO_STORE)
         response: Response = await TokenHandler(self.server, HashedSecretAuthenticator(self.server)).handle(request)
+        grant = form.get("grant_type")
+        client_id = form.get("client_id")
+        self._audit(request, "token", "ok" if response.status_code == 200 else "failed",
+                    client_id=client_id if isinstance(client_id, str) else None,
+                    grant=grant[:40] if isinstance(grant, str) else None,
+                    reason=None if response.status_code == 200 else f"HTTP {response.status_code}")
         return response
+
+    def _audit(self, request: Request, event: str, outcome: str, **fields: Any) -> None:
+        """One OAuth event in the audit trail (identifiers only: never a code, token or secret)."""
+        if self.sign_in.settings is not None:
+            sign_in_event(self.sign_in.settings, event, outcome, flow="oauth",
+                          ip=request.client.host if request.client else None, **fields)
 
     async def register(self, request: Request) -> Response:
         address = request.client.host if request.client else "unknown"
@@ -345,6 +362,7 @@ class OAuthRoutes:
         found = await self.server.load_access_token(token) or await self.server.load_refresh_token(client, token)
         if found is not None and found.client_id == client.client_id:
             await self.server.revoke_token(found)
+            self._audit(request, "revoke", "ok", client_id=client.client_id)
         return Response(status_code=200, headers=_NO_STORE)  # unknown tokens too (RFC 7009 section 2.2)
 
     def routes(self) -> Sequence[BaseRoute]:
