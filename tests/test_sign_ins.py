@@ -383,6 +383,7 @@ def test_serve_polls_record_their_outcome_where_status_and_health_read_it(bed: B
             while not await anyio.to_thread.run_sync(check):  # bounded by fail_after
                 await anyio.sleep(0.2)
 
+        await until(lambda: area()["lastSuccess"] is not None)  # the first poll may end after the first directory run
         seen["before"] = area()
         assert seen["before"]["enabled"] and seen["before"]["lastSuccess"]
         await anyio.to_thread.run_sync(lambda: bed.ctl._ok(bed.ctl.http.post(
