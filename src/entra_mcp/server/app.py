@@ -245,30 +245,34 @@ def unknown_tool(name: str) -> dict[str, Any]:
 
 
 MAX_AUDIT_OBJECTS = 100
-_OBJECT_HINTS = ("userPrincipalName", "displayName", "appId", "mail")
 
 
 def touched_objects(answer: Any) -> tuple[list[str], int]:
-    """The directory object ids an answer names (users, groups, apps...): at most MAX_AUDIT_OBJECTS, and the count."""
+    """The directory object ids an answer names (users, groups, apps...): at most MAX_AUDIT_OBJECTS, and the count.
+    Plain recursion over dicts and lists (the answers are JSON-shaped): it runs once per audited call."""
     ids: list[str] = []
     seen: set[str] = set()
-    total = 0
-    stack: list[tuple[Any, int]] = [(answer, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, Mapping):
+
+    def walk(value: Any, depth: int) -> None:
+        if isinstance(value, dict):
             oid = value.get("id")
-            if isinstance(oid, str) and oid not in seen and any(h in value for h in _OBJECT_HINTS):
+            if type(oid) is str and oid not in seen and ("displayName" in value or "userPrincipalName" in value
+                                                         or "appId" in value or "mail" in value):
                 seen.add(oid)
-                total += 1
                 if len(ids) < MAX_AUDIT_OBJECTS:
                     ids.append(oid)
             if depth < 5:
-                stack.extend((v, depth + 1) for k, v in reversed(list(value.items()))
-                             if k != "findings" and isinstance(v, (Mapping, list)))
-        elif isinstance(value, list) and depth < 5:
-            stack.extend((v, depth + 1) for v in reversed(value) if isinstance(v, (Mapping, list)))
-    return ids, total
+                for k, v in value.items():
+                    if (type(v) is dict or type(v) is list) and k != "findings":
+                        walk(v, depth + 1)
+        elif depth < 5:
+            for v in value:
+                if type(v) is dict or type(v) is list:
+                    walk(v, depth + 1)
+
+    if isinstance(answer, (dict, list)):
+        walk(answer, 0)
+    return ids, len(seen)
 
 
 def _as_dict(result: Any) -> dict[str, Any] | None:
