@@ -766,7 +766,8 @@ def _expand_tenants(data: dict[str, Any], source: Path | None) -> tuple[dict[str
     defaults = data.get("tenant_defaults", {})
     file_value = data.get("tenants_file")
     if not defaults and file_value is None:
-        return data, [""] * len(data.get("tenants") or [])
+        own = data.get("tenants")
+        return data, [""] * (len(own) if isinstance(own, list) else 0)  # not a list: pydantic says what is wrong
     problems = _defaults_problems(defaults)
     if problems:
         where = f" in {source}" if source else ""
