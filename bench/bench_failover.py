@@ -45,13 +45,7 @@ def main() -> None:
         with RedisServer(root / "redis") as redis_server, run_emulator(size="small", seed=11) as emu:
             c = Cluster(root, emu, redis_server.port, lease_seconds=args.lease)
             try:
-                c.ctl.faults(latency_ms=25, delta_users_page_size=20, delta_groups_page_size=5)
-                for r in c.replicas:
-                    c.start(r)
-                for r in c.replicas:
-                    assert r.proc is not None
-                    r.proc.wait_ready(timeout=180)
-                wait_until(lambda: c.converged(c.replicas), timeout=120, what="a first publication adopted everywhere")
+                c.start_all(converge_timeout=120)
                 for n in range(args.kills):
                     leader = c.leader()
                     before = c.published()

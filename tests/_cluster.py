@@ -108,6 +108,18 @@ class Cluster:
     def start(self, r: Replica) -> None:
         r.proc = ServeProcess(self.config(r), env=self.env, log_path=r.root / "serve.log", base=r.base)
 
+    def start_all(self, *, converge_timeout: float) -> None:
+        """Graph slowed a little (so a run lasts long enough to be killed in the middle of), every replica started
+        and ready, and a first publication adopted by all."""
+        self.ctl.faults(latency_ms=25, delta_users_page_size=20, delta_groups_page_size=5)
+        for r in self.replicas:
+            self.start(r)
+        for r in self.replicas:
+            assert r.proc is not None
+            r.proc.wait_ready(timeout=180)  # three starts at once on a loaded 2-core machine
+        wait_until(lambda: self.converged(self.replicas), timeout=converge_timeout,
+                   what="a first publication adopted by every replica")
+
     def key(self, what: str) -> str:
         return f"{PREFIX}sync:{self.tenant}:{what}"
 

@@ -38,14 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c = Cluster(root, emu, redis_server.port)
         c.redis_server = redis_server
         try:
-            # Graph slowed a little so a run lasts long enough to be killed in the middle of
-            c.ctl.faults(latency_ms=25, delta_users_page_size=20, delta_groups_page_size=5)
-            for r in c.replicas:
-                c.start(r)
-            for r in c.replicas:
-                assert r.proc is not None
-                r.proc.wait_ready(timeout=180)  # three starts at once on a loaded 2-core machine
-            wait_until(lambda: c.converged(c.replicas), timeout=60, what="a first publication adopted by every replica")
+            c.start_all(converge_timeout=60)
             yield c
         finally:
             c.close()
