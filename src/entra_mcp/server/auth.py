@@ -44,17 +44,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from entra_mcp.config import Settings
 from entra_mcp.errors import EntraMcpError, StoreUnavailable
 from entra_mcp.logs import get_logger
-from entra_mcp.oauth import OAuthRoutes
-from entra_mcp.mirror.session_store import SessionRecords
-from entra_mcp.oidc.flow import LOGINS_PER_MINUTE
-from entra_mcp.oidc.provider import OidcProvider, ProviderUnavailable
-from entra_mcp.oidc.routes import SignIn
-from entra_mcp.oidc.sessions import SessionService
-from entra_mcp.oidc.validate import InsufficientScope, TokenRejected, TokenValidator
 from entra_mcp.ratelimit import Limiter
 from entra_mcp.server.limits import PrincipalLimits, Refusal, too_many
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # sign-in (oidc: JOSE, cryptography) and oauth load only in the modes that use them (~0.2 s of a start)
+    from entra_mcp.mirror.session_store import SessionRecords
+    from entra_mcp.oauth import OAuthRoutes
+    from entra_mcp.oidc.routes import SignIn
+    from entra_mcp.oidc.sessions import SessionService
+    from entra_mcp.oidc.validate import TokenValidator
     from entra_mcp.sharedstore.connection import SharedRedis
 
 log = get_logger("server.auth")
@@ -116,6 +114,9 @@ class McpGuard:
             tenant = settings.tenant(self.auth.tenant)
             self._issuer = tenant.issuer
             if validator is None:
+                from entra_mcp.oidc.provider import OidcProvider
+                from entra_mcp.oidc.validate import TokenValidator
+
                 # Only server.auth.allowed_tenants open /mcp to other tenants: oidc.allowed_tenants (who may sign in
                 # to the portal) never does.
                 validator = TokenValidator(
@@ -155,6 +156,8 @@ class McpGuard:
 
     async def _metadata_endpoint(self, request: Request) -> Response:
         if self.validator is not None and self.validator.provider.home is None:
+            from entra_mcp.oidc.provider import ProviderUnavailable
+
             try:  # name the issuer by its tenant GUID, as tokens do (the config may name the tenant by domain)
                 await self.validator.provider.metadata()
             except (ProviderUnavailable, EntraMcpError):
@@ -199,6 +202,9 @@ class McpGuard:
         if self.mode == "oauth":
             return self._oauth(credential)
         assert self.validator is not None and self.auth.audience
+        from entra_mcp.oidc.provider import ProviderUnavailable
+        from entra_mcp.oidc.validate import InsufficientScope, TokenRejected
+
         try:
             tok = await self.validator.validate_access_token(
                 credential,
@@ -439,16 +445,22 @@ def build_hooks(settings: Settings, store: Any = None, *, transport: httpx.Async
     records: SessionRecords | None = None
     mcp_rate = login_rate = None
     if shared is not None:  # imported here: a server without [server.store] never loads the Redis client
+        from entra_mcp.oidc.flow import LOGINS_PER_MINUTE
         from entra_mcp.sharedstore.counters import SharedRateLimiter
         from entra_mcp.sharedstore.sessions import RedisSessionStore
 
         records = RedisSessionStore(shared)
         mcp_rate = SharedRateLimiter(shared, "mcp", settings.server.max_requests_per_minute)
         login_rate = SharedRateLimiter(shared, "login", LOGINS_PER_MINUTE)
-    sign_in = (SignIn.from_settings(settings, transport=transport, store=records, login_rate=login_rate)
-               if settings.oidc.enabled else None)
+    sign_in = None
+    if settings.oidc.enabled:  # imported here: without [oidc] a server never loads the JOSE and sign-in code
+        from entra_mcp.oidc.routes import SignIn
+
+        sign_in = SignIn.from_settings(settings, transport=transport, store=records, login_rate=login_rate)
     oauth = None
     if settings.server.auth.mode == "oauth":
+        from entra_mcp.oauth import OAuthRoutes
+
         assert sign_in is not None  # config requires [oidc] for oauth mode
         oauth = OAuthRoutes.from_settings(settings, sign_in)
     guard = McpGuard(settings, transport=transport, oauth=oauth, rate=mcp_rate)
