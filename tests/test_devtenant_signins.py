@@ -158,3 +158,48 @@ def test_filter_parser_rejects_what_it_does_not_know() -> None:
     q = parse_filter("createdDateTime ge 2026-12-01T00:00:00Z and status/errorCode ne 0 and userId eq 'AbC'")
     assert q.lower is not None and q.code_ne == 0 and q.eq == {"userId": "abc"} and q.kinds() == (True, False)
     assert parse_filter("status/errorCode eq 0").kinds() == (False, True)
+
+
+def test_pages_computed_on_demand_equal_the_slice_generated_whole() -> None:
+    """The generated stream is a pure function of (tenant, minute): paging an hour with $skiptoken computes only that
+    hour's minutes, page by page, and lists exactly what generating the hour whole lists, in the same order."""
+    from entra_mcp.devtenant.generate import generate_state
+    from entra_mcp.devtenant.graph_signins import Query, SignInEmulation, parse_time
+
+    tenant = next(iter(generate_state("small", 1).tenants.values()))
+    now = parse_time("2026-12-01T12:00:00Z")
+
+    def emulation() -> SignInEmulation:
+        em = SignInEmulation(lambda: now)
+        em.settings.throttle_per_10s = 0
+        em.settings.events_per_user_day = 400.0  # a few hundred events a minute: lockout runs and the spray included
+        return em
+
+    t0, t1 = "2026-12-01T08:30:00Z", "2026-12-01T09:30:00Z"
+    whole_em = emulation()
+    whole = [(ts, e["id"], e) for ts, _id, e in whole_em.log(tenant).events(
+        Query(lower=parse_time(t0), upper=parse_time(t1) - 1e-7), now, None)]
+    assert len(whole) > 1000 and [w[:2] for w in whole] == sorted((w[:2] for w in whole), reverse=True)
+    assert {e["status"]["errorCode"] for _ts, _id, e in whole} >= {0, 50126, 50053}
+    assert any(e["ipAddress"] == SPRAY_IP for _ts, _id, e in whole), "the spray wave (09:00-09:20) is in the hour"
+    assert all(t0 <= e["createdDateTime"] < t1 for _ts, _id, e in whole)
+
+    paged_em = emulation()
+    log = paged_em.log(tenant)
+    opts = {"filter": f"createdDateTime ge {t0} and createdDateTime lt {t1}", "top": "97"}
+    paged: list[dict[str, Any]] = []
+    pages = 0
+    while True:
+        status, body, _ = paged_em.list(tenant, "app", opts, token_key=b"k" * 32, base="https://graph.test")
+        assert status == 200
+        pages += 1
+        paged.extend(body["value"])
+        # on demand: only the minutes of [t0, t1) were ever computed, never the rest of the 30-day retention
+        assert log._slice_cache.cache_info().currsize <= 61  # type: ignore[attr-defined]
+        nxt = body.get("@odata.nextLink")
+        if not nxt:
+            break
+        opts = {"skiptoken": nxt.split("$skiptoken=", 1)[1]}
+    assert pages > 5
+    assert [e["id"] for e in paged] == [w[1] for w in whole], "same events, same order, none twice"
+    assert paged == [w[2] for w in whole], "same content"

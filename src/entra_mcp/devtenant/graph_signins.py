@@ -11,6 +11,11 @@ Entra ID P1/P2 and without AuditLog.Read.All (route permission); the reporting A
 The generated stream is a pure function of (tenant id, minute): each minute's events are drawn from a random
 generator seeded with both, so a `large` tenant (~1,000,000 sign-ins a day) is never held in memory; failures and
 successes are separate draws, so a failures-only query (`status/errorCode ne 0`) never builds the 95 % successes.
+A page is computed on demand from the minutes it covers (its $skiptoken carries the last (time, id) listed), and
+every event of a minute, ids included, comes from that minute's generator and lies inside that minute (a lockout
+run starts early enough to end in it), so pages cut anywhere list exactly the stream generated whole. Only the
+last _HELD_SLICES minutes of failures are kept; generating costs ~50 us of CPU per event (large: ~1.5 M events for a
+7-day failure window plus a day of everything).
 Traffic: ~10 sign-ins per user a day, 5 % failures (typo'd passwords, Smart Lockout runs, MFA interrupts and
 denials, Conditional Access blocks with the policy's name, legacy-auth attempts, non-compliant devices, users not
 assigned, expired passwords, disabled and unknown accounts, stale grants) and one password-spray wave from one IP
@@ -25,6 +30,7 @@ import re
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from collections.abc import Collection
@@ -44,6 +50,9 @@ FAILURE_SHARE = 0.05
 SPRAY_IP = "203.0.113.66"
 _NS = uuid.UUID("3c8e1f0a-5b7d-4e2a-9c61-0d2f4b8a7e35")
 _DAY = 86400
+# failure slices kept after a listing computed them (the next page, and the next poll over the same minutes, reuse
+# them); successes (95 %) are never kept. 512 minutes of a large tenant's failures: ~18,000 events.
+_HELD_SLICES = 512
 
 # well-known first-party applications (appId, name) and the client apps modern sign-ins use
 FIRST_PARTY = [
@@ -226,7 +235,8 @@ class _Cast:
         own = [(sp["appId"], sp["displayName"]) for sp in sps
                if sp.get("appOwnerOrganizationId") == tenant.tenant_id and sp.get("servicePrincipalType") == "Application"
                and sp.get("accountEnabled", True)]
-        self.assigned = [a for a in own if any(sp["appId"] == a[0] and sp.get("appRoleAssignmentRequired") for sp in sps)][:6] \
+        required = {sp["appId"] for sp in sps if sp.get("appRoleAssignmentRequired")}
+        self.assigned = [a for a in own if a[0] in required][:6] \
             or own[:3] or FIRST_PARTY[:1]
         self.apps = FIRST_PARTY + own[:6]
         self.domain = tenant.domain
@@ -237,9 +247,15 @@ class _Cast:
         self.daily = max(1.0, len(users) * EVENTS_PER_USER_DAY)
 
 
+@lru_cache(maxsize=1 << 18)
 def _home_ip(uid: str) -> str:
-    h = uuid.uuid5(_NS, uid).int
+    h = zlib.crc32(uid.encode())
     return f"198.18.{(h >> 8) % 256}.{h % 254 + 1}"
+
+
+@lru_cache(maxsize=256)
+def _policy_id(name: str) -> str:
+    return str(uuid.uuid5(_NS, f"policy/{name}"))
 
 
 def _office_ip(office: str | None) -> str:
@@ -256,7 +272,7 @@ class TenantSignIns:
         self._cast: _Cast | None = None
         self._lock = threading.Lock()
         self.added: list[tuple[float, str, dict[str, Any], float]] = []  # (created ts, id, event, visible ts), sorted
-        self._slice_cache: Callable[[int, bool], list[tuple[float, str, dict[str, Any], float]]] = lru_cache(maxsize=4096)(self._slice_uncached)
+        self._slice_cache: Callable[[int, bool], list[tuple[float, str, dict[str, Any], float]]] = lru_cache(maxsize=_HELD_SLICES)(self._slice_uncached)
 
     @property
     def cast(self) -> _Cast:
@@ -276,16 +292,19 @@ class TenantSignIns:
         count = int(rate) + (1 if rng.random() < rate - int(rate) else 0)
         base = n * SLICE_S
         out: list[tuple[float, str, dict[str, Any], float]] = []
-        i = 0
+        late_share, late_delay, delay = self.settings.late_share, self.settings.late_delay_s, self.settings.ingestion_delay_s
+
+        minute = _iso(base)[:17]  # "YYYY-MM-DDTHH:MM:" of the slice: every event of the slice lies inside it
 
         def add(ev: dict[str, Any], ts: float) -> None:
-            nonlocal i
-            ev["id"] = str(uuid.uuid5(_NS, f"{c.tid}/{n}/{int(failures)}/{i}"))
-            ev["correlationId"] = str(uuid.uuid5(_NS, f"c/{ev['id']}"))
-            ev["createdDateTime"] = _iso(ts)
-            i += 1
-            late = rng.random() < self.settings.late_share
-            out.append((ts, ev["id"], ev, ts + (self.settings.late_delay_s if late else self.settings.ingestion_delay_s)))
+            h = f"{rng.getrandbits(128):032x}"
+            ev["id"] = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
+            h = f"{rng.getrandbits(128):032x}"
+            ev["correlationId"] = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-b{h[17:20]}-{h[20:32]}"
+            sec = ts - base
+            ev["createdDateTime"] = f"{minute}{int(sec):02d}.{int((sec - int(sec)) * 1e7):07d}Z" if 0 <= sec < SLICE_S else _iso(ts)
+            late = rng.random() < late_share
+            out.append((ts, ev["id"], ev, ts + (late_delay if late else delay)))
 
         for _ in range(count):
             ts = base + rng.random() * SLICE_S
@@ -313,6 +332,7 @@ class TenantSignIns:
         if kind == "typo":
             yield self._event(user, app, 50126, rng), ts
         elif kind == "lockout":
+            ts = min(ts, (ts // SLICE_S + 1) * SLICE_S - 23)  # the whole run inside its slice (pages cut between slices)
             for k in range(10):
                 yield self._event(user, app, 50126, rng), ts + k * 2
             yield self._event(user, app, 50053, rng), ts + 22
@@ -351,7 +371,7 @@ class TenantSignIns:
         policies = []
         if policy is not None:
             pname, grants = _POLICIES[policy]
-            policies.append({"id": str(uuid.uuid5(_NS, f"policy/{pname}")), "displayName": pname,
+            policies.append({"id": _policy_id(pname), "displayName": pname,
                              "enforcedGrantControls": grants, "enforcedSessionControls": [], "result": ca or "failure"})
         return {
             "userDisplayName": name, "userPrincipalName": upn, "userId": uid or "00000000-0000-0000-0000-000000000000",
