@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from _report import write_section  # noqa: E402
+from _report import latency, write_section  # noqa: E402
 from bench_sync import _emulator_session, _run_child, _summary  # noqa: E402
 
 SECTION = "## Devices, Conditional Access and owners (bench/bench_access.py)"
@@ -73,8 +73,7 @@ def _answers(config: str, name: str, n: int) -> dict[str, Any]:
         answer = check_app_access(view, users[i % len(users)], apps[i % len(apps)], now)
         times.append((time.perf_counter() - t0) * 1000)
         listed += len((answer.get("conditionalAccess") or {}).get("policies") or [])
-    times.sort()
-    return {"n": n, "p50": times[n // 2], "p99": times[min(n - 1, int(0.99 * n))], "max": times[-1],
+    return {**latency(times),
             "policies": len(snap.collection("ca_policies")), "devices": len(snap.collection("devices")),
             "owners": len(snap.collection("owners")), "listed_per_answer": listed / n,
             "rss_mb": psutil.Process().memory_info().rss / 2**20}

@@ -12,6 +12,9 @@
 
     .venv/bin/python bench/bench_auth.py [--seconds 8] [--clients 32] [--no-write]
 
+   Unless --no-write, the figures replace this benchmark's section of docs/benchmarks.md (its own text, above the
+   subsections written there for bench/bench_mcp_http.py, which stay).
+
    (bench/bench_mcp_http.py measures the /mcp part alone, with the SDK's SSE answers for comparison.)
 
 Targets: >= 5,000 ID-token validations/s; >= 300 authenticated tool calls/s with p99 <= 100 ms.
@@ -32,6 +35,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from _report import write_section  # noqa: E402
+
+SECTION = "## Sign-in and /mcp protection (`bench/bench_auth.py`)"
 
 VALIDATIONS_TARGET = 5000.0
 CALLS_TARGET = 300.0
@@ -160,7 +167,6 @@ def mcp_bench(emu: Any, root: Path, mode: str, clients: int, seconds: float, rat
     """The installed `entra-mcp serve` over HTTP, driven by bench_mcp_http.py's load generator (lean HTTP/1.1
     clients over 2 processes: a single httpx AsyncClient shared by 32 sessions spends ~4 ms of CPU per call in its
     connection pool and was the bottleneck of this benchmark's earlier figures)."""
-    sys.path.insert(0, str(ROOT / "bench"))
     import bench_mcp_http
 
     return bench_mcp_http.measure(emu, root, mode, clients, seconds, procs=2, tool="sync_status", rate=rate)
@@ -172,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
     import tempfile
@@ -195,10 +201,7 @@ def main() -> None:
 
     ok_v = v["ours"] >= VALIDATIONS_TARGET
     ok_c = paced["rate"] >= CALLS_TARGET * 0.97 and paced["p99"] <= P99_TARGET_MS
-    section = f"""
-## Sign-in and /mcp protection (`bench/bench_auth.py`)
-
-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.python_implementation()} {platform.python_version()},
+    body = f"""{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.python_implementation()} {platform.python_version()},
 {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after the run (other
 work on the machine shares these CPUs). Emulator (small, seed 1) over HTTPS on loopback; {args.seconds:.0f} s per
 measurement; the load generator runs in 2 processes of its own, the server in its own.
@@ -228,15 +231,11 @@ as soon as it is answered: the maximum rate) unless "paced" (a fixed offered rat
 rate one otherwise idle core sustains, whatever else the machine was doing during the run.
 
 Targets: >= {VALIDATIONS_TARGET:,.0f} validations/s ({'met' if ok_v else 'NOT met'}); >= {CALLS_TARGET:.0f} authenticated
-calls/s with p99 <= {P99_TARGET_MS:.0f} ms ({'met' if ok_c else 'NOT met'}).
-"""
-    print(section)
-    if not args.no_write:
-        path = ROOT / "docs" / "benchmarks.md"
-        if not path.exists():
-            path.write_text("# Benchmarks\n", encoding="utf-8")
-        with path.open("a", encoding="utf-8") as f:
-            f.write(section)
+calls/s with p99 <= {P99_TARGET_MS:.0f} ms ({'met' if ok_c else 'NOT met'})."""
+    lines = body.split("\n")
+    print("\n".join([SECTION, "", *lines]))
+    if not args.no_write:  # this section's own text; the subsections below it (bench_mcp_http's figures) stay
+        write_section(SECTION, lines, keep_subsections=True)
 
 
 if __name__ == "__main__":
