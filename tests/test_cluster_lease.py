@@ -115,18 +115,27 @@ def test_local_deadline_ends_leadership_without_redis(shared: SharedRedis) -> No
     assert not a.held()
 
 
-def test_redis_unreachable_is_a_clear_error_without_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def dead(monkeypatch: pytest.MonkeyPatch) -> Iterator[SharedRedis]:
+    """A SharedRedis against a port nobody listens on, with a password; closed after the test whatever its outcome
+    (its first failed command starts a background probe thread that PINGs the dead port until close())."""
+    monkeypatch.setenv("LEASE_TEST_REDIS_PW", "s3cret-pw")
+    s = SharedRedis(StoreSettings(redis_url="redis://127.0.0.1:1/0", password_env="LEASE_TEST_REDIS_PW",
+                                  timeout_seconds=0.5))
+    yield s
+    s.close()
+    probes = [t for t in threading.enumerate() if t.name == "entra-mcp-redis-probe"]
+    assert probes == [], "close() left the background probe of a dead Redis running"
+
+
+def test_redis_unreachable_is_a_clear_error_without_a_secret(dead: SharedRedis) -> None:
     from entra_mcp.errors import StoreUnavailable
 
-    monkeypatch.setenv("LEASE_TEST_REDIS_PW", "s3cret-pw")
-    dead = SharedRedis(StoreSettings(redis_url="redis://127.0.0.1:1/0", password_env="LEASE_TEST_REDIS_PW",
-                                     timeout_seconds=0.5))
     lease = SyncLease(dead, tenant="contoso", holder="a", ttl_seconds=5)
     with pytest.raises(StoreUnavailable) as err:
         lease.acquire()
     assert "s3cret" not in str(err.value) and "contoso" in str(err.value)
     assert not lease.held()
-    dead.close()
 
 
 # ---------------------------------------------------------------------------------------------- mirror adoption
