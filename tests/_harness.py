@@ -5,7 +5,7 @@
   fails at once (with the process's log) when the watched process has exited.
 - `stop_process(proc)`: SIGTERM, then SIGKILL when it does not stop in time; returns the exit code.
 - `ServeProcess(config, *args, env=..., log_path=..., base=...)`: `entra-mcp serve` as a subprocess, its output in a
-  log file; `wait_ready()` polls `/healthz` with a deadline.
+  log file; `wait_ready()` polls `/healthz` with a generous overall deadline.
 - `DevtenantProcess(*args, root=...)`: `entra-mcp devtenant` as a subprocess; once it says "ready" its config block
   (`.config`, parsed TOML) and secret exports (`.env`) are read from its stdout.
 - `serve_app(app)`: an ASGI app under uvicorn in a thread on a free port until the block ends; yields the base URL.
@@ -85,9 +85,12 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int | No
     return proc.returncode
 
 
-def healthz_ok(base: str) -> bool:
+def healthz_ok(base: str, timeout: float = 30.0) -> bool:
+    """One GET of /healthz answered 200 within `timeout` seconds. (A server starting on a loaded machine can take
+    seconds to answer its first request: a short per-request timeout abandons requests it would have answered and
+    queues new ones behind them.)"""
     try:
-        return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+        return httpx.get(f"{base}/healthz", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -108,9 +111,12 @@ class ServeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_until(lambda: healthz_ok(self.base), timeout=timeout, what="entra-mcp serve answering /healthz",
-                   proc=self.proc, log_path=self.log_path)
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Poll /healthz until it answers 200, at most `timeout` seconds in all (generous: a start on a loaded 2-CPU
+        machine); each request may wait for the rest of that deadline (at most 30 s), so a slow first answer counts."""
+        deadline = time.monotonic() + timeout
+        wait_until(lambda: healthz_ok(self.base, max(1.0, min(30.0, deadline - time.monotonic()))), timeout=timeout,
+                   what="entra-mcp serve answering /healthz", proc=self.proc, log_path=self.log_path)
 
     def kill9(self) -> None:
         if self.proc.poll() is None:
