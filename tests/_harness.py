@@ -8,6 +8,8 @@
   log file; `wait_ready()` polls `/healthz` with a generous overall deadline.
 - `DevtenantProcess(*args, root=...)`: `entra-mcp devtenant` as a subprocess; once it says "ready" its config block
   (`.config`, parsed TOML) and secret exports (`.env`) are read from its stdout.
+- `cli_in_process(*argv, env=...)`: `entra-mcp ARGV...` through its entry point in this process (no ~3 s CPU of
+  imports per case), for tests of what a command says and returns rather than of the process; a CompletedProcess.
 - `serve_app(app)`: an ASGI app under uvicorn in a thread on a free port until the block ends; yields the base URL.
 
 Tests import it as `_harness` (tests/ is on pytest's path); bench/ scripts put tests/ on `sys.path` first.
@@ -177,6 +179,66 @@ class DevtenantProcess:
         return stop_process(self.proc, timeout)
 
 
+def cli_in_process(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                   timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """`entra-mcp ARGV...` run by its entry point (`entra_mcp.cli.main`) in this process: stdout and stderr captured,
+    os.environ replaced by `env` and the working directory by `cwd` meanwhile; what main() changes for the process
+    (the root logger's handlers and levels, the umask) is put back afterwards. An exception escaping main() is what
+    the process would have printed: a traceback on stderr and exit 1. It runs in a thread bounded by `timeout`, so a
+    command that should refuse to start but serves fails the test instead of hanging it.
+
+    For tests of what a command says and returns (usage errors, config refusals, `call` answers, `--help`); a test
+    about the process itself (signals, stdin kinds, exit on SIGTERM, its logs) starts the real `entra-mcp`."""
+    import contextlib
+    import io
+    import logging
+    import traceback
+
+    from entra_mcp.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    result: list[int] = []
+
+    def run() -> None:
+        try:
+            result.append(int(main(list(argv))))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code
+            result.append(code if isinstance(code, int) else (0 if code is None else 1))
+        except BaseException:  # noqa: BLE001 -- reported as the process would report it
+            err.write(traceback.format_exc())
+            result.append(1)
+
+    root, package = logging.getLogger(), logging.getLogger("entra_mcp")
+    saved_logging = (root.handlers[:], root.level, package.level)
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            thread = threading.Thread(target=run, name="entra-mcp " + " ".join(argv)[:60], daemon=True)
+            thread.start()
+            thread.join(timeout)
+    finally:
+        os.chdir(saved_cwd)
+        os.umask(umask)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(saved_env)
+        root.handlers[:] = saved_logging[0]
+        root.setLevel(saved_logging[1])
+        package.setLevel(saved_logging[2])
+    if thread.is_alive():
+        raise NotReady(f"entra-mcp {' '.join(argv)} (in-process): still running after {timeout:g} s\n"
+                       f"{err.getvalue()[-3000:]}")
+    return subprocess.CompletedProcess(["entra-mcp", *argv], result[0], out.getvalue(), err.getvalue())
+
+
 @contextmanager
 def serve_app(app: Any, port: int | None = None, **config: Any) -> Iterator[str]:
     """Run the ASGI `app` with uvicorn on 127.0.0.1 (a free port unless given) until the block ends. `config`: more
@@ -202,5 +264,5 @@ def serve_app(app: Any, port: int | None = None, **config: Any) -> Iterator[str]
         thread.join(timeout=10)
 
 
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ENTRA_MCP", "DevtenantProcess", "NotReady", "ServeProcess", "free_port", "healthz_ok", "serve_app",
-           "stop_process", "wait_until"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ENTRA_MCP", "DevtenantProcess", "NotReady", "ServeProcess", "cli_in_process",
+           "free_port", "healthz_ok", "serve_app", "stop_process", "wait_until"]

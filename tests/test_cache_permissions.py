@@ -1,6 +1,8 @@
 """The cache directory is private to the service account (issue 15 item 6): `entra-mcp sync` and `serve` create it
 0700 with files 0600, tighten one that others may only read, and refuse to start on one that another account owns or
-that others may write (its values are pickles). Real processes; the tests run as root, so ownership is tested with a
+that others may write (its values are pickles). A served process opens every store (sign-in sessions too); the
+refusals and syncs go through the command's entry point in this process (`_harness.cli_in_process`, the same
+main(), umask included, without ~3 s CPU of imports per case). The tests run as root, so ownership is tested with a
 directory chowned to another uid, and modes by their bits.
 """
 
@@ -13,7 +15,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from _endurance_fixtures import ProductConfig, ServeProcess, run_cli, track
+from _endurance_fixtures import ProductConfig, ServeProcess, track
+from _harness import cli_in_process
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,11 @@ def emu() -> Iterator[Any]:
 
     with run_emulator(size="small", seed=37) as e:
         yield e
+
+
+def run_cli(cfg: ProductConfig, *args: str, timeout: float = 120.0, env: dict[str, str] | None = None) -> Any:
+    """`entra-mcp --config CFG ARGS` in this process (see the module's docstring)."""
+    return cli_in_process("--config", str(cfg.path), *args, env=env or cfg.env(), timeout=timeout)
 
 
 def _modes(root: Path) -> dict[str, int]:

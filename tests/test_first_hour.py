@@ -1,6 +1,10 @@
-"""What a new user hits first, as processes: a config naming a file that is gone (sync, doctor, serve refuse it with
-the key, the path and the fix; a running server's background sync survives it and /healthz says so), stdio from
-/dev/null or a regular file."""
+"""What a new user hits first: a config naming a file that is gone (sync, doctor, serve refuse it with the key, the
+path and the fix; a running server's background sync survives it and /healthz says so), stdio from /dev/null or a
+regular file, `entra-mcp call`, the demo, every command's --help.
+
+What a command says and returns is asked through its entry point in this process (`_harness.cli_in_process`: an
+`entra-mcp` process costs ~3 s CPU of imports); the tests about the process itself (stdin kinds, the background
+sync of a running server, the demo, devtenant's restart) start the real `entra-mcp`."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from _harness import cli_in_process
 from _server_fixtures import ENTRA_MCP, ServerEnv, config_data, free_port, server_env, write_config  # noqa: F401
 
 
@@ -34,19 +39,17 @@ def _config_with_ca(env: ServerEnv, tmp_path: Path, ca: Path, **sync: Any) -> Pa
 def test_a_missing_ca_bundle_is_refused_when_the_config_loads(server_env: ServerEnv, tmp_path: Path, command: list[str]) -> None:
     gone = tmp_path / "devtenant" / "ca.pem"
     config = _config_with_ca(server_env, tmp_path, gone)
-    proc = subprocess.run([str(ENTRA_MCP), "--config", str(config), *command], capture_output=True, timeout=120,
-                          env=server_env.subprocess_env(), stdin=subprocess.DEVNULL)
-    err = proc.stderr.decode()
+    proc = cli_in_process("--config", str(config), *command, env=server_env.subprocess_env())
+    err = proc.stderr
     assert proc.returncode == 2, err
     assert "ca_bundle" in err and str(gone) in err and "Fix:" in err
-    assert "Traceback" not in err and proc.stdout == b""
+    assert "Traceback" not in err and proc.stdout == ""
 
 
 def test_status_still_answers_with_a_missing_ca_bundle(server_env: ServerEnv, tmp_path: Path) -> None:
     config = _config_with_ca(server_env, tmp_path, tmp_path / "gone.pem")
-    proc = subprocess.run([str(ENTRA_MCP), "--config", str(config), "status"], capture_output=True, timeout=60,
-                          env=server_env.subprocess_env(), stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = cli_in_process("--config", str(config), "status", env=server_env.subprocess_env())
+    assert proc.returncode == 0, proc.stderr
 
 
 def _health(base: str) -> dict[str, Any] | None:
@@ -129,8 +132,8 @@ def test_stdio_from_dev_null_or_a_regular_file(server_env: ServerEnv, tmp_path: 
 
 
 def _call(env: ServerEnv, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ENTRA_MCP), "--config", str(env.config_path), "call", *args], capture_output=True,
-                          text=True, timeout=120, env=env.subprocess_env(), stdin=subprocess.DEVNULL)
+    """`entra-mcp call ARGS` in this process (the demo test below runs the printed call as a process)."""
+    return cli_in_process("--config", str(env.config_path), "call", *args, env=env.subprocess_env())
 
 
 def test_call_answers_from_the_mirror_human_readable_and_json(server_env: ServerEnv) -> None:
@@ -262,7 +265,7 @@ def test_every_command_help_says_what_it_does_with_an_example() -> None:
     from entra_mcp.cli import COMMANDS
 
     for command in COMMANDS:
-        proc = subprocess.run([str(ENTRA_MCP), command.NAME, "--help"], capture_output=True, text=True, timeout=60)
+        proc = cli_in_process(command.NAME, "--help")
         assert proc.returncode == 0, proc.stderr
         description = proc.stdout.split("\n\n")[1]
         assert len(description.splitlines()) >= 2, (command.NAME, description)

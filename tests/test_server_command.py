@@ -78,11 +78,13 @@ def test_stdio_stdout_carries_only_the_mcp_wire(server_env: ServerEnv) -> None:
 
 
 def test_serve_without_config_is_a_config_error(tmp_path: Path) -> None:
+    from _harness import cli_in_process
+
     env = {k: v for k, v in os.environ.items() if k != "ENTRA_MCP_CONFIG"}
-    proc = subprocess.run([str(ENTRA_MCP), "serve"], cwd=tmp_path, capture_output=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    proc = cli_in_process("serve", "--transport", "http", cwd=tmp_path, env=env)  # (stdio would claim this process's stdout)
     assert proc.returncode == 2
-    assert proc.stdout == b""
-    assert b"entra-mcp demo" in proc.stderr
+    assert proc.stdout == ""
+    assert "entra-mcp demo" in proc.stderr
 
 
 @pytest.mark.anyio
