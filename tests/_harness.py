@@ -87,6 +87,33 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int | No
     return proc.returncode
 
 
+def live_children(pid: int) -> set[int]:
+    """A process's children that are still running (not those ended and not reaped yet): e.g. serve's answer workers."""
+    kids: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids |= {int(k) for k in (task / "children").read_text().split()}
+        except FileNotFoundError:
+            pass
+    live = set()
+    for kid in kids:
+        try:
+            if not Path(f"/proc/{kid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
+                live.add(kid)
+        except FileNotFoundError:
+            pass
+    return live
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used, in seconds (0 once it has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def healthz_ok(base: str, timeout: float = 30.0) -> bool:
     """One GET of /healthz answered 200 within `timeout` seconds. (A server starting on a loaded machine can take
     seconds to answer its first request: a short per-request timeout abandons requests it would have answered and

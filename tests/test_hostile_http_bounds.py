@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from typing import Any, Iterator
@@ -21,6 +23,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from _harness import cpu_seconds, live_children
 from _endurance_fixtures import API_KEY, API_KEYS_ENV, ProductConfig, ServeProcess, run_cli, synced_server, unexpected_tracebacks
 
 MAX_BODY = 65536
@@ -372,3 +375,78 @@ def test_no_answer_carries_a_client_secrets_first_characters(served: Any) -> Non
         assert any(c["type"] == "password" for c in creds)
         assert all("hint" not in c for c in creds)
         assert '"hint"' not in r.content[-1].text
+
+
+def _heavy_text(upns: list[str]) -> str:
+    return " ".join(f"\ufdfa {upn} x{i}" for i, upn in enumerate(upns * 150))[:19_000]
+
+
+def test_heavy_answers_are_computed_in_worker_processes_off_the_servers_gil(served: Any) -> None:
+    """With server.answer_workers (default 2), the heavy answers' CPU is spent by the server's forked workers, not by
+    the server process, and another caller's call sent after them is answered before the last of them."""
+    cfg, server, upns = served
+    pid = server.proc.pid
+    heavy_text = _heavy_text(upns)
+    order: list[str] = []
+    spent: dict[str, int] = {}
+
+    async def main() -> None:
+        with anyio.fail_after(240):
+            await measured()
+
+    async def measured() -> None:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {HEAVY_KEY}"}, timeout=120) as hh, \
+                httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as lh:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=hh), mode="legacy") as heavy, \
+                    Client(streamable_http_client(f"{cfg.base}/mcp", http_client=lh), mode="legacy") as light:
+                r = await heavy.call_tool("get_ticket_identity_context", {"requester": upns[0], "ticket_text": heavy_text})
+                assert not r.is_error and r.structured_content["mentions"]["users"], r.content[0].text[:300]
+                workers = live_children(pid)
+                assert workers, "the first heavy answer started the answer workers"
+                server0, workers0 = cpu_seconds(pid), sum(cpu_seconds(w) for w in workers)
+
+                async def one_heavy() -> None:
+                    r = await heavy.call_tool("get_ticket_identity_context", {"requester": upns[0], "ticket_text": heavy_text})
+                    assert not r.is_error, r.content[0].text[:300]
+                    order.append("heavy")
+
+                async def one_light() -> None:
+                    with anyio.fail_after(60):  # the heavy answers are under way in the workers
+                        while sum(cpu_seconds(w) for w in workers) == workers0:
+                            await anyio.sleep(0.005)
+                    r = await light.call_tool("lookup_user", {"query": upns[1]})
+                    assert not r.is_error and r.structured_content["matchType"] == "exact"
+                    order.append("light")
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(6):
+                        tg.start_soon(one_heavy)
+                    tg.start_soon(one_light)
+                spent["server"] = cpu_seconds(pid) - server0
+                spent["workers"] = sum(cpu_seconds(w) for w in live_children(pid) | workers) - workers0
+
+    anyio.run(main)
+    assert order.count("heavy") == 6 and order.index("light") < len(order) - 1, order
+    # the six answers' CPU went to the workers; the server process only carried the requests (same run, ticks)
+    assert spent["workers"] > spent["server"], spent
+
+
+def test_a_killed_answer_worker_is_replaced(served: Any) -> None:
+    cfg, server, upns = served
+    heavy_text = _heavy_text(upns)
+
+    async def ask() -> Any:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {HEAVY_KEY}"}, timeout=120) as http:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
+                return await client.call_tool("get_ticket_identity_context", {"requester": upns[0], "ticket_text": heavy_text})
+
+    assert not anyio.run(ask).is_error
+    before = live_children(server.proc.pid)
+    assert before
+    for worker in before:
+        os.kill(worker, signal.SIGKILL)
+    r = anyio.run(ask)
+    assert not r.is_error, r.content[0].text[:300]
+    after = live_children(server.proc.pid)
+    assert after and not after & before, (before, after)
+    assert "Traceback" not in server.log()

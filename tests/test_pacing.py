@@ -1,14 +1,25 @@
 """Pacing of long tool answers (entra_mcp/pacing.py): the CPU share per caller on an injected clock, and a paced
-computation that gives way when another thread wants the GIL or its caller is over its share. End to end (a heavy
-caller against /healthz and another caller over HTTP): tests/test_hostile_http_bounds.py; figures:
-bench/bench_hostile_load.py."""
+computation that gives way when another thread wants the GIL or its caller is over its share. The answer workers
+(server/workers.py AnswerPool): heavy answers in forked processes that see the server's view, errors carried back,
+a killed or hung worker replaced with a clear error, a new view version served by a new generation of workers.
+End to end (a heavy caller against /healthz and another caller over HTTP): tests/test_hostile_http_bounds.py;
+figures: bench/bench_hostile_load.py."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
 
+import pytest
+
+from entra_mcp.errors import NotFoundError, TransientError
 from entra_mcp.pacing import COARSE, CpuBudget, Pacer, checkpoint, paced
+from entra_mcp.server.workers import AnswerPool
 
 
 class Clock:
@@ -78,3 +89,129 @@ def test_a_long_answer_gives_way_while_another_thread_wants_the_gil() -> None:
         stop.set()
         t.join(10)
     assert pacer is not None and pacer.paused > 0
+
+
+# ---------------------------------------------------------------- answer workers (server/workers.py)
+
+
+@dataclass(frozen=True)
+class _TV:  # what the pool reads of views.py's TenantView
+    name: str
+    version: int
+    view: Any
+    stamp: int = 0
+
+
+def _where(view: Any, tag: str) -> tuple[int, Any, str]:
+    return os.getpid(), view["marker"], tag
+
+
+def _not_found(view: Any, name: str) -> None:
+    raise NotFoundError(f"no user {name!r} in this tenant", suggestions=["adele@contoso.example"])
+
+
+def _stall(view: Any, started: str, seconds: float) -> int:
+    Path(started).write_text(str(os.getpid()))  # the call is in the worker now
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _wait(predicate: Any, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+
+@pytest.fixture
+def pool() -> Iterator[AnswerPool]:
+    pool = AnswerPool(workers=2, timeout=20, min_refork_seconds=0)
+    yield pool
+    pool.close()
+
+
+def test_a_heavy_answer_is_computed_in_a_worker_that_sees_the_servers_view(pool: AnswerPool) -> None:
+    tv = _TV("contoso", 3, {"marker": object.__repr__(pool)})  # a value only this process's memory holds
+    pid, marker, tag = pool.compute(tv, _where, "t1")
+    assert pid != os.getpid() and pid in pool.pids()
+    assert (marker, tag) == (tv.view["marker"], "t1")
+    assert pool.compute(tv, _where, "t2")[0] == pid  # the same worker answers again: no fork per call
+    with pytest.raises(NotFoundError) as caught:
+        pool.compute(tv, _not_found, "zed")
+    assert "no user 'zed'" in str(caught.value) and caught.value.suggestions == ["adele@contoso.example"]
+
+
+def test_a_worker_killed_in_a_call_fails_that_call_clearly_and_is_replaced(pool: AnswerPool, tmp_path: Path) -> None:
+    tv = _TV("contoso", 1, {"marker": 1})
+    started = tmp_path / "started"
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(pool.compute(tv, _stall, str(started), 60))
+        except TransientError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    _wait(started.exists)
+    victim = int(started.read_text())
+    os.kill(victim, signal.SIGKILL)
+    caller.join(20)
+    assert not caller.is_alive()
+    assert isinstance(outcome[0], TransientError) and "killed by signal 9" in str(outcome[0]), outcome
+    assert "retry" in str(outcome[0])
+    pid = pool.compute(tv, _where, "after")[0]
+    assert pid != victim and victim not in pool.pids() and pool.replaced == 1
+
+
+def test_a_hung_worker_is_stopped_at_the_time_out_and_replaced(tmp_path: Path) -> None:
+    pool = AnswerPool(workers=1, timeout=1, min_refork_seconds=0)
+    try:
+        tv = _TV("contoso", 1, {"marker": 1})
+        started = tmp_path / "started"
+        with pytest.raises(TransientError, match="longer than 1 s"):
+            pool.compute(tv, _stall, str(started), 60)
+        hung = int(started.read_text())
+        assert _gone(hung)
+        assert pool.compute(tv, _where, "after")[0] not in (hung, os.getpid())
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_died_idle_is_replaced_without_failing_a_call(pool: AnswerPool) -> None:
+    tv = _TV("contoso", 1, {"marker": 1})
+    first = pool.compute(tv, _where, "a")[0]
+    os.kill(first, signal.SIGKILL)
+    _wait(lambda: _gone(first))
+    assert pool.compute(tv, _where, "b")[0] != first
+
+
+def test_a_new_view_version_is_answered_by_a_new_generation_of_workers(pool: AnswerPool) -> None:
+    old = pool.compute(_TV("contoso", 1, {"marker": "v1"}), _where, "a")
+    new = pool.compute(_TV("contoso", 2, {"marker": "v2"}), _where, "b")
+    assert old[1] == "v1" and new[1] == "v2" and new[0] != old[0]
+    _wait(lambda: _gone(old[0]))  # the old generation's worker ended with its pipe
+    pool.compute(_TV("contoso", 2, {"marker": "v2"}), _where, "c")
+    assert old[0] not in pool.pids()
+
+
+def test_a_caller_is_charged_the_cpu_its_answer_used_in_a_worker(pool: AnswerPool) -> None:
+    budget = CpuBudget(share=0.1, burst=0.0)
+    with paced(Pacer(budget)):
+        pool.compute(_TV("contoso", 1, {"marker": 1}), _spin, 0.2)
+    assert budget.debt() > 1  # ~0.2 s of CPU at a tenth of a CPU: ~2 s owed
+
+
+def _spin(view: Any, seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        sum(range(50))

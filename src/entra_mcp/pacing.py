@@ -108,6 +108,14 @@ def checkpoint(weight: int = 1) -> None:
         pacer.tick(weight)
 
 
+def charge(seconds: float) -> None:
+    """Charge CPU spent elsewhere on this computation's behalf (an answer computed in a worker process) to its
+    caller's budget (no-op outside a paced computation)."""
+    pacer = _PACER.get()
+    if pacer is not None and pacer.budget is not None:
+        pacer.budget.spend(seconds)
+
+
 @contextmanager
 def paced(pacer: Pacer | None) -> Iterator[Pacer | None]:
     """Run the block with `pacer` as this thread's pacer (None: unpaced), charging its caller at the end."""
@@ -120,4 +128,4 @@ def paced(pacer: Pacer | None) -> Iterator[Pacer | None]:
             pacer.finish()
 
 
-__all__ = ["COARSE", "CpuBudget", "MAX_PAUSE", "Pacer", "checkpoint", "paced"]
+__all__ = ["COARSE", "CpuBudget", "MAX_PAUSE", "Pacer", "charge", "checkpoint", "paced"]

@@ -508,6 +508,10 @@ class ViewProvider:
         """Names of the tenants whose view is in memory, least recently used first."""
         return list(self._held)
 
+    def held_views(self) -> dict[str, TenantView]:
+        """The views in memory now, by tenant name (what a forked answer worker holds: server/workers.py)."""
+        return dict(self._held)
+
     def held_bytes(self) -> int:
         """The held views' estimated memory (see estimate_view_bytes)."""
         return sum(self._sizes.values())

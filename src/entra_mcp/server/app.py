@@ -13,6 +13,7 @@ import contextvars
 import getpass
 import inspect
 import json
+import os
 import re
 import secrets
 import time
@@ -40,6 +41,7 @@ from entra_mcp.server.access import EVERYTHING, LOCAL, Access, AccessPolicy, Cal
 from entra_mcp.server.auth import PRINCIPAL_SCOPE_KEY
 from entra_mcp.server.limits import WorkLanes
 from entra_mcp.server.prompts import load_prompts
+from entra_mcp.server.workers import AnswerPool
 from entra_mcp.server.tools import (
     TOOLS,
     Ask,
@@ -483,9 +485,13 @@ def create_server(
         sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
     writeback = {t.name: getattr(t, "password_writeback", None) for t in getattr(settings, "tenants", None) or ()}
     permitted = PermittedViews(views, _current_access, _touched)
-    ask = Ask(views=permitted, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback,  # type: ignore[arg-type]
-              what_if=what_if, session_filter=_session_filter(permitted), replication=replication)
     srv = getattr(settings, "server", None)
+    workers = getattr(srv, "answer_workers", 0) if channel != "call" and hasattr(os, "fork") else 0
+    pool = AnswerPool(workers=workers, timeout=getattr(srv, "answer_timeout_seconds", 60.0),
+                      held=getattr(views, "held_views", None)) if workers else None
+    ask = Ask(views=permitted, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback,  # type: ignore[arg-type]
+              what_if=what_if, session_filter=_session_filter(permitted), replication=replication, pool=pool,
+              heavy_text_chars=getattr(srv, "heavy_text_chars", 2000))
     lanes = WorkLanes(cpu_share=getattr(srv, "tool_cpu_share_per_caller", 1.0))
     for spec in TOOLS:
         _register(server, spec, ask, lanes)
