@@ -12,7 +12,7 @@ import json
 import re
 import secrets
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +85,20 @@ class Stack:
 
 
 @contextmanager
-def oauth_stack(root: Path, *, seed: int = 5, redis_url: str | None = None) -> Iterator[Stack]:
-    """`redis_url`: the authorization server's records in Redis ([server.store]), /mcp stateless, as `serve` does."""
+def oauth_stack(root: Path, *, seed: int = 5, redis_url: str | None = None, tenants: int = 1,
+                prepare: Callable[[Any], dict[str, Any]] | None = None) -> Iterator[Stack]:
+    """`redis_url`: the authorization server's records in Redis ([server.store]), /mcp stateless, as `serve` does.
+    `tenants`: emulated and configured tenants (people sign in to the first). `prepare(emu)`: called once the emulator
+    runs, before the product is configured; it returns the [server.access] section (or {})."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with run_emulator(tenants=1, seed=seed, size="small") as emu, pytest.MonkeyPatch.context() as mp:
+    with run_emulator(tenants=tenants, seed=seed, size="small") as emu, pytest.MonkeyPatch.context() as mp:
         for k, v in emu.secret_env(None, with_sign_in=True).items():
             mp.setenv(k, v)
-        data = tomllib.loads(emu.config_toml(0, root / "cache", with_sign_in=True))
+        data = tomllib.loads(emu.config_toml(None, root / "cache", with_sign_in=True))
+        access = prepare(emu) if prepare is not None else {}
+        if access:
+            data["server"]["access"] = access
         data["server"].update({"public_url": base, "port": port, "transport": "http"})
         data["server"]["auth"] = {
             "mode": "oauth", "required_scopes": [SCOPE],

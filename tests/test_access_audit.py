@@ -506,3 +506,41 @@ def test_several_processes_append_to_one_trail(tmp_path: Path) -> None:
     assert v.ok, v.reason
     got = [line.record for line in read_lines(path) if line.record and line.record["event"] == "tool_call"]
     assert len(got) == 450
+
+
+def test_group_rules_for_a_token_whose_groups_overflowed_use_the_mirror(env: Env) -> None:
+    """A token over 200 groups carries the overage claim and no `groups`: the policy takes the person's transitive
+    groups from the mirror of their own tenant (server/app.py `_groups_of`, real views over this module's mirror);
+    a caller whose tenant is not mirrored matches no group rule, and the Access says why."""
+    import uuid
+
+    from entra_mcp.oidc.validate import group_claims
+    from entra_mcp.server.access import OVERAGE_UNMATCHED, AccessPolicy, Caller
+    from entra_mcp.server.app import _groups_of, _tenant_of_tid
+    from entra_mcp.views import ViewProvider
+
+    t = env.emu.tenant(0)
+    uid, gid = next((u, g) for u in sorted(t.users) for g in t.member_of(u))
+    outer = next((p for p in t.member_of(gid)), None)  # a group `gid` is nested in, when there is one
+    data = env.settings.model_dump(mode="json")
+    data["server"]["access"] = {"rules": [{"name": "by-group", "tids": [t.tenant_id], "groups": [outer or gid],
+                                           "tenants": [env.names[1]]}]}
+    settings = parse_settings(data)
+    store = MirrorStore(settings.server.cache_dir)
+    try:
+        views = ViewProvider.from_settings(settings, store)
+        policy = AccessPolicy.from_settings(settings, ["lookup_user"], _tenant_of_tid(views), _groups_of(views))
+        # the claims of an overage token, read as oidc/validate.py reads them
+        _, groups, overage = group_claims({"_claim_names": {"groups": "src1"}, "groups": ["not-trusted"],
+                                           "_claim_sources": {"src1": {"endpoint": "https://graph.windows.net/x"}}})
+        assert groups == () and overage is True
+        assert group_claims({"hasgroups": True})[2] is True and group_claims({"groups": [gid]}) == ((), (gid,), False)
+        mirrored = policy.for_caller(Caller("oauth", f"{t.tenant_id}/{uid}", t.tenant_id, uid, groups_overage=True))
+        assert mirrored.tenants == frozenset({env.names[1]}) and "groups from the mirror" in mirrored.why
+        without = policy.for_caller(Caller("oauth", f"{t.tenant_id}/{uid}", t.tenant_id, uid))  # no groups, no overage
+        assert without.tenants == frozenset({env.names[0]}) and without.why == "home tenant"
+        stranger = str(uuid.uuid4())
+        refused = policy.for_caller(Caller("oauth", f"{stranger}/{uid}", stranger, uid, groups_overage=True))
+        assert refused.tenants == frozenset() and refused.why.endswith(OVERAGE_UNMATCHED)
+    finally:
+        store.close()

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,7 +28,9 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull,
 
 from _harness import CHROMIUM, CHROMIUM_ARGS
 from _auth_fixtures import MCP_HEADERS, free_port
+from _auth_fixtures import user_upn
 from _oauth_fixtures import CLIENT_NAME, SCOPE, Stack, oauth_stack
+from entra_mcp.devtenant.id_claims import MAX_JWT_GROUPS, define_app_role, service_principal_id, set_group_claims
 from entra_mcp.devtenant.model import DEFAULT_USER_PASSWORD
 
 
@@ -37,9 +40,50 @@ pytestmark = [
 ]
 
 
+ROLE = "Desk.Investigator"
+OVERAGE_GROUPS = MAX_JWT_GROUPS + 1
+
+
+@dataclass
+class People:
+    """Users of tenant 0 set up for [server.access] rules by app role and by group (see `_prepare`)."""
+
+    role: str = ""  # holds the portal app's app role ROLE: rule "investigators" grants tenant 1 only
+    group: str = ""  # in the security group "Desk Tier 2" through a nested group: rule "tier2" grants every tenant
+    overage: str = ""  # in "Desk Tier 2" and 200 more groups: the ID token carries the overage claim, no groups
+    tier2: str = ""  # the group id
+
+
+PEOPLE = People()
+
+
+def _prepare(emu: Any) -> dict[str, Any]:
+    """The portal app issues `roles` and (security) `groups` in its ID tokens, as Entra does when the app
+    registration defines app roles and sets groupMembershipClaims; [server.access] maps them to tenants."""
+    t = emu.tenant(0)
+    portal = emu.portal_app(0).client_id
+    users = {n: t.user_by_upn(user_upn(emu, 0, n)) for n in (1, 2, 3)}
+    role_id = define_app_role(t, portal, ROLE)
+    investigators = t.create_group({"displayName": "Desk Investigators", "securityEnabled": True, "mailEnabled": False,
+                                    "members": [users[1]["id"]]})
+    t.add_app_role_assignment(service_principal_id(t, portal), investigators["id"], role_id)  # through a group
+    set_group_claims(t, portal, "SecurityGroup")
+    inner = t.create_group({"displayName": "Desk Tier 2 EMEA", "securityEnabled": True, "mailEnabled": False,
+                            "members": [users[2]["id"], users[3]["id"]]})
+    tier2 = t.create_group({"displayName": "Desk Tier 2", "securityEnabled": True, "mailEnabled": False,
+                            "members": [inner["id"]]})
+    for n in range(OVERAGE_GROUPS):
+        t.create_group({"displayName": f"Distribution {n}", "securityEnabled": True, "mailEnabled": False,
+                        "members": [users[3]["id"]]})
+    PEOPLE.role, PEOPLE.group, PEOPLE.overage = (str(users[n]["userPrincipalName"]) for n in (1, 2, 3))
+    PEOPLE.tier2 = tier2["id"]
+    return {"rules": [{"name": "investigators", "tids": [t.tenant_id], "roles": [ROLE], "tenants": [emu.tenant_name(1)]},
+                      {"name": "tier2", "tids": [t.tenant_id], "groups": [tier2["id"]], "tenants": ["*"]}]}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with oauth_stack(tmp_path_factory.mktemp("oauth-e2e"), seed=6) as s:
+    with oauth_stack(tmp_path_factory.mktemp("oauth-e2e"), seed=6, tenants=2, prepare=_prepare) as s:
         yield s
 
 
@@ -67,9 +111,10 @@ class BrowserAgent:
     """What a desktop MCP client does with the authorization URL: opens it in the person's browser and waits for the
     redirect to its loopback callback (intercepted here, so no listener is needed)."""
 
-    def __init__(self, page: Any, stack: Stack, callback_port: int) -> None:
+    def __init__(self, page: Any, stack: Stack, callback_port: int, upn: str | None = None) -> None:
         self.page = page
         self.stack = stack
+        self.upn = upn or stack.upn
         self.callback_port = callback_port
         self.callback_url: str | None = None
         self.consent_text = ""
@@ -90,7 +135,7 @@ class BrowserAgent:
         await self.page.wait_for_selector("#username, #approve", timeout=20000)
         if await self.page.locator("#username").count():
             self.sign_ins += 1
-            await self.page.fill("#username", self.stack.upn)
+            await self.page.fill("#username", self.upn)
             await self.page.fill("#password", DEFAULT_USER_PASSWORD)
             await self.page.click("#submit")
             await self.page.wait_for_selector("#approve", timeout=20000)
@@ -186,3 +231,41 @@ async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stac
                 assert secret not in text
         finally:
             await chromium.close()
+
+
+async def _tenants_seen(stack: Stack, provider: OAuthClientProvider) -> list[str]:
+    async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
+        async with Client(streamable_http_client(f"{stack.resource}", http_client=http), mode="legacy") as client:
+            listed = await client.read_resource("entra://tenants")
+            return [t["tenant"] for t in json.loads(listed.contents[0].text)]  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_app_roles_and_groups_of_the_sign_in_decide_the_tenants(stack: Stack) -> None:
+    """[server.access] rules by app role and by group apply to oauth callers: the roles and groups of the person's
+    verified ID token ride with the sign-in session into the token family. Over 200 groups, the ID token carries the
+    overage claim instead; this tenant's mirror is not synced here, so the group rule cannot match and the person
+    gets the home-tenant default, and the log says why."""
+    from playwright.async_api import async_playwright
+
+    home, other = stack.emu.tenant_name(0), stack.emu.tenant_name(1)
+    seen: dict[str, list[str]] = {}
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for who, upn in (("role", PEOPLE.role), ("group", PEOPLE.group), ("overage", PEOPLE.overage),
+                             ("plain", stack.upn)):
+                context = await chromium.new_context(ignore_https_errors=True)  # a fresh browser: a new sign-in
+                callback_port = free_port()
+                redirect = f"http://127.0.0.1:{callback_port}/callback"
+                agent = BrowserAgent(await context.new_page(), stack, callback_port, upn=upn)
+                await agent.install()
+                provider = OAuthClientProvider(stack.resource, _metadata(redirect), MemoryStorage(),
+                                               redirect_handler=agent.redirect_handler,
+                                               callback_handler=agent.callback_handler)
+                seen[who] = await _tenants_seen(stack, provider)
+                assert agent.sign_ins == 1
+                await context.close()
+        finally:
+            await chromium.close()
+    assert seen == {"role": [other], "group": [home, other], "overage": [home], "plain": [home]}, seen

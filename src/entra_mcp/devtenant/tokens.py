@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from entra_mcp.devtenant.id_claims import token_claims
 from entra_mcp.devtenant.model import AppRegistration, EmulatedTenant
 
 if TYPE_CHECKING:
@@ -331,6 +332,7 @@ class TokenService:
                 idc["nonce"] = nonce
             if user.get("mail") and ("email" in scopes or "profile" in scopes):
                 idc["email"] = user["mail"]
+            idc.update(token_claims(tenant, registration.client_id, user))  # roles, groups (devtenant/id_claims.py)
             id_token = self.mint(idc)
         refresh = None
         if "offline_access" in scopes:

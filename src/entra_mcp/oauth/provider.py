@@ -47,6 +47,7 @@ from entra_mcp.oauth.clients import (
     redirect_uri_problem,
     secret_hash,
 )
+from entra_mcp.oidc.validate import Identity
 
 log = get_logger("oauth.provider")
 
@@ -88,6 +89,9 @@ class Grant:
     scopes: tuple[str, ...]
     resource: str
     expires_at: float
+    roles: tuple[str, ...] = ()  # the sign-in's ID token `roles` and `groups` (oidc/validate.py Identity)
+    groups: tuple[str, ...] = ()
+    groups_overage: bool = False
 
 
 class Code(AuthorizationCode):
@@ -318,10 +322,11 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
         record = self._access_record(token)
         if record is None:
             return None
-        i = record["identity"]
-        return Grant(tid=str(i["tid"]), oid=str(i["oid"]), name=i.get("name"), preferred_username=i.get("preferredUsername"),
+        i = Identity.from_record(record["identity"])
+        return Grant(tid=i.tid, oid=i.oid, name=i.name, preferred_username=i.preferred_username,
                      client_id=str(record["client_id"]), scopes=tuple(record["scopes"]), resource=str(record["resource"]),
-                     expires_at=float(record["expires_at"]))
+                     expires_at=float(record["expires_at"]), roles=i.roles, groups=i.groups,
+                     groups_overage=i.groups_overage)
 
     async def revoke_token(self, token: Access | Refresh) -> None:
         self.revoke_family(token.family)

@@ -295,8 +295,7 @@ class OAuthRoutes:
                      session.identity.oid, pending["client_id"])
             target = construct_redirect_uri(redirect_uri, error="access_denied", state=state, iss=self.public_url)
             return RedirectResponse(target, 303, headers=_NO_STORE)
-        identity = {"tid": session.identity.tid, "oid": session.identity.oid, "name": session.identity.name,
-                    "preferredUsername": session.identity.preferred_username}
+        identity = session.identity.record()  # with the ID token's roles and groups, for [server.access] rules
         code = self.server.issue_code(pending, identity)
         log.info("OAuth consent given by tid=%s oid=%s to client %.120r", session.identity.tid, session.identity.oid,
                  pending["client_id"])

@@ -94,13 +94,9 @@ class Session:
         }
 
     def record(self) -> dict[str, Any]:
-        i = self.identity
         return {
             "kind": self.kind,
-            "tid": i.tid,
-            "oid": i.oid,
-            "name": i.name,
-            "preferredUsername": i.preferred_username,
+            **self.identity.record(),
             "createdAt": self.created_at,
             "lastSeen": self.last_seen,
             "idle": self.idle_seconds,
@@ -111,7 +107,7 @@ class Session:
     def from_record(cls, r: dict[str, Any]) -> "Session":
         return cls(
             kind=r["kind"],
-            identity=Identity(tid=r["tid"], oid=r["oid"], name=r.get("name"), preferred_username=r.get("preferredUsername")),
+            identity=Identity.from_record(r),
             created_at=float(r["createdAt"]),
             last_seen=float(r["lastSeen"]),
             idle_seconds=float(r["idle"]),
@@ -257,8 +253,7 @@ class SessionService:
         rec = self.store.take(_CHAT_CODE_NS, code)
         if rec is None or not hmac.compare_digest(s256(verifier), str(rec.get("challenge", ""))):
             return None
-        identity = Identity(tid=rec["tid"], oid=rec["oid"], name=rec.get("name"), preferred_username=rec.get("preferredUsername"))
-        return self.create(identity, kind="chat")
+        return self.create(Identity.from_record(rec), kind="chat")
 
     def validate_chat_token(self, token: str | None, *, tenant: str | None = None) -> ChatSessionCheck:
         """Is this chat-session token live? `tenant`: a tenant GUID the session must belong to (else wrong_tenant)."""

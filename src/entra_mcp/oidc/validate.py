@@ -70,6 +70,12 @@ class Identity:
     oid: str
     name: str | None = None
     preferred_username: str | None = None
+    # What the token said for [server.access] rules (docs/graph-facts-token-claims.md): the `roles` claim (app roles
+    # of the application the token was issued to), the `groups` claim (group object ids), and whether the groups were
+    # left out for an overage (more than 200: `_claim_names.groups` or `hasgroups`), when `groups` is not the truth.
+    roles: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    groups_overage: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -77,6 +83,42 @@ class Identity:
 
     def as_dict(self) -> dict[str, str | None]:
         return {"tid": self.tid, "oid": self.oid, "name": self.name, "preferredUsername": self.preferred_username}
+
+    def record(self) -> dict[str, Any]:
+        """The identity as stored with a session or an OAuth grant (from_record reads it back)."""
+        out: dict[str, Any] = dict(self.as_dict())
+        if self.roles:
+            out["roles"] = list(self.roles)
+        if self.groups:
+            out["groups"] = list(self.groups)
+        if self.groups_overage:
+            out["groupsOverage"] = True
+        return out
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> "Identity":
+        def strings(v: Any) -> tuple[str, ...]:
+            return tuple(str(x) for x in v[:MAX_GROUPS]) if isinstance(v, list) else ()
+
+        return cls(tid=r["tid"], oid=r["oid"], name=r.get("name"), preferred_username=r.get("preferredUsername"),
+                   roles=strings(r.get("roles")), groups=strings(r.get("groups")),
+                   groups_overage=bool(r.get("groupsOverage")))
+
+
+MAX_GROUPS = 1000  # more than Entra puts in any token (200); a longer list is cut, never trusted to be complete
+
+
+def group_claims(claims: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(roles, groups, overage) of a token's claims. Overage: `_claim_names` names `groups` (the JWT form, over 200
+    groups) or `hasgroups` is true (the implicit flow's form): the token then carries no usable groups."""
+    roles = claims.get("roles")
+    groups = claims.get("groups")
+    names = claims.get("_claim_names")
+    overage = (isinstance(names, dict) and "groups" in names) or claims.get("hasgroups") is True
+    return (tuple(str(r) for r in roles[:MAX_GROUPS] if isinstance(r, str)) if isinstance(roles, list) else (),
+            tuple(str(g) for g in groups[:MAX_GROUPS] if isinstance(g, str)) if isinstance(groups, list) and not overage
+            else (),
+            overage)
 
 
 @dataclass(frozen=True)
@@ -235,12 +277,16 @@ class TokenValidator:
         scopes = claims.get("scp")
         roles = claims.get("roles")
         azp = claims.get("azp")
+        role_claim, group_claim, overage = group_claims(claims)
         return ValidatedToken(
             identity=Identity(
                 tid=tid,
                 oid=oid,
                 name=_opt_str(claims.get("name")),
                 preferred_username=_opt_str(claims.get("preferred_username")),
+                roles=role_claim,
+                groups=group_claim,
+                groups_overage=overage,
             ),
             issuer=iss,
             audience=aud,
@@ -260,4 +306,4 @@ def _opt_str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
-__all__ = ["ALGORITHMS", "Identity", "InsufficientScope", "TokenRejected", "TokenValidator", "ValidatedToken"]
+__all__ = ["ALGORITHMS", "MAX_GROUPS", "group_claims", "Identity", "InsufficientScope", "TokenRejected", "TokenValidator", "ValidatedToken"]

@@ -22,15 +22,18 @@ from __future__ import annotations
 import difflib
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from entra_mcp.config import AccessRule, Settings, tenant_hint
 from entra_mcp.errors import ConfigError, InvalidArgument, NotFoundError
+from entra_mcp.logs import get_logger
 from entra_mcp.views import TenantView
 
+log = get_logger("server.access")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_CACHED_CALLERS = 10_000
+OVERAGE_UNMATCHED = " (token group overage: group rules not matched, the caller's tenant is not mirrored)"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Caller:
     client_id: str | None = None
     roles: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    groups_overage: bool = False  # the token left the groups out (over 200): `groups` says nothing
 
     @classmethod
     def of(cls, principal: Any) -> "Caller":
@@ -60,7 +64,8 @@ class Caller:
         return cls(kind=kind, key=text("key") or kind, tid=text("tid"), oid=text("oid"), upn=text("preferred_username"),
                    name=text("name"), key_name=text("key_name"), client_id=text("client_id"),
                    roles=tuple(str(r) for r in getattr(principal, "roles", None) or ()),
-                   groups=tuple(str(g) for g in getattr(principal, "groups", None) or ()))
+                   groups=tuple(str(g) for g in getattr(principal, "groups", None) or ()),
+                   groups_overage=bool(getattr(principal, "groups_overage", False)))
 
     def audit_fields(self) -> dict[str, Any]:
         return {k: v for k, v in {"kind": self.kind, "tid": self.tid, "oid": self.oid, "upn": self.upn,
@@ -100,11 +105,16 @@ class AccessPolicy:
     tenant_of_tid: Callable[[str], list[str]]  # caller tid -> the configured tenants that are that directory
     home_tenant: bool = True
     unmatched_api_keys: str = "all"
+    # (tid, oid) -> the person's transitive group ids from the mirror of their tenant, or None when it is not
+    # mirrored: the answer for a token whose groups overflowed (see _groups_of_caller)
+    groups_of: Callable[[str, str], Sequence[str] | None] = lambda tid, oid: None
     _cache: OrderedDict[Caller, Access] = field(default_factory=OrderedDict)
+    _warned: set[str] = field(default_factory=set)
 
     @classmethod
     def from_settings(cls, settings: Settings | None, tool_names: Sequence[str],
-                      tenant_of_tid: Callable[[str], list[str]] | None = None) -> "AccessPolicy":
+                      tenant_of_tid: Callable[[str], list[str]] | None = None,
+                      groups_of: Callable[[str, str], Sequence[str] | None] | None = None) -> "AccessPolicy":
         """The policy of [server.access]; ConfigError naming the key when a rule names an unknown tool."""
         if settings is None:
             return cls((), (), lambda tid: [], unmatched_api_keys="all")
@@ -122,7 +132,10 @@ class AccessPolicy:
             for t in settings.tenants:
                 by_tid.setdefault(t.tenant_id.lower(), []).append(t.name)
             tenant_of_tid = lambda tid: by_tid.get(tid.lower(), [])  # noqa: E731
-        return cls(list(acc.rules), [t.name for t in settings.tenants], tenant_of_tid, acc.home_tenant, unmatched)
+        policy = cls(list(acc.rules), [t.name for t in settings.tenants], tenant_of_tid, acc.home_tenant, unmatched)
+        if groups_of is not None:
+            policy.groups_of = groups_of
+        return policy
 
     def for_caller(self, caller: Caller) -> Access:
         if caller.kind in ("local", "anonymous"):
@@ -131,7 +144,9 @@ class AccessPolicy:
         if hit is not None:
             return hit
         access = self._decide(caller)
-        if access.tenants == frozenset():  # not kept: a tenant configured by domain may be synced (its tid known) later
+        if access.tenants == frozenset() or caller.groups_overage:
+            # not kept: a tenant configured by domain may be synced (its tid known) later; an overage caller's groups
+            # come from the mirror, which the next sync may change
             return access
         self._cache[caller] = access
         while len(self._cache) > MAX_CACHED_CALLERS:
@@ -139,6 +154,9 @@ class AccessPolicy:
         return access
 
     def _decide(self, caller: Caller) -> Access:
+        overage_note = ""
+        if caller.groups_overage and any(r.groups for r in self.rules):
+            caller, overage_note = self._groups_of_caller(caller)
         matched = [(n, r) for n, r in enumerate(self.rules) if self._matches(r, caller)]
         if matched:
             tenants: set[str] | None = set()
@@ -148,7 +166,7 @@ class AccessPolicy:
                     tenants = None if "*" in r.tenants else tenants | set(r.tenants)
                 if tools is not None:
                     tools = None if "*" in r.tools else tools | set(r.tools)
-            why = "rule " + ", ".join(r.name or f"#{n}" for n, r in matched)
+            why = "rule " + ", ".join(r.name or f"#{n}" for n, r in matched) + overage_note
             return Access(frozenset(tenants) if tenants is not None else None,
                           frozenset(tools) if tools is not None else None, why)
         if caller.kind == "api_key":
@@ -158,9 +176,25 @@ class AccessPolicy:
         if self.home_tenant and caller.tid:
             home = self.tenant_of_tid(caller.tid)
             if home:
-                return Access(frozenset(home), None, "home tenant")
+                return Access(frozenset(home), None, "home tenant" + overage_note)
         # No tenant; the tools stay listed so that each call says plainly that no tenant is available.
-        return Access(frozenset(), None, "no rule")
+        return Access(frozenset(), None, "no rule" + overage_note)
+
+    def _groups_of_caller(self, caller: Caller) -> tuple[Caller, str]:
+        """A caller whose token left its groups out (over 200 groups): their transitive groups from the mirror of
+        their own tenant when it is mirrored (no Graph call on the request path); else group rules cannot match,
+        and the Access says so (docs/oauth.md "Roles and groups")."""
+        groups = self.groups_of(caller.tid, caller.oid) if caller.tid and caller.oid else None
+        if groups is None:
+            if caller.key in self._warned:
+                return caller, OVERAGE_UNMATCHED
+            self._warned.add(caller.key)
+            if len(self._warned) > MAX_CACHED_CALLERS:
+                self._warned.clear()
+            log.warning("caller tid=%s oid=%s has too many groups for its token (overage) and its tenant is not "
+                        "mirrored: [server.access] rules by group cannot match it", caller.tid, caller.oid)
+            return caller, OVERAGE_UNMATCHED
+        return replace(caller, groups=tuple(groups)), " (token group overage: groups from the mirror)"
 
     @staticmethod
     def _matches(rule: AccessRule, caller: Caller) -> bool:
@@ -211,8 +245,11 @@ class PermittedViews:
             if len(permitted) == 1:
                 return permitted[0]
             if not permitted:
+                overage = (" Your sign-in token could not list your groups (you are in more than 200) and your "
+                           "directory is not mirrored here, so access rules by group cannot apply to you."
+                           if access.why.endswith(OVERAGE_UNMATCHED) else "")
                 raise InvalidArgument("no tenant is available to this caller: the server's [server.access] policy grants "
-                                      "it none. Ask the server's operator for access.")
+                                      f"it none.{overage} Ask the server's operator for access.")
             raise InvalidArgument(
                 f"several tenants are available ({', '.join(permitted)}); pass `tenant` with one of these names.")
         try:

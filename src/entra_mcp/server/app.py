@@ -469,7 +469,7 @@ def create_server(
     Access per caller ([server.access], server/access.py) is enforced here once: the tools see the views through
     PermittedViews, and CallGate hides and refuses the tools a caller may not use."""
     clock: Clock = now or _utcnow
-    policy = AccessPolicy.from_settings(settings, [spec.name for spec in TOOLS], _tenant_of_tid(views))
+    policy = AccessPolicy.from_settings(settings, [spec.name for spec in TOOLS], _tenant_of_tid(views), _groups_of(views))
     trail = (AuditTrail.from_settings(settings) if settings is not None else None) if audit is True else (audit or None)
     gate = CallGate(policy, trail, channel)
     server: MCPServer[Any] = MCPServer(
@@ -571,6 +571,18 @@ def _tenant_of_tid(views: Any) -> Any:
         return [name] if name else []
 
     return names
+
+
+def _groups_of(views: Any) -> Any:
+    """(tid, oid) -> the person's transitive group ids from the mirror of their own tenant (None when that tenant is
+    not mirrored or not synced): [server.access] group rules for a caller whose token overflowed its groups claim."""
+
+    def groups(tid: str, oid: str) -> list[str] | None:
+        name = views.find_tenant_id(tid)
+        view = views.current(name).view if name else None
+        return list(view.transitive_groups(oid)) if view is not None else None
+
+    return groups
 
 
 def _session_filter(permitted: PermittedViews) -> Any:

@@ -79,6 +79,7 @@ class Principal:
     client_id: str | None = None
     roles: tuple[str, ...] = ()  # the token's app roles (`roles` claim), for [server.access] rules
     groups: tuple[str, ...] = ()  # the token's group object ids (`groups` claim; absent on overage), same
+    groups_overage: bool = False  # the token left its groups out (over 200): `groups` is not the caller's groups
     key_name: str | None = None  # api_key: the key's name (server.auth.api_keys_env `name=key`), never the key
 
 
@@ -223,10 +224,9 @@ class McpGuard:
                                  "error_description": "the identity provider's signing keys cannot be fetched"}, 503,
                                 headers={"Retry-After": "30"})
         i = tok.identity
-        groups = tok.claims.get("groups")
         return Principal("entra", f"{i.tid.lower()}/{i.oid.lower()}", i.tid, i.oid, i.name, i.preferred_username,
                          tok.app_only, tuple(sorted(tok.scopes or tok.roles)), roles=tuple(sorted(tok.roles)),
-                         groups=tuple(str(g) for g in groups[:1000]) if isinstance(groups, list) else ())
+                         groups=i.groups, groups_overage=i.groups_overage)
 
     def _oauth(self, credential: str) -> Principal | Response:
         assert self.oauth is not None
@@ -245,7 +245,8 @@ class McpGuard:
         if missing:
             return self._challenge(403, "insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
         return Principal("oauth", f"{grant.tid.lower()}/{grant.oid.lower()}", grant.tid, grant.oid, grant.name,
-                         grant.preferred_username, False, grant.scopes, grant.client_id)
+                         grant.preferred_username, False, grant.scopes, grant.client_id, roles=grant.roles,
+                         groups=grant.groups, groups_overage=grant.groups_overage)
 
     def _api_key(self, credential: str) -> Principal | Response:
         digest = hashlib.sha256(credential.encode("utf-8", "replace")).digest()
