@@ -407,3 +407,66 @@ def test_doctor_reports_the_oauth_modes_readiness(stack: Stack) -> None:
     out = io.StringIO()
     assert anyio.run(doctor_oauth, s.model_copy(update={"server": server}), out) is False
     assert "PLAIN HTTP off loopback" in out.getvalue() and "clients: NONE" in out.getvalue()
+
+
+def test_refresh_re_checks_the_tenant_allow_list_and_the_access_rules(stack: Stack, browser: HttpBrowser,
+                                                                       tmp_path: Path) -> None:
+    """A refresh-token grant asks again whether the person may use this server. (1) A family issued to a person of a
+    tenant no longer allowed to sign in (as after [oidc] allowed_tenants lost it): refused, family revoked.
+    (2) The same server restarted with [server.access] home_tenant = false and no rule for the person (a second app
+    over the same token store, as a restart would be): refused, family revoked, its access token dead on the first
+    server too."""
+    import uuid
+
+    from entra_mcp.config import parse_settings
+    from entra_mcp.mirror.store import MirrorStore
+    from entra_mcp.server.app import create_server
+    from entra_mcp.server.auth import build_hooks
+    from entra_mcp.server.http import create_http_app
+    from entra_mcp.views import ViewProvider
+
+    client = _client(browser)
+    oauth = stack.hooks.oauth
+    # (1) a grant of a person whose tenant is not (any more) allowed: issued through the consent step's own code path
+    verifier, challenge = pkce()
+    request = {"client_id": client["client_id"], "redirect_uri": CALLBACK, "redirect_explicit": True,
+               "code_challenge": challenge, "state": None, "scopes": [SCOPE], "resource": stack.resource}
+    code = oauth.server.issue_code(request, {"tid": str(uuid.uuid4()), "oid": str(uuid.uuid4()), "name": "Gone"})
+    tokens = browser.token(grant_type="authorization_code", code=code, redirect_uri=CALLBACK,
+                           client_id=client["client_id"], code_verifier=verifier).json()
+    assert _mcp(stack, tokens["access_token"]).status_code == 200
+    r = browser.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"], client_id=client["client_id"])
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert "no longer" in r.json()["error_description"] and "revoked" in r.json()["error_description"]
+    assert _mcp(stack, tokens["access_token"]).status_code == 401
+
+    # (2) the person of the home tenant, then a configuration without their access
+    mine = _tokens(browser, client["client_id"])
+    again = browser.token(grant_type="refresh_token", refresh_token=mine["refresh_token"], client_id=client["client_id"])
+    assert again.status_code == 200, again.text  # still allowed on this server
+    mine = again.json()
+    data = stack.settings.model_dump(mode="json")
+    data["server"]["access"] = {"home_tenant": False}
+    settings = parse_settings(data)
+    hooks = build_hooks(settings)
+    store = MirrorStore(settings.server.cache_dir)
+    try:
+        views = ViewProvider.from_settings(settings, store)
+        app = create_http_app(settings, create_server(settings, views=views, sessions=hooks.sessions), views=views,
+                              extra_routes=hooks.routes, protect=hooks.protect)
+
+        async def refresh() -> httpx.Response:
+            try:
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=stack.base) as http:
+                    return await http.post("/oauth/token", data={
+                        "grant_type": "refresh_token", "client_id": client["client_id"],
+                        "refresh_token": mine["refresh_token"]})
+            finally:
+                await hooks.aclose()  # on the loop its clients were used on
+
+        r = anyio.run(refresh)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+        assert "access policy" in r.json()["error_description"]
+        assert _mcp(stack, mine["access_token"]).status_code == 401  # the family is gone for every replica
+    finally:
+        store.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -137,6 +137,9 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
         self.refresh_seconds = refresh_seconds
         self.client_seconds = client_seconds
         self._clock = clock
+        # Why the person of a grant may no longer use this server (tenant no longer allowed, no access rule left), or
+        # None: asked at every refresh-token grant (oauth/routes.py sets it).
+        self.admit: Callable[[Identity], Awaitable[str | None]] | None = None
 
     # -- clients ---------------------------------------------------------------------------------------------
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
@@ -284,8 +287,16 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
 
     async def exchange_refresh_token(self, client: OAuthClientInformationFull, refresh_token: Refresh,
                                      scopes: list[str]) -> OAuthToken:
-        record = self.store.take(NS_REFRESH, refresh_token.token)  # single use, even against a concurrent twin
         family = refresh_token.family
+        if self.admit is not None:
+            identity = Identity.from_record(refresh_token.identity)
+            reason = await self.admit(identity)
+            if reason:
+                log.warning("refresh refused for tid=%s oid=%s (%s): its token family is revoked", identity.tid,
+                            identity.oid, reason)
+                self.revoke_family(family)
+                raise TokenError("invalid_grant", f"{reason}; every token of this sign-in is revoked")
+        record = self.store.take(NS_REFRESH, refresh_token.token)  # single use, even against a concurrent twin
         if record is None or record.get("rotated"):
             log.warning("a refresh token was used a second time: its whole token family is revoked")
             self.revoke_family(family)

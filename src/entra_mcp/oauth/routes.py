@@ -42,11 +42,14 @@ from starlette.routing import BaseRoute, Route
 
 from entra_mcp.audit import sign_in_event
 from entra_mcp.config import Settings
+from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
 from entra_mcp.oauth.clients import LOOPBACK_HOSTS, Client, MetadataDocuments, secret_hash
 from entra_mcp.oauth.provider import AuthorizationServer, browser_binding, new_token
 from entra_mcp.oidc.flow import origin_of
+from entra_mcp.oidc.provider import ProviderUnavailable
 from entra_mcp.oidc.routes import SESSION_COOKIE, SignIn
+from entra_mcp.oidc.validate import Identity
 from entra_mcp.ratelimit import RateLimiter
 
 log = get_logger("oauth.routes")
@@ -156,7 +159,28 @@ class OAuthRoutes:
             access_seconds=o.access_token_minutes * 60, refresh_seconds=o.refresh_token_days * 86400,
             client_seconds=o.registered_client_days * 86400,
         )
-        return cls(server, sign_in, public, o.dynamic_registration, RateLimiter(o.registrations_per_minute))
+        routes = cls(server, sign_in, public, o.dynamic_registration, RateLimiter(o.registrations_per_minute))
+        server.admit = routes.refusal
+        return routes
+
+    async def refusal(self, identity: Identity) -> str | None:
+        """Why the person of a token family may no longer use this server, asked at each refresh: their tenant is no
+        longer one whose people may sign in (the served tenants, [oidc] allowed_tenants), or [server.access] no
+        longer grants them any tenant. None: they still may."""
+        tid = identity.tid.lower()
+        sessions = self.sign_in.sessions
+        if sessions.tenant_ids is not None and tid not in sessions.tenant_ids:
+            return "the person's tenant is no longer served here"
+        provider = self.sign_in.flow.provider
+        if tid not in provider.allowed_tenants:
+            try:
+                home = (await provider.metadata()).tenant_id.lower()  # cached after the first sign-in
+            except (ProviderUnavailable, EntraMcpError):
+                return None  # cannot tell now; the access rules below and the next sign-in still apply
+            if tid != home:
+                return "the person's tenant is no longer allowed to sign in here ([oidc] allowed_tenants)"
+        check = sessions.access_check
+        return check(identity) if check is not None else None
 
     async def aclose(self) -> None:
         if self.server.documents is not None:

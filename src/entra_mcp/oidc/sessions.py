@@ -147,6 +147,9 @@ class SessionService:
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
         self.tenant_ids = frozenset(t.lower() for t in tenant_ids) if tenant_ids is not None else None
+        # Why a person may no longer use this server's tools (no [server.access] rule or home tenant grants them a
+        # tenant), or None: set by the MCP server (server/app.py create_server), asked when an OAuth grant refreshes.
+        self.access_check: Callable[[Identity], str | None] | None = None
         self._clock = clock
         self._last_purge = time.monotonic()
         self.store.purge_expired()  # whatever lapsed while the server was down

@@ -472,6 +472,8 @@ def create_server(
     policy = AccessPolicy.from_settings(settings, [spec.name for spec in TOOLS], _tenant_of_tid(views), _groups_of(views))
     trail = (AuditTrail.from_settings(settings) if settings is not None else None) if audit is True else (audit or None)
     gate = CallGate(policy, trail, channel)
+    if sessions is not None and hasattr(sessions, "access_check"):
+        sessions.access_check = _access_check(policy)  # OAuth refresh grants re-check [server.access]
     server: MCPServer[Any] = MCPServer(
         name="entra-mcp",
         title="Entra ID identity context",
@@ -571,6 +573,21 @@ def _tenant_of_tid(views: Any) -> Any:
         return [name] if name else []
 
     return names
+
+
+def _access_check(policy: AccessPolicy) -> Any:
+    """identity -> why [server.access] no longer grants this person any tenant, or None (oidc/sessions.py)."""
+
+    def check(identity: Any) -> str | None:
+        caller = Caller("oauth", f"{identity.tid.lower()}/{identity.oid.lower()}", identity.tid, identity.oid,
+                        roles=tuple(identity.roles), groups=tuple(identity.groups),
+                        groups_overage=bool(identity.groups_overage))
+        access = policy.for_caller(caller)
+        if access.tenants is None or access.tenants:
+            return None
+        return f"the server's access policy no longer grants this person any tenant ({access.why})"
+
+    return check
 
 
 def _groups_of(views: Any) -> Any:
