@@ -202,3 +202,55 @@ def test_disk_full_is_a_clear_error_and_keeps_the_last_state(tmp_path: Path) -> 
     assert snap is not None and set(snap.users) == set(_users(10))
     with MirrorStore(tmp_path).writer("t") as w:  # and the next writer cleans up and works
         w.commit_full("users", {"users": _users(3)}, delta_link="c", status=AreaStatus(enabled=True))
+
+
+def _open_db_files(root: Path) -> dict[str, int]:
+    """This process's open descriptors on SQLite files under `root`, by tenant directory."""
+    out: dict[str, int] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+        if target.name.startswith("cache.db") and root in target.parents:
+            out[target.parent.name] = out.get(target.parent.name, 0) + 1
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_idle_mirrors_close_their_files_from_every_thread(tmp_path: Path) -> None:
+    """Past max_open, the least recently used mirror nobody is using has every thread's SQLite connection closed,
+    and answers again at its next use; a mirror in use (a writer mid-run) is never closed under it."""
+    import threading
+
+    store = MirrorStore(tmp_path, max_open=3)
+    try:
+        names = [f"t{i}" for i in range(8)]
+        for name in names:
+            with store.writer(name) as w:
+                w.commit_full("users", {"users": _users(3, name)}, delta_link=None, status=AreaStatus(enabled=True))
+
+        def read_all() -> None:
+            for name in names:
+                assert store.load_snapshot(name) is not None
+
+        threads = [threading.Thread(target=read_all) for _ in range(4)]  # connections of several threads, as serve's pool
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        read_all()
+        held = _open_db_files(tmp_path)
+        assert set(held) <= set(names[-3:]) and len(held) == 3, held  # the three used last, no other
+        assert store.connected() == names[-3:]
+        with store.writer("t0") as w:  # in use: kept open while five other mirrors are read
+            for name in names[1:6]:
+                assert store.version(name) > 0
+            assert "t0" in _open_db_files(tmp_path)
+            w.commit_full("users", {"users": _users(4, "again")}, delta_link=None, status=AreaStatus(enabled=True))
+        snap = store.load_snapshot("t0")  # reopened after its files were closed: the same committed data
+        assert snap is not None and snap.users["u00003"]["displayName"] == "User 3again"
+        assert len(_open_db_files(tmp_path)) <= 3
+    finally:
+        store.close()
+    assert _open_db_files(tmp_path) == {}

@@ -1,6 +1,7 @@
 """Hundreds of tenants, end to end: 200 small customer tenants in the emulator with ONE multi-tenant app consented in
 each, `entra-mcp serve` as a process syncing them all through its scheduler (bounded concurrency, per-tenant request
-budget), views loaded on demand and the cold ones dropped within the memory budget, answers equal after a reload."""
+budget), views loaded on demand and the cold ones dropped within the memory budget, answers equal after a reload, and
+the server's open files bounded by max_open_mirrors, not by the tenant count."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from entra_mcp.devtenant.server import RunningEmulator, run_emulator
 
 TENANTS = int(os.environ.get("ENTRA_MCP_FLEET_TENANTS", "200"))  # fewer for a quick local look
 BUDGET = 30  # requests per 10 s per tenant: low, so the scheduler's parallel syncs must respect it
-CONCURRENT = 8
+CONCURRENT = 16  # the budget, not the slots, bounds each tenant: more slots only shorten the first cycle
+MAX_OPEN = 12  # mirrors with open SQLite files; far below the tenant count
 
 
 def _tenant_name(i: int) -> str:
@@ -50,6 +52,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 cache_dir = {json.dumps(str(root / "cache"))}
 port = {port}
 view_memory_mb = 4
+max_open_mirrors = {MAX_OPEN}
 
 [scheduler]
 max_concurrent_syncs = {CONCURRENT}
@@ -78,7 +81,7 @@ max_concurrent_syncs = {CONCURRENT}
                 fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
                 print(f"all synced in {time.monotonic() - started:.1f} s; serve CPU {(int(fields[11]) + int(fields[12])) / ticks:.1f} s;"
                       f" this process CPU {time.process_time():.1f} s")
-            yield {"emu": emu, "server": server, "base": base, "app": app}
+            yield {"emu": emu, "server": server, "base": base, "app": app, "cache": root / "cache"}
         finally:
             server.stop()
 
@@ -131,3 +134,35 @@ def test_an_unknown_tenant_among_hundreds_is_answered_with_close_matches(fleet: 
     assert text.count("customer-") < 8  # close matches, not the list of 200
     assert not err2 and text2["tenant"] == cold and text2["areas"]["users"]["lastSuccess"]
     assert f"tenant {cold}: view of" not in fleet["server"].log()  # sync_status read freshness, loaded no view
+
+
+def _sqlite_files(pid: int, cache: Path) -> dict[str, int]:
+    """The process's open descriptors on SQLite files under `cache`, by tenant directory."""
+    out: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = Path(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            continue
+        if target.name.startswith("cache.db") and cache in target.parents:
+            out[target.parent.name] = out.get(target.parent.name, 0) + 1
+    return out
+
+
+def test_open_files_stay_bounded_whatever_the_tenant_count(fleet: dict[str, Any]) -> None:
+    """Every tenant synced and its freshness read (each /healthz), views of 20 tenants loaded: yet at most
+    max_open_mirrors mirrors hold SQLite files open, where each used to keep its own from every thread (~3,700
+    descriptors for 200 tenants)."""
+    emu: RunningEmulator = fleet["emu"]
+    pid = fleet["server"].proc.pid
+    cache = fleet["cache"].resolve()
+    picked = [TENANTS - 1 - i * 7 for i in range(20)]
+    anyio.run(_calls, fleet["base"], [("lookup_user", {"query": examples(emu.tenant(i))["ceo"], "tenant": _tenant_name(i)})
+                                      for i in picked])
+    assert httpx.get(f"{fleet['base']}/healthz", timeout=10).status_code == 200  # reads all 200 mirrors again
+    held = _sqlite_files(pid, cache)
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    assert 0 < len(held) <= MAX_OPEN, sorted(held)
+    assert sum(held.values()) <= MAX_OPEN * (2 * threads + 1), held  # a database and its WAL per thread, one shared memory
+    total = len(os.listdir(f"/proc/{pid}/fd"))
+    assert total < 100 + MAX_OPEN * (2 * threads + 1), total

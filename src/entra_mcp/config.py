@@ -315,6 +315,9 @@ class ServerSettings(_Section):
     # memory for the tenants' loaded views (indexes) together; 0 = no budget. With a budget, a tenant's view is loaded
     # at its first call and the least recently used views are dropped when the estimate goes over (views.py)
     view_memory_mb: int = Field(default=0, ge=0)
+    # tenants' mirrors whose SQLite files stay open while unused; past it the least recently used are closed and
+    # reopened at their next use (mirror/open_files.py): open descriptors stay bounded whatever the tenant count
+    max_open_mirrors: int = Field(default=64, ge=1, le=100_000)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)

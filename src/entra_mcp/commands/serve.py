@@ -194,9 +194,9 @@ FDS_PER_TENANT = 24  # open files a tenant's mirror can hold (its SQLite databas
 
 
 def raise_open_files_limit(tenants: int) -> None:
-    """Raise this process's soft limit of open files to its hard limit (as many servers do at start): each tenant's
-    mirror keeps database files open, so hundreds of tenants need more than the common default of 1,024. Warns when
-    even the hard limit looks too small for this many tenants."""
+    """Raise this process's soft limit of open files to its hard limit (as many servers do at start): each open
+    tenant mirror keeps database files open (`tenants`: how many may be open at once, at most
+    [server] max_open_mirrors). Warns when even the hard limit looks too small for that many."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not POSIX
@@ -263,8 +263,8 @@ def _serve(
     from entra_mcp.server.http import run_http
     from entra_mcp.views import ViewProvider
 
-    raise_open_files_limit(len(settings.tenants))
-    store = MirrorStore(settings.server.cache_dir)
+    raise_open_files_limit(min(len(settings.tenants), settings.server.max_open_mirrors))
+    store = MirrorStore(settings.server.cache_dir, max_open=settings.server.max_open_mirrors)
     try:
         views = ViewProvider.from_settings(settings, store, cache=view_cache)
         views.warm()

@@ -21,7 +21,9 @@ touched, and a commit is ONE atomic write of "root" (SQLite underneath), so
 - a run that changed no object (the usual delta run) moves as_of, the areas' status and the stamp but not the data
   version: a server then refreshes its snapshot's freshness (`freshness()`, one small read) and keeps its index.
 
-One writer per tenant across processes (fcntl.flock on `writer.lock`); any number of readers.
+One writer per tenant across processes (fcntl.flock on `writer.lock`); any number of readers. At most
+`max_open` mirrors keep their SQLite files open while nobody uses them (mirror/open_files.py): the descriptors of a
+server stay bounded whatever the tenant count.
 Only this package imports diskcache.
 """
 
@@ -45,6 +47,7 @@ import diskcache
 
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
+from entra_mcp.mirror.open_files import DEFAULT_LIMIT, Database, OpenMirrors
 from entra_mcp.mirror.permissions import private_directory
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness, bucket_of
 from entra_mcp.areas import REGISTRY
@@ -195,11 +198,11 @@ def _mirror_error(path: Path, exc: BaseException) -> MirrorError:
 class MirrorStore:
     """All tenants' mirrors under one cache_dir. Thread-safe; one instance per process is enough."""
 
-    def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, cache_dir: str | os.PathLike[str], *, max_open: int = DEFAULT_LIMIT) -> None:
         # Private to the service account, checked before anything is read from it (mirror/permissions.py); created
         # (0700) only when a mirror is first written.
         self.cache_dir = private_directory(os.fspath(cache_dir), create=False)
-        self._caches: dict[str, diskcache.Cache] = {}
+        self._open = OpenMirrors(max_open)
         self._lock = threading.Lock()
         self._sign_ins: MirrorStore | None = None
 
@@ -207,18 +210,22 @@ class MirrorStore:
         """The mirror of the `sign_in_events` area (same layout, its own version, lock and root)."""
         with self._lock:
             if self._sign_ins is None:
-                self._sign_ins = MirrorStore(self.cache_dir / SIGN_IN_DIR)
+                self._sign_ins = MirrorStore(self.cache_dir / SIGN_IN_DIR, max_open=self._open.limit)
             return self._sign_ins
+
+    def connected(self) -> list[str]:
+        """The tenants whose mirror may hold open files now (at most `max_open` of them unless in use)."""
+        return self._open.connected()
 
     # ---------- reading ----------
     def tenant_dir(self, tenant_name: str) -> Path:
         return self.cache_dir / tenant_name
 
-    def _cache(self, tenant_name: str, *, create: bool) -> diskcache.Cache | None:
-        with self._lock:
-            cache = self._caches.get(tenant_name)
-            if cache is not None:
-                return cache
+    def _cache(self, tenant_name: str, *, create: bool) -> contextlib.AbstractContextManager[Database | None]:
+        """The tenant's database, in use (its connections stay open) until the block ends; None when there is no
+        mirror and `create` is false."""
+
+        def open_db() -> Database | None:
             d = self.tenant_dir(tenant_name)
             if not create and not (d / "cache.db").exists():
                 return None
@@ -226,25 +233,26 @@ class MirrorStore:
                 private_directory(self.cache_dir)
             try:
                 d.mkdir(parents=True, exist_ok=True)
-                cache = diskcache.Cache(str(d), **_SETTINGS)
+                return Database(str(d), **_SETTINGS)
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
                 if not create:
                     raise MirrorError(f"cannot open the mirror at {d}: {_why(d, exc)}.") from None
                 raise _mirror_error(d, exc) from None
-            self._caches[tenant_name] = cache
-            return cache
+
+        return self._open.use(tenant_name, open_db)
 
     def close(self) -> None:
+        self._open.close()
         with self._lock:
-            for c in self._caches.values():
-                c.close()
-            self._caches.clear()
             inner, self._sign_ins = self._sign_ins, None
         if inner is not None:
             inner.close()
 
     def _root(self, tenant_name: str) -> dict[str, Any] | None:
-        cache = self._cache(tenant_name, create=False)
+        with self._cache(tenant_name, create=False) as cache:
+            return self._root_of(tenant_name, cache)
+
+    def _root_of(self, tenant_name: str, cache: Database | None) -> dict[str, Any] | None:
         if cache is None:
             return None
         try:
@@ -283,11 +291,11 @@ class MirrorStore:
 
     def info(self, tenant_name: str) -> dict[str, Any] | None:
         """version, tenant_id, as_of and per-area status, delta-link presence and meta (no object data)."""
-        root = self._root(tenant_name)
-        if root is None:
-            return None
-        cache = self._cache(tenant_name, create=False)
-        last_run = cache.get(_LAST_RUN) if cache is not None else None
+        with self._cache(tenant_name, create=False) as cache:
+            root = self._root_of(tenant_name, cache)
+            if root is None or cache is None:
+                return None
+            last_run = cache.get(_LAST_RUN)
         return {
             "last_run": last_run if isinstance(last_run, dict) else None,
             "version": root["version"],
@@ -337,18 +345,17 @@ class MirrorStore:
     def _consistent(self, tenant_name: str, read: Callable[[dict[str, Any], diskcache.Cache], _T]) -> _T | None:
         """`read(root, cache)` of the committed root, started again from the new root when a newer commit removed a
         bucket it needed (`_Stale`); None when there is no (usable) mirror."""
-        for _ in range(50):
-            root = self._root(tenant_name)
-            if root is None:
-                return None
-            cache = self._cache(tenant_name, create=False)
-            assert cache is not None
-            try:
-                return read(root, cache)
-            except _Stale:
-                continue  # a newer commit replaced a bucket while we read: start again from the new root
-            except (OSError, sqlite3.Error) as exc:
-                raise MirrorError(f"cannot read the mirror of tenant {tenant_name}: {exc}") from None
+        with self._cache(tenant_name, create=False) as cache:
+            for _ in range(50):
+                root = self._root_of(tenant_name, cache)
+                if root is None or cache is None:
+                    return None
+                try:
+                    return read(root, cache)
+                except _Stale:
+                    continue  # a newer commit replaced a bucket while we read: start again from the new root
+                except (OSError, sqlite3.Error) as exc:
+                    raise MirrorError(f"cannot read the mirror of tenant {tenant_name}: {exc}") from None
         raise MirrorError(f"the mirror of tenant {tenant_name} kept changing while it was read; try again")
 
     def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None:
@@ -392,14 +399,14 @@ class MirrorStore:
     def source(self, tenant_name: str, *, any_stamp: bool = False) -> dict[str, Any] | None:
         """What `set_source` recorded, while it still describes the committed root (None after a local commit,
         unless `any_stamp`)."""
-        cache = self._cache(tenant_name, create=False)
-        root = self._root(tenant_name)
-        if cache is None or root is None:
-            return None
-        try:
-            found = cache.get(_SOURCE)
-        except (OSError, sqlite3.Error):
-            return None
+        with self._cache(tenant_name, create=False) as cache:
+            root = self._root_of(tenant_name, cache)
+            if cache is None or root is None:
+                return None
+            try:
+                found = cache.get(_SOURCE)
+            except (OSError, sqlite3.Error):
+                return None
         if not isinstance(found, dict) or (found.get("local_stamp") != _stamp(root) and not any_stamp):
             return None
         return found
@@ -408,11 +415,11 @@ class MirrorStore:
         """Record that the root of stamp `local_stamp` holds `publication` (the leader's version), and per area and
         collection the leader's bucket revisions its buckets copy (`colls`), so the next adoption copies only the
         buckets that moved."""
-        cache = self._cache(tenant_name, create=False)
-        if cache is None:
-            return
-        with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
-            cache.set(_SOURCE, {"local_stamp": local_stamp, "publication": dict(publication), "colls": colls})
+        with self._cache(tenant_name, create=False) as cache:
+            if cache is None:
+                return
+            with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
+                cache.set(_SOURCE, {"local_stamp": local_stamp, "publication": dict(publication), "colls": colls})
 
     def _snapshot(self, tenant_name: str, root: dict[str, Any], data: dict[str, Any]) -> DirectorySnapshot:
         users = data["users"]
@@ -471,14 +478,14 @@ class MirrorStore:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
-            cache = self._cache(tenant_name, create=True)
-            assert cache is not None
-            w = MirrorWriter(self, tenant_name, cache)
-            w._open()
-            try:
-                yield w
-            finally:
-                w._close()
+            with self._cache(tenant_name, create=True) as cache:  # in use, so kept open, for the whole run
+                assert cache is not None
+                w = MirrorWriter(self, tenant_name, cache)
+                w._open()
+                try:
+                    yield w
+                finally:
+                    w._close()
         finally:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)

@@ -227,7 +227,7 @@ def create_http_app(
     started = time.monotonic()
 
     async def healthz(request: Request) -> Response:
-        data = health(views)
+        data = await anyio.to_thread.run_sync(health, views)  # a freshness read per tenant: off the event loop
         data["uptimeSeconds"] = round(time.monotonic() - started)
         if replication is not None:
             data["replication"] = await anyio.to_thread.run_sync(replication)
