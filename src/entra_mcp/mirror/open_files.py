@@ -37,6 +37,7 @@ class Database(diskcache.Cache):  # type: ignore[misc]  # diskcache has no type 
 
     def __init__(self, directory: str, **settings: Any) -> None:
         self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._pid = os.getpid()  # the process whose connections _opened lists (a forked child never closes them)
         self._opened_lock = threading.Lock()
         self._generation = 0  # moves with each release: a thread's connection of an older generation is closed
         self._ready = False
@@ -56,6 +57,8 @@ class Database(diskcache.Cache):  # type: ignore[misc]  # diskcache has no type 
         local.con, local.pid, local.gen = con, os.getpid(), self._generation
         me = threading.current_thread()
         with self._opened_lock:
+            if self._pid != os.getpid():  # a forked child: the parent's connections are not ours to close
+                self._opened, self._pid = [], os.getpid()
             ended = [c for t, c in self._opened if not t.is_alive() or t is me]
             self._opened = [(t, c) for t, c in self._opened if t.is_alive() and t is not me] + [(me, con)]
         _close(ended)  # a thread that has ended cannot be using its connection; this thread's old one is replaced
@@ -87,6 +90,8 @@ class Database(diskcache.Cache):  # type: ignore[misc]  # diskcache has no type 
         with self._opened_lock:
             opened, self._opened = self._opened, []
             self._generation += 1
+            if self._pid != os.getpid():
+                return []
         return [con for _, con in opened]
 
     def release(self) -> None:
