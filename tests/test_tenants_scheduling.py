@@ -71,6 +71,36 @@ def test_the_tenant_due_longest_goes_first_and_running_ones_are_skipped(tmp_path
     assert schedule.next_due_in() == 140.0
 
 
+def test_first_runs_of_many_tenants_spread_over_the_jitter_window_oldest_mirror_first(tmp_path: Path) -> None:
+    import random
+
+    from entra_mcp.mirror.snapshot import AreaStatus
+
+    clock = Clock()
+    store = MirrorStore(tmp_path)
+    try:
+        for name in ("t7", "t3"):  # two tenants with mirrors (t7 the older), the others never synced
+            with store.writer(name) as w:
+                w.commit_full("users", {"users": {}}, delta_link=None, status=AreaStatus(enabled=True))
+        tenants = _tenants(40)
+        spread = _Schedule(tenants, store, initial_delay=5.0, clock=clock, jitter=60.0, slots=4, rnd=random.Random(7).random)
+        again = _Schedule(tenants, store, initial_delay=5.0, clock=clock, jitter=60.0, slots=4, rnd=random.Random(7).random)
+        few = _Schedule(_tenants(4), store, initial_delay=5.0, clock=clock, jitter=60.0, slots=4, rnd=random.Random(7).random)
+    finally:
+        store.close()
+    assert spread.due == again.due  # deterministic under a seed
+    offsets = sorted(at - 105.0 for at in spread.due.values())
+    assert 0 <= offsets[0] and offsets[-1] < 60.0 and offsets[-1] - offsets[0] > 30.0  # within the window, spread over it
+    assert len(set(offsets)) == 40
+    by_due = sorted(spread.due, key=spread.due.__getitem__)
+    assert by_due[-2:] == ["t7", "t3"]  # never-synced tenants first, then the oldest mirror: the order of fairness holds
+    assert [n for n in by_due if n not in ("t3", "t7")] == [f"t{i}" for i in range(40) if i not in (3, 7)]
+    assert set(few.due.values()) == {105.0}  # no more tenants than slots: nothing to spread, all start at once
+    clock.now = 105.0 + offsets[4] + 0.001
+    assert spread.ready(10) == by_due[:5]  # only those whose jittered time has come, in their order
+    assert spread.next_due_in() == 0.0
+
+
 def test_a_429_slows_that_tenant_only_and_it_recovers_after_a_quiet_minute() -> None:
     clock = Clock()
     throttled, other = RequestBudget(100, clock=clock), RequestBudget(100, clock=clock)

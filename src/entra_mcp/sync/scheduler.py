@@ -3,7 +3,10 @@ sign-in events (when enabled) also on their own, shorter schedule (sign_in_event
 
 Many tenants: at most `[scheduler] max_concurrent_syncs` tenants sync at once; when more are due, the one due the
 longest goes first (at start: never synced, then the oldest mirror), so a slow or failing tenant holds one slot and
-never the others. Each tenant keeps within its own Graph request budget (graph/budget.py) and a 429 pauses only that
+never the others. When there are more tenants than slots, their first runs are spread over
+`[scheduler] first_run_jitter_seconds` (random offsets, sorted so that the order above holds): a restart of a
+server of hundreds of tenants (or of several replicas at once) does not start them all in the same second, and
+their later runs (interval +-10%) stay spread. Each tenant keeps within its own Graph request budget (graph/budget.py) and a 429 pauses only that
 tenant's client: throttling is per app per tenant at Graph, so one busy tenant slows no other.
 
 A run that fails, for whatever reason (credentials refused, Graph down, the CA file gone, a bug), is logged in one
@@ -19,6 +22,7 @@ and publishes what the run committed; the sign-in poll runs only where `gate.may
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import replace
@@ -108,7 +112,10 @@ class _Schedule:
     """When each tenant is due, what its last runs did, and which are running (one event loop: no locks needed)."""
 
     def __init__(self, tenants: list[TenantSettings], store: MirrorStore, initial_delay: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, jitter: float = 0.0, slots: int = 0,
+                 rnd: Callable[[], float] = random.random) -> None:
+        """All tenants due at `initial_delay`; with more tenants than `slots`, their first runs spread over `jitter`
+        seconds after it (the tenant of the oldest mirror, or none, at the earliest offset)."""
         self.clock = clock
         start = clock() + initial_delay
         self.due: dict[str, float] = {}
@@ -118,6 +125,10 @@ class _Schedule:
             as_of = fresh.as_of.timestamp() if fresh is not None and fresh.as_of is not None else float("-inf")
             self.due[t.name] = start
             self.order[t.name] = as_of
+        if jitter > 0 and len(tenants) > slots:
+            by_age = sorted(self.due, key=lambda n: self.order[n])  # stable: config order among equals
+            for name, offset in zip(by_age, sorted(rnd() * jitter for _ in by_age)):
+                self.due[name] = start + offset
         self.failures = {t.name: 0 for t in tenants}
         self.recorded: dict[str, str | None] = {t.name: None for t in tenants}
         self.running: set[str] = set()
@@ -178,10 +189,12 @@ async def _run_tenant(tenant: TenantSettings, store: MirrorStore, schedule: _Sch
 
 async def _dispatch(tenants: list[TenantSettings], store: MirrorStore, stop_event: anyio.Event,
                     on_result: Callable[[TenantResult], None] | None, initial_delay: float, limit: int,
-                    gate: SyncGate | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                    gate: SyncGate | None = None, clock: Callable[[], float] = time.monotonic,
+                    jitter: float = 0.0) -> None:
     """Start due tenants, at most `limit` at once, until stop_event is set."""
     by_name = {t.name: t for t in tenants}
-    schedule = await anyio.to_thread.run_sync(_Schedule, tenants, store, initial_delay, clock)
+    schedule = await anyio.to_thread.run_sync(
+        functools.partial(_Schedule, tenants, store, initial_delay, clock, jitter=jitter, slots=limit))
     wake = anyio.Event()
 
     async def run(name: str) -> None:
@@ -238,12 +251,14 @@ async def run_scheduler(
     max_concurrent: int | None = None,
     gate: SyncGate | None = None,
 ) -> None:
-    """Sync every tenant now (after `initial_delay`), then every interval_minutes (+-10%), until stop_event is set;
-    at most `max_concurrent` (default `[scheduler] max_concurrent_syncs`) at once. With a `gate`, only the tenants
-    this replica leads."""
+    """Sync every tenant now (after `initial_delay`; more tenants than slots: spread over
+    `[scheduler] first_run_jitter_seconds`), then every interval_minutes (+-10%), until stop_event is set; at most
+    `max_concurrent` (default `[scheduler] max_concurrent_syncs`) at once. With a `gate`, only the tenants this
+    replica leads."""
     limit = max_concurrent or settings.scheduler.max_concurrent_syncs
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_dispatch, list(settings.tenants), store, stop_event, on_result, initial_delay, limit, gate)
+        tg.start_soon(functools.partial(_dispatch, list(settings.tenants), store, stop_event, on_result, initial_delay,
+                                        limit, gate, jitter=settings.scheduler.first_run_jitter_seconds))
         for n, tenant in enumerate(settings.tenants):
             if tenant.sync.sign_in_events:
                 # the first directory sync polls sign-in events too; this loop takes over from one interval later
