@@ -38,17 +38,40 @@ from _report import write_section  # noqa: E402
 SECTION = "## Directory sync (bench/bench_sync.py)"
 
 
-def _run_child(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str, float, float]:
-    """Run a child process; (exit code, stdout, stderr, wall seconds, peak RSS MB) measured with wait4."""
+# Started between the benchmark and the measured command: Linux's ru_maxrss of a process includes the high-water RSS
+# of the process it was spawned from (the kernel keeps the old memory's peak across exec, and subprocess uses vfork),
+# so a command spawned straight from a benchmark that once held 2 GB reports >= 2 GB however little it used. This
+# launcher is a fresh small process: the command it spawns inherits only its ~10 MB, and its wait4 figures are the
+# command's own. It writes them as JSON to the file named by its first argument.
+_LAUNCHER = (
+    "import json, os, sys\n"
+    "pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump({'rss_mb': ru.ru_maxrss / 1024, 'cpu_s': ru.ru_utime + ru.ru_stime, 'user_s': ru.ru_utime}, f)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def _run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run a command through _LAUNCHER: exit code, stdout, stderr, wall seconds, its own peak RSS (MB) and CPU
+    seconds (user + system), from wait4 in a launcher that holds nothing."""
     started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as figures:
+        code = subprocess.call([sys.executable, "-S", "-c", _LAUNCHER, figures.name, *cmd], stdout=out, stderr=err, env=env)
         wall = time.monotonic() - started
         out.seek(0)
         err.seek(0)
-        return proc.returncode, out.read(), err.read(), wall, usage.ru_maxrss / 1024
+        got = json.loads(figures.read() or "{}")
+        return {"code": code, "out": out.read(), "err": err.read(), "wall": wall, "rss": got.get("rss_mb", 0.0),
+                "cpu": got.get("cpu_s", 0.0)}
+
+
+def _run_child(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str, float, float]:
+    """Run a child process; (exit code, stdout, stderr, wall seconds, peak RSS MB), its own figures (_run_measured)."""
+    r = _run_measured(cmd, env)
+    return r["code"], r["out"], r["err"], r["wall"], r["rss"]
 
 
 class Control:
