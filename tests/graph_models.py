@@ -16,7 +16,8 @@ relationship of type directoryObject collection"). Directory objects of mixed ty
 are parsed with `DirectoryObject`, whose discriminator picks the model from `@odata.type`.
 
 Usage from a test: `check_page(client.get("/users", params={"$select": ...}).json(), User)`; models live in
-`msgraph.generated.models.<snake_name>` (see `MODELS`).
+`msgraph.generated.models.<snake_name>` (see `MODELS`). `one_of_each_shape(items)` picks the items worth parsing
+from a long page of generated objects (kiota's parser costs ~20 ms of CPU per sign-in event).
 """
 
 from __future__ import annotations
@@ -109,6 +110,38 @@ def check_page(page: dict[str, Any], model: type[Parsable], *, delta: bool = Fal
             parsed.append(one)
     assert not problems, f"not a valid page of {model.__name__} per msgraph-sdk:\n  " + "\n  ".join(_summary(problems))
     return parsed
+
+
+def one_of_each_shape(items: list[Any]) -> list[Any]:
+    """The first item of each shape among `items`, in their order. Two items have the same shape when they have the
+    same keys at every depth, the same value types, the same enum-like strings (a camelCase word, as Graph's enum
+    members are written), the same date-time layout (digits compared as 9s) and GUIDs where the other has GUIDs:
+    what a model's parser accepts or refuses depends on these, not on the names, ids and numbers that vary between
+    generated objects. A 1,000-event sign-in page of the small emulator has 12 shapes (~21 s of CPU to parse whole,
+    ~1 s for its shapes)."""
+    seen: dict[Any, Any] = {}
+    for item in items:
+        seen.setdefault(_shape(item), item)
+    return list(seen.values())
+
+
+_ENUM_LIKE = re.compile(r"^[a-z][A-Za-z]*$")
+_DATE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("{}", tuple(sorted((k, _shape(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("[]", tuple(sorted({_shape(v) for v in value}, key=repr)))
+    if isinstance(value, str):
+        if _ENUM_LIKE.match(value):
+            return value
+        if _DATE_TIME.match(value):
+            return re.sub(r"\d", "9", value)
+        return "guid" if _GUID.match(value) else "str"
+    return type(value).__name__
 
 
 # --------------------------------------------------------------------------------------------------- internals
