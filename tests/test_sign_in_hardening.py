@@ -1,6 +1,7 @@
 """Sign-in hardening over real HTTP (uvicorn on loopback, the emulator's login host over HTTPS): pending sign-ins
-capped and /auth/login rate-limited, nothing replayable in the store, return_to honouring path prefixes, the chat
-hand-over returning only to exact widget pages, and error pages that reflect nothing and forbid framing.
+capped per address and in total and lapsing after STATE_SECONDS, /auth/login rate-limited per address, nothing
+replayable in the store, return_to honouring path prefixes, the chat hand-over returning only to exact widget pages,
+and error pages that reflect nothing and forbid framing.
 """
 
 from __future__ import annotations
@@ -175,3 +176,63 @@ async def test_discovery_failures_are_remembered_with_backoff(h: Harness) -> Non
         while (await h.login("portal", "/")).status_code == 503:
             await anyio.sleep(0.5)
     assert h.counting.count("/openid-configuration") == 2
+
+
+async def test_sign_ins_started_from_one_address_are_rate_limited(h: Harness) -> None:
+    """/auth/login is rate-limited per client address (flow.LOGINS_PER_MINUTE, here the same limiter at 3 a minute):
+    the start over the rate is a 429 with Retry-After, sends nobody anywhere and writes nothing."""
+    from entra_mcp.ratelimit import RateLimiter
+
+    assert 1 <= flow_module.LOGINS_PER_MINUTE <= 60
+    limited = SignIn.from_settings(h.settings, transport=counting_transport(h.emu), login_rate=RateLimiter(3))
+    try:
+        port = free_port()
+        with serve(Starlette(routes=limited.routes()), port) as base:
+            async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+                started = [await client.get("/auth/login", params={"flow": "portal", "return_to": "/"}) for _ in range(3)]
+                written = len(limited.sessions.store)
+                refused = await client.get("/auth/login", params={"flow": "portal", "return_to": "/"})
+        assert [r.status_code for r in started] == [302] * 3
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text[:200]
+        assert "location" not in refused.headers and "from this address" in refused.text
+        assert len(limited.sessions.store) == written
+    finally:
+        limited.sessions.store.close()
+
+
+async def test_pending_sign_ins_are_capped_in_total_across_addresses(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Besides the per-address cap, all addresses together hold at most flow.MAX_PENDING pending sign-ins (10,000;
+    4 here): clients from 127.0.0.2 and 127.0.0.3, each far under its own cap, fill it; a third address is refused."""
+    monkeypatch.setattr(flow_module, "MAX_PENDING", 4)
+    base = str(h.client.base_url)
+
+    async def start(address: str) -> httpx.Response:
+        transport = httpx.AsyncHTTPTransport(local_address=address)
+        async with httpx.AsyncClient(transport=transport, base_url=base, timeout=20) as client:
+            return await client.get("/auth/login", params={"flow": "portal", "return_to": "/"})
+
+    filled = [await start(a) for a in ("127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3")]
+    assert [r.status_code for r in filled] == [302] * 4
+    refused = await start("127.0.0.4")
+    assert refused.status_code == 429 and "in progress" in refused.text, refused.text[:200]
+    assert h.sign_in_obj.flow.pending == 4  # type: ignore[attr-defined]
+
+
+async def test_pending_sign_ins_lapse_and_free_their_place(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sign-in that never comes back stops counting once its state lapses (flow.STATE_SECONDS, 10 minutes; 1 s
+    here), so the caps cannot be held by abandoned sign-ins."""
+    import anyio
+
+    monkeypatch.setattr(flow_module, "STATE_SECONDS", 1.0)
+    monkeypatch.setattr(flow_module, "MAX_PENDING_PER_CLIENT", 2)
+    first, *rest = [await h.login("portal", "/") for _ in range(3)]
+    assert [r.status_code for r in (first, *rest)] == [302, 302, 429]
+    with anyio.fail_after(20):
+        while (again := await h.login("portal", "/")).status_code == 429:
+            await anyio.sleep(0.2)  # polling the server with a bounded deadline
+    assert again.status_code == 302
+    # and a lapsed sign-in can no longer complete
+    user = next(iter(h.emu.tenant(0).users.values()))["userPrincipalName"]
+    h.client.cookies.set("entra_mcp_signin", first.cookies["entra_mcp_signin"])
+    late = await h.client.get(await h.authenticate(first.headers["location"], user))
+    assert late.status_code == 400, late.text[:200]
