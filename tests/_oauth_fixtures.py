@@ -167,7 +167,11 @@ class HttpBrowser:
         return page
 
     def decide(self, consent_url: str, decision: str = "approve") -> httpx.Response:
+        """The consent page's decision; a remembered approval (the page answers 303 to the client at once) is
+        returned as it is."""
         page = self.consent_page(consent_url)
+        if page.status_code == 303 and decision == "approve":
+            return page
         assert page.status_code == 200, page.text[:300]
         fields = dict(re.findall(r'name=(\w+) value="([^"]*)"', page.text))
         return self.http.post(f"{self.stack.base}/oauth/consent", content=urlencode(

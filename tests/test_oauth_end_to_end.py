@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -120,18 +122,41 @@ class BrowserAgent:
         self.consent_text = ""
         self.sign_ins = 0
         self.authorizations = 0
+        self.remembered = 0
 
     async def install(self) -> None:
-        async def on_callback(route: Any) -> None:
-            self.callback_url = route.request.url
-            await route.fulfill(status=200, content_type="text/plain", body="You can close this window.")
+        """A real loopback listener, as a desktop client runs (the browser reaches the callback also at the end of
+        a redirect chain, where Playwright's routing would not intercept it)."""
+        agent = self
 
-        await self.page.route(f"http://127.0.0.1:{self.callback_port}/**", on_callback)
+        class Callback(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.startswith("/callback?"):  # not the browser's /favicon.ico
+                    agent.callback_url = f"http://127.0.0.1:{agent.callback_port}{self.path}"
+                body = b"You can close this window."
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.listener = ThreadingHTTPServer(("127.0.0.1", self.callback_port), Callback)
+        threading.Thread(target=self.listener.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.shutdown()
+        self.listener.server_close()
 
     async def redirect_handler(self, authorization_url: str) -> None:
         self.callback_url = None
         self.authorizations += 1
         await self.page.goto(authorization_url)
+        if self.callback_url is not None:  # a remembered approval: straight back to the client, no page
+            self.remembered += 1
+            return
         await self.page.wait_for_selector("#username, #approve", timeout=20000)
         if await self.page.locator("#username").count():
             self.sign_ins += 1
@@ -174,10 +199,12 @@ async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stac
     redirect = f"http://127.0.0.1:{callback_port}/callback"
     async with async_playwright() as p:
         chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        stop: list[Any] = []
         try:
             context = await chromium.new_context(ignore_https_errors=True)  # the emulator's own CA
             agent = BrowserAgent(await context.new_page(), stack, callback_port)
             await agent.install()
+            stop.append(agent.close)
 
             # 1. Dynamic Client Registration: discovery, registration, sign-in, consent, token, tool calls
             dcr = MemoryStorage()
@@ -198,6 +225,16 @@ async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stac
             assert dcr.tokens.access_token != first.access_token and dcr.tokens.refresh_token != first.refresh_token
             assert agent.authorizations == 1  # no new trip through the browser
 
+            # remembered consent: the same client authorizing again (no tokens kept) skips the consent page
+            again = MemoryStorage()
+            again.client = dcr.client
+            provider_again = OAuthClientProvider(stack.resource, _metadata(redirect), again,
+                                                 redirect_handler=agent.redirect_handler,
+                                                 callback_handler=agent.callback_handler)
+            await _use(stack, provider_again)
+            assert agent.authorizations == 2 and agent.remembered == 1 and again.tokens is not None
+            assert "will not ask again for 30 days" in agent.consent_text
+
             # revocation (RFC 7009): the tokens stop working on /mcp
             async with httpx.AsyncClient(timeout=20) as http:
                 r = await http.post(f"{stack.base}/oauth/revoke",
@@ -207,6 +244,14 @@ async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stac
                                     headers={**MCP_HEADERS, "Authorization": f"Bearer {dcr.tokens.access_token}"})
                 assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
 
+            # revoking forgot the approval: the next authorization of that client shows the consent page again
+            forgot = MemoryStorage()
+            forgot.client = dcr.client
+            await _use(stack, OAuthClientProvider(stack.resource, _metadata(redirect), forgot,
+                                                  redirect_handler=agent.redirect_handler,
+                                                  callback_handler=agent.callback_handler))
+            assert agent.authorizations == 3 and agent.remembered == 1 and forgot.tokens is not None
+
             # 2. a Client ID Metadata Document: no registration call; the browser is signed in already
             cimd = MemoryStorage()
             url = f"{stack.docs}/client/good"
@@ -215,7 +260,7 @@ async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stac
                                            callback_handler=agent.callback_handler, client_metadata_url=url)
             await _use(stack, provider)
             assert cimd.client is not None and cimd.client.client_id == url
-            assert agent.authorizations == 2 and agent.sign_ins == 1
+            assert agent.authorizations == 4 and agent.sign_ins == 1 and agent.remembered == 1
             assert url in agent.consent_text and CLIENT_NAME in agent.consent_text
 
             # the audit trail: consent, token grants, revocation and the tool calls, with the client; no token
@@ -225,12 +270,15 @@ async def test_the_sdk_client_connects_with_both_registration_styles(stack: Stac
             events = {(r["event"], r.get("outcome"), r.get("grant")) for r in rows}
             assert {("consent", "ok", None), ("token", "ok", "authorization_code"), ("token", "ok", "refresh_token"),
                     ("revoke", "ok", None)} <= events, events
+            assert [r.get("reason") for r in rows if r["event"] == "consent"].count("remembered") == 1
             calls = [r for r in rows if r["event"] == "tool_call"]
             assert calls and {r["caller"].get("clientId") for r in calls} >= {dcr.client.client_id, url}
             for secret in (first.access_token, first.refresh_token, dcr.tokens.access_token, dcr.tokens.refresh_token):
                 assert secret not in text
         finally:
             await chromium.close()
+            for close in stop:
+                close()
 
 
 async def _tenants_seen(stack: Stack, provider: OAuthClientProvider) -> list[str]:
@@ -252,6 +300,7 @@ async def test_app_roles_and_groups_of_the_sign_in_decide_the_tenants(stack: Sta
     seen: dict[str, list[str]] = {}
     async with async_playwright() as p:
         chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        stop: list[Any] = []
         try:
             for who, upn in (("role", PEOPLE.role), ("group", PEOPLE.group), ("overage", PEOPLE.overage),
                              ("plain", stack.upn)):
@@ -260,6 +309,7 @@ async def test_app_roles_and_groups_of_the_sign_in_decide_the_tenants(stack: Sta
                 redirect = f"http://127.0.0.1:{callback_port}/callback"
                 agent = BrowserAgent(await context.new_page(), stack, callback_port, upn=upn)
                 await agent.install()
+                stop.append(agent.close)
                 provider = OAuthClientProvider(stack.resource, _metadata(redirect), MemoryStorage(),
                                                redirect_handler=agent.redirect_handler,
                                                callback_handler=agent.callback_handler)
@@ -268,4 +318,6 @@ async def test_app_roles_and_groups_of_the_sign_in_decide_the_tenants(stack: Sta
                 await context.close()
         finally:
             await chromium.close()
+            for close in stop:
+                close()
     assert seen == {"role": [other], "group": [home, other], "overage": [home], "plain": [home]}, seen

@@ -470,3 +470,40 @@ def test_refresh_re_checks_the_tenant_allow_list_and_the_access_rules(stack: Sta
         assert _mcp(stack, mine["access_token"]).status_code == 401  # the family is gone for every replica
     finally:
         store.close()
+
+
+def test_remembered_consent_covers_one_client_redirect_host_and_browser(stack: Stack, browser: HttpBrowser) -> None:
+    """After approving a client, its next authorization to the same redirect host skips the page (303 to the client
+    with a code); another redirect host of that client shows the page again; a request started in another browser
+    is refused as before, remembered or not; remember_consent = false turns it off."""
+    from entra_mcp.config import parse_settings
+    from entra_mcp.oauth.routes import OAuthRoutes
+
+    other_host = "https://desk.example/callback"
+    client = _client(browser, [CALLBACK, other_host])
+    _, challenge = pkce()
+
+    def start(b: HttpBrowser, redirect: str) -> str:
+        r = b.authorize(response_type="code", client_id=client["client_id"], redirect_uri=redirect,
+                        code_challenge=challenge, code_challenge_method="S256", state="s2", resource=stack.resource,
+                        scope=SCOPE)
+        assert r.status_code == 302, r.text
+        return str(r.headers["location"])
+
+    browser.code_for(client["client_id"], CALLBACK, challenge)  # the page, approved
+    assert 'id=remember' in browser.last_page
+    page = browser.consent_page(start(browser, CALLBACK))
+    assert page.status_code == 303, page.text[:300]
+    q = parse_qs(urlsplit(page.headers["location"]).query)
+    assert page.headers["location"].startswith(CALLBACK) and q["code"] and q["state"] == ["s2"]
+    assert browser.consent_page(start(browser, other_host)).status_code == 200  # another redirect host: ask again
+    other = HttpBrowser(stack)
+    try:
+        foreign = start(other, CALLBACK)  # started in another browser, opened in this signed-in one
+    finally:
+        other.close()
+    r = browser.http.get(foreign)
+    assert r.status_code == 400 and "another browser" in r.text
+    data = stack.settings.model_dump(mode="json")
+    data["server"]["auth"]["oauth"]["remember_consent"] = False
+    assert OAuthRoutes.from_settings(parse_settings(data), stack.hooks.sign_in).remember_seconds == 0

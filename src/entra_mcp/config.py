@@ -65,6 +65,10 @@ class OAuthSettings(_Section):
     refresh_token_days: float = Field(default=14, gt=0, le=365)
     registered_client_days: float = Field(default=180, gt=0, le=3650)
     registrations_per_minute: int = Field(default=30, ge=1)  # per client address, on /oauth/register
+    # After a person approved a client (same client id, redirect host and scope), its next authorizations skip the
+    # consent page for remember_consent_days; revoking a token of it (or a detected replay) forgets the approval.
+    remember_consent: bool = True
+    remember_consent_days: float = Field(default=30, gt=0, le=365)
 
 
 class AuthSettings(_Section):

@@ -58,6 +58,7 @@ NS_CODE_USED = "oauth.code-used"
 NS_ACCESS = "oauth.access"
 NS_REFRESH = "oauth.refresh"
 NS_FAMILY = "oauth.family"
+NS_CONSENT = "oauth.consent"
 
 REQUEST_SECONDS = 600.0  # sign-in plus consent
 CODE_SECONDS = 60.0  # the redirect to the client and its token request are automatic
@@ -97,6 +98,7 @@ class Grant:
 class Code(AuthorizationCode):
     family: str
     identity: dict[str, Any]
+    consent: str | None = None
 
 
 class Refresh(RefreshToken):
@@ -208,10 +210,26 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
             return None
         return self.store.take(NS_REQUEST, request_id)
 
-    def issue_code(self, request: dict[str, Any], identity: dict[str, Any]) -> str:
-        """After consent: a single-use code for the client, and the family its tokens will belong to."""
+    # -- remembered consent ----------------------------------------------------------------------------------
+    @staticmethod
+    def consent_key(identity: dict[str, Any], client_id: str, redirect_uri: str, scopes: list[str]) -> str:
+        """What an approval covers: this person, this client, its redirect host, these scopes (stored hashed)."""
+        host = (urlsplit(redirect_uri).hostname or "").lower()
+        return "|".join((str(identity["tid"]).lower(), str(identity["oid"]).lower(), client_id, host,
+                         " ".join(sorted(scopes))))
+
+    def remember_consent(self, key: str, seconds: float) -> None:
+        self.store.put(NS_CONSENT, key, {"at": self._clock()}, ttl=seconds)
+
+    def consent_remembered(self, key: str) -> bool:
+        return self.store.get(NS_CONSENT, key) is not None
+
+    def issue_code(self, request: dict[str, Any], identity: dict[str, Any], *, consent: str | None = None) -> str:
+        """After consent: a single-use code for the client, and the family its tokens will belong to. `consent`: the
+        remembered approval it came from (or created); revoking the family forgets that approval."""
         code = new_token()
-        record = {**request, "identity": identity, "family": new_token(), "expires_at": self._clock() + CODE_SECONDS}
+        record = {**request, "identity": identity, "family": new_token(), "expires_at": self._clock() + CODE_SECONDS,
+                  "consent": consent}
         self.store.put(NS_CODE, code, record, ttl=CODE_SECONDS)
         return code
 
@@ -238,6 +256,7 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
             subject=f"{record['identity']['tid']}/{record['identity']['oid']}",
             family=str(record["family"]),
             identity=dict(record["identity"]),
+            consent=record.get("consent"),
         )
 
     async def exchange_authorization_code(self, client: OAuthClientInformationFull, authorization_code: Code) -> OAuthToken:
@@ -245,7 +264,8 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
         family = authorization_code.family
         self.store.put(NS_FAMILY, family, {"client_id": client.client_id, "expires_at": now + self.refresh_seconds,
                                            "tid": authorization_code.identity["tid"],
-                                           "oid": authorization_code.identity["oid"]},
+                                           "oid": authorization_code.identity["oid"],
+                                           "consent": authorization_code.consent},
                        ttl=self.refresh_seconds)
         return self._issue(client.client_id, family, authorization_code.identity, authorization_code.scopes,
                            family_expires=now + self.refresh_seconds)
@@ -343,8 +363,12 @@ class AuthorizationServer(OAuthAuthorizationServerProvider[Code, Refresh, Access
         self.revoke_family(token.family)
 
     def revoke_family(self, family: str) -> None:
-        """Every access and refresh token of this sign-in stops working at once."""
-        if self.store.delete(NS_FAMILY, family):
+        """Every access and refresh token of this sign-in stops working at once, and the remembered approval it came
+        from is forgotten (the next authorization of that client shows the consent page again)."""
+        record = self.store.take(NS_FAMILY, family)
+        if record is not None:
+            if record.get("consent"):
+                self.store.delete(NS_CONSENT, str(record["consent"]))
             log.info("an OAuth token family was revoked")
 
 

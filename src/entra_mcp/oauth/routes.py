@@ -141,6 +141,7 @@ class OAuthRoutes:
     public_url: str
     dynamic_registration: bool
     registrations: RateLimiter
+    remember_seconds: float = 0.0  # remembered consent's lifetime; 0: every authorization shows the consent page
 
     @classmethod
     def from_settings(cls, settings: Settings, sign_in: SignIn, *,
@@ -159,7 +160,8 @@ class OAuthRoutes:
             access_seconds=o.access_token_minutes * 60, refresh_seconds=o.refresh_token_days * 86400,
             client_seconds=o.registered_client_days * 86400,
         )
-        routes = cls(server, sign_in, public, o.dynamic_registration, RateLimiter(o.registrations_per_minute))
+        routes = cls(server, sign_in, public, o.dynamic_registration, RateLimiter(o.registrations_per_minute),
+                     o.remember_consent_days * 86400 if o.remember_consent else 0.0)
         server.admit = routes.refusal
         return routes
 
@@ -256,6 +258,15 @@ class OAuthRoutes:
         if not isinstance(client, Client):
             return _error_page(400, "The application that asked for access is no longer known. Start again from your "
                                     "MCP client.")
+        identity = session.identity.record()
+        consent = self.server.consent_key(identity, client.client_id, str(pending["redirect_uri"]), pending["scopes"])
+        if self.remember_seconds and self.server.consent_remembered(consent):
+            # Approved before by this person for this client, redirect host and scope: no page. The request was bound
+            # to this browser and this browser is signed in as that person, as for the form post.
+            if self.server.take_pending(request_id) is None:  # single use, as the form post
+                return _error_page(400, "This authorization request was already decided. Start again from your MCP "
+                                        "client.")
+            return self._approved(request, pending, session.identity, consent, remembered=True)
         csrf = new_token()
         self.server.remember_consent_page(request_id, {**pending, "csrf": secret_hash(csrf), "session": secret_hash(sid)})
         redirect_uri = str(pending["redirect_uri"])
@@ -268,6 +279,9 @@ class OAuthRoutes:
             f"<p>After you decide, your browser goes to <b id=redirect-host>{e(_redirect_host(redirect_uri))}</b>.</p>"
             f"<p>Client id: <code id=client-id>{e(client.client_id)}</code><br>"
             f"Access: <code id=scopes>{e(' '.join(pending['scopes']))}</code> on <code>{e(self.server.resource)}</code></p>"
+            + (f"<p id=remember>If you allow it, this application will not ask again for "
+               f"{self.remember_seconds / 86400:g} days (revoking its access makes it ask again).</p>"
+               if self.remember_seconds else "") +
             "<form method=post action=/oauth/consent>"
             f"<input type=hidden name=request value=\"{e(request_id)}\">"
             f"<input type=hidden name=csrf value=\"{e(csrf)}\">"
@@ -319,11 +333,25 @@ class OAuthRoutes:
                      session.identity.oid, pending["client_id"])
             target = construct_redirect_uri(redirect_uri, error="access_denied", state=state, iss=self.public_url)
             return RedirectResponse(target, 303, headers=_NO_STORE)
-        identity = session.identity.record()  # with the ID token's roles and groups, for [server.access] rules
-        code = self.server.issue_code(pending, identity)
-        log.info("OAuth consent given by tid=%s oid=%s to client %.120r", session.identity.tid, session.identity.oid,
-                 pending["client_id"])
-        target = construct_redirect_uri(redirect_uri, code=code, state=state, iss=self.public_url)
+        identity = session.identity.record()
+        consent = self.server.consent_key(identity, str(pending["client_id"]), redirect_uri, pending["scopes"])
+        if self.remember_seconds:
+            self.server.remember_consent(consent, self.remember_seconds)
+        return self._approved(request, pending, session.identity, consent if self.remember_seconds else None,
+                              remembered=False)
+
+    def _approved(self, request: Request, pending: dict[str, Any], person: Identity, consent: str | None, *,
+                  remembered: bool) -> Response:
+        """The code for an approved request, sent to the client's redirect URI (303)."""
+        # with the ID token's roles and groups, for [server.access] rules
+        code = self.server.issue_code(pending, person.record(), consent=consent)
+        if remembered:
+            self._audit(request, "consent", "ok", client_id=str(pending["client_id"]), tid=person.tid, oid=person.oid,
+                        upn=person.preferred_username, reason="remembered")
+        log.info("OAuth consent %s by tid=%s oid=%s to client %.120r", "remembered" if remembered else "given",
+                 person.tid, person.oid, pending["client_id"])
+        target = construct_redirect_uri(str(pending["redirect_uri"]), code=code, state=pending.get("state"),
+                                        iss=self.public_url)
         response = RedirectResponse(target, 303, headers=_NO_STORE)
         self.sign_in.cookies.clear(response, BINDING_COOKIE)
         return response
