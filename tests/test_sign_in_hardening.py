@@ -236,3 +236,24 @@ async def test_pending_sign_ins_lapse_and_free_their_place(h: Harness, monkeypat
     h.client.cookies.set("entra_mcp_signin", first.cookies["entra_mcp_signin"])
     late = await h.client.get(await h.authenticate(first.headers["location"], user))
     assert late.status_code == 400, late.text[:200]
+
+
+async def test_a_chat_code_not_redeemed_in_time_is_refused(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chat hand-over's one-time code lives sessions.CHAT_CODE_SECONDS (a minute; 0.5 s here): a code stolen
+    from the address bar and tried later, even with the widget's verifier, gets nothing."""
+    import anyio
+
+    from entra_mcp.oidc import sessions as sessions_module
+
+    assert 0 < sessions_module.CHAT_CODE_SECONDS <= 60
+    monkeypatch.setattr(sessions_module, "CHAT_CODE_SECONDS", 0.5)
+    done = await h.sign_in("chat", f"{WIDGET_ORIGIN}/chat")
+    code = parse_qs(urlsplit(done.headers["location"]).fragment)["chat_code"][0]
+    store = h.sign_in_obj.sessions.store  # type: ignore[attr-defined]
+    assert store.get(sessions_module._CHAT_CODE_NS, code) is not None
+    with anyio.fail_after(10):
+        while store.get(sessions_module._CHAT_CODE_NS, code) is not None:
+            await anyio.sleep(0.1)  # polling the store until the record lapses, bounded
+    late = await h.client.post("/auth/chat/exchange", json={"code": code, "code_verifier": h.verifier},
+                               headers={"Origin": WIDGET_ORIGIN})
+    assert late.status_code == 400 and late.json()["error"] == "invalid_code", late.text[:200]
