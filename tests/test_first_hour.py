@@ -21,11 +21,6 @@ from _harness import cli_in_process
 from _server_fixtures import ENTRA_MCP, ServerEnv, config_data, free_port, server_env, write_config  # noqa: F401
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _config_with_ca(env: ServerEnv, tmp_path: Path, ca: Path, **sync: Any) -> Path:
     data = config_data(env.emulator, tmp_path / "cache")
     data["tenants"][0]["ca_bundle"] = str(ca)
