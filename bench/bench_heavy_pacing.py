@@ -32,11 +32,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from _report import percentile  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000 if values else float("nan")
+    """The p-th percentile of latencies in seconds, in milliseconds."""
+    return percentile(values, p, scale=1000)
 
 
 async def phase(view: Any, upns: list[str], heavy_text: str, share: float | None, seconds: float) -> dict[str, Any]:

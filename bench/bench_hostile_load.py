@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 from _auth_fixtures import mcp_call, mcp_open  # noqa: E402
 from _harness import ServeProcess, cpu_seconds, free_port, live_children  # noqa: E402
+from _report import percentile  # noqa: E402
 
 KEYS = {"observer": "observer-key-0123456789abcdef", "heavy": "heavy-key-0123456789abcdef",
         "slow": "slow-key-0123456789abcdef"}
@@ -90,8 +91,8 @@ class CpuMeter:
 
 
 def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000 if values else float("nan")
+    """The p-th percentile of latencies in seconds, in milliseconds."""
+    return percentile(values, p, scale=1000)
 
 
 async def observe(base: str, seconds: float, upns: list[str]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import math
 import os
 import random
 import ssl
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import latency, write_section  # noqa: E402
 from bench_sync import _emulator_session, _run_child  # noqa: E402
 
 SECTION = "## Sign-in events (bench/bench_sign_ins.py)"
@@ -95,8 +94,7 @@ def _rss_mb() -> float:
 
 
 def _pcts(samples: list[float]) -> dict[str, float]:
-    s = sorted(samples)
-    return {"p50": round(statistics.median(s), 3), "p99": round(s[min(len(s) - 1, int(len(s) * 0.99))], 3), "n": len(s)}
+    return latency(samples, digits=3)
 
 
 def _synth(size: str, days: int) -> dict[str, Any]:
