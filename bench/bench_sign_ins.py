@@ -189,10 +189,10 @@ def _answers(settings: Any, store: Any, state_size: str | None = None) -> dict[s
 def _measure(log: Any, view: Any, before: float, after: float, load_s: float) -> dict[str, Any]:
     from entra_mcp.identity.sign_ins import explain_sign_in, sign_in_failures_summary
 
-    failures = sum(len(v) for v in log.failures.values())
-    successes = sum(len(v) for v in log.successes.values())
+    failures = log.failure_count
+    successes = log.success_count
     rnd = random.Random(3)
-    with_failures = [k for k in log.by_user if "@" not in k]
+    with_failures = [k for k in log.failure_users() if "@" not in k]
     rnd.shuffle(with_failures)
     everyone = list(view.snapshot.users)
     rnd.shuffle(everyone)
@@ -226,7 +226,8 @@ def _measure(log: Any, view: Any, before: float, after: float, load_s: float) ->
     cold_7d = once(lambda: sign_in_failures_summary(log, view, "7d"))
     apps = [a for (a, _n), _c in log.hour_tally(log.hours[-1], None)["apps"].most_common(5)] if log.hours else []
     return {
-        "failures": failures, "successes": successes, "users_with_failures": len(log.by_user), "hours": len(log.hours),
+        "failures": failures, "successes": successes, "users_with_failures": len(with_failures), "hours": len(log.hours),
+        "columns_mb": round(log.memory_bytes() / 2**20, 1),
         "load_s": round(load_s, 2), "rss_before": round(before), "rss_after": round(after),
         "explain_failing": timed(lambda u: explain_sign_in(log, view, u), with_failures[:300], 300),
         "explain_any": timed(lambda u: explain_sign_in(log, view, u), everyone[:300], 300),

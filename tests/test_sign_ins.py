@@ -449,3 +449,63 @@ def test_a_poll_while_another_holds_the_sign_in_mirror_is_skipped_not_failed(bed
         result = bed.sync()
     assert result.areas["sign_in_events"].outcome == "skipped" and result.ok
     assert bed.sync().areas["sign_in_events"].outcome == "full", "the next run does the work"
+
+
+def _window_snapshot(days: int = 7, per_user_day: float = 100.0) -> tuple[Any, dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]], datetime]:
+    """The small emulator's generated stream for a window, compacted by the sync's functions and packed in the
+    mirror's column form (what the sign-in mirror holds): (snapshot, failures by hour, successes by user, now)."""
+    from entra_mcp.areas import AreaStatus
+    from entra_mcp.devtenant.generate import generate_state
+    from entra_mcp.devtenant.graph_signins import Query, SignInSettings, TenantSignIns
+    from entra_mcp.mirror.snapshot import DirectorySnapshot
+    from entra_mcp.mirror.table import concat_groups, pack_groups
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    tenant = next(iter(generate_state("small", 1).tenants.values()))
+    stream = TenantSignIns(tenant, SignInSettings(ingestion_delay_s=0, late_share=0, events_per_user_day=per_user_day),
+                           now.timestamp())
+    by_hour: dict[str, list[dict[str, Any]]] = {}
+    for _ts, _id, e in stream.events(Query(lower=(now - timedelta(days=days)).timestamp(), code_ne=0), now.timestamp(), None):
+        r = sign_ins.compact_failure(e)
+        assert r is not None
+        by_hour.setdefault(sign_ins.hour_key(r["createdDateTime"]), []).append(r)
+    for rows in by_hour.values():
+        rows.sort(key=lambda r: (r["createdDateTime"], r["id"]))
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for _ts, _id, e in stream.events(Query(lower=(now - timedelta(hours=24)).timestamp(), code_eq=0), now.timestamp(), None):
+        got = sign_ins.compact_success(e)
+        assert got is not None
+        by_user[got[0]], _ = sign_ins.merge_success(by_user.get(got[0]), got[1])
+    hours = sorted(by_hour)
+    snap = DirectorySnapshot(tenant=tenant.domain, tenant_id=tenant.tenant_id, as_of=now, interval_minutes=15,
+                             areas={"sign_in_events": AreaStatus(enabled=True, last_success=now)},
+                             collections={"sign_in_failures": concat_groups([pack_groups({h: by_hour[h] for h in hours[i:i + 8]})
+                                                                             for i in range(0, len(hours), 8)]),
+                                          "sign_in_successes": concat_groups([pack_groups(by_user)])})
+    return snap, by_hour, by_user, now
+
+
+def test_the_servers_columns_give_back_every_record_of_the_window() -> None:
+    """The server holds the window as columns (identity/sign_in_columns.py): every failure (less its event id), by
+    user and by hour, and every last success read back equal to what the sync stored, in the same order."""
+    from entra_mcp.identity.sign_ins import _ROW, SignInLog
+
+    snap, by_hour, by_user, _now = _window_snapshot()
+    log = SignInLog.build("contoso", snap, {})
+    every = [r for h in sorted(by_hour) for r in by_hour[h]]
+    assert log.failure_count == len(every) > 1000 and log.hours == sorted(by_hour)
+    plain = [{k: v for k, v in r.items() if k != "id"} for r in every]
+    assert [log.failure(i) for i in range(len(every))] == plain
+    keyed: dict[str, list[dict[str, Any]]] = {}
+    for r in plain:
+        uid = r["userId"]
+        keyed.setdefault(uid if uid and uid != "00000000-0000-0000-0000-000000000000" else str(r["userPrincipalName"]).casefold(), []).append(r)
+    assert sorted(log.failure_users()) == sorted(keyed)
+    for key, rows in keyed.items():
+        assert [log.failure(i) for i in log.user_failures(key)] == rows, key
+    assert log.user_failures("nobody@nowhere.example") == []
+    for h, rows in by_hour.items():
+        assert log.hour_rows(h) == [tuple(r.get(k) for k in _ROW) for r in rows]
+    assert sum(map(len, by_user.values())) == log.success_count
+    for uid, rows in by_user.items():
+        assert log.user_successes(uid) == rows

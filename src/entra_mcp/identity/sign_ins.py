@@ -18,11 +18,12 @@ from itertools import islice
 from operator import itemgetter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from ..errors import InvalidArgument, NotFoundError
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
 from .findings import finding, quote, sort_findings
+from .sign_in_columns import ByKey, Rows
 from .sign_in_errors import describe
 from .text import iso, parse_time, utcnow
 
@@ -49,16 +50,19 @@ _SINCE = re.compile(r"^\s*(\d{1,4})\s*([mhd])\s*$", re.IGNORECASE)
 
 @dataclass
 class SignInLog:
-    """One version of one tenant's sign-in events mirror, indexed. `status` None: never synced."""
+    """One version of one tenant's sign-in events mirror, held as columns (sign_in_columns.py) and indexed by user
+    and hour. `status` None: never synced."""
 
     tenant: str
     status: AreaStatus | None
     version: int = 0
     meta: Mapping[str, Any] = field(default_factory=dict)
-    failures: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # hour -> records, oldest first
-    successes: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # user id -> last per app
-    by_user: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)  # user id / upn (folded) -> records
-    hours: list[str] = field(default_factory=list)
+    hours: list[str] = field(default_factory=list)  # hours holding failures, oldest first
+    _failures: Rows | None = None  # every failure of the window, by hour, oldest first in each hour
+    _failures_by_user: ByKey | None = None
+    _hour_span: dict[str, tuple[int, int]] = field(default_factory=dict)  # hour -> its rows [start, stop)
+    _successes: Rows | None = None  # last success per user and app
+    _successes_by_user: ByKey | None = None
     _tally: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
     _merged: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
@@ -69,18 +73,67 @@ class SignInLog:
     def build(cls, tenant: str, snapshot: DirectorySnapshot | None, meta: Mapping[str, Any] | None = None) -> "SignInLog":
         if snapshot is None:
             return cls(tenant, None)
-        by_user: dict[str, list[Mapping[str, Any]]] = {}
         failures = snapshot.collection("sign_in_failures")
-        hours = sorted(failures)
+        hours = sorted(h for h in failures if failures[h])
+        spans: dict[str, tuple[int, int]] = {}
+        at = 0
         for h in hours:
-            for r in failures[h]:
-                uid, upn = r.get("userId"), r.get("userPrincipalName")
-                if uid and uid != "00000000-0000-0000-0000-000000000000":
-                    by_user.setdefault(uid, []).append(r)
-                elif upn:
-                    by_user.setdefault(str(upn).casefold(), []).append(r)
-        return cls(tenant, snapshot.areas.get("sign_in_events"), snapshot.version, dict(meta or {}),
-                   failures, snapshot.collection("sign_in_successes"), by_user, hours)
+            spans[h] = (at, at + len(failures[h]))
+            at += len(failures[h])
+        f_rows = [r for h in hours for r in failures[h]]
+        f_keys = [_user_key(r) for r in f_rows]
+        f = Rows(_FAILURE_COLUMNS, f_rows, "createdDateTime", {_KEY: f_keys}, pooled=(_KEY,))
+        del f_rows, f_keys
+        successes = snapshot.collection("sign_in_successes")
+        s_rows = [r for rows in successes.values() for r in rows]
+        s_keys = [uid for uid, rows in successes.items() for _r in rows]
+        s = Rows(_SUCCESS_COLUMNS, s_rows, "createdDateTime", {_KEY: s_keys}, pooled=(_KEY,))
+        del s_rows, s_keys
+        return cls(tenant, snapshot.areas.get("sign_in_events"), snapshot.version, dict(meta or {}), hours,
+                   f, ByKey(f.key(_KEY)), spans, s, ByKey(s.key(_KEY)))
+
+    @property
+    def failure_count(self) -> int:
+        return len(self._failures) if self._failures is not None else 0
+
+    @property
+    def success_count(self) -> int:
+        return len(self._successes) if self._successes is not None else 0
+
+    def failure_users(self) -> list[str]:
+        """The keys (user id, or folded UPN for events without one) that have failures in the window."""
+        return list(self._failures_by_user.keys()) if self._failures_by_user is not None else []
+
+    def user_failures(self, key: str) -> list[int]:
+        """Row numbers of the failures of user `key` (id, or folded UPN for events without a user id), oldest first."""
+        return self._failures_by_user.rows(key) if self._failures_by_user is not None else []
+
+    def failure(self, row: int) -> dict[str, Any]:
+        assert self._failures is not None
+        return self._failures.row(row)
+
+    def user_successes(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's last success per app."""
+        if self._successes is None or self._successes_by_user is None:
+            return []
+        return [self._successes.row(i) for i in self._successes_by_user.rows(user_id)]
+
+    def recent_apps(self, hours: int) -> Counter[tuple[Any, Any]]:
+        """(appId, appDisplayName) -> failures in the last `hours` hours that hold failures."""
+        out: Counter[tuple[Any, Any]] = Counter()
+        if self._failures is None or not self.hours:
+            return out
+        start = self._hour_span[self.hours[-hours:][0]][0]
+        stop = self._hour_span[self.hours[-1]][1]
+        for row in self._failures.tuples(("appId", "appDisplayName"), start, stop):
+            out[row] += 1
+        return out
+
+    def memory_bytes(self) -> int:
+        """Bytes of the columns' arrays and pools (what grows with the window)."""
+        return sum(r.nbytes() for r in (self._failures, self._successes) if r is not None) + sum(
+            b.order.itemsize * len(b.order) + b.starts.itemsize * len(b.starts)
+            for b in (self._failures_by_user, self._successes_by_user) if b is not None)
 
     @property
     def available(self) -> bool:
@@ -112,14 +165,18 @@ class SignInLog:
         """The addresses of the user's last successes (memoised)."""
         got = self._success_ips.get(user_id)
         if got is None:
-            got = self._success_ips[user_id] = frozenset(str(r.get("ipAddress")) for r in self.successes.get(user_id, ()))
+            got = self._success_ips[user_id] = frozenset(str(r.get("ipAddress")) for r in self.user_successes(user_id))
         return got
+
+    def has_hour(self, hour: str) -> bool:
+        return hour in self._hour_span
 
     def hour_rows(self, hour: str) -> list[tuple[Any, ...]]:
         """The hour's failures as `_ROW` tuples (the last few hours asked for are kept)."""
         rows = self._rows.get(hour)
         if rows is None:
-            rows = [tuple(r.get(k) for k in _ROW) for r in self.failures.get(hour, ())]
+            span = self._hour_span.get(hour)
+            rows = self._failures.tuples(_ROW, *span) if span is not None and self._failures is not None else []
             if len(self._rows) >= _HELD_HOURS:
                 self._rows.pop(next(iter(self._rows)))
             self._rows[hour] = rows
@@ -132,6 +189,23 @@ class SignInLog:
 _ROW = ("createdDateTime", "userId", "userPrincipalName", "appId", "appDisplayName", "errorCode", "ipAddress", "city",
         "countryOrRegion")
 _HELD_HOURS = 16  # hours whose rows are kept as tuples (the partial hours at a window's ends, reused call after call)
+_KEY = "_user"  # the column of the user key a failure is found by (see _user_key)
+# what the sync keeps of an event (sync/sign_ins.py FAILURE_FIELDS, SUCCESS_FIELDS), less the failures' event id:
+# the answers never show it
+_FAILURE_COLUMNS = (
+    "createdDateTime", "userId", "userPrincipalName", "userDisplayName", "appId", "appDisplayName", "errorCode",
+    "failureReason", "additionalDetails", "clientAppUsed", "ipAddress", "city", "countryOrRegion",
+    "conditionalAccessStatus", "failedPolicies", "grantControls", "deviceCompliant", "deviceManaged", "operatingSystem",
+    "riskState")
+_SUCCESS_COLUMNS = ("appId", "appDisplayName", "createdDateTime", "ipAddress", "clientAppUsed", "city", "countryOrRegion")
+
+
+def _user_key(r: Mapping[str, Any]) -> str | None:
+    """A failure's user: its user id, or its folded UPN when it has none (a user who does not exist)."""
+    uid, upn = r.get("userId"), r.get("userPrincipalName")
+    if uid and uid != _NO_USER:
+        return str(uid)
+    return str(upn).casefold() if upn else None
 
 
 def _tally(rows: Iterable[tuple[Any, ...]]) -> dict[str, Any]:
@@ -304,7 +378,10 @@ def _app_filter(app: str | None, view: Any, rows: Iterable[Mapping[str, Any]]) -
     by_name = [r for r in rows if str(r.get("appDisplayName") or "").casefold() in (folded, str(name or "").casefold())]
     hit = by_id or by_name
     if hit and (app_id is None or not by_id):  # the events' own appId (a directory app of the same name may differ)
-        app_id = Counter(r.get("appId") for r in hit).most_common(1)[0][0]
+        weights: Counter[Any] = Counter()
+        for r in hit:
+            weights[r.get("appId")] += int(r.get("_count", 1))  # rows standing for several events (recent_apps)
+        app_id = weights.most_common(1)[0][0]
         name = name or hit[0].get("appDisplayName")
     return hit, app_id, name or text
 
@@ -360,14 +437,10 @@ def explain_sign_in(log: SignInLog, view: Any, user: str, app: str | None = None
 
     begin, window, wf = _window(log, start, current)
     findings += wf
-    rows: list[Mapping[str, Any]] = []
-    seen: set[str] = set()
+    found: set[int] = set()
     for k in keys:
-        for r in log.by_user.get(k, ()):
-            if r.get("id") not in seen:
-                seen.add(str(r.get("id")))
-                rows.append(r)
-    rows.sort(key=lambda r: (str(r.get("createdDateTime")), str(r.get("id"))))
+        found.update(log.user_failures(k))
+    rows: list[Mapping[str, Any]] = [log.failure(i) for i in sorted(found)]  # row order: by time (then event id)
     every = rows  # Smart Lockout counts the account's failures across apps
     rows, app_id, app_name = _app_filter(app, view, rows)
     answer["app"] = {"appId": app_id, "displayName": app_name} if app else None
@@ -405,7 +478,7 @@ def _looks_like_upn(text: str) -> bool:
 def _last_success(log: SignInLog, record: Mapping[str, Any] | None, app_id: str | None, view: Any) -> dict[str, Any] | None:
     if record is None:
         return None
-    rows = [r for r in log.successes.get(str(record["id"]), ()) if app_id is None or r.get("appId") == app_id]
+    rows = [r for r in log.user_successes(str(record["id"])) if app_id is None or r.get("appId") == app_id]
     if rows:
         best = max(rows, key=lambda r: str(r.get("createdDateTime")))
         return {**{k: best.get(k) for k in ("createdDateTime", "appId", "appDisplayName", "ipAddress", "clientAppUsed",
@@ -529,7 +602,8 @@ def sign_in_failures_summary(log: SignInLog, view: Any = None, since: str | None
     app_id = None
     app_name = None
     if app is not None and str(app).strip():
-        _, app_id, app_name = _app_filter(app, view, [r for h in log.hours[-48:] for r in log.failures.get(h, ())])
+        apps = [{"appId": a, "appDisplayName": n, "_count": c} for (a, n), c in log.recent_apps(48).items()]
+        _, app_id, app_name = _app_filter(app, view, apps)
         if app_id is None:
             raise NotFoundError(f"No failed sign-in to an app called {quote(str(app))} is in the sign-in window, and the "
                                 "directory has no such app.")
@@ -616,7 +690,7 @@ def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str |
     first_full = iso(begin + timedelta(hours=1))[:13] if lo[14:19] != "00:00" else lo[:13]
     last_hour = hi[:13]
     full = tuple(h for h in log.hours if first_full <= h < last_hour)
-    rows_last = log.hour_rows(last_hour) if last_hour in log.failures else []
+    rows_last = log.hour_rows(last_hour) if log.has_hour(last_hour) else []
     if lo[14:19] == "00:00" and first_full <= last_hour and all(r[0] <= hi for r in rows_last):
         full += (last_hour,) if rows_last else ()  # the log holds nothing after `now`: the current hour counts whole
     key = (full[0] if full else "", full[-1] if full else "", len(full), app_id, fields)
