@@ -83,9 +83,8 @@ async def test_background_sync_survives_a_ca_file_removed_after_start(server_env
         failing = await until(lambda h: h["tenants"][0]["failing"], "the failure to show")
         assert failing["status"] == "degraded" and failing["tenants"][0]["failingSince"]
         assert "ca.pem" not in json.dumps(failing)  # /healthz is unauthenticated: no error texts
-        status = subprocess.run([str(ENTRA_MCP), "--config", str(config), "status", "--json"], capture_output=True,
-                                timeout=60, env=server_env.subprocess_env(), stdin=subprocess.DEVNULL)
-        assert str(ca) in status.stdout.decode() and "ca_bundle" in status.stdout.decode()  # why, for the admin
+        status = cli_in_process("--config", str(config), "status", "--json", env=server_env.subprocess_env())
+        assert str(ca) in status.stdout and "ca_bundle" in status.stdout  # why, for the admin
         shutil.copy(server_env.emulator.ca_bundle, ca)
         recovered = await until(lambda h: not h["tenants"][0]["failing"], "recovery")
         assert recovered["status"] == "ok" and recovered["tenants"][0]["synced"]
@@ -211,8 +210,7 @@ def test_demo_says_what_to_do_next_and_the_printed_call_works(tmp_path: Path) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        refused = subprocess.run([str(ENTRA_MCP), "demo", "--transport", "http", "--port", str(port)], capture_output=True,
-                                 text=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+        refused = cli_in_process("demo", "--transport", "http", "--port", str(port), env=env, cwd=tmp_path)
     assert refused.returncode == 2 and "--port" in refused.stderr and "emulator" not in refused.stderr
 
 
@@ -247,9 +245,8 @@ def test_devtenant_output_is_a_config_that_survives_a_restart(tmp_path: Path) ->
             exports = [line for line in log.read_text().splitlines() if line.startswith("export ")]
             name, _, value = exports[0].removeprefix("export ").partition("=")
             (tmp_path / "full.toml").write_text(config.read_text() + f'\n[server]\ncache_dir = "{tmp_path / "cache"}"\n')
-            synced = subprocess.run([str(ENTRA_MCP), "--config", str(tmp_path / "full.toml"), "sync"],
-                                    capture_output=True, text=True, timeout=300,
-                                    env={**env, name: value.strip("'")}, stdin=subprocess.DEVNULL)
+            synced = cli_in_process("--config", str(tmp_path / "full.toml"), "sync", env={**env, name: value.strip("'")},
+                                    timeout=300)
             assert synced.returncode == 0, synced.stderr[-3000:]
         finally:
             proc.send_signal(signal.SIGTERM)
