@@ -33,6 +33,7 @@ def _child(config: Path) -> dict[str, float]:
     from dataclasses import fields
 
     from entra_mcp.config import parse_settings
+    from entra_mcp.identity.access import derive_indexes
     from entra_mcp.identity.view import DirectoryView
     from entra_mcp.mirror.store import MirrorStore
     from entra_mcp.views import ViewProvider
@@ -43,6 +44,7 @@ def _child(config: Path) -> dict[str, float]:
     views = ViewProvider.from_settings(settings, store, check_interval=0, background_reload=False)
     held = views.current(name)
     assert held.snapshot is not None and held.view is not None
+    derive_indexes(held.view)  # what a served view has after its first answers (or from the prepared index)
     users = list(held.snapshot.users)
     group = next(gid for gid, members in held.snapshot.members.items() if members and users[7] not in members)
     with store.writer(name) as w:

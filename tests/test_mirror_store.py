@@ -254,3 +254,60 @@ def test_idle_mirrors_close_their_files_from_every_thread(tmp_path: Path) -> Non
     finally:
         store.close()
     assert _open_db_files(tmp_path) == {}
+
+
+def test_load_with_a_held_snapshot_reads_only_the_rewritten_buckets(tmp_path: Path) -> None:
+    """load_snapshot(held=) (a server's reload): a collection no commit touched since is the held one itself; a table
+    or the member lists with a few buckets rewritten are the held ones with those buckets replaced; either way the
+    snapshot equals a load from scratch, property by property."""
+    store = MirrorStore(tmp_path)
+    users = {f"u{i:05d}": {"id": f"u{i:05d}", "displayName": f"User {i}", "department": ["Sales", "IT"][i % 2],
+                           "createdDateTime": "2026-01-01T00:00:00Z", "managerId": f"u{(i + 1) % 4000:05d}"}
+             for i in range(4000)}
+    members = {f"g{j}": {f"u{i:05d}": "user" for i in range(j, 4000, 50)} for j in range(300)}
+    with store.writer("t") as w:
+        w.set_tenant(tenant_id="tid", interval_minutes=5)
+        w.commit_full("users", {"users": users}, delta_link="a", status=AreaStatus(enabled=True))
+        w.commit_full("groups", {"groups": {g: {"id": g, "displayName": g} for g in members}, "members": members},
+                      delta_link="g", status=AreaStatus(enabled=True))
+        w.commit_full("sign_in_activity", {"sign_in": {"u00002": {"lastSignInDateTime": "2026-01-01T00:00:00Z"}}},
+                      delta_link=None, status=AreaStatus(enabled=True))
+    held = store.load_snapshot("t")
+    assert held is not None and sum(held.bucket_rows["users"]) == 4000
+    with store.writer("t") as w:
+        change = w.begin("users")  # a rename, a new department value, a date gone null, one user gone, one new
+        change.put("users", "u00003", {**change.get("users", "u00003"), "displayName": "Renamed", "department": "Legal",
+                                         "createdDateTime": None})
+        change.delete("users", "u00004")
+        change.put("users", "new", {"id": "new", "displayName": "New", "managerId": "u00001"})
+        w.commit_delta(change, delta_link="b", status=AreaStatus(enabled=True))
+        change = w.begin("groups")
+        change.put("members", "g7", {**change.get("members", "g7"), "new": "user"})
+        w.commit_delta(change, delta_link="h", status=AreaStatus(enabled=True))
+    reloaded, fresh = store.load_snapshot("t", held=held), store.load_snapshot("t")
+    assert reloaded is not None and fresh is not None and reloaded.version == fresh.version > held.version
+    assert reloaded.users == fresh.users and list(reloaded.users) == list(fresh.users)
+    assert reloaded.users["u00003"] == {**users["u00003"], "displayName": "Renamed", "department": "Legal", "createdDateTime": None}
+    assert reloaded.members == fresh.members and list(reloaded.members) == list(fresh.members)
+    assert reloaded.members["g7"]["new"] == "user" and reloaded.bucket_rows == fresh.bucket_rows
+    assert reloaded.users["u00002"]["signInActivity"] == {"lastSignInDateTime": "2026-01-01T00:00:00Z"}
+    # the untouched collections are the held objects, the untouched users' values the held strings
+    assert reloaded.groups is held.groups and reloaded.collections["sign_in"] is held.collections["sign_in"]
+    assert reloaded.users["u01000"]["displayName"] is held.users["u01000"]["displayName"]
+    assert reloaded.members["g8"] is held.members["g8"]
+    # a property change that keeps the users: ids and the id -> row map are the held ones
+    with store.writer("t") as w:
+        change = w.begin("users")
+        change.put("users", "u00005", {**change.get("users", "u00005"), "department": "Finance"})
+        w.commit_delta(change, delta_link="c", status=AreaStatus(enabled=True))
+    again = store.load_snapshot("t", held=reloaded)
+    assert again is not None and again.users == store.load_snapshot("t").users  # type: ignore[union-attr]
+    assert again.collections["users"].ids is reloaded.collections["users"].ids
+    assert again.users["u00005"]["department"] == "Finance" and again.members is reloaded.members
+    # a snapshot of another mirror (deleted and synced again: versions start anew) is never reused
+    other = MirrorStore(tmp_path / "other")
+    with other.writer("t") as w:
+        w.set_tenant(tenant_id="tid", interval_minutes=5)
+        w.commit_full("users", {"users": _users(10)}, delta_link=None, status=AreaStatus(enabled=True))
+    alone = other.load_snapshot("t", held=again)
+    assert alone is not None and alone.users == _users(10) and alone.groups == {}

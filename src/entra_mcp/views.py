@@ -45,6 +45,8 @@ class SnapshotSource(Protocol):
 
     def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None: ...
 
+    # MirrorStore.load_snapshot also takes `held=` (a snapshot it may reuse the unchanged buckets of): see _load_and_index
+
     def version(self, tenant_name: str) -> int: ...
 
     def freshness(self, tenant_name: str) -> Freshness | None: ...
@@ -267,7 +269,10 @@ def _load_and_index(
     sign-in activity refresh), `held`'s index is kept over the new snapshot instead of being built again; when a few
     users or memberships changed, `held`'s index is patched (DirectoryView.updated) instead of built again."""
     with _no_cyclic_gc():
-        snapshot = store.load_snapshot(name)
+        base = held.snapshot if held is not None else None
+        # the held snapshot's unchanged buckets are reused (a small delta loads a few buckets, not a second copy)
+        snapshot = (store.load_snapshot(name, held=base) if base is not None and _takes_held(store)  # type: ignore[call-arg]
+                    else store.load_snapshot(name))
         if snapshot is None or snapshot.as_of is None:
             return snapshot, None
         if held is not None and held.snapshot is not None and held.view is not None:
@@ -286,6 +291,16 @@ def _load_and_index(
                     return snapshot, _derived(patched)
             return snapshot, _derived(build(snapshot))  # a reload: off the request path
         return snapshot, build(snapshot)
+
+
+def _takes_held(store: SnapshotSource) -> bool:
+    """Whether the store's load_snapshot reuses a held snapshot (MirrorStore does; a stand-in store may not)."""
+    import inspect
+
+    try:
+        return "held" in inspect.signature(store.load_snapshot).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _derived(view: Any) -> Any:

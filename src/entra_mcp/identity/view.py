@@ -284,7 +284,10 @@ def _index_directory(snapshot: DirectorySnapshot, held: "DirectoryView | None" =
         return (held is not None and bool(snapshot.buckets) and bool(held.snapshot.buckets)
                 and all(snapshot.buckets.get(name) == held.snapshot.buckets.get(name) for name in names))
 
-    out = _index_assignments_and_domains(snapshot)
+    if held is not None and unchanged("assignments", "domains") and snapshot.domains == held.snapshot.domains:
+        out: dict[str, Any] = {"assignments_by_principal": held.assignments_by_principal, "domains": held.domains}
+    else:
+        out = _index_assignments_and_domains(snapshot)
     if held is not None and unchanged("groups"):
         out.update({k: getattr(held, k) for k in ("group_keys", "group_names", "group_name_set")})
     else:
@@ -518,7 +521,10 @@ class DirectoryView:
                             member_of[member] = rest
                         else:
                             member_of.pop(member, None)
-        return self._assemble(snapshot, now, users, member_of, directory, vocabulary)
+        patched = self._assemble(snapshot, now, users, member_of, directory, vocabulary)
+        # the derived indexes are keyed by the very collections they read: those the reload reused stay valid
+        patched._derived.update(self._derived)
+        return patched
 
     def derived(self, name: str, sources: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         """The index `name` that `make()` derives from `sources` (collections of this view's snapshot), made once

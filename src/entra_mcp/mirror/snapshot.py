@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Sized
 
 from entra_mcp.areas import REGISTRY
 from entra_mcp.areas import AreaStatus as AreaStatus  # re-exported: the seam's status type
@@ -79,6 +79,9 @@ class DirectorySnapshot:
     data_stamps: dict[str, int] = field(default_factory=dict)  # area -> the stamp of the commit that last changed its objects
     # collection -> (bucket count, revision of each bucket) as loaded from the mirror: what two versions differ in
     buckets: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    # collection -> objects (member lists: groups) per bucket, in bucket order: where each bucket's rows lie in the
+    # loaded collection, so a later load can replace only the rewritten buckets (MirrorStore.load_snapshot(held=))
+    bucket_rows: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def areas_changed_since(self, older: "DirectorySnapshot") -> set[str]:
         """The areas whose objects differ from `older`'s (of the same tenant's mirror); every area when either
@@ -96,7 +99,18 @@ class DirectorySnapshot:
             return None
         n = after[0]
         moved = {i for i, (a, b) in enumerate(zip(before[1], after[1])) if a != b}
-        return {oid for oid in ids if bucket_of(oid, n) in moved} if moved else set()
+        if not moved:
+            return set()
+        rows = self.bucket_rows.get(name)
+        if rows is not None and len(rows) == n and isinstance(ids, Sized) and sum(rows) == len(ids):
+            # loaded in bucket order: the rewritten buckets' objects are known slices, no hashing of every id
+            order, out, start = list(ids), set(), 0
+            for i, count in enumerate(rows):
+                if i in moved:
+                    out.update(order[start:start + count])
+                start += count
+            return out
+        return {oid for oid in ids if bucket_of(oid, n) in moved}
 
     def refreshed(self, fresh: "Freshness") -> "DirectorySnapshot":
         """This snapshot with the freshness of a later commit that changed no object (same data version): new

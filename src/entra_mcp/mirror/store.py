@@ -112,6 +112,20 @@ def _stored_form(coll: str, part: dict[str, Any]) -> Any:
     return pack_groups(part) if coll in GROUPED else part
 
 
+def _continues(held: DirectorySnapshot, root: dict[str, Any]) -> bool:
+    """Whether `root` is a later commit of the mirror `held` was loaded from (bucket revisions only grow there; a
+    mirror deleted and synced again starts its versions anew)."""
+    return (held.tenant_id == root["tenant_id"] and int(root["version"]) >= held.version
+            and _stamp(root) >= held.stamp)
+
+
+def _rows(bucket: Any) -> int:
+    """How many objects (or groups of member lists) a stored bucket holds; 0 for an empty one (None)."""
+    if bucket is None:
+        return 0
+    return len(bucket[1]) if is_packed(bucket) else len(bucket)
+
+
 def _key(area: str, coll: str, i: int, rev: int) -> str:
     return f"b/{area}/{coll}/{i}/{rev}"
 
@@ -313,34 +327,96 @@ class MirrorStore:
         }
 
     def _read_coll(
-        self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any]
-    ) -> Any:
-        """One collection of the snapshot: a Table for TABLES, lists of records for GROUPED, member lists with their
-        ids shared through `pool`, else the plain dict (domains: a handful of objects)."""
-        stored = []
-        if spec:
-            _n, revs = spec
-            for i, rev in enumerate(revs):
-                if rev < 0:
-                    continue
-                bucket = cache.get(_key(area, coll, i, rev), default=_MISSING)
-                if bucket is _MISSING:
-                    raise _Stale()
-                stored.append(bucket)
+        self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any],
+        held: DirectorySnapshot | None = None,
+    ) -> tuple[Any, tuple[int, ...]]:
+        """One collection of the snapshot and its objects per bucket: a Table for TABLES, lists of records for
+        GROUPED, member lists with their ids shared through `pool`, else the plain dict (domains: a handful of objects).
+        With `held` (a snapshot of an older version of this mirror), a collection whose buckets all kept their
+        revision is `held`'s own, and a table or member lists with a few buckets rewritten are `held`'s with those
+        buckets replaced: only the rewritten buckets are read (see Table.splice)."""
+        n, revs = spec if spec else (0, [])
+        reused = self._reuse(held, coll, n, revs, pool)
+        if reused is not None:
+            before, rows, moved = reused
+            if not moved:
+                return before, rows
+            fresh = {i: self._bucket(cache, area, coll, i, revs[i]) for i in moved}
+            if coll in TABLES:
+                spliced = before.splice(rows, {i: b if b is None or is_packed(b) else pack(b) for i, b in fresh.items()},
+                                        share=pool)
+                if spliced is not None:
+                    return spliced, tuple(_rows(fresh[i]) if i in fresh else rows[i] for i in range(n))
+            elif _FORMS.get(coll) == "members":
+                return self._splice_members(before, rows, fresh, pool, n)
+        stored = {i: self._bucket(cache, area, coll, i, rev) for i, rev in enumerate(revs) if rev >= 0}
+        counts = tuple(_rows(stored.get(i)) for i in range(n))
+        buckets = [b for b in stored.values() if b is not None]
         if coll in TABLES:
-            return Table.concat([b if is_packed(b) else pack(b) for b in stored], share=pool)
+            return Table.concat([b if is_packed(b) else pack(b) for b in buckets], share=pool), counts
         if coll in GROUPED:
-            return concat_groups([b if is_packed_groups(b) else pack_groups(b) for b in stored], share=pool)
+            return concat_groups([b if is_packed_groups(b) else pack_groups(b) for b in buckets], share=pool), counts
         out: dict[str, Any] = {}
         if _FORMS.get(coll) == "members":  # {group id: {member id: kind}}: ids become the tables' objects, at C speed
             get = pool.get
-            for bucket in stored:
+            for bucket in buckets:
                 for gid, members in bucket.items():
                     out[get(gid, gid)] = dict(zip(map(get, members, members), map(sys.intern, members.values())))
-            return out
-        for bucket in stored:
+            return out, counts
+        for bucket in buckets:
             out.update(bucket)
-        return out
+        return out, counts
+
+    @staticmethod
+    def _bucket(cache: diskcache.Cache, area: str, coll: str, i: int, rev: int) -> Any:
+        """The stored bucket (None for an empty one, rev < 0); _Stale when a newer commit removed it meanwhile."""
+        if rev < 0:
+            return None
+        bucket = cache.get(_key(area, coll, i, rev), default=_MISSING)
+        if bucket is _MISSING:
+            raise _Stale()
+        return bucket
+
+    @staticmethod
+    def _reuse(held: DirectorySnapshot | None, coll: str, n: int, revs: list[int],
+               pool: dict[Any, Any]) -> tuple[Any, tuple[int, ...], list[int]] | None:
+        """(held collection, its objects per bucket, the buckets rewritten since) when `held`'s `coll` can be reused
+        (the same bucket count; a table or member lists, or nothing rewritten); its ids join `pool`."""
+        if held is None or not n:
+            return None
+        before, spec, rows = held.collections.get(coll), held.buckets.get(coll), held.bucket_rows.get(coll)
+        if before is None or spec is None or rows is None or spec[0] != n or len(rows) != n:
+            return None
+        moved = [i for i, (a, b) in enumerate(zip(spec[1], revs)) if a != b]
+        if moved and not (coll in TABLES and isinstance(before, Table)) and _FORMS.get(coll) != "members":
+            return None
+        if len(moved) * 2 > n:
+            return None  # most buckets rewritten (a full re-pull): load whole
+        if isinstance(before, Table):  # later collections share its id objects (at C speed)
+            pool.update(zip(before.ids, before.ids))
+        return before, rows, moved
+
+    @staticmethod
+    def _splice_members(before: dict[str, Any], rows: tuple[int, ...], fresh: dict[int, Any], pool: dict[Any, Any],
+                        n: int) -> tuple[dict[str, Any], tuple[int, ...]]:
+        """Member lists: `before`'s groups of the buckets not rewritten (the same dicts), the rewritten ones read."""
+        get = pool.get
+        held_items = list(before.items())
+        out: dict[str, Any] = {}
+        counts = []
+        start = 0
+        for i in range(n):
+            end = start + rows[i]
+            if i in fresh:
+                bucket = fresh[i] or {}
+                for gid, members in bucket.items():
+                    out[get(gid, gid)] = dict(zip(map(get, members, members), map(sys.intern, members.values())))
+                counts.append(len(bucket))
+            else:
+                out.update(held_items[start:end])
+                counts.append(rows[i])
+            start = end
+        return out, tuple(counts)
 
     def _consistent(self, tenant_name: str, read: Callable[[dict[str, Any], diskcache.Cache], _T]) -> _T | None:
         """`read(root, cache)` of the committed root, started again from the new root when a newer commit removed a
@@ -358,18 +434,22 @@ class MirrorStore:
                     raise MirrorError(f"cannot read the mirror of tenant {tenant_name}: {exc}") from None
         raise MirrorError(f"the mirror of tenant {tenant_name} kept changing while it was read; try again")
 
-    def load_snapshot(self, tenant_name: str) -> DirectorySnapshot | None:
+    def load_snapshot(self, tenant_name: str, *, held: DirectorySnapshot | None = None) -> DirectorySnapshot | None:
         """The tenant's mirror as one consistent DirectorySnapshot; None when it was never synced (or the stored schema
-        is from another release)."""
+        is from another release). `held`: a snapshot of an older version of this mirror that the caller keeps
+        anyway (the server's current one): the collections and buckets not rewritten since are taken from it instead
+        of being read again, so a small delta's reload costs a few buckets of memory and CPU, not a second copy."""
 
         def read(root: dict[str, Any], cache: diskcache.Cache) -> DirectorySnapshot:
             # this load's ids: the tables are read first, so member lists, managers and assignments reuse the id
             # objects the tables hold (a bucket's pickle shares equal strings only within itself)
             pool: dict[Any, Any] = {}
             data: dict[str, Any] = {}
+            rows: dict[str, tuple[int, ...]] = {}
+            base = held if held is not None and _continues(held, root) else None
             for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]), key=lambda ac: ac[1] not in TABLES):
-                data[coll] = self._read_coll(cache, area, coll, _area_of(root, area)["colls"].get(coll), pool)
-            return self._snapshot(tenant_name, root, data)
+                data[coll], rows[coll] = self._read_coll(cache, area, coll, _area_of(root, area)["colls"].get(coll), pool, base)
+            return self._snapshot(tenant_name, root, data, rows, base)
 
         return self._consistent(tenant_name, read)
 
@@ -421,9 +501,12 @@ class MirrorStore:
             with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
                 cache.set(_SOURCE, {"local_stamp": local_stamp, "publication": dict(publication), "colls": colls})
 
-    def _snapshot(self, tenant_name: str, root: dict[str, Any], data: dict[str, Any]) -> DirectorySnapshot:
+    def _snapshot(self, tenant_name: str, root: dict[str, Any], data: dict[str, Any],
+                  rows: dict[str, tuple[int, ...]] | None = None, held: DirectorySnapshot | None = None) -> DirectorySnapshot:
         users = data["users"]
-        if data["sign_in"]:
+        if held is not None and users is held.collections.get("users") and data["sign_in"] is held.collections.get("sign_in"):
+            users = held.users  # neither changed: the joined table too
+        elif data["sign_in"]:
             users = users.attach("signInActivity", data["sign_in"])
         domains = sorted(data["domains"].values(), key=lambda d: str(d.get("id", "")))
         return DirectorySnapshot(
@@ -444,6 +527,7 @@ class MirrorStore:
             collections=data,
             data_stamps={a: int(_area_of(root, a).get("data_stamp", 0)) for a in AREAS},
             buckets={coll: (int(spec[0]), tuple(spec[1])) for a in AREAS for coll, spec in _area_of(root, a)["colls"].items() if spec},
+            bucket_rows=dict(rows or {}),
         )
 
     # ---------- writing ----------

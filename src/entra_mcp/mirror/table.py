@@ -393,6 +393,62 @@ class Table(Mapping[str, Record]):
             _share_columns(ids, list(fields), cols, share)
         return cls(ids, list(fields), cols)
 
+    def splice(self, rows: Sequence[int], parts: Mapping[int, Any], *, share: dict[str, str]) -> "Table | None":
+        """This table (loaded from stored buckets of `rows[i]` objects each, in bucket order) with the buckets in
+        `parts` (bucket index -> its new stored form, or None: the bucket is gone) replaced: what a later version of
+        the mirror holds when only those buckets were rewritten. The other buckets' rows are the held values
+        themselves (one copy of each string shared by both versions), so a delta of a few objects loads a few
+        buckets instead of the whole collection. None when the new buckets do not fit this table's columns (a new
+        property, a date column holding something else): the caller loads the collection whole."""
+        if len(rows) < max(parts, default=-1) + 1 or sum(rows) != len(self.ids):
+            return None
+        get = share.get
+        starts = [0]
+        for count in rows:
+            starts.append(starts[-1] + count)
+        new_fields: dict[int, tuple[Any, ...]] = {}
+        for i, part in parts.items():
+            if part is None:
+                continue
+            if not is_packed(part) or any(name not in self._index for name in part[2]):
+                return None
+            new_fields[i] = part
+        # the layout: held row ranges and new buckets, in bucket order
+        segments: list[tuple[int, int, Any]] = []  # (start, end, None) or (-1, n, stored bucket)
+        same_ids = True
+        for i, count in enumerate(rows):
+            if i not in parts:
+                if count and segments and segments[-1][2] is None and segments[-1][1] == starts[i]:
+                    segments[-1] = (segments[-1][0], starts[i + 1], None)  # adjacent held rows: one slice
+                elif count:
+                    segments.append((starts[i], starts[i + 1], None))
+                continue
+            part = new_fields.get(i)
+            n = len(part[1]) if part is not None else 0
+            if n != count or (n and list(part[1]) != self.ids[starts[i]:starts[i + 1]]):  # type: ignore[index]
+                same_ids = False
+            if n:
+                segments.append((-1, n, part))
+        if same_ids:  # the usual delta: the same objects changed in place, so ids, rows and the id -> row map stay
+            ids, pos = self.ids, self._pos
+        else:
+            ids = []
+            for start, end, part in segments:
+                ids.extend(self.ids[start:end] if part is None else [get(oid, oid) for oid in part[1]])
+            setdefault = share.setdefault
+            for oid in ids:
+                setdefault(oid, oid)
+            pos = None
+        cols: list[Any] = []
+        for name, held in zip(self.fields, self.cols):
+            pieces = [(start, end, None if part is None else part[3][part[2].index(name)] if name in part[2] else _MISSING_COL)
+                      for start, end, part in segments]
+            col = _splice_column(held, pieces, get, ids if held is self.ids else None)
+            if col is None:
+                return None
+            cols.append(col)
+        return Table(ids, self.fields, cols, pos=pos)
+
     def attach(self, name: str, child: "Table") -> "Table":
         """This table with one more property, `name`, whose value is `child`'s record of the same id (ABSENT where
         `child` has none). The child's rows are laid out in this table's order and share its ids."""
@@ -435,6 +491,71 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
                 else:
                     values = list(where)
                     cols[j] = [values[k] for k in idx]
+
+
+_MISSING_COL: Any = object()  # a new bucket without the property: every row ABSENT
+
+
+def _splice_column(held: Any, pieces: list[tuple[int, int, Any]], get: Callable[[str, str], str],
+                   ids: list[str] | None) -> Any:
+    """One column of Table.splice: `held`'s rows [start, end) where a piece's stored column is None, else that
+    stored column (of `end` rows; _MISSING_COL: none). None when the stored columns do not fit `held`'s kind."""
+    if ids is not None:  # the "id" column is the ids list itself
+        return ids
+    t = type(held)
+    if t is array:
+        dates = array("q")
+        for start, end, col in pieces:
+            if col is None:
+                dates.extend(held[start:end])
+            elif col is _MISSING_COL:
+                dates.extend(array("q", [_ABSENT_TS]) * end)
+            elif type(col) is array:
+                dates.extend(col)
+            else:  # the new bucket's values are not all dates: load whole (a fresh load decides the column's form)
+                return None
+        return dates
+    if t is list:
+        out: list[Any] = []
+        for start, end, col in pieces:
+            if col is None:
+                out.extend(held[start:end])
+            else:
+                out.extend(get(v, v) if type(v) is str else v for v in _expand(None if col is _MISSING_COL else col, end))
+        return out
+    if t is Coded:
+        values = list(held.values)
+        where: dict[Any, int] | None = None
+        idx = array("I")
+        for start, end, col in pieces:
+            if col is None:
+                idx.extend(held.idx[start:end])
+                continue
+            if where is None:
+                try:
+                    where = {}
+                    for k, v in enumerate(values):
+                        where.setdefault(frozen(v), k)
+                except TypeError:
+                    return None
+            for v in _expand(None if col is _MISSING_COL else col, end):
+                try:
+                    key = frozen(v)
+                except TypeError:
+                    return None
+                k = where.setdefault(key, len(values))
+                if k == len(values):
+                    values.append(get(v, v) if type(v) is str else v)
+                idx.append(k)
+        verdicts = None
+        if held._verdicts and len(values) > len(held.values):  # judge only the new values; the held verdicts stay
+            extra = [list(v) if type(v) is tuple else v for v in values[len(held.values):]]
+            verdicts = {test: (*found, *(v is not ABSENT and bool(test(v)) for v in extra))
+                        for test, found in held._verdicts.items()}
+        elif held._verdicts:
+            verdicts = dict(held._verdicts)
+        return Coded(values, idx, verdicts)
+    return None  # a joined column: the caller loads whole
 
 
 def _take(col: Any, order: list[int]) -> Any:
