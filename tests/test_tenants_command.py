@@ -152,3 +152,76 @@ def test_sync_of_many_tenants_runs_at_most_max_concurrent_syncs_at_once(bed: dic
     assert main(["--config", str(config), "sync"]) == 0
     spans = sorted((min(s), max(s)) for s in emu.runtime.requests.stamps.values() if s)
     assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans
+
+
+def test_serve_follows_the_tenants_file_without_a_restart(bed: dict[str, Any], tmp_path: Path) -> None:
+    """A running `serve` picks up a tenant added to its tenants file (synced and answered), a removed one (answered
+    as unknown, no longer synced), and refuses a broken file with the error naming file, entry and key while the
+    running set stays; SIGHUP reads the file at once."""
+    import os
+    import signal
+
+    import httpx
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from _harness import ServeProcess, free_port, wait_until
+    from entra_mcp.devtenant.generate import examples
+
+    emu: RunningEmulator = bed["emu"]
+    _, both = provider_config(emu, bed["app"], ["cust-0", "cust-1"])
+    first, second = ["[[tenants]]" + e for e in both.split("[[tenants]]")[1:]]
+    tenants_file = tmp_path / "tenants.toml"
+    config = _config(bed, tmp_path)
+    tenants_file.write_text(first, encoding="utf-8")
+    port = free_port()
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        "[server]\n", f"[scheduler]\ntenants_file_poll_seconds = 0.3\n\n[server]\nport = {port}\n", 1), encoding="utf-8")
+    base = f"http://127.0.0.1:{port}"
+    server = ServeProcess(config, env={**os.environ, "PROVIDER_SECRET_T": bed["app"].secrets[0].value},
+                          log_path=tmp_path / "serve.log", base=base)
+
+    def synced() -> dict[str, bool]:
+        return {t["tenant"]: t["synced"] for t in httpx.get(f"{base}/healthz", timeout=10).json()["tenants"]}
+
+    async def call(tenant: str, query: str) -> tuple[bool, Any]:
+        async with Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as client:
+            r = await client.call_tool("lookup_user", {"query": query, "tenant": tenant})
+            return bool(r.is_error), r.content[0].text if r.is_error else r.structured_content  # type: ignore[union-attr]
+
+    ceo1 = emu.tenant(1).users[examples(emu.tenant(1))["ceo"]]["userPrincipalName"]
+    try:
+        server.wait_ready(timeout=90)
+        wait_until(lambda: synced() == {"cust-0": True}, timeout=90, what="cust-0 synced", proc=server.proc,
+                   log_path=server.log_path)
+        tenants_file.write_text(first + second, encoding="utf-8")  # added
+        wait_until(lambda: synced() == {"cust-0": True, "cust-1": True}, timeout=90, what="the added cust-1 synced",
+                   proc=server.proc, log_path=server.log_path)
+        err, answer = anyio.run(call, "cust-1", ceo1)
+        assert not err and answer["matches"][0]["userPrincipalName"] == ceo1
+
+        tenants_file.write_text(second, encoding="utf-8")  # cust-0 removed
+        wait_until(lambda: set(synced()) == {"cust-1"}, timeout=30, what="cust-0 gone from /healthz", proc=server.proc,
+                   log_path=server.log_path)
+        err, text = anyio.run(call, "cust-0", "anyone")
+        assert err and "unknown tenant 'cust-0'" in text
+        wait_until(lambda: "tenant cust-0: no longer in the tenants: not synced any more" in server.log(), timeout=30,
+                   what="the scheduler dropping cust-0", proc=server.proc, log_path=server.log_path)
+
+        broken = second + '[[tenants]]\nname = "cust-9"\ntenant_idd = "x"\n'
+        tenants_file.write_text(broken, encoding="utf-8")
+        refused = "the changed tenants were not applied, the 1 tenants loaded before are still served"
+        wait_until(lambda: refused in server.log(), timeout=30, what="the broken tenants file refused", proc=server.proc,
+                   log_path=server.log_path)
+        line = next(x for x in server.log().splitlines() if refused in x)
+        assert str(tenants_file) in server.log() and "tenant_idd" in server.log(), line
+        assert "Traceback" not in server.log()
+        err, answer = anyio.run(call, "cust-1", ceo1)  # the running set stays
+        assert not err and set(synced()) == {"cust-1"}
+        before = server.log().count(refused)
+        server.proc.send_signal(signal.SIGHUP)  # read at once, and said again
+        wait_until(lambda: server.log().count(refused) > before, timeout=30, what="SIGHUP re-reading the tenants file",
+                   proc=server.proc, log_path=server.log_path)
+        assert server.proc.poll() is None
+    finally:
+        server.stop()

@@ -366,6 +366,8 @@ class SchedulerSettings(_Section):
     max_concurrent_syncs: int = Field(default=4, ge=1, le=64)  # tenants synced at the same time
     # more tenants than max_concurrent_syncs: their first runs after a start spread over this many seconds (0: all at once)
     first_run_jitter_seconds: float = Field(default=30, ge=0, le=3600)
+    # serve follows tenants_file: its size/mtime (then hash) looked at this often, and at SIGHUP (0: SIGHUP only)
+    tenants_file_poll_seconds: float = Field(default=5, ge=0, le=3600)
 
 
 class TenantSettings(_Section):

@@ -443,6 +443,28 @@ class ViewProvider:
     def names(self) -> list[str]:
         return list(self._tenants)
 
+    def set_tenants(self, tenants: Sequence[TenantInfo]) -> None:
+        """Serve these tenants from now on (a reloaded tenants file): new ones are answered at once (their view
+        loaded at the first call), removed ones are unknown from now on and their views dropped; the views of the
+        others stay."""
+        new = {t.name: t for t in tenants}
+        with self._lock:
+            for name in new:
+                self._load_locks.setdefault(name, threading.Lock())  # before the name can be resolved
+            same = {n for n, t in new.items() if n in self._tenants and self._tenants[n].tenant_id == t.tenant_id}
+            by_tenant_id = {t.tenant_id.casefold(): t.name for t in tenants}
+            for tid, name in self._by_tenant_id.items():  # mirror GUIDs learnt of tenants that stay as they were
+                if name in same:
+                    by_tenant_id.setdefault(tid, name)
+            self._seen_ids &= same
+            self._tenants = new
+            self._folded = {n.casefold(): n for n in new}
+            self._by_tenant_id = by_tenant_id
+            for name in [n for n in self._held if n not in new]:
+                self._held.pop(name, None)
+                self._sizes.pop(name, None)
+                self._checked_at.pop(name, None)
+
     def resolve(self, tenant: str | None) -> str:
         """The configured tenant name meant by `tenant` (None: the only one). Raises NotFoundError/InvalidArgument."""
         if tenant is None or tenant == "":
@@ -554,7 +576,13 @@ class ViewProvider:
 
     def statuses(self) -> list[TenantView]:
         """status() of every tenant: what /healthz and sync_status read (no view loads)."""
-        return [self.status(name) for name in self._tenants]
+        out = []
+        for name in list(self._tenants):
+            try:
+                out.append(self.status(name))
+            except NotFoundError:  # removed by a reload of the tenants file meanwhile
+                continue
+        return out
 
     def _evict(self, keep: str) -> None:
         """Drop the least recently used views until the held ones fit the budget (`keep`, just loaded, stays)."""

@@ -78,7 +78,7 @@ def _close_hooks(hooks: Any) -> None:
 
 
 def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, initial_delay: float = 0.0,
-                     sync: bool = True, replication: Any = None) -> threading.Thread:
+                     sync: bool = True, replication: Any = None, roster: Any = None) -> threading.Thread:
     """Run the sync scheduler (with `sync`) and, with several replicas, the lease keeper and the follower of the
     published versions (cluster/replica.py) on their own thread and event loop until `stop` is set."""
     import anyio
@@ -98,7 +98,8 @@ def _start_scheduler(settings: Settings, store: Any, stop: threading.Event, *, i
                 tg.start_soon(replication.keep_leases, stop_event)
                 tg.start_soon(replication.follow, stop_event)
             if sync:
-                await run_scheduler(settings, store, stop_event=stop_event, initial_delay=initial_delay, gate=replication)
+                await run_scheduler(settings, store, stop_event=stop_event, initial_delay=initial_delay, gate=replication,
+                                    roster=roster)
             else:
                 await stop_event.wait()
             tg.cancel_scope.cancel()
@@ -131,6 +132,46 @@ def _replication(settings: Settings, store: Any, shared: Any, *, lead: bool, vie
     return replication
 
 
+def _watch_tenants(settings: Settings, views: Any, roster: Any, stop: threading.Event, *,
+                   replicated: bool) -> threading.Thread | None:
+    """With a tenants file: follow it (sync/tenants_watch.py), polling it and on SIGHUP; new tenants are served and
+    scheduled, removed ones become unknown and stop syncing. None without a tenants file."""
+    if settings.tenants_file is None or settings.source is None:
+        return None
+    from entra_mcp.sync.tenants_watch import TenantsWatch
+    from entra_mcp.views import TenantInfo
+
+    def apply(new: Settings) -> None:
+        views.set_tenants([TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in new.tenants])
+        roster.replace(list(new.tenants))
+
+    def refuse(new: Settings) -> None:
+        log.warning("the tenants file changed: with several replicas ([server.store] snapshot_dir) a new tenant list "
+                    "applies at a restart of each replica (the sync leases follow the list each one started with)")
+
+    def load() -> Settings:  # the file as serve would read it now, with the command line's host/port/transport
+        server = settings.server
+        return _apply_overrides(load_settings(settings.source), transport=server.transport, host=server.host,
+                                port=server.port)
+
+    watch = TenantsWatch(settings, refuse if replicated else apply, load=load)
+    try:
+        signal.signal(signal.SIGHUP, lambda signum, frame: watch.request())
+    except (ValueError, AttributeError):  # not the main thread (tests serving in-process), or no SIGHUP here
+        pass
+    poll = settings.scheduler.tenants_file_poll_seconds
+    t = threading.Thread(target=watch.run, args=(stop, poll), name="entra-mcp-tenants-watch", daemon=True)
+    t.start()
+    stop_watch = stop
+
+    def wake() -> None:  # a watch without polling waits for a request: wake it when serving ends
+        stop_watch.wait()
+        watch.request()
+
+    threading.Thread(target=wake, name="entra-mcp-tenants-watch-stop", daemon=True).start()
+    return t
+
+
 # ------------------------------------------------------------------ serving
 
 
@@ -140,7 +181,8 @@ def _apply_overrides(settings: Settings, **overrides: Any) -> Settings:
         return settings
     data = settings.model_dump(mode="python")
     data["server"].update(changes)
-    return parse_settings(data, source=settings.source)
+    # the tenants are in `data` already (merged); the file they came from is remembered for the reload
+    return parse_settings(data, source=settings.source).model_copy(update={"tenants_file": settings.tenants_file})
 
 
 class _Terminated(SystemExit):
@@ -284,10 +326,14 @@ def _serve(
             replication = _replication(settings, store, shared, lead=background_sync, view_cache=view_cache)
             server = create_server(settings, views=views, sessions=hooks.sessions, what_if=what_if,
                                    replication=replication.status if replication is not None else None)
+            from entra_mcp.sync.tenants_watch import TenantRoster
+
             stop = threading.Event()
+            roster = TenantRoster(list(settings.tenants))
             scheduler = (_start_scheduler(settings, store, stop, initial_delay=sync_delay, sync=background_sync,
-                                          replication=replication)
+                                          replication=replication, roster=roster)
                          if background_sync or replication is not None else None)
+            _watch_tenants(settings, views, roster, stop, replicated=replication is not None)
             try:
                 if settings.server.transport == "stdio":
                     log.info("serving MCP over stdio (ready in %.2f s)", time.perf_counter() - started)

@@ -15,6 +15,10 @@ mirror is failing and why), and retried with backoff: 30 s, 1, 2, 4... minutes, 
 never stops the other tenants, the scheduler or the server. A run already in progress elsewhere (`entra-mcp sync`
 holding the writer lock) makes this round wait for it briefly, then skip.
 
+The tenants come from a `TenantRoster`, which `serve` replaces when the tenants file changes (sync/tenants_watch.py):
+the dispatcher looks at it at least once a second; a new tenant is due at once, a removed one is no longer scheduled
+(a run in progress finishes), a changed one runs at once with its new settings.
+
 With several replicas (cluster/replica.py) a `gate` decides: each run happens inside `gate.run(tenant)`, which yields
 whether this replica leads the tenant's sync (else the round is skipped and asked again after `gate.retry_seconds`)
 and publishes what the run committed; the sign-in poll runs only where `gate.may_sync(name)`.
@@ -27,7 +31,7 @@ import random
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import AsyncContextManager, Callable, Protocol
+from typing import Any, AsyncContextManager, Callable, Protocol
 
 import anyio
 
@@ -38,9 +42,11 @@ from entra_mcp.mirror.snapshot import AREAS
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.sync import sign_ins
 from entra_mcp.sync.engine import TenantResult, sync_tenant
+from entra_mcp.sync.tenants_watch import TenantRoster
 
 log = get_logger("sync.scheduler")
 
+ROSTER_CHECK = 1.0  # seconds: how often the dispatcher looks for a replaced tenant list at most
 JITTER = 0.1  # +-10% of the interval, so tenants (and replicas) do not hit Graph in lockstep
 BACKOFF_FIRST = 30.0  # seconds before the first retry of a failed run; doubles with each failure in a row
 
@@ -133,6 +139,19 @@ class _Schedule:
         self.recorded: dict[str, str | None] = {t.name: None for t in tenants}
         self.running: set[str] = set()
 
+    def add(self, name: str, store: MirrorStore) -> None:
+        """A tenant added by a reload: due now."""
+        fresh = store.freshness(name)
+        self.order[name] = fresh.as_of.timestamp() if fresh is not None and fresh.as_of is not None else float("-inf")
+        self.due[name] = self.clock()
+        self.failures[name] = 0
+        self.recorded[name] = None
+
+    def forget(self, name: str) -> None:
+        """A tenant removed by a reload: never due again (a run in progress finishes and is not followed)."""
+        for d in (self.due, self.order, self.failures, self.recorded):
+            d.pop(name, None)
+
     def ready(self, limit: int) -> list[str]:
         """Up to `limit` due tenants not running, the one due the longest first."""
         now = self.clock()
@@ -157,8 +176,12 @@ async def _run_tenant(tenant: TenantSettings, store: MirrorStore, schedule: _Sch
             if leading:
                 result, error = await _run_once(tenant, store)
         if not leading:
-            schedule.due[name] = schedule.clock() + gate.retry_seconds
+            if name in schedule.order:
+                schedule.due[name] = schedule.clock() + gate.retry_seconds
             return
+    if name not in schedule.order:  # removed from the tenants file while it ran
+        log.info("tenant %s: removed from the tenants while its sync ran; no further runs", name)
+        return
     if error is None:
         schedule.failures[name] = 0
         assert result is not None
@@ -187,14 +210,31 @@ async def _run_tenant(tenant: TenantSettings, store: MirrorStore, schedule: _Sch
             log.exception("tenant %s: the sync result handler failed", name)
 
 
-async def _dispatch(tenants: list[TenantSettings], store: MirrorStore, stop_event: anyio.Event,
+async def _dispatch(roster: TenantRoster, store: MirrorStore, stop_event: anyio.Event,
                     on_result: Callable[[TenantResult], None] | None, initial_delay: float, limit: int,
                     gate: SyncGate | None = None, clock: Callable[[], float] = time.monotonic,
                     jitter: float = 0.0) -> None:
     """Start due tenants, at most `limit` at once, until stop_event is set."""
+    seen = roster.generation
+    tenants = roster.current()
     by_name = {t.name: t for t in tenants}
     schedule = await anyio.to_thread.run_sync(
         functools.partial(_Schedule, tenants, store, initial_delay, clock, jitter=jitter, slots=limit))
+
+    def follow_roster() -> None:
+        new = {t.name: t for t in roster.current()}
+        for name in [n for n in by_name if n not in new]:
+            del by_name[name]
+            schedule.forget(name)
+            log.info("tenant %s: no longer in the tenants: not synced any more", name)
+        for name, t in new.items():
+            if name not in by_name:
+                schedule.add(name, store)
+                log.info("tenant %s: added to the tenants: first sync now", name)
+            elif by_name[name] != t:
+                schedule.due[name] = min(schedule.due.get(name, clock()), clock())
+                log.info("tenant %s: its settings changed: synced now with the new ones", name)
+            by_name[name] = t
     wake = anyio.Event()
 
     async def run(name: str) -> None:
@@ -212,24 +252,34 @@ async def _dispatch(tenants: list[TenantSettings], store: MirrorStore, stop_even
     async with anyio.create_task_group() as tg:
         tg.start_soon(relay_stop)
         while not stop_event.is_set():
+            if roster.generation != seen:
+                seen = roster.generation
+                await anyio.to_thread.run_sync(follow_roster)
             for name in schedule.ready(limit - len(schedule.running)):
                 schedule.running.add(name)
                 tg.start_soon(run, name)
-            with anyio.move_on_after(schedule.next_due_in() if len(schedule.running) < limit else 3600.0):
+            wait = schedule.next_due_in() if len(schedule.running) < limit else 3600.0
+            with anyio.move_on_after(min(wait, ROSTER_CHECK)):
                 await wake.wait()
             wake = anyio.Event()
         tg.cancel_scope.cancel()
 
 
 async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: anyio.Event, first_delay: float,
-                        gate: SyncGate | None = None) -> None:
-    """The sign-in events' own poll (sign_in_events_interval_minutes, default 5), apart from the directory sync."""
+                        gate: SyncGate | None = None, roster: TenantRoster | None = None) -> None:
+    """The sign-in events' own poll (sign_in_events_interval_minutes, default 5), apart from the directory sync; it
+    ends when the tenant leaves the roster or its sign-in events are turned off there."""
     delay = first_delay
     while not stop_event.is_set():
         with anyio.move_on_after(delay):
             await stop_event.wait()
         if stop_event.is_set():
             return
+        if roster is not None:
+            current = roster.get(tenant.name)
+            if current is None or not current.sync.sign_in_events:
+                return
+            tenant = current
         if gate is not None and not gate.may_sync(tenant.name):
             delay = next_delay(tenant.sync.sign_in_events_interval_minutes)
             continue
@@ -250,22 +300,40 @@ async def run_scheduler(
     initial_delay: float = 0.0,
     max_concurrent: int | None = None,
     gate: SyncGate | None = None,
+    roster: TenantRoster | None = None,
 ) -> None:
     """Sync every tenant now (after `initial_delay`; more tenants than slots: spread over
     `[scheduler] first_run_jitter_seconds`), then every interval_minutes (+-10%), until stop_event is set; at most
     `max_concurrent` (default `[scheduler] max_concurrent_syncs`) at once. With a `gate`, only the tenants this
     replica leads."""
     limit = max_concurrent or settings.scheduler.max_concurrent_syncs
+    roster = roster if roster is not None else TenantRoster(list(settings.tenants))
     async with anyio.create_task_group() as tg:
-        tg.start_soon(functools.partial(_dispatch, list(settings.tenants), store, stop_event, on_result, initial_delay,
+        tg.start_soon(functools.partial(_dispatch, roster, store, stop_event, on_result, initial_delay,
                                         limit, gate, jitter=settings.scheduler.first_run_jitter_seconds))
-        for n, tenant in enumerate(settings.tenants):
-            if tenant.sync.sign_in_events:
-                # the first directory sync polls sign-in events too; this loop takes over from one interval later
-                tg.start_soon(_sign_in_loop, tenant, store, stop_event,
-                              initial_delay + n * 0.5 + next_delay(tenant.sync.sign_in_events_interval_minutes), gate)
-        await stop_event.wait()
+        polling: set[str] = set()
+        seen = -1
+        while not stop_event.is_set():
+            if roster.generation != seen:  # at start, and after each reload: a loop for each tenant that has none
+                seen = roster.generation
+                for n, tenant in enumerate(roster.current()):
+                    if tenant.sync.sign_in_events and tenant.name not in polling:
+                        polling.add(tenant.name)
+                        # the first directory sync polls sign-in events too; this loop takes over one interval later
+                        tg.start_soon(functools.partial(
+                            _watch_sign_in_loop, polling, tenant, store, stop_event,
+                            initial_delay + n * 0.5 + next_delay(tenant.sync.sign_in_events_interval_minutes), gate,
+                            roster))
+            with anyio.move_on_after(ROSTER_CHECK):
+                await stop_event.wait()
         tg.cancel_scope.cancel()
 
 
-__all__ = ["SyncGate", "next_delay", "retry_delay", "run_scheduler"]
+async def _watch_sign_in_loop(polling: set[str], tenant: TenantSettings, *args: Any) -> None:
+    try:
+        await _sign_in_loop(tenant, *args)
+    finally:
+        polling.discard(tenant.name)
+
+
+__all__ = ["SyncGate", "TenantRoster", "next_delay", "retry_delay", "run_scheduler"]
