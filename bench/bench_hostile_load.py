@@ -284,11 +284,13 @@ def run_case(emu: Any, root: Path, workers: int, share: float, args: argparse.Na
         server.wait_ready(60)
         upns = [u["userPrincipalName"] for u in list(emu.tenant(0).users.values())[:20]]
         rss0 = rss_mb(server.proc.pid)
-        quiets, busies = [], []
+        quiets, slows, busies = [], [], []
         for _ in range(args.rounds):
             quiets.append(asyncio.run(quiet(base, args.seconds / 2, upns, server.proc.pid)))
+            slows.append(asyncio.run(loaded(base, port, args.seconds, args.slow, upns, server.proc.pid, 0)))
             busies.append(asyncio.run(loaded(base, port, args.seconds, args.slow, upns, server.proc.pid, args.heavy)))
-        return {"workers": workers, "share": share, "quiet": pooled(quiets), "busy": pooled(busies), "rss0": rss0}
+        return {"workers": workers, "share": share, "quiet": pooled(quiets), "slow": pooled(slows),
+                "busy": pooled(busies), "rss0": rss0}
     finally:
         server.stop(10)
 
@@ -310,27 +312,31 @@ def main() -> int:
     with run_emulator(size="small", seed=41) as emu, tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         cases = [run_case(emu, Path(tmp), int(w), float(x), args)
                  for w in args.workers.split(",") for x in args.shares.split(",")]
-    load_name = f"{args.slow} slow bodies" + (f" + heavy caller ({args.heavy} calls in flight)" if args.heavy else "")
+    slow_name = f"{args.slow} slow bodies"
+    load_name = slow_name + f" + heavy caller ({args.heavy} calls in flight)"
     print("| answer_workers | tool_cpu_share_per_caller | phase | /healthz p50 | /healthz p99 | lookup_user p50 | "
           "lookup_user p99 | observer failures |")
     print("|---|---|---|---|---|---|---|---|")
     for c in cases:
-        for name, r in (("unloaded", c["quiet"]), (load_name, c["busy"])):
+        for name, r in (("unloaded", c["quiet"]), (slow_name, c["slow"]), (load_name, c["busy"])):
             print(f"| {c['workers']} | {c['share']:g} | {name} | {pct(r['health'], 50):.1f} ms | {pct(r['health'], 99):.1f} ms | "
                   f"{pct(r['calls'], 50):.1f} ms | {pct(r['calls'], 99):.1f} ms | {r['failures']} of {len(r['calls'])} |")
     for c in cases:
-        q, b = c["quiet"], c["busy"]
+        q, sl, b = c["quiet"], c["slow"], c["busy"]
         heavy = b["heavy_in_window"]
-        print(f"\nworkers {c['workers']}, share {c['share']:g}: p99 ratios loaded/unloaded: /healthz "
-              f"{pct(b['health'], 99) / pct(q['health'], 99):.2f}x, lookup_user {pct(b['calls'], 99) / pct(q['calls'], 99):.2f}x "
+        print(f"\nworkers {c['workers']}, share {c['share']:g}: p99 ratios to unloaded (/healthz, lookup_user): "
+              f"slow bodies alone {pct(sl['health'], 99) / pct(q['health'], 99):.2f}x, {pct(sl['calls'], 99) / pct(q['calls'], 99):.2f}x; "
+              f"with the heavy caller {pct(b['health'], 99) / pct(q['health'], 99):.2f}x, {pct(b['calls'], 99) / pct(q['calls'], 99):.2f}x "
               f"(medians {pct(b['health'], 50) / pct(q['health'], 50):.2f}x, {pct(b['calls'], 50) / pct(q['calls'], 50):.2f}x); "
               f"heavy calls answered: {b['heavy_calls']} ({heavy} while observed); slow connections dropped by the server "
-              f"(and reopened): {b['dropped']}; server RSS {c['rss0']:.0f} MB idle, peak {b['peak_rss_mb']:.0f} MB under "
-              f"load; answer workers peak PSS {b['pool_pss_mb']:.0f} MB (RSS {b['pool_rss_mb']:.0f} MB)")
-        print(f"  CPU: unloaded server {q['server_cpu'] / q['seconds']:.2f} CPU-s/s; loaded server "
-              f"{b['server_cpu'] / b['seconds']:.2f} CPU-s/s, answer workers {b['workers_cpu'] / b['seconds']:.2f} CPU-s/s; "
-              f"per heavy answer {(b['workers_cpu'] if c['workers'] else b['server_cpu']) / max(heavy, 1) * 1000:.0f} ms"
-              f"{'' if c['workers'] else ' (the whole server process, all its work included)'}")
+              f"(and reopened): {sl['dropped'] + b['dropped']}; server RSS {c['rss0']:.0f} MB idle, peak "
+              f"{max(sl['peak_rss_mb'], b['peak_rss_mb']):.0f} MB under load; answer workers peak PSS "
+              f"{b['pool_pss_mb']:.0f} MB (RSS {b['pool_rss_mb']:.0f} MB)")
+        extra = b["workers_cpu"] if c["workers"] else b["server_cpu"] - sl["server_cpu"] * b["seconds"] / sl["seconds"]
+        print(f"  CPU-s per second: server unloaded {q['server_cpu'] / q['seconds']:.2f}, slow bodies "
+              f"{sl['server_cpu'] / sl['seconds']:.2f}, + heavy caller {b['server_cpu'] / b['seconds']:.2f} (answer workers "
+              f"{b['workers_cpu'] / b['seconds']:.2f}); per heavy answer {extra / max(heavy, 1) * 1000:.0f} ms "
+              f"{'in the workers' if c['workers'] else 'in the server (its CPU above the slow-bodies phase)'}")
     print(f"\nload average: {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs)")
     return 0
 

@@ -8,8 +8,8 @@ those waits; only another process removes them.
 - `AnswerPool` forks up to `workers` processes from the server when a heavy answer is first asked for, after the
   tenant's view is loaded. A child shares the server's memory copy-on-write (the view is neither copied nor pickled),
   freezes the inherited objects out of its garbage collector at once (`gc.freeze()`: its collections never write into
-  the inherited pages) and lowers its scheduling priority (NICE), so that on a busy machine the server's own process
-  (the event loop, light answers) gets the CPU first.
+  the inherited pages) and lowers its scheduling priority (NICE, and SCHED_BATCH where there is one), so that on a
+  busy machine the server's own process (the event loop, light answers) gets the CPU first.
 - A heavy answer is a pure function of (view, arguments) (identity/): the function (by reference) and its arguments go
   over a pipe, the answer comes back; the view never crosses.
 - Each child answers from the views that were current when it was forked. When a tenant's view moves (a sync landed),
@@ -79,7 +79,9 @@ def _child_main(conn: Connection, held: Mapping[str, HeldView]) -> None:
         os.close(devnull)
         try:
             os.nice(NICE)
-        except OSError:
+            # SCHED_BATCH: the scheduler treats the child as CPU-bound and lets it preempt no one on wake-up
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (OSError, AttributeError):  # not on every platform
             pass
         while True:
             try:
