@@ -19,7 +19,7 @@ import pytest
 
 from entra_mcp.errors import NotFoundError, TransientError
 from entra_mcp.pacing import COARSE, CpuBudget, Pacer, checkpoint, paced
-from entra_mcp.server.workers import AnswerPool
+from entra_mcp.server.workers import NICE, AnswerPool
 
 
 class Clock:
@@ -142,6 +142,7 @@ def test_a_heavy_answer_is_computed_in_a_worker_that_sees_the_servers_view(pool:
     tv = _TV("contoso", 3, {"marker": object.__repr__(pool)})  # a value only this process's memory holds
     pid, marker, tag = pool.compute(tv, _where, "t1")
     assert pid != os.getpid() and pid in pool.pids()
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)  # yields the CPU
     assert (marker, tag) == (tv.view["marker"], "t1")
     assert pool.compute(tv, _where, "t2")[0] == pid  # the same worker answers again: no fork per call
     with pytest.raises(NotFoundError) as caught:
