@@ -451,7 +451,7 @@ def test_a_poll_while_another_holds_the_sign_in_mirror_is_skipped_not_failed(bed
     assert bed.sync().areas["sign_in_events"].outcome == "full", "the next run does the work"
 
 
-def _window_snapshot(days: int = 7, per_user_day: float = 100.0) -> tuple[Any, dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]], datetime]:
+def _window_snapshot(days: int = 7, per_user_day: float = 100.0, now: datetime | None = None) -> tuple[Any, dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]], datetime]:
     """The small emulator's generated stream for a window, compacted by the sync's functions and packed in the
     mirror's column form (what the sign-in mirror holds): (snapshot, failures by hour, successes by user, now)."""
     from entra_mcp.areas import AreaStatus
@@ -460,10 +460,11 @@ def _window_snapshot(days: int = 7, per_user_day: float = 100.0) -> tuple[Any, d
     from entra_mcp.mirror.snapshot import DirectorySnapshot
     from entra_mcp.mirror.table import concat_groups, pack_groups
 
-    now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    now = now or start
     tenant = next(iter(generate_state("small", 1).tenants.values()))
     stream = TenantSignIns(tenant, SignInSettings(ingestion_delay_s=0, late_share=0, events_per_user_day=per_user_day),
-                           now.timestamp())
+                           start.timestamp())
     by_hour: dict[str, list[dict[str, Any]]] = {}
     for _ts, _id, e in stream.events(Query(lower=(now - timedelta(days=days)).timestamp(), code_ne=0), now.timestamp(), None):
         r = sign_ins.compact_failure(e)
@@ -509,3 +510,24 @@ def test_the_servers_columns_give_back_every_record_of_the_window() -> None:
     assert sum(map(len, by_user.values())) == log.success_count
     for uid, rows in by_user.items():
         assert log.user_successes(uid) == rows
+
+
+def test_a_reloaded_log_reuses_the_counts_of_unchanged_hours_and_answers_the_same() -> None:
+    """After a poll, the server's new version of the log takes over the hourly counts of the hours the poll did not
+    touch (SignInLog.adopt); its summaries equal those of a log counted from scratch."""
+    from entra_mcp.identity.sign_ins import SignInLog, sign_in_failures_summary
+
+    snap, _h, _u, now = _window_snapshot(per_user_day=60.0)
+    older = SignInLog.build("contoso", snap, {})
+    asks = [(None, None), ("7d", None), ("3h", None), ("7d", "Microsoft Teams")]
+    for since, app in asks:
+        sign_in_failures_summary(older, None, since, app, now)
+    later = now + timedelta(minutes=65)  # new failures in the current hour, the oldest hour partly expired
+    snap2, _h2, _u2, _ = _window_snapshot(per_user_day=60.0, now=later)
+    meta = {"window_start": sign_ins.iso(later - timedelta(days=7))}
+    adopted, fresh = SignInLog.build("contoso", snap2, meta), SignInLog.build("contoso", snap2, meta)
+    reused = adopted.adopt(older)
+    assert 0 < reused < len(adopted.hours), "unchanged hours reused, the changed ones not"
+    assert adopted._tally and adopted._merged
+    for since, app in asks:
+        assert sign_in_failures_summary(adopted, None, since, app, later) == sign_in_failures_summary(fresh, None, since, app, later)

@@ -168,6 +168,28 @@ class SignInLog:
             got = self._success_ips[user_id] = frozenset(str(r.get("ipAddress")) for r in self.user_successes(user_id))
         return got
 
+    def adopt(self, older: "SignInLog") -> int:
+        """Reuse the counts `older` (the previous version of this log) computed for hours this version holds unchanged.
+        A poll only adds failures to the last hour or two (never changes a stored one: ids are de-duplicated) and
+        expiry drops whole hours, so an hour with the same number of failures holds the same failures. The first
+        summary after each 5-minute poll then counts only the hours the poll touched. Returns the hours reused."""
+        same = {h for h, (a, b) in self._hour_span.items()
+                if (old := older._hour_span.get(h)) is not None and old[1] - old[0] == b - a}
+        for (h, app), tally in list(older._tally.items()):
+            if h in same:
+                self._tally[(h, app)] = tally
+        for h, rows in list(older._rows.items()):
+            if h in same:
+                self._rows[h] = rows
+        for key, merged in list(older._merged.items()):
+            # keys: (first hour, last hour, hours, app, fields) or ("spike-base", first, last, hours, app)
+            first, last, count = (key[1], key[2], key[3]) if key[0] == "spike-base" else (key[0], key[1], key[2])
+            hours = [h for h in older.hours if first <= h <= last] if count else []
+            if len(hours) == count and all(h in same for h in hours):
+                # the counts only: what the summary derived from them also read the successes, which a poll changes
+                self._merged[key] = {k: v for k, v in merged.items() if k != "_derived"}
+        return len(same)
+
     def has_hour(self, hour: str) -> bool:
         return hour in self._hour_span
 
@@ -830,6 +852,8 @@ class SignInLogs:
             info = events.info(tenant) if snapshot is not None else None
             meta = info["areas"]["sign_in_events"]["meta"] if info else {}
             log = SignInLog.build(tenant, snapshot, meta)
+            if held is not None and held.tenant == log.tenant:
+                log.adopt(held)
             log.stamp = fresh.stamp
             self._held[tenant] = log
             return log
