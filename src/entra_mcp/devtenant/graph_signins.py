@@ -51,8 +51,9 @@ SPRAY_IP = "203.0.113.66"
 _NS = uuid.UUID("3c8e1f0a-5b7d-4e2a-9c61-0d2f4b8a7e35")
 _DAY = 86400
 # failure slices kept after a listing computed them (the next page, and the next poll over the same minutes, reuse
-# them); successes (95 %) are never kept. 512 minutes of a large tenant's failures: ~18,000 events.
+# them); successes (95 %) only for the last few minutes listed. 512 minutes of a large tenant's failures: ~18,000 events.
 _HELD_SLICES = 512
+_HELD_SUCCESS_SLICES = 4
 
 # well-known first-party applications (appId, name) and the client apps modern sign-ins use
 FIRST_PARTY = [
@@ -272,7 +273,15 @@ class TenantSignIns:
         self._cast: _Cast | None = None
         self._lock = threading.Lock()
         self.added: list[tuple[float, str, dict[str, Any], float]] = []  # (created ts, id, event, visible ts), sorted
-        self._slice_cache: Callable[[int, bool], list[tuple[float, str, dict[str, Any], float]]] = lru_cache(maxsize=_HELD_SLICES)(self._slice_uncached)
+        self._slice_cache: Callable[[int, bool], list[tuple[float, str, dict[str, Any], float]]]
+        self._success_cache: Callable[[int, bool], list[tuple[float, str, dict[str, Any], float]]]
+        self.reset_cache()
+
+    def reset_cache(self) -> None:
+        """Forget the generated minutes (settings change the stream)."""
+        self._slice_cache = lru_cache(maxsize=_HELD_SLICES)(self._slice_uncached)
+        # a page of 1,000 successes ends inside a minute that the next page starts from: keep the last few
+        self._success_cache = lru_cache(maxsize=_HELD_SUCCESS_SLICES)(self._slice_uncached)
 
     @property
     def cast(self) -> _Cast:
@@ -460,7 +469,7 @@ class TenantSignIns:
                 if fails:
                     batch.extend(self._slice_cache(n, True))
                 if succs:
-                    batch.extend(self._slice_uncached(n, False))
+                    batch.extend(self._success_cache(n, False))
             while ai < len(added) and added[ai][0] >= n * SLICE_S:
                 batch.append(added[ai])
                 ai += 1
@@ -583,7 +592,7 @@ class SignInEmulation:
             setattr(self.settings, key, type(current)(value))
         with self._lock:
             for log in self._logs.values():
-                log._slice_cache = lru_cache(maxsize=4096)(log._slice_uncached)  # settings change the stream
+                log.reset_cache()
         self.throttle.reset()
         return dict(vars(self.settings))
 
