@@ -125,3 +125,31 @@ def test_restricted_modules_are_actually_used_where_allowed(name: str) -> None:
     users = {u for u in users if part_of(PACKAGE / u) != name}
     for place in only:
         assert any(u == place or (place.endswith("/") and u.startswith(place)) for u in users), place
+
+
+def _distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_package_declares_what_it_imports_and_imports_what_it_declares() -> None:
+    """Honest dependencies: every third-party module src/entra_mcp imports belongs to a distribution in pyproject's
+    [project] dependencies (a transitive one can vanish with its parent's next release), and every one declared is
+    imported somewhere."""
+    import importlib.metadata
+    import sys
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = {_distribution(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in data["project"]["dependencies"]}
+    owners = importlib.metadata.packages_distributions()
+    imported: dict[str, str] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for line, module in imports_of(path):
+            top = module.split(".")[0]
+            if top in ("entra_mcp", "__future__") or top in sys.stdlib_module_names:
+                continue
+            for dist in owners.get(top, [top]):
+                imported.setdefault(_distribution(dist), f"{path.relative_to(PACKAGE).as_posix()}:{line}")
+    undeclared = {dist: where for dist, where in imported.items() if dist not in declared}
+    assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
+    assert declared - set(imported) == set(), "declared in pyproject.toml but imported nowhere in src/entra_mcp"
