@@ -37,6 +37,8 @@ from entra_mcp.server.http import create_http_app
 from entra_mcp.views import ViewProvider
 
 SCOPE = "Identity.Investigate"
+WEB_CLIENT_PORT = free_port()
+WEB_CLIENT = f"http://localhost:{WEB_CLIENT_PORT}"  # a browser-based MCP client's origin, listed in cors_origins
 DOC_LIMIT = 2048
 CLIENT_NAME = "Service Desk Copilot"
 
@@ -103,7 +105,8 @@ def oauth_stack(root: Path, *, seed: int = 5, redis_url: str | None = None, tena
         data["server"]["auth"] = {
             "mode": "oauth", "required_scopes": [SCOPE],
             "oauth": {"client_metadata_allowed_hosts": ["127.0.0.1"], "client_metadata_max_bytes": DOC_LIMIT,
-                      "client_metadata_ca_bundle": str(emu.ca_bundle), "client_metadata_timeout_seconds": 5},
+                      "client_metadata_ca_bundle": str(emu.ca_bundle), "client_metadata_timeout_seconds": 5,
+                      "cors_origins": [WEB_CLIENT]},
         }
         data["oidc"]["allowed_return_to"] = [f"{base}/"]
         emu.add_redirect_uri(base + "/auth/callback", None)
@@ -200,4 +203,4 @@ class HttpBrowser:
         return self.http.post(f"{self.stack.base}/oauth/token", data=form)
 
 
-__all__ = ["CLIENT_NAME", "DOC_LIMIT", "SCOPE", "HttpBrowser", "Stack", "documents_app", "oauth_stack", "pkce"]
+__all__ = ["CLIENT_NAME", "DOC_LIMIT", "SCOPE", "WEB_CLIENT", "WEB_CLIENT_PORT", "HttpBrowser", "Stack", "documents_app", "oauth_stack", "pkce"]

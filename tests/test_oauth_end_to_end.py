@@ -321,3 +321,67 @@ async def test_app_roles_and_groups_of_the_sign_in_decide_the_tenants(stack: Sta
             for close in stop:
                 close()
     assert seen == {"role": [other], "group": [home, other], "overage": [home], "plain": [home]}, seen
+
+
+@pytest.mark.anyio
+async def test_a_browser_based_client_reaches_the_oauth_endpoints_from_a_listed_origin_only(stack: Stack) -> None:
+    """A real page (Chromium) of a listed origin (cors_origins) calls the metadata, registration, token and /mcp
+    endpoints with fetch and reads the answers, headers included; a page of an unlisted origin cannot."""
+    from playwright.async_api import async_playwright
+
+    from _oauth_fixtures import WEB_CLIENT, WEB_CLIENT_PORT
+
+    script = """async (base) => {
+        const out = {};
+        const prm = await fetch(base + "/.well-known/oauth-protected-resource/mcp");
+        out.prm = (await prm.json()).resource;
+        const as = await (await fetch(base + "/.well-known/oauth-authorization-server")).json();
+        out.issuer = as.issuer;
+        const reg = await fetch(as.registration_endpoint, {method: "POST", headers: {"Content-Type": "application/json"},
+            body: JSON.stringify({redirect_uris: [location.origin + "/cb"].map(u => u.replace("localhost", "127.0.0.1")),
+                                  client_name: "Web desk", token_endpoint_auth_method: "none"})});
+        out.registered = reg.status; out.client_id = (await reg.json()).client_id;
+        const tok = await fetch(as.token_endpoint, {method: "POST", body: new URLSearchParams({grant_type:
+            "authorization_code", code: "nope", redirect_uri: "http://127.0.0.1/cb", client_id: out.client_id,
+            code_verifier: "x".repeat(43)})});
+        out.token = [tok.status, (await tok.json()).error];
+        const mcp = await fetch(base + "/mcp", {method: "POST", headers: {"Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream", "Authorization": "Bearer not-a-token"},
+            body: JSON.stringify({jsonrpc: "2.0", id: 1, method: "ping"})});
+        out.mcp = [mcp.status, mcp.headers.get("WWW-Authenticate") || ""];
+        return out;
+    }"""
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = b"<!doctype html><title>web client</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    other_port = free_port()
+    other = f"http://localhost:{other_port}"
+    servers = [ThreadingHTTPServer(("127.0.0.1", port), Page) for port in (WEB_CLIENT_PORT, other_port)]
+    for server in servers:  # the web clients' own pages, on loopback like the server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await (await chromium.new_context()).new_page()
+            await page.goto(f"{WEB_CLIENT}/")
+            out = await page.evaluate(script, stack.base)
+            assert out["prm"] == stack.resource and out["issuer"] == stack.base and out["registered"] == 201, out
+            assert out["token"] == [400, "invalid_grant"], out
+            assert out["mcp"][0] == 401 and "resource_metadata=" in out["mcp"][1], out
+            await page.goto(f"{other}/")
+            with pytest.raises(Exception, match="Failed to fetch"):
+                await page.evaluate(script, stack.base)
+        finally:
+            await chromium.close()
+            for server in servers:
+                server.shutdown()
+                server.server_close()

@@ -507,3 +507,42 @@ def test_remembered_consent_covers_one_client_redirect_host_and_browser(stack: S
     data = stack.settings.model_dump(mode="json")
     data["server"]["auth"]["oauth"]["remember_consent"] = False
     assert OAuthRoutes.from_settings(parse_settings(data), stack.hooks.sign_in).remember_seconds == 0
+
+
+def test_cors_only_for_listed_origins_never_with_credentials(stack: Stack) -> None:
+    """[server.auth.oauth] cors_origins: a listed origin's preflight on each CORS endpoint is answered before
+    authentication (204, that exact origin, no credentials), its answers name it and expose the MCP headers; an
+    unlisted origin gets 403 and no CORS header anywhere; the consent and authorize pages are never CORS routes;
+    "*" or a non-origin in the config is a clear error."""
+    from entra_mcp.config import parse_settings
+    from entra_mcp.errors import ConfigError
+    from _oauth_fixtures import WEB_CLIENT
+
+    with httpx.Client(base_url=stack.base, timeout=20) as http:
+        for path in ("/mcp", "/oauth/token", "/oauth/register", "/oauth/revoke", "/.well-known/oauth-authorization-server",
+                     "/.well-known/oauth-protected-resource/mcp"):
+            pre = http.options(path, headers={"Origin": WEB_CLIENT, "Access-Control-Request-Method": "POST",
+                                              "Access-Control-Request-Headers": "authorization, content-type, "
+                                                                                "mcp-protocol-version, mcp-param-query"})
+            assert pre.status_code == 204, (path, pre.status_code)
+            assert pre.headers["access-control-allow-origin"] == WEB_CLIENT
+            assert "access-control-allow-credentials" not in pre.headers
+            allowed = pre.headers["access-control-allow-headers"]
+            assert "authorization" in allowed and "mcp-param-query" in allowed
+            foreign = http.options(path, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+            assert foreign.status_code == 403 and not any(h.startswith("access-control") for h in foreign.headers)
+        r = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={**MCP_HEADERS, "Origin": WEB_CLIENT})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == WEB_CLIENT
+        assert "WWW-Authenticate" in r.headers["access-control-expose-headers"]
+        meta = http.get("/.well-known/oauth-authorization-server", headers={"Origin": WEB_CLIENT})
+        assert meta.headers["access-control-allow-origin"] == WEB_CLIENT and "origin" in meta.headers["vary"].lower()
+        same = http.get("/.well-known/oauth-authorization-server")  # no Origin: no CORS headers
+        assert "access-control-allow-origin" not in same.headers
+        for path in ("/oauth/authorize", "/oauth/consent"):
+            page = http.get(path, headers={"Origin": WEB_CLIENT})
+            assert "access-control-allow-origin" not in page.headers, path
+    data = stack.settings.model_dump(mode="json")
+    for bad in ("*", "https://chat.example.com/app", "http://chat.example.com", "chat.example.com"):
+        data["server"]["auth"]["oauth"]["cors_origins"] = [bad]
+        with pytest.raises(ConfigError, match="cors_origins"):
+            parse_settings(data)

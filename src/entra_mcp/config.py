@@ -69,6 +69,26 @@ class OAuthSettings(_Section):
     # consent page for remember_consent_days; revoking a token of it (or a detected replay) forgets the approval.
     remember_consent: bool = True
     remember_consent_days: float = Field(default=30, gt=0, le=365)
+    # Browser-based MCP clients: the exact origins (scheme://host[:port]) whose pages may call /mcp, the metadata,
+    # token, registration and revocation endpoints (CORS, oauth/cors.py). None by default; never "*".
+    cors_origins: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for origin in v:
+            parts = urlsplit(origin.strip())
+            loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+            if origin.strip() == "*" or "*" in origin:
+                raise ValueError("cors_origins lists exact origins; \"*\" (any page on the web) is not allowed. Fix: "
+                                 "list each web client's origin, e.g. \"https://chat.example.com\"")
+            if (parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback) or not parts.hostname
+                    or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None):
+                raise ValueError(f"cors_origins entry {origin[:80]!r} is not an origin: use https://host[:port] "
+                                 "(http only for 127.0.0.1, localhost or [::1]), with no path")
+            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
+        return out
 
 
 class AuthSettings(_Section):

@@ -83,7 +83,14 @@ def allowed_hosts_and_origins(settings: Any) -> tuple[list[str], list[str]]:
         from entra_mcp.oidc.flow import origin_of
 
         origins.extend(o for o in (origin_of(u) for u in oidc.allowed_return_to) if o)
+    origins.extend(_cors_origins(settings))
     return sorted(set(hosts)), sorted(set(origins))
+
+
+def _cors_origins(settings: Any) -> list[str]:
+    """[server.auth.oauth] cors_origins in oauth mode (browser-based MCP clients, oauth/cors.py); else none."""
+    auth = getattr(settings.server, "auth", None)
+    return list(auth.oauth.cors_origins) if auth is not None and auth.mode == "oauth" else []
 
 
 class HostOriginMiddleware:
@@ -253,6 +260,10 @@ def create_http_app(
     # unauthenticated caller before its body is read), then routing.
     app.state.buffer_budget = BufferBudget(settings.server.max_buffered_bytes)
     app.add_middleware(BodyBounds, max_body=max_body, budget=app.state.buffer_budget)
+    if _cors_origins(settings):  # inside the Origin guard (which lets the listed origins through), before /mcp's auth
+        from entra_mcp.oauth.cors import OAuthCors
+
+        app.add_middleware(OAuthCors, origins=_cors_origins(settings))
     app.add_middleware(HostOriginMiddleware, hosts=hosts, origins=origins)
     return app
 
