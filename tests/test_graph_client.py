@@ -214,3 +214,60 @@ def test_a_429_pauses_every_request_of_the_client() -> None:
 
     run(go)
     assert sleeps == [5.0, 6.0]
+
+
+def test_batch_answers_each_item_and_sends_only_the_throttled_ones_again() -> None:
+    """graph/batch.py ($batch, docs/graph-facts-batch.md): at most 20 requests a POST; per item 200 (its nextLink
+    followed), 404 -> None, 429 with Retry-After and an item Graph left out -> sent again in the next round after the
+    largest Retry-After (counted as throttled); 403 -> PermissionDenied with Graph's code."""
+    import json
+
+    from entra_mcp.graph.batch import BATCH_LIMIT, batch_get
+
+    posts: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # the nextLink inside an item
+            return httpx.Response(200, json={"value": [{"id": "p2"}]})
+        assert request.url.path == "/v1.0/$batch"
+        items = json.loads(request.content)["requests"]
+        assert len(items) <= BATCH_LIMIT and all(i["method"] == "GET" for i in items)
+        posts.append([i["url"] for i in items])
+        first = len(posts) <= 2  # the first round is two POSTs (29 URLs)
+        out = []
+        for i in items:
+            url = i["url"]
+            if url == "/a/throttled" and first:
+                out.append({"id": i["id"], "status": 429, "headers": {"Retry-After": "7"},
+                            "body": {"error": {"code": "TooManyRequests"}}})
+            elif url == "/a/left-out" and first:
+                continue
+            elif url == "/a/gone":
+                out.append({"id": i["id"], "status": 404, "body": {"error": {"code": "Request_ResourceNotFound"}}})
+            elif url == "/a/paged":
+                out.append({"id": i["id"], "status": 200, "body": {
+                    "value": [{"id": "p1"}], "@odata.nextLink": f"{HOST}/v1.0/a/paged?$skiptoken=2"}})
+            else:
+                out.append({"id": i["id"], "status": 200, "body": {"value": [{"id": url}]}})
+        return httpx.Response(200, json={"responses": out})
+
+    client, sleeps, _ = make(handler)
+    urls = [f"/a/{n}" for n in range(25)] + ["/a/throttled", "/a/left-out", "/a/gone", "/a/paged"]
+    out = run(lambda: batch_get(client, urls))
+    assert sorted(map(len, posts)) == [2, 9, 20] and sorted(posts[-1]) == ["/a/left-out", "/a/throttled"]
+    assert out["/a/gone"] is None and [o["id"] for o in out["/a/paged"]] == ["p1", "p2"]  # type: ignore[union-attr]
+    assert out["/a/3"] == [{"id": "/a/3"}] and out["/a/throttled"] == [{"id": "/a/throttled"}]
+    assert out["/a/left-out"] == [{"id": "/a/left-out"}] and len(out) == len(urls)
+    assert client.stats.throttled == 1 and sleeps and max(sleeps) >= 7
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        items = json.loads(request.content)["requests"]
+        return httpx.Response(200, json={"responses": [
+            {"id": i["id"], "status": 403 if i["url"] == "/b/secret" else 200,
+             "body": {"error": {"code": "Authorization_RequestDenied"}} if i["url"] == "/b/secret" else {"value": []}}
+            for i in items]})
+
+    client, _, _ = make(refusing)
+    with pytest.raises(PermissionDenied) as err:
+        run(lambda: batch_get(client, ["/b/open", "/b/secret"]))
+    assert err.value.graph_code == "Authorization_RequestDenied" and "/b/secret" in str(err.value)
