@@ -225,3 +225,51 @@ def test_serve_follows_the_tenants_file_without_a_restart(bed: dict[str, Any], t
         assert server.proc.poll() is None
     finally:
         server.stop()
+
+
+def test_consent_without_one_permission_disables_its_areas_with_the_reason(bed: dict[str, Any], config: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Admin consent is per permission (an appRoleAssignment to Microsoft Graph each): a customer that left out
+    AuditLog.Read.All gets tokens without it in `roles`, Graph refuses what needs it with 403
+    Authorization_RequestDenied, and the product disables exactly those areas with the reason while the rest
+    syncs; `tenants check` names the missing permission for that tenant only."""
+    import base64
+
+    import httpx
+
+    from entra_mcp.devtenant.customers import app_roles, consent, provider_principal, withhold_permission
+
+    emu: RunningEmulator = bed["emu"]
+    app = bed["app"]
+    tenant = emu.tenant(0)
+    assert withhold_permission(tenant, app.client_id, "AuditLog.Read.All")
+    try:
+        token = httpx.post(f"{emu.login_url}/{tenant.tenant_id}/oauth2/v2.0/token", verify=str(emu.ca_bundle), timeout=30,
+                           data={"grant_type": "client_credentials", "client_id": app.client_id,
+                                 "client_secret": app.secrets[0].value, "scope": f"{emu.graph_url}/.default"}).json()["access_token"]
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert sorted(claims["roles"]) == sorted(set(app.granted_roles) - {"AuditLog.Read.All"})
+        assert sorted(claims["roles"]) == app_roles(tenant, app)
+
+        assert main(["--config", str(config), "tenants", "check", "--tenant", "cust-0"]) == 1
+        out = capsys.readouterr().out
+        assert "cust-0: PROBLEM:" in out and "AuditLog.Read.All" in out, out
+        assert "Authorization_RequestDenied" in out, out
+
+        settings = load_settings(config)
+        store = MirrorStore(settings.server.cache_dir)
+        try:
+            result = anyio.run(sync_tenant, settings.tenant("cust-0"), store)
+            areas = store.area_status("cust-0")
+        finally:
+            store.close()
+        assert result.error is None, result.error
+        refused = {a for a, st in areas.items() if not st.enabled and "Authorization_RequestDenied" in (st.disabled_reason or "")}
+        assert "auth_methods" in refused and "users" not in refused, {a: st.disabled_reason for a, st in areas.items()}
+        assert all("AuditLog.Read.All" in (areas[a].disabled_reason or "") for a in refused)
+        assert areas["users"].last_success is not None and areas["groups"].last_success is not None
+    finally:
+        home = next(t for t in emu.tenants() if app.client_id in t.registrations)
+        consent(tenant, app, home)  # granted again: the other tests see the full consent
+        assert provider_principal(tenant, app.client_id) is not None and "AuditLog.Read.All" in (app_roles(tenant, app) or [])

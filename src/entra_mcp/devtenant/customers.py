@@ -2,9 +2,12 @@
 
 - `add_provider_app(state, ...)`: registers ONE multi-tenant app ("entra-mcp provider", signInAudience
   AzureADMultipleOrgs) in the first tenant, with a client secret and the sync permissions, and consents to it in
-  each customer tenant: admin consent creates the app's service principal there (docs/graph-facts-tenants.md). Its
-  client credentials then get a token in every consented tenant; a tenant without the consent refuses it with
-  AADSTS7000229 (the login host asks `check_consent`).
+  each customer tenant: admin consent creates the app's service principal there (docs/graph-facts-tenants.md) and
+  grants each consented application permission as an appRoleAssignment of that service principal to Microsoft
+  Graph's (docs/graph-facts-consent.md). Its client credentials then get a token in every consented tenant whose
+  `roles` claim lists exactly the permissions granted THERE (`app_roles`), so Graph answers 403
+  Authorization_RequestDenied in a tenant whose admin left one out (`withhold_permission`); a tenant without the
+  consent refuses the token with AADSTS7000229 (the login host asks `consent_error`).
 - `customer_state(count, size, seed)`: `count` tenants for a scale test (generated without their own certificate key
   pair each: one RSA key is reused, which is what makes 200 tenants cheap), with the provider app consented in all.
 - `provider_config(emu, app, names)`: the `[tenant_defaults]` block and the tenants file pointing at a running emulator.
@@ -47,14 +50,65 @@ def add_provider_app(state: EmulatorState, *, roles: Iterable[str] | None = None
     return reg
 
 
-def consent(tenant: EmulatedTenant, reg: AppRegistration, home: EmulatedTenant) -> dict[str, Any]:
-    """Admin consent in `tenant`: the app's service principal appears there (owned by the home tenant)."""
-    existing = provider_principal(tenant, reg.client_id)
-    if existing is not None:
-        return existing
-    return tenant.create_service_principal({"appId": reg.client_id, "displayName": reg.display_name,
-                                            "appDisplayName": reg.display_name, "appOwnerOrganizationId": home.tenant_id,
-                                            "servicePrincipalNames": [reg.client_id], "signInAudience": MULTI_TENANT})
+def consent(tenant: EmulatedTenant, reg: AppRegistration, home: EmulatedTenant,
+            permissions: Iterable[str] | None = None) -> dict[str, Any]:
+    """Admin consent in `tenant`: the app's service principal appears there (owned by the home tenant) with an app
+    role assignment to Microsoft Graph for each of `permissions` (default: every permission the app asks for)."""
+    sp = provider_principal(tenant, reg.client_id)
+    if sp is None:
+        sp = tenant.create_service_principal({"appId": reg.client_id, "displayName": reg.display_name,
+                                              "appDisplayName": reg.display_name, "appOwnerOrganizationId": home.tenant_id,
+                                              "servicePrincipalNames": [reg.client_id], "signInAudience": MULTI_TENANT})
+    graph = _graph_principal(tenant)
+    if graph is not None:
+        have = set(app_roles(tenant, reg) or [])
+        ids = {r.get("value"): r.get("id") for r in graph.get("appRoles", [])}
+        for permission in (reg.granted_roles if permissions is None else permissions):
+            if permission not in have and ids.get(permission):
+                tenant.add_app_role_assignment(str(graph["id"]), str(sp["id"]), str(ids[permission]))
+    return sp
+
+
+def _graph_principal(tenant: EmulatedTenant) -> dict[str, Any] | None:
+    from entra_mcp.devtenant.generate import GRAPH_APP_ID
+
+    with tenant.lock:
+        return next((sp for sp in tenant.service_principals.values() if sp.get("appId") == GRAPH_APP_ID), None)
+
+
+def _graph_grants(tenant: EmulatedTenant, sp_id: str) -> list[tuple[str, str]]:
+    """(assignment id, permission) of each app role of Microsoft Graph granted to the service principal `sp_id`."""
+    graph = _graph_principal(tenant)
+    if graph is None:
+        return []
+    values = {r.get("id"): r.get("value") for r in graph.get("appRoles", [])}
+    with tenant.lock:
+        return [(str(a["id"]), str(values[a["appRoleId"]])) for a in tenant.assignments_for_resource(str(graph["id"]))
+                if a.get("principalId") == sp_id and values.get(a.get("appRoleId"))]
+
+
+def app_roles(tenant: EmulatedTenant, reg: AppRegistration) -> list[str] | None:
+    """The `roles` of a client-credentials token for Graph that a multi-tenant app gets in `tenant`: the Graph
+    permissions granted to its service principal there (sorted); None for an app of this tenant's own (its
+    registration's granted roles apply, as before) or one without a service principal here."""
+    if reg.sign_in_audience != MULTI_TENANT:
+        return None
+    sp = provider_principal(tenant, reg.client_id)
+    if sp is None:
+        return None
+    return sorted({perm for _, perm in _graph_grants(tenant, str(sp["id"]))})
+
+
+def withhold_permission(tenant: EmulatedTenant, client_id: str, permission: str) -> bool:
+    """The customer's admin removes one granted permission of the app (its app role assignment to Graph): from the
+    next token on, Graph refuses what needs it. True when there was such a grant."""
+    sp = provider_principal(tenant, client_id)
+    if sp is None:
+        return False
+    found = [aid for aid, perm in _graph_grants(tenant, str(sp["id"])) if perm == permission]
+    for aid in found:
+        tenant.remove_app_role_assignment(aid)
+    return bool(found)
 
 
 def revoke_consent(tenant: EmulatedTenant, client_id: str) -> None:

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from entra_mcp.devtenant.customers import app_roles
 from entra_mcp.devtenant.id_claims import token_claims
 from entra_mcp.devtenant.model import AppRegistration, EmulatedTenant
 
@@ -251,8 +252,10 @@ class TokenService:
         the audience is Graph (the emulator's base URL) and to none for other resources."""
         now = int(self.now())
         oid = self.service_principal_id(tenant, registration.client_id)
-        if roles is None:
-            roles = list(registration.granted_roles) if audience == self.runtime.base_url else []
+        if roles is None:  # a multi-tenant app: what was consented in THIS tenant (devtenant/customers.py)
+            consented = app_roles(tenant, registration) if audience == self.runtime.base_url else None
+            roles = (consented if consented is not None else list(registration.granted_roles)) \
+                if audience == self.runtime.base_url else []
         claims: dict[str, Any] = {
             "aud": audience,
             "iss": self.issuer(tenant.tenant_id),
