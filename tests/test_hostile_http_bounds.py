@@ -292,16 +292,20 @@ def test_unauthenticated_routes_never_answer_with_a_stack_trace(served: Any) -> 
     assert unexpected_tracebacks(server.log()) == []
 
 
-def test_expanding_text_is_bounded_on_its_normalised_length(served: Any) -> None:
-    cfg, server, upns = served
+def _ticket_context(cfg: ProductConfig, key: str, requester: str, text: str) -> Any:
+    """One get_ticket_identity_context call over its own MCP session."""
 
     async def main() -> Any:
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
             async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
-                return await client.call_tool("get_ticket_identity_context",
-                                              {"requester": upns[0], "ticket_text": "\ufdfa" * 20_000})
+                return await client.call_tool("get_ticket_identity_context", {"requester": requester, "ticket_text": text})
 
-    r = anyio.run(main)
+    return anyio.run(main)
+
+
+def test_expanding_text_is_bounded_on_its_normalised_length(served: Any) -> None:
+    cfg, server, upns = served
+    r = _ticket_context(cfg, API_KEY, upns[0], "\ufdfa" * 20_000)
     assert r.is_error and "normalised" in r.content[0].text
 
 
@@ -434,19 +438,25 @@ def test_heavy_answers_are_computed_in_worker_processes_off_the_servers_gil(serv
 def test_a_killed_answer_worker_is_replaced(served: Any) -> None:
     cfg, server, upns = served
     heavy_text = _heavy_text(upns)
-
-    async def ask() -> Any:
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {HEAVY_KEY}"}, timeout=120) as http:
-            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
-                return await client.call_tool("get_ticket_identity_context", {"requester": upns[0], "ticket_text": heavy_text})
-
-    assert not anyio.run(ask).is_error
+    assert not _ticket_context(cfg, HEAVY_KEY, upns[0], heavy_text).is_error
     before = live_children(server.proc.pid)
     assert before
     for worker in before:
         os.kill(worker, signal.SIGKILL)
-    r = anyio.run(ask)
+    r = _ticket_context(cfg, HEAVY_KEY, upns[0], heavy_text)
     assert not r.is_error, r.content[0].text[:300]
     after = live_children(server.proc.pid)
     assert after and not after & before, (before, after)
     assert "Traceback" not in server.log()
+
+
+def test_a_short_text_that_expands_is_a_heavy_answer_too(served: Any) -> None:
+    """1,999 x U+FDFA is under heavy_text_chars (2000) as typed but ~36,000 characters once normalised (~65 ms of
+    scanning): it goes to the answer workers like a long text."""
+    cfg, server, upns = served
+    pid = server.proc.pid
+    before = {w: cpu_seconds(w) for w in live_children(pid)}
+    r = _ticket_context(cfg, HEAVY_KEY, upns[0], "\ufdfa" * 1999)
+    assert not r.is_error, r.content[0].text[:300]
+    after = {w: cpu_seconds(w) for w in live_children(pid) | set(before)}
+    assert sum(after.values()) > sum(before.values()), (before, after)

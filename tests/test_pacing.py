@@ -216,3 +216,14 @@ def _spin(view: Any, seconds: float) -> None:
     end = time.process_time() + seconds
     while time.process_time() < end:
         sum(range(50))
+
+
+def _here(view: Any, thing: Any) -> int:
+    return os.getpid()
+
+
+def test_arguments_a_worker_cannot_receive_are_answered_in_the_server(pool: AnswerPool) -> None:
+    tv = _TV("contoso", 1, {"marker": 1})
+    assert pool.compute(tv, _here, lambda: None) == os.getpid() and pool.in_process == 1
+    assert pool.compute(tv, _here, "text") != os.getpid()  # the worker it took back still answers
+    assert len(pool.pids()) == 1

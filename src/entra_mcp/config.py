@@ -330,9 +330,9 @@ class ServerSettings(_Section):
     # Of one CPU, what a caller's tool answers may use on average (after a short burst); long answers give way to
     # others at their checkpoints (entra_mcp/pacing.py). 1 turns pacing off.
     tool_cpu_share_per_caller: float = Field(default=0.5, gt=0, le=1)
-    # Heavy answers (a ticket text longer than heavy_text_chars) are computed in answer_workers processes forked from
-    # the server (server/workers.py), off its GIL; one not done within answer_timeout_seconds is stopped with an error.
-    # 0 workers: in the server's threads.
+    # Heavy answers (a ticket text longer than heavy_text_chars once normalised) are computed in answer_workers
+    # processes forked from the server (server/workers.py), off its GIL; one not done within answer_timeout_seconds is
+    # stopped with an error. 0 workers: in the server's threads.
     answer_workers: int = Field(default=2, ge=0, le=32)
     answer_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
     heavy_text_chars: int = Field(default=2000, ge=0)

@@ -14,6 +14,7 @@ identity/ (a plain function of the view, the arguments and the time).
 from __future__ import annotations
 
 import inspect
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Awaitable, Callable, Literal, Mapping, Protocol, cast
@@ -450,7 +451,7 @@ def get_ticket_identity_context(
     tv = ask.tenant_view(tenant)
     view = tv.view
     now = ask.now()
-    heavy = len(ticket_text or "") > ask.heavy_text_chars  # the text's scan is what costs (docs/benchmarks.md)
+    heavy = scan_length(ticket_text or "", ask.heavy_text_chars) > ask.heavy_text_chars
     data = dict(ask.compute(tv, identity.get_ticket_identity_context, requester, ticket_text or None, now, heavy=heavy))
     req: Mapping[str, Any] = data["requester"] if isinstance(data.get("requester"), Mapping) else {}
     profile = req.get("profile") if isinstance(req.get("profile"), Mapping) else None
@@ -459,6 +460,14 @@ def get_ticket_identity_context(
                 if isinstance(a, Mapping) and (a.get("appId") or a.get("id"))]
         data["signIns"] = requester_sign_ins(ask.sign_in_log(ask.views.resolve(tenant)), view, str(profile["id"]), apps, now)
     return data
+
+
+def scan_length(text: str, enough: int) -> int:
+    """What scanning `text` costs, in characters: its length once normalised, as the matching sees it (U+FDFA expands
+    18-fold: 2,000 of them cost as much as 36,000 letters; docs/benchmarks.md). Not normalised past `enough`."""
+    if len(text) > enough or text.isascii():
+        return len(text)
+    return len(unicodedata.normalize("NFKD", text))
 
 
 def _explain_summary(r: Answer) -> str:

@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from entra_mcp.errors import EntraMcpError, TransientError
@@ -161,10 +162,16 @@ class AnswerPool:
         if child is None:
             self.in_process += 1
             return fn(tv.view, *args)
+        try:
+            request = ForkingPickler.dumps((tv.name, tv.version, tv.stamp, fn, args))
+        except Exception:  # noqa: BLE001 - arguments pickle cannot carry (none of ours): answered here
+            self._give_back(child, alive=True)
+            self.in_process += 1
+            return fn(tv.view, *args)
         ok = False
         try:
             try:
-                child.conn.send((tv.name, tv.version, tv.stamp, fn, args))
+                child.conn.send_bytes(request)
             except (OSError, ValueError) as exc:
                 raise self._lost(child, "could not be reached") from exc
             if not child.conn.poll(self.timeout):
