@@ -349,6 +349,19 @@ async def test_every_http_tool_call_gives_exactly_one_record(env: Env) -> None:
     assert after[2]["outcome"] == "error" and after[2]["errorCode"] == "NOT_FOUND"
     assert after[3]["outcome"] == "error" and "ticketId" not in after[3]
     assert after[4]["outcome"] == "error"
+    # a playbook fetched is one record too: who, which, outcome; never its arguments
+    async with http_client(env.entra_url, env.token(0, 2)) as client:
+        prompt = (await client.list_prompts()).prompts[0]
+        args = {a.name: "SECRET-TICKET-TEXT 4711" for a in prompt.arguments or ()}
+        await client.get_prompt(prompt.name, args)
+        from mcp.shared.exceptions import MCPError
+
+        with pytest.raises(MCPError, match="rendering prompt"):
+            await client.get_prompt(prompt.name, {**args, "no_such_argument": "x"})
+    prompts = [r for r in records(env)[before + 5:] if r["event"] == "prompt_get"]
+    assert [(r["prompt"], r["outcome"]) for r in prompts] == [(prompt.name, "ok"), (prompt.name, "error")], prompts
+    assert prompts[0]["caller"]["oid"] == me["id"] and prompts[0]["transport"] == "http" and prompts[0]["latencyMs"] >= 0
+    assert "SECRET-TICKET-TEXT" not in env.audit_path.read_text()
 
 
 async def test_every_stdio_tool_call_gives_exactly_one_record(env: Env) -> None:

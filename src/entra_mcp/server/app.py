@@ -286,7 +286,8 @@ def _as_dict(result: Any) -> dict[str, Any] | None:
 
 class CallGate:
     """Server middleware: who is calling (the HTTP layer's principal, else the local operator), what they may use
-    ([server.access]: forbidden tools are neither listed nor callable), and one audit record per tool call."""
+    ([server.access]: forbidden tools are neither listed nor callable), and one audit record per tool call, resource
+    read and prompt fetched."""
 
     def __init__(self, policy: AccessPolicy, trail: AuditTrail | None, channel: str) -> None:
         self.policy = policy
@@ -325,6 +326,8 @@ class CallGate:
                 return self._listed(await call_next(ctx), call.access)
             if ctx.method == "resources/read" and self.trail is not None:
                 return await self._resource_read(ctx, call_next, call)
+            if ctx.method == "prompts/get" and self.trail is not None:
+                return await self._prompt_get(ctx, call_next, call)
             if ctx.method != "tools/call":
                 return await call_next(ctx)
             name = str((ctx.params or {}).get("name") or "")
@@ -361,6 +364,22 @@ class CallGate:
                 "transport": call.transport, "resource": parts[1][:32] if len(parts) > 1 else parts[0][:32],
                 "tenant": call.tenants[0] if call.tenants else None, "objects": objects[:MAX_AUDIT_OBJECTS] or None,
                 "outcome": "ok" if result is not None else "error",
+                "latencyMs": round((time.perf_counter() - started) * 1000, 3),
+            })
+
+    async def _prompt_get(self, ctx: Any, call_next: Any, call: CallContext) -> Any:
+        """A playbook fetched (prompts/get): one record like a call's: who, which prompt, outcome, latency. Never the
+        arguments (free text a person typed, a ticket's words) nor the rendered text."""
+        name = str((ctx.params or {}).get("name") or "")
+        started = time.perf_counter()
+        result: Any = None
+        try:
+            result = await call_next(ctx)
+            return result
+        finally:
+            self.trail.record("prompt_get", {  # type: ignore[union-attr]
+                "caller": call.caller.audit_fields(), "client": call.client, "session": call.session,
+                "transport": call.transport, "prompt": name[:64], "outcome": "ok" if result is not None else "error",
                 "latencyMs": round((time.perf_counter() - started) * 1000, 3),
             })
 
