@@ -19,7 +19,8 @@ from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
 from entra_mcp.views import ViewProvider
 
-pytestmark = pytest.mark.anyio
+# stdio_client is set up before each test (once for the module) so that connect() can take it from the request
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stdio_client")]
 
 TOOLS = {
     "lookup_user",
@@ -44,6 +45,19 @@ def http_url(server_env: ServerEnv) -> Iterator[str]:
         yield f"{base}/mcp"
 
 
+@pytest.fixture(scope="module")
+async def stdio_client(server_env: ServerEnv) -> AsyncIterator[Client]:
+    """One `entra-mcp serve --no-sync` over stdio for the module's stdio cases (a process costs ~3 s CPU to start;
+    the server keeps no state between calls that one test could leave to another)."""
+    params = StdioServerParameters(
+        command=str(ENTRA_MCP),
+        args=["--config", str(server_env.config_path), "serve", "--no-sync"],
+        env=server_env.subprocess_env(),
+    )
+    async with Client(params, read_timeout_seconds=30) as client:
+        yield client
+
+
 @asynccontextmanager
 async def connect(transport: str, env: ServerEnv, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
     if transport == "memory":
@@ -53,13 +67,7 @@ async def connect(transport: str, env: ServerEnv, request: pytest.FixtureRequest
             yield client
         store.close()
     elif transport == "stdio":
-        params = StdioServerParameters(
-            command=str(ENTRA_MCP),
-            args=["--config", str(env.config_path), "serve", "--no-sync"],
-            env=env.subprocess_env(),
-        )
-        async with Client(params, read_timeout_seconds=30) as client:
-            yield client
+        yield request.getfixturevalue("stdio_client")  # already set up: see pytestmark
     else:
         url = request.getfixturevalue("http_url")
         async with Client(url, read_timeout_seconds=30) as client:
