@@ -3,6 +3,7 @@ answered by explain_sign_in / sign_in_failures_summary / get_ticket_identity_con
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -451,18 +452,24 @@ def test_a_poll_while_another_holds_the_sign_in_mirror_is_skipped_not_failed(bed
     assert bed.sync().areas["sign_in_events"].outcome == "full", "the next run does the work"
 
 
+@functools.lru_cache(maxsize=1)
+def _small_tenant() -> Any:
+    from entra_mcp.devtenant.generate import generate_state
+
+    return next(iter(generate_state("small", 1).tenants.values()))
+
+
 def _window_snapshot(days: int = 7, per_user_day: float = 100.0, now: datetime | None = None) -> tuple[Any, dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]], datetime]:
     """The small emulator's generated stream for a window, compacted by the sync's functions and packed in the
     mirror's column form (what the sign-in mirror holds): (snapshot, failures by hour, successes by user, now)."""
     from entra_mcp.areas import AreaStatus
-    from entra_mcp.devtenant.generate import generate_state
     from entra_mcp.devtenant.graph_signins import Query, SignInSettings, TenantSignIns
     from entra_mcp.mirror.snapshot import DirectorySnapshot
     from entra_mcp.mirror.table import concat_groups, pack_groups
 
     start = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
     now = now or start
-    tenant = next(iter(generate_state("small", 1).tenants.values()))
+    tenant = _small_tenant()
     stream = TenantSignIns(tenant, SignInSettings(ingestion_delay_s=0, late_share=0, events_per_user_day=per_user_day),
                            start.timestamp())
     by_hour: dict[str, list[dict[str, Any]]] = {}

@@ -67,6 +67,7 @@ class SignInLog:
     _merged: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     _success_ips: dict[str, frozenset[str]] = field(default_factory=dict)
+    _apps: dict[int, Counter[tuple[Any, Any]]] = field(default_factory=dict)
     stamp: int = 0  # the sign-in mirror's commit stamp this log's status and meta are from
 
     @classmethod
@@ -119,15 +120,35 @@ class SignInLog:
         return [self._successes.row(i) for i in self._successes_by_user.rows(user_id)]
 
     def recent_apps(self, hours: int) -> Counter[tuple[Any, Any]]:
-        """(appId, appDisplayName) -> failures in the last `hours` hours that hold failures."""
+        """(appId, appDisplayName) -> failures in the last `hours` hours that hold failures (memoised)."""
+        got = self._apps.get(hours)
+        if got is not None:
+            return got
         out: Counter[tuple[Any, Any]] = Counter()
-        if self._failures is None or not self.hours:
-            return out
-        start = self._hour_span[self.hours[-hours:][0]][0]
-        stop = self._hour_span[self.hours[-1]][1]
-        for row in self._failures.tuples(("appId", "appDisplayName"), start, stop):
-            out[row] += 1
+        if self._failures is not None and self.hours:
+            start = self._hour_span[self.hours[-hours:][0]][0]
+            stop = self._hour_span[self.hours[-1]][1]
+            out = Counter(self._failures.pairs("appId", "appDisplayName", start, stop))
+        self._apps[hours] = out
         return out
+
+    def hour_app_codes(self, hour: str, app: str | None) -> Counter[tuple[Any, int]]:
+        """(appId, errorCode) -> failures of one whole hour, counted column-wise (what `hour_tally(...)["app_code"]`
+        counts row by row; the spikes' baseline reads every hour of the window)."""
+        t = self._tally.get((hour, app))
+        if t is not None:
+            return t["app_code"]  # type: ignore[no-any-return]
+        key = ("app_code", hour, app)
+        got = self._merged.get(key)
+        if got is None:
+            span = self._hour_span.get(hour)
+            counts: Counter[tuple[Any, int]] = Counter()
+            if span is not None and self._failures is not None:
+                for (aid, code), n in self._failures.pairs("appId", "errorCode", *span).items():
+                    if app is None or aid == app:
+                        counts[(aid, int(code or 0))] += n
+            got = self._merged[key] = {"app_code": counts}
+        return got["app_code"]  # type: ignore[no-any-return]
 
     def memory_bytes(self) -> int:
         """Bytes of the columns' arrays and pools (what grows with the window)."""
@@ -182,6 +203,10 @@ class SignInLog:
             if h in same:
                 self._rows[h] = rows
         for key, merged in list(older._merged.items()):
+            if key[0] == "app_code":  # ("app_code", hour, app): one hour's counts
+                if key[1] in same:
+                    self._merged[key] = merged
+                continue
             # keys: (first hour, last hour, hours, app, fields) or ("spike-base", first, last, hours, app)
             first, last, count = (key[1], key[2], key[3]) if key[0] == "spike-base" else (key[0], key[1], key[2])
             hours = [h for h in older.hours if first <= h <= last] if count else []
@@ -783,7 +808,7 @@ def _spikes(log: SignInLog, now: datetime, app_id: str | None) -> list[dict[str,
     if base is None:
         counts: Counter[tuple[Any, int]] = Counter()
         for h in before:
-            counts.update(log.hour_tally(h, app_id)["app_code"])
+            counts.update(log.hour_app_codes(h, app_id))
         base = log._merged[key] = {"app_code": counts}
     hours = max(1.0, float(len(before)))
     out = []
