@@ -191,6 +191,10 @@ async def test_app_ticket_and_status_answers(transport: str, server_env: ServerE
         assert req["manager"]["id"] == t.managers[cfo["id"]]
         assert "VIP_REQUESTER" in codes(ctx)
         assert any(a.get("displayName") == "Salesforce" for a in ctx["mentions"]["apps"])
+        # the same ticket past server.heavy_text_chars: computed by an answer worker (server/workers.py), same answer
+        padded = await call(client, "get_ticket_identity_context", requester=cfo["mail"],
+                            ticket_text="Hi, I cannot open Salesforce since this morning. " + "Please help. " * 200)
+        assert padded["requester"] == req and padded["mentions"]["apps"] == ctx["mentions"]["apps"]
 
         status = await call(client, "sync_status")
         assert status["asOf"] and status["tenant"] == server_env.name
