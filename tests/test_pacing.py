@@ -196,6 +196,17 @@ def test_a_worker_that_died_idle_is_replaced_without_failing_a_call(pool: Answer
     assert pool.compute(tv, _where, "b")[0] != first
 
 
+def test_an_idle_worker_exits_and_the_next_heavy_answer_forks_anew() -> None:
+    pool = AnswerPool(workers=1, timeout=20, min_refork_seconds=0, idle_exit_seconds=0.2)
+    try:
+        tv = _TV("contoso", 1, {"marker": 1})
+        first = pool.compute(tv, _where, "a")[0]
+        _wait(lambda: _gone(first))
+        assert pool.compute(tv, _where, "b")[0] not in (first, os.getpid())
+    finally:
+        pool.close()
+
+
 def test_a_new_view_version_is_answered_by_a_new_generation_of_workers(pool: AnswerPool) -> None:
     old = pool.compute(_TV("contoso", 1, {"marker": "v1"}), _where, "a")
     new = pool.compute(_TV("contoso", 2, {"marker": "v2"}), _where, "b")

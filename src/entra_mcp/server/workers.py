@@ -15,8 +15,10 @@ those waits; only another process removes them.
 - Each child answers from the views that were current when it was forked. When a tenant's view moves (a sync landed),
   the pool forks new children and retires the old ones after their call (at most one new generation per
   MIN_REFORK_SECONDS; meanwhile an answer on a newer view is computed in the server's thread, as without a pool).
-- A child that dies (killed, crashed) fails its call with a clear error and is replaced; one that has not answered
-  within `timeout` seconds is killed, its call fails with a clear error, and it is replaced. Never a hang.
+- A child idle for IDLE_EXIT_SECONDS exits (its private pages go back to the system); one that dies while idle is
+  replaced by the next call without failing it. A child that dies in a call (killed, crashed) fails that call with a
+  clear error and is replaced; one that has not answered within `timeout` seconds is killed, its call fails with a
+  clear error, and it is replaced. Never a hang.
 - Fairness: each caller has at most one answer in progress (its lane, limits.py WorkLanes), callers waiting for a child
   are served in arrival order (threading.Condition wakes waiters in order), and the CPU a child spent is charged to the
   caller's CPU share (pacing.charge), so a caller over its share waits before its next call.
@@ -45,6 +47,7 @@ log = get_logger("server.workers")
 
 NICE = 10  # the children's scheduling priority below the server's (0 = the same)
 MIN_REFORK_SECONDS = 1.0  # at most one new generation of children per this many seconds
+IDLE_EXIT_SECONDS = 60.0  # a child with no request for this long exits (a server whose heavy caller left holds none)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class _Child:
     generation: int
 
 
-def _child_main(conn: Connection, held: Mapping[str, HeldView]) -> None:
+def _child_main(conn: Connection, held: Mapping[str, HeldView], idle_exit: float) -> None:
     """A child's whole life: answer requests from `conn` until it closes. Never returns."""
     gc.freeze()  # O(1): the inherited objects move to the permanent generation, never traversed (written) again
     code = 0
@@ -86,6 +89,8 @@ def _child_main(conn: Connection, held: Mapping[str, HeldView]) -> None:
             pass
         while True:
             try:
+                if not conn.poll(idle_exit):
+                    break  # idle: give the pages it has made its own back; the next heavy answer forks anew
                 request = conn.recv()
             except (EOFError, OSError):
                 break
@@ -136,8 +141,9 @@ class AnswerPool:
     child's pipe, holding no GIL)."""
 
     def __init__(self, *, workers: int, timeout: float, held: Callable[[], Mapping[str, Any]] | None = None,
-                 min_refork_seconds: float = MIN_REFORK_SECONDS) -> None:
+                 min_refork_seconds: float = MIN_REFORK_SECONDS, idle_exit_seconds: float = IDLE_EXIT_SECONDS) -> None:
         self.workers = workers
+        self.idle_exit_seconds = idle_exit_seconds
         self.timeout = timeout
         self.min_refork_seconds = min_refork_seconds
         self._held = held
@@ -238,7 +244,7 @@ class AnswerPool:
                         return child
                     self._live -= 1
                     self._retire(child)
-                    log.warning("answer worker %d ended while idle; a new one replaces it", child.pid)
+                    log.info("answer worker %d ended while idle; a new one replaces it", child.pid)
                 if self._live < self.workers:
                     child = self._fork(tv)
                     self._live += 1
@@ -275,7 +281,7 @@ class AnswerPool:
             pid = os.fork()
         if pid == 0:
             ours.close()
-            _child_main(theirs, held)
+            _child_main(theirs, held, self.idle_exit_seconds)
         theirs.close()
         self.forks += 1
         self._pids.add(pid)
@@ -343,4 +349,4 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-__all__ = ["AnswerPool", "HeldView", "MIN_REFORK_SECONDS", "NICE"]
+__all__ = ["AnswerPool", "HeldView", "IDLE_EXIT_SECONDS", "MIN_REFORK_SECONDS", "NICE"]
