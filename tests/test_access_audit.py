@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import httpx2
@@ -26,6 +26,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import Field
 
 from _auth_fixtures import WIDGET_ORIGIN, Harness, counting_transport
 from _harness import ENTRA_MCP, free_port, serve_app
@@ -557,3 +558,54 @@ def test_group_rules_for_a_token_whose_groups_overflowed_use_the_mirror(env: Env
         assert refused.tenants == frozenset() and refused.why.endswith(OVERAGE_UNMATCHED)
     finally:
         store.close()
+
+
+async def test_mcp_param_headers_do_not_reveal_a_forbidden_tool(env: Env) -> None:
+    """MCP 2026-07-28 lets a tool mirror an argument into an `Mcp-Param-*` header, and the SDK answers a mismatch with
+    HTTP 400 before any middleware. For a tool the caller may not use that 400 would say the tool exists: a forbidden
+    and an unknown tool, called with the same mismatching header, are refused alike (a tool error, same words)."""
+    from entra_mcp.server.app import create_server
+    from entra_mcp.server.auth import build_hooks
+    from entra_mcp.server.http import create_http_app
+    from entra_mcp.views import ViewProvider
+
+    settings = env.key_settings
+    port = free_port()
+    data = settings.model_dump(mode="json")
+    data["server"].update({"port": port, "public_url": f"http://127.0.0.1:{port}"})
+    settings = parse_settings(data)
+    store = MirrorStore(settings.server.cache_dir)
+    hooks = build_hooks(settings)
+    views = ViewProvider.from_settings(settings, store)
+    server = create_server(settings, views=views, audit=False)
+    server.add_tool(probe, name="header_probe")
+    app = create_http_app(settings, server, views=views, extra_routes=hooks.routes, protect=hooks.protect)
+
+    async def answer(key: str, tool: str) -> tuple[Any, ...]:
+        async def mismatch(request: Any) -> None:  # after the SDK client mirrored the right value, if it knew the tool
+            request.headers["Mcp-Param-User"] = "someone-else"
+
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                                      event_hooks={"request": [mismatch]}) as http:
+            async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http),
+                              mode="2026-07-28") as client:
+                try:
+                    r = await client.call_tool(tool, {"user": "alice"})
+                except Exception as exc:  # the SDK's 400 surfaces as an exception
+                    return ("raised", type(exc).__name__, str(exc).replace(tool, "<X>"))
+                return ("result", r.is_error, r.content[0].text.replace(tool, "<X>"))  # type: ignore[union-attr]
+
+    try:
+        with serve_app(app, port):
+            allowed = await answer(KEYS["desk-all"], "header_probe")  # a caller the tool is not forbidden to: 400
+            assert allowed[0] == "raised" and "Mcp-Param-User" in allowed[2], allowed
+            forbidden = await answer(KEYS["desk-lookup"], "header_probe")
+            unknown = await answer(KEYS["desk-lookup"], "no_such_tool")
+            assert forbidden == unknown and forbidden[:2] == ("result", True), (forbidden, unknown)
+    finally:
+        store.close()
+
+
+def probe(user: Annotated[str, Field(json_schema_extra={"x-mcp-header": "User"})]) -> str:
+    """A tool whose `user` argument is mirrored into the Mcp-Param-User header."""
+    return user

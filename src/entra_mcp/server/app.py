@@ -27,6 +27,7 @@ import pydantic_core
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from entra_mcp import __version__, identity
 from entra_mcp.config import Settings
@@ -38,7 +39,7 @@ from entra_mcp.identity.view import DirectoryView
 from entra_mcp.logs import get_logger
 from entra_mcp.audit import AuditTrail, session_ref
 from entra_mcp.server.access import EVERYTHING, LOCAL, Access, AccessPolicy, Caller, PermittedViews
-from entra_mcp.server.auth import PRINCIPAL_SCOPE_KEY
+from entra_mcp.server.auth import CURRENT_PRINCIPAL, PRINCIPAL_SCOPE_KEY
 from entra_mcp.server.limits import WorkLanes
 from entra_mcp.server.prompts import load_prompts
 from entra_mcp.server.workers import AnswerPool
@@ -241,9 +242,13 @@ def _touched(name: str) -> None:
         call.touched(name)
 
 
-def unknown_tool(name: str) -> dict[str, Any]:
-    """The SDK's own answer to a tool that does not exist: what a caller gets for a tool it may not use."""
-    return {"content": [{"type": "text", "text": f"Unknown tool: {name}"}], "isError": True}
+def unknown_tool(name: str, protocol_version: str | None = None) -> dict[str, Any]:
+    """The SDK's own answer to a tool that does not exist: what a caller gets for a tool it may not use. A middleware
+    that answers without the SDK's handler owns the whole result: a 2026-07-28 client requires `resultType`."""
+    result: dict[str, Any] = {"content": [{"type": "text", "text": f"Unknown tool: {name}"}], "isError": True}
+    if protocol_version in MODERN_PROTOCOL_VERSIONS:
+        result["resultType"] = "complete"
+    return result
 
 
 MAX_AUDIT_OBJECTS = 100
@@ -334,7 +339,8 @@ class CallGate:
             started = time.perf_counter()
             result: Any = None
             try:
-                result = unknown_tool(name) if not call.access.tool_ok(name) else await call_next(ctx)
+                result = (unknown_tool(name, getattr(ctx, "protocol_version", None)) if not call.access.tool_ok(name)
+                          else await call_next(ctx))
                 return result
             finally:
                 if self.trail is not None:
@@ -501,6 +507,7 @@ def create_server(
         warn_on_duplicate_tools=True,
         middleware=[_caller, gate, _plain_argument_errors],
     )
+    _hide_forbidden_schemas(server, policy, gate)
     if sign_ins is None:
         store = getattr(views, "store", None) or getattr(views, "_store", None)
         sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
@@ -592,6 +599,24 @@ def _tenant_of_tid(views: Any) -> Any:
         return [name] if name else []
 
     return names
+
+
+def _hide_forbidden_schemas(server: MCPServer[Any], policy: AccessPolicy, gate: CallGate) -> None:
+    """The SDK checks a tools/call's Mcp-Param-* headers against the tool's input schema before any middleware runs,
+    and answers a mismatch with HTTP 400: for a tool the caller may not use, that would reveal that it exists. The
+    schema lookup it uses answers None for such a tool (as for an unknown one), so the call reaches CallGate, which
+    refuses both alike."""
+    low = getattr(server, "_lowlevel_server", None)
+    lookup = getattr(low, "get_tool_input_schema", None)
+    if lookup is None:
+        return
+
+    def permitted(name: str) -> Any:
+        principal = CURRENT_PRINCIPAL.get()
+        caller = Caller.of(principal) if principal is not None else gate.local
+        return lookup(name) if policy.for_caller(caller).tool_ok(name) else None
+
+    low.get_tool_input_schema = permitted  # type: ignore[union-attr]
 
 
 def _access_check(policy: AccessPolicy) -> Any:

@@ -22,6 +22,7 @@ also sets; the binding here keeps holding if the SDK's check changes or a statel
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -61,6 +62,9 @@ METADATA_PATH = "/.well-known/oauth-protected-resource"
 MCP_SESSION_HEADER = "mcp-session-id"
 MAX_BOUND_SESSIONS = 100_000
 PRINCIPAL_SCOPE_KEY = "entra_mcp.principal"
+# The Principal of the /mcp request being handled, for code the SDK calls without the request (the tool input
+# schema lookup behind its Mcp-Param-* header check, server/app.py); None outside an authenticated request.
+CURRENT_PRINCIPAL: contextvars.ContextVar["Principal | None"] = contextvars.ContextVar("entra_mcp_principal", default=None)
 
 
 @dataclass(frozen=True)
@@ -359,9 +363,11 @@ class _Protected:
 
         if session_id is not None:
             self.limits.session_request(principal.key, session_id, started=True)
+        current = CURRENT_PRINCIPAL.set(principal)
         try:
             await self._forward(scope, inner, receive, send, send_and_bind, principal, method)
         finally:
+            CURRENT_PRINCIPAL.reset(current)
             if session_id is not None:
                 self.limits.session_request(principal.key, session_id, started=False)
 
@@ -485,4 +491,4 @@ def protected_resource_routes(settings: Settings, *, guard: McpGuard | None = No
     return (guard or McpGuard(settings, **kw)).routes()
 
 
-__all__ = ["ANONYMOUS", "AuthHooks", "build_hooks", "METADATA_PATH", "PRINCIPAL_SCOPE_KEY", "McpGuard", "Principal", "protect", "protected_resource_routes"]
+__all__ = ["ANONYMOUS", "CURRENT_PRINCIPAL", "AuthHooks", "build_hooks", "METADATA_PATH", "PRINCIPAL_SCOPE_KEY", "McpGuard", "Principal", "protect", "protected_resource_routes"]
