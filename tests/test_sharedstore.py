@@ -265,6 +265,18 @@ def test_rate_limit_is_counted_across_replicas(shared: SharedRedis, redis_server
         assert answers == [None] * 6
         assert (one.admit("tid/oid") or 0) >= 1 and (two.admit("tid/oid") or 0) >= 1
         assert one.admit("another caller") is None
+
+        async def on_the_loop() -> list[int | None]:
+            # the server's path: awaited on the event loop, the same buckets as the synchronous calls
+            return [await one.admit_async("async caller"), await two.admit_async("async caller"),
+                    one.admit("async caller"), await two.admit_async("async caller")]
+
+        import anyio
+
+        got = anyio.run(on_the_loop)
+        assert got == [None, None, None, None]
+        assert anyio.run(one.admit_async, "another caller") is None  # another loop: its own client, same counters
+        assert [one.admit("async caller") for _ in range(4)][-1] is not None  # 6 a minute: spent by both kinds
     finally:
         other.close()
 
@@ -280,9 +292,14 @@ def test_rate_limit_counts_locally_while_redis_is_down(tmp_path: Path, caplog: p
         with caplog.at_level(logging.INFO, logger="entra_mcp.sharedstore"):
             local = [limiter.admit("k") for _ in range(4)]
             assert local[:3] == [None] * 3 and (local[3] or 0) >= 1  # a bucket of its own, still a limit
+            import anyio
+
+            assert (anyio.run(limiter.admit_async, "k") or 0) >= 1  # the event loop's path falls back the same way
+            assert anyio.run(limiter.admit_async, "other") is None
             server.start()
             wait_until(lambda: shared.available or _probe(shared), timeout=10, what="Redis to answer again")
             assert limiter.admit("fresh key") is None
+            assert anyio.run(limiter.admit_async, "fresh key") is None
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert sum("counted by this replica alone" in m for m in warned) == 1
         assert any("shared by the replicas again" in r.getMessage() for r in caplog.records)

@@ -20,6 +20,9 @@ class Limiter(Protocol):
     def admit(self, key: str) -> int | None:
         """Spend one request of `key`: None when allowed, else the seconds to wait before the next one."""
 
+    async def admit_async(self, key: str) -> int | None:
+        """`admit` for the event loop: never blocks it (a shared limiter awaits Redis)."""
+
 
 @dataclass
 class _Bucket:
@@ -55,6 +58,9 @@ class RateLimiter:
             b.tokens -= 1.0
             return None
         return max(1, math.ceil((1.0 - b.tokens) / self.rate))
+
+    async def admit_async(self, key: str) -> int | None:
+        return self.admit(key)  # in memory: nothing to wait for
 
 
 __all__ = ["Limiter", "RateLimiter"]

@@ -314,7 +314,7 @@ class _Protected:
             return
         principal = outcome
         method = scope.get("method", "GET")
-        refusal = self.limits.admit(principal.key)
+        refusal = await self.limits.admit_async(principal.key)  # Redis awaited off the loop's critical path
         if refusal is not None:
             log.info("refused a request on /mcp: %s quota of one caller", refusal.reason)
             await too_many(refusal)(scope, receive, send)

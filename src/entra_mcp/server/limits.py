@@ -250,7 +250,13 @@ class PrincipalLimits:
 
     def admit(self, key: str) -> Refusal | None:
         """Spend one request of `key`'s rate; a Refusal when none is left."""
-        wait = self.rate.admit(key)
+        return self._refusal(self.rate.admit(key))
+
+    async def admit_async(self, key: str) -> Refusal | None:
+        """`admit` on the event loop: a shared limiter awaits Redis without blocking the loop."""
+        return self._refusal(await self.rate.admit_async(key))
+
+    def _refusal(self, wait: int | None) -> Refusal | None:
         if wait is None:
             return None
         return Refusal("rate", f"too many requests from this caller (limit {self.rate.per_minute} a minute)", wait)

@@ -13,16 +13,20 @@ answering). The first failure is logged as one WARNING and the recovery as one I
 calls in between. Nothing needs restarting when Redis returns: the client reconnects on the next command.
 
 Commands are synchronous with short timeouts (`timeout_seconds`, 2 s by default): Redis answers a local network in well
-under a millisecond, and the callers (the session store, the rate limiter) are synchronous. `async_client()` gives
-a redis.asyncio client with the same settings for code that waits on Redis for longer (the sync leader's lease).
+under a millisecond, and most callers (the session store, the leases on their own thread) are synchronous. What
+runs on the server's event loop for every request (the /mcp rate limit) uses `acall(fn)` instead: the same error
+translation and fail-fast window over a redis.asyncio client of the running loop (one per loop, same settings), so
+the loop serves other requests while Redis answers. `async_client()` gives a new redis.asyncio client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +119,9 @@ class SharedRedis:
         self._last_reason = ""
         self._prober: threading.Thread | None = None
         self._closed = threading.Event()
+        # per event loop: its redis.asyncio client and the scripts registered on it (acall, ascript)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, dict[str, Any]]] = \
+            weakref.WeakKeyDictionary()
 
     @classmethod
     def from_settings(cls, store: StoreSettings) -> "SharedRedis":
@@ -147,6 +154,34 @@ class SharedRedis:
             return fn(self.client)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.NoPermissionError,
                 redis.exceptions.ReadOnlyError, OSError) as exc:
+            self._failed(exc)
+            raise self.unavailable(what) from None
+
+    def _loop_client(self) -> tuple[redis.asyncio.Redis, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        found = self._loops.get(loop)
+        if found is None:
+            found = self._loops[loop] = (self.async_client(), {})
+        return found
+
+    def ascript(self, source: str) -> Any:
+        """The Lua script `source` registered on the running loop's async client (call it inside `acall`)."""
+        client, scripts = self._loop_client()
+        script = scripts.get(source)
+        if script is None:
+            script = scripts[source] = client.register_script(source)
+        return script
+
+    async def acall(self, fn: Callable[[redis.asyncio.Redis], Awaitable[T]], *, what: str = "the shared store") -> T:
+        """`call` for the event loop: awaits `fn(client)` on the running loop's redis.asyncio client, so the loop
+        serves other work meanwhile. Same errors, same fail-fast window while Redis is known to be down."""
+        if self._down_since is not None:
+            self._probe_in_background()
+            raise self.unavailable(what)
+        try:
+            return await fn(self._loop_client()[0])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.NoPermissionError,
+                redis.exceptions.ReadOnlyError, OSError, asyncio.TimeoutError) as exc:
             self._failed(exc)
             raise self.unavailable(what) from None
 

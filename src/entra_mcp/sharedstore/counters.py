@@ -7,6 +7,10 @@ replicas whose clocks differ still agree; the bucket's key expires once it would
 
 Keys: `{key_prefix}rate:{name}:{sha256(key)[:32]}` (a caller's key can be long; it is hashed, never a secret anyway).
 
+`admit_async` is what the server's request path awaits: the same script over the event loop's redis.asyncio
+client (sharedstore/connection.py `acall`), so the loop is not blocked for the round trip (~0.3 ms, more under
+load) of every /mcp request; `admit` stays for synchronous callers.
+
 Redis unavailable: the limiter counts in this process (a `RateLimiter` of the same rate) and says so once in the log
 (the connection logs the outage once too); when Redis answers again the shared buckets take over without a restart.
 A caller may get up to one extra bucket per replica during an outage: a limit that degrades, never a refusal of
@@ -23,6 +27,8 @@ from entra_mcp.ratelimit import RateLimiter
 from entra_mcp.sharedstore.connection import SharedRedis
 
 log = get_logger("sharedstore.counters")
+
+WHAT = "the shared rate-limit counters"
 
 # KEYS[1] bucket; ARGV[1] capacity (= per minute), ARGV[2] refill per second. Returns 0 (admitted) or seconds to wait.
 TOKEN_BUCKET = """
@@ -66,16 +72,32 @@ class SharedRateLimiter:
     def admit(self, key: str) -> int | None:
         try:
             wait = self.shared.call(lambda c: self._script(keys=[self._key(key)], args=[self.per_minute, self.rate]),
-                                    what="the shared rate-limit counters")
+                                    what=WHAT)
         except StoreUnavailable:
-            if not self._counting_locally:
-                self._counting_locally = True
-                log.warning("%s limits are counted by this replica alone until the shared store answers again", self.name)
-            return self.local.admit(key)
+            return self._locally(key)
+        return self._shared_answer(wait)
+
+    async def admit_async(self, key: str) -> int | None:
+        """`admit` without blocking the event loop (module doc)."""
+        try:
+            script = self.shared.ascript(TOKEN_BUCKET)
+            wait = await self.shared.acall(lambda c: script(keys=[self._key(key)], args=[self.per_minute, self.rate],
+                                                            client=c), what=WHAT)
+        except StoreUnavailable:
+            return self._locally(key)
+        return self._shared_answer(wait)
+
+    def _locally(self, key: str) -> int | None:
+        if not self._counting_locally:
+            self._counting_locally = True
+            log.warning("%s limits are counted by this replica alone until the shared store answers again", self.name)
+        return self.local.admit(key)
+
+    def _shared_answer(self, wait: object) -> int | None:
         if self._counting_locally:
             self._counting_locally = False
             log.info("%s limits are shared by the replicas again", self.name)
-        return int(wait) or None
+        return int(wait) or None  # type: ignore[call-overload]
 
 
 __all__ = ["TOKEN_BUCKET", "SharedRateLimiter"]
