@@ -99,7 +99,9 @@ class Cluster:
             f"snapshot_dir = {q(str(self.snapshot_dir))}", f"lease_seconds = {self.lease_seconds}",
             "snapshot_poll_seconds = 0.25", "",
             "[[tenants]]" + block.rstrip(), "",
-            "[tenants.sync]", "interval_minutes = 0.02", "",  # a run every ~1.2 s on the leader
+            "[tenants.sync]", "interval_minutes = 0.02",  # a run every ~1.2 s on the leader
+            # every run polls the sign-in events too; their own poll (every ~6 s) as well
+            "sign_in_events = true", "sign_in_events_interval_minutes = 0.1", "",
         ])
         path = r.root / "config.toml"
         path.write_text(text, encoding="utf-8")
@@ -112,6 +114,8 @@ class Cluster:
         """Graph slowed a little (so a run lasts long enough to be killed in the middle of), every replica started
         and ready, and a first publication adopted by all."""
         self.ctl.faults(latency_ms=25, delta_users_page_size=20, delta_groups_page_size=5)
+        # sign-in events only as the tests add them, and no reporting-API throttle (a poll every run here)
+        self.ctl._ok(self.ctl.http.post("/signins/settings", json={"generated": False, "throttle_per_10s": 0}))
         for r in self.replicas:
             self.start(r)
         for r in self.replicas:
@@ -123,11 +127,13 @@ class Cluster:
     def key(self, what: str) -> str:
         return f"{PREFIX}sync:{self.tenant}:{what}"
 
-    def published(self) -> Publication | None:
-        return Publication.from_json(self.redis.get(self.key("published")))
+    def published(self, channel: str = "") -> Publication | None:
+        """The newest publication of the directory, or with `channel` "signins" of the sign-in events."""
+        return Publication.from_json(self.redis.get(self.key(f"{channel}:published" if channel else "published")))
 
-    def history(self) -> list[Publication]:
-        return [p for p in map(Publication.from_json, self.redis.lrange(self.key("log"), 0, -1)) if p is not None]
+    def history(self, channel: str = "") -> list[Publication]:
+        raw = self.redis.lrange(self.key(f"{channel}:log" if channel else "log"), 0, -1)
+        return [p for p in map(Publication.from_json, raw) if p is not None]
 
     def refused(self) -> int:
         return int(self.redis.get(self.key("refused")) or 0)
@@ -148,13 +154,15 @@ class Cluster:
     def replication_of(self, r: Replica) -> dict[str, Any] | None:
         return r.replication(self.tenant)
 
-    def converged(self, replicas: list[Replica]) -> bool:
-        """Every replica serves the newest publication."""
-        rec = self.published()
+    def converged(self, replicas: list[Replica], channel: str = "") -> bool:
+        """Every replica serves the newest publication (of the directory, or of the sign-in events)."""
+        rec = self.published(channel)
         if rec is None:
             return False
         for r in replicas:
             st = self.replication_of(r)
+            if st and channel:
+                st = st.get("signIns")
             if not st or not st["serving"] or (st["serving"]["token"], st["serving"]["stamp"]) != (rec.token, rec.stamp):
                 return False
         return True
@@ -209,6 +217,11 @@ class Cluster:
                 r.proc.stop()
         self.ctl.close()
         self.redis.close()
+
+    def add_sign_in_failure(self, upn: str, error_code: int = 50126) -> None:
+        """One failed sign-in of `upn` a few seconds ago in the emulator's audit log."""
+        self.ctl._ok(self.ctl.http.post(f"/tenants/{self.emu.tenant(0).tenant_id}/signins",
+                                        json={"events": [{"user": upn, "errorCode": error_code, "secondsAgo": 5}]}))
 
     def change_directory(self, tag: str) -> str:
         upn = f"failover-{tag}@{self.emu.tenant(0).domain}"

@@ -300,3 +300,114 @@ def test_replicas_share_the_tenants_leases(tmp_path: Path, shared: SharedRedis) 
     a.replica_set.leave()
     b.keep_round()
     assert sorted(n for n, x in b.leases.items() if x.held()) == names
+
+
+# ---------------------------------------------------------------------------------------------- sign-in events, polls
+
+
+def _commit_sign_ins(store: MirrorStore, failures: dict[str, list[dict[str, Any]]], watermark: str) -> None:
+    """What a sign-in poll commits into the sign-in mirror (sync/sign_ins.py's collections and meta)."""
+    from entra_mcp.sync.sign_ins import AREA, FAILURES, SUCCESSES
+
+    with store.sign_in_store().writer("t") as w:
+        w.set_tenant(tenant_id="tid-1", interval_minutes=5)
+        n = sum(map(len, failures.values()))
+        w.commit_full(AREA, {FAILURES: failures, SUCCESSES: {}}, delta_link=None,
+                      status=AreaStatus(enabled=True, object_count=n), meta={"watermark": watermark, "hours": sorted(failures)})
+
+
+def test_followers_adopt_the_sign_in_events_with_one_redis_command_per_poll(tmp_path: Path, shared: SharedRedis) -> None:
+    """The sign-in mirror is published on its own channel under the same lease; a follower's poll reads every
+    tenant's publications with ONE command (MGET) and adopts what is new: the leader's events, status and asOf."""
+    from entra_mcp.cluster.replica import SIGN_INS, Replication
+
+    names = [f"t{i}" for i in range(20)] + ["t"]
+    a, b = MirrorStore(tmp_path / "a"), MirrorStore(tmp_path / "b")
+    shared_dir = tmp_path / "shared"
+    leader = Replication(names, a, shared, snapshot_dir=shared_dir, holder="A")
+    follower = Replication(names, b, shared, snapshot_dir=shared_dir, holder="B", lead=False)
+    token = leader.leases["t"].acquire()
+    assert token is not None
+    row = {"id": "e1", "createdDateTime": "2026-12-01T10:00:00Z", "userId": "u1", "errorCode": 50126}
+    _commit_sign_ins(a, {"2026-12-01T10": [row]}, "2026-12-01T10:00:00Z")
+    assert leader._publish("t", token, SIGN_INS)
+    assert leader.leases["t"].published("signins") is not None and leader.leases["t"].published() is None
+
+    before = _commandstats(shared)
+    assert follower.follow_round() == 1
+    used = _commandstats(shared, before)
+    assert used.get("mget") == 1 and "get" not in used, used  # 21 tenants x 2 channels: one command
+    assert follower.follow_round() == 0  # nothing new: no adoption, no mirror read
+
+    got, want = b.sign_in_store().load_snapshot("t"), a.sign_in_store().load_snapshot("t")
+    assert got is not None and want is not None
+    assert got.collection("sign_in_failures") == want.collection("sign_in_failures")
+    assert got.areas["sign_in_events"] == want.areas["sign_in_events"]  # the leader's status: the answers' asOf
+    st = follower.status("t")["signIns"]
+    assert st["inSync"] and st["published"]["by"] == "A" and st["serving"]["token"] == token
+    assert follower.status("t")["published"] is None  # the directory channel is apart
+
+    # the next poll moves the watermark: a new publication, adopted at the next follow round
+    row2 = {**row, "id": "e2", "createdDateTime": "2026-12-01T11:00:00Z"}
+    _commit_sign_ins(a, {"2026-12-01T10": [row], "2026-12-01T11": [row2]}, "2026-12-01T11:00:00Z")
+    assert leader._publish("t", token, SIGN_INS)
+    assert follower.follow_round() == 1
+    again = b.sign_in_store().load_snapshot("t")
+    assert again is not None and sum(map(len, again.collection("sign_in_failures").values())) == 2
+
+
+def _commandstats(shared: SharedRedis, since: dict[str, int] | None = None) -> dict[str, int]:
+    """Redis's INFO commandstats calls per command (lower case), or the calls made since `since`."""
+    now = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in shared.client.info("commandstats").items()}
+    if since is None:
+        return now
+    return {k: n - since.get(k, 0) for k, n in now.items() if n - since.get(k, 0) > 0 and k != "info"}
+
+
+class _Tenant:
+    name = "t"
+
+
+def test_a_run_whose_lease_is_lost_stops_before_its_next_graph_request(tmp_path: Path, shared: SharedRedis) -> None:
+    """A leader paused past its lease resumes mid-run: the Graph client asks the run's gate before each request, the
+    run is cancelled before the request goes out, nothing is published, and the scheduler sees a run not led."""
+    import anyio
+    import httpx
+
+    from entra_mcp.cluster.replica import Replication
+    from entra_mcp.graph.client import GraphClient
+
+    clock = Clock()
+    store = MirrorStore(tmp_path / "a")
+    rep = Replication(["t"], store, shared, snapshot_dir=tmp_path / "shared", holder="A", lease_seconds=5, clock=clock)
+    assert rep.leases["t"].acquire() is not None
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(200, json={"value": []})
+
+    class Tokens:
+        async def token(self, *, force_refresh: bool = False) -> str:
+            return "tok"
+
+    reached: list[str] = []
+
+    async def scenario() -> bool:
+        ran = False
+        with anyio.fail_after(30):
+            async with GraphClient("https://graph.example", Tokens(), transport=httpx.MockTransport(handler)) as client:
+                async with rep.run(_Tenant()) as leading:
+                    assert leading
+                    await client.get("/users")
+                    reached.append("first")
+                    clock.now += 6  # paused past the lease: its local deadline has passed
+                    await client.get("/groups")
+                    reached.append("second")  # never: cancelled before the request
+                    ran = True
+        return ran
+
+    ran = anyio.run(scenario)
+    assert not ran and reached == ["first"] and sent == ["/v1.0/users"]
+    assert rep.stopped["t"] == 1 and rep.status("t")["stoppedRuns"] == 1
+    assert rep.leases["t"].published() is None  # nothing published by a run that lost its lease

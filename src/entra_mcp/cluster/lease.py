@@ -6,6 +6,9 @@ Keys (`prefix` is `[server.store] key_prefix`, the tenant name is a config name:
   {prefix}sync:{tenant}:published  the newest publication (JSON: version, stamp, token, file, holder, asOf, kind)
   {prefix}sync:{tenant}:log        the last publications, oldest first (bounded list; for `status` and the tests)
   {prefix}sync:{tenant}:refused    how many publications a fenced-off leader attempted (a counter)
+  {prefix}sync:{tenant}:signins:published, ...:signins:log
+                                   the same for the tenant's sign-in events (their own mirror, polled apart from the
+                                   directory sync), published under the same lease and fencing token
 
 Why a token as well as an expiring key: a leader can be paused (SIGSTOP, a long GC pause, a frozen VM) past its
 lease, while another replica takes over; when it resumes it still believes it leads. Every publication is therefore
@@ -91,6 +94,7 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 LOG_LENGTH = 1000
+CHANNELS = ("", "signins")  # what a tenant's leader publishes: its directory mirror, its sign-in events' mirror
 
 
 def replica_id() -> str:
@@ -166,7 +170,10 @@ class SyncLease:
         self.holder = holder
         self.ttl_ms = max(100, int(ttl_seconds * 1000))
         self._clock = clock
-        self.keys = {name: shared.key("sync", tenant, name) for name in ("lease", "fence", "published", "log", "refused")}
+        self.keys: dict[str, str] = {name: shared.key("sync", tenant, name)
+                                     for name in ("lease", "fence", "published", "log", "refused")}
+        for name in ("published", "log"):
+            self.keys[f"signins:{name}"] = shared.key("sync", tenant, "signins", name)
         self.token: int | None = None
         self.held_until = 0.0
         client = shared.client
@@ -226,14 +233,19 @@ class SyncLease:
             log.info("%s; it expires by itself", exc)
         self.token = None
 
-    def publish(self, record: Publication, *, token: int | None = None) -> bool:
-        """Make `record` the tenant's newest publication, only if `token` (default: ours) still holds the lease and
-        is the newest token (one atomic script). False: refused, another replica leads."""
+    def channel_key(self, name: str, channel: str = "") -> str:
+        """The key of `name` ("published" or "log") of a channel (CHANNELS: "" the directory, "signins")."""
+        return self.keys[f"{channel}:{name}" if channel else name]
+
+    def publish(self, record: Publication, *, token: int | None = None, channel: str = "") -> bool:
+        """Make `record` the tenant's newest publication (of `channel`), only if `token` (default: ours) still holds
+        the lease and is the newest token (one atomic script). False: refused, another replica leads."""
         token = self.token if token is None else token
         if token is None:
             return False
         value = f"{self.holder}|{token}"
-        keys = [self.keys[k] for k in ("lease", "fence", "published", "log", "refused")]
+        keys = [self.keys["lease"], self.keys["fence"], self.channel_key("published", channel),
+                self.channel_key("log", channel), self.keys["refused"]]
         ok = self._call("publish under", lambda: self._publish(keys=keys, args=[value, token, record.to_json(), LOG_LENGTH]))
         return int(ok) == 1
 
@@ -247,11 +259,13 @@ class SyncLease:
         holder, _, token = text.rpartition("|")
         return (holder, int(token)) if token.isdigit() else None
 
-    def published(self) -> Publication | None:
-        return Publication.from_json(self._call("read", lambda: self._shared.client.get(self.keys["published"])))
+    def published(self, channel: str = "") -> Publication | None:
+        key = self.channel_key("published", channel)
+        return Publication.from_json(self._call("read", lambda: self._shared.client.get(key)))
 
-    def history(self) -> list[Publication]:
-        raw = self._call("read", lambda: self._shared.client.lrange(self.keys["log"], 0, -1))
+    def history(self, channel: str = "") -> list[Publication]:
+        key = self.channel_key("log", channel)
+        raw = self._call("read", lambda: self._shared.client.lrange(key, 0, -1))
         return [p for p in map(Publication.from_json, raw) if p is not None]
 
     def refused(self) -> int:
@@ -259,4 +273,15 @@ class SyncLease:
         return int(raw or 0)
 
 
-__all__ = ["LOG_LENGTH", "Publication", "ReplicaSet", "SyncLease", "replica_id"]
+def read_publications(shared: Any, leases: list[SyncLease], channels: tuple[str, ...] = CHANNELS
+                      ) -> dict[tuple[str, str], Publication | None]:
+    """The newest publication of every (tenant, channel) of `leases`: ONE Redis command (MGET) whatever the number
+    of tenants, which is what a follower's poll costs Redis. StoreUnavailable when Redis cannot answer."""
+    wanted = [(lease.tenant, ch, lease.channel_key("published", ch)) for lease in leases for ch in channels]
+    if not wanted:
+        return {}
+    raw = shared.call(lambda c: c.mget([k for _, _, k in wanted]), what="the published versions")
+    return {(tenant, ch): Publication.from_json(value) for (tenant, ch, _), value in zip(wanted, raw)}
+
+
+__all__ = ["CHANNELS", "LOG_LENGTH", "Publication", "ReplicaSet", "SyncLease", "read_publications", "replica_id"]

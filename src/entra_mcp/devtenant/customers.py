@@ -183,15 +183,30 @@ class reused_certificate_key:
 
 @dataclass
 class RequestLog:
-    """Graph requests per tenant id, as (monotonic time) stamps, and their total."""
+    """Graph requests per tenant id, as (monotonic time) stamps, and their total; and per access token (its `uti`:
+    one client process), so a test tells apart the requests of replicas that share one app registration."""
 
     clock: Callable[[], float] = time.monotonic
     stamps: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    by_token: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, tenant_id: str) -> None:
+    def record(self, tenant_id: str, token_id: str = "") -> None:
         with self._lock:
-            self.stamps[tenant_id].append(self.clock())
+            now = self.clock()
+            self.stamps[tenant_id].append(now)
+            if token_id:
+                self.by_token[token_id].append(now)
+
+    def tokens_between(self, start: float, end: float) -> set[str]:
+        """The tokens that sent a request between the monotonic times `start` and `end`."""
+        with self._lock:
+            return {t for t, s in self.by_token.items() if any(start <= x <= end for x in s)}
+
+    def count_by(self, tokens: set[str], start: float, end: float = float("inf")) -> int:
+        """Requests sent with any of `tokens` between `start` and `end`."""
+        with self._lock:
+            return sum(1 for t in tokens for x in self.by_token.get(t, ()) if start <= x <= end)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -211,6 +226,7 @@ class RequestLog:
     def reset(self) -> None:
         with self._lock:
             self.stamps.clear()
+            self.by_token.clear()
 
 
 __all__ = ["MULTI_TENANT", "PROVIDER_APP", "PROVIDER_SECRET_ENV", "RequestLog", "add_provider_app", "consent",

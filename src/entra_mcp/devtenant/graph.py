@@ -79,6 +79,7 @@ class Caller:
     tenant: EmulatedTenant
     app_id: str
     roles: frozenset[str]
+    token_id: str = ""  # the access token's `uti`: which client process sent a request (RequestLog.by_token)
 
 
 @dataclass
@@ -140,7 +141,7 @@ class GraphService:
             return self.error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid tenant.", www)
         roles = claims.get("roles") or []
         app_id = str(claims.get("azp") or claims.get("appid") or "")
-        return Caller(tenant, app_id, frozenset(r for r in roles if isinstance(r, str)))
+        return Caller(tenant, app_id, frozenset(r for r in roles if isinstance(r, str)), str(claims.get("uti") or ""))
 
     def injected_fault(self) -> Reply | None:
         """A counted 503/504 or 429 from the fault plan, or None."""
@@ -196,7 +197,7 @@ class GraphService:
                 return who
             caller = who
         if not is_batch:
-            self.runtime.requests.record(caller.tenant.tenant_id)  # $batch items are counted one by one
+            self.runtime.requests.record(caller.tenant.tenant_id, caller.token_id)  # $batch items: one by one
         if is_batch:
             if method != "POST":
                 return self.error(405, "Request_BadRequest", "The $batch endpoint only accepts POST.")

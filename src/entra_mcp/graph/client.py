@@ -10,7 +10,10 @@ What it does for every request:
 - everything else becomes a typed error (errors.py): PermissionDenied (with the Graph code and the permission to
   grant), DeltaTokenExpired (410, syncStateNotFound, resyncRequired), NotFound, GraphError, TransientError when the
   retry budget runs out;
-- counts requests, retries, throttled responses and time spent, for `status` and the benchmark.
+- counts requests, retries, throttled responses and time spent, for `status` and the benchmark;
+- asks the context's `REQUEST_GATE` (when one is set) right before each request goes out: the sync leader of
+  several replicas sets one that stops the run once its lease is lost (cluster/replica.py), so a leader resumed after
+  a pause sends no request past its lease.
 
 `transport=`, `sleep=`, `wall_clock=` and `random=` are injectable so tests exercise the real retry logic without
 waiting.
@@ -18,6 +21,7 @@ waiting.
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import random as _random
 import time
@@ -39,6 +43,12 @@ RETRY_STATUSES = frozenset({429, 503, 504})
 DELTA_EXPIRED_CODES = frozenset({"syncStateNotFound", "resyncRequired", "SyncStateNotFound", "ResyncRequired"})
 # Entra's signInActivity refusals (docs/graph-facts-directory.md, "signInActivity")
 SIGNIN_CODES = frozenset({"Authentication_MSGraphPermissionMissing", "Authentication_RequestFromNonPremiumTenantOrB2CTenant"})
+
+
+# Awaited right before each request is sent (in the task that sends it, and the tasks it started): it may cancel the
+# run it belongs to (it then raises the cancellation) but never sends anything itself. None: no gate.
+REQUEST_GATE: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "entra_mcp_graph_request_gate", default=None)
 
 
 class TokenSource(Protocol):
@@ -261,11 +271,14 @@ class GraphClient:
                         await self._sleep(turn)
                 token = await self._bearer(force=False)
                 hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
-                self.stats.requests += 1
-                if area:
-                    self.stats.by_area[area] = self.stats.by_area.get(area, 0) + 1
                 try:
                     async with self._sem:
+                        gate = REQUEST_GATE.get()
+                        if gate is not None:
+                            await gate()
+                        self.stats.requests += 1
+                        if area:
+                            self.stats.by_area[area] = self.stats.by_area.get(area, 0) + 1
                         response = await self._http.request(method, url, params=params, headers=hdrs, json=json)
                 except httpx.TransportError as exc:
                     self._raise_if_fatal_transport(exc)
@@ -381,4 +394,4 @@ class GraphClient:
         return GraphError(f"Graph answered HTTP {status} ({code or 'no code'}) on {where}: {message}", status=status, graph_code=code)
 
 
-__all__ = ["ClientStats", "GraphClient", "RetryPolicy", "TokenSource", "parse_retry_after", "permission_for"]
+__all__ = ["REQUEST_GATE", "ClientStats", "GraphClient", "RetryPolicy", "TokenSource", "parse_retry_after", "permission_for"]

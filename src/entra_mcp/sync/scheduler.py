@@ -21,7 +21,9 @@ the dispatcher looks at it at least once a second; a new tenant is due at once, 
 
 With several replicas (cluster/replica.py) a `gate` decides: each run happens inside `gate.run(tenant)`, which yields
 whether this replica leads the tenant's sync (else the round is skipped and asked again after `gate.retry_seconds`)
-and publishes what the run committed; the sign-in poll runs only where `gate.may_sync(name)`.
+and publishes what the run committed; each sign-in poll inside `gate.run(tenant, "sign_ins")` likewise. The gate
+cancels a run whose lease is lost: such a run counts as not led (asked again after `gate.retry_seconds`), not as a
+failure.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class SyncGate(Protocol):
 
     retry_seconds: float
 
-    def run(self, tenant: TenantSettings) -> AsyncContextManager[bool]: ...
+    def run(self, tenant: TenantSettings, part: str = ...) -> AsyncContextManager[bool]: ...
 
     def may_sync(self, tenant: str) -> bool: ...
 
@@ -172,10 +174,12 @@ async def _run_tenant(tenant: TenantSettings, store: MirrorStore, schedule: _Sch
     if gate is None:
         result, error = await _run_once(tenant, store)
     else:
-        async with gate.run(tenant) as leading:
+        ran = False
+        async with gate.run(tenant) as leading:  # cancels the body when the lease is lost mid-run
             if leading:
                 result, error = await _run_once(tenant, store)
-        if not leading:
+                ran = True
+        if not ran:
             if name in schedule.order:
                 schedule.due[name] = schedule.clock() + gate.retry_seconds
             return
@@ -280,15 +284,21 @@ async def _sign_in_loop(tenant: TenantSettings, store: MirrorStore, stop_event: 
             if current is None or not current.sync.sign_in_events:
                 return
             tenant = current
-        if gate is not None and not gate.may_sync(tenant.name):
-            delay = next_delay(tenant.sync.sign_in_events_interval_minutes)
-            continue
-        result = await sign_ins.poll(tenant, store)
+        delay = next_delay(tenant.sync.sign_in_events_interval_minutes)
+        if gate is None:
+            result = await sign_ins.poll(tenant, store)
+        else:
+            polled: dict[str, Any] | None = None
+            async with gate.run(tenant, "sign_ins") as leading:  # catch up, poll, publish; cancelled if the lease goes
+                if leading:
+                    polled = await sign_ins.poll(tenant, store)
+            if polled is None:
+                continue
+            result = polled
         if result["outcome"] in ("failed", "disabled"):
             log.warning("tenant %s: sign-in events: %s", tenant.name, result.get("message"))
         else:
             log.info("tenant %s: sign-in events %s: %s", tenant.name, result["outcome"], result.get("message"))
-        delay = next_delay(tenant.sync.sign_in_events_interval_minutes)
 
 
 async def run_scheduler(
