@@ -194,9 +194,10 @@ def test_a_paused_leader_past_its_lease_cannot_commit(cluster: Cluster) -> None:
                proc=proc.proc, log_path=proc.log_path)
     noticed_at = time.monotonic()
     after = requests.count_by(paused_tokens, resumed_at, noticed_at)
-    # none started after the resume; one the run had let through just before the pause (waiting for its connection
-    # when the process stopped) may still reach Graph after it. Without the gate the run would go on (13 a run).
-    assert after <= 1, f"the paused leader sent {after} Graph requests after it resumed past its lease"
+    # none is started after the resume; what the run had sent (or let through) just before the pause may still be
+    # counted after it when the emulator or the socket was slow to take it (0 or 1 in the runs so far; a $batch
+    # counts per item). Without the gate the run goes on after the resume (13 requests a run).
+    assert after <= 2, f"the paused leader sent {after} Graph requests after it resumed past its lease"
     print(f"Graph requests of the paused leader after its resume: {after}")
     assert not [p for p in c.history() if p.holder == paused_holder and p.token > before.token]
     c.assert_no_two_commits()
