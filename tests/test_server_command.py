@@ -297,4 +297,21 @@ def test_view_cache_skips_the_rebuild_on_restart_and_ignores_bad_files(server_en
     path.write_bytes(b"not a pickle")
     ViewProvider.from_settings(server_env.settings, store, build=build, cache=ViewCache(tmp_path / "views")).current()
     assert builds == [first.version, first.version]
+    # a prepared index of another layout (an older release, another INDEX_FORMAT) is ignored and rebuilt, never read
+    import pickle
+
+    import entra_mcp.views as views_module
+
+    old = ViewCache(tmp_path / "views")
+    old._fingerprint = None
+    real = views_module.INDEX_FORMAT
+    views_module.INDEX_FORMAT = real - 1
+    try:
+        old._write(server_env.name, (old.fingerprint(DirectoryView), first.version), first.view)
+    finally:
+        views_module.INDEX_FORMAT = real
+    with open(path, "rb") as f:
+        assert pickle.load(f)[0] != ViewCache(tmp_path / "views").fingerprint(DirectoryView)
+    ViewProvider.from_settings(server_env.settings, store, build=build, cache=ViewCache(tmp_path / "views")).current()
+    assert builds == [first.version] * 3
     store.close()

@@ -145,3 +145,25 @@ def test_derived_indexes_survive_a_refresh_and_follow_a_new_collection() -> None
     newer = replace(view, snapshot=replace(snap, collections={"devices": Table.from_dicts({**devices, "d2": {
         "id": "d2", "registeredOwners": ["u002"]}})}))
     assert _devices_by_user(newer) == {"u001": ("d1",), "u002": ("d1", "d2")}
+
+
+def test_reverse_memberships_read_like_the_dict_they_replace() -> None:
+    """MemberOf (arrays of group positions for the users, a dict for other members) answers like {member: groups}:
+    after a pickle round trip (the prepared index), through a patch's overlay, and with or without the users table."""
+    import pickle
+
+    from entra_mcp.identity.member_index import MemberOf
+
+    users = {f"u{i}": {"id": f"u{i}"} for i in range(6)}
+    members = {"g1": {"u0": "user", "u2": "user", "g2": "group"}, "g2": {"u2": "user", "sp1": "servicePrincipal"},
+               "g3": {"u5": "user", "gone": "user"}}
+    expected = {"u0": ("g1",), "u2": ("g1", "g2"), "g2": ("g1",), "sp1": ("g2",), "u5": ("g3",), "gone": ("g3",)}
+    table = Table.from_dicts(users)
+    member_of = MemberOf.build(members, tuple(users))
+    for index in (member_of, pickle.loads(pickle.dumps(member_of))):
+        assert index == expected and dict(index) == expected and len(index) == len(expected)
+        assert index.get("u1") is None and "u1" not in index and index.groups("u1", table) == ()
+        assert all(index.groups(m, table) == g == index[m] for m, g in expected.items())
+    patched = member_of.patched({"u0": (), "u1": ("g3",), "u2": ("g2",)})
+    assert patched == {**{k: v for k, v in expected.items() if k != "u0"}, "u1": ("g3",), "u2": ("g2",)}
+    assert patched.groups("u0", table) == () and patched.groups("u1", table) == ("g3",) and member_of.get("u1") is None

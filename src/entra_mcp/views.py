@@ -78,6 +78,9 @@ class TenantView:
 VIEW_BYTES_PER_OBJECT = 1_000
 VIEW_BYTES_BASE = 300_000
 WARM_MAX = 16  # tenants loaded at start; the others at their first call
+# The prepared index's layout, part of the view cache's fingerprint (with the source of the code that shapes a view):
+# a file of another layout is ignored and rebuilt, never read. 2: reverse memberships as arrays (identity/member_index.py)
+INDEX_FORMAT = 2
 
 
 def estimate_view_bytes(tv: TenantView) -> int:
@@ -194,7 +197,7 @@ class ViewCache:
             from entra_mcp import __version__
             from entra_mcp.mirror import snapshot, table
 
-            digest = hashlib.sha256(__version__.encode())
+            digest = hashlib.sha256(f"{__version__}/index-{INDEX_FORMAT}".encode())
             try:
                 package = Path(inspect.getfile(view_type)).parent
                 for source in [*sorted(package.glob("*.py")), Path(inspect.getfile(snapshot)), Path(inspect.getfile(table))]:

@@ -25,7 +25,7 @@ import gc
 import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
-from itertools import compress, repeat
+from itertools import compress
 from operator import ne
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +35,7 @@ from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
+from .member_index import MemberOf
 from .text import folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton, utcnow
 
 _EMPTY: tuple[str, ...] = ()
@@ -267,14 +268,6 @@ def _vocabulary(postings: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[tupl
     return vocabulary, {key: tuple(words) for key, words in buckets.items()}
 
 
-def _index_members(members: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
-    """member id -> the groups it is a direct member of, in the order of `members`."""
-    parents: defaultdict[str, list[str]] = defaultdict(list)
-    for gid, group_members in members.items():  # parents[member].append(gid) for every member, at C speed
-        deque(map(list.append, map(parents.__getitem__, group_members), repeat(gid, len(group_members))), maxlen=0)
-    return {member_id: tuple(gids) for member_id, gids in parents.items()}
-
-
 def _index_directory(snapshot: DirectorySnapshot, held: "DirectoryView | None" = None) -> dict[str, Any]:
     """The indexes of groups, applications, service principals, assignments and domains (cheap next to the users').
     With `held` (a view of an older version of the same mirror), the group and app indexes are taken from it when
@@ -374,7 +367,7 @@ class DirectoryView:
     typo_buckets: dict[tuple[str, int], tuple[str, ...]]  # (first letter, length) -> tokens, for typo search
     full_names: dict[str, Any]  # folded displayName (and its Latin spelling) -> user id(s)
     skeletons: dict[str, tuple[int, ...]]  # consonant skeleton of a token of an abjad name -> user positions
-    member_of: dict[str, tuple[str, ...]]  # member id -> direct group ids
+    member_of: MemberOf  # member id -> direct group ids (compact: identity/member_index.py)
     group_keys: dict[str, Any]  # casefolded id / folded name / mail -> group id(s)
     group_names: tuple[str, ...]  # folded group names, sorted (suggestions)
     group_name_set: frozenset[str]  # the same, for mention matching
@@ -409,11 +402,12 @@ class DirectoryView:
     @classmethod
     def _build(cls, snapshot: DirectorySnapshot, now: datetime | None) -> "DirectoryView":
         users = _index_users(snapshot.users)
-        return cls._assemble(snapshot, now, users, _index_members(snapshot.members), _index_directory(snapshot))
+        users["user_ids"] = user_ids = tuple(users["user_ids"])
+        return cls._assemble(snapshot, now, users, MemberOf.build(snapshot.members, user_ids), _index_directory(snapshot))
 
     @classmethod
     def _assemble(cls, snapshot: DirectorySnapshot, now: datetime | None, users: dict[str, Any],
-                  member_of: dict[str, tuple[str, ...]], directory: dict[str, Any],
+                  member_of: MemberOf, directory: dict[str, Any],
                   vocabulary: tuple[tuple[str, ...], dict[tuple[str, int], tuple[str, ...]]] | None = None) -> "DirectoryView":
         words, typo_buckets = vocabulary if vocabulary is not None else _vocabulary(users["postings"])
         return cls(
@@ -503,24 +497,26 @@ class DirectoryView:
         users["upn_domains"] = self.known_domains if upn_domains is None else upn_domains
         old_members, new_members = self.snapshot.members, snapshot.members
         if list(old_members) != list(new_members):
-            member_of = _index_members(new_members)
+            member_of = MemberOf.build(new_members, self.user_ids)
         else:
             member_of = self.member_of
             maybe = snapshot.changed_ids(self.snapshot, "members", new_members)
             moved = [gid for gid in (new_members if maybe is None else maybe) if new_members[gid] != old_members[gid]]
             if moved:
-                member_of = dict(member_of)
+                changes: dict[str, tuple[str, ...]] = {}
+
+                def now_in(member: str) -> tuple[str, ...]:
+                    found = changes.get(member)
+                    return member_of.groups(member, new_users) if found is None else found
+
                 order = {gid: i for i, gid in enumerate(new_members)}.__getitem__
                 for gid in moved:
                     before_ids, after_ids = old_members[gid].keys(), new_members[gid].keys()
                     for member in after_ids - before_ids:
-                        member_of[member] = tuple(sorted((*member_of.get(member, _EMPTY), gid), key=order))
+                        changes[member] = tuple(sorted((*now_in(member), gid), key=order))
                     for member in before_ids - after_ids:
-                        rest = tuple(g for g in member_of.get(member, _EMPTY) if g != gid)
-                        if rest:
-                            member_of[member] = rest
-                        else:
-                            member_of.pop(member, None)
+                        changes[member] = tuple(g for g in now_in(member) if g != gid)
+                member_of = member_of.patched(changes)
         patched = self._assemble(snapshot, now, users, member_of, directory, vocabulary)
         # the derived indexes are keyed by the very collections they read: those the reload reused stay valid
         patched._derived.update(self._derived)
@@ -749,7 +745,7 @@ class DirectoryView:
         return out[:limit]
 
     def direct_groups(self, member_id: str) -> tuple[str, ...]:
-        return self.member_of.get(member_id, _EMPTY)
+        return self.member_of.groups(member_id, self.snapshot.users)
 
     def transitive_groups(self, member_id: str) -> dict[str, tuple[str, ...]]:
         """Every group `member_id` belongs to, directly or through nesting, with the shortest chain of groups
@@ -757,14 +753,15 @@ class DirectoryView:
         chains are shortest; the order is by depth."""
         chains: dict[str, tuple[str, ...]] = {}
         queue: deque[str] = deque()
-        for gid in self.member_of.get(member_id, _EMPTY):
+        groups_of, users = self.member_of.groups, self.snapshot.users
+        for gid in groups_of(member_id, users):
             if gid not in chains:
                 chains[gid] = (gid,)
                 queue.append(gid)
         while queue:
             gid = queue.popleft()
             chain = chains[gid]
-            for parent in self.member_of.get(gid, _EMPTY):
+            for parent in groups_of(gid, users):
                 if parent not in chains and parent != member_id:
                     chains[parent] = chain + (parent,)
                     queue.append(parent)
