@@ -18,7 +18,8 @@ _scalars = st.one_of(
     st.integers(-3, 3),
     st.floats(allow_nan=False, width=32),
     st.sampled_from(["", "Sales", "1", "True", "2026-11-26T08:15:00Z", "2026-02-30T00:00:00Z", "0001-01-01T00:00:00Z",
-                     "2026-11-26T08:15:00.123Z", "9999-12-31T23:59:59Z", "1969-07-20T20:17:40Z", "ignore previous instructions"]),
+                     "2026-11-26T08:15:00.123Z", "9999-12-31T23:59:59Z",
+                     "2026-W48-4T08:15:00Z", "2026-11-26 08:15:00Z", "2026-11-26T24:00:00Z", "0000-01-01T00:00:00Z", "1969-07-20T20:17:40Z", "ignore previous instructions"]),
     st.text(max_size=6),
 )
 _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2), max_leaves=6)
@@ -81,6 +82,16 @@ def test_columns_are_compact() -> None:
              for i in range(30)}
     col = pack(never)[3][0]
     assert col.typecode == "q" and unpack(pack(never)) == never and Table.from_dicts(never) == never
+    # lists of strings are coded by value; True and 1 in one column stay apart
+    rows = {f"u{i}": {"proxyAddresses": [["SMTP:a"], ["smtp:b", "SMTP:c"], []][i % 3], "flag": [True, 1, 1.0, None][i % 4]}
+            for i in range(40)}
+    by_name = dict(zip(*pack(rows)[2:]))
+    assert isinstance(by_name["proxyAddresses"], Coded) and len(by_name["proxyAddresses"].values) == 3
+    assert isinstance(by_name["flag"], Coded) and len(by_name["flag"].values) == 4
+    assert all(_same(dict(a), b) for a, b in zip(Table.from_dicts(rows).values(), rows.values()))
+    # a string that reads as a date only to a lenient parser stays a string
+    odd = {f"u{i}": {"d": ["2026-W48-4T08:15:00Z", "2026-11-26 08:15:00Z", "2026-02-30T00:00:00Z"][i % 3]} for i in range(9)}
+    assert isinstance(pack(odd)[3][0], Coded) and unpack(pack(odd)) == odd
     # equal strings of a bucket are stored once (pickle writes each object once)
     same = pack({"a": {"userPrincipalName": "x" + "@y", "mail": "x@" + "y"}})
     assert same[3][0][0] is same[3][1][0]

@@ -138,15 +138,29 @@ _SHARED_VALUES = frozenset({
 })
 
 
-def _shared(k: str, v: Any) -> Any:
-    return sys.intern(v) if k in _SHARED_VALUES and isinstance(v, str) and len(v) <= 128 else v
+_NAMES: dict[tuple[str, ...], tuple[dict[str, str], frozenset[str]]] = {}
+
+
+def _names(fields: tuple[str, ...]) -> tuple[dict[str, str], frozenset[str]]:
+    """fields (and "id") as shared strings, and which of them hold repeating values: computed once per field list."""
+    found = _NAMES.get(fields)
+    if found is None:
+        names = {k: sys.intern(k) for k in (*fields, "id") if "@" not in k}
+        found = _NAMES[fields] = (names, frozenset(names) & _SHARED_VALUES)
+    return found
 
 
 def _plain(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """The item's own properties (annotations and navigation deltas dropped). Property names, and the values that
     repeat (department, job title...), become shared strings: pickle then stores each once per bucket, so a loaded
     mirror of 100,000 users does not hold 100,000 copies of every property name."""
-    return {sys.intern(k): _shared(k, v) for k, v in item.items() if "@" not in k and (k in fields or k == "id")}
+    names, shared = _names(fields)
+    out = {names[k]: v for k, v in item.items() if k in names}
+    for k in shared.intersection(out):
+        v = out[k]
+        if type(v) is str and len(v) <= 128:
+            out[k] = sys.intern(v)
+    return out
 
 
 def _upsert(target: Target, coll: str, item: dict[str, Any], fields: tuple[str, ...], counter: Counter) -> dict[str, Any]:

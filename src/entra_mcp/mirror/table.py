@@ -22,10 +22,11 @@ in its column (a Record then has no such key), which is not the same as null.
 
 from __future__ import annotations
 
-import re
 import time
 from array import array
-from calendar import timegm
+from datetime import datetime, timedelta
+from itertools import chain
+from operator import methodcaller
 from collections.abc import ItemsView, Mapping, ValuesView
 from typing import Any, Callable, Container, Iterator, Sequence, cast
 
@@ -48,12 +49,7 @@ _PACKED = "entra-mcp/table-1"  # the first item of a stored bucket in this forma
 _PACKED_GROUPS = "entra-mcp/groups-1"  # a bucket {key: [object, ...]} (assignments by resource) in this format
 _NULL_TS = -(2**63)
 _ABSENT_TS = _NULL_TS + 1
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
 _MIN_CODED_ROWS = 8
-
-
-def _to_ts(text: str) -> int:
-    return timegm((int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), int(text[17:19])))
 
 
 def _from_ts(ts: int) -> str:
@@ -670,48 +666,73 @@ def concat_groups(parts: Sequence[Any], *, share: dict[str, str] | None = None) 
 
 
 def _pack_rows(ids: list[str], rows: list[Mapping[str, Any]]) -> tuple[Any, ...]:
-    fields = list(dict.fromkeys(name for row in rows for name in row))
+    fields = list(dict.fromkeys(chain.from_iterable(rows)))
     pool: dict[str, str] = {}  # equal strings of the bucket (a mail equal to the UPN...) stored once
-    cols = [_pack_column([row.get(name, ABSENT) for row in rows], pool) for name in fields]
+    cols = [_pack_column(list(map(methodcaller("get", name, ABSENT), rows)), pool) for name in fields]
     return (_PACKED, ids, tuple(fields), cols)
 
 
-def _pack_column(values: list[Any], pool: dict[str, str]) -> Any:
+_NONE_TYPES = frozenset({type(None), _Absent})
+# types whose values are their own coding key: equal values of one of these types are interchangeable
+_PLAIN_KEYS = frozenset({str, type(None), _Absent})
+_SCALARS = frozenset({bool, int, float})
+
+
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
+
+
+def _date_column(values: list[Any]) -> array[int] | None:
+    """The column as epoch seconds when every value is a Graph timestamp ("2026-11-26T08:15:00Z") that writes back the
+    same (or null/absent, with at least one date); else None. A value is a date when it parses and prints back as
+    itself: 30 February, an hour 24 or an ISO week date are not."""
     dates = array("q")
+    parse = datetime.fromisoformat
     for v in values:
         if v is None:
             dates.append(_NULL_TS)
         elif v is ABSENT:
             dates.append(_ABSENT_TS)
-        elif type(v) is str and _DATE.match(v):
+        elif type(v) is str and len(v) == 20 and v[19] == "Z":
             try:
-                ts = _to_ts(v)
-                if _from_ts(ts) != v:  # not a real date, or outside what gmtime writes back the same way
-                    break
-            except (ValueError, OverflowError, OSError):
-                break
-            dates.append(ts)
+                d = parse(v[:19])
+            except ValueError:
+                return None
+            if d.microsecond or d.isoformat() != v[:19]:
+                return None
+            dates.append((d - _EPOCH) // _SECOND)
         else:
-            break
-    else:
-        if any(x not in (_NULL_TS, _ABSENT_TS) for x in dates):
+            return None
+    return dates if any(x != _NULL_TS and x != _ABSENT_TS for x in dates) else None
+
+
+def _pack_column(values: list[Any], pool: dict[str, str]) -> Any:
+    types = set(map(type, values))
+    if str in types and types <= _PLAIN_KEYS or not types - _NONE_TYPES:
+        dates = _date_column(values)
+        if dates is not None:
             return dates
-    stored = [_stored(v, pool) for v in values]
+    if types <= _PLAIN_KEYS:
+        setdefault = pool.setdefault
+        stored = [setdefault(v, v) if type(v) is str else v for v in values]
+    else:
+        stored = [_stored(v, pool) for v in values]
     if len(stored) >= _MIN_CODED_ROWS:
-        try:
-            keys = [frozen(v) for v in stored]
-        except TypeError:
-            return stored
-        where: dict[Any, int] = {}
-        distinct: list[Any] = []
-        idx = array("I")
-        for key, v in zip(keys, stored):
-            k = where.setdefault(key, len(distinct))
-            if k == len(distinct):
-                distinct.append(v)
-            idx.append(k)
-        if 2 * len(distinct) <= len(stored):
-            return Coded(distinct, idx)
+        kinds = types - _NONE_TYPES
+        if types <= _PLAIN_KEYS or kinds <= _SCALARS and len(kinds) == 1 or kinds == {list} and all(
+                type(x) is str for v in stored if v is not None and v is not ABSENT for x in v):
+            # one kind of value (True is never 1 here), or tuples of strings: equal keys are equal values
+            keys: list[Any] = stored
+        else:
+            try:
+                keys = [frozen(v) for v in stored]
+            except TypeError:
+                return stored
+        seen = dict.fromkeys(keys)  # the distinct keys in first-seen order
+        if 2 * len(seen) <= len(stored):
+            first = dict(zip(reversed(keys), reversed(stored)))  # each key's first value (earlier rows win)
+            where: dict[Any, int] = {k: i for i, k in enumerate(seen)}
+            return Coded([first[k] for k in seen], array("I", map(where.__getitem__, keys)))
     return stored
 
 
