@@ -68,6 +68,7 @@ class SignInLog:
     _rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     _success_ips: dict[str, frozenset[str]] = field(default_factory=dict)
     _apps: dict[int, Counter[tuple[Any, Any]]] = field(default_factory=dict)
+    _app_codes: dict[tuple[str, str | None], Counter[tuple[Any, int]]] = field(default_factory=dict)
     stamp: int = 0  # the sign-in mirror's commit stamp this log's status and meta are from
 
     @classmethod
@@ -138,17 +139,16 @@ class SignInLog:
         t = self._tally.get((hour, app))
         if t is not None:
             return t["app_code"]  # type: ignore[no-any-return]
-        key = ("app_code", hour, app)
-        got = self._merged.get(key)
+        got = self._app_codes.get((hour, app))
         if got is None:
             span = self._hour_span.get(hour)
-            counts: Counter[tuple[Any, int]] = Counter()
+            got = Counter()
             if span is not None and self._failures is not None:
                 for (aid, code), n in self._failures.pairs("appId", "errorCode", *span).items():
                     if app is None or aid == app:
-                        counts[(aid, int(code or 0))] += n
-            got = self._merged[key] = {"app_code": counts}
-        return got["app_code"]  # type: ignore[no-any-return]
+                        got[(aid, int(code or 0))] += n
+            self._app_codes[(hour, app)] = got
+        return got
 
     def memory_bytes(self) -> int:
         """Bytes of the columns' arrays and pools (what grows with the window)."""
@@ -202,11 +202,10 @@ class SignInLog:
         for h, rows in list(older._rows.items()):
             if h in same:
                 self._rows[h] = rows
+        for (h, app), counts in list(older._app_codes.items()):
+            if h in same:
+                self._app_codes[(h, app)] = counts
         for key, merged in list(older._merged.items()):
-            if key[0] == "app_code":  # ("app_code", hour, app): one hour's counts
-                if key[1] in same:
-                    self._merged[key] = merged
-                continue
             # keys: (first hour, last hour, hours, app, fields) or ("spike-base", first, last, hours, app)
             first, last, count = (key[1], key[2], key[3]) if key[0] == "spike-base" else (key[0], key[1], key[2])
             hours = [h for h in older.hours if first <= h <= last] if count else []
