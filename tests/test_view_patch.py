@@ -142,6 +142,13 @@ def test_derived_indexes_survive_a_refresh_and_follow_a_new_collection() -> None
     assert first == {"u001": ("d1",), "u002": ("d1",)}
     refreshed = replace(view, snapshot=replace(snap, stamp=2))  # what a sync that changed no object does
     assert _devices_by_user(refreshed) is first
+    # a patched view (a later version whose devices are the same collection) keeps it; a new collection drops it
+    renamed = {"u001": _user(1, displayName="Renamed One"), "u002": _user(2)}
+    later = replace(_snapshot(renamed, {}, version=2, columns=True), collections=snap.collections)
+    patched = view.updated(later)
+    assert patched is not None and _devices_by_user(patched) is first
+    other = view.updated(replace(later, collections={"devices": Table.from_dicts(devices)}))
+    assert other is not None and "devices_by_user" not in other._derived
     newer = replace(view, snapshot=replace(snap, collections={"devices": Table.from_dicts({**devices, "d2": {
         "id": "d2", "registeredOwners": ["u002"]}})}))
     assert _devices_by_user(newer) == {"u001": ("d1",), "u002": ("d1", "d2")}

@@ -518,8 +518,12 @@ class DirectoryView:
                         changes[member] = tuple(g for g in now_in(member) if g != gid)
                 member_of = member_of.patched(changes)
         patched = self._assemble(snapshot, now, users, member_of, directory, vocabulary)
-        # the derived indexes are keyed by the very collections they read: those the reload reused stay valid
-        patched._derived.update(self._derived)
+        # the derived indexes are keyed by the very collections they read: those of collections the reload reused
+        # stay valid (the others would only keep the older collections alive until their next use)
+        live = {id(c) for c in (*snapshot.collections.values(), snapshot.users, snapshot.groups, snapshot.members,
+                                snapshot.applications, snapshot.service_principals, snapshot.app_role_assignments)}
+        patched._derived.update({name: found for name, found in self._derived.items()
+                                 if all(id(s) in live or not s or isinstance(s, (bool, int, str)) for s in found[0])})
         return patched
 
     def derived(self, name: str, sources: tuple[Any, ...], make: Callable[[], Any]) -> Any:
