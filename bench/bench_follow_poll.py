@@ -112,7 +112,8 @@ def main() -> None:
         f"{b_cpu:.2f} ms |",
         "",
         f"B reads {2 * args.tenants} records (two channels per tenant) in one round trip; the mirrors are read only for "
-        "a record that moved (held versions are compared in memory).",
+        "a record that moved (held versions are compared in memory). A is the Redis side of the former poll only: it "
+        "also read each tenant's mirror (its recorded source) every poll, which B no longer does.",
     ]
     print("\n".join(lines))
     if args.write:
