@@ -361,6 +361,24 @@ def test_followers_adopt_the_sign_in_events_with_one_redis_command_per_poll(tmp_
     again = b.sign_in_store().load_snapshot("t")
     assert again is not None and sum(map(len, again.collection("sign_in_failures").values())) == 2
 
+    # a replica that takes over adopts the newest sign-in publication before its first run (which polls them), so
+    # it continues from the leader's watermark
+    import anyio
+
+    c = MirrorStore(tmp_path / "c")
+    successor = Replication(names, c, shared, snapshot_dir=shared_dir, holder="C")
+    leader.leases["t"].release()
+    assert successor.leases["t"].acquire() is not None
+
+    async def first_run() -> dict[str, Any]:
+        async with successor.run(_Tenant()) as leading:
+            assert leading
+            info = c.sign_in_store().info("t")
+            assert info is not None
+            return dict(info["areas"]["sign_in_events"]["meta"])
+
+    assert anyio.run(first_run)["watermark"] == "2026-12-01T11:00:00Z"
+
 
 def _commandstats(shared: SharedRedis, since: dict[str, int] | None = None) -> dict[str, int]:
     """Redis's INFO commandstats calls per command (lower case), or the calls made since `since`."""

@@ -138,13 +138,15 @@ class Replication:
         scope = anyio.CancelScope()
         self._runs.setdefault(name, set()).add(scope)
         gate = REQUEST_GATE.set(self._request_gate(name, token, scope))
+        parts = (DIRECTORY, SIGN_INS) if part == DIRECTORY else (part,)  # a directory run polls the sign-ins too
         try:
-            await anyio.to_thread.run_sync(self._catch_up, name, part)
+            for p in parts:
+                await anyio.to_thread.run_sync(self._catch_up, name, p)
             with scope:
                 yield True
             if scope.cancel_called:
                 return
-            for p in (DIRECTORY, SIGN_INS) if part == DIRECTORY else (part,):
+            for p in parts:
                 await anyio.to_thread.run_sync(self._publish, name, token, p)
         finally:
             REQUEST_GATE.reset(gate)
