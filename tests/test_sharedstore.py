@@ -306,6 +306,27 @@ def test_rate_limit_counts_locally_while_redis_is_down(tmp_path: Path, caplog: p
         shared.close()
 
 
+def test_the_awaited_limit_reconnects_after_a_redis_restart(tmp_path: Path) -> None:
+    """A pooled connection of the event loop's client is dead after Redis restarts: the first awaited admit retries
+    on a new connection at once (shared counting goes on), as the synchronous client does."""
+    if not have_redis():
+        pytest.skip("redis-server is not installed")
+    import anyio
+
+    with RedisServer(tmp_path / "r") as server:
+        shared = SharedRedis(store_settings(redis_url=server.url))
+        limiter = SharedRateLimiter(shared, "mcp", 100)
+
+        async def scenario() -> None:
+            assert await limiter.admit_async("k") is None
+            server.restart()
+            assert await limiter.admit_async("k") is None
+            assert shared.available and not limiter._counting_locally
+
+        anyio.run(scenario)
+        shared.close()
+
+
 def _probe(shared: SharedRedis) -> bool:
     try:
         shared.ping()

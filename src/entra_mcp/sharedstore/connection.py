@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -259,7 +260,11 @@ class SharedRedis:
 
     def async_client(self) -> redis.asyncio.Redis:
         """A redis.asyncio client with the same URL, credentials, TLS and timeouts (each call builds a new one)."""
-        return redis.asyncio.Redis.from_url(self.settings.redis_url or "", **client_kwargs(self.settings))
+        kw = client_kwargs(self.settings)
+        # the same quick retry after a connection error (a pooled connection dead after a Redis restart), in the
+        # asyncio client's own Retry (the synchronous one cannot retry an awaited command)
+        kw["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+        return redis.asyncio.Redis.from_url(self.settings.redis_url or "", **kw)
 
     def close(self) -> None:
         self._closed.set()
