@@ -80,7 +80,7 @@ def main() -> None:
     lines = [
         f"`bench/bench_failover.py --kills {args.kills} --lease {args.lease:g}` (measured {time.strftime('%Y-%m-%d')}; "
         "three `serve` replicas, one redis-server, the small emulator tenant with 25 ms Graph latency, a run every "
-        "~1.2 s; the machine's 2 cores shared with other work, so the figures are wall time under load).",
+        "~1.2 s (sign-in events polled and published with each run); the machine's 2 cores shared with other work, so the figures are wall time under load).",
         "",
         "| figure | value |",
         "|---|---|",
