@@ -148,6 +148,7 @@ def test_kill_9_the_leader_mid_sync_another_takes_over(cluster: Cluster) -> None
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)["tenants"][0]["replication"]
     assert rep["leader"] == c.published().holder and rep["redisError"] is None and rep["serving"]["token"]  # type: ignore[union-attr]
+    assert rep["signIns"]["published"]["asOf"], rep["signIns"]  # the sign-in events' publication too
 
 
 def _when(text: str | None) -> datetime:

@@ -401,11 +401,7 @@ class Replication:
     def _part_status(self, name: str, part: str) -> dict[str, Any]:
         rec = self._seen.get((name, part))
         have = ((self.parts[part].store.source(name) or {}).get("publication") or {})
-        return {
-            "published": _publication_json(rec),
-            "serving": {k: have.get(k) for k in ("version", "stamp", "token")} if have else None,
-            "inSync": bool(rec and have and have.get("token") == rec.token and have.get("stamp") == rec.stamp),
-        }
+        return {"published": _publication_json(rec), "serving": _serving(have), "inSync": _same(rec, have)}
 
     def health(self) -> dict[str, Any]:
         """/healthz's `replication` part: this replica's id, whether Redis answered its last calls, per tenant
@@ -422,21 +418,35 @@ def _publication_json(rec: Publication | None) -> dict[str, Any] | None:
 
 def replication_report(shared: Any, store: MirrorStore, name: str) -> dict[str, Any]:
     """For `entra-mcp status`, from any process: who holds `name`'s lease now, the newest publication (both read
-    from Redis), and the publication this cache_dir's mirror holds. Redis unreachable: `redisError` says so."""
+    from Redis), and the publication this cache_dir's mirror holds; the same for the sign-in events under
+    `signIns` (published, serving, inSync). Redis unreachable: `redisError` says so."""
     lease = SyncLease(shared, tenant=name, holder="status", ttl_seconds=1)
-    have = ((store.source(name) or {}).get("publication") or {})
-    out: dict[str, Any] = {"leader": None, "fencingToken": None, "published": None,
-                           "serving": {k: have.get(k) for k in ("version", "stamp", "token")} if have else None,
-                           "inSync": None, "redisError": None}
+
+    def held(s: MirrorStore) -> dict[str, Any]:
+        return (s.source(name) or {}).get("publication") or {}
+
+    have, have_sign_ins = held(store), held(store.sign_in_store())
+    out: dict[str, Any] = {"leader": None, "fencingToken": None, "published": None, "serving": _serving(have),
+                           "inSync": None, "redisError": None,
+                           "signIns": {"published": None, "serving": _serving(have_sign_ins), "inSync": None}}
     try:
-        leader, rec = lease.leader(), lease.published()
+        leader, rec, sign_ins = lease.leader(), lease.published(), lease.published("signins")
     except StoreUnavailable as exc:
         out["redisError"] = str(exc)
         return out
     out["leader"], out["fencingToken"] = (leader[0], leader[1]) if leader else (None, None)
     out["published"] = _publication_json(rec)
-    out["inSync"] = bool(rec and have and have.get("token") == rec.token and have.get("stamp") == rec.stamp)
+    out["inSync"] = _same(rec, have)
+    out["signIns"].update(published=_publication_json(sign_ins), inSync=_same(sign_ins, have_sign_ins))
     return out
+
+
+def _serving(have: dict[str, Any]) -> dict[str, Any] | None:
+    return {k: have.get(k) for k in ("version", "stamp", "token")} if have else None
+
+
+def _same(rec: Publication | None, have: dict[str, Any]) -> bool:
+    return bool(rec and have and have.get("token") == rec.token and have.get("stamp") == rec.stamp)
 
 
 __all__ = ["Replication", "replication_report"]

@@ -86,7 +86,12 @@ def _replication_line(rep: dict[str, Any]) -> str:
     newest = (f"newest published version {pub['version']} (token {pub['token']}, asOf {pub['asOf']})" if pub
               else "nothing published yet")
     leader = f"sync leader {rep['leader']} (token {rep['fencingToken']})" if rep["leader"] else "no sync leader now"
-    return f"{leader}; {newest}; {here}{'' if rep['inSync'] else ', not the newest'}"
+    line = f"{leader}; {newest}; {here}{'' if rep['inSync'] else ', not the newest'}"
+    sign_ins = rep.get("signIns") or {}
+    if sign_ins.get("published"):
+        line += (f"; sign-in events published as of {sign_ins['published']['asOf']}"
+                 f"{', held here' if sign_ins.get('inSync') else ', not held here yet'}")
+    return line
 
 
 def _fmt_age(seconds: float | None) -> str:
