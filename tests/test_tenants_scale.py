@@ -64,13 +64,12 @@ max_concurrent_syncs = {CONCURRENT}
         try:
             server.wait_ready(timeout=60)
 
-            asked = [0.0]
-
-            def all_synced() -> bool:  # asked once a second: each answer reads 200 tenants' freshness
-                if time.monotonic() - asked[0] < 1.0:
+            def all_synced() -> bool:
+                # the serve log says when each run is done (cheap to read); /healthz is asked once at the end: each
+                # answer reads 200 mirrors' freshness, most of them past max_open_mirrors (a reconnection each)
+                if server.log().count(": sync done in ") < TENANTS:
                     return False
-                asked[0] = time.monotonic()
-                tenants = httpx.get(f"{base}/healthz", timeout=10).json()["tenants"]
+                tenants = httpx.get(f"{base}/healthz", timeout=30).json()["tenants"]
                 return len(tenants) == TENANTS and all(t["synced"] for t in tenants)
 
             started = time.monotonic()
@@ -150,13 +149,13 @@ def _sqlite_files(pid: int, cache: Path) -> dict[str, int]:
 
 
 def test_open_files_stay_bounded_whatever_the_tenant_count(fleet: dict[str, Any]) -> None:
-    """Every tenant synced and its freshness read (each /healthz), views of 20 tenants loaded: yet at most
+    """Every tenant synced and its freshness read (each /healthz), views of 14 tenants loaded: yet at most
     max_open_mirrors mirrors hold SQLite files open, where each used to keep its own from every thread (~3,700
     descriptors for 200 tenants)."""
     emu: RunningEmulator = fleet["emu"]
     pid = fleet["server"].proc.pid
     cache = fleet["cache"].resolve()
-    picked = [TENANTS - 1 - i * 7 for i in range(20)]
+    picked = [TENANTS - 1 - i * 7 for i in range(MAX_OPEN + 2)]  # more views than mirrors may stay open
     anyio.run(_calls, fleet["base"], [("lookup_user", {"query": examples(emu.tenant(i))["ceo"], "tenant": _tenant_name(i)})
                                       for i in picked])
     assert httpx.get(f"{fleet['base']}/healthz", timeout=10).status_code == 200  # reads all 200 mirrors again
