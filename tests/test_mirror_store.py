@@ -311,3 +311,30 @@ def test_load_with_a_held_snapshot_reads_only_the_rewritten_buckets(tmp_path: Pa
         w.commit_full("users", {"users": _users(10)}, delta_link=None, status=AreaStatus(enabled=True))
     alone = other.load_snapshot("t", held=again)
     assert alone is not None and alone.users == _users(10) and alone.groups == {}
+
+
+def test_freshness_of_a_closed_mirror_is_reused_until_its_files_move(tmp_path: Path) -> None:
+    """/healthz reads every tenant's freshness: a mirror past max_open is not reopened for it while its files are
+    unchanged, and a commit by another process (its own store) is seen at the next read."""
+    store = MirrorStore(tmp_path, max_open=1)
+    other = MirrorStore(tmp_path)  # as `entra-mcp sync` in another process: its commits do not tell `store`
+    try:
+        for name in ("t0", "t1"):
+            with other.writer(name) as w:
+                w.commit_full("users", {"users": _users(2)}, delta_link=None, status=AreaStatus(enabled=True))
+        other.close()
+        first = store.freshness("t0")
+        assert first is not None and store.freshness("t1") is not None
+        assert store.connected() == ["t1"]
+        assert store.freshness("t0") == first and store.connected() == ["t1"]  # answered without reopening t0
+        with other.writer("t0") as w:
+            v = w.commit_full("users", {"users": _users(3)}, delta_link=None, status=AreaStatus(enabled=True))
+        other.close()
+        again = store.freshness("t0")
+        assert again is not None and again.version == v > first.version
+        with store.writer("t1") as w:  # a commit of this process: forgotten at once
+            v1 = w.commit_full("users", {"users": _users(4)}, delta_link=None, status=AreaStatus(enabled=True))
+        assert store.freshness("t0") is not None and store.freshness("t1").version == v1  # type: ignore[union-attr]
+    finally:
+        store.close()
+        other.close()

@@ -173,6 +173,9 @@ class OpenMirrors:
                 excess -= 1
         return out
 
+    def is_connected(self, tenant: str) -> bool:
+        return tenant in self._connected
+
     def connected(self) -> list[str]:
         """Tenants whose mirror may hold open connections, least recently used first."""
         with self._lock:
