@@ -384,9 +384,10 @@ def _report(fig: dict[str, Any], *, write: bool) -> int:
         f"| incremental poll after 5 minutes ({poll['changes']:,} new failures) | {poll['requests']} | {pwall:.1f} |"
         f" {poll.get('cpu_s')} / {poll.get('emu_cpu_s')} | {prss:.0f} | {poll['requests'] * 10 / REPORTS_PER_10S:.0f} s |",
         "",
-        f"Server memory of the window: RSS {ans['rss_before']} MB with the directory view loaded, {ans['rss_after']} MB after"
-        f" loading the sign-in log (+{ans['rss_after'] - ans['rss_before']} MB, of which {ans.get('columns_mb')} MB are the"
-        f" columns' arrays and pools; load {ans['load_s']} s wall).",
+        f"Server memory of the window: {ans.get('columns_mb')} MB of columns (the arrays and string pools the server keeps,"
+        f" summed from their sizes). RSS {ans['rss_before']} MB with the directory view loaded, {ans['rss_after']} MB after"
+        f" loading the sign-in log (+{ans['rss_after'] - ans['rss_before']} MB: the load reuses heap the view's build"
+        f" freed, so RSS moves less than what is kept); load {ans['load_s']} s wall, mostly reading the mirror.",
         "",
         "| answer (in process) | calls | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms | target |",
         "|---|---|---|---|---|---|---|",
@@ -410,6 +411,8 @@ def _report(fig: dict[str, Any], *, write: bool) -> int:
         f" index its generated stream by user): {2 * lat / max(ans['explain_failing']['p99'], 0.001):,.1f}x the mirror's"
         " p99.",
     ]
+    if fig.get("note"):
+        lines += ["", str(fig["note"])]
     print("\n".join(lines))
     if write:
         write_section(SECTION, lines)
