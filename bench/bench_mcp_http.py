@@ -8,7 +8,9 @@ over --procs processes, so that the generator is not what is measured: each proc
     .venv/bin/python bench/bench_mcp_http.py [--modes api_key,entra,oauth] [--clients 32] [--seconds 8] [--procs 2]
                                              [--tool sync_status]
 
-Prints one markdown table row per auth mode (calls/s, p50, p99, errors, server CPU, client CPU).
+Prints one markdown table row per auth mode (calls/s, p50, p99, errors, connections reopened, server CPU, client
+CPU), then oauth's closed-loop figures as ratios to api_key's and entra's of the same run. A connection the server
+(or a proxy in front) closes costs the call in flight (an error) and is replaced by a new one with a new MCP session.
 Targets: >= 300 authenticated calls/s with p99 <= 100 ms under 32 clients.
 """
 
@@ -76,6 +78,11 @@ class Conn:
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 return status, resp_headers, b"".join(chunks)
 
+    @property
+    def reusable(self) -> bool:
+        """The last exchange ended cleanly and the server keeps the connection open (no Connection: close)."""
+        return self.h.our_state is h11.DONE and self.h.their_state is h11.DONE
+
     def close(self) -> None:
         self.w.close()
 
@@ -98,8 +105,15 @@ async def _open(port: int, token: str | None) -> tuple[Conn, dict[str, str]]:
     return conn, hdr
 
 
+CONNECTION_LOST = (OSError, EOFError, h11.ProtocolError, asyncio.IncompleteReadError)
+
+
 async def _client_loop(conn: Conn, hdr: dict[str, str], tool: str, start_at: float, stop_at: float,
-                       latencies: list[float], errors: list[int], interval: float, phase: float) -> None:
+                       latencies: list[float], errors: list[int], interval: float, phase: float,
+                       reopen: Any = None) -> None:
+    """One client: calls until stop_at. A connection the server (or a proxy in front, e.g. haproxy) closes is
+    counted as an error when a call was lost on it, and replaced by a new connection and MCP session (`reopen`),
+    so one closed connection never ends the client's load."""
     i = 2
     while time.perf_counter() < start_at:  # everyone starts together
         await asyncio.sleep(0.005)
@@ -117,21 +131,41 @@ async def _client_loop(conn: Conn, hdr: dict[str, str], tool: str, start_at: flo
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 break
-        status, _, data = await conn.post("/mcp", body, hdr)
+        try:
+            status, _, data = await conn.post("/mcp", body, hdr)
+        except CONNECTION_LOST:
+            status, data = 0, b""
         latencies.append(time.perf_counter() - t0)
         if status != 200 or b'"isError":true' in data.replace(b" ", b"") or f'"id":{i}'.encode() not in data.replace(b" ", b""):
             errors[0] += 1
         i += 1
+        if not conn.reusable:
+            conn.close()
+            errors[1] += 1
+            if reopen is None:
+                return
+            while time.perf_counter() < stop_at:
+                try:
+                    conn, hdr = await reopen()
+                    break
+                except (*CONNECTION_LOST, SystemExit):
+                    errors[0] += 1
+                    await asyncio.sleep(0.05)
+            else:
+                return
     # End the session (DELETE), as a client does: the per-caller session quota counts open sessions, and a caller
     # that runs the load twice (the warm-up, then the measurement) would otherwise find its quota taken.
-    await conn.post("/mcp", b"", {k: v for k, v in hdr.items() if k != "Content-Type"}, method="DELETE")
+    try:
+        await conn.post("/mcp", b"", {k: v for k, v in hdr.items() if k != "Content-Type"}, method="DELETE")
+    except CONNECTION_LOST:
+        pass
     conn.close()
 
 
 def _generator(port: int, tokens: list[str | None], tool: str, seconds: float, barrier: Any, out: Any,
                interval: float = 0.0, first: int = 0, total: int = 1) -> None:
     latencies: list[float] = []
-    errors = [0]
+    errors = [0, 0]  # failed calls, connections lost (and reopened)
 
     async def run() -> None:
         # Every process opens its sessions first, then all start together (a barrier, not a fixed start time: on a
@@ -141,12 +175,13 @@ def _generator(port: int, tokens: list[str | None], tool: str, seconds: float, b
         start_at = time.perf_counter() + 0.1
         stop_at = start_at + seconds
         await asyncio.gather(*(_client_loop(conn, hdr, tool, start_at, stop_at, latencies, errors, interval,
-                                            interval * (first + k * (total // max(len(tokens), 1))) / total)
+                                            interval * (first + k * (total // max(len(tokens), 1))) / total,
+                                            reopen=lambda t=tokens[k]: _open(port, t))
                                for k, (conn, hdr) in enumerate(opened)))
 
     cpu0 = time.process_time()
     asyncio.run(run())
-    out.send({"latencies": latencies, "errors": errors[0], "cpu": time.process_time() - cpu0})
+    out.send({"latencies": latencies, "errors": errors[0], "reconnects": errors[1], "cpu": time.process_time() - cpu0})
     out.close()
 
 
@@ -170,7 +205,8 @@ def load(port: int, tokens: list[str | None], tool: str, seconds: float, procs: 
     lat = sorted(x for r in results for x in r["latencies"])
     q = statistics.quantiles(lat, n=100)
     return {"calls": len(lat), "rate": len(lat) / seconds, "p50": q[49] * 1000, "p99": q[98] * 1000,
-            "errors": sum(r["errors"] for r in results), "client_cpu": sum(r["cpu"] for r in results) / seconds * 100}
+            "errors": sum(r["errors"] for r in results), "reconnects": sum(r["reconnects"] for r in results),
+            "client_cpu": sum(r["cpu"] for r in results) / seconds * 100}
 
 
 # ------------------------------------------------------------------------------ server under test
@@ -231,7 +267,11 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
                             'required_scopes = ["Identity.Investigate"]\n\n[server.auth.oauth]\naccess_token_minutes = 60', 1)
     cfg = root / f"{mode}.toml"
     cfg.write_text(text, encoding="utf-8")
-    env = {**os.environ, **emu.secret_env(0, with_sign_in=True), "ENTRA_MCP_API_KEYS": API_KEY}
+    # api_key: one named key per client, so each client is its own caller as each person is in entra and oauth mode
+    # (one shared key is one caller: its max_requests_per_minute turned a closed loop's calls into 429s)
+    keys = [f"{API_KEY}-{i:02d}" for i in range(clients)]
+    env = {**os.environ, **emu.secret_env(0, with_sign_in=True),
+           "ENTRA_MCP_API_KEYS": ",".join(f"desk-{i:02d}={k}" for i, k in enumerate(keys))}
     emu.add_redirect_uri(f"http://127.0.0.1:{port}/auth/callback", 0)
     exe = str(Path(sys.executable).with_name("entra-mcp"))
     subprocess.run([exe, "--config", str(cfg), "--log-level", "ERROR", "sync"], env=env, check=True,
@@ -251,7 +291,7 @@ def measure(emu: Any, root: Path, mode: str, clients: int, seconds: float, procs
         elif mode == "oauth":
             tokens = _oauth_tokens(emu, f"http://127.0.0.1:{port}", clients)
         elif mode == "api_key":
-            tokens = [API_KEY] * clients
+            tokens = list(keys)
         else:
             tokens = [None] * clients
         load(port, tokens, tool, 1.0, procs)  # warm-up
@@ -330,6 +370,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows = []
+    closed: dict[str, dict[str, float]] = {}  # mode -> its closed-loop JSON row, for the ratios
     variants = [("JSON answers", False)] + ([("SSE answers (before)", True)] if args.sse else [])
     with tempfile.TemporaryDirectory() as tmp, run_emulator(size="small", seed=1) as emu:
         for mode in args.modes.split(","):
@@ -337,18 +378,29 @@ def main() -> None:
                 for rate in [0.0] + ([args.rate] if args.rate else []):
                     r = measure(emu, Path(tmp), mode, args.clients, args.seconds, args.procs, args.tool, sse=sse, rate=rate)
                     cpu_ms = r["server_cpu"] / 100 / r["rate"] * 1000 if r["rate"] else float("nan")
+                    if not rate and not sse:
+                        closed[mode] = {**r, "cpu_ms": cpu_ms}
                     load_kind = f"paced, {rate:.0f}/s offered" if rate else "closed loop"
                     rows.append(f"| {mode} | {label} | {load_kind} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                                f"{r['errors']:.0f} | {r['server_cpu']:.0f} | {cpu_ms:.2f} | {r['client_cpu']:.0f} |")
+                                f"{r['errors']:.0f} | {r['reconnects']:.0f} | {r['server_cpu']:.0f} | {cpu_ms:.2f} | "
+                                f"{r['client_cpu']:.0f} |")
                     print(rows[-1], flush=True)
     print(f"\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.python_implementation()} "
           f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {load_before:.1f} before / "
           f"{os.getloadavg()[0]:.1f} after; {args.clients} clients over {args.procs} processes, `{args.tool}`, "
           f"{args.seconds:.0f} s per row\n")
-    print("| server.auth.mode | server | load | calls/s | p50 (ms) | p99 (ms) | errors | server CPU (% of a core) "
-          "| server CPU per call (ms) | load generator CPU (% of a core) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| server.auth.mode | server | load | calls/s | p50 (ms) | p99 (ms) | errors | connections reopened "
+          "| server CPU (% of a core) | server CPU per call (ms) | load generator CPU (% of a core) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if "oauth" in closed:  # same-run ratios: on a shared machine these, not the absolute figures, are the answer
+        o = closed["oauth"]
+        for other in ("api_key", "entra"):
+            if other in closed:
+                c = closed[other]
+                print(f"\noauth / {other} (closed loop, this run): calls/s x{o['rate'] / c['rate']:.2f}, "
+                      f"p50 x{o['p50'] / c['p50']:.2f}, p99 x{o['p99'] / c['p99']:.2f}, "
+                      f"server CPU per call x{o['cpu_ms'] / c['cpu_ms']:.2f}")
     if "oauth" in args.modes.split(","):
         with run_emulator(size="small", seed=1) as emu:
             check = token_check_cpu(emu)
