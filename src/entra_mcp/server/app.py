@@ -351,43 +351,40 @@ class CallGate:
     async def _resource_read(self, ctx: Any, call_next: Any, call: CallContext) -> Any:
         """A resource read (a user's or group's card, a tenant's status) is a lookup too: one record, like a call."""
         uri = str((ctx.params or {}).get("uri") or "")
+
+        def fields(result: Any) -> dict[str, Any]:
+            objects: list[str] = []
+            for item in (_as_dict(result) or {}).get("contents") or ():
+                try:
+                    objects += touched_objects(json.loads(item.get("text") or "null"))[0]
+                except (ValueError, AttributeError):
+                    pass
+            parts = uri.split("://", 1)[-1].split("/")
+            return {"resource": parts[1][:32] if len(parts) > 1 else parts[0][:32],
+                    "tenant": call.tenants[0] if call.tenants else None, "objects": objects[:MAX_AUDIT_OBJECTS] or None}
+
+        return await self._recorded("resource_read", ctx, call_next, call, fields)
+
+    async def _recorded(self, event: str, ctx: Any, call_next: Any, call: CallContext,
+                        fields: Callable[[Any], dict[str, Any]]) -> Any:
+        """Run the request and write its one audit record: who, over what, `fields(result)`, outcome, latency."""
         started = time.perf_counter()
         result: Any = None
         try:
             result = await call_next(ctx)
             return result
         finally:
-            data = _as_dict(result) or {}
-            objects: list[str] = []
-            for item in data.get("contents") or ():
-                try:
-                    objects += touched_objects(json.loads(item.get("text") or "null"))[0]
-                except (ValueError, AttributeError):
-                    pass
-            parts = uri.split("://", 1)[-1].split("/")
-            self.trail.record("resource_read", {  # type: ignore[union-attr]
+            self.trail.record(event, {  # type: ignore[union-attr]
                 "caller": call.caller.audit_fields(), "client": call.client, "session": call.session,
-                "transport": call.transport, "resource": parts[1][:32] if len(parts) > 1 else parts[0][:32],
-                "tenant": call.tenants[0] if call.tenants else None, "objects": objects[:MAX_AUDIT_OBJECTS] or None,
-                "outcome": "ok" if result is not None else "error",
+                "transport": call.transport, **fields(result), "outcome": "ok" if result is not None else "error",
                 "latencyMs": round((time.perf_counter() - started) * 1000, 3),
             })
 
     async def _prompt_get(self, ctx: Any, call_next: Any, call: CallContext) -> Any:
         """A playbook fetched (prompts/get): one record like a call's: who, which prompt, outcome, latency. Never the
         arguments (free text a person typed, a ticket's words) nor the rendered text."""
-        name = str((ctx.params or {}).get("name") or "")
-        started = time.perf_counter()
-        result: Any = None
-        try:
-            result = await call_next(ctx)
-            return result
-        finally:
-            self.trail.record("prompt_get", {  # type: ignore[union-attr]
-                "caller": call.caller.audit_fields(), "client": call.client, "session": call.session,
-                "transport": call.transport, "prompt": name[:64], "outcome": "ok" if result is not None else "error",
-                "latencyMs": round((time.perf_counter() - started) * 1000, 3),
-            })
+        name = str((ctx.params or {}).get("name") or "")[:64]
+        return await self._recorded("prompt_get", ctx, call_next, call, lambda result: {"prompt": name})
 
     @staticmethod
     def _listed(result: Any, access: Access) -> Any:
