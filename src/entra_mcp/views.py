@@ -3,7 +3,8 @@
 The sync writes the mirror in another thread or process; the server only reads. Each call asks the store for the
 tenant's freshness (cheap: data version, commit stamp, asOf, area statuses). When only the stamp moved (a sync run
 that changed no object), the held view takes the new asOf and statuses and keeps its index; when the data version
-moved, a new view is built from the new snapshot. The first view of a tenant is
+moved, the new snapshot is loaded over the held one (only the mirror buckets rewritten since are read; the rest are the
+held objects) and the held index is patched, or a new view is built. The first view of a tenant is
 built on the calling thread; later rebuilds happen on a background thread while the old view keeps answering, so a
 sync of a large tenant never stalls a request. A tenant that was never synced has no view: the tools then answer
 with nulls and a finding (see server/app.py), never a crash.
