@@ -208,6 +208,12 @@ def test_serve_follows_the_tenants_file_without_a_restart(bed: dict[str, Any], t
         wait_until(lambda: "tenant cust-0: no longer in the tenants: not synced any more" in server.log(), timeout=30,
                    what="the scheduler dropping cust-0", proc=server.proc, log_path=server.log_path)
 
+        runs = server.log().count("tenant cust-1: sync done")
+        tenants_file.write_text(second + "[tenants.sync]\ninterval_minutes = 30\n", encoding="utf-8")  # changed
+        wait_until(lambda: server.log().count("tenant cust-1: sync done") > runs, timeout=60,
+                   what="the changed cust-1 synced again with its new settings", proc=server.proc, log_path=server.log_path)
+        assert "tenant cust-1: its settings changed: synced now with the new ones" in server.log()
+
         broken = second + '[[tenants]]\nname = "cust-9"\ntenant_idd = "x"\n'
         tenants_file.write_text(broken, encoding="utf-8")
         refused = "the changed tenants were not applied, the 1 tenants loaded before are still served"
