@@ -40,7 +40,7 @@ import anyio
 from entra_mcp.config import Settings, TenantSettings
 from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
-from entra_mcp.mirror.snapshot import AREAS
+from entra_mcp.mirror.snapshot import AREAS, Freshness
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.sync import sign_ins
 from entra_mcp.sync.engine import TenantResult, sync_tenant
@@ -141,9 +141,8 @@ class _Schedule:
         self.recorded: dict[str, str | None] = {t.name: None for t in tenants}
         self.running: set[str] = set()
 
-    def add(self, name: str, store: MirrorStore) -> None:
-        """A tenant added by a reload: due now."""
-        fresh = store.freshness(name)
+    def add(self, name: str, fresh: Freshness | None) -> None:
+        """A tenant added by a reload (`fresh`: its mirror's freshness, if it has one): due now."""
         self.order[name] = fresh.as_of.timestamp() if fresh is not None and fresh.as_of is not None else float("-inf")
         self.due[name] = self.clock()
         self.failures[name] = 0
@@ -205,6 +204,9 @@ async def _run_tenant(tenant: TenantSettings, store: MirrorStore, schedule: _Sch
         if result is None:  # a failed run records its own errors per area; a run that never started cannot
             await anyio.to_thread.run_sync(_record_failure, store, tenant, error)
             schedule.recorded[name] = error
+    if name not in schedule.failures:  # removed by a reload while its failure or recovery was being recorded
+        schedule.recorded.pop(name, None)
+        return
     schedule.due[name] = schedule.clock() + delay
     schedule.order[name] = datetime.now(timezone.utc).timestamp() if error is None else schedule.order[name]
     if on_result is not None and result is not None:
@@ -225,15 +227,18 @@ async def _dispatch(roster: TenantRoster, store: MirrorStore, stop_event: anyio.
     schedule = await anyio.to_thread.run_sync(
         functools.partial(_Schedule, tenants, store, initial_delay, clock, jitter=jitter, slots=limit))
 
-    def follow_roster() -> None:
+    async def follow_roster() -> None:
+        # on the event loop, like every other change of `schedule`; only the added mirrors' freshness in a thread
         new = {t.name: t for t in roster.current()}
+        added = [n for n in new if n not in by_name]
+        fresh = await anyio.to_thread.run_sync(lambda: {n: store.freshness(n) for n in added})
         for name in [n for n in by_name if n not in new]:
             del by_name[name]
             schedule.forget(name)
             log.info("tenant %s: no longer in the tenants: not synced any more", name)
         for name, t in new.items():
             if name not in by_name:
-                schedule.add(name, store)
+                schedule.add(name, fresh.get(name))
                 log.info("tenant %s: added to the tenants: first sync now", name)
             elif by_name[name] != t:
                 schedule.due[name] = min(schedule.due.get(name, clock()), clock())
@@ -258,7 +263,7 @@ async def _dispatch(roster: TenantRoster, store: MirrorStore, stop_event: anyio.
         while not stop_event.is_set():
             if roster.generation != seen:
                 seen = roster.generation
-                await anyio.to_thread.run_sync(follow_roster)
+                await follow_roster()
             for name in schedule.ready(limit - len(schedule.running)):
                 schedule.running.add(name)
                 tg.start_soon(run, name)
