@@ -274,11 +274,26 @@ def _emulator_session(size: str, latency_ms: float, work: Path) -> tuple[Devtena
     return emu, config, env, Control(found["graph_url"], Path(found["ca_bundle"])), found
 
 
-def _our_full(config: Path, env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
-    code, _, err, wall, rss = _run_child([sys.executable, "-m", "entra_mcp", "--config", str(config), "sync"], env)
-    if code != 0:
-        raise SystemExit(f"sync failed ({code}):\n{err[-3000:]}")
-    return _summary(err), wall, rss
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far (the emulator's share of a run)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _our_full(config: Path, env: dict[str, str], emulator_pid: int | None = None) -> tuple[dict[str, Any], float, float]:
+    """One `entra-mcp sync` child: its summary (plus "cpu", its CPU seconds, and "emulator_cpu", what the emulator
+    used meanwhile, when its pid is given), wall seconds and peak RSS MB."""
+    before = _proc_cpu(emulator_pid) if emulator_pid else 0.0
+    r = _run_measured([sys.executable, "-m", "entra_mcp", "--config", str(config), "sync"], env)
+    if r["code"] != 0:
+        raise SystemExit(f"sync failed ({r['code']}):\n{r['err'][-3000:]}")
+    summary = _summary(r["err"])
+    summary["cpu"] = r["cpu"]
+    summary["emulator_cpu"] = _proc_cpu(emulator_pid) - before if emulator_pid else None
+    return summary, r["wall"], r["rss"]
 
 
 def _peer(config: Path, env: dict[str, str], ctl: Control, deadline: float) -> dict[str, Any] | None:
@@ -318,6 +333,7 @@ def main() -> int:
                     help="a second, smaller tenant where both pulls run to completion")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--no-throttling", action="store_true", help="the emulator's throttling off (a sync's own cost alone)")
     ap.add_argument("--peer", metavar="CONFIG", help=argparse.SUPPRESS)
     ap.add_argument("--helper", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -337,13 +353,15 @@ def main() -> int:
     print(f"  up in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     try:
         truth = ctl.counts()["counts"]
+        if args.no_throttling:
+            ctl.faults(throttling_enabled=False)
         print("full sync...", file=sys.stderr)
-        full, wall, rss = _our_full(config, env)
+        full, wall, rss = _our_full(config, env, emu.proc.pid)
         print(f"  {wall:.1f}s, {full['requests']} requests, {full['throttled']} throttled, peak RSS {rss:.0f} MB", file=sys.stderr)
         ops = _in_child("changes", config, found["name"], args.changes)
         ctl.mutate(found["tenant_id"], ops)
         print(f"incremental sync after {len(ops)} changes...", file=sys.stderr)
-        inc, wall2, rss2 = _our_full(config, env)
+        inc, wall2, rss2 = _our_full(config, env, emu.proc.pid)
         print(f"  {wall2:.1f}s ({inc['seconds']:.2f}s in the run), {inc['requests']} requests", file=sys.stderr)
         peer_big = None
         if not args.no_peer:
@@ -374,17 +392,19 @@ def main() -> int:
         f"Command: `python bench/bench_sync.py` (defaults: `--size {args.size} --latency-ms {args.latency_ms:g} --changes {args.changes}"
         f" --compare-size {args.compare_size}`; needs `pip install -e '.[test,bench]'`). Machine: {os.cpu_count()} CPUs; the emulator"
         f" (`entra-mcp devtenant`) runs in its own process on the same machine with {args.latency_ms:g} ms added to every response"
-        " and Microsoft's resource-unit throttling on for entra-mcp. Each run is a fresh `entra-mcp sync` process;"
-        f" peak RSS is that process's maximum resident set (wait4). Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
+        + (" and throttling off (the sync's own cost alone)." if args.no_throttling else " and Microsoft's resource-unit throttling on for entra-mcp.")
+        + " Each run is a fresh `entra-mcp sync` process, started through a small launcher;"
+        " peak RSS is that process's own maximum resident set and CPU its user + system seconds (wait4); the emulator's"
+        f" CPU is what its process used during the run. Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
         f" load average {os.getloadavg()[0]:.1f} at the end (above {os.cpu_count()}: other work shared the CPUs).",
         "",
         f"Tenant ({args.size}): {truth['users']:,} users, {truth['groups']:,} groups, {truth['memberships']:,} memberships, "
         f"{truth['applications']:,} applications, {truth['servicePrincipals']:,} service principals.",
         "",
-        "| run | wall time | requests | throttled | peak RSS |",
-        "|---|---|---|---|---|",
-        f"| entra-mcp full sync (first run) | {wall:.1f} s (of which {full['prepare']:.1f} s preparing the server's index) | {full['requests']:,} | {full['throttled']} | {rss:.0f} MB |",
-        f"| entra-mcp incremental sync after {len(ops)} changes | {inc['seconds']:.2f} s in the run ({wall2:.1f} s with process start and {inc['prepare']:.1f} s preparing the server's index) | {inc['requests']} | {inc['throttled']} | {rss2:.0f} MB |",
+        "| run | wall time | requests | throttled | peak RSS | CPU entra-mcp / emulator |",
+        "|---|---|---|---|---|---|",
+        f"| entra-mcp full sync (first run) | {wall:.1f} s (of which {full['prepare']:.1f} s preparing the server's index) | {full['requests']:,} | {full['throttled']} | {rss:.0f} MB | {full['cpu']:.1f} s / {full['emulator_cpu']:.1f} s |",
+        f"| entra-mcp incremental sync after {len(ops)} changes | {inc['seconds']:.2f} s in the run ({wall2:.1f} s with process start and {inc['prepare']:.1f} s preparing the server's index) | {inc['requests']} | {inc['throttled']} | {rss2:.0f} MB | {inc['cpu']:.1f} s / {inc['emulator_cpu']:.1f} s |",
     ]
     if peer_big:
         if peer_big["complete"]:
