@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import anyio
 import pytest
 
 from entra_mcp.errors import NotFoundError, TransientError
 from entra_mcp.pacing import COARSE, CpuBudget, Pacer, checkpoint, paced
+from entra_mcp.server.limits import WorkLanes
 from entra_mcp.server.workers import NICE, AnswerPool
 
 
@@ -238,3 +240,41 @@ def test_arguments_a_worker_cannot_receive_are_answered_in_the_server(pool: Answ
     assert pool.compute(tv, _here, lambda: None) == os.getpid() and pool.in_process == 1
     assert pool.compute(tv, _here, "text") != os.getpid()  # the worker it took back still answers
     assert len(pool.pids()) == 1
+
+
+def _hold(view: Any, release: str) -> int:
+    while not Path(release).exists():  # a heavy answer that ends when the test says so
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_callers_waiting_for_the_workers_leave_the_light_calls_threads_free(tmp_path: Path) -> None:
+    """Six callers' heavy answers hold both workers and wait for them (more callers than WorkLanes' 4 threads for
+    light calls); another caller's light call is answered meanwhile."""
+    pool = AnswerPool(workers=2, timeout=20, min_refork_seconds=0)
+    lanes = WorkLanes(workers=4)
+    tv = _TV("contoso", 1, {"marker": 1})
+    release = tmp_path / "release"
+    done: list[str] = []
+
+    async def heavy(i: int) -> None:
+        await lanes.run(f"heavy-{i}", lambda: pool.compute(tv, _hold, str(release)), heavy=True)
+        done.append("heavy")
+
+    async def main() -> None:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(6):
+                    tg.start_soon(heavy, i)
+                while len(pool.pids()) < 2:  # both workers busy, four callers waiting for one
+                    await anyio.sleep(0.01)
+                with anyio.fail_after(20):
+                    assert await lanes.run("light", lambda: 42) == 42
+                done.append("light")
+                release.touch()
+
+    try:
+        anyio.run(main)
+    finally:
+        pool.close()
+    assert done[0] == "light" and done.count("heavy") == 6, done

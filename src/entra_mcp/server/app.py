@@ -441,7 +441,8 @@ def _register(server: MCPServer[Any], spec: ToolSpec, ask: Ask, lanes: WorkLanes
             context.ticket_id = ticket
         try:
             if not on_loop:
-                return await lanes.run(_CALLER.get(), lambda: work(arguments))  # type: ignore[no-any-return]
+                heavy = spec.heavy is not None and spec.heavy(ask, arguments)
+                return await lanes.run(_CALLER.get(), lambda: work(arguments), heavy=heavy)  # type: ignore[no-any-return]
             answer = await cast(Awaitable[Mapping[str, Any]], spec.run(ask, **_checked(kinds, arguments)))
         except NotSynced as exc:
             return _result(spec, spec.unknown_answer(exc.tv.name))

@@ -313,12 +313,17 @@ class WorkLanes:
     With `cpu_share` below 1, answers are paced (entra_mcp/pacing.py): a long answer gives way at its checkpoints
     whenever others were running, and a caller that has used more than `cpu_share` of a CPU (after a burst of
     `cpu_burst` seconds) waits, between its calls and inside a long one, until it is back under its share. Python's
-    GIL lets one thread run at a time, so this is what keeps one caller's heavy answers from slowing everyone's."""
+    GIL lets one thread run at a time, so this is what keeps one caller's heavy answers from slowing everyone's.
+
+    A call its tool declares heavy (`heavy=True`: computed by the answer workers, server/workers.py) waits for its
+    worker process on one of `heavy_threads` threads of its own, so that callers waiting for the workers never hold
+    the threads that answer everyone's light calls."""
 
     MAX_LANES = 10_000
 
-    def __init__(self, workers: int = 4, *, cpu_share: float = 1.0, cpu_burst: float = 0.5) -> None:
+    def __init__(self, workers: int = 4, *, cpu_share: float = 1.0, cpu_burst: float = 0.5, heavy_threads: int = 8) -> None:
         self._threads = anyio.CapacityLimiter(workers)
+        self._heavy_threads = anyio.CapacityLimiter(heavy_threads)
         self._lanes: OrderedDict[str, tuple[anyio.Lock, CpuBudget]] = OrderedDict()
         self.cpu_share = cpu_share
         self.cpu_burst = cpu_burst
@@ -332,11 +337,12 @@ class WorkLanes:
         self._lanes.move_to_end(key)
         return lane
 
-    async def run(self, key: str, work: Callable[[], Any]) -> Any:
+    async def run(self, key: str, work: Callable[[], Any], *, heavy: bool = False) -> Any:
         lock, budget = self._lane(key)
+        threads = self._heavy_threads if heavy else self._threads
         async with lock:
             if self.cpu_share >= 1:
-                return await anyio.to_thread.run_sync(work, limiter=self._threads)
+                return await anyio.to_thread.run_sync(work, limiter=threads)
             debt = budget.debt()
             if debt > 0:  # over its share: wait on the loop, holding no thread and no GIL
                 await anyio.sleep(min(debt, MAX_WAIT_FOR_SHARE))
@@ -345,7 +351,7 @@ class WorkLanes:
                 with paced(Pacer(budget)):
                     return work()
 
-            return await anyio.to_thread.run_sync(paced_work, limiter=self._threads)
+            return await anyio.to_thread.run_sync(paced_work, limiter=threads)
 
 
 def too_many(refusal: Refusal) -> JSONResponse:

@@ -217,6 +217,9 @@ class ToolSpec:
     run: Callable[..., Answer | Awaitable[Answer]]
     unknown: Mapping[str, Any] = field(default_factory=dict)  # fields set when the tenant was never synced
     ticket: bool = True  # takes the optional `ticket_id` (recorded in the audit trail; never passed to `run`)
+    # (ask, arguments) -> whether this call's answer is heavy (computed by the answer workers, server/workers.py): the
+    # dispatcher then waits for it on threads of its own, never on those that answer everyone's light calls
+    heavy: Callable[[Ask, Mapping[str, Any]], bool] | None = None
 
     @property
     def description(self) -> str:
@@ -246,10 +249,10 @@ def text_kinds(signature: inspect.Signature) -> dict[str, type]:
 
 def tool(
     title: str, answer: type[BaseModel], summary: Callable[[Answer], str], *, unknown: Mapping[str, Any] | None = None,
-    ticket: bool = True,
+    ticket: bool = True, heavy: Callable[[Ask, Mapping[str, Any]], bool] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        TOOLS.append(ToolSpec(fn.__name__, title, answer, summary, fn, dict(unknown or {}), ticket))
+        TOOLS.append(ToolSpec(fn.__name__, title, answer, summary, fn, dict(unknown or {}), ticket, heavy))
         return fn
 
     return register
@@ -437,7 +440,13 @@ def _ticket_summary(r: Answer) -> str:
     return f"requester {_who(prof) if status == 'found' else status}; {named} mention(s) in the text"
 
 
-@tool("Identity context for a ticket", A.TicketContextAnswer, _ticket_summary)
+def _long_ticket(ask: Ask, arguments: Mapping[str, Any]) -> bool:
+    """A ticket text whose scan costs more than heavy_text_chars characters (docs/benchmarks.md): a heavy answer."""
+    text = arguments.get("ticket_text")
+    return ask.pool is not None and isinstance(text, str) and scan_length(text, ask.heavy_text_chars) > ask.heavy_text_chars
+
+
+@tool("Identity context for a ticket", A.TicketContextAnswer, _ticket_summary, heavy=_long_ticket)
 def get_ticket_identity_context(
     ask: Ask, requester: Requester, ticket_text: TicketText = None, tenant: Tenant = None
 ) -> Answer:
@@ -451,8 +460,8 @@ def get_ticket_identity_context(
     tv = ask.tenant_view(tenant)
     view = tv.view
     now = ask.now()
-    heavy = scan_length(ticket_text or "", ask.heavy_text_chars) > ask.heavy_text_chars
-    data = dict(ask.compute(tv, identity.get_ticket_identity_context, requester, ticket_text or None, now, heavy=heavy))
+    data = dict(ask.compute(tv, identity.get_ticket_identity_context, requester, ticket_text or None, now,
+                            heavy=_long_ticket(ask, {"ticket_text": ticket_text})))
     req: Mapping[str, Any] = data["requester"] if isinstance(data.get("requester"), Mapping) else {}
     profile = req.get("profile") if isinstance(req.get("profile"), Mapping) else None
     if req.get("status") == "found" and profile and profile.get("id"):
