@@ -219,10 +219,10 @@ def test_a_new_view_version_is_answered_by_a_new_generation_of_workers(pool: Ans
 
 
 def test_a_caller_is_charged_the_cpu_its_answer_used_in_a_worker(pool: AnswerPool) -> None:
-    budget = CpuBudget(share=0.1, burst=0.0)
+    budget = CpuBudget(share=0.01, burst=0.0)
     with paced(Pacer(budget)):
-        pool.compute(_TV("contoso", 1, {"marker": 1}), _spin, 0.2)
-    assert budget.debt() > 1  # ~0.2 s of CPU at a tenth of a CPU: ~2 s owed
+        pool.compute(_TV("contoso", 1, {"marker": 1}), _spin, 0.02)
+    assert budget.debt() > 1  # ~0.02 s of CPU at a hundredth of a CPU: ~2 s owed (the bucket holds nothing: burst 0)
 
 
 def _spin(view: Any, seconds: float) -> None:
