@@ -553,6 +553,17 @@ def test_group_rules_for_a_token_whose_groups_overflowed_use_the_mirror(env: Env
         assert mirrored.tenants == frozenset({env.names[1]}) and "groups from the mirror" in mirrored.why
         without = policy.for_caller(Caller("oauth", f"{t.tenant_id}/{uid}", t.tenant_id, uid))  # no groups, no overage
         assert without.tenants == frozenset({env.names[0]}) and without.why == "home tenant"
+        # entra mode: an access token carries the API app's roles assigned to the user (devtenant/id_claims.py)
+        from entra_mcp.devtenant.id_claims import define_app_role, service_principal_id
+        from entra_mcp.devtenant.tokens import unverified_claims
+
+        api = env.emu.api_app(0).client_id
+        role = define_app_role(t, api, "Desk.Auditor")
+        t.add_app_role_assignment(service_principal_id(t, api), uid, role)
+        user = t.users[uid]
+        claims = unverified_claims(env.emu.tokens.issue_user_tokens(t, env.emu.portal_app(0), user, audience=api,
+                                                                    scp=[SCOPE], scopes=[SCOPE]).access_token)
+        assert claims["roles"] == ["Desk.Auditor"] and "groups" not in claims
         stranger = str(uuid.uuid4())
         refused = policy.for_caller(Caller("oauth", f"{stranger}/{uid}", stranger, uid, groups_overage=True))
         assert refused.tenants == frozenset() and refused.why.endswith(OVERAGE_UNMATCHED)

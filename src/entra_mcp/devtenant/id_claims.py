@@ -9,7 +9,8 @@
   an *overage*: no `groups` claim, but `_claim_names: {"groups": "src1"}` and `_claim_sources` pointing at Graph's
   getMemberObjects for the user, which the receiver must call to learn the groups.
 
-`token_claims(tenant, client_id, user)` returns the claims to add; tokens.py hooks it into the ID token.
+`token_claims(tenant, client_id, user)` returns the claims to add; tokens.py hooks it into the ID token (client_id:
+the app signing in) and the access token (client_id: the API the token is for; nothing for Graph).
 `define_app_role` and `set_group_claims` are the small mutations tests and `demo` use to set an application up.
 """
 

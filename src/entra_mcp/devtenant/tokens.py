@@ -327,6 +327,7 @@ class TokenService:
             "sub": self.pairwise_sub(tid, resource_client_id or audience, oid),
             "uti": self._uti(),
         }
+        access.update(token_claims(tenant, resource_client_id or audience, user))  # the API's roles and groups
         id_token = None
         if "openid" in scopes:
             idc = {**common, "aud": registration.client_id, "sub": self.pairwise_sub(tid, registration.client_id, oid),
