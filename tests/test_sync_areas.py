@@ -83,11 +83,11 @@ def test_a_mirror_written_before_an_area_existed_loads_with_that_area_never_sync
         w.set_tenant(tenant_id="tid", interval_minutes=5)
         w.commit_full("users", {"users": {"u1": {"id": "u1", "displayName": "U"}}}, delta_link="dl",
                       status=AreaStatus(enabled=True, object_count=1))
-    cache = store._cache("t", create=False)
-    assert cache is not None
-    root = cache.get(store_mod._ROOT)
-    del root["areas"]["domains"]  # as an earlier release, without the domains area, would have written it
-    cache.set(store_mod._ROOT, root)
+    with store._cache("t", create=False) as cache:
+        assert cache is not None
+        root = cache.get(store_mod._ROOT)
+        del root["areas"]["domains"]  # as an earlier release, without the domains area, would have written it
+        cache.set(store_mod._ROOT, root)
     snap = store.load_snapshot("t")
     assert snap is not None and snap.users["u1"]["displayName"] == "U"
     assert snap.areas["domains"] == AreaStatus(enabled=True) and snap.domains == []
