@@ -44,6 +44,20 @@ def iso_of(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _iso_all(times: Iterable[int]) -> list[str]:
+    """iso_of for many times (a row's hour formatted once per hour, not once per row)."""
+    out = []
+    hours: dict[int, str] = {}
+    for t in times:
+        h = t - t % 3600
+        prefix = hours.get(h)
+        if prefix is None:
+            prefix = hours[h] = iso_of(h)[:14]  # "YYYY-MM-DDTHH:"
+        m, sec = divmod(t - h, 60)
+        out.append(f"{prefix}{m:02d}:{sec:02d}Z")
+    return out
+
+
 def _small(n: int) -> str:
     return "B" if n <= 0x100 else "H" if n <= 0x10000 else "i"
 
@@ -206,14 +220,15 @@ class Rows:
         cols: list[list[Any]] = []
         for name in names:
             if name == self.time_field:
-                cols.append([iso_of(t) for t in self.times[start:stop]])
+                cols.append(_iso_all(self.times[start:stop]))
                 continue
             col = self.cols[name]
             if isinstance(col, _Coded):
                 values = [list(v) if isinstance(v, tuple) else v for v in col.values]
                 cols.append([values[i] for i in col.idx[start:stop]])
             else:
-                cols.append([col.get(r) for r in range(start, stop)])
+                pool, at = col.pool, col.starts
+                cols.append([None if i == _NONE else pool[at[i]:at[i + 1]] for i in col.idx[start:stop]])
         return list(zip(*cols))
 
     def pairs(self, a: str, b: str, start: int, stop: int) -> Counter[tuple[Any, Any]]:
