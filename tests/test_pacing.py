@@ -165,7 +165,7 @@ def test_a_worker_killed_in_a_call_fails_that_call_clearly_and_is_replaced(pool:
 
     caller = threading.Thread(target=call)
     caller.start()
-    _wait(started.exists)
+    _wait(lambda: started.exists() and started.read_text() != "")  # written, not only created
     victim = int(started.read_text())
     os.kill(victim, signal.SIGKILL)
     caller.join(20)
