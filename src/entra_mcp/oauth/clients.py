@@ -26,6 +26,7 @@ import httpx
 from mcp.shared.auth import InvalidRedirectUriError, InvalidScopeError, OAuthClientInformationFull
 from pydantic import AnyUrl, ValidationError
 
+from entra_mcp.errors import EntraMcpError
 from entra_mcp.logs import get_logger
 
 log = get_logger("oauth.clients")
@@ -102,8 +103,10 @@ class Client(OAuthClientInformationFull):
         return name or "an unnamed application"
 
 
-class ClientMetadataError(Exception):
+class ClientMetadataError(EntraMcpError):
     """A Client ID Metadata Document that cannot be used; the message says why (no secrets in it)."""
+
+    code = "CLIENT_METADATA_REFUSED"
 
 
 @dataclass
