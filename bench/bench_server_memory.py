@@ -30,6 +30,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _stdio import first_lookup_answer  # noqa: E402
+
 ENTRA_MCP = Path(sys.executable).parent / "entra-mcp"
 
 
@@ -41,24 +44,8 @@ def _serve(config: Path, query: str) -> tuple[float, float]:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env={"DEVTENANT_CLIENT_SECRET": "unused-by-no-sync", **os.environ},
     )
-    assert proc.stdin is not None and proc.stdout is not None
-    n = 0
-
-    def rpc(method: str, params: dict) -> dict:
-        nonlocal n
-        n += 1
-        proc.stdin.write((json.dumps({"jsonrpc": "2.0", "id": n, "method": method, "params": params}) + "\n").encode())
-        proc.stdin.flush()
-        reply = json.loads(proc.stdout.readline())
-        if "error" in reply:
-            raise SystemExit(f"{method} failed: {reply['error']}")
-        return reply
-
     try:
-        rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}})
-        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
-        proc.stdin.flush()
-        rpc("tools/call", {"name": "lookup_user", "arguments": {"query": query}})
+        first_lookup_answer(proc, query)
         ready = time.perf_counter() - t0
         rss = psutil.Process(proc.pid).memory_info().rss / 2**20
     finally:
