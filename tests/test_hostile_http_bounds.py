@@ -443,6 +443,12 @@ def test_a_killed_answer_worker_is_replaced(served: Any) -> None:
     assert before
     for worker in before:
         os.kill(worker, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: wait (bounded) until the workers have ended, so that they died idle — a
+    # call dispatched to a worker still dying is the "stopped while computing it" case, not this one
+    deadline = time.monotonic() + 30
+    while live_children(server.proc.pid) & before:
+        assert time.monotonic() < deadline, "the killed answer workers did not end within 30 s"
+        time.sleep(0.01)
     r = _ticket_context(cfg, HEAVY_KEY, upns[0], heavy_text)
     assert not r.is_error, r.content[0].text[:300]
     after = live_children(server.proc.pid)
