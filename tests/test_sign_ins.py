@@ -102,12 +102,24 @@ def test_each_cause_is_explained(bed: Bed) -> None:
         {"user": u[7], "errorCode": 50173, "secondsAgo": 100, "clientAppUsed": "Mobile Apps and Desktop clients"},
         {"user": u[8], "errorCode": 99999, "failureReason": "Something new went wrong.", "secondsAgo": 100},
         {"user": u[9], "errorCode": 53003, "policy": "Block legacy authentication", "clientAppUsed": "IMAP4", "secondsAgo": 100},
+        # MFA prompts (normal interrupts): unanswered by u[11], answered by u[12]; MFA not registered; the device
+        # must be hybrid joined; the on-premises password expired; an old session after a password change
+        *[{"user": u[11], "errorCode": 50076, "secondsAgo": 400 - 60 * i} for i in range(3)],
+        {"user": u[12], "errorCode": 50074, "secondsAgo": 300}, {"user": u[12], "errorCode": 0, "secondsAgo": 280},
+        {"user": u[13], "errorCode": 50079, "secondsAgo": 100},
+        {"user": u[14], "errorCode": 53001, "policy": "Require hybrid joined device", "grantControls": ["RequireDomainJoinedDevice"],
+         "secondsAgo": 100},
+        {"user": u[15], "errorCode": 50144, "secondsAgo": 100},
+        {"user": u[17], "errorCode": 50133, "secondsAgo": 100},
     )
     bed.sync()
     expect = {0: ("SIGN_IN_WRONG_PASSWORD", "50126"), 1: ("SIGN_IN_BLOCKED_BY_CONDITIONAL_ACCESS", "Block access from outside"),
               2: ("SIGN_IN_MFA_NOT_COMPLETED", "500121"), 3: ("SIGN_IN_DEVICE_NOT_COMPLIANT", "53000"),
               5: ("SIGN_IN_PASSWORD_EXPIRED", "50055"), 6: ("ACCOUNT_DISABLED", "disabled in the directory"),
-              7: ("SIGN_IN_STALE_SESSION", "50173"), 9: ("SIGN_IN_LEGACY_AUTHENTICATION", "Block legacy authentication")}
+              7: ("SIGN_IN_STALE_SESSION", "50173"), 9: ("SIGN_IN_LEGACY_AUTHENTICATION", "Block legacy authentication"),
+              11: ("SIGN_IN_MFA_REQUIRED", "no successful sign-in followed"), 13: ("SIGN_IN_MFA_NOT_REGISTERED", "50079"),
+              14: ("SIGN_IN_DEVICE_NOT_COMPLIANT", "53001"), 15: ("SIGN_IN_PASSWORD_EXPIRED", "50144"),
+              17: ("SIGN_IN_STALE_SESSION", "50133")}
     for i, (code, in_verdict) in expect.items():
         a = bed.ask("explain_sign_in", user=u[i])
         assert code in _codes(a), (u[i], a["findings"])
@@ -131,6 +143,14 @@ def test_each_cause_is_explained(bed: Bed) -> None:
     assert unknown_code["failures"][0]["known"] is False and "99999" in unknown_code["verdict"]
     assert "Something new went wrong." in unknown_code["failures"][0]["cause"]
     assert "SIGN_IN_UNKNOWN_ERROR_CODE" in _codes(unknown_code)
+    unanswered = bed.ask("explain_sign_in", user=u[11])
+    assert "50076" in unanswered["verdict"] and unanswered["failures"][0]["count"] == 3
+    assert str((unanswered["lastSuccess"] or {}).get("createdDateTime")) < unanswered["failures"][0]["first"]
+    answered = bed.ask("explain_sign_in", user=u[12])
+    assert "SIGN_IN_MFA_REQUIRED" in _codes(answered) and answered["lastSuccess"]["source"] == "sign-in events"
+    assert answered["verdict"].startswith("Only normal interruptions"), "a prompt the user answered is no failure"
+    hybrid = bed.ask("explain_sign_in", user=u[14])["failures"][0]
+    assert hybrid["failedConditionalAccessPolicies"][0]["displayName"] == "Require hybrid joined device"
     quiet = bed.ask("explain_sign_in", user=u[10])
     assert quiet["failures"] == [] and "SIGN_IN_NO_EVENTS" in _codes(quiet)
     assert "does not prove" in quiet["verdict"], "no events is not 'the user is fine'"

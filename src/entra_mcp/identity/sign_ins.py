@@ -577,6 +577,10 @@ def _verdict(groups: list[dict[str, Any]], directory: dict[str, Any] | None, acc
             if g["failedConditionalAccessPolicies"]:
                 text += " Policy: " + ", ".join(quote(p["displayName"]) for p in g["failedConditionalAccessPolicies"]) + "."
             causes[kind] = (text, g["nextStep"])
+    if "mfa" not in causes:
+        unanswered = _unanswered_mfa_prompt(groups, answer.get("lastSuccess"), log)
+        if unanswered is not None:
+            causes["mfa"] = unanswered
     for kind in _VERDICT_ORDER:
         if kind in causes:
             return causes[kind]
@@ -594,6 +598,26 @@ def _verdict(groups: list[dict[str, Any]], directory: dict[str, Any] | None, acc
             "blocks sign-in; that does not prove sign-in works.",
             "Ask for the exact error message, time and app; the attempt may not have reached Entra ID (network, wrong "
             "tenant, on-premises app) or may be newer than the last poll.")
+
+
+def _unanswered_mfa_prompt(groups: list[dict[str, Any]], last_success: Mapping[str, Any] | None,
+                           log: SignInLog) -> tuple[str, str] | None:
+    """An MFA prompt (50074/50076, a normal interrupt) that no successful sign-in followed: the user never completed
+    MFA. Said only when the log holds the successes since that prompt (else a success may simply not be mirrored)."""
+    succeeded = parse_time(last_success.get("createdDateTime")) if last_success else None
+    known_from = log.successes_from
+    for g in groups:  # most recent first
+        last = parse_time(g["last"])
+        if g["blocking"] or g["kind"] != "mfa" or last is None:
+            continue
+        if (succeeded is not None and succeeded >= last) or known_from is None or last < known_from:
+            return None
+        return (f"{g['count']} sign-in(s) stopped at the multi-factor authentication prompt ({g['errorCode']}), the "
+                f"last at {g['last']}, and no successful sign-in followed: MFA was not completed.",
+                "Ask whether the user gets the MFA prompt and can answer it (phone, authenticator app, number "
+                "matching); check their registered methods (check_account_state `authentication`). If they did not "
+                "start these sign-ins, treat the password as known to someone else.")
+    return None
 
 
 def _summary_parts(log: SignInLog, t: Mapping[str, Any]) -> dict[str, Any]:
