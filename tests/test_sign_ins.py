@@ -290,9 +290,15 @@ def test_area_off_says_so_and_gives_the_directory_verdict(fresh_emulator: Any, c
 def test_ticket_context_carries_the_requesters_sign_in_evidence(bed: Bed) -> None:
     user = bed.upns[0]
     bed.add(*[{"user": user, "errorCode": 50126, "secondsAgo": 100 - i} for i in range(10)],
-            {"user": user, "errorCode": 50053, "secondsAgo": 10})
+            {"user": user, "errorCode": 50053, "secondsAgo": 10},
+            {"user": user, "errorCode": 53003, "policy": "Block unmanaged Teams", "app": "Microsoft Teams", "secondsAgo": 200},
+            {"user": user, "errorCode": 50105, "app": "Salesforce", "secondsAgo": 300})
     bed.sync()
     ctx = bed.ask("get_ticket_identity_context", requester=user, ticket_text="I can't sign in to Microsoft Teams, it says locked")
+    assert [a["displayName"] for a in ctx["mentions"]["apps"]] == ["Microsoft Teams"]
+    [teams] = ctx["signIns"]["apps"]  # the app the ticket names, with its own evidence (not Salesforce's failure)
+    assert teams["app"]["displayName"] == "Microsoft Teams" and teams["failures"] == 1
+    assert "Smart Lockout" in teams["verdict"], "the lock is the account's, whatever the app"
     assert ctx["signIns"]["lockout"]["probablyLockedNow"] is True
     assert "Smart Lockout" in ctx["signIns"]["verdict"]
     assert ctx["signIns"]["causes"][0]["errorCode"] in (50053, 50126)
