@@ -149,6 +149,26 @@ def test_missing_permission_or_licence_disables_only_that_area(fresh_emulator: A
     state = check_account_state(view, ex["global_admin"])
     assert state["roles"] is None and "AREA_DISABLED" in _codes(state) and state["authentication"] is not None
 
+    # each other account area's own permission: the registration report, the licences, the risky users
+    ctl.roles(grant=["RoleManagement.Read.Directory"],
+              revoke=["AuditLog.Read.All", "LicenseAssignment.Read.All", "IdentityRiskyUser.Read.All"])
+    result, _, view = _synced(emu, tmp_path / "a2", monkeypatch)
+    for area, grant in (("auth_methods", "AuditLog.Read.All"), ("licenses", "LicenseAssignment.Read.All"),
+                        ("risk", "IdentityRiskyUser.Read.All")):
+        assert result.areas[area].outcome == "disabled", area
+        assert f"grant {grant}" in (result.areas[area].message or ""), (area, result.areas[area].message)
+    assert {a: result.areas[a].outcome for a in ("roles", "users", "groups")} == dict.fromkeys(("roles", "users", "groups"), "full")
+    state = check_account_state(view, ex["licence_CountViolation_user"])
+    assert state["authentication"] is None and state["risk"] is None
+    # the assigned licences are known from the user object; their products and assignment states are not: unknown
+    assert state["licenses"] and all(r["name"] is None and r["state"] is None and r["error"] is None for r in state["licenses"])
+    assert "LICENSE_ERROR" not in _codes(state)
+    disabled = " ".join(f["message"] for f in state["findings"] if f["code"] == "AREA_DISABLED")
+    assert all(grant in disabled for grant in ("AuditLog.Read.All", "LicenseAssignment.Read.All", "IdentityRiskyUser.Read.All"))
+    assert state["accountEnabled"] is True and state["roles"] is not None, "the rest still answers"
+    assert check_reset_eligibility(view, ex["global_admin"])["verdict"] == "not_by_helpdesk"
+    ctl.roles(grant=["AuditLog.Read.All", "LicenseAssignment.Read.All", "IdentityRiskyUser.Read.All"])
+
     # tenant 1 has no premium licence: registration report and risk are refused, roles answer without PIM
     result, _, view = _synced(emu, tmp_path / "b", monkeypatch, i=1)
     assert result.areas["auth_methods"].outcome == "disabled"

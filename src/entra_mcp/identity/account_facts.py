@@ -242,8 +242,11 @@ def licenses_section(view: DirectoryView, user: Mapping[str, Any]) -> tuple[list
     skus = collection(view, "skus")
     sku_names, plan_names = licence_names()
     findings: list[dict[str, str]] = []
-    findings.extend(_unavailable(view, "licenses", "product names and licence-assignment errors are unknown.") or ())
+    unknown = _unavailable(view, "licenses", "product names and licence-assignment errors are unknown.")
+    findings.extend(unknown or ())
     states = collection(view, "licence_states").get(str(user.get("id"))) or []
+    # an assigned licence is Active unless its assignment state says otherwise; without that area's states, unknown
+    assigned_state = None if unknown is not None else "Active"
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -258,7 +261,7 @@ def licenses_section(view: DirectoryView, user: Mapping[str, Any]) -> tuple[list
         part, product_name, plans = product(sku_id)
         disabled = [plan_names.get(plans.get(p, ""), plans.get(p) or p) for p in lic.get("disabledPlans") or ()]
         rows.append({"skuId": sku_id, "skuPartNumber": part, "name": product_name, "disabledPlans": disabled,
-                     "state": "Active", "error": None})
+                     "state": assigned_state, "error": None})
         if disabled:
             findings.append(finding("LICENSE_PLAN_DISABLED", f"{name}'s {quote(product_name or sku_id)} licence has "
                                     f"{', '.join(quote(d) for d in disabled)} switched off."))

@@ -87,7 +87,8 @@ class AccountStateAnswer(Answer):
         "roleAssignableGroups, ownsRoleAssignableGroups [{id, displayName, roles}] (an owner can add themselves: "
         "privileged when the group holds a role; null when owners are not mirrored); null when unknown.")
     licenses: list[Obj] | None = Field(
-        default=None, description="Licences: skuId, skuPartNumber, name, disabledPlans, state, error; null when unknown.")
+        default=None, description="Licences: skuId, skuPartNumber, name, disabledPlans, state, error (name, state and error null when the "
+        "licences area is not synced); null when unknown.")
     risk: Obj | None = Field(
         default=None, description="Identity Protection: riskLevel, riskState, riskDetail, riskLastUpdatedDateTime; null when unknown.")
     devices: Obj | None = Field(None, description="The user's Entra devices, compact: total, enabled, managed, compliant, "
