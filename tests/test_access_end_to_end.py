@@ -14,6 +14,7 @@ from mcp import Client
 
 from entra_mcp.config import Settings
 from entra_mcp.devtenant.graph_access import access_of
+from entra_mcp.devtenant.graph_account import GLOBAL_ADMIN
 from entra_mcp.devtenant.server import RunningEmulator, run_emulator
 from entra_mcp.graph.what_if import LiveWhatIf
 from entra_mcp.mirror.store import MirrorStore
@@ -49,10 +50,11 @@ class Env:
         return next(gid for gid, g in self.tenant.groups.items() if g["displayName"] == name)
 
     def put_policy(self, name: str, users: dict[str, Any], apps: list[str], grant: list[str], *,
-                   state: str = "enabled", **conditions: Any) -> None:
+                   state: str = "enabled", exclude_apps: tuple[str, ...] = (), **conditions: Any) -> None:
+        applications = {"includeApplications": apps, **({"excludeApplications": list(exclude_apps)} if exclude_apps else {})}
         self.control.mutate([{"op": "put_ca_policy", "policy": {
             "displayName": name, "state": state, "grantControls": {"operator": "OR", "builtInControls": grant},
-            "conditions": {"users": users, "applications": {"includeApplications": apps}, **conditions}}}])
+            "conditions": {"users": users, "applications": applications, **conditions}}}])
 
 
 @pytest.fixture
@@ -92,6 +94,11 @@ def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
                    state="enabledForReportingButNotEnforced")
     env.put_policy("T other app", {"includeUsers": ["All"]}, ["00000000-0000-0000-0000-00000000beef"], ["block"])
     env.put_policy("T disabled", {"includeUsers": ["All"]}, ["All"], ["block"], state="disabled")
+    env.put_policy("T all apps but this", {"includeUsers": ["All"]}, ["All"], ["mfa"], exclude_apps=(app["appId"],))
+    env.put_policy("T guests", {"includeGuestsOrExternalUsers": {"guestOrExternalUserTypes": "b2bCollaborationGuest",
+                                                                 "externalTenants": {"membershipKind": "all"}}},
+                   [app["appId"]], ["mfa"])
+    env.put_policy("T admins excluded", {"includeUsers": ["All"], "excludeRoles": [GLOBAL_ADMIN]}, [app["appId"]], ["mfa"])
     env.sync(full=True)
 
     answer = env.call("check_app_access", user=user, app=app["appId"])
@@ -102,6 +109,12 @@ def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
     assert "T exclusion wins" not in got, "an exclusion (through nesting) wins over an inclusion by name"
     assert got["T report only"]["state"] == "reportOnly" and "CA_REPORT_ONLY" in codes(answer)
     assert "T other app" not in got and "T disabled" not in got
+    assert "T all apps but this" not in got, "an excluded application wins over All"
+    assert "T guests" not in got and got["T admins excluded"]["applies"] is True
+    guest = next(u for u, rec in t.users.items() if rec["userType"] == "Guest" and rec["accountEnabled"]
+                 and "#EXT#" in rec["userPrincipalName"])
+    as_guest = policies(env.call("check_app_access", user=guest, app=app["appId"]))
+    assert as_guest["T guests"]["applies"] is True and "T nested include" not in as_guest
     # generated policies: "Require MFA for all users" excludes Global IT (nested members too); the country block
     # depends on where the sign-in comes from, and is named so, never guessed
     assert "Require MFA for all users" not in got
@@ -116,8 +129,10 @@ def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
     admin = next(a["principalId"] for a in account_of(t).role_assignments.values()
                  if a["roleDefinitionId"] == "62e90394-69f5-4237-9190-012177145e10" and a["principalId"] in t.users
                  and a.get("directoryScopeId", "/") == "/")
-    admins = policies(env.call("check_app_access", user=admin, app=app["appId"]))["Require MFA for administrators"]
+    for_admin = policies(env.call("check_app_access", user=admin, app=app["appId"]))
+    admins = for_admin["Require MFA for administrators"]
     assert admins["applies"] is True and admins["matchedBy"] == 'holds the role "Global Administrator"'
+    assert "T admins excluded" not in for_admin, "an excluded role wins over All users"
 
     # a policy change is seen after the next (incremental) sync; a block flips the verdict
     env.put_policy("T block now", {"includeUsers": [user]}, ["All"], ["block"])
