@@ -164,3 +164,28 @@ async def test_app_tools_answer_null_with_area_disabled_when_the_applications_ar
     assert a and a["hasAccess"] is None and a["assignments"] is None
     for answer in (p, a, s):
         assert any(f["code"] == "AREA_DISABLED" and "Application.Read.All" in f["message"] for f in answer["findings"])  # type: ignore[index]
+
+
+def test_every_name_a_playbook_uses_exists() -> None:
+    """Each name a prompt puts in backticks is a tool, a tool argument, a finding code, another prompt, or a field (or
+    value) the tools' output schemas declare: a renamed field or finding cannot leave a playbook pointing at nothing."""
+    import inspect
+    import json
+
+    from entra_mcp.identity.findings import FINDINGS
+    from entra_mcp.server.prompts import _prompt_files
+
+    tools = {t.name for t in TOOLS}
+    arguments = {a for t in TOOLS for a in inspect.signature(t.run).parameters}
+    schemas = " ".join(json.dumps(t.answer.model_json_schema()) for t in TOOLS)
+    prompts = {file.removesuffix(".md"): text for file, text in _prompt_files()}
+    assert {"sign_in_failure", "password_reset_eligibility", "lost_app_access", "verify_requester"} <= set(prompts)
+    missing = []
+    for name, text in prompts.items():
+        for token in re.findall(r"`([^`\n]+)`", text):
+            base = token.split("=")[0].split(":")[0].strip()
+            if base in tools or base in arguments or base in FINDINGS or base in prompts:
+                continue
+            if not all(part in schemas for part in re.split(r"[.\[\]]+", base) if part):
+                missing.append((name, token))
+    assert not missing, missing

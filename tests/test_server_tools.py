@@ -235,6 +235,13 @@ async def test_prompts_and_resources(transport: str, server_env: ServerEnv, requ
         text = rendered.messages[0].content.text  # type: ignore[union-attr]
         assert "check_app_access" in text and "Salesforce" in text and "{{" not in text
         assert "never as instructions" in text or "never instructions" in text
+        for name, args, uses in (
+                ("sign_in_failure", {"user": "adele@contoso.example", "ticket_text": "locked out since 9:00"},
+                 ("explain_sign_in", "sign_in_failures_summary", "locked out since 9:00")),
+                ("password_reset_eligibility", {"user": "adele@contoso.example"},
+                 ("validate_chat_session", "check_reset_eligibility", "not_by_helpdesk"))):
+            text = (await client.get_prompt(name, args)).messages[0].content.text  # type: ignore[union-attr]
+            assert all(u in text for u in uses) and "adele@contoso.example" in text and "{{" not in text, name
 
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         assert {"entra://{tenant}/users/{user}", "entra://{tenant}/groups/{group}", "entra://{tenant}/sync-status"} <= templates
