@@ -142,6 +142,40 @@ def test_a_change_only_in_sign_in_activity_keeps_the_servers_index(tmp_path: Pat
     store.close()
 
 
+def test_a_servers_start_freezes_its_view_out_of_the_collector_until_the_view_is_replaced(tmp_path: Path) -> None:
+    """serve's warm(freeze=True) keeps the start's view out of the cyclic collector's generations (the collections
+    after a start would traverse it three times); the first reload gives everything back to the collector."""
+    import gc
+
+    from entra_mcp.views import TenantInfo
+
+    store = MirrorStore(tmp_path)
+    ok = AreaStatus(enabled=True, object_count=20)
+    with store.writer("t") as w:
+        w.set_tenant(tenant_id="tid", interval_minutes=5)
+        w.commit_full("users", {"users": _users(20)}, delta_link="dl", status=ok)
+    views = ViewProvider([TenantInfo("t", "tid", 5)], store, check_interval=0, background_reload=False)
+    assert gc.get_freeze_count() == 0
+    try:
+        views.warm(freeze=True)
+        assert views.held == ["t"] and gc.get_freeze_count() > 0
+        first = views.current()
+        with store.writer("t") as w:
+            change = w.begin("users")
+            change.put("users", "u9999", {"id": "u9999", "displayName": "New Person", "managerId": None})
+            w.commit_delta(change, delta_link="dl-2", status=ok)
+        second = views.current()
+        assert second.version > first.version and "u9999" in second.view.snapshot.users
+        assert gc.get_freeze_count() == 0  # the start's view was replaced: thawed
+    finally:
+        gc.unfreeze()
+        store.close()
+    store = MirrorStore(tmp_path)
+    ViewProvider([TenantInfo("t", "tid", 5)], store, check_interval=0, background_reload=False).warm()
+    assert gc.get_freeze_count() == 0  # only a server's start asks for it
+    store.close()
+
+
 def test_a_full_pull_repairs_a_missing_bucket_instead_of_comparing_with_it(tmp_path: Path) -> None:
     """`sync --full` is the advice for a damaged mirror: comparing with the stored buckets must not trip on one."""
     from entra_mcp.mirror import store as store_mod

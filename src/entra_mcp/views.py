@@ -143,7 +143,8 @@ def _no_cyclic_gc() -> Iterator[None]:
     No gc.freeze() afterwards: it moves EVERY tracked object into the permanent generation, including the garbage
     waiting for a collection and the objects of requests in flight during the reload; once those become cyclic
     garbage they can never be collected. Frozen on every reload, the server grew ~20 MB a sync in the soak test
-    (tests/test_endurance_memory.py). The price: a later full collection traverses the view once.
+    (tests/test_endurance_memory.py). The price: a later full collection traverses the view once. (A server's start
+    freezes once, before any request exists: ViewProvider.warm.)
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -431,6 +432,7 @@ class ViewProvider:
         self._load_locks = {name: threading.Lock() for name in self._tenants}
         self.evictions = 0
         self.loads = 0
+        self._frozen = False  # warm(freeze=True) froze the start's objects out of the cyclic collector
 
     @classmethod
     def from_settings(cls, settings: Settings, store: SnapshotSource, **kwargs: Any) -> "ViewProvider":
@@ -465,6 +467,7 @@ class ViewProvider:
             self._folded = {n.casefold(): n for n in new}
             self._by_tenant_id = by_tenant_id
             for name in [n for n in self._held if n not in new]:
+                self._thaw()
                 self._held.pop(name, None)
                 self._sizes.pop(name, None)
                 self._checked_at.pop(name, None)
@@ -536,13 +539,29 @@ class ViewProvider:
         """Every tenant's view, loading those not held: for few tenants; `statuses()` reads only freshness."""
         return [self.current(name) for name in self._tenants]
 
-    def warm(self) -> None:
+    def warm(self, *, freeze: bool = False) -> None:
         """Load tenants now (at start-up, so the first question is answered at full speed): the first WARM_MAX, and
-        with a memory budget only while it lasts; the others are loaded at their first call."""
+        with a memory budget only while it lasts; the others are loaded at their first call.
+
+        `freeze` (a server's start, before any request): the loaded views and the imported modules then leave the
+        cyclic collector's generations (`gc.freeze()`). Otherwise the collections right after the start traverse
+        the whole view three times over as it ages through the generations (large tenant: ~0.45 s of CPU before the
+        first answer). Nothing else exists yet, so nothing that could become cyclic garbage is frozen with them; the
+        first view replaced or dropped later thaws them all (`gc.unfreeze()`), and from then on the collector sees
+        everything, as without freezing (see _no_cyclic_gc)."""
         for name in list(self._tenants)[:WARM_MAX]:
             if self._budget and sum(self._sizes.values()) >= self._budget:
                 break
             self._load(name, self._store.version(name))
+        if freeze and self._held and not self._frozen:
+            gc.freeze()
+            self._frozen = True
+
+    def _thaw(self) -> None:
+        """Give the objects frozen by warm(freeze=True) back to the collector (a view of the start is going)."""
+        if self._frozen:
+            self._frozen = False
+            gc.unfreeze()
 
     @property
     def held(self) -> list[str]:
@@ -599,6 +618,7 @@ class ViewProvider:
                     break
                 if name == keep or name in self._reloading or self._load_locks[name].locked():
                     continue
+                self._thaw()
                 self._held.pop(name, None)
                 self._sizes.pop(name, None)
                 self._checked_at.pop(name, None)
@@ -643,6 +663,8 @@ class ViewProvider:
                 return held
             info = self._tenants[name]
             started = time.perf_counter()
+            if held is not None:
+                self._thaw()  # the start's view is being replaced: its objects go back to the collector
             view_type = _view_type()
             with _no_cyclic_gc():
                 cached = (self._cache.load(name, version, view_type)

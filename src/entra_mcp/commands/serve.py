@@ -309,7 +309,7 @@ def _serve(
     store = MirrorStore(settings.server.cache_dir, max_open=settings.server.max_open_mirrors)
     try:
         views = ViewProvider.from_settings(settings, store, cache=view_cache)
-        views.warm()
+        views.warm(freeze=True)
         unsynced = [tv.name for tv in views.statuses() if not tv.synced]
         for name in unsynced[:10]:
             log.warning("tenant %s has no mirror yet: answers will be empty until a sync completes", name)
