@@ -278,7 +278,13 @@ async def test_validate_chat_session_maps_the_verified_identity_to_the_directory
         assert "CLAIMED_USER_MISMATCH" in codes(liar)
         bad = await call(client, "validate_chat_session", session_token="not-a-session-" + "x" * 40)
         assert bad["valid"] is False and bad["reason"] and bad["user"] is None
-        for answer in (ok, liar, bad):
+        # a password reset asked from this chat: for the signed-in person verified, for anyone else escalated
+        own = await call(client, "check_reset_eligibility", user=ceo["userPrincipalName"], chat_session=token)
+        assert own["callerVerified"] is True and "RESET_CALLER_UNVERIFIED" not in codes(own)
+        other = await call(client, "check_reset_eligibility", user=cfo["id"], chat_session=token)
+        assert other["verdict"] == "escalate" and other["callerVerified"] is False
+        assert "RESET_CALLER_UNVERIFIED" in codes(other) and "someone else" in other["reasons"][0]
+        for answer in (ok, liar, bad, own, other):
             assert token not in json.dumps(answer)
         unconfigured = create_server(server_env.settings, views=ViewProvider.from_settings(server_env.settings, store))
     async with Client(unconfigured) as client:
