@@ -151,6 +151,15 @@ def test_each_cause_is_explained(bed: Bed) -> None:
     assert answered["verdict"].startswith("Only normal interruptions"), "a prompt the user answered is no failure"
     hybrid = bed.ask("explain_sign_in", user=u[14])["failures"][0]
     assert hybrid["failedConditionalAccessPolicies"][0]["displayName"] == "Require hybrid joined device"
+    # the directory's own cause joins the log's in one verdict: an expired password beats the wrong-password events
+    from entra_mcp.devtenant.generate import examples
+
+    expired = bed.tenant.users[examples(bed.tenant)["password_expired_user"]]["userPrincipalName"]
+    bed.add({"user": expired, "errorCode": 50126, "secondsAgo": 30})
+    bed.poll()
+    both = bed.ask("explain_sign_in", user=expired)
+    assert both["directory"]["passwordExpired"] is True and both["verdict"] == "The password has expired (directory)."
+    assert {"PASSWORD_EXPIRED", "SIGN_IN_WRONG_PASSWORD"} <= _codes(both)
     quiet = bed.ask("explain_sign_in", user=u[10])
     assert quiet["failures"] == [] and "SIGN_IN_NO_EVENTS" in _codes(quiet)
     assert "does not prove" in quiet["verdict"], "no events is not 'the user is fine'"
@@ -194,6 +203,9 @@ def test_spray_detected_and_one_users_typos_are_not(bed: Bed) -> None:
     assert len(sprays) == 1 and SPRAY in sprays[0]["message"] and "198.51.100.7" not in sprays[0]["message"]
     assert s["topErrorCodes"][0]["errorCode"] == 50126 and s["topErrorCodes"][0]["users"] == 28
     assert s["topUsers"][0]["count"] == 12
+    assert {x["ipAddress"]: (x["count"], x["accounts"]) for x in s["topIpAddresses"]} == {
+        SPRAY: (15, 15), OFFICE: (12, 12), "198.51.100.7": (12, 1)}
+    assert sum(x["count"] for x in s["topApps"]) == 39 + 12 - 12, "every failure counted against its app"
     assert s["window"]["from"].endswith(":00:00Z"), "the tenant-wide picture counts whole hours"
 
 
