@@ -146,8 +146,10 @@ def test_missing_permission_or_licence_disables_only_that_area(fresh_emulator: A
     ex = account_examples(emu.tenant())
     answer = check_reset_eligibility(view, ex["global_admin"])
     assert answer["verdict"] == "unknown" and answer["roles"] is None and answer["rolesThatMayReset"] is None
+    assert "isAdmin" in answer["reasons"][1], "the registration report still tells a privileged account"
+    assert "isAdmin" not in " ".join(check_reset_eligibility(view, ex["sspr_ready_user"])["reasons"])
     state = check_account_state(view, ex["global_admin"])
-    assert state["roles"] is None and "AREA_DISABLED" in _codes(state) and state["authentication"] is not None
+    assert state["roles"] is None and "AREA_DISABLED" in _codes(state) and state["authentication"]["isAdmin"] is True
 
     # each other account area's own permission: the registration report, the licences, the risky users
     ctl.roles(grant=["RoleManagement.Read.Directory"],

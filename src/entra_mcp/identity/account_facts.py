@@ -173,6 +173,7 @@ def authentication_section(view: DirectoryView, user: Mapping[str, Any]) -> tupl
     out["methodsRegistered"] = list(reg.get("methodsRegistered") or ())
     out["preferredMethod"] = reg.get("userPreferredMethodForSecondaryAuthentication")
     out["lastUpdatedDateTime"] = reg.get("lastUpdatedDateTime")
+    out["isAdmin"] = reg.get("isAdmin")  # the report's own flag: tells a privileged account when roles are not mirrored
     findings = []
     if reg.get("isMfaRegistered") is False:
         findings.append(finding("MFA_NOT_REGISTERED", f"{name} has no MFA method registered: a first sign-in after a reset "

@@ -81,7 +81,8 @@ class AccountStateAnswer(Answer):
     externalUserState: str | None
     authentication: Obj | None = Field(
         default=None, description="MFA/SSPR readiness: isMfaRegistered, isMfaCapable, isSsprEnabled, isSsprRegistered, "
-        "isSsprCapable, isPasswordlessCapable, methodsRegistered, preferredMethod; null when unknown.")
+        "isSsprCapable, isPasswordlessCapable, methodsRegistered, preferredMethod, isAdmin (the report's flag: holds an "
+        "admin role); null when unknown.")
     roles: Obj | None = Field(
         default=None, description="Directory roles: privileged, active and eligible (PIM) [{role, directoryScopeId, via}], "
         "roleAssignableGroups, ownsRoleAssignableGroups [{id, displayName, roles}] (an owner can add themselves: "

@@ -166,6 +166,10 @@ def check_reset_eligibility(view: DirectoryView, user: str, *, caller: Mapping[s
     if verdict is None and roles_unknown is not None:
         verdict = "unknown"
         reasons.append(f"Whether a {_NAME_OF[desk]} may reset this password is unknown: {roles_unknown}.")
+        if auth is not None and auth.get("isAdmin") is True:
+            reasons.append(f"The authentication-methods registration report marks {name} as an administrator (isAdmin): "
+                           "treat the account as privileged; route the reset to a Privileged Authentication "
+                           "Administrator or Global Administrator.")
     if verdict is None and synced and password_writeback is not True:
         verdict = "on_premises"
         if password_writeback is None:
