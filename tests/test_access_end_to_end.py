@@ -153,6 +153,10 @@ def test_devices_in_account_state_and_compliant_device_grant(env: Env) -> None:
     state = env.call("check_account_state", user=cfo["id"])
     names = {d["displayName"]: d for d in state["devices"]["items"]}
     assert names["LT-CFO-01"]["isCompliant"] is False and names["CFO iPhone"]["joinType"] == "registered"
+    truth = {d["displayName"]: d for d in access_of(t).devices.values() if d["displayName"] in names}
+    for shown, device in ((names[n], truth[n]) for n in names):  # managed, OS and last activity as Graph has them
+        assert (shown["isManaged"], shown["operatingSystem"], shown["approximateLastSignInDateTime"]) == (
+            device["isManaged"], device["operatingSystem"], device["approximateLastSignInDateTime"]), shown
     assert {"DEVICE_NOT_COMPLIANT", "NO_COMPLIANT_DEVICE"} <= codes(state)
 
     # Salesforce requires a compliant or hybrid joined device for the Salesforce Users group
