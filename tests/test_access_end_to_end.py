@@ -120,6 +120,7 @@ def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
     assert "Require MFA for all users" not in got
     block = got["Block sign-in from blocked countries"]
     assert block["applies"] == "dependsOnSignIn" and block["dependsOn"][0]["condition"] == "location"
+    assert "Blocked countries" in block["dependsOn"][0]["detail"], "the mirrored named location, by its name"
     assert "CA_BLOCK_DEPENDS_ON_SIGN_IN" in codes(answer) and "CA_REQUIREMENTS" in codes(answer)
     assert answer["hasAccess"] is True and answer["conditionalAccess"]["blocked"] == "dependsOnSignIn"
     # roles are mirrored (roles area): the administrators' policy does not reach this user, and reaches an admin

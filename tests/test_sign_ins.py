@@ -88,7 +88,7 @@ def test_each_cause_is_explained(bed: Bed) -> None:
     u = bed.upns
     assigned = next(sp for sp in bed.tenant.service_principals.values() if sp.get("appRoleAssignmentRequired"))
     bed.ctl.mutate([{"op": "disable_user", "id": bed.tenant.user_by_key(u[6])["id"]}])
-    bed.add(
+    added = bed.add(
         *[{"user": u[0], "errorCode": 50126, "secondsAgo": 600 - i} for i in range(3)],
         {"user": u[1], "errorCode": 53003, "policy": "Block access from outside allowed countries", "secondsAgo": 300,
          "ipAddress": "185.220.1.2"},
@@ -132,6 +132,9 @@ def test_each_cause_is_explained(bed: Bed) -> None:
     ca = bed.ask("explain_sign_in", user=u[1])["failures"][0]
     assert ca["failedConditionalAccessPolicies"] == [{"displayName": "Block access from outside allowed countries", "count": 1}]
     assert ca["ipAddresses"][0]["ipAddress"] == "185.220.1.2"
+    where = next(e["location"] for e in added if e["ipAddress"] == "185.220.1.2")
+    assert (ca["ipAddresses"][0]["city"], ca["ipAddresses"][0]["countryOrRegion"]) == (where["city"], where["countryOrRegion"])
+    assert ca["ipAddresses"][0]["city"], "the event's location, shown with its address"
     mfa = bed.ask("explain_sign_in", user=u[2])["failures"][0]
     assert mfa["additionalDetails"] == "MFA denied; user declined the authentication"
     not_assigned = bed.ask("explain_sign_in", user=u[4], app=assigned["appId"])
