@@ -544,7 +544,7 @@ def test_the_servers_columns_give_back_every_record_of_the_window() -> None:
     every = [r for h in sorted(by_hour) for r in by_hour[h]]
     assert log.failure_count == len(every) > 1000 and log.hours == sorted(by_hour)
     plain = [{k: v for k, v in r.items() if k != "id"} for r in every]
-    assert [log.failure(i) for i in range(len(every))] == plain
+    assert [r for h in log.hours for r in log.hour_failures(h)] == plain
     keyed: dict[str, list[dict[str, Any]]] = {}
     for r in plain:
         uid = r["userId"]
@@ -579,3 +579,79 @@ def test_a_reloaded_log_reuses_the_counts_of_unchanged_hours_and_answers_the_sam
     assert adopted._tally and adopted._merged
     for since, app in asks:
         assert sign_in_failures_summary(adopted, None, since, app, later) == sign_in_failures_summary(fresh, None, since, app, later)
+
+
+def _same_answers(adopted: Any, fresh: Any, upns: list[str], user_ids: list[str], now: datetime) -> None:
+    """Two logs of the same mirror version hold and answer exactly the same."""
+    from entra_mcp.identity.sign_ins import explain_sign_in, sign_in_failures_summary
+
+    assert adopted.version == fresh.version and adopted.hours == fresh.hours
+    assert adopted.failure_count == fresh.failure_count
+    for h in fresh.hours:
+        assert adopted.hour_failures(h) == fresh.hour_failures(h), h
+        assert adopted.hour_rows(h) == fresh.hour_rows(h), h
+    keys = fresh.failure_users()
+    assert sorted(adopted.failure_users()) == sorted(keys)
+    for k in keys:
+        assert [adopted.failure(x) for x in adopted.user_failures(k)] == [fresh.failure(x) for x in fresh.user_failures(k)], k
+    for uid in user_ids:
+        rows = fresh.user_successes(uid)
+        assert adopted.user_successes(uid) == rows, uid
+        assert len({r["appId"] for r in rows}) == len(rows), "the last success per app, whichever hour listed it"
+    for since, app in [(None, None), ("7d", None), ("3h", None), ("2d", "Microsoft Teams")]:
+        assert sign_in_failures_summary(adopted, None, since, app, now) == sign_in_failures_summary(fresh, None, since, app, now)
+    for upn in upns:
+        assert explain_sign_in(adopted, None, upn, None, "7d", now) == explain_sign_in(fresh, None, upn, None, "7d", now)
+
+
+def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server follows each poll's commit by reading only the buckets it rewrote (the hours with new or late
+    failures, an expired hour, the poll's hour of successes), keeps the rest of its columns and its hourly counts, and
+    answers exactly like a log loaded whole from the same mirror; also across the fold of the polls' successes into
+    the by-user lists (made to happen after 2 hours here)."""
+    monkeypatch.setattr(sign_ins, "FOLD_AFTER", 2)
+    tenant = bed.settings.tenants[0].name
+    upns = bed.upns[:12]
+    ids = [str(bed.tenant.user_by_key(u)["id"]) for u in upns]
+    day = 86400
+    bed.add(*[{"user": upns[i % 12], "errorCode": code, "secondsAgo": ago, "app": "Microsoft Teams" if i % 2 else None}
+              for i, (code, ago) in enumerate([(50126, 7 * day - 90), (50126, 7 * day - 80), (53003, 3 * day),
+                                                (50074, 2 * day), (50126, 7200), (50126, 3000), (50053, 2900), (0, 2000),
+                                                (0, 1900), (50126, 400), (0, 300), (0, 100)])])
+    bed.sync()
+    logs = SignInLogs(bed.store)
+    start = datetime.now(timezone.utc)
+    first = logs.get(tenant)
+    for since in (None, "7d", "3h"):
+        sign_in_failures_summary_of(first, since, start)
+    previous = first
+    for step in range(4):
+        # new failures and successes, a late one of each (older than the last poll's watermark, inside the overlap),
+        # the clock an hour further at each step: the oldest hour expires, each poll's successes fall in an hour of
+        # their own; at the third step the two older hours of successes are folded into the by-user lists
+        bed.add({"user": upns[step], "errorCode": 50126, "secondsAgo": 5}, {"user": upns[step + 1], "errorCode": 0, "secondsAgo": 5},
+                {"user": upns[step + 2], "errorCode": 50126, "secondsAgo": 420}, {"user": upns[step + 3], "errorCode": 0, "secondsAgo": 400})
+        now = datetime.now(timezone.utc) + timedelta(hours=step)
+        polled = bed.poll(now=now)
+        assert polled["outcome"] == "delta" and polled["changes"] == 2, polled
+        adopted = logs.get(tenant)
+        assert adopted is not previous and adopted.version > previous.version
+        fresh = SignInLogs(bed.store).get(tenant)
+        assert fresh._parts[0] is not adopted._parts[0]
+        if step == 2:
+            assert len(fresh.meta["recent"]) == 1 and len(adopted._recent) == 1, "the older hours of successes were folded"
+            assert adopted._parts[0] is not previous._parts[0], "... and the by-user lists read again, whole"
+        else:
+            assert adopted._parts[0] is previous._parts[0], "the hours the poll did not rewrite are the ones held before"
+            assert len(adopted._recent) == len(fresh.meta["recent"]) == (step + 1 if step < 2 else 2)
+        kept_from = sign_ins.iso(now - timedelta(days=7))[:13]
+        assert [h for h in adopted.hours if h < kept_from] == [], "an hour that left the window is dropped"
+        _same_answers(adopted, fresh, upns, ids, now)
+        previous = adopted
+    assert first.hours[0] not in previous.hours
+
+
+def sign_in_failures_summary_of(log: Any, since: str | None, now: datetime) -> dict[str, Any]:
+    from entra_mcp.identity.sign_ins import sign_in_failures_summary
+
+    return sign_in_failures_summary(log, None, since, None, now)

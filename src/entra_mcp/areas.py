@@ -315,6 +315,9 @@ class Collection:
 
     name: str
     form: StoredForm = "dict"
+    # buckets the collection is split into at least: a few keys each written often (the sign-in events' hours) then
+    # sit in buckets of their own, so a commit rewrites, and a reader re-reads, only the keys that changed
+    min_buckets: int = 1
 
 
 @dataclass(frozen=True)
@@ -810,8 +813,10 @@ REGISTRY: tuple[Area, ...] = (
         name="sign_in_events", label="sign-in events", switch="sign_in_events", permission="AuditLog.Read.All",
         # Microsoft documents both for List signIns (docs/graph-facts-sign-ins.md, "Permissions")
         permission_text="AuditLog.Read.All and Directory.Read.All", licence=Licence("Entra ID P1/P2"),
-        # hour -> failed sign-ins; user id -> last success per app: kept in the sign-in mirror (sync/sign_ins.py)
-        collections=(Collection("sign_in_failures", "grouped"), Collection("sign_in_successes", "grouped")),
+        # hour -> failed sign-ins; user id -> last success per app; the hour of a poll -> the last successes the polls
+        # of that hour read (folded into sign_in_successes once a day): kept in the sign-in mirror (sync/sign_ins.py)
+        collections=(Collection("sign_in_failures", "grouped", min_buckets=256), Collection("sign_in_successes", "grouped"),
+                     Collection("sign_in_recent", "grouped", min_buckets=64)),
         refresh="custom", sync_run=True, always_run=True, probe=("/auditLogs/signIns", {"$top": "1"}),
     ),
     Area(

@@ -16,12 +16,15 @@ import threading
 from collections import Counter
 from itertools import islice
 from operator import itemgetter
-from dataclasses import dataclass, field
+from bisect import bisect_right
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InvalidArgument, NotFoundError
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
+from ..mirror.store import AreaBuckets
+from ..mirror.table import concat_groups, is_packed_groups, pack_groups
 from .findings import finding, quote, sort_findings
 from .sign_in_columns import ByKey, Rows
 from .sign_in_errors import describe
@@ -48,21 +51,94 @@ TOP = 10
 _SINCE = re.compile(r"^\s*(\d{1,4})\s*([mhd])\s*$", re.IGNORECASE)
 
 
+class _Hours:
+    """The failures of some whole hours as columns (sign_in_columns.py), found by user and by hour. A log holds one
+    for what it loaded whole and one per later commit it adopted (the hours that commit rewrote); an hour is served
+    by the newest that holds it."""
+
+    __slots__ = ("rows", "by_user", "spans", "_starts", "_names")
+
+    def __init__(self, groups: Mapping[str, Sequence[Mapping[str, Any]]], hours: Sequence[str]) -> None:
+        self.spans: dict[str, tuple[int, int]] = {}
+        at = 0
+        for h in hours:
+            self.spans[h] = (at, at + len(groups[h]))
+            at += len(groups[h])
+        rows = [r for h in hours for r in groups[h]]
+        keys = [_user_key(r) for r in rows]
+        self.rows = Rows(_FAILURE_COLUMNS, rows, "createdDateTime", {_KEY: keys}, pooled=(_KEY,))
+        del rows, keys
+        self.by_user = ByKey(self.rows.key(_KEY))
+        self._starts = [a for a, _b in self.spans.values()]
+        self._names = list(self.spans)
+
+    def hour_of(self, row: int) -> str:
+        return self._names[bisect_right(self._starts, row) - 1]
+
+    def nbytes(self) -> int:
+        return self.rows.nbytes() + self.by_user.order.itemsize * len(self.by_user.order) + \
+            self.by_user.starts.itemsize * len(self.by_user.starts)
+
+
+class _Users:
+    """Rows by user id (the last successes, or one hour's list of them) as columns."""
+
+    __slots__ = ("rows", "by_user")
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], keys: Sequence[Any]) -> None:
+        self.rows = Rows(_SUCCESS_COLUMNS, rows, "createdDateTime", {_KEY: keys}, pooled=(_KEY,))
+        self.by_user = ByKey(self.rows.key(_KEY))
+
+    def of(self, user_id: str) -> list[dict[str, Any]]:
+        return [self.rows.row(i) for i in self.by_user.rows(user_id)]
+
+    def nbytes(self) -> int:
+        return self.rows.nbytes() + self.by_user.order.itemsize * len(self.by_user.order) + \
+            self.by_user.starts.itemsize * len(self.by_user.starts)
+
+
+def _merge_last(rows: list[dict[str, Any]], new: dict[str, Any]) -> None:
+    """sync/sign_ins.py merge_success, in place: the latest success per app (an equal time keeps the one held)."""
+    for i, r in enumerate(rows):
+        if r.get("appId") == new.get("appId"):
+            if str(r.get("createdDateTime") or "") < str(new.get("createdDateTime") or ""):
+                rows[i] = new
+            return
+    rows.append(new)
+
+
+def _groups(stored: Iterable[Any]) -> dict[str, list[Any]]:
+    """{key: [Record, ...]} of stored grouped buckets (one Table for all of them)."""
+    parts = [b if is_packed_groups(b) else pack_groups(b) for b in stored if b is not None]
+    return concat_groups(parts) if parts else {}
+
+
+def _keys_of(stored: Any) -> list[str]:
+    if stored is None:
+        return []
+    return list(stored[1]) if is_packed_groups(stored) else list(stored)
+
+
 @dataclass
 class SignInLog:
     """One version of one tenant's sign-in events mirror, held as columns (sign_in_columns.py) and indexed by user
-    and hour. `status` None: never synced."""
+    and hour. `status` None: never synced.
+
+    A poll's commit is adopted in proportion to what it rewrote (`SignInLogs.get`, `load`): the failure buckets it
+    rewrote (the last hour or two; expiry's first hour) are read and their hours held in a new `_Hours`, the other
+    hours stay where the older version held them; the polls' successes are kept per hour of poll (sync/sign_ins.py
+    RECENT) and only the rewritten hour is read; the last successes by user are read again only when the sync
+    folded those hours into them (once a day)."""
 
     tenant: str
     status: AreaStatus | None
     version: int = 0
     meta: Mapping[str, Any] = field(default_factory=dict)
     hours: list[str] = field(default_factory=list)  # hours holding failures, oldest first
-    _failures: Rows | None = None  # every failure of the window, by hour, oldest first in each hour
-    _failures_by_user: ByKey | None = None
-    _hour_span: dict[str, tuple[int, int]] = field(default_factory=dict)  # hour -> its rows [start, stop)
-    _successes: Rows | None = None  # last success per user and app
-    _successes_by_user: ByKey | None = None
+    _hour_at: dict[str, tuple[_Hours, int, int]] = field(default_factory=dict)  # hour -> its holder, rows [start, stop)
+    _parts: list[_Hours] = field(default_factory=list)  # every holder an hour is served by, oldest first
+    _successes: _Users | None = None  # last success per user and app, as the sync folded them
+    _recent: list[tuple[str, _Users]] = field(default_factory=list)  # hour of poll -> the successes its polls read
     _tally: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
     _merged: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
@@ -70,55 +146,125 @@ class SignInLog:
     _apps: dict[int, Counter[tuple[Any, Any]]] = field(default_factory=dict)
     _app_codes: dict[tuple[str, str | None], Counter[tuple[Any, int]]] = field(default_factory=dict)
     stamp: int = 0  # the sign-in mirror's commit stamp this log's status and meta are from
+    _seen: AreaBuckets | None = None  # the mirror's buckets this log holds (their revisions; no objects)
+    _bucket_keys: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # (coll, bucket) -> keys it held
 
     @classmethod
     def build(cls, tenant: str, snapshot: DirectorySnapshot | None, meta: Mapping[str, Any] | None = None) -> "SignInLog":
+        """A log of a snapshot's sign-in collections (tests and benchmarks; the server loads with `load`)."""
         if snapshot is None:
             return cls(tenant, None)
-        failures = snapshot.collection("sign_in_failures")
+        log = cls(tenant, snapshot.areas.get("sign_in_events"), snapshot.version, dict(meta or {}))
+        log._fill(snapshot.collection(_FAILURES), snapshot.collection(_SUCCESSES), snapshot.collection(_RECENT) or {})
+        return log
+
+    def _fill(self, failures: Mapping[str, Sequence[Any]], successes: Mapping[str, Sequence[Any]],
+              recent: Mapping[str, Sequence[Any]]) -> None:
         hours = sorted(h for h in failures if failures[h])
-        spans: dict[str, tuple[int, int]] = {}
-        at = 0
-        for h in hours:
-            spans[h] = (at, at + len(failures[h]))
-            at += len(failures[h])
-        f_rows = [r for h in hours for r in failures[h]]
-        f_keys = [_user_key(r) for r in f_rows]
-        f = Rows(_FAILURE_COLUMNS, f_rows, "createdDateTime", {_KEY: f_keys}, pooled=(_KEY,))
-        del f_rows, f_keys
-        successes = snapshot.collection("sign_in_successes")
-        s_rows = [r for rows in successes.values() for r in rows]
-        s_keys = [uid for uid, rows in successes.items() for _r in rows]
-        s = Rows(_SUCCESS_COLUMNS, s_rows, "createdDateTime", {_KEY: s_keys}, pooled=(_KEY,))
-        del s_rows, s_keys
-        return cls(tenant, snapshot.areas.get("sign_in_events"), snapshot.version, dict(meta or {}), hours,
-                   f, ByKey(f.key(_KEY)), spans, s, ByKey(s.key(_KEY)))
+        part = _Hours(failures, hours)
+        self._parts = [part]
+        self._hour_at = {h: (part, a, b) for h, (a, b) in part.spans.items()}
+        self.hours = hours
+        self._successes = _Users([r for rows in successes.values() for r in rows],
+                                 [uid for uid, rows in successes.items() for _r in rows])
+        self._recent = [(k, _recent_users(recent[k])) for k in sorted(recent) if recent[k]]
+
+    @classmethod
+    def load(cls, tenant: str, got: AreaBuckets, older: "SignInLog | None" = None) -> "SignInLog | None":
+        """The log of `got` (MirrorStore.read_area). With `older` (the log of the earlier call whose `_seen` `got`
+        was read against), only what `got` read anew is built; the rest is `older`'s. None when that is not
+        possible (too much rewritten, or a collection `got` could not read in part): load whole."""
+        log = cls(tenant, got.status, got.version, dict(got.meta), stamp=got.stamp,
+                  _seen=replace(got, buckets={}))
+        if older is None or older._seen is None:
+            if got.whole != frozenset(got.specs) and any(got.specs[c][0] for c in got.specs):
+                return None
+            for coll, stored in got.buckets.items():
+                for i, b in stored.items():
+                    log._bucket_keys[(coll, i)] = _keys_of(b)
+            log._fill(_groups(got.buckets.get(_FAILURES, {}).values()), _groups(got.buckets.get(_SUCCESSES, {}).values()),
+                      _groups(got.buckets.get(_RECENT, {}).values()))
+            return log
+        if got.whole & {_FAILURES, _RECENT}:
+            return None
+        moved = {c: [i for i, (a, b) in enumerate(zip(older._seen.specs[c][1], got.specs[c][1])) if a != b]
+                 for c in got.specs if c in older._seen.specs}
+        if got.whole & {_SUCCESSES} or moved.get(_SUCCESSES):
+            return None  # the sync folded the polls' successes into the by-user lists: read those whole
+        log._bucket_keys = {k: v for k, v in older._bucket_keys.items()
+                            if not (k[0] in moved and k[1] in moved[k[0]])}
+        for coll, stored in got.buckets.items():
+            for i, b in stored.items():
+                log._bucket_keys[(coll, i)] = _keys_of(b)
+        # failures: the hours of the rewritten buckets are read; the others stay where `older` holds them
+        gone = {h for i in moved.get(_FAILURES, []) for h in older._bucket_keys.get((_FAILURES, i), [])}
+        fresh = _groups(got.buckets.get(_FAILURES, {}).values())
+        read = sorted(h for h in fresh if fresh[h])
+        if len(read) * 2 > max(len(older.hours), 1) and len(read) > 4:
+            return None  # most hours rewritten (a full pull): load whole
+        hour_at = {h: at for h, at in older._hour_at.items() if h not in gone}
+        if read:
+            part = _Hours(fresh, read)
+            hour_at.update((h, (part, a, b)) for h, (a, b) in part.spans.items())
+        log.hours = sorted(hour_at)
+        log._hour_at = hour_at
+        used = {id(at[0]) for at in hour_at.values()}
+        log._parts = [p for p in [*older._parts, *([part] if read else [])] if id(p) in used]
+        log._successes = older._successes
+        dropped = {k for i in moved.get(_RECENT, []) for k in older._bucket_keys.get((_RECENT, i), [])}
+        again = _groups(got.buckets.get(_RECENT, {}).values())
+        recent = {k: u for k, u in older._recent if k not in dropped}
+        recent.update((k, _recent_users(rows)) for k, rows in again.items() if rows)
+        log._recent = sorted(recent.items())
+        log.adopt(older)
+        return log
 
     @property
     def failure_count(self) -> int:
-        return len(self._failures) if self._failures is not None else 0
+        return sum(b - a for _p, a, b in self._hour_at.values())
 
     @property
     def success_count(self) -> int:
-        return len(self._successes) if self._successes is not None else 0
+        """Rows of last successes held (the folded ones, and the polls' since)."""
+        return (len(self._successes.rows) if self._successes is not None else 0) + sum(len(u.rows) for _k, u in self._recent)
 
     def failure_users(self) -> list[str]:
         """The keys (user id, or folded UPN for events without one) that have failures in the window."""
-        return list(self._failures_by_user.keys()) if self._failures_by_user is not None else []
+        out: dict[str, None] = {}
+        for part in self._parts:
+            for k in part.by_user.keys():
+                if k not in out and self.user_failures(k):
+                    out[k] = None
+        return list(out)
 
-    def user_failures(self, key: str) -> list[int]:
-        """Row numbers of the failures of user `key` (id, or folded UPN for events without a user id), oldest first."""
-        return self._failures_by_user.rows(key) if self._failures_by_user is not None else []
+    def user_failures(self, key: str) -> list[tuple[str, int, int]]:
+        """The failures of user `key` (id, or folded UPN for events without a user id), oldest first, as handles for
+        `failure`."""
+        out = []
+        for n, part in enumerate(self._parts):
+            for r in part.by_user.rows(key):
+                h = part.hour_of(r)
+                at = self._hour_at.get(h)
+                if at is not None and at[0] is part:
+                    out.append((h, r, n))
+        out.sort()
+        return out
 
-    def failure(self, row: int) -> dict[str, Any]:
-        assert self._failures is not None
-        return self._failures.row(row)
+    def failure(self, handle: tuple[str, int, int]) -> dict[str, Any]:
+        return self._parts[handle[2]].rows.row(handle[1])
+
+    def hour_failures(self, hour: str) -> list[dict[str, Any]]:
+        """The hour's failures as the mirror's records (less the event id), oldest first."""
+        at = self._hour_at.get(hour)
+        return [at[0].rows.row(i) for i in range(at[1], at[2])] if at is not None else []
 
     def user_successes(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's last success per app."""
-        if self._successes is None or self._successes_by_user is None:
-            return []
-        return [self._successes.row(i) for i in self._successes_by_user.rows(user_id)]
+        """The user's last success per app (the by-user lists with the polls' hours merged in, oldest first)."""
+        rows = self._successes.of(user_id) if self._successes is not None else []
+        for _k, users in self._recent:
+            for row in users.of(user_id):
+                _merge_last(rows, row)
+        return rows
 
     def recent_apps(self, hours: int) -> Counter[tuple[Any, Any]]:
         """(appId, appDisplayName) -> failures in the last `hours` hours that hold failures (memoised)."""
@@ -126,10 +272,9 @@ class SignInLog:
         if got is not None:
             return got
         out: Counter[tuple[Any, Any]] = Counter()
-        if self._failures is not None and self.hours:
-            start = self._hour_span[self.hours[-hours:][0]][0]
-            stop = self._hour_span[self.hours[-1]][1]
-            out = Counter(self._failures.pairs("appId", "appDisplayName", start, stop))
+        for h in self.hours[-hours:] if self.hours else []:
+            part, a, b = self._hour_at[h]
+            out.update(part.rows.pairs("appId", "appDisplayName", a, b))
         self._apps[hours] = out
         return out
 
@@ -141,10 +286,10 @@ class SignInLog:
             return t["app_code"]  # type: ignore[no-any-return]
         got = self._app_codes.get((hour, app))
         if got is None:
-            span = self._hour_span.get(hour)
+            at = self._hour_at.get(hour)
             got = Counter()
-            if span is not None and self._failures is not None:
-                for (aid, code), n in self._failures.pairs("appId", "errorCode", *span).items():
+            if at is not None:
+                for (aid, code), n in at[0].rows.pairs("appId", "errorCode", at[1], at[2]).items():
                     if app is None or aid == app:
                         got[(aid, int(code or 0))] += n
             self._app_codes[(hour, app)] = got
@@ -152,9 +297,8 @@ class SignInLog:
 
     def memory_bytes(self) -> int:
         """Bytes of the columns' arrays and pools (what grows with the window)."""
-        return sum(r.nbytes() for r in (self._failures, self._successes) if r is not None) + sum(
-            b.order.itemsize * len(b.order) + b.starts.itemsize * len(b.starts)
-            for b in (self._failures_by_user, self._successes_by_user) if b is not None)
+        return sum(p.nbytes() for p in self._parts) + (self._successes.nbytes() if self._successes is not None else 0) + \
+            sum(u.nbytes() for _k, u in self._recent)
 
     @property
     def available(self) -> bool:
@@ -190,12 +334,12 @@ class SignInLog:
         return got
 
     def adopt(self, older: "SignInLog") -> int:
-        """Reuse the counts `older` (the previous version of this log) computed for hours this version holds unchanged.
-        A poll only adds failures to the last hour or two (never changes a stored one: ids are de-duplicated) and
-        expiry drops whole hours, so an hour with the same number of failures holds the same failures. The first
-        summary after each 5-minute poll then counts only the hours the poll touched. Returns the hours reused."""
-        same = {h for h, (a, b) in self._hour_span.items()
-                if (old := older._hour_span.get(h)) is not None and old[1] - old[0] == b - a}
+        """Reuse the counts `older` (the previous version of this log) computed for hours this version holds unchanged
+        (the same rows: a poll rewrites the last hour or two, never an older one without rewriting its bucket, and
+        expiry drops whole hours). The first summary after each 5-minute poll then counts only the hours the poll
+        touched. Returns the hours reused."""
+        same = {h for h, at in self._hour_at.items()
+                if (old := older._hour_at.get(h)) is not None and (old is at or old[2] - old[1] == at[2] - at[1])}
         for (h, app), tally in list(older._tally.items()):
             if h in same:
                 self._tally[(h, app)] = tally
@@ -215,14 +359,14 @@ class SignInLog:
         return len(same)
 
     def has_hour(self, hour: str) -> bool:
-        return hour in self._hour_span
+        return hour in self._hour_at
 
     def hour_rows(self, hour: str) -> list[tuple[Any, ...]]:
         """The hour's failures as `_ROW` tuples (the last few hours asked for are kept)."""
         rows = self._rows.get(hour)
         if rows is None:
-            span = self._hour_span.get(hour)
-            rows = self._failures.tuples(_ROW, *span) if span is not None and self._failures is not None else []
+            at = self._hour_at.get(hour)
+            rows = at[0].rows.tuples(_ROW, at[1], at[2]) if at is not None else []
             if len(self._rows) >= _HELD_HOURS:
                 self._rows.pop(next(iter(self._rows)))
             self._rows[hour] = rows
@@ -235,6 +379,7 @@ class SignInLog:
 _ROW = ("createdDateTime", "userId", "userPrincipalName", "appId", "appDisplayName", "errorCode", "ipAddress", "city",
         "countryOrRegion")
 _HELD_HOURS = 16  # hours whose rows are kept as tuples (the partial hours at a window's ends, reused call after call)
+_FAILURES, _SUCCESSES, _RECENT = "sign_in_failures", "sign_in_successes", "sign_in_recent"  # sync/sign_ins.py
 _KEY = "_user"  # the column of the user key a failure is found by (see _user_key)
 # what the sync keeps of an event (sync/sign_ins.py FAILURE_FIELDS, SUCCESS_FIELDS), less the failures' event id:
 # the answers never show it
@@ -244,6 +389,11 @@ _FAILURE_COLUMNS = (
     "conditionalAccessStatus", "failedPolicies", "grantControls", "deviceCompliant", "deviceManaged", "operatingSystem",
     "riskState")
 _SUCCESS_COLUMNS = ("appId", "appDisplayName", "createdDateTime", "ipAddress", "clientAppUsed", "city", "countryOrRegion")
+
+
+def _recent_users(rows: Sequence[Mapping[str, Any]]) -> _Users:
+    """An hour's list of the polls' last successes ({userId, ...} rows) by user."""
+    return _Users(rows, [r.get("userId") if isinstance(r.get("userId"), str) else None for r in rows])
 
 
 def _user_key(r: Mapping[str, Any]) -> str | None:
@@ -483,7 +633,7 @@ def explain_sign_in(log: SignInLog, view: Any, user: str, app: str | None = None
 
     begin, window, wf = _window(log, start, current)
     findings += wf
-    found: set[int] = set()
+    found: set[tuple[str, int, int]] = set()
     for k in keys:
         found.update(log.user_failures(k))
     rows: list[Mapping[str, Any]] = [log.failure(i) for i in sorted(found)]  # row order: by time (then event id)
@@ -896,13 +1046,23 @@ class SignInLogs:
             held = self._held.get(tenant)
             if held is not None and held.version == fresh.version:
                 return held
-            snapshot = events.load_snapshot(tenant)
-            info = events.info(tenant) if snapshot is not None else None
-            meta = info["areas"]["sign_in_events"]["meta"] if info else {}
-            log = SignInLog.build(tenant, snapshot, meta)
-            if held is not None and held.tenant == log.tenant:
-                log.adopt(held)
-            log.stamp = fresh.stamp
+            log = None
+            if held is not None and held._seen is not None:
+                # the buckets the commits since `held` rewrote, and only those (a 5-minute poll: an hour or two)
+                got = events.read_area(tenant, "sign_in_events", held._seen)
+                if got is None:
+                    self._held.pop(tenant, None)
+                    return SignInLog(tenant, None)
+                log = SignInLog.load(tenant, got, held)
+            if log is None:
+                got = events.read_area(tenant, "sign_in_events")
+                if got is None:
+                    self._held.pop(tenant, None)
+                    return SignInLog(tenant, None)
+                log = SignInLog.load(tenant, got)
+                assert log is not None
+                if held is not None:
+                    log.adopt(held)
             self._held[tenant] = log
             return log
 

@@ -65,6 +65,7 @@ _FORMS: dict[str, str] = {c.name: c.form for a in REGISTRY for c in a.collection
 TABLES = frozenset(c for c, form in _FORMS.items() if form == "table")
 # collections of lists of Graph objects by key (assignments by resource), stored as columns too
 GROUPED = frozenset(c for c, form in _FORMS.items() if form == "grouped")
+_MIN_BUCKETS: dict[str, int] = {c.name: c.min_buckets for a in REGISTRY for c in a.collections}
 # the sign-in events' own mirror under cache_dir (tenant names cannot start with a dot): a 5-minute poll commits there,
 # so it never bumps the directory's version (the server's index) nor waits for the directory's writer lock
 SIGN_IN_DIR = ".sign-in-events"
@@ -94,9 +95,11 @@ _SETTINGS = {
 }
 
 
-def _bucket_count(data: dict[str, Any]) -> int:
+def _bucket_count(data: dict[str, Any], least: int = 1) -> int:
     weight = sum(len(v) if isinstance(v, (dict, list)) and not _is_object(v) else 1 for v in data.values())
     n = 1
+    while n < min(least, MAX_BUCKETS):
+        n *= 2
     while n < MAX_BUCKETS and n * _ITEMS_PER_BUCKET < weight:
         n *= 2
     return n
@@ -491,6 +494,32 @@ class MirrorStore:
 
         return self._consistent(tenant_name, read)
 
+    def read_area(self, tenant_name: str, area: str, held: AreaBuckets | None = None) -> AreaBuckets | None:
+        """One area's committed state as stored: version, stamp, status, meta and per collection its spec
+        (bucket count, revisions) with the stored buckets. With `held` (what an earlier call returned, for a later
+        commit of this mirror), only the buckets whose revision moved are read: a reader that keeps its own form of
+        the others (the server's sign-in window) follows a commit in proportion to what it rewrote. None when there
+        is no (usable) mirror. Consistent like load_snapshot."""
+
+        def read(root: dict[str, Any], cache: diskcache.Cache) -> AreaBuckets:
+            a = _area_of(root, area)
+            base = held if held is not None and held.tenant_id == root["tenant_id"] and held.stamp <= _stamp(root) else None
+            specs: dict[str, tuple[int, tuple[int, ...]]] = {}
+            buckets: dict[str, dict[int, Any]] = {}
+            for coll in COLLECTIONS[area]:
+                spec = a["colls"].get(coll)
+                n, revs = (int(spec[0]), tuple(int(r) for r in spec[1])) if spec else (0, ())
+                before = base.specs.get(coll) if base is not None else None
+                same = before is not None and before[0] == n
+                specs[coll] = (n, revs)
+                buckets[coll] = {i: self._bucket(cache, area, coll, i, rev) for i, rev in enumerate(revs)
+                                 if rev >= 0 and not (same and before[1][i] == rev)}  # type: ignore[index]
+            return AreaBuckets(tenant_id=root["tenant_id"], version=int(root["version"]), stamp=_stamp(root),
+                               status=_status_from_dict(a["status"]), meta=dict(a["meta"]), specs=specs, buckets=buckets,
+                               whole=frozenset(c for c in specs if base is None or base.specs.get(c, (None,))[0] != specs[c][0]))
+
+        return self._consistent(tenant_name, read)
+
     def export(self, tenant_name: str) -> MirrorExport | None:
         """The committed mirror as it is stored (root and the buckets it names), for a replica to adopt; None when
         there is no (usable) mirror. Consistent like load_snapshot."""
@@ -619,6 +648,21 @@ class _Stale(Exception):
 
 
 @dataclass(frozen=True)
+class AreaBuckets:
+    """MirrorStore.read_area's answer. `buckets`: coll -> {bucket number: stored form} of the buckets read (every
+    stored bucket of the collections in `whole`, else those whose revision moved since the `held` call)."""
+
+    tenant_id: str
+    version: int
+    stamp: int
+    status: AreaStatus
+    meta: dict[str, Any]
+    specs: dict[str, tuple[int, tuple[int, ...]]]
+    buckets: dict[str, dict[int, Any]]
+    whole: frozenset[str]
+
+
+@dataclass(frozen=True)
 class MirrorExport:
     """A committed mirror as stored: the root and every bucket it names (key -> stored form)."""
 
@@ -639,7 +683,10 @@ class AreaChange:
 
     def _spec(self, coll: str) -> list[Any]:
         spec = self._w._root["areas"][self.area]["colls"].get(coll)
-        return spec if spec else [1, [-1]]
+        if spec:
+            return spec  # type: ignore[no-any-return]
+        n = _bucket_count({}, _MIN_BUCKETS.get(coll, 1))
+        return [n, [-1] * n]
 
     def _bucket(self, coll: str, object_id: str) -> tuple[tuple[str, int], dict[str, Any]]:
         n, revs = self._spec(coll)
@@ -815,7 +862,7 @@ class MirrorWriter:
         """Write a whole collection as buckets of revision `rev`; a bucket equal to the one it replaces (`old`, the
         collection's spec) keeps its revision and is not written. Returns its spec [n, revs] and whether anything
         differs from `old`."""
-        n = _bucket_count(items)
+        n = _bucket_count(items, _MIN_BUCKETS.get(coll, 1))
         parts: list[dict[str, Any]] = [{} for _ in range(n)]
         for oid, obj in items.items():
             parts[bucket_of(oid, n)][oid] = obj
@@ -895,7 +942,7 @@ class MirrorWriter:
                     if coll in change._full_colls:
                         continue
                     changed = True
-                    spec = colls.setdefault(coll, [1, [-1]])
+                    spec = colls.setdefault(coll, change._spec(coll))
                     part = change._buckets[(coll, i)]
                     if part:
                         k = _key(area, coll, i, rev)
@@ -905,7 +952,7 @@ class MirrorWriter:
                     else:
                         spec[1][i] = -1
                 for coll in COLLECTIONS[area]:
-                    colls.setdefault(coll, [1, [-1]])
+                    colls.setdefault(coll, change._spec(coll))
             except BaseException as exc:
                 self._forget(written)
                 if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
@@ -1040,4 +1087,4 @@ class MirrorWriter:
                 self._cache.delete(k)
 
 
-__all__ = ["COLLECTIONS", "SCHEMA_VERSION", "SIGN_IN_DIR", "AreaChange", "MirrorExport", "MirrorStore", "MirrorWriter", "bucket_of"]
+__all__ = ["COLLECTIONS", "SCHEMA_VERSION", "SIGN_IN_DIR", "AreaBuckets", "AreaChange", "MirrorExport", "MirrorStore", "MirrorWriter", "bucket_of"]

@@ -12,6 +12,13 @@ What is kept (the answers' needs, bounded):
                      buckets and expiry drops whole hours.
   sign_in_successes  user id -> [{appId, appDisplayName, createdDateTime, ipAddress, clientAppUsed, city,
                      countryOrRegion}]: the LAST success per user and app (older successes add nothing an answer uses).
+  sign_in_recent     hour of a poll -> [{userId, appId, ...}]: the last success per user and app that the polls of
+                     that hour read, in the order they were first seen. A poll writes only its own hour's list (a
+                     large tenant's poll reads successes of ~14,000 users: merged into the by-user buckets directly,
+                     it would rewrite nearly all of them, and a server would re-read all of them); once
+                     FOLD_AFTER hours are listed the older ones are folded into sign_in_successes (once a day).
+                     The last successes are sign_in_successes with each hour's list merged in, oldest first
+                     (`merge_success`), which is what a reader does too (identity/sign_ins.py).
 Both are stored in a mirror of their own (`MirrorStore.sign_in_store()`), so a 5-minute poll never invalidates the
 directory's index and never waits for a long directory sync.
 
@@ -45,6 +52,8 @@ OVERLAP = timedelta(minutes=15)  # three times Microsoft's P99 ingestion latency
 SUCCESS_BACKFILL_HOURS = 24  # first pull: successes of the last day only (the reporting throttle; see module doc)
 FAILURES = "sign_in_failures"
 SUCCESSES = "sign_in_successes"
+RECENT = "sign_in_recent"
+FOLD_AFTER = 24  # hours of polls' successes kept apart before they are folded into SUCCESSES
 
 FAILURE_FIELDS = (
     "id", "createdDateTime", "userId", "userPrincipalName", "userDisplayName", "appId", "appDisplayName", "errorCode",
@@ -137,6 +146,40 @@ def merge_success(current: list[dict[str, Any]] | None, new: dict[str, Any]) -> 
     return rows, True
 
 
+def merge_recent(current: list[dict[str, Any]] | None, new: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], bool]:
+    """An hour's list of last successes ({userId, ...} rows) with `new` (user id -> rows, the latest per app) folded in
+    like merge_success does per user: (list, changed)."""
+    rows = [dict(r) for r in current or []]
+    at = {(r.get("userId"), r.get("appId")): i for i, r in enumerate(rows)}
+    changed = False
+    for uid, got in new.items():
+        for row in got:
+            i = at.get((uid, row["appId"]))
+            if i is None:
+                at[(uid, row["appId"])] = len(rows)
+                rows.append({"userId": uid, **row})
+                changed = True
+            elif str(rows[i].get("createdDateTime") or "") < row["createdDateTime"]:
+                rows[i] = {"userId": uid, **row}
+                changed = True
+    return rows, changed
+
+
+def fold_recent(by_user: dict[str, list[dict[str, Any]] | None], rows: Iterable[dict[str, Any]]) -> set[str]:
+    """Merge an hour's list of last successes into `by_user` (user id -> stored list, loaded as needed by the caller:
+    missing users are None); returns the users whose list changed."""
+    changed: set[str] = set()
+    for r in rows:
+        uid = r.get("userId")
+        if not isinstance(uid, str):
+            continue
+        merged, c = merge_success(by_user.get(uid), {k: v for k, v in r.items() if k != "userId"})
+        if c:
+            by_user[uid] = merged
+            changed.add(uid)
+    return changed
+
+
 def merge_failures(current: list[dict[str, Any]] | None, new: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """An hour's failures with `new` added once each (by id), oldest first; (list, how many were new)."""
     rows = [dict(r) for r in current or []]
@@ -174,8 +217,8 @@ async def pull(client: GraphClient, params: dict[str, str]) -> AsyncIterator[lis
 
 
 __all__ = [
-    "AREA", "FAILURES", "OVERLAP", "SUCCESSES", "SUCCESS_BACKFILL_HOURS", "compact_failure", "compact_success",
-    "expired_hours", "run_area", "run_in_sync", "hour_key", "merge_failures", "merge_success", "parse_iso", "pull", "query",
+    "AREA", "FAILURES", "FOLD_AFTER", "OVERLAP", "RECENT", "SUCCESSES", "SUCCESS_BACKFILL_HOURS", "compact_failure", "compact_success",
+    "expired_hours", "run_area", "run_in_sync", "hour_key", "fold_recent", "merge_failures", "merge_recent", "merge_success", "parse_iso", "pull", "query",
 ]
 
 
@@ -254,7 +297,7 @@ async def run_area(
                         "window_start": iso(window_start)}
                 status = AreaStatus(enabled=True, last_success=now, last_error=prev.last_error,
                                     last_error_at=prev.last_error_at, object_count=count, mode="full")
-                await commit(writer.commit_full, AREA, {FAILURES: by_hour, SUCCESSES: by_user}, delta_link=None,
+                await commit(writer.commit_full, AREA, {FAILURES: by_hour, SUCCESSES: by_user, RECENT: {}}, delta_link=None,
                              status=status, meta=meta)
                 return {"outcome": "full", "objects": count, "changes": count + sum(map(len, by_user.values())),
                         "message": f"window of {days} days: failures in full, successes since {meta['successes_from']}",
@@ -275,6 +318,7 @@ async def run_area(
                         seen_max = max(seen_max or "", s[1]["createdDateTime"])
             change = writer.begin(AREA)
             hours = set(meta.get("hours") or [])
+            recent = set(meta.get("recent") or [])
             added = 0
 
             def apply() -> int:
@@ -287,14 +331,25 @@ async def run_area(
                         change.put(FAILURES, h, merged)
                         hours.add(h)
                         n += k
-                for uid, rows in new_succ.items():
-                    current = change.get(SUCCESSES, uid)
-                    changed = False
-                    for row in rows:
-                        current, c = merge_success(current, row)
-                        changed = changed or c
-                    if changed:
-                        change.put(SUCCESSES, uid, current)
+                if new_succ:
+                    # this hour's list only (see the module doc); later than every hour listed, so the lists' order
+                    # is the order the polls read them in, whatever clock `now` came from
+                    segment = max([iso(now)[:13], *recent])
+                    merged_recent, c = merge_recent(change.get(RECENT, segment), new_succ)
+                    if c:
+                        change.put(RECENT, segment, merged_recent)
+                        recent.add(segment)
+                older = sorted(recent)[:-1]
+                if len(older) >= FOLD_AFTER:
+                    users: dict[str, list[dict[str, Any]] | None] = {}
+                    for seg in older:
+                        rows = change.get(RECENT, seg) or []
+                        for uid in {str(r["userId"]) for r in rows if isinstance(r.get("userId"), str)} - users.keys():
+                            users[uid] = change.get(SUCCESSES, uid)
+                        for uid in fold_recent(users, rows):
+                            change.put(SUCCESSES, uid, users[uid])
+                        change.delete(RECENT, seg)
+                        recent.discard(seg)
                 for h in expired_hours(hours, window_start):
                     old = change.get(FAILURES, h)
                     meta["failures"] = int(meta.get("failures", 0)) - len(old or [])
@@ -305,6 +360,7 @@ async def run_area(
             added = await anyio.to_thread.run_sync(apply)
             meta["failures"] = max(0, int(meta.get("failures", 0)) + added)
             meta["hours"] = sorted(hours)
+            meta["recent"] = sorted(recent)
             meta["watermark"] = max(meta["watermark"], seen_max or meta["watermark"])
             meta["window_start"] = iso(window_start)
             status = AreaStatus(enabled=True, last_success=now, last_error=prev.last_error, last_error_at=prev.last_error_at,
