@@ -244,6 +244,42 @@ def test_late_events_are_picked_up_by_the_next_poll_exactly_once(bed: Bed) -> No
     assert a["lastSuccess"]["source"] == "sign-in events"
 
 
+def test_a_failed_poll_keeps_the_last_state_and_the_next_takes_the_events_once(bed: Bed) -> None:
+    """Graph failing past the retries (503/504 on every attempt): the poll fails, the mirror keeps its last committed
+    events and records the error; the next poll takes the events of the failed one exactly once."""
+    from entra_mcp.errors import EntraMcpError
+    from entra_mcp.graph.client import RetryPolicy
+    from entra_mcp.graph.tenant import make_client
+
+    user = bed.upns[0]
+    bed.add({"user": user, "errorCode": 50126, "secondsAgo": 300})
+    bed.sync()
+    bed.add({"user": user, "errorCode": 50126, "secondsAgo": 120}, {"user": user, "errorCode": 53003, "policy": "P", "secondsAgo": 60})
+    bed.ctl.faults(error_next=2)
+
+    async def failing() -> str:
+        client = make_client(bed.settings.tenants[0], retry=RetryPolicy(max_attempts=2, base_backoff=0.01))
+        try:
+            with pytest.raises(EntraMcpError) as caught:
+                await sign_ins.run_area(bed.settings.tenants[0], bed.store, client)
+            return str(caught.value)
+        finally:
+            await client.aclose()
+
+    error = anyio.run(failing)
+    name = bed.settings.tenants[0].name
+    status = bed.store.sign_in_store().load_snapshot(name).areas["sign_in_events"]  # type: ignore[union-attr]
+    assert status.enabled and status.last_error and status.last_error_at is not None, status
+    assert status.last_success is not None and status.last_success < status.last_error_at
+    assert "503" in error or "504" in error or "Service" in error, error
+    kept = bed.ask("explain_sign_in", user=user)
+    assert kept["signInEvents"]["failures"] == 1, "the last committed state, nothing half-applied"
+    again = bed.poll()
+    assert again["outcome"] == "delta" and again["changes"] == 2, again
+    after = bed.ask("explain_sign_in", user=user)
+    assert after["signInEvents"]["failures"] == 3 and sorted(g["count"] for g in after["failures"]) == [1, 2]
+
+
 def test_window_and_retention_bounds(fresh_emulator: Any, control_of: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     emu = fresh_emulator(size="small", seed=5)
     bed = Bed(emu, control_of(emu), tmp_path, monkeypatch, extra=ENABLED + "sign_in_events_days = 1\n")
@@ -300,6 +336,8 @@ def test_area_off_says_so_and_gives_the_directory_verdict(fresh_emulator: Any, c
     assert a["directory"]["accountEnabled"] is True and a["verdict"]
     s = bed.ask("sign_in_failures_summary")
     assert s["failures"] is None and "SIGN_IN_EVENTS_UNAVAILABLE" in _codes(s)
+    ctx = bed.ask("get_ticket_identity_context", requester=user, ticket_text="I can't sign in")
+    assert ctx["signIns"] is None and ctx["requester"]["status"] == "found", "the ticket context still answers"
 
 
 def test_ticket_context_carries_the_requesters_sign_in_evidence(bed: Bed) -> None:
