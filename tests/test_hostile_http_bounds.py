@@ -32,6 +32,7 @@ BUFFERED = 200_000
 RATE_KEY = "rate-limited-key-0123456789abcdefXYZ"
 SESSION_KEY = "session-limited-key-0123456789abcdefXYZ"
 HEAVY_KEY = "heavy-caller-key-0123456789abcdefXYZ"
+HEAVY_CALLS = 4  # server.max_concurrent_calls (default)
 IDLE_KEY = "idle-sessions-key-0123456789abcdefXYZ"
 SESSION_IDLE_S = 8
 MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -423,15 +424,18 @@ def test_heavy_answers_are_computed_in_worker_processes_off_the_servers_gil(serv
                     order.append("light")
 
                 async with anyio.create_task_group() as tg:
-                    for _ in range(6):
+                    # as many as the caller may have in progress (server.max_concurrent_calls, 4): a fifth would wait
+                    # for the first answer in front of /mcp and be refused (429) after request_timeout_seconds (4 s
+                    # here), which a loaded machine reached; the caller's answers are computed one at a time anyway
+                    for _ in range(HEAVY_CALLS):
                         tg.start_soon(one_heavy)
                     tg.start_soon(one_light)
                 spent["server"] = cpu_seconds(pid) - server0
                 spent["workers"] = sum(cpu_seconds(w) for w in live_children(pid) | workers) - workers0
 
     anyio.run(main)
-    assert order.count("heavy") == 6 and order.index("light") < len(order) - 1, order
-    # the six answers' CPU went to the workers; the server process only carried the requests (same run, ticks)
+    assert order.count("heavy") == HEAVY_CALLS and order.index("light") < len(order) - 1, order
+    # the answers' CPU went to the workers; the server process only carried the requests (same run, ticks)
     assert spent["workers"] > spent["server"], spent
 
 
@@ -443,12 +447,8 @@ def test_a_killed_answer_worker_is_replaced(served: Any) -> None:
     assert before
     for worker in before:
         os.kill(worker, signal.SIGKILL)
-    # SIGKILL is delivered asynchronously: wait (bounded) until the workers have ended, so that they died idle — a
-    # call dispatched to a worker still dying is the "stopped while computing it" case, not this one
-    deadline = time.monotonic() + 30
-    while live_children(server.proc.pid) & before:
-        assert time.monotonic() < deadline, "the killed answer workers did not end within 30 s"
-        time.sleep(0.01)
+    # called at once: SIGKILL is delivered asynchronously, so the call may be handed to a worker whose death is not
+    # visible yet; it never acknowledged the request, so a new worker computes it (the call does not fail)
     r = _ticket_context(cfg, HEAVY_KEY, upns[0], heavy_text)
     assert not r.is_error, r.content[0].text[:300]
     after = live_children(server.proc.pid)

@@ -174,6 +174,57 @@ def test_a_worker_killed_in_a_call_fails_that_call_clearly_and_is_replaced(pool:
     assert "retry" in str(outcome[0])
     pid = pool.compute(tv, _where, "after")[0]
     assert pid != victim and victim not in pool.pids() and pool.replaced == 1
+    assert pool.redispatched == 0  # it had started the answer (which may be what killed it): never computed again
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith(("T", "t"))
+
+
+def test_a_call_handed_to_a_worker_that_died_before_starting_it_goes_to_a_new_worker(tmp_path: Path) -> None:
+    """The worker is stopped (SIGSTOP), the call is handed to it (its death cannot be seen yet), then it is killed:
+    it never acknowledged the request, so the call is answered by a new worker instead of failing."""
+    pool = AnswerPool(workers=1, timeout=20, min_refork_seconds=0)
+    try:
+        tv = _TV("contoso", 1, {"marker": 1})
+        victim = pool.compute(tv, _where, "first")[0]
+        os.kill(victim, signal.SIGSTOP)
+        _wait(lambda: _stopped(victim))
+        outcome: list[Any] = []
+
+        def call() -> None:
+            try:
+                outcome.append(pool.compute(tv, _where, "second"))
+            except TransientError as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        _wait(lambda: pool.sent == 2)  # the request is in the stopped worker's pipe
+        os.kill(victim, signal.SIGKILL)
+        caller.join(20)
+        assert not caller.is_alive()
+        assert isinstance(outcome[0], tuple), outcome
+        pid, marker, tag = outcome[0]
+        assert pid not in (victim, os.getpid()) and (marker, tag) == (1, "second")
+        assert pool.redispatched == 1 and pool.sent == 3 and victim not in pool.pids()
+    finally:
+        pool.close()
+
+
+class _DiesOnArrival:
+    """An argument whose unpickling ends the worker before it acknowledges the request."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os._exit, (3,)
+
+
+def test_a_call_is_handed_to_another_worker_once_only(pool: AnswerPool) -> None:
+    tv = _TV("contoso", 1, {"marker": 1})
+    with pytest.raises(TransientError, match=r"stopped before starting it \(it exited\).*retry the call"):
+        pool.compute(tv, _here, _DiesOnArrival())
+    assert pool.sent == 2 and pool.redispatched == 1 and pool.forks == 2
+    assert pool.compute(tv, _here, "text") not in (os.getpid(), 0)  # a new worker answers the next call
 
 
 def test_a_hung_worker_is_stopped_at_the_time_out_and_replaced(tmp_path: Path) -> None:

@@ -16,9 +16,13 @@ those waits; only another process removes them.
   the pool forks new children and retires the old ones after their call (at most one new generation per
   MIN_REFORK_SECONDS; meanwhile an answer on a newer view is computed in the server's thread, as without a pool).
 - A child idle for IDLE_EXIT_SECONDS exits (its private pages go back to the system); one that dies while idle is
-  replaced by the next call without failing it. A child that dies in a call (killed, crashed) fails that call with a
-  clear error and is replaced; one that has not answered within `timeout` seconds is killed, its call fails with a
-  clear error, and it is replaced. Never a hang.
+  replaced by the next call without failing it. A child acknowledges each request (ACK, an empty message) when it
+  starts computing it: a child that died before acknowledging (its death not yet visible when the call was handed to
+  it: killed, or exiting idle) never started the call, which goes once to a newly forked child (not to another idle
+  one, which may have been killed with the first).
+  A child that dies after acknowledging (killed, crashed) fails that call with a clear "retry" error and is replaced:
+  the answer itself may have been the cause, so it is never computed again unasked. One that has not answered within
+  `timeout` seconds is killed, its call fails with a clear error, and it is replaced. Never a hang.
 - Fairness: each caller has at most one answer in progress (its lane, limits.py WorkLanes), callers waiting for a child
   are served in arrival order (threading.Condition wakes waiters in order), and the CPU a child spent is charged to the
   caller's CPU share (pacing.charge), so a caller over its share waits before its next call.
@@ -48,6 +52,7 @@ log = get_logger("server.workers")
 NICE = 10  # the children's scheduling priority below the server's (0 = the same)
 MIN_REFORK_SECONDS = 1.0  # at most one new generation of children per this many seconds
 IDLE_EXIT_SECONDS = 60.0  # a child with no request for this long exits (a server whose heavy caller left holds none)
+ACK = b""  # what a child sends when it starts computing a request (before the answer)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ def _child_main(conn: Connection, held: Mapping[str, HeldView], idle_exit: float
                 break
             if request is None:
                 break
+            conn.send_bytes(ACK)  # started: from here a death fails the call instead of handing it to another child
             reply = _answer(held, *request)
             try:
                 conn.send(reply)
@@ -157,13 +163,16 @@ class AnswerPool:
         self._pids: set[int] = set()  # children not reaped yet
         self.forks = 0
         self.replaced = 0  # children that died or were killed in a call
+        self.sent = 0  # requests handed to children (a re-dispatched call counts twice)
+        self.redispatched = 0  # calls handed again to another child: the first died before acknowledging them
         self.in_process = 0  # heavy answers computed in the server's thread (a view newer than the children's)
 
     # ------------------------------------------------------------------ the server's side
 
     def compute(self, tv: Any, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(tv.view, *args) in a child; what fn raises (EntraMcpError) is raised here. TransientError when the child
-        died or did not answer in time (it is replaced)."""
+        """fn(tv.view, *args) in a child; what fn raises (EntraMcpError) is raised here. A child that died before
+        acknowledging the request is replaced and the request handed once to another; TransientError when the child
+        died computing it, did not answer in time (it is replaced), or the second child died before acknowledging too."""
         child = self._take(tv)
         if child is None:
             self.in_process += 1
@@ -174,24 +183,24 @@ class AnswerPool:
             self._give_back(child, alive=True)
             self.in_process += 1
             return fn(tv.view, *args)
-        ok = False
+        deadline = time.monotonic() + self.timeout
         try:
+            status, payload, cpu = self._ask(child, request, deadline)
+        except _NotStarted as first:
+            self.redispatched += 1
+            log.warning("answer worker %d ended before starting the call (%s); another one computes it",
+                        first.pid, first.how)
+            child = self._take(tv, fresh=True)  # a new child: the others may have been killed with the first
+            if child is None:
+                self.in_process += 1
+                return fn(tv.view, *args)
             try:
-                child.conn.send_bytes(request)
-            except (OSError, ValueError) as exc:
-                raise self._lost(child, "could not be reached") from exc
-            if not child.conn.poll(self.timeout):
-                self._kill(child)
+                status, payload, cpu = self._ask(child, request, deadline)
+            except _NotStarted as second:
+                log.warning("answer worker %d ended before starting the call too (%s)", second.pid, second.how)
                 raise TransientError(
-                    f"the answer took longer than {self.timeout:g} s and was stopped; narrow the input (a shorter "
-                    "text) or retry later (server.answer_timeout_seconds)")
-            try:
-                status, payload, cpu = child.conn.recv()
-            except (EOFError, OSError) as exc:
-                raise self._lost(child, "stopped while computing it") from exc
-            ok = True
-        finally:
-            self._give_back(child, alive=ok)
+                    f"two processes asked to compute this answer stopped before starting it ({second.how}); they "
+                    "have been replaced: retry the call") from None
         charge(cpu)
         if status == "ok":
             return payload
@@ -201,6 +210,36 @@ class AnswerPool:
             self.in_process += 1
             return fn(tv.view, *args)
         raise RuntimeError(payload)  # what the same failure raises in the server's thread: the SDK's tool error
+
+    def _ask(self, child: _Child, request: memoryview, deadline: float) -> tuple[str, Any, float]:
+        """Send `request` to `child` and return its reply; the child goes back to the pool, or is replaced when it
+        died. _NotStarted: it died before acknowledging the request."""
+        ok = False
+        try:
+            try:
+                child.conn.send_bytes(request)
+                self.sent += 1
+                self._wait(child, deadline)
+                child.conn.recv_bytes()  # ACK: the child has started computing it
+            except (EOFError, OSError, ValueError):
+                raise _NotStarted(child.pid, self._ended(child)) from None
+            self._wait(child, deadline)
+            try:
+                reply: tuple[str, Any, float] = ForkingPickler.loads(child.conn.recv_bytes())
+            except (EOFError, OSError) as exc:
+                raise self._lost(child, "stopped while computing it") from exc
+            ok = True
+            return reply
+        finally:
+            self._give_back(child, alive=ok)
+
+    def _wait(self, child: _Child, deadline: float) -> None:
+        """Until the child's next message (or the end of its pipe); at the deadline it is killed: TransientError."""
+        if not child.conn.poll(max(0.0, deadline - time.monotonic())):
+            self._kill(child)
+            raise TransientError(
+                f"the answer took longer than {self.timeout:g} s and was stopped; narrow the input (a shorter "
+                "text) or retry later (server.answer_timeout_seconds)")
 
     def close(self) -> None:
         """End every child (each exits when its pipe closes) and reap them."""
@@ -228,8 +267,9 @@ class AnswerPool:
 
     # ------------------------------------------------------------------ children
 
-    def _take(self, tv: Any) -> _Child | None:
-        """An idle child of a generation holding `tv`'s view (forking one when there is room); None: compute here."""
+    def _take(self, tv: Any, *, fresh: bool = False) -> _Child | None:
+        """An idle child of a generation holding `tv`'s view (forking one when there is room); None: compute here.
+        `fresh`: a newly forked child (an idle one is retired to make room)."""
         deadline = time.monotonic() + self.timeout
         with self._cond:
             self._reap()
@@ -238,7 +278,10 @@ class AnswerPool:
                     return None
                 self._new_generation(tv)
             while True:
-                while self._idle:
+                if fresh and self._idle and self._live >= self.workers:
+                    self._live -= 1
+                    self._retire(self._idle.pop(0))
+                while self._idle and not fresh:
                     child = self._idle.pop(0)
                     if not child.conn.poll(0):  # an idle child's pipe is readable only at its end: it died idle
                         return child
@@ -300,6 +343,12 @@ class AnswerPool:
             self._cond.notify()
 
     def _lost(self, child: _Child, what: str) -> TransientError:
+        how = self._ended(child)
+        log.warning("answer worker %d %s (%s); a new one replaces it", child.pid, what, how)
+        return TransientError(f"the process computing this answer {what} ({how}); it has been replaced: retry the call")
+
+    def _ended(self, child: _Child) -> str:
+        """Reap a child whose end of the pipe is closed (killing it when it is stuck on the way out); how it ended."""
         self.replaced += 1
         deadline = time.monotonic() + 1  # its end of the pipe is closed: it is exiting, or stuck on the way out
         status = self._reap_one(child.pid, block=False)
@@ -309,11 +358,9 @@ class AnswerPool:
         if status is None:
             _signal(child.pid, signal.SIGKILL)
             status = self._reap_one(child.pid, block=True)
-        how = (f"killed by signal {os.WTERMSIG(status)}" if status is not None and os.WIFSIGNALED(status)
-               else "it exited")
-        log.warning("answer worker %d %s (%s); a new one replaces it", child.pid, what, how)
         child.conn.close()
-        return TransientError(f"the process computing this answer {what} ({how}); it has been replaced: retry the call")
+        return (f"killed by signal {os.WTERMSIG(status)}" if status is not None and os.WIFSIGNALED(status)
+                else "it exited")
 
     def _kill(self, child: _Child) -> None:
         self.replaced += 1
@@ -340,6 +387,15 @@ class AnswerPool:
             return None
         self._pids.discard(pid)
         return status
+
+
+class _NotStarted(Exception):
+    """The child ended before acknowledging the request (reaped; `how` it ended)."""
+
+    def __init__(self, pid: int, how: str) -> None:
+        super().__init__(pid, how)
+        self.pid = pid
+        self.how = how
 
 
 def _signal(pid: int, sig: int) -> None:
