@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,22 @@ def test_a_mirror_written_before_an_area_existed_loads_with_that_area_never_sync
     with store.writer("t") as w:
         assert w.status("domains") == AreaStatus(enabled=True) and not w.has_data("domains")
     store.close()
+
+
+def test_the_readmes_permission_table_says_what_each_area_asks_for() -> None:
+    """README "Register the app": each area's row names the permission the area asks for (its disabled reason),
+    no permission the area does not ask for, and the licence it needs."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)`[^|]*\|[^|]*\| ([^\n]*) \|$", readme, re.M)}
+    checked = 0
+    for area in A.REGISTRY:
+        row = rows.get(area.name)
+        if row is None:
+            continue  # parts of another area's row (app role assignments, domains)
+        asks = set(re.findall(r"\w+\.\w+(?:\.\w+)+", area.permission_text or area.permission))
+        named = set(re.findall(r"\w+\.\w+(?:\.\w+)+", row))
+        assert area.permission in named and named <= asks, (area.name, row, asks)
+        if area.licence is not None:
+            assert area.licence.name.split()[-1] in row, (area.name, row)
+        checked += 1
+    assert checked >= 12
