@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from entra_mcp import areas as A
 from entra_mcp.errors import MirrorError
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus
 from entra_mcp.mirror.store import MAX_BUCKETS, SCHEMA_VERSION, MirrorStore
+from entra_mcp.mirror.table import unpack
 
 
 def _users(n: int, tag: str = "") -> dict[str, dict[str, object]]:
@@ -84,6 +90,106 @@ def test_loaded_snapshot_holds_each_distinct_string_once(tmp_path: Path) -> None
     for member_id, _kind in [*snap.members["g1"].items(), *snap.members["g2"].items()]:
         assert member_id is (ids.get(member_id) or snap.groups[member_id]["id"])
     assert next(iter(snap.members["g1"].values())) is snap.members["g2"]["u00007"]
+
+
+def _stored(store: MirrorStore, area: str) -> dict[str, Any]:
+    """An area's collections as stored: {coll: [bucket count, [each bucket's objects (unpacked) or None]]}."""
+    with store.writer("t") as w:
+        out: dict[str, Any] = {}
+        for coll, (n, revs) in w._root["areas"][area]["colls"].items():
+            out[coll] = [n, [unpack(w._cache[f"b/{area}/{coll}/{i}/{rev}"]) if rev >= 0 else None for i, rev in enumerate(revs)]]
+        return out
+
+
+@pytest.mark.parametrize("users, groups", [(9_000, 200), (700, 40)])  # buckets split from parts / merged from parts
+def test_full_build_commits_exactly_what_dicts_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: int, groups: int) -> None:
+    """A full build keeps its objects pickled by part as they come (areas.BuildCollection, a few hot as dicts); what it
+    reads back while building and the buckets its commit writes are those of the same build held as plain dicts:
+    objects met again (merged), deleted, deleted and put again, member lists."""
+    monkeypatch.setattr(A, "BUILD_HOT", 97)  # many pickled segments, most objects read back from one
+    rnd = random.Random(users)
+    build, plain = A.FullBuild(), {"users": {}, "groups": {}, "members": {}}  # type: ignore[var-annotated]
+    ids = [f"u{i:06d}" for i in range(users)]
+    for step in range(users * 3 // 2):
+        oid = rnd.choice(ids)
+        seen = build.get("users", oid)
+        assert seen == plain["users"].get(oid), (step, oid)
+        if rnd.random() < 0.1 and seen is not None:
+            build.delete("users", oid)
+            del plain["users"][oid]
+            continue
+        value = {**(seen or {"id": oid}), "displayName": f"User {step}", "department": rnd.choice(["Sales", "IT", None])}
+        build.put("users", oid, value)
+        plain["users"][oid] = value
+    for g in range(groups):
+        gid = f"g{g:04d}"
+        for _ in range(3):  # a group's member list comes in chunks, merged
+            members = dict(build.get("members", gid) or {})
+            members.update({rnd.choice(ids): "user" for _ in range(rnd.randint(1, 30))})
+            build.put("members", gid, members)
+            plain["members"][gid] = members
+            build.put("groups", gid, {"id": gid, "displayName": f"Group {g}"})
+            plain["groups"][gid] = {"id": gid, "displayName": f"Group {g}"}
+    assert len(build.data["users"]) == len(plain["users"]) and set(build.data["users"]) == set(plain["users"])
+    assert dict(build.data["members"].items()) == plain["members"]
+    assert A._memberships(build.data) == A._memberships(plain)  # type: ignore[arg-type]
+    a, b = MirrorStore(tmp_path / "build"), MirrorStore(tmp_path / "plain")
+    for store, data in ((a, build.data), (b, plain)):
+        with store.writer("t") as w:
+            w.commit_full("users", {"users": data["users"]}, delta_link=None, status=AreaStatus(enabled=True))
+            w.commit_full("groups", {"groups": data["groups"], "members": data["members"]}, delta_link=None,
+                          status=AreaStatus(enabled=True))
+    for area in ("users", "groups"):
+        assert _stored(a, area) == _stored(b, area)
+    assert _stored(a, "users")["users"][0] == (MAX_BUCKETS if users > 100_000 else _stored(b, "users")["users"][0])
+    snap = a.load_snapshot("t")
+    assert snap is not None and snap.users == plain["users"] and snap.members == plain["members"]
+
+
+def test_killed_while_committing_a_full_build_keeps_the_last_state(tmp_path: Path) -> None:
+    """kill -9 while a full build's buckets are being written (a full sync's commit): the mirror stays at its last
+    commit, the next writer sweeps what was written, and commits again."""
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        v = w.commit_full("users", {"users": _users(10)}, delta_link="a", status=AreaStatus(enabled=True))
+    store.close()
+    code = textwrap.dedent(f"""
+        import sys
+        from entra_mcp.areas import FullBuild
+        from entra_mcp.mirror.store import MirrorStore
+        from entra_mcp.mirror.snapshot import AreaStatus
+        build = FullBuild()
+        for i in range(60_000):
+            build.put("users", f"x{{i:06d}}", {{"id": f"x{{i:06d}}", "displayName": f"Someone {{i}}", "n": i}})
+        with MirrorStore({str(tmp_path)!r}).writer("t") as w:
+            print("committing", flush=True)
+            w.commit_full("users", build.data, delta_link="b", status=AreaStatus(enabled=True))
+        print("committed", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "committing"
+        db = sqlite3.connect(f"file:{tmp_path / 't' / 'cache.db'}?mode=ro", uri=True, timeout=30)
+        deadline = time.monotonic() + 60
+        while db.execute("SELECT count(*) FROM Cache WHERE key LIKE 'b/users/users/%/2'").fetchone()[0] < 5:
+            assert proc.poll() is None and time.monotonic() < deadline, "the commit ended before it was killed"
+            time.sleep(0.01)
+        db.close()
+        proc.kill()
+        assert proc.wait(timeout=30) == -9
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    snap = MirrorStore(tmp_path).load_snapshot("t")
+    assert snap is not None and set(snap.users) == set(_users(10)) and snap.version == v
+    with MirrorStore(tmp_path).writer("t") as w:
+        assert not [k for k in w._cache.iterkeys() if k.startswith("b/users/users/") and k.endswith("/2")]
+        build = A.FullBuild()
+        for oid, user in _users(3).items():
+            build.put("users", oid, user)
+        w.commit_full("users", build.data, delta_link="c", status=AreaStatus(enabled=True))
+    snap = MirrorStore(tmp_path).load_snapshot("t")
+    assert snap is not None and set(snap.users) == set(_users(3)) and snap.version > v
 
 
 def test_delta_rewrites_only_touched_buckets(tmp_path: Path) -> None:

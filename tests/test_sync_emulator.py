@@ -29,6 +29,9 @@ def test_full_then_delta_after_mutations(fresh_emulator: Any, control_of: Any, t
     emu = fresh_emulator(size="small", seed=3)
     ctl = control_of(emu)
     ctl.faults(delta_users_page_size=7, delta_groups_page_size=4, delta_groups_page_units=25)  # many pages, chunked members
+    # full builds keep at most 5 objects of a collection as dicts: the rest pickled by part as the pages come, and
+    # member lists met again (chunked) read back from there, as on a large tenant (areas.BuildCollection)
+    monkeypatch.setattr(A, "BUILD_HOT", 5)
     _, settings = write_config(emu, tmp_path, monkeypatch)
     store = MirrorStore(settings.server.cache_dir)
 
@@ -240,6 +243,7 @@ def test_reader_always_sees_a_consistent_snapshot_during_full_resync(fresh_emula
     emu = fresh_emulator(size="small", seed=9)
     ctl = control_of(emu)
     ctl.faults(delta_users_page_size=3, delta_groups_page_size=2)
+    monkeypatch.setattr(A, "BUILD_HOT", 5)  # the full resyncs' builds mostly pickled by part (areas.BuildCollection)
     _, settings = write_config(emu, tmp_path, monkeypatch)
     name = settings.tenants[0].name
     store = MirrorStore(settings.server.cache_dir)

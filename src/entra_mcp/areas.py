@@ -42,10 +42,12 @@ run), so full and delta runs share one code path; applying a page twice is harml
 
 from __future__ import annotations
 
+import pickle
 import sys
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Literal, Mapping, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Literal, Mapping, Protocol
 
 from entra_mcp import account_areas
 from entra_mcp.errors import DeltaTokenExpired, GraphError, PermissionDenied
@@ -98,20 +100,140 @@ class Target(Protocol):
     def delete(self, coll: str, object_id: str) -> None: ...
 
 
-class FullBuild:
-    """A Target for a full run: plain dicts, committed at once with MirrorWriter.commit_full."""
+# A full build's collection keeps its objects pickled by part (crc32(id) % BUILD_PARTS), at most BUILD_HOT of them as
+# dicts: a large full sync would otherwise hold every area's objects as dicts until its commit (users, registration
+# rows, sign-in activity, devices and member lists together: ~500 MB for 100,000 users). BUILD_PARTS is a power of two
+# <= the mirror's MAX_BUCKETS (mirror/store.py), so a mirror bucket (crc32(id) % n, n a power of two) is a subset of
+# one part (n >= BUILD_PARTS) or the union of parts (n < BUILD_PARTS): the commit unpickles one part at a time.
+BUILD_PARTS = 64
+BUILD_HOT = 1024
+
+
+def _part(object_id: str) -> int:
+    return zlib.crc32(object_id.encode()) % BUILD_PARTS
+
+
+def _weight(value: Any) -> int:
+    """An object's weight in the mirror's bucket count (mirror/store.py _bucket_count): a member list counts its
+    members, an object one."""
+    return len(value) if isinstance(value, (dict, list)) and not (isinstance(value, dict) and "id" in value) else 1
+
+
+class BuildCollection(Mapping[str, Any]):
+    """One collection of a full build, {id: object} read-only to its readers: recent objects as dicts, the others
+    pickled in segments by part, each id's latest copy noted (a later copy wins). get() of an object in a segment
+    unpickles that one segment (a group's members met again in a later page: rare); `parts(n)` gives the mirror's n
+    buckets one at a time. Values come back as fresh objects: callers replace an object with put(), never change it
+    in place."""
 
     def __init__(self) -> None:
-        self.data: dict[str, dict[str, Any]] = {}
+        self._where: dict[str, int] = {}  # live id -> index of the segment (in its part) holding it; -1: hot
+        self._weights: dict[str, int] = {}  # live ids whose weight is not 1 (member lists)
+        self._hot: dict[str, Any] = {}
+        self._cold: list[list[bytes]] = [[] for _ in range(BUILD_PARTS)]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, object_id: object) -> bool:
+        return object_id in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._where))
+
+    def __getitem__(self, object_id: str) -> Any:
+        at = self._where[object_id]
+        if at < 0:
+            return self._hot[object_id]
+        return pickle.loads(self._cold[_part(object_id)][at])[object_id]
+
+    def weight(self) -> int:
+        return len(self._where) - len(self._weights) + sum(self._weights.values())
+
+    def put(self, object_id: str, value: Any) -> None:
+        self._where[object_id] = -1
+        self._hot[object_id] = value
+        w = _weight(value)
+        if w != 1:
+            self._weights[object_id] = w
+        else:
+            self._weights.pop(object_id, None)
+        if len(self._hot) >= BUILD_HOT:
+            self._flush()
+
+    def delete(self, object_id: str) -> None:
+        if self._where.pop(object_id, None) is not None:
+            self._weights.pop(object_id, None)
+            self._hot.pop(object_id, None)
+
+    def _flush(self) -> None:
+        parts: dict[int, dict[str, Any]] = {}
+        for oid, value in self._hot.items():
+            parts.setdefault(_part(oid), {})[oid] = value
+        self._hot = {}
+        where = self._where
+        for i, part in parts.items():
+            at = len(self._cold[i])
+            self._cold[i].append(pickle.dumps(part, pickle.HIGHEST_PROTOCOL))
+            for oid in part:
+                where[oid] = at
+
+    def _load(self, i: int) -> dict[str, Any]:
+        """Part i as dicts: each live object's latest copy."""
+        where = self._where
+        out: dict[str, Any] = {}
+        for at, segment in enumerate(self._cold[i]):
+            out.update((oid, v) for oid, v in pickle.loads(segment).items() if where.get(oid) == at)
+        return out
+
+    def parts(self, n: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(i, bucket i) for the mirror's n buckets (n a power of two, at most 1024), each bucket once, one part
+        unpickled at a time: bucket i holds the objects with crc32(id) % n == i (mirror/snapshot.py bucket_of)."""
+        if self._hot:
+            self._flush()
+        if n <= BUILD_PARTS:
+            for i in range(n):
+                bucket: dict[str, Any] = {}
+                for j in range(i, BUILD_PARTS, n):
+                    bucket.update(self._load(j))
+                yield i, bucket
+            return
+        for j in range(BUILD_PARTS):
+            split: dict[int, dict[str, Any]] = {i: {} for i in range(j, n, BUILD_PARTS)}
+            for oid, value in self._load(j).items():
+                split[zlib.crc32(oid.encode()) % n][oid] = value
+            yield from split.items()
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        for _, part in self.parts(BUILD_PARTS):
+            yield from part.items()
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        for _, value in self.items():
+            yield value
+
+
+class FullBuild:
+    """A Target for a full run, committed at once with MirrorWriter.commit_full: `data` maps each collection to a
+    BuildCollection (objects pickled by part as the pages come, so one compact copy is held, not dicts)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, BuildCollection] = {}
 
     def get(self, coll: str, object_id: str) -> Any:
-        return self.data.get(coll, {}).get(object_id)
+        found = self.data.get(coll)
+        return found.get(object_id) if found is not None else None
 
     def put(self, coll: str, object_id: str, value: Any) -> None:
-        self.data.setdefault(coll, {})[object_id] = value
+        found = self.data.get(coll)
+        if found is None:
+            found = self.data[coll] = BuildCollection()
+        found.put(object_id, value)
 
     def delete(self, coll: str, object_id: str) -> None:
-        self.data.get(coll, {}).pop(object_id, None)
+        found = self.data.get(coll)
+        if found is not None:
+            found.delete(object_id)
 
 
 class Counter:
@@ -371,7 +493,7 @@ class AreaWriter(Protocol):
     def has_data(self, area: str) -> bool: ...
     def delta_link(self, area: str) -> str | None: ...
     def begin(self, area: str) -> Any: ...  # an AreaChange: a Target, committed by commit_delta
-    def commit_full(self, area: str, data: dict[str, dict[str, Any]], *, delta_link: str | None, status: AreaStatus,
+    def commit_full(self, area: str, data: Mapping[str, Mapping[str, Any]], *, delta_link: str | None, status: AreaStatus,
                     meta: dict[str, Any] | None = None) -> int: ...
     def commit_delta(self, change: Any, *, delta_link: str | None, status: AreaStatus, meta: dict[str, Any] | None = None) -> int: ...
 
@@ -434,7 +556,7 @@ class Area:
     depends_on: tuple[str, ...] = ()  # areas whose run (this run) must finish first
     apply: ApplyFn | None = None
     run: RunFn | None = None
-    meta_on_full: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None  # extra figures for status
+    meta_on_full: Callable[[Mapping[str, Mapping[str, Any]]], dict[str, Any]] | None = None  # extra figures for status
     indexed: bool = True  # the server's index (identity/view.py DirectoryView.build) reads its objects
     always_run: bool = False  # `run` is called even when switched off (it clears data kept outside this mirror)
     sync_run: bool = False  # its run function lives in sync/ (engine.SYNC_RUNS): it pages Graph into a mirror of its own
@@ -460,7 +582,7 @@ def _probe(path: str, select: str = "id") -> tuple[str, Mapping[str, str]]:
     return path, {"$select": select, "$top": "1"}
 
 
-def _memberships(data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _memberships(data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"memberships": sum(len(m) for m in data.get("members", {}).values())}
 
 
@@ -908,6 +1030,7 @@ __all__ = [
     "AreaRun",
     "AreaStatus",
     "AreaWriter",
+    "BuildCollection",
     "Collection",
     "Counter",
     "FullBuild",

@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import diskcache
 
@@ -50,7 +50,7 @@ from entra_mcp.logs import get_logger
 from entra_mcp.mirror.open_files import DEFAULT_LIMIT, Database, OpenMirrors
 from entra_mcp.mirror.permissions import private_directory
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness, bucket_of
-from entra_mcp.areas import REGISTRY
+from entra_mcp.areas import REGISTRY, BuildCollection
 from entra_mcp.mirror.table import Table, concat_groups, is_packed, is_packed_groups, pack, pack_groups, unpack
 
 log = get_logger("mirror.store")
@@ -95,8 +95,11 @@ _SETTINGS = {
 }
 
 
-def _bucket_count(data: dict[str, Any], least: int = 1) -> int:
-    weight = sum(len(v) if isinstance(v, (dict, list)) and not _is_object(v) else 1 for v in data.values())
+def _bucket_count(data: Mapping[str, Any], least: int = 1) -> int:
+    if isinstance(data, BuildCollection):
+        weight = data.weight()
+    else:
+        weight = sum(len(v) if isinstance(v, (dict, list)) and not _is_object(v) else 1 for v in data.values())
     n = 1
     while n < min(least, MAX_BUCKETS):
         n *= 2
@@ -857,19 +860,24 @@ class MirrorWriter:
             self._root["interval_minutes"] = float(interval_minutes)
 
     def _write_collection(
-        self, area: str, coll: str, items: dict[str, Any], rev: int, written: list[str], old: list[Any] | None = None
+        self, area: str, coll: str, items: Mapping[str, Any], rev: int, written: list[str], old: list[Any] | None = None
     ) -> tuple[list[Any], bool]:
         """Write a whole collection as buckets of revision `rev`; a bucket equal to the one it replaces (`old`, the
         collection's spec) keeps its revision and is not written. Returns its spec [n, revs] and whether anything
         differs from `old`."""
         n = _bucket_count(items, _MIN_BUCKETS.get(coll, 1))
-        parts: list[dict[str, Any]] = [{} for _ in range(n)]
-        for oid, obj in items.items():
-            parts[bucket_of(oid, n)][oid] = obj
+        parts: Iterable[tuple[int, dict[str, Any]]]
+        if isinstance(items, BuildCollection):  # a full build: its buckets one at a time, never all as dicts
+            parts = items.parts(n)
+        else:
+            split: list[dict[str, Any]] = [{} for _ in range(n)]
+            for oid, obj in items.items():
+                split[bucket_of(oid, n)][oid] = obj
+            parts = enumerate(split)
         same_shape = bool(old) and old[0] == n  # type: ignore[index]
         changed = not same_shape
-        revs = []
-        for i, part in enumerate(parts):
+        revs = [-1] * n
+        for i, part in parts:
             if same_shape:
                 old_rev = old[1][i]  # type: ignore[index]
                 try:
@@ -877,20 +885,20 @@ class MirrorWriter:
                 except MirrorError:  # a damaged mirror (a bucket missing): the full pull rewrites it
                     before = None
                 if before == part:
-                    revs.append(old_rev)
+                    revs[i] = old_rev
                     continue
                 changed = True
             if part:
                 k = _key(area, coll, i, rev)
                 self._cache.set(k, _stored_form(coll, part))
                 written.append(k)
-            revs.append(rev if part else -1)
+                revs[i] = rev
         return [n, revs], changed
 
     def commit_full(
         self,
         area: str,
-        data: dict[str, dict[str, Any]],
+        data: Mapping[str, Mapping[str, Any]],
         *,
         delta_link: str | None,
         status: AreaStatus,
