@@ -10,7 +10,7 @@ peak RSS and mirror size on disk, for a full sync and an incremental one after a
    its own), then a fixed mix of changes through the control API (directory, devices, group owners, a Conditional
    Access policy, an app role assignment, role assignments, risk: a fresh set per run, the same kinds and counts),
    then the incremental sync in another fresh process;
-3. the added cost of an area = (base + area) - base;
+3. the added cost of an area = (base + area) - base; one run with every area on (sign-in events off) too;
 4. with --throttled, one more full + incremental run with every area on under the emulator's default throttling:
    per-area request counts with Graph's throttling (retries included);
 5. writes the figures to docs/benchmarks.md (its own section).
@@ -225,10 +225,12 @@ def main() -> int:
     try:
         truth = ctl.counts()["counts"]
         ctl.faults(throttling_enabled=False)
-        sets = _changes(ctl, found, len(areas) + 2)
+        sets = _changes(ctl, found, len(areas) + 3)
         runs.append(_run("base", BASE, work, emu, env, ctl, found["tenant_id"], sets[0]))
         loads.append(os.getloadavg()[0])
-        for i, area in enumerate(areas, 1):
+        every = _run("every area", SWITCHES, work, emu, env, ctl, found["tenant_id"], sets[1])
+        loads.append(os.getloadavg()[0])
+        for i, area in enumerate(areas, 2):
             runs.append(_run(area, BASE + EXTRA.get(area, (area,)), work, emu, env, ctl, found["tenant_id"], sets[i]))
             loads.append(os.getloadavg()[0])
         if args.throttled:
@@ -257,6 +259,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|",
         _row("base: users (+domains), groups", base["full"], None, True),
         *[_row(f"base + {r['name']}", r["full"], base["full"], True) for r in runs[1:]],
+        _row("every area (sign-in events off)", every["full"], base["full"], True),
         "",
         "Incremental sync after the changes:",
         "",
@@ -264,6 +267,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|",
         _row("base: users (+domains), groups", base["inc"], None, False),
         *[_row(f"base + {r['name']}", r["inc"], base["inc"], False) for r in runs[1:]],
+        _row("every area (sign-in events off)", every["inc"], base["inc"], False),
         "",
         "The area's own requests and seconds in each run (from the sync summary; areas run concurrently):",
         "",
@@ -287,7 +291,7 @@ def main() -> int:
             b = is_["areas"].get(area, {})
             lines.append(f"| {area} | {a['outcome']}, {a['requests']} | {b.get('outcome', '-')}, {b.get('requests', '-')} |")
     print("\n".join(lines))
-    (work / "figures.json").write_text(json.dumps({"runs": runs, "throttled": throttled}, default=str))
+    (work / "figures.json").write_text(json.dumps({"runs": runs, "every": every, "throttled": throttled}, default=str))
     print(f"figures kept in {work / 'figures.json'}", file=sys.stderr)
     if not args.no_report:
         write_section(SECTION, lines)
