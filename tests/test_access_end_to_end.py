@@ -134,6 +134,13 @@ def test_conditional_access_rules_through_sync_and_mcp(env: Env) -> None:
     admins = for_admin["Require MFA for administrators"]
     assert admins["applies"] is True and admins["matchedBy"] == 'holds the role "Global Administrator"'
     assert "T admins excluded" not in for_admin, "an excluded role wins over All users"
+    # Conditional Access matches active tenant-wide roles: not a PIM-eligible Global Administrator (until activated),
+    # not a Helpdesk Administrator scoped to an administrative unit
+    from entra_mcp.devtenant.graph_account import account_examples
+
+    ex = account_examples(t)
+    for who in ("pim_eligible_admin", "au_helpdesk_admin"):
+        assert "Require MFA for administrators" not in policies(env.call("check_app_access", user=ex[who], app=app["appId"])), who
 
     # a policy change is seen after the next (incremental) sync; a block flips the verdict
     env.put_policy("T block now", {"includeUsers": [user]}, ["All"], ["block"])
