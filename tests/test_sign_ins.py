@@ -169,8 +169,9 @@ def test_each_cause_is_explained(bed: Bed) -> None:
 
 
 def test_lockout_inferred_and_cleared_on_time(bed: Bed) -> None:
-    locked, cleared = bed.upns[0], bed.upns[1]
-    bed.add(*[{"user": locked, "errorCode": 50126, "secondsAgo": 50 - i} for i in range(10)],
+    locked, cleared, inferred = bed.upns[0], bed.upns[1], bed.upns[2]
+    bed.add(*[{"user": inferred, "errorCode": 50126, "secondsAgo": 40 - i} for i in range(10)],  # no 50053 logged
+            *[{"user": locked, "errorCode": 50126, "secondsAgo": 50 - i} for i in range(10)],
             {"user": locked, "errorCode": 50053, "secondsAgo": 20},
             *[{"user": cleared, "errorCode": 50126, "secondsAgo": 400 - i} for i in range(10)],
             {"user": cleared, "errorCode": 50053, "secondsAgo": 300})
@@ -185,6 +186,9 @@ def test_lockout_inferred_and_cleared_on_time(bed: Bed) -> None:
     b = bed.ask("explain_sign_in", user=cleared)
     assert b["lockout"]["probablyLockedNow"] is False and b["lockout"]["lockouts"] >= 1
     assert "locked by Smart Lockout" not in b["verdict"] and "50126" in b["verdict"]
+    c = bed.ask("explain_sign_in", user=inferred)["lockout"]
+    assert c["probablyLockedNow"] is True and c["lockouts"] == 1, "10 wrong passwords in a row: the 11th meets a lock"
+    assert now < datetime.fromisoformat(c["clearsAt"].replace("Z", "+00:00")) <= now + timedelta(seconds=60)
 
 
 def test_spray_detected_and_one_users_typos_are_not(bed: Bed) -> None:
