@@ -254,6 +254,9 @@ async def test_reset_eligibility_through_mcp(transport: str, server_env: Any, re
         assert grp["verdict"] == "not_by_helpdesk" and grp["roles"]["active"][0]["via"]["id"] == ex["role_group"]
         assert (await call(client, "check_reset_eligibility", user=ex["sspr_ready_user"]))["verdict"] == "self_service"
         assert (await call(client, "check_reset_eligibility", user=base["guest_accepted"]))["verdict"] == "guest_home_tenant"
+        for who, verdict in ((ex["no_sspr_user"], "helpdesk_cloud"), (base["synced_user"], "on_premises"),
+                             (ex["risky_user"], "escalate"), (base["ceo"], "escalate")):
+            assert (await call(client, "check_reset_eligibility", user=who))["verdict"] == verdict, (who, verdict)
         # a chat session on a server without sign-in cannot verify anyone: escalate, and the token is never echoed
         token = "opaque-session-token-123"
         unverified = await call(client, "check_reset_eligibility", user=ex["sspr_ready_user"], chat_session=token)
