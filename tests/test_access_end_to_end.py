@@ -255,6 +255,13 @@ def test_areas_disabled_with_their_reason(env: Env) -> None:
     assert "P1" in status and "Authentication_RequestFromNonPremiumTenantOrB2CTenant" in status
     state = env.call("check_account_state", user=user)
     assert state["devices"] is not None, "devices need no licence: re-enabled by the grant"
+    # owners: group owners need GroupMember.Read.All (the groups area's permission too)
+    env.control.roles(revoke=["GroupMember.Read.All"])
+    result = env.sync()
+    assert result.areas["owners"].outcome == "disabled" and "grant GroupMember.Read.All" in (result.areas["owners"].message or "")
+    assert result.areas["devices"].outcome in ("delta", "unchanged") and result.areas["users"].outcome != "disabled"
+    assert env.call("check_account_state", user=user)["accountEnabled"] is True, "the rest still answers"
+    env.control.roles(grant=["GroupMember.Read.All"])
 
 
 def test_live_what_if_only_where_allowed_and_compared(env: Env) -> None:
