@@ -105,6 +105,13 @@ def live_children(pid: int) -> set[int]:
     return live
 
 
+def modules_imported_by(imports: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of the `watched` modules a fresh interpreter has loaded after `imports` (Python statements)."""
+    code = f"import sys\n{imports}\nprint(','.join(sorted(m for m in {watched!r} if m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU a process has used, in seconds (0 once it has ended)."""
     try:

@@ -241,17 +241,10 @@ def test_any_text_gives_an_answer_or_a_clear_error(view: DirectoryView, text: st
 
 def test_identity_needs_no_io_layers() -> None:
     """identity/ computes from a snapshot only: importing it pulls in no MCP, HTTP or storage library."""
-    import subprocess
-    import sys
+    from tests._harness import modules_imported_by
 
-    code = (
-        "import sys, entra_mcp.identity\n"
-        "bad = sorted(m for m in ('mcp', 'httpx', 'diskcache', 'msal', 'starlette', 'uvicorn', 'authlib') "
-        "if m in sys.modules)\n"
-        "print(','.join(bad))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert modules_imported_by("import entra_mcp.identity",
+                               ("mcp", "httpx", "diskcache", "msal", "starlette", "uvicorn", "authlib")) == []
 
 
 # ---------------------------------------------------------------- the way the desk names people

@@ -153,3 +153,15 @@ def test_the_package_declares_what_it_imports_and_imports_what_it_declares() -> 
     undeclared = {dist: where for dist, where in imported.items() if dist not in declared}
     assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
     assert declared - set(imported) == set(), "declared in pyproject.toml but imported nowhere in src/entra_mcp"
+
+
+def test_a_stdio_server_start_imports_no_http_client_and_no_sign_in_code() -> None:
+    """What `entra-mcp serve` imports over stdio with the default config: no HTTP client (the MCP SDK carries its
+    own), no msal or Graph client (live What If only), no JOSE (sign-in only). Each is startup CPU a stdio server
+    never uses (httpx alone, with its CLI's rich and pygments: ~0.1 s)."""
+    from tests._harness import modules_imported_by
+
+    serve = ("import entra_mcp.cli, entra_mcp.server.app, entra_mcp.views, entra_mcp.mirror.store, entra_mcp.server.http,"
+             " entra_mcp.sync.tenants_watch, entra_mcp.server.stdio")
+    assert modules_imported_by(serve, ("httpx", "msal", "requests", "joserfc", "pygments", "entra_mcp.graph.client",
+                                       "entra_mcp.oidc", "entra_mcp.oauth", "entra_mcp.devtenant")) == []

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
@@ -49,6 +48,8 @@ from entra_mcp.ratelimit import Limiter
 from entra_mcp.server.limits import PrincipalLimits, Refusal, too_many
 
 if TYPE_CHECKING:  # sign-in (oidc: JOSE, cryptography) and oauth load only in the modes that use them (~0.2 s of a start)
+    import httpx  # annotations only: a stdio start imports no HTTP client (httpx and its CLI's rich/pygments: ~0.1 s)
+
     from entra_mcp.mirror.session_store import SessionRecords
     from entra_mcp.oauth import OAuthRoutes
     from entra_mcp.oidc.routes import SignIn
