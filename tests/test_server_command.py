@@ -267,6 +267,55 @@ async def test_demo_over_http_prints_the_url_and_serves(tmp_path: Path) -> None:
     assert out == b""
 
 
+def test_a_view_from_the_prepared_index_answers_exactly_like_one_built_from_the_mirror(server_env: ServerEnv,
+                                                                                        tmp_path: Path) -> None:
+    """The prepared index (`entra-mcp sync` writes it; every normal start loads it) is the same directory: each main
+    answer, for every user, group and app of the tenant, equals the one of a view built from the mirror now."""
+    from datetime import datetime, timezone
+
+    from entra_mcp import identity
+    from entra_mcp.identity.view import DirectoryView
+    from entra_mcp.views import ViewCache, prepare_views
+
+    store = MirrorStore(server_env.cache_dir)
+    name = server_env.name
+    prepare_views(tmp_path, store, [name])
+    loaded = ViewCache(tmp_path / ".server-views").load(name, store.version(name), DirectoryView)
+    snapshot = store.load_snapshot(name)
+    store.close()
+    assert loaded is not None and snapshot is not None
+    built = DirectoryView.build(snapshot)
+    assert loaded is not built and loaded.snapshot.version == built.snapshot.version
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+
+    def answers(view: DirectoryView, call: Callable[[DirectoryView], Any]) -> Any:
+        try:
+            return call(view)
+        except Exception as exc:  # a refusal must be the same refusal
+            return (type(exc).__name__, str(exc))
+
+    users = list(snapshot.users.values())
+    groups = list(snapshot.groups)
+    apps = [a["appId"] for a in snapshot.service_principals.values() if a.get("appId")][:10]
+    calls: list[Callable[[DirectoryView], Any]] = []
+    for user in users:
+        upn, display = user["userPrincipalName"], str(user.get("displayName") or user["userPrincipalName"])
+        calls += [lambda v, q=upn: identity.lookup_user(v, q, now=now),
+                  lambda v, q=display: identity.lookup_user(v, q, now=now),
+                  lambda v, q=upn: identity.check_account_state(v, q, now=now),
+                  lambda v, q=upn: identity.list_group_memberships(v, q, now=now),
+                  lambda v, q=upn: identity.check_reset_eligibility(v, q, now=now)]
+    for user in users[:20]:
+        calls += [lambda v, q=user["id"], a=app: identity.check_app_access(v, q, a, now=now) for app in apps]
+    for gid in groups:
+        calls += [lambda v, g=gid: identity.list_group_members(v, g, now=now),
+                  lambda v, g=gid: identity.list_group_members(v, g, transitive=True, now=now)]
+    calls += [lambda v, a=app: identity.get_app_principal(v, a, now=now) for app in apps]
+    assert len(users) >= 50 and len(groups) > 10 and apps
+    for call in calls:
+        assert answers(loaded, call) == answers(built, call)
+
+
 def test_view_cache_skips_the_rebuild_on_restart_and_ignores_bad_files(server_env: ServerEnv, tmp_path: Path) -> None:
     import time
 
