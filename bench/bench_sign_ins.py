@@ -35,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import latency, write_section  # noqa: E402
-from bench_sync import _emulator_session, _run_child  # noqa: E402
+from bench_sync import Control, _emulator_session, _run_child  # noqa: E402
 
 SECTION = "## Sign-in events (bench/bench_sign_ins.py)"
 REPORTS_PER_10S = 5  # Microsoft's reporting throttle per app and tenant
@@ -83,9 +83,79 @@ def _helper(what: str, config_path: str) -> dict[str, Any]:
                     "message": res["message"], "seconds": time.monotonic() - started, "cpu_s": round(time.process_time(), 1),
                     **client.stats.as_dict()}
         return anyio.run(go)
+    if what.startswith("server-polls:"):
+        return _server_polls(settings, store, int(what.split(":", 1)[1]))
     if what.startswith("answers-state:"):
         return _answers(settings, store, state_size=what.split(":", 1)[1])
     return _answers(settings, store)
+
+
+def _server_polls(settings: Any, store: Any, polls: int) -> dict[str, Any]:
+    """The server's side of the polls, in one process as `serve` has it: the window loaded whole, the first summaries
+    after that start, then per 5-minute poll (the emulator's clock moved 300 s, the poll run here) the CPU of adopting
+    its commit and of the first summary after it; at the end the adopted log against one loaded whole (same answers)."""
+    import gc
+    from datetime import datetime, timezone
+
+    import anyio
+
+    from entra_mcp.graph.tenant import make_client
+    from entra_mcp.identity.sign_ins import SignInLogs, sign_in_failures_summary
+    from entra_mcp.sync import sign_ins as S
+
+    tenant = settings.tenants[0]
+    name = tenant.name
+    ctl = Control(str(tenant.graph_url), Path(str(tenant.ca_bundle)))
+    logs = SignInLogs(store)
+
+    def timed(fn: Any) -> tuple[Any, float, float]:
+        c, w = time.thread_time(), time.perf_counter()
+        got = fn()
+        return got, round((time.thread_time() - c) * 1000, 1), round((time.perf_counter() - w) * 1000, 1)
+
+    def poll() -> dict[str, Any]:
+        async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+            client = make_client(tenant)
+            try:
+                return await S.run_area(tenant, store, client), client.stats.as_dict()
+            finally:
+                await client.aclose()
+
+        c, w = time.process_time(), time.perf_counter()
+        res, stats = anyio.run(go)
+        return {"changes": res["changes"], "requests": stats.get("requests"), "cpu_s": round(time.process_time() - c, 2),
+                "wall_s": round(time.perf_counter() - w, 1)}
+
+    gc.collect()
+    rss0 = _rss_mb()
+    log, load_cpu, load_wall = timed(lambda: logs.get(name))
+    gc.collect()
+    out: dict[str, Any] = {"load_cpu_ms": load_cpu, "load_wall_ms": load_wall, "rss_window_mb": round(_rss_mb() - rss0),
+                           "failures": log.failure_count, "hours": len(log.hours), "columns_mb": round(log.memory_bytes() / 2**20, 1)}
+    _, out["cold24_cpu_ms"], out["cold24_wall_ms"] = timed(lambda: sign_in_failures_summary(log, None, None))
+    _, out["cold7_cpu_ms"], out["cold7_wall_ms"] = timed(lambda: sign_in_failures_summary(log, None, "7d"))
+    out["catch_up"] = poll()
+    _, out["catch_up"]["adopt_cpu_ms"], out["catch_up"]["adopt_wall_ms"] = timed(lambda: logs.get(name))
+    rows = []
+    for _ in range(polls):
+        ctl.http.post("/clock", json={"seconds": 300}).raise_for_status()
+        p = poll()
+        log, p["adopt_cpu_ms"], p["adopt_wall_ms"] = timed(lambda: logs.get(name))
+        _, p["summary24_cpu_ms"], p["summary24_wall_ms"] = timed(lambda: sign_in_failures_summary(log, None, None))
+        p["parts"] = len(log._parts)
+        rows.append(p)
+        print(f"  poll: {p}", file=sys.stderr)
+    out["polls"] = rows
+    now = datetime.now(timezone.utc)
+    fresh, out["reload_cpu_ms"], out["reload_wall_ms"] = timed(lambda: SignInLogs(store).get(name))
+    same = all(sign_in_failures_summary(log, None, since, None, now) == sign_in_failures_summary(fresh, None, since, None, now)
+               for since in (None, "3h", "7d"))
+    keys = fresh.failure_users()
+    random.Random(5).shuffle(keys)
+    same = same and all([log.failure(x) for x in log.user_failures(k)] == [fresh.failure(x) for x in fresh.user_failures(k)]
+                        and log.user_successes(k) == fresh.user_successes(k) for k in keys[:3000])
+    out["same_answers"] = same
+    return out
 
 
 def _rss_mb() -> float:
@@ -281,6 +351,11 @@ def main() -> int:
     ap.add_argument("--throttled", action="store_true",
                     help="only the first pull and a 5-minute poll, with the emulator's reporting throttle ON (5 requests "
                          "per 10 s, Microsoft's limit), extrapolated to the large tenant (own section of the report)")
+    ap.add_argument("--server-polls", metavar="DIR",
+                    help="on a kept run's mirror (DIR: its size directory, e.g. KEEP/large; copy it first, it is written):"
+                         " a new emulator, then in one process the window loaded whole, the first summaries, a catch-up"
+                         " poll and --polls 5-minute polls with the CPU of adopting each commit (figures printed as JSON)")
+    ap.add_argument("--polls", type=int, default=5)
     ap.add_argument("--answers-only", action="store_true",
                     help="only the in-process answers and the window's memory, on the generated stream (no HTTP, no mirror)")
     args = ap.parse_args()
@@ -297,6 +372,8 @@ def main() -> int:
         return _report(json.loads((Path(args.report_from) / "figures.json").read_text(encoding="utf-8")), write=not args.no_report)
     if args.throttled:
         return _throttled(args)
+    if args.server_polls:
+        return _server_polls_run(args)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-signins-"))
     print(f"starting the emulator ({args.size}, {args.latency_ms:g} ms latency)...", file=sys.stderr)
     started = time.monotonic()
@@ -344,6 +421,27 @@ def main() -> int:
            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (work / "figures.json").write_text(json.dumps(fig), encoding="utf-8")
     return _report(fig, write=not args.no_report)
+
+
+def _server_polls_run(args: Any) -> int:
+    kept = Path(args.server_polls).resolve()
+    work = Path(tempfile.mkdtemp(prefix="bench-signins-polls-"))
+    print(f"starting the emulator ({args.size}, {args.latency_ms:g} ms latency)...", file=sys.stderr)
+    emu, config, env, ctl, _ = _emulator_session(args.size, args.latency_ms, work / args.size)
+    try:
+        text = config.read_text(encoding="utf-8").replace(f'cache_dir = "{work / args.size / "cache"}"', f'cache_dir = "{kept / "cache"}"')
+        config.write_text(text, encoding="utf-8")
+        _config(config, args.days)
+        ctl.http.post("/signins/settings", json={"throttle_per_10s": 0}).raise_for_status()
+        ctl.faults(throttling_enabled=False)
+        got, wall, rss = _child(f"server-polls:{args.polls}", config, env)
+    finally:
+        emu.stop()
+    got.update({"wall_s": round(wall, 1), "peak_rss_mb": round(rss), "load_end": round(os.getloadavg()[0], 1),
+                "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    (kept / "server-polls.json").write_text(json.dumps(got), encoding="utf-8")
+    print(json.dumps(got))
+    return 0
 
 
 def _report(fig: dict[str, Any], *, write: bool) -> int:

@@ -860,20 +860,24 @@ class MirrorWriter:
             self._root["interval_minutes"] = float(interval_minutes)
 
     def _write_collection(
-        self, area: str, coll: str, items: Mapping[str, Any], rev: int, written: list[str], old: list[Any] | None = None
+        self, area: str, coll: str, items: Mapping[str, Any], rev: int, written: list[str], old: list[Any] | None = None,
+        expand: Callable[[Any], Any] | None = None,
     ) -> tuple[list[Any], bool]:
         """Write a whole collection as buckets of revision `rev`; a bucket equal to the one it replaces (`old`, the
         collection's spec) keeps its revision and is not written. Returns its spec [n, revs] and whether anything
-        differs from `old`."""
+        differs from `old`. `expand`: the stored value of an item held in a compact form (applied one bucket at a
+        time, so only one bucket's worth of stored values exists at once)."""
         n = _bucket_count(items, _MIN_BUCKETS.get(coll, 1))
         parts: Iterable[tuple[int, dict[str, Any]]]
         if isinstance(items, BuildCollection):  # a full build: its buckets one at a time, never all as dicts
             parts = items.parts(n)
         else:
-            split: list[dict[str, Any]] = [{} for _ in range(n)]
-            for oid, obj in items.items():
-                split[bucket_of(oid, n)][oid] = obj
-            parts = enumerate(split)
+            keys: list[list[str]] = [[] for _ in range(n)]
+            for oid in items:
+                keys[bucket_of(oid, n)].append(oid)
+            # one bucket's values at a time (expanded from a compact form when `expand` is given)
+            parts = ((i, {k: expand(items[k]) for k in ks} if expand is not None else {k: items[k] for k in ks})
+                     for i, ks in enumerate(keys))
         same_shape = bool(old) and old[0] == n  # type: ignore[index]
         changed = not same_shape
         revs = [-1] * n
@@ -903,9 +907,11 @@ class MirrorWriter:
         delta_link: str | None,
         status: AreaStatus,
         meta: dict[str, Any] | None = None,
+        expand: dict[str, Callable[[Any], Any]] | None = None,
     ) -> int:
         """Replace an area's data (every collection of the area) in one switch. Buckets equal to the stored ones are
-        kept: a full pull that found nothing new leaves the data version as it was. Returns the data version."""
+        kept: a full pull that found nothing new leaves the data version as it was. Returns the data version.
+        `expand`: per collection, the stored value of an item `data` holds in a compact form (see _write_collection)."""
         with self._lock:
             rev = self.stamp + 1
             old_colls = self._root["areas"][area]["colls"]
@@ -914,7 +920,8 @@ class MirrorWriter:
             changed = False
             try:
                 for coll in COLLECTIONS[area]:
-                    colls[coll], differs = self._write_collection(area, coll, data.get(coll, {}), rev, written, old_colls.get(coll))
+                    colls[coll], differs = self._write_collection(area, coll, data.get(coll, {}), rev, written, old_colls.get(coll),
+                                                                  (expand or {}).get(coll))
                     changed = changed or differs
             except BaseException as exc:
                 self._forget(written)
