@@ -650,8 +650,9 @@ def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Be
     """The server follows each poll's commit by reading only the buckets it rewrote (the hours with new or late
     failures, an expired hour, the poll's hour of successes), keeps the rest of its columns and its hourly counts, and
     answers exactly like a log loaded whole from the same mirror; also across the fold of the polls' successes into
-    the by-user lists (made to happen after 2 hours here)."""
+    the by-user lists (made to happen after 2 lists here)."""
     monkeypatch.setattr(sign_ins, "FOLD_AFTER", 2)
+    monkeypatch.setattr(sign_ins, "LIST_ROWS", 1)  # each poll's successes in a list of their own
     tenant = bed.settings.tenants[0].name
     upns = bed.upns[:12]
     ids = [str(bed.tenant.user_by_key(u)["id"]) for u in upns]
@@ -669,8 +670,8 @@ def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Be
     previous = first
     for step in range(4):
         # new failures and successes, a late one of each (older than the last poll's watermark, inside the overlap),
-        # the clock an hour further at each step: the oldest hour expires, each poll's successes fall in an hour of
-        # their own; at the third step the two older hours of successes are folded into the by-user lists
+        # the clock an hour further at each step: the oldest hour expires; each poll's successes are listed apart and
+        # at the third step the two older lists are folded into the by-user lists
         bed.add({"user": upns[step], "errorCode": 50126, "secondsAgo": 5}, {"user": upns[step + 1], "errorCode": 0, "secondsAgo": 5},
                 {"user": upns[step + 2], "errorCode": 50126, "secondsAgo": 420}, {"user": upns[step + 3], "errorCode": 0, "secondsAgo": 400})
         now = datetime.now(timezone.utc) + timedelta(hours=step)
@@ -681,7 +682,7 @@ def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Be
         fresh = SignInLogs(bed.store).get(tenant)
         assert fresh._parts[0] is not adopted._parts[0]
         if step == 2:
-            assert len(fresh.meta["recent"]) == 1 and len(adopted._recent) == 1, "the older hours of successes were folded"
+            assert len(fresh.meta["recent"]) == 1 and len(adopted._recent) == 1, "the older lists of successes were folded"
             assert adopted._parts[0] is not previous._parts[0], "... and the by-user lists read again, whole"
         else:
             assert adopted._parts[0] is previous._parts[0], "the hours the poll did not rewrite are the ones held before"
@@ -691,6 +692,8 @@ def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Be
         _same_answers(adopted, fresh, upns, ids, now)
         previous = adopted
     assert first.hours[0] not in previous.hours
+    again = bed.poll(now=now)
+    assert again["changes"] == 0 and logs.get(tenant) is previous, "what the overlap reads again is not listed again"
 
 
 def sign_in_failures_summary_of(log: Any, since: str | None, now: datetime) -> dict[str, Any]:

@@ -350,7 +350,10 @@ class SignInLog:
             if h in same:
                 self._app_codes[(h, app)] = counts
         for key, merged in list(older._merged.items()):
-            # keys: (first hour, last hour, hours, app, fields) or ("spike-base", first, last, hours, app)
+            # keys: (first hour, last hour, hours, app, fields) or ("spike-base", first, last, hours, app); a merge
+            # with the current hour folded in ("last", ...) is for one version of that hour: not carried over
+            if key[0] == "last":
+                continue
             first, last, count = (key[1], key[2], key[3]) if key[0] == "spike-base" else (key[0], key[1], key[2])
             hours = [h for h in older.hours if first <= h <= last] if count else []
             if len(hours) == count and all(h in same for h in hours):
@@ -911,8 +914,10 @@ def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str |
     last_hour = hi[:13]
     full = tuple(h for h in log.hours if first_full <= h < last_hour)
     rows_last = log.hour_rows(last_hour) if log.has_hour(last_hour) else []
-    if lo[14:19] == "00:00" and first_full <= last_hour and all(r[0] <= hi for r in rows_last):
-        full += (last_hour,) if rows_last else ()  # the log holds nothing after `now`: the current hour counts whole
+    # the log holds nothing after `now`: the current hour counts whole. It is folded in on top of the merge of the
+    # hours before it (memoised apart): a poll rewrites the current hour, so the next log (SignInLog.adopt) keeps
+    # the merge of the others and the first summary after each poll folds in one hour, not every hour again
+    whole_last = bool(rows_last) and lo[14:19] == "00:00" and first_full <= last_hour and all(r[0] <= hi for r in rows_last)
     key = (full[0] if full else "", full[-1] if full else "", len(full), app_id, fields)
     merged = log._merged.get(key)
     if merged is None:
@@ -922,7 +927,13 @@ def _merge_tallies(log: SignInLog, begin: datetime, now: datetime, app_id: str |
         if len(log._merged) >= 64:
             log._merged.clear()
         log._merged[key] = merged
-    edges = [h for h in log.hours if lo[:13] <= h <= hi[:13] and h not in full]
+    if whole_last:
+        last_key = ("last", key, last_hour, len(rows_last))
+        with_last = log._merged.get(last_key)
+        if with_last is None:
+            with_last = log._merged[last_key] = _overlay(merged, [log.hour_tally(last_hour, app_id)])
+        merged = with_last
+    edges = [h for h in log.hours if lo[:13] <= h <= hi[:13] and h not in full and not (whole_last and h == last_hour)]
     if not edges:
         return merged
     return _overlay(merged, [_tally(r for r in log.hour_rows(h) if lo <= r[0] <= hi and (app_id is None or r[3] == app_id))

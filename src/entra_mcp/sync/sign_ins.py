@@ -12,12 +12,13 @@ What is kept (the answers' needs, bounded):
                      buckets and expiry drops whole hours.
   sign_in_successes  user id -> [{appId, appDisplayName, createdDateTime, ipAddress, clientAppUsed, city,
                      countryOrRegion}]: the LAST success per user and app (older successes add nothing an answer uses).
-  sign_in_recent     hour of a poll -> [{userId, appId, ...}]: the last success per user and app that the polls of
-                     that hour read, in the order they were first seen. A poll writes only its own hour's list (a
-                     large tenant's poll reads successes of ~14,000 users: merged into the by-user buckets directly,
-                     it would rewrite nearly all of them, and a server would re-read all of them); once
-                     FOLD_AFTER hours are listed the older ones are folded into sign_in_successes (once a day).
-                     The last successes are sign_in_successes with each hour's list merged in, oldest first
+  sign_in_recent     "p00000001", "p00000002"... -> [{userId, appId, ...}]: lists of the last success per user and
+                     app that the polls read, in the order they were first seen. A poll adds what is new (not what its
+                     overlap reads again) to the last list, or starts a new one once that holds LIST_ROWS: it rewrites
+                     one small list, where merging into the by-user buckets would rewrite nearly all of them (a large
+                     tenant's poll reads successes of ~14,000 users) and make a server re-read all of them. Once
+                     FOLD_AFTER lists are held the older ones are folded into sign_in_successes (on a large tenant
+                     about once a day). The last successes are sign_in_successes with the lists merged in, in order
                      (`merge_success`), which is what a reader does too (identity/sign_ins.py).
 Both are stored in a mirror of their own (`MirrorStore.sign_in_store()`), so a 5-minute poll never invalidates the
 directory's index and never waits for a long directory sync.
@@ -53,7 +54,9 @@ SUCCESS_BACKFILL_HOURS = 24  # first pull: successes of the last day only (the r
 FAILURES = "sign_in_failures"
 SUCCESSES = "sign_in_successes"
 RECENT = "sign_in_recent"
-FOLD_AFTER = 24  # hours of polls' successes kept apart before they are folded into SUCCESSES
+LIST_ROWS = 16_384  # successes in one list of RECENT before the next poll starts a new one
+OVERLAP_LISTS = 3  # the last lists a poll checks for the successes its overlap reads again
+FOLD_AFTER = 48  # lists of RECENT held apart (besides the last) before they are folded into SUCCESSES
 
 FAILURE_FIELDS = (
     "id", "createdDateTime", "userId", "userPrincipalName", "userDisplayName", "appId", "appDisplayName", "errorCode",
@@ -192,6 +195,23 @@ def merge_recent(current: list[dict[str, Any]] | None, new: dict[str, list[dict[
     return rows, changed
 
 
+def _not_listed(change: Any, listed: list[str], new: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """`new` less the successes the last lists already hold as late or later (a poll reads the overlap again): a
+    success dropped here could not change what merging it would give."""
+    known: dict[tuple[Any, Any], str] = {}
+    for key in listed[-OVERLAP_LISTS:]:
+        for r in change.get(RECENT, key) or []:
+            k, t = (r.get("userId"), r.get("appId")), str(r.get("createdDateTime") or "")
+            if t > known.get(k, ""):
+                known[k] = t
+    out: dict[str, list[dict[str, Any]]] = {}
+    for uid, rows in new.items():
+        keep = [r for r in rows if r["createdDateTime"] > known.get((uid, r["appId"]), "")]
+        if keep:
+            out[uid] = keep
+    return out
+
+
 def fold_recent(by_user: dict[str, list[dict[str, Any]] | None], rows: Iterable[dict[str, Any]]) -> set[str]:
     """Merge an hour's list of last successes into `by_user` (user id -> stored list, loaded as needed by the caller:
     missing users are None); returns the users whose list changed."""
@@ -244,7 +264,7 @@ async def pull(client: GraphClient, params: dict[str, str]) -> AsyncIterator[lis
 
 
 __all__ = [
-    "AREA", "FAILURES", "FOLD_AFTER", "OVERLAP", "RECENT", "SUCCESSES", "SUCCESS_BACKFILL_HOURS", "compact_failure", "compact_success",
+    "AREA", "FAILURES", "FOLD_AFTER", "LIST_ROWS", "OVERLAP", "RECENT", "SUCCESSES", "SUCCESS_BACKFILL_HOURS", "compact_failure", "compact_success",
     "expired_hours", "run_area", "run_in_sync", "hour_key", "fold_recent", "merge_failures", "merge_recent", "merge_success", "parse_iso", "pull", "query",
 ]
 
@@ -363,14 +383,20 @@ async def run_area(
                         change.put(FAILURES, h, merged)
                         hours.add(h)
                         n += k
-                if new_succ:
-                    # this hour's list only (see the module doc); later than every hour listed, so the lists' order
-                    # is the order the polls read them in, whatever clock `now` came from
-                    segment = max([iso(now)[:13], *recent])
-                    merged_recent, c = merge_recent(change.get(RECENT, segment), new_succ)
+                fresh = _not_listed(change, sorted(recent), new_succ)
+                if fresh:
+                    # the last list only (see the module doc), or a new one after it once it is full: the lists' order
+                    # is the order the polls read them in
+                    listed = sorted(recent)
+                    last = listed[-1] if listed else None
+                    current = change.get(RECENT, last) if last is not None else None
+                    if last is None or len(current or []) >= LIST_ROWS:
+                        last = f"p{int(last[1:]) + 1 if last and last.startswith('p') else 1:08d}"
+                        current = None
+                    merged_recent, c = merge_recent(current, fresh)
                     if c:
-                        change.put(RECENT, segment, merged_recent)
-                        recent.add(segment)
+                        change.put(RECENT, last, merged_recent)
+                        recent.add(last)
                 older = sorted(recent)[:-1]
                 if len(older) >= FOLD_AFTER:
                     users: dict[str, list[dict[str, Any]] | None] = {}
