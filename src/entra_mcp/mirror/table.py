@@ -314,10 +314,12 @@ class Table(Mapping[str, Record]):
             return [None] * n
         col = self.cols[j]
         if type(col) is list:
+            if _TEXT_TYPES.issuperset(map(type, col)):  # strings and nulls (names, addresses): a copy at C speed
+                return list(col)
             return [None if v is ABSENT else list(v) if type(v) is tuple else v for v in col]
         if type(col) is Coded:
             values = [None if v is ABSENT else list(v) if type(v) is tuple else v for v in col.values]
-            return [values[k] for k in col.idx]
+            return list(map(values.__getitem__, col.idx))
         return [None if v is ABSENT else v for v in map(_cell, [col] * n, range(n))]
 
     def getter(self, name: str) -> Callable[[str], Any]:
@@ -374,8 +376,7 @@ class Table(Mapping[str, Record]):
             fields.update(dict.fromkeys(part[2]))
             sizes.append(len(part[1]))
         if share is not None:
-            setdefault = share.setdefault
-            ids = [setdefault(oid, oid) for oid in ids]
+            ids = list(map(share.setdefault, ids, ids))
         cols = []
         for name in fields:
             found = []
@@ -475,20 +476,23 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
                 cols[j] = ids
                 continue
             sample = next((v for v in col if type(v) is str), None)
+            plain = _PLAIN_TYPES.issuperset(map(type, col))  # strings, nulls and ABSENT only: hashable
             if sample is not None and sample in share:
-                cols[j] = [get(v, v) if type(v) is str else v for v in col]
-            elif all(type(v) is str or v is None or v is ABSENT for v in col):
+                cols[j] = list(map(get, col, col)) if plain else [get(v, v) if type(v) is str else v for v in col]
+            elif plain:
                 # a bucket stores each distinct string once; a value repeated across buckets (given names, job
-                # titles) becomes one object here, and a column of repeats a coded one
-                where: dict[Any, int] = {}
-                idx = array("I", [where.setdefault(v, len(where)) for v in col])
-                if 2 * len(where) <= len(col):
-                    cols[j] = Coded(list(where), idx)
+                # titles) becomes one object here, and a column of repeats a coded one (all at C speed)
+                first: dict[Any, Any] = {}
+                shared = list(map(first.setdefault, col, col))  # each row's value as the object of its first row
+                if 2 * len(first) <= len(col):
+                    where = {v: k for k, v in enumerate(first)}
+                    cols[j] = Coded(list(first), array("I", map(where.__getitem__, col)))
                 else:
-                    values = list(where)
-                    cols[j] = [values[k] for k in idx]
+                    cols[j] = shared
 
 
+_PLAIN_TYPES = frozenset({str, type(None), _Absent})
+_TEXT_TYPES = frozenset({str, type(None)})
 _MISSING_COL: Any = object()  # a new bucket without the property: every row ABSENT
 
 
@@ -575,8 +579,7 @@ def _expand(col: Any, n: int) -> list[Any]:
     if t is list:
         return cast("list[Any]", col)
     if t is Coded:
-        values = col.values
-        return [values[k] for k in col.idx]
+        return list(map(col.values.__getitem__, col.idx))
     return [None if x == _NULL_TS else ABSENT if x == _ABSENT_TS else _from_ts(x) for x in col]
 
 
@@ -604,7 +607,7 @@ def _concat_column(found: list[tuple[Any, int]]) -> Any:
                 if k == len(values):
                     values.append(v)
                 remap.append(k)
-            idx.extend(array("I", [remap[k] for k in col.idx]))
+            idx.extend(array("I", map(remap.__getitem__, col.idx)))
         return Coded(values, idx)
     out_list: list[Any] = []
     for col, n in found:
