@@ -17,10 +17,12 @@ Needs the `test` and `bench` extras: pip install -e '.[test,bench]'.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -347,6 +349,7 @@ def main() -> int:
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    atexit.register(shutil.rmtree, work, True)  # the emulators' states and mirrors: gone with the run, however it ends
     print(f"starting the emulator ({args.size}, {args.latency_ms:g} ms latency, throttling on)...", file=sys.stderr)
     t0 = time.monotonic()
     emu, config, env, ctl, found = _emulator_session(args.size, args.latency_ms, work / args.size)

@@ -18,9 +18,11 @@ max_concurrent_syncs` and `[server] view_memory_mb`. Measured:
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,6 +84,7 @@ def main() -> None:
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-tenants-"))
+    atexit.register(shutil.rmtree, root, True)  # the tenants' mirrors: gone with the run, however it ends
     medium = set(range(0, args.tenants, max(1, args.tenants // max(1, args.medium)))[:args.medium]) if args.medium else set()
     g0, c0 = time.perf_counter(), time.process_time()
     state, app = customer_state(args.tenants, "small", seed=7, sizes=lambda i: "medium" if i in medium else "small",

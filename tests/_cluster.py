@@ -3,6 +3,7 @@ snapshot directory and the emulator (tests/test_cluster_failover.py and bench/be
 
 - `Cluster(root, emu, redis_port, lease_seconds=...)`: configs and processes; `start(r)`, `leader()` (the one replica
   whose /healthz says it leads), `published()` / `history()` / `refused()` (the fenced Redis records), `converged()`,
+  `wait_converged()` (every replica on the newest publication as of the call, or a newer one), `holder(r)`,
   `assert_no_two_commits()`, `assert_matches_ground_truth()`, `change_directory(tag)` (a user created in the emulator).
 - `Replica.syncing(tenant)`: whether a sync run holds its mirror's writer lock now (mid-run).
 """
@@ -26,6 +27,8 @@ from entra_mcp.mirror.store import MirrorStore
 
 LEASE_SECONDS = 3.0  # the tests' lease: a takeover within seconds
 PREFIX = "entra-mcp:"
+HEALTH_TIMEOUT = 15.0  # a live replica's /healthz on a loaded 2-core machine (a dead one refuses at once)
+CONVERGE_TIMEOUT = 180.0  # a hang guard: every replica serving a given publication (the same as a replica's start)
 
 @dataclass
 class Replica:
@@ -42,9 +45,10 @@ class Replica:
     def cache_dir(self) -> Path:
         return self.root / "cache"
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any] | None:
+        """/healthz, or None when the replica does not answer (down, starting, or not within `timeout`)."""
         try:
-            r = httpx.get(f"{self.base}/healthz", timeout=2)
+            r = httpx.get(f"{self.base}/healthz", timeout=timeout)
         except httpx.HTTPError:
             return None
         return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
@@ -121,8 +125,7 @@ class Cluster:
         for r in self.replicas:
             assert r.proc is not None
             r.proc.wait_ready(timeout=180)  # three starts at once on a loaded 2-core machine
-        wait_until(lambda: self.converged(self.replicas), timeout=converge_timeout,
-                   what="a first publication adopted by every replica")
+        self.wait_converged(timeout=converge_timeout, what="a first publication adopted by every replica")
 
     def key(self, what: str) -> str:
         return f"{PREFIX}sync:{self.tenant}:{what}"
@@ -166,6 +169,43 @@ class Cluster:
             if not st or not st["serving"] or (st["serving"]["token"], st["serving"]["stamp"]) != (rec.token, rec.stamp):
                 return False
         return True
+
+    def caught_up(self, replicas: list[Replica], target: Publication) -> bool:
+        """Every replica serves `target` or a newer publication. (The leader publishes every run, ~1.2 s here: on a
+        loaded machine "everyone on the newest" is a target that moves faster than the followers adopt.)"""
+        for r in replicas:
+            st = self.replication_of(r)
+            if not st or not st["serving"] or st["serving"]["token"] < target.token or st["serving"]["stamp"] < target.stamp:
+                return False
+        return True
+
+    def wait_converged(self, *, timeout: float = CONVERGE_TIMEOUT, what: str = "") -> None:
+        """Until every replica serves the newest publication as of now (or a newer one): bounded by progress, the
+        timeout only guards against a hang."""
+        target: list[Publication] = []
+
+        def done() -> bool:
+            if not target:
+                rec = self.published()
+                if rec is None:
+                    return False
+                target.append(rec)
+            return self.caught_up(self.replicas, target[0])
+
+        wait_until(done, timeout=timeout, what=what or "every replica serving the newest publication (or a newer one)")
+
+    def holder(self, r: Replica) -> str:
+        """The replica id `r` leads or follows as (its /healthz), waiting for it to answer."""
+        found: list[str] = []
+
+        def answered() -> bool:
+            st = (r.health() or {}).get("replication")
+            if st:
+                found.append(st["replica"])
+            return bool(found)
+
+        wait_until(answered, timeout=60, what=f"replica {r.name} answering /healthz")
+        return found[0]
 
     def assert_no_two_commits(self) -> None:
         """The publication log: stamps strictly increase, tokens never go back, each token is one replica's."""
