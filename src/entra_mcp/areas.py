@@ -583,7 +583,10 @@ def _probe(path: str, select: str = "id") -> tuple[str, Mapping[str, str]]:
 
 
 def _memberships(data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    return {"memberships": sum(len(m) for m in data.get("members", {}).values())}
+    members = data.get("members", {})
+    if isinstance(members, BuildCollection):  # a member list weighs its length: no segment unpickled
+        return {"memberships": members.weight()}
+    return {"memberships": sum(len(m) for m in members.values())}
 
 
 async def run_assignments(run: AreaRun, area: Area, prev: AreaStatus) -> AreaResult:
