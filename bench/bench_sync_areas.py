@@ -48,9 +48,9 @@ NEW_AREAS = ("devices", "conditional_access", "owners", "auth_methods", "roles",
 EXTRA = {"service_principals": ("applications", "service_principals")}
 
 
-def _hwm_mb() -> float:
+def _hwm_mb(field: str = "VmHWM:") -> float:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
 def _reset_hwm() -> None:
@@ -88,12 +88,13 @@ def driver(config: str) -> int:
     result = anyio.run(lambda: sync_tenant(tenant, store))
     sync_fig = {"wall": time.monotonic() - started, "cpu": _cpu() - cpu0, "rss": _hwm_mb()}
     print_summary(result, sys.stderr)
+    at_start = _hwm_mb("VmRSS:")  # what the sync left resident (freed memory the allocator kept)
     _reset_hwm()
     cpu1, started = _cpu(), time.monotonic()
     stale = views_to_prepare(settings.server.cache_dir, {tenant.name: (before, store.version(tenant.name))})
     if stale:
         prepare_views(settings.server.cache_dir, store, stale)
-    prep = {"wall": time.monotonic() - started, "cpu": _cpu() - cpu1, "rss": _hwm_mb(), "done": bool(stale)}
+    prep = {"wall": time.monotonic() - started, "cpu": _cpu() - cpu1, "rss": _hwm_mb(), "done": bool(stale), "start_rss": at_start}
     store.close()
     print(json.dumps({"sync": sync_fig, "prepare": prep, "ok": result.ok}))
     return 0 if result.ok else 1
