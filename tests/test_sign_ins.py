@@ -597,6 +597,8 @@ def test_the_servers_columns_give_back_every_record_of_the_window() -> None:
     assert log.user_failures("nobody@nowhere.example") == []
     for h, rows in by_hour.items():
         assert log.hour_rows(h) == [tuple(r.get(k) for k in _ROW) for r in rows]
+        # the first pull holds each hour it has read in this packed form until its commit
+        assert sign_ins._hour_rows(sign_ins._pack_hour(h, list(reversed(rows)))) == rows
     assert sum(map(len, by_user.values())) == log.success_count
     for uid, rows in by_user.items():
         assert log.user_successes(uid) == rows

@@ -42,6 +42,7 @@ from entra_mcp.graph.client import GraphClient
 from entra_mcp.graph.paging import Pager
 from entra_mcp.graph.tenant import make_client
 from entra_mcp.logs import get_logger
+from entra_mcp.mirror.table import pack_groups, unpack
 
 log = get_logger("sync.sign_ins")
 
@@ -136,15 +137,16 @@ def compact_success(e: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     }
 
 
-def _packed_failure(r: dict[str, Any]) -> tuple[Any, ...]:
-    """A compacted failure as a tuple of FAILURE_FIELDS (lists as tuples, the empty one shared): what the first pull
-    holds per event until its commit, a fifth of the dict's memory."""
-    return tuple(tuple(v) if type(v) is list else v for v in map(r.__getitem__, FAILURE_FIELDS))
+def _pack_hour(hour: str, rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """An hour's failures, oldest first, in the mirror's stored column form (mirror/table.py pack_groups): what the
+    first pull holds of each hour it has read to the end, a small fraction of the records' memory."""
+    rows.sort(key=lambda r: (r["createdDateTime"], r["id"]))
+    return pack_groups({hour: rows})
 
 
-def _failure_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """An hour's packed failures as the records the mirror stores (compact_failure's dicts)."""
-    return [{f: list(v) if type(v) is tuple else v for f, v in zip(FAILURE_FIELDS, t)} for t in rows]
+def _hour_rows(packed: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The records of an hour packed by _pack_hour."""
+    return next(iter(unpack(packed).values()), [])
 
 
 def _success_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -320,18 +322,28 @@ async def run_area(
         seen_max: str | None = None
         try:
             if first:
-                # held packed (tuples, not dicts) until the commit, which writes them one bucket at a time: a large
-                # tenant's window is ~460,000 failures and ~650,000 last successes
-                by_hour: dict[str, list[tuple[Any, ...]]] = {}
+                # held packed (hours in column form, successes as tuples) until the commit, which writes them one
+                # bucket at a time: a large tenant's window is ~460,000 failures and ~650,000 last successes
+                # failures come newest first: once a page holds an older hour, the hours after it are complete and
+                # are packed in the mirror's column form; an event of a packed hour (out of order) reopens it
+                by_hour: dict[str, tuple[Any, ...]] = {}
+                reading: dict[str, list[dict[str, Any]]] = {}
                 ids: set[str] = set()
                 async for page in pull(client, query(window_start, failures_only=True)):
                     for e in page:
                         r = compact_failure(e)
                         if r is not None and r["id"] not in ids:
                             ids.add(r["id"])
-                            by_hour.setdefault(hour_key(r["createdDateTime"]), []).append(_packed_failure(r))
+                            h = hour_key(r["createdDateTime"])
+                            if h in by_hour:
+                                reading[h] = _hour_rows(by_hour.pop(h))
+                            reading.setdefault(h, []).append(r)
                             seen_max = max(seen_max or "", r["createdDateTime"])
                     del page
+                    for h in sorted(reading)[1:]:
+                        by_hour[h] = _pack_hour(h, reading.pop(h))
+                for h in list(reading):
+                    by_hour[h] = _pack_hour(h, reading.pop(h))
                 by_user: dict[str, list[tuple[Any, ...]]] = {}
                 async for page in pull(client, query(max(window_start, now - timedelta(hours=SUCCESS_BACKFILL_HOURS)), successes_only=True)):
                     for e in page:
@@ -340,9 +352,6 @@ async def run_area(
                             by_user[s[0]] = _merge_packed_success(by_user.get(s[0]), s[1])
                             seen_max = max(seen_max or "", s[1]["createdDateTime"])
                     del page
-                at_time, at_id = FAILURE_FIELDS.index("createdDateTime"), FAILURE_FIELDS.index("id")
-                for rows in by_hour.values():
-                    rows.sort(key=lambda t: (t[at_time], t[at_id]))
                 count = len(ids)
                 meta = {"days": days, "watermark": seen_max or iso(now), "hours": sorted(by_hour), "failures": count,
                         "successes_from": iso(max(window_start, now - timedelta(hours=SUCCESS_BACKFILL_HOURS))),
@@ -350,7 +359,7 @@ async def run_area(
                 status = AreaStatus(enabled=True, last_success=now, last_error=prev.last_error,
                                     last_error_at=prev.last_error_at, object_count=count, mode="full")
                 await commit(writer.commit_full, AREA, {FAILURES: by_hour, SUCCESSES: by_user, RECENT: {}}, delta_link=None,
-                             status=status, meta=meta, expand={FAILURES: _failure_rows, SUCCESSES: _success_rows})
+                             status=status, meta=meta, expand={FAILURES: _hour_rows, SUCCESSES: _success_rows})
                 return {"outcome": "full", "objects": count, "changes": count + sum(map(len, by_user.values())),
                         "message": f"window of {days} days: failures in full, successes since {meta['successes_from']}",
                         "status": status}
