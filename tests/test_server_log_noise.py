@@ -9,8 +9,13 @@ from typing import Iterator
 
 import anyio
 import httpx
+import httpx2
 import pytest
 from _endurance_fixtures import API_KEY, ProductConfig, ServeProcess, synced_server
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types.jsonrpc import INVALID_PARAMS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -77,3 +82,41 @@ def test_client_caused_errors_are_one_line_not_a_traceback(served: tuple[Product
     assert "Traceback" not in log and 'File "' not in log, log[-4000:]
     assert " ERROR " not in log, log[-4000:]
     assert "caused by the client" in log  # said in one line
+
+
+def test_a_prompt_asked_for_wrongly_gets_our_message_and_one_log_line(served: tuple[ProductConfig, ServeProcess]) -> None:
+    """prompts/get with a required argument missing, an argument the playbook does not take, or a name no playbook
+    has: the caller reads what the prompt takes (not the SDK's "Error rendering prompt X"), the log has one line
+    each and no traceback (over a real mcp.Client on HTTP)."""
+    cfg, server = served
+    before = len(server.log())
+    asked = (
+        ("lost_app_access", {"user": "adele@contoso.example"},
+         "prompt lost_app_access needs the argument(s) app; it takes user (required), app (required)"),
+        ("lost_app_access", {"user": "adele@contoso.example", "app": "Salesforce", "colour": "red"},
+         "prompt lost_app_access has no argument(s) 'colour'; it takes user (required), app (required)"),
+        ("no_such_playbook", {}, "no prompt named 'no_such_playbook'; the prompts are lost_app_access, "),
+    )
+    refused: list[tuple[int, str]] = []
+
+    async def main() -> None:
+        with anyio.fail_after(60):
+            await ask()
+
+    async def ask() -> None:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as http:
+            async with Client(streamable_http_client(f"{cfg.base}/mcp", http_client=http), mode="legacy") as client:
+                for name, arguments, _ in asked:
+                    with pytest.raises(MCPError) as caught:
+                        await client.get_prompt(name, arguments)
+                    refused.append((caught.value.code, caught.value.message))
+                rendered = await client.get_prompt("lost_app_access", {"user": "adele@contoso.example", "app": "Salesforce"})
+                assert "Salesforce" in rendered.messages[0].content.text  # type: ignore[union-attr]
+
+    anyio.run(main)
+    for (code, message), (_, _, expected) in zip(refused, asked):
+        assert code == INVALID_PARAMS and message.startswith(expected), message
+    log = server.log()[before:]
+    assert "Traceback" not in log and 'File "' not in log and "Error rendering" not in log, log[-4000:]
+    lines = [line for line in log.splitlines() if "prompts/get refused" in line]
+    assert [expected in line for line, (_, _, expected) in zip(lines, asked)] == [True] * 3, lines

@@ -26,7 +26,10 @@ import anyio
 import pydantic_core
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.prompts.base import Prompt
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types.jsonrpc import INVALID_PARAMS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from entra_mcp import __version__, identity
@@ -41,7 +44,7 @@ from entra_mcp.audit import AuditTrail, session_ref
 from entra_mcp.server.access import EVERYTHING, LOCAL, Access, AccessPolicy, Caller, PermittedViews
 from entra_mcp.server.auth import CURRENT_PRINCIPAL, PRINCIPAL_SCOPE_KEY
 from entra_mcp.server.limits import WorkLanes
-from entra_mcp.server.prompts import load_prompts
+from entra_mcp.server.prompts import load_prompts, prompt_refusal
 from entra_mcp.server.workers import AnswerPool
 from entra_mcp.server.tools import (
     TOOLS,
@@ -170,6 +173,26 @@ async def _plain_argument_errors(ctx: Any, call_next: Any) -> Any:
         if match and isinstance(text, str):
             result = {**result, "content": [{"type": "text", "text": plain_argument_errors(match.group(1), text)}]}
     return result
+
+
+class PromptRequests:
+    """Server middleware: a prompts/get naming no prompt, or with arguments missing or unknown, is refused with a
+    message saying what the prompt takes (INVALID_PARAMS) and one line in the log. (Left to the SDK, the caller would
+    read only "Error rendering prompt X" and the log would carry a traceback.)"""
+
+    def __init__(self, prompts: list[Prompt]) -> None:
+        self.prompts = {p.name: p for p in prompts}
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        if ctx.method == "prompts/get":
+            params = ctx.params or {}
+            arguments = params.get("arguments")
+            refusal = prompt_refusal(self.prompts, str(params.get("name") or ""),
+                                     arguments if isinstance(arguments, Mapping) else None)
+            if refusal is not None:
+                log.info("prompts/get refused: %s", refusal)
+                raise MCPError(code=INVALID_PARAMS, message=refusal)
+        return await call_next(ctx)
 
 
 def _checked(kinds: Mapping[str, type], arguments: dict[str, Any]) -> dict[str, Any]:
@@ -495,6 +518,7 @@ def create_server(
     policy = AccessPolicy.from_settings(settings, [spec.name for spec in TOOLS], _tenant_of_tid(views), _groups_of(views))
     trail = (AuditTrail.from_settings(settings) if settings is not None else None) if audit is True else (audit or None)
     gate = CallGate(policy, trail, channel)
+    prompts = load_prompts()
     if sessions is not None and hasattr(sessions, "access_check"):
         sessions.access_check = _access_check(policy)  # OAuth refresh grants re-check [server.access]
     server: MCPServer[Any] = MCPServer(
@@ -503,7 +527,7 @@ def create_server(
         version=__version__,
         instructions=INSTRUCTIONS,
         warn_on_duplicate_tools=True,
-        middleware=[_caller, gate, _plain_argument_errors],
+        middleware=[_caller, gate, _plain_argument_errors, PromptRequests(prompts)],
     )
     _hide_forbidden_schemas(server, policy, gate)
     if sign_ins is None:
@@ -582,7 +606,7 @@ def create_server(
 
     # ---------------------------------------------------------------- prompts
 
-    for prompt in load_prompts():
+    for prompt in prompts:
         server.add_prompt(prompt)
 
     return server

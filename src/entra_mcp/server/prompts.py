@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from mcp.server.mcpserver.prompts.base import Prompt, PromptArgument, UserMessage
 
@@ -103,6 +103,25 @@ def _make_prompt(meta: dict[str, Any], body: str) -> Prompt:
     )
 
 
+def prompt_refusal(prompts: Mapping[str, Prompt], name: str, arguments: Mapping[str, Any] | None) -> str | None:
+    """Why prompts/get of `name` with `arguments` cannot be answered, in words the caller can act on (None: it can).
+    The names come from the client: quoted and cut short."""
+    prompt = prompts.get(name)
+    if prompt is None:
+        return f"no prompt named {name[:64]!r}; the prompts are {', '.join(sorted(prompts))}"
+    declared = prompt.arguments or []
+    given = set(arguments or {})
+    missing = [a.name for a in declared if a.required and a.name not in given]
+    unknown = sorted(given - {a.name for a in declared})
+    takes = ", ".join(f"{a.name} ({'required' if a.required else 'optional'})" for a in declared) or "no arguments"
+    if missing:
+        return f"prompt {name} needs the argument(s) {', '.join(missing)}; it takes {takes}"
+    if unknown:
+        shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        return f"prompt {name} has no argument(s) {shown}; it takes {takes}"
+    return None
+
+
 def load_prompts(files: Iterable[tuple[str, str]] | None = None) -> list[Prompt]:
     prompts = []
     for name, text in files if files is not None else _prompt_files():
@@ -115,4 +134,4 @@ def load_prompts(files: Iterable[tuple[str, str]] | None = None) -> list[Prompt]
     return prompts
 
 
-__all__ = ["load_prompts", "parse_playbook"]
+__all__ = ["load_prompts", "parse_playbook", "prompt_refusal"]
