@@ -155,6 +155,7 @@ def test_a_servers_start_freezes_its_view_out_of_the_collector_until_the_view_is
         w.set_tenant(tenant_id="tid", interval_minutes=5)
         w.commit_full("users", {"users": _users(20)}, delta_link="dl", status=ok)
     views = ViewProvider([TenantInfo("t", "tid", 5)], store, check_interval=0, background_reload=False)
+    gc.unfreeze()  # freezing is process-wide: an earlier test's objects in this worker must not count here
     assert gc.get_freeze_count() == 0
     try:
         views.warm(freeze=True)
