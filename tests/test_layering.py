@@ -7,6 +7,7 @@ allowed to import some modules (the emulator, mcp, diskcache, msal, joserfc). A 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def part_of(path: Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
-def imports_of(path: Path) -> list[tuple[int, str]]:
+@functools.cache  # every test reads every file: parsed once per run (the sources do not change under the tests)
+def imports_of(path: Path) -> tuple[tuple[int, str], ...]:
     """(line, dotted module) of every import in the file, relative ones resolved, `from entra_mcp import x` as
     entra_mcp.x."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -66,7 +68,7 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
                 found += [(node.lineno, f"entra_mcp.{alias.name}") for alias in node.names]
             else:
                 found.append((node.lineno, base))
-    return found
+    return tuple(found)
 
 
 def violations(parts: dict[str, set[str]], only: dict[str, list[str]]) -> list[str]:
