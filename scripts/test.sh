@@ -56,10 +56,11 @@ fi
 
 # The whole suite runs its test modules on ENTRA_MCP_TEST_WORKERS processes (default 2; 0 runs them in this one),
 # each module whole on one worker (--dist loadfile) so module-scoped emulators and servers are started once: most
-# tests wait on subprocesses and sockets, and serially the suite leaves a CPU idle. With arguments (a module, -k),
-# pytest runs them in this process.
+# tests wait on subprocesses and sockets, and serially the suite leaves a CPU idle. The modules are handed out in
+# collection order, the slowest first (tests/conftest.py SLOWEST_FIRST; xdist's own reordering, by test count, is
+# off), so both workers finish together. With arguments (a module, -k), pytest runs them in this process.
 workers=${ENTRA_MCP_TEST_WORKERS:-2}
 if [ "$#" -eq 0 ] && [ "$workers" != "0" ]; then
-  exec .venv/bin/python -m pytest -n "$workers" --dist loadfile
+  exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder
 fi
 exec .venv/bin/python -m pytest "$@"
