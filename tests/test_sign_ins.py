@@ -702,3 +702,25 @@ def sign_in_failures_summary_of(log: Any, since: str | None, now: datetime) -> d
     from entra_mcp.identity.sign_ins import sign_in_failures_summary
 
     return sign_in_failures_summary(log, None, since, None, now)
+
+
+def test_the_log_and_its_24_hour_counts_are_loaded_ahead_of_the_first_question(bed: Bed) -> None:
+    """serve warms each tenant's sign-in log in the background (SignInLogs.warm): loaded and its default summary
+    counted before the first question, which then reads the memoised counts and answers like a fresh log."""
+    from entra_mcp.identity.sign_ins import sign_in_failures_summary
+
+    bed.add(*[{"user": bed.upns[i], "errorCode": 50126, "secondsAgo": 3600 * i + 60} for i in range(5)])
+    bed.sync()
+    tenant = bed.settings.tenants[0].name
+    logs = SignInLogs(bed.store)
+    thread = logs.warm([tenant, "no-such-tenant"])
+    assert thread is not None
+    thread.join(60)
+    assert not thread.is_alive()
+    held = logs._held[tenant]
+    assert any(isinstance(m.get("_derived"), dict) for m in held._merged.values()), "the 24-hour summary was counted"
+    now = datetime.now(timezone.utc)
+    assert logs.get(tenant) is held
+    assert sign_in_failures_summary(held, None, None, None, now) == \
+        sign_in_failures_summary(SignInLogs(bed.store).get(tenant), None, None, None, now)
+    assert SignInLogs(None).warm([tenant]) is None and logs.warm([]) is None

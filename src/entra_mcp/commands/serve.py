@@ -324,8 +324,12 @@ def _serve(
 
                 what_if = LiveWhatIf(settings)
             replication = _replication(settings, store, shared, lead=background_sync, view_cache=view_cache)
+            from entra_mcp.identity.sign_ins import SignInLogs
+
+            sign_ins = SignInLogs(store)
             server = create_server(settings, views=views, sessions=hooks.sessions, what_if=what_if,
-                                   replication=replication.status if replication is not None else None)
+                                   replication=replication.status if replication is not None else None, sign_ins=sign_ins)
+            sign_ins.warm(t.name for t in settings.tenants if t.sync.sign_in_events)
             from entra_mcp.sync.tenants_watch import TenantRoster
 
             stop = threading.Event()

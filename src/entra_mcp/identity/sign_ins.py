@@ -11,8 +11,10 @@ passwords since the last success, mean "probably locked"; the clearing time is a
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import weakref
 from collections import Counter
 from itertools import islice
 from operator import itemgetter
@@ -22,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InvalidArgument, NotFoundError
+from ..logs import get_logger
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
 from ..mirror.store import AreaBuckets
 from ..mirror.table import concat_groups, is_packed_groups, pack_groups
@@ -30,6 +33,7 @@ from .sign_in_columns import ByKey, Rows
 from .sign_in_errors import describe
 from .text import iso, parse_time, utcnow
 
+_log = get_logger("identity.sign_ins")
 LOCKOUT_THRESHOLD = 10  # Smart Lockout's default threshold (Azure public cloud)
 LOCKOUT_SECONDS = 60  # the first lockout; later ones last longer
 LOCKOUT_MAX_SECONDS = 3600  # cap of the doubling estimate
@@ -1035,6 +1039,38 @@ class SignInLogs:
         self._store = store  # mirror/store.py MirrorStore (the directory's; its sign_in_store() holds the events)
         self._held: dict[str, SignInLog] = {}
         self._lock = threading.Lock()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            # an answer worker forked while a thread of the server held the lock (loading a large window takes
+            # seconds) would otherwise wait for it forever
+            logs = ref()
+            if logs is not None:
+                logs._lock = threading.Lock()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def warm(self, tenants: Iterable[str]) -> threading.Thread | None:
+        """Load each tenant's log and count its default summary (the last 24 hours) in a background thread, so that
+        the first sign-in question after a start finds them ready instead of paying for them (a large tenant's
+        window: ~18 s CPU to load, ~1.5 s to count 24 hours). A question asked meanwhile waits for the load it
+        needs, as it would have done it. Returns the thread (None when there is nothing to warm)."""
+        names = list(tenants)
+        if not names or self._store is None:
+            return None
+
+        def run() -> None:
+            for name in names:
+                try:
+                    got = self.get(name)
+                    if got.available:
+                        sign_in_failures_summary(got)
+                except Exception as exc:  # noqa: BLE001 - a warm-up that fails leaves the work to the first question
+                    _log.info("tenant %s: sign-in events not loaded ahead of the first question (%s)", name, exc)
+
+        thread = threading.Thread(target=run, name="sign-in-events-warm", daemon=True)
+        thread.start()
+        return thread
 
     def get(self, tenant: str) -> SignInLog:
         """The tenant's current log: reloaded when the sign-in mirror's data version moved, its status and window
