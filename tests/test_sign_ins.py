@@ -14,6 +14,7 @@ import pytest
 from _sync_fixtures import control_of, run_sync, write_config  # noqa: F401 (fixture)
 from mcp import Client
 
+from entra_mcp.identity import sign_ins as identity_sign_ins
 from entra_mcp.identity.sign_in_errors import catalogue
 from entra_mcp.identity.sign_ins import SignInLogs
 from entra_mcp.identity.findings import FINDINGS
@@ -655,6 +656,7 @@ def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Be
     the by-user lists (made to happen after 2 lists here)."""
     monkeypatch.setattr(sign_ins, "FOLD_AFTER", 2)
     monkeypatch.setattr(sign_ins, "LIST_ROWS", 1)  # each poll's successes in a list of their own
+    monkeypatch.setattr(identity_sign_ins, "_MAX_PARTS", 2)  # the hours of later polls read into one holder at once
     tenant = bed.settings.tenants[0].name
     upns = bed.upns[:12]
     ids = [str(bed.tenant.user_by_key(u)["id"]) for u in upns]
@@ -674,6 +676,8 @@ def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Be
         # new failures and successes, a late one of each (older than the last poll's watermark, inside the overlap),
         # the clock an hour further at each step: the oldest hour expires; each poll's successes are listed apart and
         # at the third step the two older lists are folded into the by-user lists
+        if step:
+            bed.ctl._ok(bed.ctl.http.post("/clock", json={"seconds": 3600}))  # the emulator's events an hour later
         bed.add({"user": upns[step], "errorCode": 50126, "secondsAgo": 5}, {"user": upns[step + 1], "errorCode": 0, "secondsAgo": 5},
                 {"user": upns[step + 2], "errorCode": 50126, "secondsAgo": 420}, {"user": upns[step + 3], "errorCode": 0, "secondsAgo": 400})
         now = datetime.now(timezone.utc) + timedelta(hours=step)
@@ -688,6 +692,7 @@ def test_a_polls_commit_is_adopted_in_part_and_answers_like_a_fresh_load(bed: Be
             assert adopted._parts[0] is not previous._parts[0], "... and the by-user lists read again, whole"
         else:
             assert adopted._parts[0] is previous._parts[0], "the hours the poll did not rewrite are the ones held before"
+            assert len(adopted._parts) == 2, "an hour per poll's holder, read into one past _MAX_PARTS"
             assert len(adopted._recent) == len(fresh.meta["recent"]) == (step + 1 if step < 2 else 2)
         kept_from = sign_ins.iso(now - timedelta(days=7))[:13]
         assert [h for h in adopted.hours if h < kept_from] == [], "an hour that left the window is dropped"

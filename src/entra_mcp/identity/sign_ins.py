@@ -1032,6 +1032,28 @@ def requester_sign_ins(log: SignInLog, view: Any, user_id: str, apps: list[str],
 
 
 
+_MAX_PARTS = 12  # holders of failure hours a log keeps before their hours are read into one (see _compacted)
+
+
+def _compacted(events: Any, log: SignInLog) -> SignInLog | None:
+    """`log` with the hours its later holders serve (one per hour a poll last rewrote) read again into one holder:
+    an answer about one user looks in every holder, so they are kept few. Reads those hours' buckets (as `log` holds
+    them); None when the mirror moved meanwhile or most hours would be read (the caller loads whole then, which
+    leaves one holder: on a large tenant about every 3 days)."""
+    if log._seen is None:
+        return None
+    n, revs = log._seen.specs[_FAILURES]
+    late = {id(p) for p in log._parts[1:]}
+    again = {i for (coll, i), keys in log._bucket_keys.items() if coll == _FAILURES
+             and any(id(at[0]) in late for h in keys if (at := log._hour_at.get(h)) is not None)}
+    seen = replace(log._seen, specs={**log._seen.specs, _FAILURES: (n, tuple(-2 if i in again else r for i, r in enumerate(revs)))})
+    got = events.read_area(log.tenant, "sign_in_events", seen)
+    if got is None or got.version != log.version or set(got.buckets[_FAILURES]) != again:
+        return None
+    older = replace(log, _seen=seen)
+    return SignInLog.load(log.tenant, got, older)
+
+
 class SignInLogs:
     """The current SignInLog per tenant, reloaded from the sign-in mirror when its version moves (cheap to ask)."""
 
@@ -1101,6 +1123,8 @@ class SignInLogs:
                     self._held.pop(tenant, None)
                     return SignInLog(tenant, None)
                 log = SignInLog.load(tenant, got, held)
+                if log is not None and len(log._parts) > _MAX_PARTS:
+                    log = _compacted(events, log)  # None: most hours would be read again: load whole (once)
             if log is None:
                 got = events.read_area(tenant, "sign_in_events")
                 if got is None:
