@@ -346,6 +346,11 @@ def test_view_cache_skips_the_rebuild_on_restart_and_ignores_bad_files(server_en
     path.write_bytes(b"not a pickle")
     ViewProvider.from_settings(server_env.settings, store, build=build, cache=ViewCache(tmp_path / "views")).current()
     assert builds == [first.version, first.version]
+    deadline = time.monotonic() + 30
+    while not ViewCache(tmp_path / "views").holds(server_env.name, first.version, DirectoryView):
+        # the rebuild's forked writer replaces the file: let it finish before the file is replaced below
+        assert time.monotonic() < deadline, "the rebuilt view cache was not written"
+        time.sleep(0.05)
     # a prepared index of another layout (an older release, another INDEX_FORMAT) is ignored and rebuilt, never read
     import pickle
 
