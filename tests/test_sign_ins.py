@@ -171,7 +171,7 @@ def test_each_cause_is_explained(bed: Bed) -> None:
 
 def test_lockout_inferred_and_cleared_on_time(bed: Bed) -> None:
     locked, cleared, inferred = bed.upns[0], bed.upns[1], bed.upns[2]
-    bed.add(*[{"user": inferred, "errorCode": 50126, "secondsAgo": 40 - i} for i in range(10)],  # no 50053 logged
+    bed.add(*[{"user": inferred, "errorCode": 50126, "secondsAgo": 12 - i} for i in range(10)],  # no 50053 logged
             *[{"user": locked, "errorCode": 50126, "secondsAgo": 50 - i} for i in range(10)],
             {"user": locked, "errorCode": 50053, "secondsAgo": 20},
             *[{"user": cleared, "errorCode": 50126, "secondsAgo": 400 - i} for i in range(10)],
