@@ -168,6 +168,10 @@ def test_a_servers_start_freezes_its_view_out_of_the_collector_until_the_view_is
         second = views.current()
         assert second.version > first.version and "u9999" in second.view.snapshot.users
         assert gc.get_freeze_count() == 0  # the start's view was replaced: thawed
+        views.warm(freeze=True)  # a start again: it freezes what it holds
+        assert gc.get_freeze_count() > 0
+        views.thaw()  # serving ended (serve's last step): nothing stays frozen in a process that goes on
+        assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
         store.close()

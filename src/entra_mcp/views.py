@@ -467,7 +467,7 @@ class ViewProvider:
             self._folded = {n.casefold(): n for n in new}
             self._by_tenant_id = by_tenant_id
             for name in [n for n in self._held if n not in new]:
-                self._thaw()
+                self.thaw()
                 self._held.pop(name, None)
                 self._sizes.pop(name, None)
                 self._checked_at.pop(name, None)
@@ -559,8 +559,9 @@ class ViewProvider:
                 gc.freeze()
                 self._frozen = True
 
-    def _thaw(self) -> None:
-        """Give the objects frozen by warm(freeze=True) back to the collector (a view of the start is going)."""
+    def thaw(self) -> None:
+        """Give the objects frozen by warm(freeze=True) back to the collector (a view of the start is going, or
+        serving ended)."""
         if self._frozen:
             self._frozen = False
             gc.unfreeze()
@@ -620,7 +621,7 @@ class ViewProvider:
                     break
                 if name == keep or name in self._reloading or self._load_locks[name].locked():
                     continue
-                self._thaw()
+                self.thaw()
                 self._held.pop(name, None)
                 self._sizes.pop(name, None)
                 self._checked_at.pop(name, None)
@@ -666,7 +667,7 @@ class ViewProvider:
             info = self._tenants[name]
             started = time.perf_counter()
             if held is not None:
-                self._thaw()  # the start's view is being replaced: its objects go back to the collector
+                self.thaw()  # the start's view is being replaced: its objects go back to the collector
             view_type = _view_type()
             with _no_cyclic_gc():
                 cached = (self._cache.load(name, version, view_type)

@@ -307,6 +307,7 @@ def _serve(
 
     raise_open_files_limit(min(len(settings.tenants), settings.server.max_open_mirrors))
     store = MirrorStore(settings.server.cache_dir, max_open=settings.server.max_open_mirrors)
+    views = None
     try:
         views = ViewProvider.from_settings(settings, store, cache=view_cache)
         views.warm(freeze=True)
@@ -355,6 +356,8 @@ def _serve(
         finally:
             _close_hooks(hooks)
     finally:
+        if views is not None:
+            views.thaw()  # serving ended: a process that goes on (a test, the demo) collects as usual again
         store.close()
 
 
