@@ -279,5 +279,9 @@ class ByKey:
             if self.starts[i + 1] > self.starts[i]:
                 yield self.col[i]
 
+    def nbytes(self) -> int:
+        """Bytes of its two arrays (the key column is the rows' own)."""
+        return self.order.itemsize * len(self.order) + self.starts.itemsize * len(self.starts)
+
 
 __all__ = ["ByKey", "Rows", "iso_of"]

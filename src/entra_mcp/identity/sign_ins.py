@@ -80,8 +80,7 @@ class _Hours:
         return self._names[bisect_right(self._starts, row) - 1]
 
     def nbytes(self) -> int:
-        return self.rows.nbytes() + self.by_user.order.itemsize * len(self.by_user.order) + \
-            self.by_user.starts.itemsize * len(self.by_user.starts)
+        return self.rows.nbytes() + self.by_user.nbytes()
 
 
 class _Users:
@@ -97,8 +96,7 @@ class _Users:
         return [self.rows.row(i) for i in self.by_user.rows(user_id)]
 
     def nbytes(self) -> int:
-        return self.rows.nbytes() + self.by_user.order.itemsize * len(self.by_user.order) + \
-            self.by_user.starts.itemsize * len(self.by_user.starts)
+        return self.rows.nbytes() + self.by_user.nbytes()
 
 
 def _merge_last(rows: list[dict[str, Any]], new: dict[str, Any]) -> None:
