@@ -119,6 +119,14 @@ def _weight(value: Any) -> int:
     return len(value) if isinstance(value, (dict, list)) and not (isinstance(value, dict) and "id" in value) else 1
 
 
+def collection_weight(data: Mapping[str, Any]) -> int:
+    """A collection's weight: what the mirror's bucket count is sized by (mirror/store.py _bucket_count) and, for the
+    member lists, the number of memberships."""
+    if isinstance(data, BuildCollection):  # kept as it is put: no segment unpickled
+        return data.weight()
+    return sum(map(_weight, data.values()))
+
+
 class BuildCollection(Mapping[str, Any]):
     """One collection of a full build, {id: object} read-only to its readers: recent objects as dicts, the others
     pickled in segments by part, each id's latest copy noted (a later copy wins). get() of an object in a segment
@@ -583,10 +591,7 @@ def _probe(path: str, select: str = "id") -> tuple[str, Mapping[str, str]]:
 
 
 def _memberships(data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    members = data.get("members", {})
-    if isinstance(members, BuildCollection):  # a member list weighs its length: no segment unpickled
-        return {"memberships": members.weight()}
-    return {"memberships": sum(len(m) for m in members.values())}
+    return {"memberships": collection_weight(data.get("members", {}))}  # a member list weighs its length
 
 
 async def run_assignments(run: AreaRun, area: Area, prev: AreaStatus) -> AreaResult:
@@ -1039,6 +1044,7 @@ __all__ = [
     "FullBuild",
     "Licence",
     "RunChanges",
+    "collection_weight",
     "member_kind",
     "needs_assignments",
 ]

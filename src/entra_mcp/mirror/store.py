@@ -50,7 +50,7 @@ from entra_mcp.logs import get_logger
 from entra_mcp.mirror.open_files import DEFAULT_LIMIT, Database, OpenMirrors
 from entra_mcp.mirror.permissions import private_directory
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness, bucket_of
-from entra_mcp.areas import REGISTRY, BuildCollection
+from entra_mcp.areas import REGISTRY, BuildCollection, collection_weight
 from entra_mcp.mirror.table import Table, concat_groups, is_packed, is_packed_groups, pack, pack_groups, unpack
 
 log = get_logger("mirror.store")
@@ -96,20 +96,13 @@ _SETTINGS = {
 
 
 def _bucket_count(data: Mapping[str, Any], least: int = 1) -> int:
-    if isinstance(data, BuildCollection):
-        weight = data.weight()
-    else:
-        weight = sum(len(v) if isinstance(v, (dict, list)) and not _is_object(v) else 1 for v in data.values())
+    weight = collection_weight(data)
     n = 1
     while n < min(least, MAX_BUCKETS):
         n *= 2
     while n < MAX_BUCKETS and n * _ITEMS_PER_BUCKET < weight:
         n *= 2
     return n
-
-
-def _is_object(v: Any) -> bool:
-    return isinstance(v, dict) and "id" in v
 
 
 def _stored_form(coll: str, part: dict[str, Any]) -> Any:
