@@ -204,6 +204,16 @@ def _row(label: str, f: dict[str, Any], base: dict[str, Any] | None, disk: bool)
     return "| " + " | ".join(cells) + " |"
 
 
+def _table(runs: list[dict[str, Any]], every: dict[str, Any], phase: str, *, disk: bool) -> list[str]:
+    """The table of one phase ("full" or "inc"): the base run, base + each area, every area (minus the base)."""
+    base = runs[0][phase]
+    head = "| run | requests | CPU entra-mcp s | CPU emulator s | wall s | peak RSS MB | index: CPU s / peak MB |"
+    return [head + (" mirror on disk MB |" if disk else ""), "|---" * (8 if disk else 7) + "|",
+            _row("base: users (+domains), groups", base, None, disk),
+            *[_row(f"base + {r['name']}", r[phase], base, disk) for r in runs[1:]],
+            _row("every area (sign-in events off)", every[phase], base, disk)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="large", choices=["small", "medium", "large"])
@@ -240,7 +250,6 @@ def main() -> int:
             loads.append(os.getloadavg()[0])
     finally:
         emu.stop(30)
-    base = runs[0]
     lines = [
         f"Command: `python bench/bench_sync_areas.py --size {args.size}{' --throttled' if args.throttled else ''}`."
         f" One emulator for every run, no added latency, **throttling off** (the sync's own cost); the client's own pacing"
@@ -256,19 +265,11 @@ def main() -> int:
         "",
         "Full sync into an empty mirror (in brackets: minus the base run, i.e. what the area adds):",
         "",
-        "| run | requests | CPU entra-mcp s | CPU emulator s | wall s | peak RSS MB | index: CPU s / peak MB | mirror on disk MB |",
-        "|---|---|---|---|---|---|---|---|",
-        _row("base: users (+domains), groups", base["full"], None, True),
-        *[_row(f"base + {r['name']}", r["full"], base["full"], True) for r in runs[1:]],
-        _row("every area (sign-in events off)", every["full"], base["full"], True),
+        *_table(runs, every, "full", disk=True),
         "",
         "Incremental sync after the changes:",
         "",
-        "| run | requests | CPU entra-mcp s | CPU emulator s | wall s | peak RSS MB | index: CPU s / peak MB |",
-        "|---|---|---|---|---|---|---|",
-        _row("base: users (+domains), groups", base["inc"], None, False),
-        *[_row(f"base + {r['name']}", r["inc"], base["inc"], False) for r in runs[1:]],
-        _row("every area (sign-in events off)", every["inc"], base["inc"], False),
+        *_table(runs, every, "inc", disk=False),
         "",
         "The area's own requests and seconds in each run (from the sync summary; areas run concurrently):",
         "",
