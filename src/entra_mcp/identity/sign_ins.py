@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InvalidArgument, NotFoundError
+from ..last_success import is_later
 from ..logs import get_logger
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
 from ..mirror.store import AreaBuckets
@@ -100,10 +101,10 @@ class _Users:
 
 
 def _merge_last(rows: list[dict[str, Any]], new: dict[str, Any]) -> None:
-    """sync/sign_ins.py merge_success, in place: the latest success per app (an equal time keeps the one held)."""
+    """sync/sign_ins.py merge_success, in place: the latest success per app (last_success.is_later)."""
     for i, r in enumerate(rows):
         if r.get("appId") == new.get("appId"):
-            if str(r.get("createdDateTime") or "") < str(new.get("createdDateTime") or ""):
+            if is_later(new.get("createdDateTime"), r.get("createdDateTime")):
                 rows[i] = new
             return
     rows.append(new)
@@ -681,7 +682,10 @@ def _last_success(log: SignInLog, record: Mapping[str, Any] | None, app_id: str 
         return None
     rows = [r for r in log.user_successes(str(record["id"])) if app_id is None or r.get("appId") == app_id]
     if rows:
-        best = max(rows, key=lambda r: str(r.get("createdDateTime")))
+        best = rows[0]
+        for r in rows[1:]:
+            if is_later(r.get("createdDateTime"), best.get("createdDateTime")):
+                best = r
         return {**{k: best.get(k) for k in ("createdDateTime", "appId", "appDisplayName", "ipAddress", "clientAppUsed",
                                             "city", "countryOrRegion")}, "source": "sign-in events"}
     activity = record.get("signInActivity")

@@ -41,6 +41,7 @@ from entra_mcp.errors import EntraMcpError, MirrorError, PermissionDenied
 from entra_mcp.graph.client import GraphClient
 from entra_mcp.graph.paging import Pager
 from entra_mcp.graph.tenant import make_client
+from entra_mcp.last_success import is_later
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror.table import pack_groups, unpack
 
@@ -158,7 +159,7 @@ def _merge_packed_success(current: list[tuple[Any, ...]] | None, new: dict[str, 
     rows = current if current is not None else []
     for i, r in enumerate(rows):
         if r[0] == new["appId"]:
-            if str(r[2] or "") < new["createdDateTime"]:
+            if is_later(new["createdDateTime"], r[2]):
                 rows[i] = tuple(map(new.__getitem__, SUCCESS_FIELDS))
             return rows
     rows.append(tuple(map(new.__getitem__, SUCCESS_FIELDS)))
@@ -166,11 +167,11 @@ def _merge_packed_success(current: list[tuple[Any, ...]] | None, new: dict[str, 
 
 
 def merge_success(current: list[dict[str, Any]] | None, new: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
-    """A user's last-success list with `new` folded in (latest per app); (list, changed)."""
+    """A user's last-success list with `new` folded in (the latest per app, last_success.is_later); (list, changed)."""
     rows = [dict(r) for r in current or []]
     for i, r in enumerate(rows):
         if r.get("appId") == new["appId"]:
-            if str(r.get("createdDateTime") or "") >= new["createdDateTime"]:
+            if not is_later(new["createdDateTime"], r.get("createdDateTime")):
                 return rows, False
             rows[i] = new
             return rows, True
@@ -191,7 +192,7 @@ def merge_recent(current: list[dict[str, Any]] | None, new: dict[str, list[dict[
                 at[(uid, row["appId"])] = len(rows)
                 rows.append({"userId": uid, **row})
                 changed = True
-            elif str(rows[i].get("createdDateTime") or "") < row["createdDateTime"]:
+            elif is_later(row["createdDateTime"], rows[i].get("createdDateTime")):
                 rows[i] = {"userId": uid, **row}
                 changed = True
     return rows, changed
@@ -200,15 +201,15 @@ def merge_recent(current: list[dict[str, Any]] | None, new: dict[str, list[dict[
 def _not_listed(change: Any, listed: list[str], new: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """`new` less the successes the last lists already hold as late or later (a poll reads the overlap again): a
     success dropped here could not change what merging it would give."""
-    known: dict[tuple[Any, Any], str] = {}
+    known: dict[tuple[Any, Any], Any] = {}
     for key in listed[-OVERLAP_LISTS:]:
         for r in change.get(RECENT, key) or []:
-            k, t = (r.get("userId"), r.get("appId")), str(r.get("createdDateTime") or "")
-            if t > known.get(k, ""):
+            k, t = (r.get("userId"), r.get("appId")), r.get("createdDateTime")
+            if is_later(t, known.get(k)):
                 known[k] = t
     out: dict[str, list[dict[str, Any]]] = {}
     for uid, rows in new.items():
-        keep = [r for r in rows if r["createdDateTime"] > known.get((uid, r["appId"]), "")]
+        keep = [r for r in rows if is_later(r["createdDateTime"], known.get((uid, r["appId"])))]
         if keep:
             out[uid] = keep
     return out
