@@ -16,7 +16,7 @@ import re
 import threading
 import weakref
 from collections import Counter
-from itertools import islice
+from heapq import nsmallest
 from operator import itemgetter
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
@@ -46,7 +46,7 @@ LEGACY_CLIENTS = frozenset({"imap4", "pop3", "authenticated smtp", "exchange act
 SPRAY_MIN_ACCOUNTS = 10  # distinct accounts with wrong passwords from one IP ...
 SPRAY_MAX_PER_ACCOUNT = 3.0  # ... and few tries each (one person's typos are many tries at ONE account) ...
 SPRAY_HOME_SHARE = 0.2  # ... unless this share of them also signed in successfully from it (an office's egress address)
-SPRAY_SAMPLE = 200  # accounts of one address checked for that
+SPRAY_SAMPLE = 200  # accounts of one address checked for that: the first by user key (see _spray_sample)
 _NO_USER = "00000000-0000-0000-0000-000000000000"
 SPIKE_MIN = 10  # failures of one app+code in the last hour, and ...
 SPIKE_FACTOR = 5.0  # ... this many times its hourly average over the rest of the window
@@ -779,6 +779,14 @@ def _unanswered_mfa_prompt(groups: list[dict[str, Any]], last_success: Mapping[s
     return None
 
 
+def _spray_sample(accounts: Iterable[str]) -> list[str]:
+    """The SPRAY_SAMPLE accounts of an address whose successes are checked: the first by user key (object id, or
+    folded UPN for an account without one). Object ids are random, so these are a fair sample; and every process
+    takes the same ones (a set's order differs between processes: string hashing is randomised), so two replicas
+    call the same address a spray or a shared office."""
+    return nsmallest(SPRAY_SAMPLE, accounts)
+
+
 def _summary_parts(log: SignInLog, t: Mapping[str, Any]) -> dict[str, Any]:
     """What the summary shows of a tally: top codes, sprays and shared addresses (computed once per tally)."""
     top_codes = []
@@ -794,7 +802,7 @@ def _summary_parts(log: SignInLog, t: Mapping[str, Any]) -> dict[str, Any]:
         tries = t["ips"][ip]
         if tries / len(accounts) > SPRAY_MAX_PER_ACCOUNT:
             continue
-        sample = list(islice(accounts, SPRAY_SAMPLE))
+        sample = _spray_sample(accounts)
         home = sum(1 for a in sample if ip in log.success_ips(a))
         if home >= SPRAY_HOME_SHARE * len(sample):
             shared.append({"ipAddress": ip, "accounts": len(accounts), "failures": tries,
