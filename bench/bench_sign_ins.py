@@ -14,21 +14,27 @@
    paged, LATENCY ms per response), timed; the per-user question's live floor is 2 responses (the user, then their
    sign-ins) x LATENCY (the emulator cannot index its generated stream by user, so that call is not timed);
 6. writes the figures to docs/benchmarks.md (its own section; other sections are kept).
+
+Each run works in a temporary directory (the emulator's state, the mirror, the config), removed when the run
+ends however it ends (done, failed, Ctrl-C, SIGTERM); `--keep DIR` works in DIR instead and leaves it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import ssl
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
@@ -370,11 +376,38 @@ def main() -> int:
         return 0
     if args.report_from:
         return _report(json.loads((Path(args.report_from) / "figures.json").read_text(encoding="utf-8")), write=not args.no_report)
+    signal.signal(signal.SIGTERM, _terminated)  # `kill` or a time-out: clean up as after Ctrl-C
     if args.throttled:
-        return _throttled(args)
+        with _work_dir("bench-signins-throttled-") as work:
+            return _throttled(args, work)
     if args.server_polls:
-        return _server_polls_run(args)
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-signins-"))
+        with _work_dir("bench-signins-polls-") as work:
+            return _server_polls_run(args, work)
+    with _work_dir("bench-signins-", keep=args.keep) as work:
+        return _run(args, work)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _work_dir(prefix: str, keep: str | None = None) -> Iterator[Path]:
+    """The run's work directory (the emulator's state, the mirror, the config): `keep` when given, left in place;
+    else a temporary one, removed when the run ends however it ends (done, failed, Ctrl-C). The emulator is stopped
+    first (each run's `finally`), so nothing writes into it while it goes."""
+    if keep:
+        yield Path(keep)
+        return
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: Any, work: Path) -> int:
+    """The whole benchmark (steps 1-6 of the module doc) in `work`."""
     print(f"starting the emulator ({args.size}, {args.latency_ms:g} ms latency)...", file=sys.stderr)
     started = time.monotonic()
     emu, config, env, ctl, found = _emulator_session(args.size, args.latency_ms, work / args.size)
@@ -423,9 +456,8 @@ def main() -> int:
     return _report(fig, write=not args.no_report)
 
 
-def _server_polls_run(args: Any) -> int:
+def _server_polls_run(args: Any, work: Path) -> int:
     kept = Path(args.server_polls).resolve()
-    work = Path(tempfile.mkdtemp(prefix="bench-signins-polls-"))
     print(f"starting the emulator ({args.size}, {args.latency_ms:g} ms latency)...", file=sys.stderr)
     emu, config, env, ctl, _ = _emulator_session(args.size, args.latency_ms, work / args.size)
     try:
@@ -557,9 +589,8 @@ def _cpu_of(emu: Any) -> Any:
     return cpu
 
 
-def _throttled(args: Any) -> int:
+def _throttled(args: Any, work: Path) -> int:
     """The first pull and a 5-minute poll under the reporting throttle, measured, then extrapolated to `large`."""
-    work = Path(tempfile.mkdtemp(prefix="bench-signins-throttled-"))
     print(f"starting the emulator ({args.size}, {args.latency_ms:g} ms latency)...", file=sys.stderr)
     emu, config, env, ctl, _ = _emulator_session(args.size, args.latency_ms, work / args.size)
     emu_cpu = _cpu_of(emu)
