@@ -261,6 +261,29 @@ def test_an_idle_worker_exits_and_the_next_heavy_answer_forks_anew() -> None:
         pool.close()
 
 
+def test_close_ends_an_idle_worker_at_once_and_a_busy_one_after_its_call(tmp_path: Path) -> None:
+    """What the server's lifespan calls when it ends (server/app.py): every worker ended and reaped, the call in
+    progress answered first; the pool forks anew for a later heavy answer."""
+    pool = AnswerPool(workers=2, timeout=20, min_refork_seconds=0)
+    try:
+        tv = _TV("contoso", 1, {"marker": 1})
+        started = tmp_path / "started"
+        outcome: list[Any] = []
+        caller = threading.Thread(target=lambda: outcome.append(pool.compute(tv, _stall, str(started), 1.0)))
+        caller.start()
+        _wait(started.exists)
+        busy = int(started.read_text())
+        idle = pool.compute(tv, _where, "a")[0]  # the other worker, idle after this
+        assert idle not in (busy, os.getpid())
+        pool.close()
+        caller.join(20)
+        assert outcome == [busy], "the call in progress was answered"
+        assert pool.pids() == [] and not Path(f"/proc/{idle}").exists() and not Path(f"/proc/{busy}").exists()
+        assert pool.compute(tv, _where, "b")[0] not in (idle, busy, os.getpid())
+    finally:
+        pool.close()
+
+
 def test_a_new_view_version_is_answered_by_a_new_generation_of_workers(pool: AnswerPool) -> None:
     old = pool.compute(_TV("contoso", 1, {"marker": "v1"}), _where, "a")
     new = pool.compute(_TV("contoso", 2, {"marker": "v2"}), _where, "b")

@@ -5,11 +5,14 @@ from the emulator's ground truth."""
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
+import os
+from contextlib import ExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import anyio
 import pytest
+from _harness import live_children
 from _server_fixtures import ENTRA_MCP, ServerEnv, serve_http, server_env  # noqa: F401 (fixture)
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
@@ -199,6 +202,40 @@ async def test_app_ticket_and_status_answers(transport: str, server_env: ServerE
         status = await call(client, "sync_status")
         assert status["asOf"] and status["tenant"] == server_env.name
         assert status["areas"]["users"]["objectCount"] == len(t.users)
+
+
+@pytest.mark.parametrize("transport", ["memory", "http"])
+async def test_the_answer_workers_end_with_the_server(transport: str, server_env: ServerEnv) -> None:
+    """A heavy answer forks an answer worker (server/workers.py); when the server ends (an in-process server's
+    connection, the HTTP app's lifespan), its workers are ended and reaped with it, not left to their idle exit."""
+    cfo = server_env.tenant.users[examples(server_env.tenant)["cfo"]]
+    text = "Hi, I cannot open Salesforce since this morning. " + "Please help. " * 200  # past heavy_text_chars
+    before = live_children(os.getpid())
+    workers: set[int] = set()
+
+    async def ask_heavy(client: Client) -> None:
+        answer = await call(client, "get_ticket_identity_context", requester=cfo["mail"], ticket_text=text)
+        assert answer["requester"]["profile"]["id"] == cfo["id"]
+        workers.update(live_children(os.getpid()) - before)
+        assert workers, "the heavy answer was computed by a forked answer worker"
+
+    if transport == "memory":
+        store = MirrorStore(server_env.cache_dir)
+        try:
+            async with Client(create_server(server_env.settings, views=ViewProvider.from_settings(server_env.settings, store))) as client:
+                await ask_heavy(client)
+        finally:
+            store.close()
+    else:
+        with ExitStack() as stack:  # uvicorn in a thread; entered and left off the event loop (its exit runs anyio)
+            base = await anyio.to_thread.run_sync(stack.enter_context, serve_http(server_env))
+            try:
+                async with Client(f"{base}/mcp", read_timeout_seconds=30) as client:
+                    await ask_heavy(client)
+            finally:
+                await anyio.to_thread.run_sync(stack.close)
+    left = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not left, f"answer workers still running (or not reaped) after the server ended: {left}"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

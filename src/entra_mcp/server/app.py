@@ -521,6 +521,10 @@ def create_server(
     prompts = load_prompts()
     if sessions is not None and hasattr(sessions, "access_check"):
         sessions.access_check = _access_check(policy)  # OAuth refresh grants re-check [server.access]
+    srv = getattr(settings, "server", None)
+    workers = getattr(srv, "answer_workers", 0) if channel != "call" and hasattr(os, "fork") else 0
+    pool = AnswerPool(workers=workers, timeout=getattr(srv, "answer_timeout_seconds", 60.0),
+                      held=getattr(views, "held_views", None)) if workers else None
     server: MCPServer[Any] = MCPServer(
         name="entra-mcp",
         title="Entra ID identity context",
@@ -528,6 +532,8 @@ def create_server(
         instructions=INSTRUCTIONS,
         warn_on_duplicate_tools=True,
         middleware=[_caller, gate, _plain_argument_errors, PromptRequests(prompts)],
+        # the answer workers end with the server (stdio and in-process: with each connection; HTTP: with the app)
+        lifespan=(lambda _: pool.serving()) if pool is not None else None,
     )
     _hide_forbidden_schemas(server, policy, gate)
     if sign_ins is None:
@@ -535,10 +541,6 @@ def create_server(
         sign_ins = SignInLogs(store if hasattr(store, "sign_in_store") else None)
     writeback = {t.name: getattr(t, "password_writeback", None) for t in getattr(settings, "tenants", None) or ()}
     permitted = PermittedViews(views, _current_access, _touched)
-    srv = getattr(settings, "server", None)
-    workers = getattr(srv, "answer_workers", 0) if channel != "call" and hasattr(os, "fork") else 0
-    pool = AnswerPool(workers=workers, timeout=getattr(srv, "answer_timeout_seconds", 60.0),
-                      held=getattr(views, "held_views", None)) if workers else None
     ask = Ask(views=permitted, clock=clock, sessions=sessions, sign_ins=sign_ins, password_writeback=writeback,  # type: ignore[arg-type]
               what_if=what_if, session_filter=_session_filter(permitted), replication=replication, pool=pool,
               heavy_text_chars=getattr(srv, "heavy_text_chars", 2000))

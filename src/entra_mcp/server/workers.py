@@ -23,6 +23,9 @@ those waits; only another process removes them.
   A child that dies after acknowledging (killed, crashed) fails that call with a clear "retry" error and is replaced:
   the answer itself may have been the cause, so it is never computed again unasked. One that has not answered within
   `timeout` seconds is killed, its call fails with a clear error, and it is replaced. Never a hang.
+- The children end with the server: `serving()` is the MCP server's lifespan (server/app.py; entered for each stdio or
+  in-process connection, once for the HTTP app), and when the last one ends `close()` ends every child (an idle one at
+  once, a busy one after its call) and reaps it, instead of leaving it to its idle exit.
 - Fairness: each caller has at most one answer in progress (its lane, limits.py WorkLanes), callers waiting for a child
   are served in arrival order (threading.Condition wakes waiters in order), and the CPU a child spent is charged to the
   caller's CPU share (pacing.charge), so a caller over its share waits before its next call.
@@ -30,6 +33,7 @@ those waits; only another process removes them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import os
@@ -37,11 +41,14 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from entra_mcp.errors import EntraMcpError, TransientError
 from entra_mcp.logs import get_logger
@@ -166,6 +173,7 @@ class AnswerPool:
         self.sent = 0  # requests handed to children (a re-dispatched call counts twice)
         self.redispatched = 0  # calls handed again to another child: the first died before acknowledging them
         self.in_process = 0  # heavy answers computed in the server's thread (a view newer than the children's)
+        self._users = 0  # servers running with this pool (serving)
 
     # ------------------------------------------------------------------ the server's side
 
@@ -241,24 +249,43 @@ class AnswerPool:
                 f"the answer took longer than {self.timeout:g} s and was stopped; narrow the input (a shorter "
                 "text) or retry later (server.answer_timeout_seconds)")
 
-    def close(self) -> None:
-        """End every child (each exits when its pipe closes) and reap them."""
+    def close(self, timeout: float = 5.0) -> None:
+        """End every child and reap it: an idle one at once (it exits when its pipe closes), a busy one when its call
+        is over (it is retired then). One still running after `timeout` seconds is killed (a call it was computing
+        fails with a "retry" error). The pool stays usable: the next heavy answer forks anew."""
         with self._cond:
             children, self._idle = self._idle, []
             self._generation += 1
             self._live = 0
             self._views = {}
-        for child in children:
-            child.conn.close()
-            self._retired.append(child.pid)
-        deadline = time.monotonic() + 5
-        while self._retired and time.monotonic() < deadline:
-            self._reap()
-            if self._retired:
-                time.sleep(0.01)
-        for pid in self._retired:
+            for child in children:
+                self._retire(child)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                self._reap()
+                left = set(self._pids)
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        for pid in left:
             _signal(pid, signal.SIGKILL)
-        self._reap(block=True)
+        with self._cond:
+            self._reap(block=True)  # a busy child killed here is reaped by the thread of its call
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[dict[str, Any]]:
+        """Around each use of the pool by a running server: the MCP server's lifespan (entered for each stdio or
+        in-process connection, once for the HTTP app). When the last one ends the children are ended (close): a
+        server that stops leaves no worker behind, and a later connection forks anew."""
+        self._users += 1
+        try:
+            yield {}
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.close)
 
     def pids(self) -> list[int]:
         """The children alive now (idle and busy), for tests and benchmarks."""
