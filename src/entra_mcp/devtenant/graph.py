@@ -315,16 +315,18 @@ class GraphService:
                entity: EntityType, ids: Callable[[], list[str]], get: Callable[[str], tuple[str, dict[str, Any]] | None],
                lookup: Callable[[Filter], list[str] | None] | None = None, typed: bool = False,
                allow_filter: bool = True, extra_select: frozenset[str] = frozenset(),
-               expand: Callable[[dict[str, Any], str], None] | None = None, path: str = "") -> Reply:
+               expand: Callable[[dict[str, Any], str], None] | None = None, path: str = "",
+               order: dict[str, Callable[[str], Any]] | None = None) -> Reply:
         """A Graph collection: $select/$filter/$search/$count/$top and $skiptoken paging over sorted `ids`.
 
-        `get(id)` -> (kind, object) or None; `typed` adds @odata.type (directoryObject collections)."""
+        `get(id)` -> (kind, object) or None; `typed` adds @odata.type (directoryObject collections). `order`: the
+        properties $orderby may name (property -> its value by id); without it the emulator pages in id order only."""
         first = "skiptoken" not in opts
-        if "orderby" in opts:  # the emulator pages in id order only; say so rather than ignore the option
+        if "orderby" in opts and order is None:  # say so rather than ignore the option
             raise bad_request("Sorting not supported for current query.", "Request_UnsupportedQuery")
         if first:
-            q = {k: opts[k] for k in ("select", "filter", "top", "search", "expand") if k in opts}
-            cursor = ""
+            q = {k: opts[k] for k in ("select", "filter", "top", "search", "expand", "orderby") if k in opts}
+            cursor: Any = ""
         else:
             tok = unseal(self.runtime.state.token_key, opts["skiptoken"])
             if tok is None or tok.get("k") != "ls" or tok.get("t") != caller.tenant.tenant_id or tok.get("r") != (path or route_key):
@@ -352,6 +354,7 @@ class GraphService:
             raise bad_request(f"Could not find a navigation property named '{q['expand']}' to expand.", "Request_BadRequest")
         if "expand" in q and q["expand"].split("(")[0].strip().lower() != "manager":
             raise bad_request(f"Could not find a navigation property named '{q['expand']}' to expand.", "Request_BadRequest")
+        sort = _order_key(q["orderby"], order) if "orderby" in q and order is not None else None
         tenant = caller.tenant
         with tenant.lock:
             candidates = lookup(flt) if (flt is not None and lookup is not None) else None
@@ -361,7 +364,17 @@ class GraphService:
                 f1 = flt.match if flt is not None else (lambda o: True)
                 f2 = search if search is not None else (lambda o: True)
                 matches = lambda o: f1(o) and f2(o)  # noqa: E731
-            i = bisect.bisect_right(all_ids, cursor) if cursor else 0
+            if sort is None:
+                i = bisect.bisect_right(all_ids, cursor) if cursor else 0
+            else:  # the cursor is the sort key of the last item served
+                key, descending = sort
+                all_ids = sorted(all_ids, key=key)
+                at = tuple(cursor) if cursor else None
+                if descending:
+                    i = len(all_ids) - bisect.bisect_left(all_ids, at, key=key) if at is not None else 0
+                    all_ids.reverse()
+                else:
+                    i = bisect.bisect_right(all_ids, at, key=key) if at is not None else 0
             out: list[dict[str, Any]] = []
             more = False
             last = cursor
@@ -376,7 +389,7 @@ class GraphService:
                 out.append(self._shape(caller, found[0], found[1], select, typed))
                 if expand is not None and "expand" in q:
                     expand(out[-1], found[1]["id"])
-                last = found[1]["id"]
+                last = found[1]["id"] if sort is None else list(sort[0](found[1]["id"]))
             total = None
             if count:
                 total = sum(1 for x in all_ids if (f := get(x)) is not None and matches(f[1]))
@@ -669,6 +682,22 @@ class GraphService:
                 results[rid] = {"id": rid, "status": item.status, "headers": resp_headers, "body": item.body}
         # Graph answers in any order: the emulator answers in reverse so clients cannot lean on the order
         return self._ok({"responses": [results[i] for i in reversed(ids)]})
+
+
+def _order_key(text: str, order: dict[str, Callable[[str], Any]]) -> tuple[Callable[[str], tuple[Any, ...]], bool]:
+    """`$orderby=prop [asc|desc]` on one of `order`'s properties -> (sort key of an id, descending). The key sorts
+    case-insensitively, objects without the value first, ties by id (Graph documents no collation: the emulator's
+    own, stable across pages)."""
+    parts = text.split()
+    canon = next((p for p in order if parts and p.lower() == parts[0].lower()), None)
+    if canon is None or len(parts) > 2 or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc")):
+        raise bad_request("Sorting not supported for current query.", "Request_UnsupportedQuery")
+    value = order[canon]
+
+    def key(oid: str) -> tuple[Any, ...]:
+        v = value(oid)
+        return (0, "", oid) if not isinstance(v, str) else (1, v.casefold(), oid)
+    return key, len(parts) == 2 and parts[1].lower() == "desc"
 
 
 def _union_entity(props: frozenset[str]) -> EntityType:

@@ -2,7 +2,8 @@
 
   GET /reports/authenticationMethods/userRegistrationDetails   AuditLog.Read.All; Entra ID P1/P2 (else 403
                                                                Authentication_RequestFromNonPremiumTenantOrB2CTenant);
-                                                               only $filter/$orderby are documented: $top is refused
+                                                               only $filter and $orderby are documented (on the
+                                                               properties the resource page names): others refused
   GET /roleManagement/directory/roleDefinitions                RoleManagement.Read.Directory (or Directory.Read.All)
   GET /roleManagement/directory/roleAssignments                same; active assignments, directoryScopeId "/" or
                                                                "/administrativeUnits/{id}", principals may be
@@ -31,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
 from entra_mcp.devtenant.model import EmulatedTenant, MutationError, iso
-from entra_mcp.devtenant.odata import ENTITY_BY_KIND, EntityType, GraphFailure
+from entra_mcp.devtenant.odata import ENTITY_BY_KIND, EntityType, GraphFailure, compile_filter
 
 if TYPE_CHECKING:
     from entra_mcp.devtenant.graph import Caller, GraphService, Reply
@@ -105,11 +106,16 @@ REGISTRATION_DETAILS = EntityType("userRegistrationDetails", frozenset({
     "isSsprRegistered", "isSystemPreferredAuthenticationMethodEnabled", "lastUpdatedDateTime", "methodsRegistered",
     "systemPreferredAuthenticationMethods", "userDisplayName", "userPreferredMethodForSecondaryAuthentication",
     "userPrincipalName", "userType"}), None, {
-    "id": frozenset({"eq", "in"}), "isAdmin": frozenset({"eq"}), "isMfaCapable": frozenset({"eq"}),
-    "isMfaRegistered": frozenset({"eq"}), "isSsprEnabled": frozenset({"eq"}), "isSsprRegistered": frozenset({"eq"}),
-    "isSsprCapable": frozenset({"eq"}), "isPasswordlessCapable": frozenset({"eq"}), "userType": frozenset({"eq"}),
+    # what the v1.0 resource page documents, property by property (docs/graph-facts-account.md); nothing else
+    "isMfaCapable": frozenset({"eq"}), "isMfaRegistered": frozenset({"eq"}), "isPasswordlessCapable": frozenset({"eq"}),
+    "isSsprCapable": frozenset({"eq"}), "isSsprEnabled": frozenset({"eq"}), "isSsprRegistered": frozenset({"eq"}),
+    "isSystemPreferredAuthenticationMethodEnabled": frozenset({"eq"}), "methodsRegistered": frozenset({"any"}),
+    "systemPreferredAuthenticationMethods": frozenset({"any"}),
+    "userPreferredMethodForSecondaryAuthentication": frozenset({"eq"}),
     "userPrincipalName": frozenset({"eq", "startswith"}), "userDisplayName": frozenset({"eq", "startswith"}),
 })
+REGISTRATION_OPTIONS = ("filter", "orderby")  # "supports only the $filter and $orderBy OData query parameters"
+
 ROLE_DEFINITION = EntityType("unifiedRoleDefinition", frozenset({
     "id", "description", "displayName", "isBuiltIn", "isEnabled", "resourceScopes", "rolePermissions", "templateId",
     "version"}), None, {"id": frozenset({"eq", "in"}), "displayName": frozenset({"eq", "startswith"}),
@@ -383,14 +389,21 @@ def account_route(service: GraphService, segs: list[str]) -> Any:
     low = [s.lower() for s in segs]
 
     def listing(key: str, perm: frozenset[str], entity: EntityType, objs: Callable[[Caller], dict[str, dict[str, Any]]],
-                check: Callable[[Caller], None] | None = None, allow_top: bool = True,
-                lazy: Callable[[Caller], tuple[list[str], Callable[[str], dict[str, Any] | None]]] | None = None) -> Any:
-        """A paged list; `lazy(caller)` gives (sorted ids, id -> object) for a list computed per object."""
+                check: Callable[[Caller], None] | None = None, options: tuple[str, ...] | None = None,
+                lazy: Callable[[Caller], tuple[list[str], Callable[[str], dict[str, Any] | None]]] | None = None,
+                order: Callable[[Caller], dict[str, Callable[[str], Any]]] | None = None) -> Any:
+        """A paged list; `lazy(caller)` gives (sorted ids, id -> object) for a list computed per object; `options`:
+        the only query options the API documents (others refused); `order(caller)`: what $orderby may name."""
         def run(c: Caller, o: dict[str, str], h: dict[str, str]) -> Reply:
             if check is not None:
                 check(c)
-            if not allow_top and "top" in o and "skiptoken" not in o:
-                raise GraphFailure(400, "BadRequest", "Query option '$top' is not supported for this request.")
+            if options is not None and "skiptoken" not in o:
+                for k in o:
+                    if k not in options:
+                        raise GraphFailure(400, "BadRequest", f"Query option '${k}' is not supported for this request.")
+                if "filter" in o and compile_filter(o["filter"], entity).advanced:
+                    # ne, not, endswith: the directory's advanced queries, not documented for this API
+                    raise GraphFailure(400, "BadRequest", f"Unsupported or invalid query filter clause: {o['filter']}")
             with c.tenant.lock:
                 if lazy is not None:
                     ids, one = lazy(c)
@@ -401,7 +414,8 @@ def account_route(service: GraphService, segs: list[str]) -> Any:
             def get(i: str) -> tuple[str, dict[str, Any]] | None:
                 obj = one(i)
                 return (entity.name, obj) if obj is not None else None
-            return service._paged(c, key, o, h, entity=entity, ids=lambda: ids, get=get, path=key)
+            return service._paged(c, key, o, h, entity=entity, ids=lambda: ids, get=get, path=key,
+                                  order=order(c) if order is not None else None)
         return _Route(key, perm, run)
 
     if low == ["reports", "authenticationmethods", "userregistrationdetails"]:
@@ -414,8 +428,12 @@ def account_route(service: GraphService, segs: list[str]) -> Any:
             acc = account_of(t)
             admins = _user_principals_with_roles(t, acc)
             return t.sorted_ids("users"), lambda uid: registration_details(t, acc, uid, admins)
+        def reg_order(c: Caller) -> dict[str, Callable[[str], Any]]:
+            users = c.tenant.users
+            return {"userDisplayName": lambda uid: users[uid].get("displayName"),
+                    "userPrincipalName": lambda uid: users[uid].get("userPrincipalName")}
         return listing("reports/authenticationMethods/userRegistrationDetails", AUDIT_READ, REGISTRATION_DETAILS,
-                       lambda c: {}, reg_check, allow_top=False, lazy=reg_rows)
+                       lambda c: {}, reg_check, options=REGISTRATION_OPTIONS, lazy=reg_rows, order=reg_order)
     if low[:2] == ["rolemanagement", "directory"] and len(low) == 3:
         if low[2] == "roledefinitions":
             return listing("roleManagement/directory/roleDefinitions", ROLE_READ, ROLE_DEFINITION,
