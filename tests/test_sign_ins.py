@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -603,6 +604,58 @@ def test_the_servers_columns_give_back_every_record_of_the_window() -> None:
     assert sum(map(len, by_user.values())) == log.success_count
     for uid, rows in by_user.items():
         assert log.user_successes(uid) == rows
+
+
+def _tally_row_by_row(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The hour's counts as a loop over the rows (what identity/sign_ins.py `_tally` counts column by column)."""
+    codes: Counter[int] = Counter()
+    apps: Counter[tuple[Any, Any]] = Counter()
+    app_code: Counter[tuple[Any, int]] = Counter()
+    ips: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    code_users: dict[int, set[str]] = {}
+    ip_users: dict[str, set[str]] = {}
+    ip_where: dict[str, tuple[Any, Any]] = {}
+    ip_times: dict[str, list[str]] = {}
+    for when, uid, upn, app_id, app_name, code, ip, city, country in rows:
+        code = int(code or 0)
+        who = str(upn or uid or "?").casefold()
+        codes[code] += 1
+        code_users.setdefault(code, set()).add(who)
+        apps[(app_id, app_name)] += 1
+        app_code[(app_id, code)] += 1
+        users[who] += 1
+        if ip:
+            ips[ip] += 1
+            ip_where.setdefault(ip, (city, country))
+            if code in identity_sign_ins.PASSWORD_CODES:
+                ip_users.setdefault(ip, set()).add(uid if uid and uid != "00000000-0000-0000-0000-000000000000" else who)
+                t = ip_times.setdefault(ip, [when, when])
+                t[0], t[1] = min(t[0], when), max(t[1], when)
+    return {"n": len(rows), "codes": codes, "code_users": code_users, "apps": apps, "app_code": app_code, "ips": ips,
+            "users": users, "ip_users": ip_users, "ip_where": ip_where, "ip_times": ip_times}
+
+
+def test_an_hours_counts_are_those_of_a_loop_over_its_rows() -> None:
+    """`_tally` counts column by column: the same counts as a loop over the rows, every dict in the same order (the
+    top lists keep that order for ties), for every hour of a generated window and for odd values (a code that is
+    not an int, no address, no user id, the empty user id)."""
+    from entra_mcp.identity.sign_ins import SignInLog, _tally
+
+    snap, _by_hour, _by_user, _now = _window_snapshot(days=2)
+    log = SignInLog.build("contoso", snap, {})
+    odd = [("2026-12-01T10:00:00Z", None, "A@x.example", "app", "App", None, "", None, None),
+           ("2026-12-01T10:00:01Z", "00000000-0000-0000-0000-000000000000", "B@x.example", "app", "App", "50126",
+            "192.0.2.1", "Oslo", "NO"),
+           ("2026-12-01T10:00:02Z", "u1", None, "app", "App", True, "192.0.2.1", "Bergen", "NO"),
+           ("2026-12-01T09:59:59Z", "u2", "C@x.example", "app", None, 50126, "192.0.2.1", None, None),
+           ("2026-12-01T10:00:03Z", "u3", "c@X.example", "app2", "App 2", 50053, "192.0.2.2", "Oslo", "NO")]
+    cases = [log.hour_rows(h) for h in log.hours] + [odd, odd[:1], []]
+    assert sum(map(len, cases)) > 1000
+    for rows in cases:
+        want, got = _tally_row_by_row(rows), _tally(iter(rows))
+        assert {k: list(v.items()) if isinstance(v, dict) else v for k, v in got.items()} == \
+            {k: list(v.items()) if isinstance(v, dict) else v for k, v in want.items()}
 
 
 def test_a_reloaded_log_reuses_the_counts_of_unchanged_hours_and_answers_the_same() -> None:

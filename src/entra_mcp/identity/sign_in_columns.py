@@ -44,8 +44,16 @@ def iso_of(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _iso_all(times: Iterable[int]) -> list[str]:
+_MINUTE_SECOND = [f"{m:02d}:{s:02d}Z" for m in range(60) for s in range(60)]  # "MM:SSZ" by seconds into the hour
+
+
+def _iso_all(times: Sequence[int]) -> list[str]:
     """iso_of for many times (a row's hour formatted once per hour, not once per row)."""
+    if times:
+        first = min(times) // 3600 * 3600
+        if max(times) - first < 3600:  # one hour (an hour's rows, the usual call): one prefix, then a table lookup
+            hour, tail = iso_of(first)[:14], _MINUTE_SECOND
+            return [hour + tail[t - first] for t in times]
     out = []
     hours: dict[int, str] = {}
     for t in times:
@@ -225,7 +233,7 @@ class Rows:
             col = self.cols[name]
             if isinstance(col, _Coded):
                 values = [list(v) if isinstance(v, tuple) else v for v in col.values]
-                cols.append([values[i] for i in col.idx[start:stop]])
+                cols.append(list(map(values.__getitem__, col.idx[start:stop])))
             else:
                 pool, at = col.pool, col.starts
                 cols.append([None if i == _NONE else pool[at[i]:at[i + 1]] for i in col.idx[start:stop]])

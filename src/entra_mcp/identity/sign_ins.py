@@ -411,36 +411,39 @@ def _user_key(r: Mapping[str, Any]) -> str | None:
 
 
 def _tally(rows: Iterable[tuple[Any, ...]]) -> dict[str, Any]:
-    codes: Counter[int] = Counter()
-    apps: Counter[tuple[Any, Any]] = Counter()
-    ips: Counter[str] = Counter()
-    users: Counter[str] = Counter()
-    code_users: dict[int, set[str]] = {}
-    app_code: Counter[tuple[Any, int]] = Counter()
+    """Counts of `_ROW` tuples. Counted column by column (Counter over a column is C speed; a loop over the rows is
+    left only for the password failures, which feed the spray check); every dict is filled in row order, as a loop over
+    the rows would (the ties of the top lists keep that order)."""
+    rows = rows if isinstance(rows, list) else list(rows)
+    uids = list(map(itemgetter(1), rows))
+    upns = list(map(itemgetter(2), rows))
+    app_ids = list(map(itemgetter(3), rows))
+    codes_of = list(map(itemgetter(5), rows))
+    if any(type(c) is not int for c in set(codes_of)):
+        codes_of = [int(c or 0) for c in codes_of]
+    ips_of = list(map(itemgetter(6), rows))
+    whos = [str(upn or uid or "?").casefold() for uid, upn in zip(uids, upns)]
+    codes: Counter[int] = Counter(codes_of)
+    code_users: dict[int, set[str]] = {code: set() for code in codes}
+    for code, who in set(zip(codes_of, whos)):
+        code_users[code].add(who)
+    apps: Counter[tuple[Any, Any]] = Counter(zip(app_ids, map(itemgetter(4), rows)))
+    app_code: Counter[tuple[Any, int]] = Counter(zip(app_ids, codes_of))
+    users: Counter[str] = Counter(whos)
+    ips: Counter[str] = Counter(filter(None, ips_of))
+    last_where = dict(zip(reversed(ips_of), zip(map(itemgetter(7), reversed(rows)), map(itemgetter(8), reversed(rows)))))
+    ip_where: dict[str, tuple[Any, Any]] = {ip: last_where[ip] for ip in ips}  # the first row's of each address
     ip_users: dict[str, set[str]] = {}
-    ip_where: dict[str, tuple[Any, Any]] = {}
     ip_times: dict[str, list[str]] = {}
-    n = 0
-    for when, uid, upn, app_id, app_name, code, ip, city, country in rows:
-        n += 1
-        code = int(code or 0)
-        who = str(upn or uid or "?").casefold()
-        codes[code] += 1
-        code_users.setdefault(code, set()).add(who)
-        apps[(app_id, app_name)] += 1
-        app_code[(app_id, code)] += 1
-        users[who] += 1
-        if ip:
-            ips[ip] += 1
-            ip_where.setdefault(ip, (city, country))
-            if code in PASSWORD_CODES:
-                ip_users.setdefault(ip, set()).add(uid if uid and uid != _NO_USER else who)
-                t = ip_times.setdefault(ip, [when, when])
-                if when < t[0]:
-                    t[0] = when
-                elif when > t[1]:
-                    t[1] = when
-    return {"n": n, "codes": codes, "code_users": code_users, "apps": apps, "app_code": app_code, "ips": ips,
+    for (when, uid, _upn, _app, _name, _code, ip, _city, _country), code, who in zip(rows, codes_of, whos):
+        if ip and code in PASSWORD_CODES:
+            ip_users.setdefault(ip, set()).add(uid if uid and uid != _NO_USER else who)
+            t = ip_times.setdefault(ip, [when, when])
+            if when < t[0]:
+                t[0] = when
+            elif when > t[1]:
+                t[1] = when
+    return {"n": len(rows), "codes": codes, "code_users": code_users, "apps": apps, "app_code": app_code, "ips": ips,
             "users": users, "ip_users": ip_users, "ip_where": ip_where, "ip_times": ip_times}
 
 
