@@ -63,10 +63,12 @@ class Bed:
 
         return anyio.run(go)
 
-    def ask(self, tool: str, **args: Any) -> dict[str, Any]:
+    def ask(self, tool: str, *, now: datetime | None = None, **args: Any) -> dict[str, Any]:
+        """One tool call to a server over the mirror; `now`: the server's clock stands still at that time."""
         async def go() -> dict[str, Any]:
             views = ViewProvider.from_settings(self.settings, self.store, background_reload=False)
-            async with Client(create_server(self.settings, views=views)) as client:
+            clock = (lambda: now) if now is not None else None
+            async with Client(create_server(self.settings, views=views, now=clock)) as client:
                 with anyio.fail_after(30):
                     result = await client.call_tool(tool, args)
                 assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
@@ -171,26 +173,44 @@ def test_each_cause_is_explained(bed: Bed) -> None:
 
 
 def test_lockout_inferred_and_cleared_on_time(bed: Bed) -> None:
+    """Smart Lockout from the log: a 50053 logged, or inferred from 10 wrong passwords in a row; locked for 60 s.
+    The events have fixed times and the server is asked at fixed times after them (its clock), so the answers do
+    not depend on how long the sync and the server's start take on the machine."""
     locked, cleared, inferred = bed.upns[0], bed.upns[1], bed.upns[2]
-    bed.add(*[{"user": inferred, "errorCode": 50126, "secondsAgo": 12 - i} for i in range(10)],  # no 50053 logged
-            *[{"user": locked, "errorCode": 50126, "secondsAgo": 50 - i} for i in range(10)],
-            {"user": locked, "errorCode": 50053, "secondsAgo": 20},
-            *[{"user": cleared, "errorCode": 50126, "secondsAgo": 400 - i} for i in range(10)],
-            {"user": cleared, "errorCode": 50053, "secondsAgo": 300})
+    t0 = datetime.now(timezone.utc).replace(microsecond=0)
+
+    def ago(seconds: float) -> datetime:
+        return t0 - timedelta(seconds=seconds)
+
+    def at(seconds: float) -> str:
+        return ago(seconds).isoformat().replace("+00:00", "Z")
+
+    def when(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    bed.add(*[{"user": inferred, "errorCode": 50126, "createdDateTime": at(12 - i)} for i in range(10)],  # no 50053
+            *[{"user": locked, "errorCode": 50126, "createdDateTime": at(50 - i)} for i in range(10)],
+            {"user": locked, "errorCode": 50053, "createdDateTime": at(20)},
+            *[{"user": cleared, "errorCode": 50126, "createdDateTime": at(400 - i)} for i in range(10)],
+            {"user": cleared, "errorCode": 50053, "createdDateTime": at(300)})
     bed.sync()
-    now = datetime.now(timezone.utc)
-    a = bed.ask("explain_sign_in", user=locked)
+    a = bed.ask("explain_sign_in", now=t0, user=locked)
     lock = a["lockout"]
     assert lock["probablyLockedNow"] is True and lock["failedPasswordsSinceLastSuccess"] == 10
-    clears = datetime.fromisoformat(lock["clearsAt"].replace("Z", "+00:00"))
-    assert now < clears <= now + timedelta(seconds=60), "60 s after the lock at 20 s ago"
+    # locked at the 10th wrong password (41 s ago); the 50053 20 s ago is an attempt that met that same lock
+    assert when(lock["lockedAt"]) == ago(41) and when(lock["clearsAt"]) == ago(41 - 60), "60 s after the lock"
     assert "SIGN_IN_LOCKED_OUT" in _codes(a) and "locked by Smart Lockout" in a["verdict"]
-    b = bed.ask("explain_sign_in", user=cleared)
+    b = bed.ask("explain_sign_in", now=t0, user=cleared)
     assert b["lockout"]["probablyLockedNow"] is False and b["lockout"]["lockouts"] >= 1
     assert "locked by Smart Lockout" not in b["verdict"] and "50126" in b["verdict"]
-    c = bed.ask("explain_sign_in", user=inferred)["lockout"]
+    c = bed.ask("explain_sign_in", now=t0, user=inferred)["lockout"]
     assert c["probablyLockedNow"] is True and c["lockouts"] == 1, "10 wrong passwords in a row: the 11th meets a lock"
-    assert now < datetime.fromisoformat(c["clearsAt"].replace("Z", "+00:00")) <= now + timedelta(seconds=60)
+    assert when(c["clearsAt"]) == ago(3 - 60), "60 s after the 10th wrong password"
+    # on time: the same log a second before and a second after the lock clears
+    assert bed.ask("explain_sign_in", now=ago(41 - 59), user=locked)["lockout"]["probablyLockedNow"] is True
+    after = bed.ask("explain_sign_in", now=ago(41 - 61), user=locked)
+    assert after["lockout"]["probablyLockedNow"] is False and after["lockout"]["lockouts"] == 1
+    assert "locked by Smart Lockout" not in after["verdict"]
 
 
 def test_spray_detected_and_one_users_typos_are_not(bed: Bed) -> None:
