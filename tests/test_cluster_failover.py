@@ -19,7 +19,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -172,8 +174,18 @@ def _when(text: str | None) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(microsecond=0)
 
 
+def _started_at(client_request_id: str) -> float | None:
+    """When the client started a request: the Unix time (s) in its client-request-id, a UUID version 7 made once the
+    request gate let the request through (graph/client.py); None for an id of another kind."""
+    try:
+        u = uuid.UUID(client_request_id)
+    except ValueError:
+        return None
+    return (u.int >> 80) / 1000.0 if u.version == 7 else None
+
+
 def test_a_paused_leader_past_its_lease_cannot_commit(cluster: Cluster) -> None:
-    """SIGSTOP the leader mid-run past its lease, SIGCONT it: it sends no Graph request after the resume (its run is
+    """SIGSTOP the leader mid-run past its lease, SIGCONT it: it starts no Graph request after the resume (its run is
     stopped before its next request: the lease's local deadline has passed), commits nothing that lands, and adopts
     the new leader's version."""
     c = cluster
@@ -184,42 +196,65 @@ def test_a_paused_leader_past_its_lease_cannot_commit(cluster: Cluster) -> None:
     assert before is not None
     refused = c.refused()
     requests = c.emu.runtime.requests  # the emulator's request log: per access token, i.e. per replica process
-    c.change_directory("pause")
-    c.wait_mid_run(leader)
     pid = leader.proc.proc.pid
-    mid = time.monotonic()
-    wait_until(lambda: requests.tokens_between(mid, time.monotonic()), timeout=30, what="a Graph request of the run")
-    os.kill(pid, signal.SIGSTOP)
-    stopped_at = time.monotonic()
-    # only the leader talks to Graph: the tokens of the requests just before the pause are the paused replica's
-    paused_tokens = requests.tokens_between(mid, stopped_at)
+    paused: dict[str, Any] = {}
+    once = threading.Lock()
+
+    def pause_at_this_request(token_id: str, client_request_id: str) -> None:
+        """The emulator received a request of the leader's run (only the leader talks to Graph): SIGSTOP the leader
+        before answering it, so its run has that answer and usually more requests ahead of it."""
+        if once.acquire(blocking=False):
+            os.kill(pid, signal.SIGSTOP)
+            paused.update(token=token_id, at=time.monotonic(), wall=time.time())
+
+    proc = leader.proc
+    log_before = len(proc.log())
+    requests.on_http = pause_at_this_request
     try:
+        c.change_directory("pause")
+        wait_until(lambda: "wall" in paused, timeout=30, what="a Graph request of the leader's run")
+        requests.on_http = None
+        mid, stopped_wall = paused["at"], paused["wall"]
+        paused_tokens = {paused["token"]}
+
         def taken_over() -> bool:
             rec = c.published()
             return rec is not None and rec.token > before.token
         wait_until(taken_over, timeout=LEASE_SECONDS + 30, what="a publication by the next leader while the old one is paused")
     finally:
-        resumed_at = time.monotonic()
-        os.kill(pid, signal.SIGCONT)
+        requests.on_http = None
+        resumed_at, resumed_wall = time.monotonic(), time.time()
+        if once.locked():
+            os.kill(pid, signal.SIGCONT)
     new = c.published()
     assert new is not None and new.holder != paused_holder
 
     # the resumed replica stops its run before its next Graph request (or, when the run had sent its last request
     # before the pause, finishes it and its publication is refused): either way it says so in its log
-    proc = leader.proc
-    wait_until(lambda: "its run is stopped" in proc.log() or (c.refused() > refused and "refused: fencing token" in proc.log()),
+    def since() -> str:
+        return proc.log()[log_before:]
+    wait_until(lambda: "its run is stopped" in since() or (c.refused() > refused and "refused: fencing token" in since()),
                timeout=60, what="the resumed leader stopping its run (or its publication refused)",
                proc=proc.proc, log_path=proc.log_path)
-    noticed_at = time.monotonic()
-    after = requests.count_by(paused_tokens, resumed_at, noticed_at)
-    # none is started after the resume; what the run had sent (or let through) just before the pause may still be
-    # counted after it when the emulator or the socket was slow to take it (0 or 1 in the runs so far; a $batch
-    # counts per item). Without the gate the run goes on after the resume (13 requests a run).
-    assert after <= 2, f"the paused leader sent {after} Graph requests after it resumed past its lease"
-    print(f"Graph requests of the paused leader after its resume: {after}")
-    assert not [p for p in c.history() if p.holder == paused_holder and p.token > before.token]
+    noticed_wall = time.time()
+    how = "its run stopped" if "its run is stopped" in since() else "its publication refused"
     c.assert_no_two_commits()
-    c.wait_converged()
+    c.wait_converged()  # by then whatever the run had started before the pause has reached the emulator
+
+    # What the client started, by the time in each request's client-request-id: requests it had let through before
+    # the pause may still reach the emulator after the resume (written after it, or a slow emulator); one started
+    # after the resume (until its run was seen stopped) would have passed the gate past the lease's deadline.
+    sent = requests.http_requests(paused_tokens, mid)
+    started = [_started_at(crid) for _, crid in sent]
+    assert sent and None not in started, f"every Graph request carries a UUIDv7 client-request-id: {sent[:3]}"
+    pause_mid = (stopped_wall + resumed_wall) / 2  # the process ran neither side of this by more than a moment
+    late = [t for t in started if t is not None and pause_mid < t <= noticed_wall]
+    arrived_after = sum(1 for arrival, _ in sent if arrival >= resumed_at)
+    print(f"Graph requests of the paused leader ({how}): {len(sent)} since the pause's request, {arrived_after} arriving "
+          f"after the resume, {len(late)} started after it")
+    assert not late, (f"the paused leader started {len(late)} Graph requests after it resumed past its lease "
+                      f"({[round(t - resumed_wall, 3) for t in late]} s after the resume)")
+    assert not [p for p in c.history() if p.holder == paused_holder and p.token > before.token]
     c.assert_matches_ground_truth(c.replicas)
 
 

@@ -3,7 +3,8 @@ the real emulator is in test_sync_emulator.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import anyio
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from entra_mcp.errors import AuthError, DeltaTokenExpired, GraphError, NotFound, PermissionDenied, TransientError
-from entra_mcp.graph.client import GraphClient, RetryPolicy, parse_retry_after
+from entra_mcp.graph.client import REQUEST_GATE, GraphClient, RetryPolicy, parse_retry_after
 from entra_mcp.graph.paging import Pager, PagingLoop
 
 HOST = "https://graph.example"
@@ -72,6 +73,34 @@ def test_retry_after_is_honoured_in_every_form() -> None:
     # 504 without Retry-After: the second failure that is not throttling -> back-off 0.5 * 2**1 (jitter factor 1.0)
     assert sleeps == [pytest.approx(2.128), 3.0, pytest.approx(5.0), 1.0]
     assert client.stats.requests == 5 and client.stats.retries == 4 and client.stats.throttled == 2
+
+
+def test_each_request_sent_carries_a_client_request_id_made_after_its_gate() -> None:
+    """Graph's client-request-id on every attempt: a fresh UUID version 7 whose time is when the request gate let the
+    attempt through (a request held at the gate carries the time it was let go, not the time it was asked for)."""
+    clock = {"now": NOW}
+    seen: list[str] = []
+    answers = iter([httpx.Response(503, headers={"Retry-After": "0"}), httpx.Response(200, json={"value": []})])
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.headers["client-request-id"])
+        return next(answers)
+
+    async def gate() -> None:  # a gate that takes 10 s (on the injected wall clock) to let each request go
+        clock["now"] += timedelta(seconds=10)
+
+    client = GraphClient(HOST, Tokens(), transport=httpx.MockTransport(handler), sleep=lambda s: anyio.sleep(0),
+                         wall_clock=lambda: clock["now"], random=lambda: 1.0)
+
+    async def go() -> None:
+        REQUEST_GATE.set(gate)
+        await client.get("/users")
+
+    run(go)
+    ids = [uuid.UUID(x) for x in seen]
+    assert len(set(ids)) == 2 and all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+    sent_at = [datetime.fromtimestamp((u.int >> 80) / 1000, timezone.utc) for u in ids]
+    assert sent_at == [NOW + timedelta(seconds=10), NOW + timedelta(seconds=20)]
 
 
 def test_dropped_connections_are_retried() -> None:

@@ -12,7 +12,8 @@
   pair each: one RSA key is reused, which is what makes 200 tenants cheap), with the provider app consented in all.
 - `provider_config(emu, app, names)`: the `[tenant_defaults]` block and the tenants file pointing at a running emulator.
 - `RequestLog` (`runtime.requests`): each tenant's Graph requests as the emulator received them ($batch items one
-  each), so a test can check that the product kept every tenant within its request budget (`max_in_window`).
+  each), so a test can check that the product kept every tenant within its request budget (`max_in_window`); and
+  each HTTP request ($batch once) with its arrival and the `client-request-id` header the client sent, per token.
 """
 
 from __future__ import annotations
@@ -184,11 +185,17 @@ class reused_certificate_key:
 @dataclass
 class RequestLog:
     """Graph requests per tenant id, as (monotonic time) stamps, and their total; and per access token (its `uti`:
-    one client process), so a test tells apart the requests of replicas that share one app registration."""
+    one client process), so a test tells apart the requests of replicas that share one app registration. Those count
+    a $batch's items one each, as Graph's limits do; `http` keeps each HTTP request once, per token, as (arrival,
+    the client's `client-request-id` header or ""). `on_http(token_id, client_request_id)`, when set, is called on
+    each HTTP request before it is answered (in the emulator's thread): a test can act at a chosen request, e.g. pause
+    the client that sent it."""
 
     clock: Callable[[], float] = time.monotonic
     stamps: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     by_token: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    http: dict[str, deque[tuple[float, str]]] = field(default_factory=lambda: defaultdict(deque))
+    on_http: Callable[[str, str], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, tenant_id: str, token_id: str = "") -> None:
@@ -197,6 +204,20 @@ class RequestLog:
             self.stamps[tenant_id].append(now)
             if token_id:
                 self.by_token[token_id].append(now)
+
+    def record_http(self, token_id: str, client_request_id: str) -> None:
+        """One HTTP request to Graph (a $batch once), authenticated as `token_id`."""
+        with self._lock:
+            self.http[token_id].append((self.clock(), client_request_id))
+        hook = self.on_http
+        if hook is not None:
+            hook(token_id, client_request_id)
+
+    def http_requests(self, tokens: set[str], start: float = 0.0, end: float = float("inf")) -> list[tuple[float, str]]:
+        """The HTTP requests sent with any of `tokens` that arrived between `start` and `end`: (arrival,
+        client-request-id), in arrival order."""
+        with self._lock:
+            return sorted(x for t in tokens for x in self.http.get(t, ()) if start <= x[0] <= end)
 
     def tokens_between(self, start: float, end: float) -> set[str]:
         """The tokens that sent a request between the monotonic times `start` and `end`."""
@@ -227,6 +248,7 @@ class RequestLog:
         with self._lock:
             self.stamps.clear()
             self.by_token.clear()
+            self.http.clear()
 
 
 __all__ = ["MULTI_TENANT", "PROVIDER_APP", "PROVIDER_SECRET_ENV", "RequestLog", "add_provider_app", "consent",

@@ -196,6 +196,7 @@ class GraphService:
             if isinstance(who, Reply):
                 return who
             caller = who
+            self.runtime.requests.record_http(caller.token_id, headers.get("client-request-id", ""))
         if not is_batch:
             self.runtime.requests.record(caller.tenant.tenant_id, caller.token_id)  # $batch items: one by one
         if is_batch:
