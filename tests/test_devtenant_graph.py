@@ -236,6 +236,29 @@ def test_resource_unit_bucket_by_microsofts_numbers() -> None:
     assert bucket.charge("app", "t", 5, 3500).allowed
 
 
+def test_a_bucket_on_the_request_clock_refills_by_requests_and_honoured_waits_only() -> None:
+    """throttle_step_ms: the bucket's time moves 0.1 s per request, and after a refusal with the wall clock up to the
+    end of its Retry-After; a slow client (minutes between requests) gets no more than a fast one."""
+    clock = [0.0]
+    bucket = ResourceUnitThrottle(now=lambda: clock[0])
+    bucket.step_s = 0.1
+    assert bucket.charge("app", "t", 5, 10).allowed  # 10 units, 1 per second of bucket time
+    clock[0] += 300  # minutes pass on the wall clock: the bucket's time moves one step
+    d = bucket.charge("app", "t", 5, 10)
+    assert d.allowed and d.remaining == pytest.approx(0.1)
+    clock[0] += 300
+    d = bucket.charge("app", "t", 5, 10)
+    assert not d.allowed and d.retry_after_s == pytest.approx(4.8)  # 0.2 units held, 5 needed
+    clock[0] += 2  # retried too early: two more seconds of refill, not the 4.8 asked for
+    d = bucket.charge("app", "t", 5, 10)
+    assert not d.allowed and d.remaining == pytest.approx(2.2)
+    clock[0] += 600  # the wait honoured (and much more): refilled up to the end of the Retry-After, no further
+    d = bucket.charge("app", "t", 5, 10)
+    assert d.allowed and d.remaining == pytest.approx(0.0, abs=1e-9)
+    clock[0] += 600
+    assert not bucket.charge("app", "t", 5, 10).allowed, "back on the request clock: one step refills 0.1"
+
+
 def test_throttled_requests_get_429_with_microsofts_headers(fresh_emulator: Any) -> None:
     emu = fresh_emulator()
     control(emu, "POST", "/faults", {"throttle_limit": 20})

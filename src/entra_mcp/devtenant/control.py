@@ -145,13 +145,15 @@ def faults_document(runtime: EmulatorRuntime) -> dict[str, Any]:
     doc.update({k: getattr(d, v) for k, v in _DELTA_KEYS.items()})
     doc["delta_epoch"] = d.epoch
     doc["throttle_limit"] = runtime.state.throttle.limit_override
+    doc["throttle_step_ms"] = round(runtime.state.throttle.step_s * 1000)
     return doc
 
 
 def set_faults(runtime: EmulatorRuntime, changes: dict[str, Any]) -> dict[str, Any]:
     """Set FaultPlan fields (latency_ms, throttle_next, throttle_retry_after, error_next, drop_next,
-    token_lifetime_s, expire_delta_tokens, throttling_enabled), delta settings (delta_* keys) and throttle_limit
-    (resource units per 10 s for every app, 0 = Microsoft's limits by tenant size). Setting
+    token_lifetime_s, expire_delta_tokens, throttling_enabled), delta settings (delta_* keys), throttle_limit
+    (resource units per 10 s for every app, 0 = Microsoft's limits by tenant size) and throttle_step_ms (the
+    buckets' clock moved by the requests, this many ms each; 0 = the wall clock: devtenant/throttle.py). Setting
     expire_delta_tokens true refuses every delta link issued so far, at once."""
     f = runtime.faults
     plan_fields = {fl.name: fl.type for fl in fields(f) if fl.name != "lock"}
@@ -187,8 +189,13 @@ def set_faults(runtime: EmulatorRuntime, changes: dict[str, Any]) -> dict[str, A
                 raise MutationError("'throttle_limit' needs resource units per 10 s (an integer; 0: Microsoft's limits)")
             runtime.state.throttle.limit_override = value
             runtime.state.throttle.reset()
+        elif key == "throttle_step_ms":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise MutationError("'throttle_step_ms' needs milliseconds per request (an integer; 0: the wall clock)")
+            runtime.state.throttle.step_s = value / 1000.0
+            runtime.state.throttle.reset()
         else:
-            known = sorted([*plan_fields, *_DELTA_KEYS, "throttle_limit"])
+            known = sorted([*plan_fields, *_DELTA_KEYS, "throttle_limit", "throttle_step_ms"])
             raise MutationError(f"unknown fault '{key}'; known: {', '.join(known)}")
     return faults_document(runtime)
 
