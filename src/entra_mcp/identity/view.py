@@ -25,8 +25,8 @@ import gc
 import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
-from itertools import compress
-from operator import ne
+from itertools import chain, compress
+from operator import is_not, methodcaller, ne
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
@@ -90,77 +90,103 @@ def _values(index: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return found if isinstance(found, tuple) else (found,)
 
 
-def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The user indexes of DirectoryView (its fields of the same names) plus "upn_domains", for `users` in order."""
-    user_ids: list[str] = []
-    user_names: list[str] = []
-    exact: dict[str, Any] = {}
-    sam: dict[str, Any] = {}
-    employee_ids: dict[str, Any] = {}
-    nicknames: dict[str, Any] = {}
-    skeleton_lists: dict[str, list[int]] = {}
-    token_lists: dict[str, list[int]] = {}
-    full_names: dict[str, Any] = {}
-    upn_domains: set[str] = set()
+def _bulk_add(index: dict[str, Any], keys: list[str], values: list[str], position: Callable[[str], int]) -> None:
+    """_add(index, key, value) for every pair, at C speed: each key is set once; the few keys that several ids share
+    are then made the tuple of those ids in position order (what _add gives when called in position order)."""
+    held = list(map(index.setdefault, keys, values))
+    shared: dict[str, set[str]] = {}
+    for i in compress(range(len(keys)), map(is_not, held, values)):
+        old = held[i]
+        if old == values[i]:
+            continue  # the same id (another object of an equal string)
+        found = shared.get(keys[i])
+        if found is None:
+            current = index[keys[i]]
+            found = shared[keys[i]] = set(current) if type(current) is tuple else {current}
+        found.add(values[i])
+    for key, found in shared.items():
+        index[key] = tuple(sorted(found, key=position)) if len(found) > 1 else next(iter(found))
 
+
+def _folded_keys(texts: list[str]) -> list[str]:
+    """_key of each text: its casefolded form, the text object itself where it is already folded."""
+    folded = list(map(str.casefold, texts))
+    return [text if same else key for text, key, same in zip(texts, folded, map(str.__eq__, folded, texts))]
+
+
+def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The user indexes of DirectoryView (its fields of the same names) plus "upn_domains", for `users` in order.
+
+    Built column by column (a list operation per column and per kind of key, at C speed where it can be) rather than
+    user by user: the same indexes, a fraction of the cost on a large tenant. A multi-valued key holds its ids in
+    position order; a name is tokenised once per distinct (displayName, givenName, surname)."""
+    (upns, mails, other_mails, proxies, employee_ids_col, accounts, displays, givens, surnames,
+     nicks) = [_column(users, name) for name in _INDEXED_USER_FIELDS]
+    user_ids: list[str] = list(users)  # object ids are found in snapshot.users itself (see exact_users)
+    n = len(user_ids)
+    rows = getattr(users, "pos", None)  # a mirror Table's own id -> row map (answers use it too)
+    position = (rows if rows is not None and len(rows) == n else dict(zip(user_ids, range(n)))).__getitem__
+
+    # exact identifiers: UPN, mail (unless the very object of the UPN: the mirror stores an equal one once), other
+    # mails, then the proxy addresses whose address part is not already one of the user's keys
+    exact: dict[str, Any] = {}
+    with_upn = [(upn, uid) for upn, uid in zip(upns, user_ids) if upn]
+    upn_keys = _folded_keys([upn for upn, _ in with_upn])
+    _bulk_add(exact, upn_keys, [uid for _, uid in with_upn], position)
+    upn_domains = {domain for local, _, domain in map(methodcaller("rpartition", "@"), upn_keys) if local}
+    with_mail = [(mail, uid) for mail, upn, uid in zip(mails, upns, user_ids) if mail and mail is not upn]
+    _bulk_add(exact, _folded_keys([mail for mail, _ in with_mail]), [uid for _, uid in with_mail], position)
+    with_other = [(other, uid) for others, uid in zip(other_mails, user_ids) if others for other in others if other]
+    _bulk_add(exact, _folded_keys([other for other, _ in with_other]), [uid for _, uid in with_other], position)
+    # a proxy's address part is already a key when it is the user's UPN, mail or other mail (the common "SMTP:" + UPN)
+    # or one of its earlier proxies; only the others become keys
+    with_proxy = [(proxy, uid) for found, uid in zip(proxies, user_ids) if found for proxy in found if proxy]
+    proxy_keys = _folded_keys([proxy for proxy, _ in with_proxy])
+    addresses = [key.partition(":")[2] for key in proxy_keys]
+    get = exact.get
+    kept = [i for i, (address, (_, uid)) in enumerate(zip(addresses, with_proxy))
+            if (held := get(address)) != uid and not (type(held) is tuple and uid in held)]
+    if any(":" in address for address in addresses):  # "X500:smtp:a@b": its address part may be an earlier proxy's key
+        kept = _not_after_own_proxy(kept, proxy_keys, addresses, [uid for _, uid in with_proxy])
+    _bulk_add(exact, [proxy_keys[i] for i in kept], [with_proxy[i][1] for i in kept], position)
+
+    # employeeId kept as written (lookups try the query as given, upper and lower case); accounts; nicknames that
+    # are not the local part of the user's UPN or mail
+    employee_ids: dict[str, Any] = {}
+    with_employee = [(e if isinstance(e, str) else str(e), uid) for e, uid in zip(employee_ids_col, user_ids) if e]
+    _bulk_add(employee_ids, [e for e, _ in with_employee], [uid for _, uid in with_employee], position)
+    sam: dict[str, Any] = {}
+    with_account = [(a, uid) for a, uid in zip(accounts, user_ids) if a]
+    _bulk_add(sam, _folded_keys([a for a, _ in with_account]), [uid for _, uid in with_account], position)
+    nicknames: dict[str, Any] = {}
+    with_nick = [(nick, upn, mail, uid) for nick, upn, mail, uid in zip(nicks, upns, mails, user_ids) if nick]
+    nick_keys = _folded_keys([nick for nick, _, _, _ in with_nick])
+    kept_nicks = [(key, uid) for key, (_, upn, mail, uid) in zip(nick_keys, with_nick)
+                  if not (upn and upn[: len(key) + 1].casefold() == key + "@")
+                  and not (mail and mail[: len(key) + 1].casefold() == key + "@")]
+    _bulk_add(nicknames, [key for key, _ in kept_nicks], [uid for _, uid in kept_nicks], position)
+
+    # names: each distinct (displayName, givenName, surname) is tokenised once, then its users' positions are added
+    names = list(zip(displays, givens, surnames))
+    positions: defaultdict[tuple[Any, Any, Any], list[int]] = defaultdict(list)
+    deque(map(list.append, map(positions.__getitem__, names), range(n)), maxlen=0)
     token_cache: dict[str, list[str]] = {}  # givenName and surname repeat a lot
     names_seen: dict[str, str] = {}
+    name_of: dict[tuple[Any, Any, Any], str] = {}
+    full_lists: dict[str, list[list[int]]] = {}
+    token_lists: dict[str, list[list[int]]] = {}
+    skeleton_lists: dict[str, list[list[int]]] = {}
 
     def tokens_of(text: str | None) -> list[str]:
         if not text:
             return []
         found = token_cache.get(text)
         if found is None:
-            found = name_tokens(text)
-            if len(token_cache) < 200_000:
-                token_cache[text] = found
+            found = token_cache[text] = name_tokens(text)
         return found
 
-    columns = [_column(users, name) for name in _INDEXED_USER_FIELDS]
-    user_ids.extend(users)  # object ids are found in snapshot.users itself (see exact_users)
-    in_exact, in_employee_ids, in_full_names = exact.setdefault, employee_ids.setdefault, full_names.setdefault
-    for pos, (uid, upn, mail, other_mails, proxies, employee_id, account, display, given, surname, nick) in (
-        enumerate(zip(user_ids, *columns))
-    ):
-        # a key seen for the first time (nearly every key) costs one setdefault; _add sorts out the rest
-        if upn:
-            key = _key(upn)
-            if in_exact(key, uid) is not uid:
-                _add(exact, key, uid)
-            at = key.rfind("@")
-            if at > 0:
-                upn_domains.add(key[at + 1 :])
-        if mail and mail is not upn:  # the same object when equal to the UPN (the mirror stores it once)
-            key = _key(mail)
-            if in_exact(key, uid) is not uid:
-                _add(exact, key, uid)
-        for other in other_mails or ():
-            if other:
-                _add(exact, _key(other), uid)
-        for proxy in proxies or ():
-            if not proxy:
-                continue
-            address = proxy.partition(":")[2].casefold()
-            if uid in _values(exact, address):
-                continue  # the primary address, already there as mail or UPN
-            # the whole "smtp:alias@domain" is the key: aliases are written in lower case, so no copy is made
-            key = _key(proxy)
-            if in_exact(key, uid) is not uid:
-                _add(exact, key, uid)
-        if employee_id:
-            # kept as written (no folded copy per user); lookups try the query as given, upper and lower case
-            key = employee_id if isinstance(employee_id, str) else str(employee_id)
-            if in_employee_ids(key, uid) is not uid:
-                _add(employee_ids, key, uid)
-        if account:
-            _add(sam, _key(account), uid)
-        if nick:
-            key = _key(nick)
-            if not (upn and upn[: len(key) + 1].casefold() == key + "@") and not (
-                mail and mail[: len(key) + 1].casefold() == key + "@"
-            ):
-                _add(nicknames, key, uid)
-
+    for name, at in positions.items():
+        display, given, surname = name
         given_tokens = tokens_of(given)
         surname_tokens = tokens_of(surname)
         if given_tokens and surname_tokens and display == f"{given} {surname}":
@@ -170,41 +196,57 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             display_tokens = name_tokens(display)
             alias = " ".join((*given_tokens, *surname_tokens)) if given_tokens and surname_tokens else None
         display_name = " ".join(display_tokens)
-        display_name = names_seen.setdefault(display_name, display_name)  # one copy per distinct name
-        user_names.append(display_name)
-        if display_name and in_full_names(display_name, uid) is not uid:
-            _add(full_names, display_name, uid)
+        display_name = name_of[name] = names_seen.setdefault(display_name, display_name)  # one copy per name
+        fulls = {display_name} if display_name else set()
         tokens = {*display_tokens}
         if alias is not None:
             tokens.update(given_tokens, surname_tokens)
-            if alias != display_name:
-                _add(full_names, alias, uid)
+            fulls.add(alias)
+        bares: set[str] = set()
         if not display_name.isascii() or (alias is not None and not alias.isascii()):
             # another script: the Latin spelling the desk types is a name of the user too
-            for full in {latin_name(display), latin_name(f"{given} {surname}") if alias is not None else ""}:
-                if full and full != display_name:
-                    _add(full_names, full, uid)
+            fulls.update(full for full in (latin_name(display), latin_name(f"{given} {surname}") if alias is not None else "")
+                         if full)
             for token in list(tokens):
                 spelled = latin_tokens(token)
                 tokens.update(spelled)
                 if spelled and is_abjad(token):
-                    for latin in spelled:
-                        bare = skeleton(latin)
-                        if bare:
-                            skeleton_lists.setdefault(bare, []).append(pos)
+                    bares.update(bare for bare in map(skeleton, spelled) if bare)
+        for key in fulls:
+            full_lists.setdefault(key, []).append(at)
         for token in tokens:
-            bucket = token_lists.get(token)
-            if bucket is None:
-                token_lists[token] = [pos]
-            else:
-                bucket.append(pos)
+            token_lists.setdefault(token, []).append(at)
+        for bare in bares:
+            skeleton_lists.setdefault(bare, []).append(at)
 
+    def merged(lists: list[list[int]]) -> tuple[int, ...]:
+        return tuple(lists[0]) if len(lists) == 1 else tuple(sorted(chain.from_iterable(lists)))
+
+    full_names: dict[str, Any] = {}
+    for key, lists in full_lists.items():
+        found = merged(lists)
+        full_names[key] = user_ids[found[0]] if len(found) == 1 else tuple(map(user_ids.__getitem__, found))
     return {
-        "user_ids": user_ids, "user_names": user_names, "exact": exact, "sam": sam, "employee_ids": employee_ids,
-        "nicknames": nicknames, "full_names": full_names, "upn_domains": upn_domains,
-        "postings": {token: tuple(positions) for token, positions in token_lists.items()},
-        "skeletons": {bare: tuple(dict.fromkeys(positions)) for bare, positions in skeleton_lists.items()},
+        "user_ids": user_ids, "user_names": list(map(name_of.__getitem__, names)), "exact": exact, "sam": sam,
+        "employee_ids": employee_ids, "nicknames": nicknames, "full_names": full_names, "upn_domains": upn_domains,
+        "postings": {token: merged(lists) for token, lists in token_lists.items()},
+        "skeletons": {bare: merged(lists) for bare, lists in skeleton_lists.items()},
     }
+
+
+def _not_after_own_proxy(kept: list[int], keys: list[str], addresses: list[str], uids: list[str]) -> list[int]:
+    """`kept` (proxy indexes, ascending; a user's proxies are listed together) without the proxies whose address part
+    is the key of an earlier kept proxy of the same user."""
+    out: list[int] = []
+    for i in kept:
+        if ":" in addresses[i]:
+            k = len(out) - 1
+            while k >= 0 and uids[out[k]] is uids[i] and keys[out[k]] != addresses[i]:
+                k -= 1
+            if k >= 0 and uids[out[k]] is uids[i]:
+                continue
+        out.append(i)
+    return out
 
 
 def _index_users_domains(users: Mapping[str, Mapping[str, Any]]) -> set[str]:
