@@ -1,10 +1,11 @@
 """Build a synced mirror of a generated tenant once, for the benchmarks that start from one (server start and memory,
 reloads, tool CPU).
 
-    .venv/bin/python bench/make_mirror.py --size large --dir /tmp/entra-mcp-large [--seed 1]
+    .venv/bin/python bench/make_mirror.py --size large --dir /tmp/entra-mcp-large [--seed 1] [--only users,groups,...]
 
 Starts the emulator (`run_emulator`, throttling off: the mirror is the point, not the sync), runs one full
-`sync_tenant` with every default area on, and writes DIR/config.toml (without ca_bundle, so the emulator's temporary
+`sync_tenant` with every default area on (`--only`: just the named sync areas, the others switched off in the
+config), and writes DIR/config.toml (without ca_bundle, so the emulator's temporary
 CA is not needed afterwards) and the mirror under DIR/cache. Prints the emulator's and the sync's wall time.
 The config works with `entra-mcp serve --no-sync`, bench/bench_server_memory.py and bench/bench_reload.py.
 """
@@ -21,8 +22,9 @@ from pathlib import Path
 import anyio
 
 
-def build(size: str, directory: Path, seed: int = 1) -> Path:
-    """Sync a fresh `size` tenant into directory/cache; returns directory/config.toml."""
+def build(size: str, directory: Path, seed: int = 1, only: list[str] | None = None) -> Path:
+    """Sync a fresh `size` tenant into directory/cache (only the areas in `only`, when given); returns
+    directory/config.toml."""
     from entra_mcp.config import parse_settings
     from entra_mcp.devtenant.server import run_emulator
     from entra_mcp.mirror.store import MirrorStore
@@ -35,6 +37,15 @@ def build(size: str, directory: Path, seed: int = 1) -> Path:
         emu.faults.throttling_enabled = False
         print(f"emulator ({size}) ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         text = emu.config_toml(0, cache_dir=cache_dir)
+        if only is not None:
+            from entra_mcp.areas import REGISTRY
+
+            unknown = sorted(set(only) - {a.name for a in REGISTRY})
+            if unknown:
+                raise SystemExit(f"--only: unknown sync area(s) {', '.join(unknown)}; known: {', '.join(a.name for a in REGISTRY)}")
+            on = {a.switch for a in REGISTRY if a.name in only}  # an area rides on its switch ([tenants.sync] key)
+            text += "\n[tenants.sync]\n" + "".join(f"{switch} = {'true' if switch in on else 'false'}\n"
+                                                    for switch in dict.fromkeys(a.switch for a in REGISTRY))
         settings = parse_settings(tomllib.loads(text))
         os.environ.update(emu.secret_env(0))
         store = MirrorStore(cache_dir)
@@ -56,8 +67,9 @@ def main() -> int:
     p.add_argument("--size", default="large", choices=["small", "medium", "large"])
     p.add_argument("--dir", type=Path, required=True, help="where config.toml and cache/ are written")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--only", help="comma-separated sync areas to mirror (default: every default area)")
     args = p.parse_args()
-    print(build(args.size, args.dir, args.seed))
+    print(build(args.size, args.dir, args.seed, args.only.split(",") if args.only else None))
     return 0
 
 

@@ -476,10 +476,12 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
                 cols[j] = ids
                 continue
             sample = next((v for v in col if type(v) is str), None)
-            plain = _PLAIN_TYPES.issuperset(map(type, col))  # strings, nulls and ABSENT only: hashable
             if sample is not None and sample in share:
+                plain = _PLAIN_TYPES.issuperset(map(type, col))  # strings, nulls and ABSENT only: hashable
                 cols[j] = list(map(get, col, col)) if plain else [get(v, v) if type(v) is str else v for v in col]
-            elif plain:
+            elif _mostly_distinct(col):
+                continue  # one value per object (addresses, employee ids...): nothing repeats across buckets
+            elif _PLAIN_TYPES.issuperset(map(type, col)):  # strings, nulls and ABSENT only: hashable
                 # a bucket stores each distinct string once; a value repeated across buckets (given names, job
                 # titles) becomes one object here, and a column of repeats a coded one (all at C speed)
                 first: dict[Any, Any] = {}
@@ -491,6 +493,19 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
                     cols[j] = shared
 
 
+def _mostly_distinct(col: list[Any]) -> bool:
+    """Whether a large column's values are nearly all different, judged on its first rows (buckets hold objects by
+    a hash of their id, so the first rows are a fair sample): sharing equal values across buckets would find none."""
+    head = col[:_SAMPLE_ROWS]
+    if len(head) < _SAMPLE_ROWS:
+        return False
+    try:
+        return 20 * len(set(head)) > 19 * len(head)
+    except TypeError:  # unhashable values (lists of dicts): not plain either
+        return False
+
+
+_SAMPLE_ROWS = 2048
 _PLAIN_TYPES = frozenset({str, type(None), _Absent})
 _TEXT_TYPES = frozenset({str, type(None)})
 _MISSING_COL: Any = object()  # a new bucket without the property: every row ABSENT
