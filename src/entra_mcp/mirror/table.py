@@ -616,13 +616,13 @@ def _concat_column(found: list[tuple[Any, int]]) -> Any:
                     values.append(ABSENT)
                 idx.extend(array("I", [k]) * n)
                 continue
-            remap = []
-            for v in col.values:
-                k = where.setdefault(frozen(v), len(values))
-                if k == len(values):
+            # strings, nulls and ABSENT are their own keys (most coded columns): no frozen() call per value
+            keys = col.values if _PLAIN_KEYS.issuperset(map(type, col.values)) else tuple(map(frozen, col.values))
+            for k, v in zip(keys, col.values):
+                if k not in where:
+                    where[k] = len(values)
                     values.append(v)
-                remap.append(k)
-            idx.extend(array("I", map(remap.__getitem__, col.idx)))
+            idx.extend(array("I", map(list(map(where.__getitem__, keys)).__getitem__, col.idx)))
         return Coded(values, idx)
     out_list: list[Any] = []
     for col, n in found:
