@@ -1,9 +1,11 @@
 """Start time A/B: spawn `entra-mcp serve --no-sync` (stdio) from several source trees, time it to the first
 lookup_user answer, interleaved round by round.
 
-Usage: python bench/bench_start_ab.py ROUNDS LABEL=SRC|CONFIG|QUERY [LABEL=SRC|CONFIG|QUERY ...]
+Usage: python bench/bench_start_ab.py [--cold] ROUNDS LABEL=SRC|CONFIG|QUERY [LABEL=SRC|CONFIG|QUERY ...]
   SRC     the source tree put on PYTHONPATH (e.g. a checkout's src/), CONFIG its config (a synced mirror, each build
           with its own prepared index), QUERY the lookup_user query.
+  --cold  every start without a prepared index: before each run, once the previous start's index writer (a forked
+          child that outlives its server) has finished, the config's view cache files are deleted.
 Prints per label the median CPU (user + system of the server), wall and RSS, and each run's CPU.
 
 Each SRC is byte-compiled first (`compileall`, writing its __pycache__ as `pip install` does): a start from a
@@ -14,6 +16,7 @@ machine, keeps Python from writing them), ~0.5 s of CPU that no installed copy p
 from __future__ import annotations
 
 import compileall
+import glob
 import os
 import statistics
 import subprocess
@@ -26,8 +29,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _stdio import first_lookup_answer  # noqa: E402
 
 
-def run(src: str, config: str, query: str) -> tuple[float, float, float]:
+def drop_prepared_index(config: str, timeout: float = 300.0) -> None:
+    """Delete CONFIG's prepared indexes (cache_dir/.server-views/*.view) once the previous start's index writer (a
+    forked child of that server, still named by its command line) has exited."""
+    import tomllib
+
+    writers = [p for p in psutil.process_iter(["cmdline"]) if config in (p.info["cmdline"] or []) and "serve" in (p.info["cmdline"] or [])]
+    _, alive = psutil.wait_procs(writers, timeout=timeout)
+    if alive:
+        raise SystemExit(f"the index writer of {config} (pid {alive[0].pid}) did not finish within {timeout:.0f} s")
+    with open(config, "rb") as f:
+        views = os.path.join(tomllib.load(f)["server"]["cache_dir"], ".server-views")
+    for path in glob.glob(os.path.join(views, "*.view")):
+        os.unlink(path)
+
+
+def run(src: str, config: str, query: str, cold: bool = False) -> tuple[float, float, float]:
     """(wall s, CPU s, RSS MB) of one start from spawn to the first lookup_user answer."""
+    if cold:
+        drop_prepared_index(config)
     env = {**os.environ, "PYTHONPATH": src, "DEVTENANT_CLIENT_SECRET": "unused-by-no-sync"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "entra_mcp", "--config", config, "--log-level", "WARNING", "serve", "--no-sync"],
@@ -45,17 +65,20 @@ def run(src: str, config: str, query: str) -> tuple[float, float, float]:
 
 
 def main() -> int:
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    cold = "--cold" in args
+    args = [a for a in args if a != "--cold"]
+    if len(args) < 2:
         raise SystemExit(__doc__)
-    rounds = int(sys.argv[1])
-    specs = [arg.split("=", 1) for arg in sys.argv[2:]]
+    rounds = int(args[0])
+    specs = [arg.split("=", 1) for arg in args[1:]]
     results: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _ in specs}
     for _, spec in specs:
         compileall.compile_dir(spec.split("|")[0], quiet=1)
     for _ in range(rounds):
         for label, spec in specs:
             src, config, query = spec.split("|")
-            results[label].append(run(src, config, query))
+            results[label].append(run(src, config, query, cold))
     for label, runs in results.items():
         wall, cpu, rss = (statistics.median(r[i] for r in runs) for i in range(3))
         print(f"{label:12s} CPU {cpu:.2f} s (runs {', '.join(f'{r[1]:.2f}' for r in runs)}), wall {wall:.2f} s, RSS {rss:.0f} MB")
