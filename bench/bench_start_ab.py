@@ -30,14 +30,15 @@ from _stdio import first_lookup_answer  # noqa: E402
 
 
 def drop_prepared_index(config: str, timeout: float = 300.0) -> None:
-    """Delete CONFIG's prepared indexes (cache_dir/.server-views/*.view) once the previous start's index writer (a
-    forked child of that server, still named by its command line) has exited."""
+    """Delete CONFIG's prepared indexes (cache_dir/.server-views/*.view) once the index writers of earlier starts
+    (forked children of those servers, still named by their command line) have exited."""
     import tomllib
 
-    writers = [p for p in psutil.process_iter(["cmdline"]) if config in (p.info["cmdline"] or []) and "serve" in (p.info["cmdline"] or [])]
+    # every start's writer, not only this config's: one still pickling would share the CPUs with the measured start
+    writers = [p for p in psutil.process_iter(["cmdline"]) if {"entra_mcp", "serve"} <= set(p.info["cmdline"] or [])]
     _, alive = psutil.wait_procs(writers, timeout=timeout)
     if alive:
-        raise SystemExit(f"the index writer of {config} (pid {alive[0].pid}) did not finish within {timeout:.0f} s")
+        raise SystemExit(f"an index writer (pid {alive[0].pid}) did not finish within {timeout:.0f} s")
     with open(config, "rb") as f:
         views = os.path.join(tomllib.load(f)["server"]["cache_dir"], ".server-views")
     for path in glob.glob(os.path.join(views, "*.view")):
