@@ -110,8 +110,19 @@ def _bulk_add(index: dict[str, Any], keys: list[str], values: list[str], positio
 
 def _folded_keys(texts: list[str]) -> list[str]:
     """_key of each text: its casefolded form, the text object itself where it is already folded."""
-    folded = list(map(str.casefold, texts))
-    return [text if same else key for text, key, same in zip(texts, folded, map(str.__eq__, folded, texts))]
+    return [text if text == key else key for text, key in zip(texts, map(str.casefold, texts))]
+
+
+def _present(values: list[Any], user_ids: list[str]) -> tuple[list[Any], list[str]]:
+    """(the values that are set, the ids of their users): two lists, no pair objects (a bulk build makes its
+    temporary objects in one block each, so freeing them leaves no holes among the kept ones)."""
+    return [v for v in values if v], [uid for v, uid in zip(values, user_ids) if v]
+
+
+def _present_items(lists: list[Any], user_ids: list[str]) -> tuple[list[Any], list[str]]:
+    """_present over list values (otherMails, proxyAddresses): each set item and its user's id, in order."""
+    return ([item for found in lists if found for item in found if item],
+            [uid for found, uid in zip(lists, user_ids) if found for item in found if item])
 
 
 def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -130,49 +141,59 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     # exact identifiers: UPN, mail (unless the very object of the UPN: the mirror stores an equal one once), other
     # mails, then the proxy addresses whose address part is not already one of the user's keys
     exact: dict[str, Any] = {}
-    with_upn = [(upn, uid) for upn, uid in zip(upns, user_ids) if upn]
-    upn_keys = _folded_keys([upn for upn, _ in with_upn])
-    _bulk_add(exact, upn_keys, [uid for _, uid in with_upn], position)
+    texts, ids = _present(upns, user_ids)
+    upn_keys = _folded_keys(texts)
+    _bulk_add(exact, upn_keys, ids, position)
     upn_domains = {domain for local, _, domain in map(methodcaller("rpartition", "@"), upn_keys) if local}
-    with_mail = [(mail, uid) for mail, upn, uid in zip(mails, upns, user_ids) if mail and mail is not upn]
-    _bulk_add(exact, _folded_keys([mail for mail, _ in with_mail]), [uid for _, uid in with_mail], position)
-    with_other = [(other, uid) for others, uid in zip(other_mails, user_ids) if others for other in others if other]
-    _bulk_add(exact, _folded_keys([other for other, _ in with_other]), [uid for _, uid in with_other], position)
+    texts, ids = _present([mail if mail is not upn else None for mail, upn in zip(mails, upns)], user_ids)
+    _bulk_add(exact, _folded_keys(texts), ids, position)
+    texts, ids = _present_items(other_mails, user_ids)
+    _bulk_add(exact, _folded_keys(texts), ids, position)
     # a proxy's address part is already a key when it is the user's UPN, mail or other mail (the common "SMTP:" + UPN)
     # or one of its earlier proxies; only the others become keys
-    with_proxy = [(proxy, uid) for found, uid in zip(proxies, user_ids) if found for proxy in found if proxy]
-    proxy_keys = _folded_keys([proxy for proxy, _ in with_proxy])
-    addresses = [key.partition(":")[2] for key in proxy_keys]
+    texts, ids = _present_items(proxies, user_ids)
+    keys = _folded_keys(texts)
     get = exact.get
-    kept = [i for i, (address, (_, uid)) in enumerate(zip(addresses, with_proxy))
-            if (held := get(address)) != uid and not (type(held) is tuple and uid in held)]
-    if any(":" in address for address in addresses):  # "X500:smtp:a@b": its address part may be an earlier proxy's key
-        kept = _not_after_own_proxy(kept, proxy_keys, addresses, [uid for _, uid in with_proxy])
-    _bulk_add(exact, [proxy_keys[i] for i in kept], [with_proxy[i][1] for i in kept], position)
+    kept = [(held := get(key.partition(":")[2])) != uid and not (type(held) is tuple and uid in held)
+            for key, uid in zip(keys, ids)]
+    if any(key.count(":") > 1 for key in keys):  # "X500:smtp:a@b": its address part may be an earlier proxy's key
+        kept = _not_after_own_proxy(kept, keys, ids)
+    _bulk_add(exact, list(compress(keys, kept)), list(compress(ids, kept)), position)
 
     # employeeId kept as written (lookups try the query as given, upper and lower case); accounts; nicknames that
     # are not the local part of the user's UPN or mail
     employee_ids: dict[str, Any] = {}
-    with_employee = [(e if isinstance(e, str) else str(e), uid) for e, uid in zip(employee_ids_col, user_ids) if e]
-    _bulk_add(employee_ids, [e for e, _ in with_employee], [uid for _, uid in with_employee], position)
+    texts, ids = _present(employee_ids_col, user_ids)
+    _bulk_add(employee_ids, [e if isinstance(e, str) else str(e) for e in texts], ids, position)
     sam: dict[str, Any] = {}
-    with_account = [(a, uid) for a, uid in zip(accounts, user_ids) if a]
-    _bulk_add(sam, _folded_keys([a for a, _ in with_account]), [uid for _, uid in with_account], position)
+    texts, ids = _present(accounts, user_ids)
+    _bulk_add(sam, _folded_keys(texts), ids, position)
     nicknames: dict[str, Any] = {}
-    with_nick = [(nick, upn, mail, uid) for nick, upn, mail, uid in zip(nicks, upns, mails, user_ids) if nick]
-    nick_keys = _folded_keys([nick for nick, _, _, _ in with_nick])
-    kept_nicks = [(key, uid) for key, (_, upn, mail, uid) in zip(nick_keys, with_nick)
-                  if not (upn and upn[: len(key) + 1].casefold() == key + "@")
-                  and not (mail and mail[: len(key) + 1].casefold() == key + "@")]
-    _bulk_add(nicknames, [key for key, _ in kept_nicks], [uid for _, uid in kept_nicks], position)
+    texts, ids = _present(nicks, user_ids)
+    keys = _folded_keys(texts)
+    kept = [not (upn and upn[: len(key) + 1].casefold() == key + "@") and not (mail and mail[: len(key) + 1].casefold() == key + "@")
+            for key, upn, mail in zip(keys, ([upns[position(uid)] for uid in ids]), ([mails[position(uid)] for uid in ids]))]
+    _bulk_add(nicknames, list(compress(keys, kept)), list(compress(ids, kept)), position)
+    del texts, ids, keys, kept  # the temporary lists go before the name indexes are made
 
-    # names: each distinct (displayName, givenName, surname) is tokenised once, then its users' positions are added
-    names = list(zip(displays, givens, surnames))
-    positions: defaultdict[tuple[Any, Any, Any], list[int]] = defaultdict(list)
-    deque(map(list.append, map(positions.__getitem__, names), range(n)), maxlen=0)
+    # names: each distinct (displayName, givenName, surname) is tokenised once, then its users' positions are added;
+    # users are grouped by displayName (a group with one givenName and surname, the usual case, needs no key object)
+    by_display: defaultdict[Any, list[int]] = defaultdict(list)
+    deque(map(list.append, map(by_display.__getitem__, displays), range(n)), maxlen=0)
+    positions: list[tuple[Any, Any, Any, list[int]]] = []
+    for display, at in by_display.items():
+        first = at[0]
+        if len(at) == 1 or (len(set(map(givens.__getitem__, at))) == 1 and len(set(map(surnames.__getitem__, at))) == 1):
+            positions.append((display, givens[first], surnames[first], at))
+            continue
+        parts: dict[tuple[Any, Any], list[int]] = {}
+        for p in at:
+            parts.setdefault((givens[p], surnames[p]), []).append(p)
+        positions.extend((display, given, surname, part) for (given, surname), part in parts.items())
+    by_display.clear()
+    user_names: list[str] = [""] * n
     token_cache: dict[str, list[str]] = {}  # givenName and surname repeat a lot
     names_seen: dict[str, str] = {}
-    name_of: dict[tuple[Any, Any, Any], str] = {}
     full_lists: dict[str, list[list[int]]] = {}
     token_lists: dict[str, list[list[int]]] = {}
     skeleton_lists: dict[str, list[list[int]]] = {}
@@ -185,8 +206,7 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             found = token_cache[text] = name_tokens(text)
         return found
 
-    for name, at in positions.items():
-        display, given, surname = name
+    for display, given, surname, at in positions:
         given_tokens = tokens_of(given)
         surname_tokens = tokens_of(surname)
         if given_tokens and surname_tokens and display == f"{given} {surname}":
@@ -196,7 +216,9 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             display_tokens = name_tokens(display)
             alias = " ".join((*given_tokens, *surname_tokens)) if given_tokens and surname_tokens else None
         display_name = " ".join(display_tokens)
-        display_name = name_of[name] = names_seen.setdefault(display_name, display_name)  # one copy per name
+        display_name = names_seen.setdefault(display_name, display_name)  # one copy per name
+        for p in at:
+            user_names[p] = display_name
         fulls = {display_name} if display_name else set()
         tokens = {*display_tokens}
         if alias is not None:
@@ -227,25 +249,26 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         found = merged(lists)
         full_names[key] = user_ids[found[0]] if len(found) == 1 else tuple(map(user_ids.__getitem__, found))
     return {
-        "user_ids": user_ids, "user_names": list(map(name_of.__getitem__, names)), "exact": exact, "sam": sam,
+        "user_ids": user_ids, "user_names": user_names, "exact": exact, "sam": sam,
         "employee_ids": employee_ids, "nicknames": nicknames, "full_names": full_names, "upn_domains": upn_domains,
         "postings": {token: merged(lists) for token, lists in token_lists.items()},
         "skeletons": {bare: merged(lists) for bare, lists in skeleton_lists.items()},
     }
 
 
-def _not_after_own_proxy(kept: list[int], keys: list[str], addresses: list[str], uids: list[str]) -> list[int]:
-    """`kept` (proxy indexes, ascending; a user's proxies are listed together) without the proxies whose address part
-    is the key of an earlier kept proxy of the same user."""
-    out: list[int] = []
-    for i in kept:
-        if ":" in addresses[i]:
-            k = len(out) - 1
-            while k >= 0 and uids[out[k]] is uids[i] and keys[out[k]] != addresses[i]:
-                k -= 1
-            if k >= 0 and uids[out[k]] is uids[i]:
-                continue
-        out.append(i)
+def _not_after_own_proxy(kept: list[bool], keys: list[str], uids: list[str]) -> list[bool]:
+    """`kept` (a flag per proxy key; a user's proxies are listed together) with the proxies whose address part is the
+    key of an earlier kept proxy of the same user turned off."""
+    out = list(kept)
+    for i, key in enumerate(keys):
+        if out[i] and key.count(":") > 1:
+            address = key.partition(":")[2]
+            j = i - 1
+            while j >= 0 and uids[j] is uids[i]:
+                if out[j] and keys[j] == address:
+                    out[i] = False
+                    break
+                j -= 1
     return out
 
 
