@@ -79,7 +79,7 @@ _TEXT = st.sampled_from(["Ana", "ANA", "ana", "Ben", "Chloé", "Иван", "Пе
                          "", "x_y", "Łęcki"])
 _ADDRESS = st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(["ana", "ANA", "ben", "a.b", "Wei"]),
                      st.sampled_from(["contoso.example", "Contoso.Example", "fabrikam.example"]))
-_PROXY = st.builds(lambda prefix, address: f"{prefix}:{address}", st.sampled_from(["SMTP", "smtp", "sip", "X500:smtp"]),
+_PROXY = st.builds(lambda prefix, address: f"{prefix}{address}", st.sampled_from(["SMTP:", "smtp:", "sip:", "X500:smtp:", ""]),
                    _ADDRESS)
 
 

@@ -156,7 +156,7 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     get = exact.get
     kept = [(held := get(key.partition(":")[2])) != uid and not (type(held) is tuple and uid in held)
             for key, uid in zip(keys, ids)]
-    if any(key.count(":") > 1 for key in keys):  # "X500:smtp:a@b": its address part may be an earlier proxy's key
+    if max(map(methodcaller("count", ":"), keys), default=0) > 1:  # "X500:smtp:a@b": may be an earlier proxy's key
         kept = _not_after_own_proxy(kept, keys, ids)
     _bulk_add(exact, list(compress(keys, kept)), list(compress(ids, kept)), position)
 
@@ -169,12 +169,11 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     texts, ids = _present(accounts, user_ids)
     _bulk_add(sam, _folded_keys(texts), ids, position)
     nicknames: dict[str, Any] = {}
-    texts, ids = _present(nicks, user_ids)
-    keys = _folded_keys(texts)
-    kept = [not (upn and upn[: len(key) + 1].casefold() == key + "@") and not (mail and mail[: len(key) + 1].casefold() == key + "@")
-            for key, upn, mail in zip(keys, ([upns[position(uid)] for uid in ids]), ([mails[position(uid)] for uid in ids]))]
-    _bulk_add(nicknames, list(compress(keys, kept)), list(compress(ids, kept)), position)
-    del texts, ids, keys, kept  # the temporary lists go before the name indexes are made
+    nick_keys: list[Any] = [(nick if nick == (folded := nick.casefold()) else folded) if nick else None for nick in nicks]
+    kept = [key is not None and not (upn and upn[: len(key) + 1].casefold() == key + "@")
+            and not (mail and mail[: len(key) + 1].casefold() == key + "@") for key, upn, mail in zip(nick_keys, upns, mails)]
+    _bulk_add(nicknames, list(compress(nick_keys, kept)), list(compress(user_ids, kept)), position)
+    del texts, ids, keys, nick_keys, kept  # the temporary lists go before the name indexes are made
 
     # names: each distinct (displayName, givenName, surname) is tokenised once, then its users' positions are added;
     # users are grouped by displayName (a group with one givenName and surname, the usual case, needs no key object)
