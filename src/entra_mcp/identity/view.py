@@ -109,7 +109,8 @@ def _bulk_add(index: dict[str, Any], keys: list[str], values: list[str], positio
 
 
 def _folded_keys(texts: list[str]) -> list[str]:
-    """_key of each text: its casefolded form, the text object itself where it is already folded."""
+    """_key of each text (its casefolded form, the text object itself where it is already folded), without a call
+    per text."""
     return [text if text == key else key for text, key in zip(texts, map(str.casefold, texts))]
 
 
@@ -144,7 +145,7 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     texts, ids = _present(upns, user_ids)
     upn_keys = _folded_keys(texts)
     _bulk_add(exact, upn_keys, ids, position)
-    upn_domains = {domain for local, _, domain in map(methodcaller("rpartition", "@"), upn_keys) if local}
+    upn_domains = _upn_domains(upn_keys)
     texts, ids = _present([mail if mail is not upn else None for mail, upn in zip(mails, upns)], user_ids)
     _bulk_add(exact, _folded_keys(texts), ids, position)
     texts, ids = _present_items(other_mails, user_ids)
@@ -169,7 +170,7 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     texts, ids = _present(accounts, user_ids)
     _bulk_add(sam, _folded_keys(texts), ids, position)
     nicknames: dict[str, Any] = {}
-    nick_keys: list[Any] = [(nick if nick == (folded := nick.casefold()) else folded) if nick else None for nick in nicks]
+    nick_keys: list[Any] = [_key(nick) if nick else None for nick in nicks]
     kept = [key is not None and not (upn and upn[: len(key) + 1].casefold() == key + "@")
             and not (mail and mail[: len(key) + 1].casefold() == key + "@") for key, upn, mail in zip(nick_keys, upns, mails)]
     _bulk_add(nicknames, list(compress(nick_keys, kept)), list(compress(user_ids, kept)), position)
@@ -271,16 +272,14 @@ def _not_after_own_proxy(kept: list[bool], keys: list[str], uids: list[str]) -> 
     return out
 
 
+def _upn_domains(upn_keys: list[str]) -> set[str]:
+    """The domains of casefolded UPNs (the part after the last "@", when something comes before it)."""
+    return {domain for local, _, domain in map(methodcaller("rpartition", "@"), upn_keys) if local}
+
+
 def _index_users_domains(users: Mapping[str, Mapping[str, Any]]) -> set[str]:
     """The casefolded domains of every user's UPN (what _index_users collects as "upn_domains")."""
-    domains: set[str] = set()
-    for upn in _column(users, "userPrincipalName"):
-        if upn:
-            key = _key(upn)
-            at = key.rfind("@")
-            if at > 0:
-                domains.add(key[at + 1 :])
-    return domains
+    return _upn_domains(_folded_keys([upn for upn in _column(users, "userPrincipalName") if upn]))
 
 
 def _patched_keys(index: dict[str, Any], was: dict[str, Any], now: dict[str, Any], pos: Any) -> dict[str, Any]:
