@@ -97,12 +97,14 @@ def main() -> int:
     if args.child:
         print(json.dumps(_child(args.config)))
         return 0
+    from entra_mcp.views import VIEW_CACHE_DIR
+
     text = args.config.read_text()
     cache_dir = Path(tomllib.loads(text)["server"]["cache_dir"])
     runs = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="entra-mcp-reload-") as tmp:
-            shutil.copytree(cache_dir, Path(tmp) / "cache", ignore=shutil.ignore_patterns(".server-views"))
+            shutil.copytree(cache_dir, Path(tmp) / "cache", ignore=shutil.ignore_patterns(VIEW_CACHE_DIR))
             config = Path(tmp) / "config.toml"
             config.write_text(text.replace(json.dumps(str(cache_dir)), json.dumps(str(Path(tmp) / "cache"))))
             out = subprocess.run([sys.executable, __file__, "--child", "--config", str(config)],

@@ -40,7 +40,7 @@ from entra_mcp.devtenant.server import run_emulator
 from entra_mcp.graph.credentials import TokenProvider
 from entra_mcp.mirror.store import MirrorStore
 from entra_mcp.server.app import create_server
-from entra_mcp.views import ViewProvider
+from entra_mcp.views import VIEW_CACHE_DIR, ViewProvider
 from entra_mcp.sync.engine import sync_tenant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,7 +335,7 @@ def main() -> int:
                 rss = psutil.Process(pid).memory_info().rss / 2**20 if pid else float("nan")
             return ready, samples, rss
 
-        view_file = cache_dir / ".server-views" / f"{settings.tenants[0].name}.view"
+        view_file = cache_dir / VIEW_CACHE_DIR / f"{settings.tenants[0].name}.view"
         view_file.unlink(missing_ok=True)
         log("stdio (minimal JSON-RPC client), first start: builds the view...\n")
         raw_ready_s, raw, raw_rss_mb = raw_stdio(config_path, qs, args.n)

@@ -111,8 +111,10 @@ def main() -> int:
     settings = tomllib.loads(args.config.read_text())
     cache_dir = Path(settings["server"]["cache_dir"])
     tenant = settings["tenants"][0]["name"]
-    view_file = cache_dir / ".server-views" / f"{tenant}.view"
     from entra_mcp.mirror.store import MirrorStore
+    from entra_mcp.views import VIEW_CACHE_DIR
+
+    view_file = cache_dir / VIEW_CACHE_DIR / f"{tenant}.view"
 
     store = MirrorStore(cache_dir)
     snap = store.load_snapshot(tenant)

@@ -32,15 +32,15 @@ from _stdio import first_lookup_answer  # noqa: E402
 def drop_prepared_index(config: str, timeout: float = 300.0) -> None:
     """Delete CONFIG's prepared indexes (cache_dir/.server-views/*.view) once the index writers of earlier starts
     (forked children of those servers, still named by their command line) have exited."""
-    import tomllib
+    from entra_mcp.config import load_settings
+    from entra_mcp.views import VIEW_CACHE_DIR
 
     # every start's writer, not only this config's: one still pickling would share the CPUs with the measured start
     writers = [p for p in psutil.process_iter(["cmdline"]) if {"entra_mcp", "serve"} <= set(p.info["cmdline"] or [])]
     _, alive = psutil.wait_procs(writers, timeout=timeout)
     if alive:
         raise SystemExit(f"an index writer (pid {alive[0].pid}) did not finish within {timeout:.0f} s")
-    with open(config, "rb") as f:
-        views = os.path.join(tomllib.load(f)["server"]["cache_dir"], ".server-views")
+    views = os.path.join(load_settings(config).server.cache_dir, VIEW_CACHE_DIR)  # the default cache_dir too
     for path in glob.glob(os.path.join(views, "*.view")):
         os.unlink(path)
 

@@ -82,6 +82,7 @@ WARM_MAX = 16  # tenants loaded at start; the others at their first call
 # The prepared index's layout, part of the view cache's fingerprint (with the source of the code that shapes a view):
 # a file of another layout is ignored and rebuilt, never read. 2: reverse memberships as arrays (identity/member_index.py)
 INDEX_FORMAT = 2
+VIEW_CACHE_DIR = ".server-views"  # under cache_dir: the prepared indexes, one <tenant>.view each
 
 
 def estimate_view_bytes(tv: TenantView) -> int:
@@ -322,7 +323,7 @@ def views_to_prepare(cache_dir: str | os.PathLike[str], versions: dict[str, tupl
     """The tenants whose index `entra-mcp sync` should prepare: `versions` maps a tenant to its data version before
     and after the run; those whose objects changed, and those whose current version has no index built by this code
     in the view cache (first run after an upgrade, or a cold start that could not write it)."""
-    cache = ViewCache(Path(cache_dir) / ".server-views")
+    cache = ViewCache(Path(cache_dir) / VIEW_CACHE_DIR)
     view_type = _view_type()
     return [name for name, (before, after) in versions.items()
             if after and (after != before or not cache.holds(name, after, view_type))]
@@ -332,7 +333,7 @@ def prepare_views(cache_dir: str | os.PathLike[str], store: SnapshotSource, name
     """Build each named tenant's view now and keep it in the view cache, so that the next server start loads it
     instead of indexing the mirror (what `entra-mcp sync` does after it changed a mirror: agent runtimes launch a
     stdio server per session, and each such start is then a restart). A failure only costs the next start time."""
-    cache = ViewCache(Path(cache_dir) / ".server-views")
+    cache = ViewCache(Path(cache_dir) / VIEW_CACHE_DIR)
     view_type = _view_type()
     for name in names:
         started = time.perf_counter()
@@ -360,7 +361,7 @@ class ShippedViews:
     used (the fingerprint); anything else: the server indexes the mirror as usual."""
 
     def __init__(self, cache_dir: str | os.PathLike[str], store: SnapshotSource) -> None:
-        self.cache = ViewCache(Path(cache_dir) / ".server-views")
+        self.cache = ViewCache(Path(cache_dir) / VIEW_CACHE_DIR)
         self.store = store
 
     def fingerprint(self) -> str:
@@ -440,7 +441,7 @@ class ViewProvider:
         tenants = [TenantInfo(t.name, t.tenant_id, t.sync.interval_minutes) for t in settings.tenants]
         kwargs.setdefault("memory_budget_bytes", settings.server.view_memory_mb * 1024 * 1024)
         if kwargs.get("cache") is True:
-            kwargs["cache"] = ViewCache(Path(settings.server.cache_dir) / ".server-views")
+            kwargs["cache"] = ViewCache(Path(settings.server.cache_dir) / VIEW_CACHE_DIR)
         elif kwargs.get("cache") is False:
             kwargs["cache"] = None
         return cls(tenants, store, **kwargs)
@@ -729,5 +730,5 @@ class ViewProvider:
         threading.Thread(target=work, name=f"entra-mcp-reload-{name}", daemon=True).start()
 
 
-__all__ = ["ShippedViews", "SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "estimate_view_bytes", "prepare_views",
+__all__ = ["VIEW_CACHE_DIR", "ShippedViews", "SnapshotSource", "TenantInfo", "TenantView", "ViewCache", "ViewProvider", "estimate_view_bytes", "prepare_views",
            "views_to_prepare"]
