@@ -186,3 +186,44 @@ def test_suspicious_field_scan_of_records_matches_the_dict_scan() -> None:
     assert suspicious_fields(table["u0"]) == ["jobTitle"]
     assert suspicious_fields(table["u3"]) == ["proxyAddresses"] and suspicious_fields(table["u9"]) == ["department"]
     assert "signInActivity" in suspicious_fields(table["u5"]) and "displayName" in suspicious_fields(table["u7"])
+
+
+_JUDGED: list[str] = []
+_ID = ("id",)  # the ids are unique values, judged per record: not what this test counts
+
+
+def _counting_test(value: Any) -> bool:
+    """A module-level test (its verdicts survive pickling) that records what it was asked."""
+    _JUDGED.append(str(value))
+    return "bad" in str(value)
+
+
+def test_coded_verdicts_are_judged_when_first_asked_and_all_at_once_by_judge() -> None:
+    """Record.scan judges only the repeated values of the records it reads (the first answer after a cold start
+    shows a few users, not every job title); Table.judge judges the rest once; the verdicts survive pickling and a
+    splice that appends values (only the new values are judged, when asked)."""
+    titles = [f"title {k}" for k in range(30)] + ["bad title"]
+    rows = {f"u{i}": {"id": f"u{i}", "jobTitle": titles[i % len(titles)]} for i in range(200)}
+    table = Table.concat([pack(dict(list(rows.items())[k : k + 50])) for k in range(0, 200, 50)], share={})
+    col = table.cols[table.fields.index("jobTitle")]
+    assert isinstance(col, Coded)
+    _JUDGED.clear()
+    assert table["u0"].scan(_counting_test, _ID) == [] and _JUDGED == ["title 0"]
+    assert table["u30"].scan(_counting_test, _ID) == ["jobTitle"] and _JUDGED == ["title 0", "bad title"]
+    assert table["u31"].scan(_counting_test, _ID) == [] and len(_JUDGED) == 2  # u31 repeats u0's title: judged already
+    table.judge(_counting_test, _ID)
+    assert sorted(_JUDGED) == sorted(titles)  # every distinct value once, the two judged before not again
+    _JUDGED.clear()
+    assert [oid for oid in table if table[oid].scan(_counting_test, _ID)] == [f"u{i}" for i in range(200) if i % 31 == 30]
+    assert _JUDGED == []
+    copy = pickle.loads(pickle.dumps(table))
+    assert [oid for oid in copy if copy[oid].scan(_counting_test, _ID)] == [f"u{i}" for i in range(200) if i % 31 == 30]
+    assert _JUDGED == []  # the verdicts travelled with the column (the prepared index carries them)
+    # a delta rewrites the first bucket with a new title: only that value is judged, when a record shows it
+    changed = dict(list(rows.items())[:50])
+    changed["u1"] = {"id": "u1", "jobTitle": "new bad title"}
+    spliced = table.splice([50, 50, 50, 50], {0: pack(changed)}, share={})
+    assert spliced is not None
+    assert spliced["u1"].scan(_counting_test, _ID) == ["jobTitle"] and _JUDGED == ["new bad title"]
+    assert [oid for oid in spliced if spliced[oid].scan(_counting_test, _ID)] == ["u1"] + [f"u{i}" for i in range(200) if i % 31 == 30]
+    assert _JUDGED == ["new bad title"]

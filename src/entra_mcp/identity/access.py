@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from . import conditional_access as ca
 from .account_facts import BUILTIN_ROLE_NAMES, account_index
 from .common import area_finding
-from .findings import finding, quote, suspicious_fields
+from .findings import finding, judge_repeated_values, quote
 from .text import iso, utcnow
 from .view import DirectoryView, _column
 
@@ -33,9 +33,7 @@ def derive_indexes(view: DirectoryView) -> None:
     _devices_by_user(view)
     snap = view.snapshot
     for table in (snap.users, snap.groups, snap.applications, snap.service_principals):
-        for record in table.values():  # judges each repeated value of the table's coded columns once, for all records
-            suspicious_fields(record)
-            break
+        judge_repeated_values(table)  # each repeated value of the table's coded columns, once for all records
     for table in snap.collections.values():
         getattr(table, "pos", None)  # a mirror Table's id -> row map, made on first use (100,000 users: ~0.05 s)
 

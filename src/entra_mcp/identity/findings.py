@@ -273,6 +273,14 @@ def suspicious_fields(obj: Mapping[str, Any] | None) -> list[str]:
     return flagged
 
 
+def judge_repeated_values(table: Any) -> None:
+    """Judge the repeated values of a mirror table now (once per table, for all its records: what suspicious_fields
+    of its records would otherwise judge value by value as they are first shown)."""
+    judge = getattr(table, "judge", None)
+    if judge is not None:
+        judge(_suspicious_value, _SKIP_FIELDS)
+
+
 def _suspicious_value(value: Any) -> bool:
     return _value_suspicious(value, depth=0)
 

@@ -80,22 +80,40 @@ class Coded:
 
     __slots__ = ("values", "idx", "_verdicts")
 
-    def __init__(self, values: Sequence[Any], idx: array[int], verdicts: dict[Any, tuple[bool, ...]] | None = None) -> None:
+    def __init__(self, values: Sequence[Any], idx: array[int], verdicts: dict[Any, bytearray] | None = None) -> None:
         self.values = tuple(values)
         self.idx = idx
-        self._verdicts: dict[Any, tuple[bool, ...]] | None = verdicts
+        # test -> one byte per distinct value: 0 not judged yet, 1 False, 2 True
+        self._verdicts: dict[Any, bytearray] | None = verdicts
 
-    def verdicts(self, test: Callable[[Any], bool]) -> tuple[bool, ...]:
-        """test(value) for each distinct value (False for ABSENT), computed once per column and test."""
+    def _memo(self, test: Callable[[Any], bool]) -> bytearray:
         memo = self._verdicts
         if memo is None:
             memo = self._verdicts = {}
         found = memo.get(test)
         if found is None:
-            found = memo[test] = tuple(
-                v is not ABSENT and bool(test(list(v) if type(v) is tuple else v)) for v in self.values
-            )
+            found = memo[test] = bytearray(len(self.values))
         return found
+
+    def verdict(self, test: Callable[[Any], bool], k: int) -> bool:
+        """test(value) of distinct value `k` (False for ABSENT), judged once per column and test, when first asked: the
+        first answer after a cold start judges the values of the records it shows, not every value of the column."""
+        found = self._memo(test)
+        judged = found[k]
+        if not judged:
+            v = self.values[k]
+            judged = found[k] = 2 if v is not ABSENT and test(list(v) if type(v) is tuple else v) else 1
+        return judged == 2
+
+    def verdicts(self, test: Callable[[Any], bool]) -> tuple[bool, ...]:
+        """test(value) for each distinct value (False for ABSENT): every value judged now (a reload or `entra-mcp sync`
+        does it off the request path, and the prepared index carries the verdicts)."""
+        found = self._memo(test)
+        if 0 in found:
+            for k in range(len(found)):
+                if not found[k]:
+                    self.verdict(test, k)
+        return tuple(judged == 2 for judged in found)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # verdicts of module-level tests are kept (the server's prepared index carries them); a lambda's cannot be
@@ -198,7 +216,7 @@ class Record(Mapping[str, Any]):
                 continue
             t = type(col)
             if t is Coded:
-                if col.verdicts(test)[col.idx[i]]:
+                if col.verdict(test, col.idx[i]):
                     out.append(name)
             elif t is list:
                 v = col[i]
@@ -321,6 +339,17 @@ class Table(Mapping[str, Record]):
             values = [None if v is ABSENT else list(v) if type(v) is tuple else v for v in col.values]
             return list(map(values.__getitem__, col.idx))
         return [None if v is ABSENT else v for v in map(_cell, [col] * n, range(n))]
+
+    def judge(self, test: Callable[[Any], bool], skip: Container[str] = ()) -> None:
+        """Judge every distinct value of the coded columns (outside `skip`, joined tables included) with `test` now;
+        Record.scan then reads the verdicts instead of judging a value when a record first shows it."""
+        for name, col in zip(self.fields, self.cols):
+            if name in skip:
+                continue
+            if type(col) is Coded:
+                col.verdicts(test)
+            elif type(col) is Child:
+                col.table.judge(test, skip)
 
     def getter(self, name: str) -> Callable[[str], Any]:
         """A function object id -> its `name` (None when the object or the property is missing): one lookup per
@@ -562,13 +591,9 @@ def _splice_column(held: Any, pieces: list[tuple[int, int, Any]], get: Callable[
                 if k == len(values):
                     values.append(get(v, v) if type(v) is str else v)
                 idx.append(k)
-        verdicts = None
-        if held._verdicts and len(values) > len(held.values):  # judge only the new values; the held verdicts stay
-            extra = [list(v) if type(v) is tuple else v for v in values[len(held.values):]]
-            verdicts = {test: (*found, *(v is not ABSENT and bool(test(v)) for v in extra))
-                        for test, found in held._verdicts.items()}
-        elif held._verdicts:
-            verdicts = dict(held._verdicts)
+        # the held verdicts stay; new values are judged when first asked
+        extra = len(values) - len(held.values)
+        verdicts = {test: found + bytearray(extra) for test, found in held._verdicts.items()} if held._verdicts else None
         return Coded(values, idx, verdicts)
     return None  # a joined column: the caller loads whole
 
