@@ -316,6 +316,13 @@ def test_a_view_from_the_prepared_index_answers_exactly_like_one_built_from_the_
         assert answers(loaded, call) == answers(built, call)
 
 
+def _derived_now(view: Any) -> Any:
+    from entra_mcp.identity.access import derive_indexes
+
+    derive_indexes(view)
+    return view
+
+
 def test_view_cache_skips_the_rebuild_on_restart_and_ignores_bad_files(server_env: ServerEnv, tmp_path: Path) -> None:
     import time
 
@@ -342,6 +349,10 @@ def test_view_cache_skips_the_rebuild_on_restart_and_ignores_bad_files(server_en
     second = ViewProvider.from_settings(server_env.settings, store, build=build, cache=ViewCache(tmp_path / "views")).current()
     assert builds == [first.version]
     assert second.view.user(examples(server_env.tenant)["ceo"]) == first.view.user(examples(server_env.tenant)["ceo"])
+    # the forked writer stored the indexes the answers derive on first use too (as `entra-mcp sync` prepares them);
+    # the server's own view derives them when first asked
+    assert not first.view._derived and second.view._derived
+    assert set(second.view._derived) == set(_derived_now(first.view)._derived)
     # a damaged file is ignored: rebuilt
     path.write_bytes(b"not a pickle")
     ViewProvider.from_settings(server_env.settings, store, build=build, cache=ViewCache(tmp_path / "views")).current()

@@ -243,7 +243,9 @@ class ViewCache:
             if pid == 0:  # the child: write and leave at once, touching nothing else of the parent's
                 code = 0
                 try:  # equal strings are already one object (the store's load shares them): pickle writes each once
-                    self._write(tenant, header, view)
+                    # with the indexes the answers derive on first use, as `entra-mcp sync` prepares it: the next
+                    # start answers its first questions at full speed (this copy's work, not the server's)
+                    self._write(tenant, header, _derived(view))
                 except BaseException:
                     code = 1
                 os._exit(code)
