@@ -444,3 +444,49 @@ def test_freshness_of_a_closed_mirror_is_reused_until_its_files_move(tmp_path: P
     finally:
         store.close()
         other.close()
+
+
+def test_get_many_reads_what_get_reads(tmp_path: Path) -> None:
+    """Database.get_many (a load reads a collection's buckets with a few queries) answers exactly what one `get` per
+    key answers: values stored inline and in files (diskcache keeps values of 32 KB and more in files), every mode
+    (pickled, raw str/int/bytes), more keys than one query binds; a missing key, or a value whose file vanished,
+    is left out."""
+    from entra_mcp.mirror.open_files import Database
+
+    db = Database(str(tmp_path / "db"))
+    try:
+        values: dict[str, Any] = {}
+        rng = random.Random(7)
+        for i in range(1_200):
+            kind = i % 5
+            values[f"k/{i}"] = ({"i": i, "s": "x" * rng.randrange(10)} if kind == 0 else
+                                {"big": [f"v{j}" for j in range(6_000)], "i": i} if kind == 1 and i % 50 == 1 else
+                                f"text {i}" if kind == 2 else i if kind == 3 else b"\0" * (i % 40_000))
+        for k, v in values.items():
+            db.set(k, v)
+        in_files = [k for k, (name,) in ((k, db._sql("SELECT filename FROM Cache WHERE key = ?", (k,)).fetchone())
+                                         for k in values) if name is not None]
+        assert len(in_files) > 10
+        wanted = [*values, "absent", "k/99999"]
+        assert db.get_many(wanted) == {k: db.get(k) for k in values} == values
+        gone = in_files[3]
+        (name,) = db._sql("SELECT filename FROM Cache WHERE key = ?", (gone,)).fetchone()
+        os.remove(os.path.join(db.directory, name))
+        assert db.get(gone) is None and gone not in db.get_many(wanted) and len(db.get_many(wanted)) == len(values) - 1
+        assert db.get_many([]) == {}
+    finally:
+        db.close()
+
+
+def test_a_bucket_gone_under_a_load_reads_the_root_again(tmp_path: Path) -> None:
+    """A bucket the committed root names but the database no longer holds (a newer commit deleted it between the
+    reader's root and its bucket reads) makes the load start again from the root: here it never comes back, so the
+    load ends in a clear error instead of a snapshot missing objects."""
+    store = MirrorStore(tmp_path)
+    with store.writer("t") as w:
+        w.commit_full("users", {"users": _users(1_000)}, delta_link=None, status=AreaStatus(enabled=True))
+        cache = w._cache
+        victim = sorted(k for k in cache.iterkeys() if k.startswith("b/users/users/"))[3]
+        cache.delete(victim)
+    with pytest.raises(MirrorError, match="kept changing"):
+        store.load_snapshot("t")

@@ -21,8 +21,9 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import diskcache
 
@@ -30,6 +31,7 @@ import diskcache
 # journal mode and auto-vacuum, which are persistent in the database file: ~1.8 ms of CPU per connection for nothing)
 _PER_CONNECTION = ("cache_size", "mmap_size", "synchronous")
 DEFAULT_LIMIT = 64  # mirrors with open connections at once (serve: [server] max_open_mirrors)
+_KEYS_PER_QUERY = 500  # bound parameters of one Database.get_many query (older SQLite builds allow 999)
 
 
 class Database(diskcache.Cache):  # type: ignore[misc]  # diskcache has no type hints
@@ -75,6 +77,24 @@ class Database(diskcache.Cache):  # type: ignore[misc]  # diskcache has no type 
                 if key.startswith("sqlite_"):
                     self.reset(key, value, update=False)
         return con
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """{key: value} of the string `keys` present (as many `get` calls would: a key missing, or whose value file
+        vanished meanwhile, is left out), read with a few queries instead of one per key (a mirror load reads
+        thousands of buckets: ~20 us of statement and call overhead each). Values are decoded by diskcache's own
+        Disk.fetch (inline or in a file, any mode)."""
+        found: dict[str, Any] = {}
+        fetch = self._disk.fetch
+        now = time.time()
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[start:start + _KEYS_PER_QUERY]
+            rows = self._sql(
+                "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN (%s)"
+                " AND (expire_time IS NULL OR expire_time > ?)" % ",".join("?" * len(chunk)), (*chunk, now))
+            for key, mode, filename, value in rows:  # one row's bytes at a time
+                with contextlib.suppress(OSError):  # deleted with its row after the query: missing, as for `get`
+                    found[key] = fetch(mode, filename, value, False)
+        return found
 
     def close(self) -> None:
         """The calling thread's connection (diskcache's meaning)."""

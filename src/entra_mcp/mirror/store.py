@@ -364,7 +364,7 @@ class MirrorStore:
         }
 
     def _read_coll(
-        self, cache: diskcache.Cache, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any],
+        self, cache: Database, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any],
         held: DirectorySnapshot | None = None,
     ) -> tuple[Any, tuple[int, ...]]:
         """One collection of the snapshot and its objects per bucket: a Table for TABLES, lists of records for
@@ -378,7 +378,7 @@ class MirrorStore:
             before, rows, moved = reused
             if not moved:
                 return before, rows
-            fresh = {i: self._bucket(cache, area, coll, i, revs[i]) for i in moved}
+            fresh = self._buckets(cache, area, coll, {i: revs[i] for i in moved})
             if coll in TABLES:
                 spliced = before.splice(rows, {i: b if b is None or is_packed(b) else pack(b) for i, b in fresh.items()},
                                         share=pool)
@@ -386,7 +386,7 @@ class MirrorStore:
                     return spliced, tuple(_rows(fresh[i]) if i in fresh else rows[i] for i in range(n))
             elif _FORMS.get(coll) == "members":
                 return self._splice_members(before, rows, fresh, pool, n)
-        stored = {i: self._bucket(cache, area, coll, i, rev) for i, rev in enumerate(revs) if rev >= 0}
+        stored = self._buckets(cache, area, coll, {i: rev for i, rev in enumerate(revs) if rev >= 0})
         counts = tuple(_rows(stored.get(i)) for i in range(n))
         buckets = [b for b in stored.values() if b is not None]
         if coll in TABLES:
@@ -405,14 +405,14 @@ class MirrorStore:
         return out, counts
 
     @staticmethod
-    def _bucket(cache: diskcache.Cache, area: str, coll: str, i: int, rev: int) -> Any:
-        """The stored bucket (None for an empty one, rev < 0); _Stale when a newer commit removed it meanwhile."""
-        if rev < 0:
-            return None
-        bucket = cache.get(_key(area, coll, i, rev), default=_MISSING)
-        if bucket is _MISSING:
+    def _buckets(cache: Database, area: str, coll: str, revs: Mapping[int, int]) -> dict[int, Any]:
+        """{i: the stored bucket i of revision revs[i]} (None for an empty one, rev < 0), read together (a few queries
+        per collection, not one per bucket); _Stale when a newer commit removed one meanwhile."""
+        keys = {i: _key(area, coll, i, rev) for i, rev in revs.items() if rev >= 0}
+        found = cache.get_many(list(keys.values()))
+        if len(found) < len(keys):
             raise _Stale()
-        return bucket
+        return {i: found[keys[i]] if rev >= 0 else None for i, rev in revs.items()}
 
     @staticmethod
     def _reuse(held: DirectorySnapshot | None, coll: str, n: int, revs: list[int],
@@ -455,7 +455,7 @@ class MirrorStore:
             start = end
         return out, tuple(counts)
 
-    def _consistent(self, tenant_name: str, read: Callable[[dict[str, Any], diskcache.Cache], _T]) -> _T | None:
+    def _consistent(self, tenant_name: str, read: Callable[[dict[str, Any], Database], _T]) -> _T | None:
         """`read(root, cache)` of the committed root, started again from the new root when a newer commit removed a
         bucket it needed (`_Stale`); None when there is no (usable) mirror."""
         with self._cache(tenant_name, create=False) as cache:
@@ -477,7 +477,7 @@ class MirrorStore:
         anyway (the server's current one): the collections and buckets not rewritten since are taken from it instead
         of being read again, so a small delta's reload costs a few buckets of memory and CPU, not a second copy."""
 
-        def read(root: dict[str, Any], cache: diskcache.Cache) -> DirectorySnapshot:
+        def read(root: dict[str, Any], cache: Database) -> DirectorySnapshot:
             # this load's ids: the tables are read first, so member lists, managers and assignments reuse the id
             # objects the tables hold (a bucket's pickle shares equal strings only within itself)
             pool: dict[Any, Any] = {}
@@ -497,7 +497,7 @@ class MirrorStore:
         the others (the server's sign-in window) follows a commit in proportion to what it rewrote. None when there
         is no (usable) mirror. Consistent like load_snapshot."""
 
-        def read(root: dict[str, Any], cache: diskcache.Cache) -> AreaBuckets:
+        def read(root: dict[str, Any], cache: Database) -> AreaBuckets:
             a = _area_of(root, area)
             base = held if held is not None and held.tenant_id == root["tenant_id"] and held.stamp <= _stamp(root) else None
             specs: dict[str, tuple[int, tuple[int, ...]]] = {}
@@ -508,8 +508,8 @@ class MirrorStore:
                 before = base.specs.get(coll) if base is not None else None
                 same = before is not None and before[0] == n
                 specs[coll] = (n, revs)
-                buckets[coll] = {i: self._bucket(cache, area, coll, i, rev) for i, rev in enumerate(revs)
-                                 if rev >= 0 and not (same and before[1][i] == rev)}  # type: ignore[index]
+                buckets[coll] = self._buckets(cache, area, coll, {i: rev for i, rev in enumerate(revs)
+                                                                  if rev >= 0 and not (same and before[1][i] == rev)})  # type: ignore[index]
             return AreaBuckets(tenant_id=root["tenant_id"], version=int(root["version"]), stamp=_stamp(root),
                                status=_status_from_dict(a["status"]), meta=dict(a["meta"]), specs=specs, buckets=buckets,
                                whole=frozenset(c for c in specs if base is None or base.specs.get(c, (None,))[0] != specs[c][0]))
@@ -520,18 +520,13 @@ class MirrorStore:
         """The committed mirror as it is stored (root and the buckets it names), for a replica to adopt; None when
         there is no (usable) mirror. Consistent like load_snapshot."""
 
-        def read(root: dict[str, Any], cache: diskcache.Cache) -> MirrorExport:
-            buckets: dict[str, Any] = {}
-            for area, a in root["areas"].items():
-                for coll, spec in a["colls"].items():
-                    for i, rev in enumerate(spec[1] if spec else ()):
-                        if rev >= 0:
-                            k = _key(area, coll, i, rev)
-                            value = cache.get(k, default=_MISSING)
-                            if value is _MISSING:
-                                raise _Stale()
-                            buckets[k] = value
-            return MirrorExport(root=root, buckets=buckets)
+        def read(root: dict[str, Any], cache: Database) -> MirrorExport:
+            keys = [_key(area, coll, i, rev) for area, a in root["areas"].items() for coll, spec in a["colls"].items()
+                    for i, rev in enumerate(spec[1] if spec else ()) if rev >= 0]
+            found = cache.get_many(keys)
+            if len(found) < len(keys):
+                raise _Stale()
+            return MirrorExport(root=root, buckets={k: found[k] for k in keys})
 
         return self._consistent(tenant_name, read)
 
