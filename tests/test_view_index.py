@@ -77,7 +77,7 @@ def reference(users: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 _TEXT = st.sampled_from(["Ana", "ANA", "ana", "Ben", "Chloé", "Иван", "Петров", "محمد", "علي", "王伟", "O'Brien", "Ana Ben",
                          "", "x_y", "Łęcki"])
-_ADDRESS = st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(["ana", "ANA", "ben", "a.b", "Wei"]),
+_ADDRESS = st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(["ana", "ANA", "ben", "a.b", "Wei", "STRAßE", "İla"]),
                      st.sampled_from(["contoso.example", "Contoso.Example", "fabrikam.example"]))
 _PROXY = st.builds(lambda prefix, address: f"{prefix}{address}", st.sampled_from(["SMTP:", "smtp:", "sip:", "X500:smtp:", ""]),
                    _ADDRESS)
@@ -94,9 +94,11 @@ def directories(draw: Any) -> dict[str, dict[str, Any]]:
                              ("proxyAddresses", st.lists(st.one_of(_PROXY, st.just("")), max_size=3)),
                              ("employeeId", st.one_of(st.sampled_from(["E1", "e1", "E2"]), st.integers(0, 3))),
                              ("onPremisesSamAccountName", st.sampled_from(["ana", "ANA", "ben"])),
-                             ("mailNickname", st.sampled_from(["ana", "Ana", "ben", "wei"]))):
+                             ("mailNickname", st.sampled_from(["ana", "Ana", "ben", "wei", "strasse", "Straße", "i\u0307la", "İla"]))):
             if draw(st.booleans()):
                 user[name] = draw(st.one_of(st.none(), values))
+        if draw(st.integers(0, 9)) == 0:
+            user[draw(st.sampled_from(["userPrincipalName", "mail", "mailNickname"]))] = ""
         if user.get("userPrincipalName") and draw(st.booleans()):
             user["mail"] = user["userPrincipalName"]  # the mirror then stores one object for both
         users[user["id"]] = user
@@ -121,3 +123,24 @@ def test_shared_keys_hold_their_ids_in_position_order() -> None:
     assert built["nicknames"]["helpdesk"] == ("u3", "u1", "u2")
     assert built["full_names"]["sam lee"] == ("u3", "u1", "u2")
     assert built["postings"]["lee"] == (0, 1, 2)
+
+
+def test_addresses_whose_casefold_changes_length() -> None:
+    """A nickname is the local part of an address by the address's own prefix casefolded ("STRAßE@..."[:8] is
+    "strasse@c", so "strasse" is not its local part, while "straße" is); a proxy repeats an address by its whole
+    casefolded key. Each case here once made the bulk build differ from the definition when broken."""
+    users = {
+        "u0": {"id": "u0", "userPrincipalName": "STRAßE@contoso.example", "mailNickname": "strasse",
+               "proxyAddresses": ["SMTP:strasse@contoso.example", "smtp:STRAßE@contoso.example"]},
+        "u1": {"id": "u1", "userPrincipalName": "a@contoso.example", "mail": "İla@contoso.example", "mailNickname": "i\u0307la",
+               "proxyAddresses": ["smtp:İLA@contoso.example", "X500:smtp:b@contoso.example", "smtp:b@contoso.example",
+                                  "x500:SMTP:B@contoso.example"]},
+        "u2": {"id": "u2", "userPrincipalName": "wei@contoso.example", "otherMails": ["W@fabrikam.example"],
+               "mailNickname": "WEI", "proxyAddresses": ["sip:w@fabrikam.example", "smtp:wei@contoso.example", "wei@x.example"]},
+        "u3": {"id": "u3", "userPrincipalName": "straße@contoso.example", "mailNickname": "Straße", "mail": "",
+               "proxyAddresses": ["", "SMTP:STRASSE@contoso.example"]},
+    }
+    expected = reference(users)
+    for built in (_index_users(users), _index_users(Table.from_dicts(users))):
+        assert {k: list(v) if k in ("user_ids", "user_names") else v for k, v in built.items()} == expected
+    assert expected["nicknames"] == {"strasse": ("u0", "u3"), "i\u0307la": "u1"}

@@ -25,8 +25,8 @@ import gc
 import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
-from itertools import chain, compress
-from operator import is_not, methodcaller, ne
+from itertools import chain, compress, repeat
+from operator import add, is_not, itemgetter, methodcaller, ne, not_
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
@@ -120,10 +120,36 @@ def _present(values: list[Any], user_ids: list[str]) -> tuple[list[Any], list[st
     return [v for v in values if v], [uid for v, uid in zip(values, user_ids) if v]
 
 
-def _present_items(lists: list[Any], user_ids: list[str]) -> tuple[list[Any], list[str]]:
-    """_present over list values (otherMails, proxyAddresses): each set item and its user's id, in order."""
+def _present_items(lists: list[Any], owners: Iterable[Any]) -> tuple[list[Any], list[Any]]:
+    """_present over list values (otherMails, proxyAddresses): each set item and its owner (a user's id or row), in
+    order."""
     return ([item for found in lists if found for item in found if item],
-            [uid for found, uid in zip(lists, user_ids) if found for item in found if item])
+            [owner for found, owner in zip(lists, owners) if found for item in found if item])
+
+
+def _folded_column(texts: list[Any]) -> list[Any]:
+    """_key of each set text, None for each unset one: a list as long as `texts` (a column read by row)."""
+    if all(texts):
+        return _folded_keys(texts)
+    keys = iter(_folded_keys([text for text in texts if text]))
+    return [next(keys) if text else None for text in texts]
+
+
+def _not_local_part(nick_keys: list[Any], addresses: list[Any], address_keys: list[Any]) -> list[bool]:
+    """For each row: its nickname key is set and is not the local part of its address (`address[:len(key) + 1]`
+    casefolded is not `key + "@"`); `address_keys` are the addresses casefolded (None where unset or not to check).
+
+    An ASCII address folds letter by letter, so its folded prefix is the prefix of its key: one startswith at C speed
+    per row; the rows with another address are checked by the definition."""
+    starts = address_keys if all(address_keys) else [key or "" for key in address_keys]
+    ends = list(map(add, nick_keys, repeat("@"))) if all(nick_keys) else [key + "@" if key else "" for key in nick_keys]
+    out = list(map(not_, map(str.startswith, starts, ends)))  # an unset nickname: "" starts every key
+    texts = addresses if all(addresses) else [text or "" for text in addresses]
+    for i in compress(range(len(texts)), map(not_, map(str.isascii, texts))):
+        key = nick_keys[i]
+        if key is not None and address_keys[i] is not None:
+            out[i] = texts[i][: len(key) + 1].casefold() != key + "@"
+    return out
 
 
 def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -142,24 +168,32 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     # exact identifiers: UPN, mail (unless the very object of the UPN: the mirror stores an equal one once), other
     # mails, then the proxy addresses whose address part is not already one of the user's keys
     exact: dict[str, Any] = {}
-    texts, ids = _present(upns, user_ids)
-    upn_keys = _folded_keys(texts)
-    _bulk_add(exact, upn_keys, ids, position)
-    upn_domains = _upn_domains(upn_keys)
-    texts, ids = _present([mail if mail is not upn else None for mail, upn in zip(mails, upns)], user_ids)
-    _bulk_add(exact, _folded_keys(texts), ids, position)
-    texts, ids = _present_items(other_mails, user_ids)
-    _bulk_add(exact, _folded_keys(texts), ids, position)
+    upn_keys = _folded_column(upns)  # by row, None where unset
+    texts, ids = _present(upn_keys, user_ids)
+    _bulk_add(exact, texts, ids, position)
+    upn_domains = _upn_domains(texts)
+    mail_keys = _folded_column([mail if mail is not upn else None for mail, upn in zip(mails, upns)])
+    _bulk_add(exact, *_present(mail_keys, user_ids), position)
+    texts, at = _present_items(other_mails, range(n))
+    other_keys = _folded_keys(texts)
+    _bulk_add(exact, other_keys, list(map(user_ids.__getitem__, at)), position)
     # a proxy's address part is already a key when it is the user's UPN, mail or other mail (the common "SMTP:" + UPN)
-    # or one of its earlier proxies; only the others become keys
-    texts, ids = _present_items(proxies, user_ids)
+    # or one of its earlier proxies; only the others become keys. Compared with the user's own keys row by row: the
+    # UPN for every proxy at C speed, the few users' other addresses after
+    own: dict[int, set[str]] = {}
+    for row, key in chain(zip(compress(range(n), mail_keys), filter(None, mail_keys)), zip(at, other_keys)):
+        own.setdefault(row, set()).add(key)
+    texts, at = _present_items(proxies, range(n))
     keys = _folded_keys(texts)
-    get = exact.get
-    kept = [(held := get(key.partition(":")[2])) != uid and not (type(held) is tuple and uid in held)
-            for key, uid in zip(keys, ids)]
-    if max(map(methodcaller("count", ":"), keys), default=0) > 1:  # "X500:smtp:a@b": may be an earlier proxy's key
-        kept = _not_after_own_proxy(kept, keys, ids)
+    ids = list(map(user_ids.__getitem__, at))
+    kept = list(map(ne, map(itemgetter(2), map(str.partition, keys, repeat(":"))), map(upn_keys.__getitem__, at)))
+    for i in compress(range(len(at)), map(own.__contains__, at)):
+        if kept[i] and keys[i].partition(":")[2] in own[at[i]]:
+            kept[i] = False
+    if any(map(ne, map(str.count, compress(keys, kept), repeat(":")), repeat(1))):
+        kept = _not_after_own_proxy(kept, keys, ids)  # "a@b" or "X500:smtp:a@b": may be a later proxy's address
     _bulk_add(exact, list(compress(keys, kept)), list(compress(ids, kept)), position)
+    del own, at
 
     # employeeId kept as written (lookups try the query as given, upper and lower case); accounts; nicknames that
     # are not the local part of the user's UPN or mail
@@ -170,11 +204,13 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     texts, ids = _present(accounts, user_ids)
     _bulk_add(sam, _folded_keys(texts), ids, position)
     nicknames: dict[str, Any] = {}
-    nick_keys: list[Any] = [_key(nick) if nick else None for nick in nicks]
-    kept = [key is not None and not (upn and upn[: len(key) + 1].casefold() == key + "@")
-            and not (mail and mail[: len(key) + 1].casefold() == key + "@") for key, upn, mail in zip(nick_keys, upns, mails)]
+    nick_keys = _folded_column(nicks)
+    kept = _not_local_part(nick_keys, upns, upn_keys)
+    for i in compress(range(n), mail_keys):  # the few users whose mail is not their UPN
+        if kept[i] and mails[i][: len(nick_keys[i]) + 1].casefold() == nick_keys[i] + "@":
+            kept[i] = False
     _bulk_add(nicknames, list(compress(nick_keys, kept)), list(compress(user_ids, kept)), position)
-    del texts, ids, keys, nick_keys, kept  # the temporary lists go before the name indexes are made
+    del texts, ids, keys, upn_keys, mail_keys, nick_keys, kept  # the temporary lists go before the name indexes
 
     # names: each distinct (displayName, givenName, surname) is tokenised once, then its users' positions are added;
     # users are grouped by displayName (a group with one givenName and surname, the usual case, needs no key object)
@@ -258,10 +294,11 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def _not_after_own_proxy(kept: list[bool], keys: list[str], uids: list[str]) -> list[bool]:
     """`kept` (a flag per proxy key; a user's proxies are listed together) with the proxies whose address part is the
-    key of an earlier kept proxy of the same user turned off."""
+    key of an earlier kept proxy of the same user turned off ("smtp:a@b" after "a@b", "X500:smtp:a@b" after
+    "smtp:a@b")."""
     out = list(kept)
     for i, key in enumerate(keys):
-        if out[i] and key.count(":") > 1:
+        if out[i]:
             address = key.partition(":")[2]
             j = i - 1
             while j >= 0 and uids[j] is uids[i]:
