@@ -227,3 +227,178 @@ def test_coded_verdicts_are_judged_when_first_asked_and_all_at_once_by_judge() -
     assert spliced["u1"].scan(_counting_test, _ID) == ["jobTitle"] and _JUDGED == ["new bad title"]
     assert [oid for oid in spliced if spliced[oid].scan(_counting_test, _ID)] == ["u1"] + [f"u{i}" for i in range(200) if i % 31 == 30]
     assert _JUDGED == ["new bad title"]
+
+
+# ---- Table.concat against its previous definition (one stored column looked up per bucket and property, one coded
+# value keyed per bucket), kept here as the reference: the loaded tables must be the same, column kinds, coded value
+# order, indexes and shared string objects included.
+
+def _reference_concat(parts: list[Any], share: dict[str, str] | None) -> Table:
+    from array import array
+
+    from entra_mcp.mirror import table as T
+
+    def column(found: list[tuple[Any, int]]) -> Any:
+        kinds = {type(col) for col, _ in found if col is not None}
+        if kinds == {array}:
+            out = array("q")
+            for col, n in found:
+                out.extend(col if col is not None else array("q", [T._ABSENT_TS]) * n)
+            return out
+        if kinds == {Coded}:
+            values: list[Any] = []
+            where: dict[Any, int] = {}
+            idx = array("I")
+            for col, n in found:
+                if col is None:
+                    k = where.setdefault(ABSENT, len(values))
+                    if k == len(values):
+                        values.append(ABSENT)
+                    idx.extend(array("I", [k]) * n)
+                    continue
+                keys = col.values if T._PLAIN_KEYS.issuperset(map(type, col.values)) else tuple(map(T.frozen, col.values))
+                for k, v in zip(keys, col.values):
+                    if k not in where:
+                        where[k] = len(values)
+                        values.append(v)
+                idx.extend(array("I", map(list(map(where.__getitem__, keys)).__getitem__, col.idx)))
+            return Coded(values, idx)
+        out_list: list[Any] = []
+        for col, n in found:
+            out_list.extend(T._expand(col, n))
+        return out_list
+
+    ids: list[str] = []
+    fields: dict[str, None] = {}
+    sizes = []
+    for part in parts:
+        ids.extend(part[1])
+        fields.update(dict.fromkeys(part[2]))
+        sizes.append(len(part[1]))
+    if share is not None:
+        ids = list(map(share.setdefault, ids, ids))
+    cols = []
+    for name in fields:
+        found = []
+        for part, n in zip(parts, sizes):
+            try:
+                found.append((part[3][part[2].index(name)], n))
+            except ValueError:
+                found.append((None, n))
+        cols.append(column(found))
+    if share is not None:
+        T._share_columns(ids, list(fields), cols, share)
+    return Table(ids, list(fields), cols)
+
+
+def _assert_same_tables(new: Table, old: Table, known: set[int]) -> None:
+    """`known`: ids of the string objects of the buckets and the pool; a value that is one of them must be the same
+    object in both tables (a date written back from its epoch seconds is a new string either way)."""
+    from array import array
+
+    def alike(x: Any, y: Any) -> bool:
+        return x is y or type(x) is not str or (id(x) not in known and id(y) not in known)
+
+    assert new.ids == old.ids and all(a is b for a, b in zip(new.ids, old.ids))
+    assert new.fields == old.fields and len(new.cols) == len(old.cols)
+    for name, a, b in zip(new.fields, new.cols, old.cols):
+        assert type(a) is type(b), name
+        if type(a) is Coded:
+            assert len(a.values) == len(b.values) and all(map(_same_stored, a.values, b.values)), name
+            assert all(map(alike, a.values, b.values)), name
+            assert a.idx == b.idx and a.idx.typecode == b.idx.typecode, name
+        elif type(a) is array:
+            assert a == b and a.typecode == b.typecode, name
+        else:
+            assert len(a) == len(b) and all(map(_same_stored, a, b)), name
+            assert all(map(alike, a, b)), name
+            assert (a is new.ids) == (b is old.ids), name
+
+
+def _strings(value: Any, out: set[int]) -> None:
+    if type(value) is str:
+        out.add(id(value))
+    elif type(value) in (tuple, list):
+        for v in value:
+            _strings(v, out)
+    elif type(value) is dict:
+        for k, v in value.items():
+            _strings(k, out)
+            _strings(v, out)
+    elif type(value) is Coded:
+        _strings(value.values, out)
+
+
+def _same_stored(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if type(a) is tuple:
+        return len(a) == len(b) and all(map(_same_stored, a, b))
+    return _same(a, b) if a is not ABSENT else b is ABSENT
+
+
+def _concat_both_ways(parts_pickled: list[bytes], pool: list[str]) -> None:
+    for share_on in (False, True):
+        # each definition gets its own unpickled copy of the buckets and an equal pool made of the same objects
+        share_new: dict[str, str] | None = dict(zip(pool, pool)) if share_on else None
+        share_old: dict[str, str] | None = dict(zip(pool, pool)) if share_on else None
+        parts = [pickle.loads(p) for p in parts_pickled]
+        new = Table.concat(parts, share=share_new)
+        old = _reference_concat(parts, share_old)  # the same bucket objects: equal strings are the same objects
+        known: set[int] = set()
+        _strings([list(part[1:]) for part in parts] + pool, known)
+        _assert_same_tables(new, old, known)
+        assert share_new == share_old and all(share_new[k] is share_old[k] for k in share_new or {})  # type: ignore[index]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_buckets, min_size=0, max_size=5))
+@example(_EVERY_EDGE)
+def test_concat_equals_its_previous_definition(buckets: list[dict[str, dict[str, Any]]]) -> None:
+    seen: set[str] = set()
+    parts = []
+    for bucket in buckets:
+        bucket = {k: v for k, v in bucket.items() if k not in seen}
+        seen.update(bucket)
+        parts.append(pickle.dumps(pack(bucket)))
+    _concat_both_ways(parts, sorted(seen)[::2])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_concat_equals_its_previous_definition_on_large_repeating_buckets(seed: int) -> None:
+    """Buckets of ~100 rows with values from small pools, as the mirror's: coded columns in some buckets and plain
+    in others, date columns with a non-date in one bucket, properties missing from whole buckets, ids and
+    manager ids that the pool already holds."""
+    import random
+
+    rng = random.Random(seed)
+    users = [f"user-{i:04d}" for i in range(rng.randrange(300, 900))]
+    pools: dict[str, list[Any]] = {
+        "department": ["Sales", "IT", None, "", "Legal"],
+        "accountEnabled": [True, False, None, 1],
+        "createdDateTime": ["2026-11-26T08:15:00Z", None, "2025-01-02T03:04:05Z"],
+        "licenses": [["a", "b"], ["a"], [], None, [{"skuId": "x"}]],
+        "score": [1, 2, 1.5, True, None],
+        "managerId": users[:40] + [None],
+        "jobTitle": [f"Title {k}" for k in range(rng.randrange(3, 60))],
+        "extra": [{"a": 1}, {"a": [1, 2]}, "text", None],
+    }
+    names = list(pools)
+    parts = []
+    start = 0
+    while start < len(users):
+        n = rng.randrange(0, 160)
+        have = [name for name in names if rng.random() < 0.85]
+        rng.shuffle(have)
+        bucket: dict[str, dict[str, Any]] = {}
+        for oid in users[start:start + n]:
+            obj: dict[str, Any] = {"id": oid, "displayName": f"Name {rng.randrange(50)}"}
+            for name in have:
+                if rng.random() < 0.95:
+                    obj[name] = rng.choice(pools[name])
+            if rng.random() < 0.01 and "createdDateTime" in have:
+                obj["createdDateTime"] = "not a date"
+            bucket[oid] = obj
+        start += n
+        parts.append(pickle.dumps(pack(bucket)))
+    _concat_both_ways(parts, users[::3] + ["Sales", "Title 1"])

@@ -397,27 +397,33 @@ class Table(Mapping[str, Record]):
     def concat(cls, parts: Sequence[Any], *, share: dict[str, str] | None = None) -> "Table":
         """One Table from stored buckets (see `pack`). Ids found in `share` become its string objects (so the
         tables and member lists of one snapshot hold each id once); new ids are added to it."""
-        ids: list[str] = []
+        ids: list[str] = list(chain.from_iterable([part[1] for part in parts]))
+        sizes = [len(part[1]) for part in parts]
+        # the property names in first-seen order; the buckets of a collection nearly all list the same ones
         fields: dict[str, None] = {}
-        sizes = []
+        layouts: dict[tuple[str, ...], dict[str, int]] = {}
         for part in parts:
-            ids.extend(part[1])
-            fields.update(dict.fromkeys(part[2]))
-            sizes.append(len(part[1]))
+            names = tuple(part[2])
+            if names not in layouts:
+                layouts[names] = {name: j for j, name in enumerate(names)}
+                fields.update(dict.fromkeys(names))
+        order = tuple(fields)
+        # each bucket's columns in `order` (None where it lacks a property), then one tuple of stored columns per
+        # property at C speed
+        aligned = []
+        for part in parts:
+            names = tuple(part[2])
+            if names == order:
+                aligned.append(part[3])
+            else:
+                at = layouts[names]
+                aligned.append([part[3][at[name]] if name in at else None for name in order])
         if share is not None:
             ids = list(map(share.setdefault, ids, ids))
-        cols = []
-        for name in fields:
-            found = []
-            for part, n in zip(parts, sizes):
-                try:
-                    found.append((part[3][part[2].index(name)], n))
-                except ValueError:
-                    found.append((None, n))
-            cols.append(_concat_column(found))
+        cols = [_concat_column(stored, sizes) for stored in zip(*aligned)] if order else []
         if share is not None:
-            _share_columns(ids, list(fields), cols, share)
-        return cls(ids, list(fields), cols)
+            _share_columns(ids, list(order), cols, share)
+        return cls(ids, list(order), cols)
 
     def splice(self, rows: Sequence[int], parts: Mapping[int, Any], *, share: dict[str, str]) -> "Table | None":
         """This table (loaded from stored buckets of `rows[i]` objects each, in bucket order) with the buckets in
@@ -623,36 +629,46 @@ def _expand(col: Any, n: int) -> list[Any]:
     return [None if x == _NULL_TS else ABSENT if x == _ABSENT_TS else _from_ts(x) for x in col]
 
 
-def _concat_column(found: list[tuple[Any, int]]) -> Any:
-    kinds = {type(col) for col, _ in found if col is not None}
+def _concat_column(stored: Sequence[Any], sizes: Sequence[int]) -> Any:
+    """One column of Table.concat from the buckets' stored columns (None: the bucket lacks the property) of `sizes`
+    rows each: dates stay dates, coded columns stay coded (their distinct values once, in first-seen order), anything
+    else becomes a plain list."""
+    kinds = set(map(type, stored))
+    kinds.discard(type(None))
     if kinds == {array}:
         out = array("q")
-        for col, n in found:
+        for col, n in zip(stored, sizes):
             out.extend(col if col is not None else array("q", [_ABSENT_TS]) * n)
         return out
     if kinds == {Coded}:
-        values: list[Any] = []
-        where: dict[Any, int] = {}
+        # every bucket's distinct values in one list: keyed, deduplicated and numbered at C speed, then each bucket's
+        # indexes mapped through its slice of the numbering
+        each = [col.values if col is not None else _ABSENT_ONLY for col in stored]
+        flat = list(chain.from_iterable(each))
+        plain = _PLAIN_KEYS.issuperset(map(type, flat))  # strings, nulls and ABSENT are their own keys
+        keys = flat if plain else list(map(frozen, flat))
+        first = dict.fromkeys(keys)  # the distinct keys in first-seen order (plain ones: the first value object)
+        numbered = list(map(dict(zip(first, range(len(first)))).__getitem__, keys))
+        if plain:
+            values: list[Any] = list(first)
+        else:  # each key's first value, found by its number (a frozen key is a tuple: hashed anew at every lookup)
+            at = dict(zip(reversed(numbered), range(len(numbered) - 1, -1, -1)))
+            values = [flat[at[k]] for k in range(len(first))]
         idx = array("I")
-        for col, n in found:
-            if col is None:
-                k = where.setdefault(ABSENT, len(values))
-                if k == len(values):
-                    values.append(ABSENT)
-                idx.extend(array("I", [k]) * n)
-                continue
-            # strings, nulls and ABSENT are their own keys (most coded columns): no frozen() call per value
-            keys = col.values if _PLAIN_KEYS.issuperset(map(type, col.values)) else tuple(map(frozen, col.values))
-            for k, v in zip(keys, col.values):
-                if k not in where:
-                    where[k] = len(values)
-                    values.append(v)
-            idx.extend(array("I", map(list(map(where.__getitem__, keys)).__getitem__, col.idx)))
+        start = 0
+        for col, n, vals in zip(stored, sizes, each):
+            end = start + len(vals)
+            here = numbered[start:end]
+            start = end
+            idx.extend(array("I", here) * n if col is None else array("I", map(here.__getitem__, col.idx)))
         return Coded(values, idx)
     out_list: list[Any] = []
-    for col, n in found:
+    for col, n in zip(stored, sizes):
         out_list.extend(_expand(col, n))
     return out_list
+
+
+_ABSENT_ONLY = (ABSENT,)
 
 
 # ---------------------------------------------------------------- writing
