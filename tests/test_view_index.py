@@ -1,18 +1,21 @@
-"""The user indexes are built column by column (identity/view.py `_index_users`). Checked here against their
-definition written one user at a time: for any users (colliding addresses in mixed case, proxies repeating the UPN or
-each other, numeric employee ids, nicknames equal to an address's local part, names in other scripts, missing names),
-the bulk build gives exactly the same indexes, from a mirror Table as from plain dicts."""
+"""The indexes of identity/view.py are built column by column (`_index_users`, `_index_groups`, `_index_apps`,
+`_index_assignments_and_domains`). Checked here against their definitions written one object at a time: for any users
+(colliding addresses in mixed case, addresses whose casefold changes length, proxies repeating the UPN or each other,
+numeric employee ids, nicknames equal to an address's local part, names in other scripts, missing or empty values)
+and any groups, apps and assignments (ids, names, mails and appIds colliding in mixed case, missing principals), the
+bulk build gives exactly the same indexes, from mirror Tables as from plain dicts."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entra_mcp.identity.text import is_abjad, latin_name, latin_tokens, name_tokens, skeleton
-from entra_mcp.identity.view import _index_users
-from entra_mcp.mirror.table import Table
+from entra_mcp.identity.text import folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton
+from entra_mcp.identity.view import _add, _index_apps, _index_assignments_and_domains, _index_groups, _index_users
+from entra_mcp.mirror.snapshot import DirectorySnapshot
+from entra_mcp.mirror.table import Table, concat_groups, pack_groups, records_column
 
 
 def reference(users: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -144,3 +147,109 @@ def test_addresses_whose_casefold_changes_length() -> None:
     for built in (_index_users(users), _index_users(Table.from_dicts(users))):
         assert {k: list(v) if k in ("user_ids", "user_names") else v for k, v in built.items()} == expected
     assert expected["nicknames"] == {"strasse": ("u0", "u3"), "i\u0307la": "u1"}
+
+
+# ---------------------------------------------------------------- groups, apps, assignments (_index_directory)
+
+def reference_groups(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The group indexes by their definition, group by group."""
+    keys: dict[str, Any] = {}
+    names: set[str] = set()
+    for gid, group in groups.items():
+        _add(keys, gid.casefold(), gid)
+        name = folded_name(group.get("displayName"))
+        if name:
+            _add(keys, name, gid)
+            names.add(name)
+        if group.get("mail"):
+            _add(keys, str(group["mail"]).casefold(), gid)
+    return {"group_keys": keys, "group_names": tuple(sorted(names)), "group_name_set": frozenset(names)}
+
+
+def reference_apps(applications: Mapping[str, Mapping[str, Any]],
+                   service_principals: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The app indexes by their definition, object by object."""
+    by: dict[str, dict[str, str]] = {"application": {}, "servicePrincipal": {}}
+    keys: dict[str, Any] = {}
+    names: set[str] = set()
+    for kind, objects in (("application", applications), ("servicePrincipal", service_principals)):
+        for oid, obj in objects.items():
+            app_id = str(obj.get("appId") or "").casefold()
+            ref = app_id or f"{kind}:{oid}"
+            if app_id:
+                by[kind].setdefault(app_id, oid)
+                _add(keys, app_id, ref)
+            _add(keys, oid.casefold(), ref)
+            for name_field in ("displayName", "appDisplayName"):
+                name = folded_name(obj.get(name_field))
+                if name:
+                    _add(keys, name, ref)
+                    names.add(name)
+    return {"sp_by_app_id": by["servicePrincipal"], "app_by_app_id": by["application"], "app_keys": keys,
+            "app_names": tuple(sorted(names)), "app_name_set": frozenset(names)}
+
+
+def reference_assignments(assignments: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, tuple[Any, ...]]:
+    out: dict[str, list[Any]] = {}
+    for listed in assignments.values():
+        for assignment in listed:
+            if assignment.get("principalId"):
+                out.setdefault(assignment["principalId"], []).append(assignment)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+_ID = st.sampled_from(["G1", "g1", "A-1", "a-1", "x", "Sales"])
+_NAME = st.one_of(st.none(), st.sampled_from(["Sales", "sales ", "SALES!", "Ventes Été", "ventes ete", "", "営業", "g1"]))
+
+
+@st.composite
+def directory_objects(draw: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    def objects(fields: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for oid in draw(st.lists(_ID, max_size=6, unique=True)):
+            obj: dict[str, Any] = {"id": oid}
+            for name, values in fields.items():
+                if draw(st.booleans()):
+                    obj[name] = draw(values)
+            out[oid] = obj
+        return out
+
+    groups = objects({"displayName": _NAME, "mail": st.one_of(st.none(), st.sampled_from(["", "Sales", "a@b.example", "A@B.example"]))})
+    app_id = st.one_of(st.none(), st.sampled_from(["", "APP1", "app1", "app2", "Sales"]))
+    applications = objects({"appId": app_id, "displayName": _NAME})
+    sps = objects({"appId": app_id, "displayName": _NAME, "appDisplayName": _NAME})
+    assignments = {resource: [{"id": f"{resource}-{i}", "principalId": draw(st.one_of(st.none(), st.sampled_from(["", "u1", "u2", "G1"]))),
+                               "resourceId": resource} for i in range(draw(st.integers(0, 3)))]
+                   for resource in draw(st.lists(st.sampled_from(["r1", "r2", "r3"]), unique=True))}
+    return groups, applications, sps, assignments
+
+
+@settings(max_examples=150, deadline=None)
+@given(directory_objects())
+def test_directory_indexes_equal_their_definition(found: tuple[Any, ...]) -> None:
+    groups, applications, sps, assignments = found
+    expected = {**reference_groups(groups), **reference_apps(applications, sps),
+                "assignments_by_principal": reference_assignments(assignments)}
+    grouped = concat_groups([pack_groups(assignments)]) if assignments else {}
+    for tables in (False, True):
+        snapshot = DirectorySnapshot(
+            tenant="t", tenant_id="t", as_of=None, interval_minutes=15,
+            groups=Table.from_dicts(groups) if tables else groups,
+            applications=Table.from_dicts(applications) if tables else applications,
+            service_principals=Table.from_dicts(sps) if tables else sps,
+            app_role_assignments=grouped if tables else assignments)
+        built = {**_index_groups(snapshot), **_index_apps(snapshot), **_index_assignments_and_domains(snapshot)}
+        built.pop("domains")
+        assert built == expected
+        for principal, listed in built["assignments_by_principal"].items():  # the very assignment objects, in order
+            assert [a["id"] for a in listed] == [a["id"] for a in expected["assignments_by_principal"][principal]]
+
+
+def test_records_column_reads_a_table_or_each_record() -> None:
+    grouped = concat_groups([pack_groups({"r1": [{"id": "a", "principalId": "u1"}, {"id": "b"}], "r2": [{"id": "c", "principalId": "u2"}]})])
+    records = [r for listed in grouped.values() for r in listed]
+    assert records_column(records, "principalId") == ["u1", None, "u2"]
+    assert records_column(records[1:], "principalId") == [None, "u2"]  # not the whole table: one get each
+    assert records_column(records[::-1], "principalId") == ["u2", None, "u1"]
+    assert records_column([{"principalId": "u3"}, *records], "principalId") == ["u3", "u1", None, "u2"]
+    assert records_column([], "principalId") == []

@@ -35,6 +35,7 @@ from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
+from ..mirror.table import records_column
 from .member_index import MemberOf
 from .text import folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton, utcnow
 
@@ -393,17 +394,29 @@ def _index_directory(snapshot: DirectorySnapshot, held: "DirectoryView | None" =
     return out
 
 
+def _folded_names(texts: list[Any]) -> list[str]:
+    """folded_name of each text, computed once per distinct text (group and app names repeat)."""
+    cache: dict[Any, str] = {}
+    for text in texts:
+        if text not in cache:
+            cache[text] = folded_name(text)
+    return list(map(cache.__getitem__, texts))
+
+
 def _index_groups(snapshot: DirectorySnapshot) -> dict[str, Any]:
+    groups = snapshot.groups
+    ids = list(groups)
+    position = dict(zip(ids, range(len(ids)))).__getitem__
+    names = _folded_names(_column(groups, "displayName"))
+    mails = _column(groups, "mail")
     group_keys: dict[str, Any] = {}
-    group_names: set[str] = set()
-    for gid, group in snapshot.groups.items():
-        _add(group_keys, gid.casefold(), gid)
-        name = folded_name(group.get("displayName"))
-        if name:
-            _add(group_keys, name, gid)
-            group_names.add(name)
-        if group.get("mail"):
-            _add(group_keys, str(group["mail"]).casefold(), gid)
+    # each group's id, folded name and mail (the order _add would give them group by group: ids in group order)
+    _bulk_add(group_keys, _folded_keys(ids), ids, position)
+    _bulk_add(group_keys, *_present(names, ids), position)
+    texts, owners = _present(mails, ids)
+    _bulk_add(group_keys, _folded_keys([str(mail) for mail in texts]), owners, position)
+    group_names = set(names)
+    group_names.discard("")
     return {"group_keys": group_keys, "group_names": tuple(sorted(group_names)), "group_name_set": frozenset(group_names)}
 
 
@@ -416,31 +429,29 @@ def _index_apps(snapshot: DirectorySnapshot) -> dict[str, Any]:
         ("application", snapshot.applications, app_by_app_id),
         ("servicePrincipal", snapshot.service_principals, sp_by_app_id),
     ):
-        for oid, obj in objects.items():
-            app_id = str(obj.get("appId") or "").casefold()
+        app_ids = [str(app_id or "").casefold() for app_id in _column(objects, "appId")]
+        names = _folded_names(_column(objects, "displayName"))
+        app_names_ = _folded_names(_column(objects, "appDisplayName"))
+        for oid, app_id, name, app_name in zip(objects, app_ids, names, app_names_):
             ref = app_id or f"{kind}:{oid}"  # an object without appId is still findable by its id
             if app_id:
                 by_app_id.setdefault(app_id, oid)
                 _add(app_keys, app_id, ref)
             _add(app_keys, oid.casefold(), ref)
-            for name_field in ("displayName", "appDisplayName"):
-                name = folded_name(obj.get(name_field))
-                if name:
-                    _add(app_keys, name, ref)
-                    app_names.add(name)
+            for folded in (name, app_name):
+                if folded:
+                    _add(app_keys, folded, ref)
+                    app_names.add(folded)
     return {"sp_by_app_id": sp_by_app_id, "app_by_app_id": app_by_app_id, "app_keys": app_keys,
             "app_names": tuple(sorted(app_names)), "app_name_set": frozenset(app_names)}
 
 
 def _index_assignments_and_domains(snapshot: DirectorySnapshot) -> dict[str, Any]:
-    by_principal: dict[str, list[dict[str, Any]]] = {}
-    for assignments in snapshot.app_role_assignments.values():
-        for assignment in assignments:
-            principal = assignment.get("principalId")
-            if principal:
-                by_principal.setdefault(principal, []).append(assignment)
-
-    return {"assignments_by_principal": {k: tuple(v) for k, v in by_principal.items()},
+    assignments = list(chain.from_iterable(snapshot.app_role_assignments.values()))
+    principals = records_column(assignments, "principalId")
+    by_principal: defaultdict[Any, list[dict[str, Any]]] = defaultdict(list)
+    deque(map(list.append, map(by_principal.__getitem__, principals), assignments), maxlen=0)
+    return {"assignments_by_principal": {k: tuple(v) for k, v in by_principal.items() if k},
             "domains": {str(d.get("id", "")).casefold(): d for d in snapshot.domains if d.get("id")}}
 
 

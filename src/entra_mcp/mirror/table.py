@@ -25,8 +25,8 @@ from __future__ import annotations
 import time
 from array import array
 from datetime import datetime, timedelta
-from itertools import chain
-from operator import methodcaller
+from itertools import chain, repeat
+from operator import attrgetter, is_, methodcaller
 from collections.abc import ItemsView, Mapping, ValuesView
 from typing import Any, Callable, Container, Iterator, Sequence, cast
 
@@ -722,6 +722,17 @@ def concat_groups(parts: Sequence[Any], *, share: dict[str, str] | None = None) 
             out[get(key, key) if get else key] = [Record(table, i) for i in range(row, row + n)]
             row += n
     return out
+
+
+def records_column(records: Sequence[Mapping[str, Any]], name: str) -> list[Any]:
+    """Each record's `name` (None where unset), in order: one column read when `records` are all the rows of one Table
+    in row order (the records concat_groups makes, chained), else one get each."""
+    if records and {*map(type, records)} == {Record}:
+        table: Table = records[0]._t  # type: ignore[attr-defined]
+        if (len(records) == len(table.ids) and all(map(is_, map(attrgetter("_t"), records), repeat(table)))
+                and list(map(attrgetter("_i"), records)) == list(range(len(records)))):
+            return table.column(name)
+    return [record.get(name) for record in records]
 
 
 def _pack_rows(ids: list[str], rows: list[Mapping[str, Any]]) -> tuple[Any, ...]:
