@@ -1,5 +1,5 @@
 """The indexes of identity/view.py are built column by column (`_index_users`, `_index_groups`, `_index_apps`,
-`_index_assignments_and_domains`). Checked here against their definitions written one object at a time: for any users
+`_index_assignments`). Checked here against their definitions written one object at a time: for any users
 (colliding addresses in mixed case, addresses whose casefold changes length, proxies repeating the UPN or each other,
 numeric employee ids, nicknames equal to an address's local part, names in other scripts, missing or empty values)
 and any groups, apps and assignments (ids, names, mails and appIds colliding in mixed case, missing principals), the
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entra_mcp.identity.text import folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton
-from entra_mcp.identity.view import _add, _index_apps, _index_assignments_and_domains, _index_groups, _index_users
+from entra_mcp.identity.view import _add, _index_apps, _index_assignments, _index_groups, _index_users
 from entra_mcp.mirror.snapshot import DirectorySnapshot
 from entra_mcp.mirror.table import Table, concat_groups, pack_groups, records_column
 
@@ -149,7 +149,7 @@ def test_addresses_whose_casefold_changes_length() -> None:
     assert expected["nicknames"] == {"strasse": ("u0", "u3"), "i\u0307la": "u1"}
 
 
-# ---------------------------------------------------------------- groups, apps, assignments (_index_directory)
+# ---------------------------------------------------------------- groups, apps, assignments (made on first use)
 
 def reference_groups(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The group indexes by their definition, group by group."""
@@ -238,8 +238,7 @@ def test_directory_indexes_equal_their_definition(found: tuple[Any, ...]) -> Non
             applications=Table.from_dicts(applications) if tables else applications,
             service_principals=Table.from_dicts(sps) if tables else sps,
             app_role_assignments=grouped if tables else assignments)
-        built = {**_index_groups(snapshot), **_index_apps(snapshot), **_index_assignments_and_domains(snapshot)}
-        built.pop("domains")
+        built = {**_index_groups(snapshot), **_index_apps(snapshot), "assignments_by_principal": _index_assignments(snapshot)}
         assert built == expected
         for principal, listed in built["assignments_by_principal"].items():  # the very assignment objects, in order
             assert [a["id"] for a in listed] == [a["id"] for a in expected["assignments_by_principal"][principal]]
@@ -253,3 +252,38 @@ def test_records_column_reads_a_table_or_each_record() -> None:
     assert records_column(records[::-1], "principalId") == ["u2", None, "u1"]
     assert records_column([{"principalId": "u3"}, *records], "principalId") == ["u3", "u1", None, "u2"]
     assert records_column([], "principalId") == []
+
+
+def test_group_app_and_assignment_indexes_are_made_on_first_use_and_kept() -> None:
+    """Not in build() (a cold start's first answer is most often a user's): made once on first use, kept by a
+    freshness refresh, a patch over the same collections and the prepared index (pickled), made again from a newer
+    collection."""
+    import pickle
+    from dataclasses import replace
+
+    from entra_mcp.identity.view import DirectoryView
+
+    groups = {"g1": {"id": "g1", "displayName": "Sales Team", "mail": "Sales@contoso.example"}}
+    sps = {"s1": {"id": "s1", "appId": "APP-1", "displayName": "Payroll"}}
+    assignments = {"s1": [{"id": "a1", "principalId": "u1", "resourceId": "s1"}]}
+    snap = DirectorySnapshot(tenant="t", tenant_id="t", as_of=None, interval_minutes=15, version=1,
+                             users=Table.from_dicts({"u1": {"id": "u1", "userPrincipalName": "u1@contoso.example"}}),
+                             groups=Table.from_dicts(groups), service_principals=Table.from_dicts(sps),
+                             app_role_assignments=concat_groups([pack_groups(assignments)]))
+    view = DirectoryView.build(snap)
+    assert not [name for name in view._derived if name.startswith("view.")]
+    keys = view.group_keys
+    assert keys == {"g1": "g1", "sales team": "g1", "sales@contoso.example": "g1"} and view.group_keys is keys
+    assert view.app_refs("payroll") == ("app-1",) and view.longest_name == 2
+    assert [a["id"] for a in view.assignments_of("u1")] == ["a1"]
+    assert replace(view, snapshot=replace(snap, stamp=2)).group_keys is keys
+    view.index_on_first_use()
+    loaded = pickle.loads(pickle.dumps(view))
+    assert {"view.groups", "view.apps", "view.assignments", "view.longest_name"} <= set(loaded._derived)
+    assert loaded.group_keys == keys and loaded.sp_by_app_id == {"app-1": "s1"}
+    same = view.updated(replace(snap, version=2))
+    assert same is not None and same.group_keys is keys
+    renamed = Table.from_dicts({"g1": {**groups["g1"], "displayName": "Sales EMEA Team"}})
+    newer = view.updated(replace(snap, version=3, groups=renamed))
+    assert newer is not None and newer.group_keys == {"g1": "g1", "sales emea team": "g1", "sales@contoso.example": "g1"}
+    assert newer.longest_name == 3 and newer.sp_by_app_id is view.sp_by_app_id

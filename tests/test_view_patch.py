@@ -20,9 +20,9 @@ _NOT_INDEXES = {"snapshot", "built_at", "_scores_cache", "_derived"}
 
 
 def assert_same_index(patched: DirectoryView, fresh: DirectoryView) -> None:
-    for f in fields(DirectoryView):
-        if f.name not in _NOT_INDEXES:
-            assert getattr(patched, f.name) == getattr(fresh, f.name), f"index {f.name} differs from a fresh build"
+    for name in (*(f.name for f in fields(DirectoryView)), *DirectoryView.ON_FIRST_USE):
+        if name not in _NOT_INDEXES:
+            assert getattr(patched, name) == getattr(fresh, name), f"index {name} differs from a fresh build"
 
 
 def _user(i: int, **extra: Any) -> dict[str, Any]:

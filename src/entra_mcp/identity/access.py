@@ -26,9 +26,10 @@ def _devices_by_user(view: DirectoryView) -> dict[str, tuple[str, ...]]:
 
 
 def derive_indexes(view: DirectoryView) -> None:
-    """Make the indexes the account and access answers derive on first use (roles by user, devices by user, the
-    instruction-text verdicts of the tables' repeated values) now:
+    """Make the indexes the answers derive on first use (the view's group, app and assignment indexes, roles by user,
+    devices by user, the instruction-text verdicts of the tables' repeated values) now:
     a reload or `entra-mcp sync` does it off the request path, so the first answer after it is not the slow one."""
+    view.index_on_first_use()  # groups, apps, assignments
     account_index(view)
     _devices_by_user(view)
     snap = view.snapshot

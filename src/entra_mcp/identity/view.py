@@ -15,8 +15,8 @@ Indexes
   indexed by its Latin spelling (anyascii: "Иван Петров" -> "ivan petrov", "王伟" -> "wang wei"), and one in an
   abjad (Arabic, Hebrew), which writes no short vowels, by its consonant skeleton ("محمد" ~ "Mohammed");
 - reverse membership: member id -> the groups it is a DIRECT member of (transitive closure is computed on demand);
-- app role assignments by principal id; service principals and applications by appId, object id and name;
-  groups by object id, name and mail; domains by name.
+- domains by name; and, made on first use (a group, app or ticket answer): app role assignments by principal id,
+  service principals and applications by appId, object id and name, groups by object id, name and mail.
 """
 
 from __future__ import annotations
@@ -369,29 +369,8 @@ def _vocabulary(postings: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[tupl
     return vocabulary, {key: tuple(words) for key, words in buckets.items()}
 
 
-def _index_directory(snapshot: DirectorySnapshot, held: "DirectoryView | None" = None) -> dict[str, Any]:
-    """The indexes of groups, applications, service principals, assignments and domains (cheap next to the users').
-    With `held` (a view of an older version of the same mirror), the group and app indexes are taken from it when
-    the mirror rewrote none of their collections' buckets since."""
-
-    def unchanged(*names: str) -> bool:
-        return (held is not None and bool(snapshot.buckets) and bool(held.snapshot.buckets)
-                and all(snapshot.buckets.get(name) == held.snapshot.buckets.get(name) for name in names))
-
-    if held is not None and unchanged("assignments", "domains") and snapshot.domains == held.snapshot.domains:
-        out: dict[str, Any] = {"assignments_by_principal": held.assignments_by_principal, "domains": held.domains}
-    else:
-        out = _index_assignments_and_domains(snapshot)
-    if held is not None and unchanged("groups"):
-        out.update({k: getattr(held, k) for k in ("group_keys", "group_names", "group_name_set")})
-    else:
-        out.update(_index_groups(snapshot))
-    if held is not None and unchanged("applications", "service_principals"):
-        out.update({k: getattr(held, k) for k in ("sp_by_app_id", "app_by_app_id", "app_keys", "app_names", "app_name_set")})
-    else:
-        out.update(_index_apps(snapshot))
-    out["longest_name"] = min(12, max((n.count(" ") + 1 for n in (*out["group_names"], *out["app_names"])), default=1))
-    return out
+def _index_domains(snapshot: DirectorySnapshot) -> dict[str, dict[str, Any]]:
+    return {str(d.get("id", "")).casefold(): d for d in snapshot.domains if d.get("id")}
 
 
 def _folded_names(texts: list[Any]) -> list[str]:
@@ -446,13 +425,13 @@ def _index_apps(snapshot: DirectorySnapshot) -> dict[str, Any]:
             "app_names": tuple(sorted(app_names)), "app_name_set": frozenset(app_names)}
 
 
-def _index_assignments_and_domains(snapshot: DirectorySnapshot) -> dict[str, Any]:
+def _index_assignments(snapshot: DirectorySnapshot) -> dict[str, tuple[Mapping[str, Any], ...]]:
+    """principal id -> its app role assignments, in the mirror's order."""
     assignments = list(chain.from_iterable(snapshot.app_role_assignments.values()))
     principals = records_column(assignments, "principalId")
-    by_principal: defaultdict[Any, list[dict[str, Any]]] = defaultdict(list)
+    by_principal: defaultdict[Any, list[Mapping[str, Any]]] = defaultdict(list)
     deque(map(list.append, map(by_principal.__getitem__, principals), assignments), maxlen=0)
-    return {"assignments_by_principal": {k: tuple(v) for k, v in by_principal.items() if k},
-            "domains": {str(d.get("id", "")).casefold(): d for d in snapshot.domains if d.get("id")}}
+    return {k: tuple(v) for k, v in by_principal.items() if k}
 
 
 @dataclass(frozen=True)
@@ -479,16 +458,6 @@ class DirectoryView:
     full_names: dict[str, Any]  # folded displayName (and its Latin spelling) -> user id(s)
     skeletons: dict[str, tuple[int, ...]]  # consonant skeleton of a token of an abjad name -> user positions
     member_of: MemberOf  # member id -> direct group ids (compact: identity/member_index.py)
-    group_keys: dict[str, Any]  # casefolded id / folded name / mail -> group id(s)
-    group_names: tuple[str, ...]  # folded group names, sorted (suggestions)
-    group_name_set: frozenset[str]  # the same, for mention matching
-    sp_by_app_id: dict[str, str]  # casefolded appId -> service principal id
-    app_by_app_id: dict[str, str]  # casefolded appId -> application id
-    app_keys: dict[str, Any]  # casefolded object id / appId / folded name -> appId(s)
-    app_names: tuple[str, ...]  # folded app names, sorted
-    app_name_set: frozenset[str]
-    longest_name: int  # most tokens in a group or app name (mention matching tries n-grams up to this)
-    assignments_by_principal: dict[str, tuple[dict[str, Any], ...]]
     domains: dict[str, dict[str, Any]]  # casefolded domain name -> domain dict
     known_domains: frozenset[str]  # domain names of the tenant and of its UPNs (for sam@domain)
     _scores_cache: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)
@@ -514,11 +483,11 @@ class DirectoryView:
     def _build(cls, snapshot: DirectorySnapshot, now: datetime | None) -> "DirectoryView":
         users = _index_users(snapshot.users)
         users["user_ids"] = user_ids = tuple(users["user_ids"])
-        return cls._assemble(snapshot, now, users, MemberOf.build(snapshot.members, user_ids), _index_directory(snapshot))
+        return cls._assemble(snapshot, now, users, MemberOf.build(snapshot.members, user_ids), _index_domains(snapshot))
 
     @classmethod
     def _assemble(cls, snapshot: DirectorySnapshot, now: datetime | None, users: dict[str, Any],
-                  member_of: MemberOf, directory: dict[str, Any],
+                  member_of: MemberOf, domains: dict[str, dict[str, Any]],
                   vocabulary: tuple[tuple[str, ...], dict[tuple[str, int], tuple[str, ...]]] | None = None) -> "DirectoryView":
         words, typo_buckets = vocabulary if vocabulary is not None else _vocabulary(users["postings"])
         return cls(
@@ -536,15 +505,16 @@ class DirectoryView:
             typo_buckets=typo_buckets,
             full_names=users["full_names"],
             member_of=member_of,
-            known_domains=frozenset(users["upn_domains"] | set(directory["domains"])),
-            **directory,
+            known_domains=frozenset(users["upn_domains"] | set(domains)),
+            domains=domains,
         )
 
     def updated(self, snapshot: DirectorySnapshot, *, now: datetime | None = None,
                 max_changed: int = PATCH_MAX_CHANGED) -> "DirectoryView | None":
         """This view's indexes brought to `snapshot`, a later version of the same mirror, by patching what changed:
         the entries of the users whose indexed properties changed, the direct groups of the members whose groups
-        changed; the small indexes (groups, apps, assignments, domains) are rebuilt. Equal to build(snapshot), and
+        changed; the domains are indexed again, and the group, app and assignment indexes (made on first use) are
+        kept when the snapshot holds the very same collections. Equal to build(snapshot), and
         this view is left as it is (it keeps answering meanwhile). None when a build is the better way: users were
         added or removed (every later position moves), or more than `max_changed` users changed."""
         gc_was_enabled = gc.isenabled()
@@ -602,8 +572,8 @@ class DirectoryView:
                 vocabulary = _vocabulary(users["postings"])
             if was["upn_domains"] != now_["upn_domains"]:  # a domain only these users had may be gone
                 upn_domains = _index_users_domains(new_users)
-        directory = _index_directory(snapshot, self)
-        if upn_domains is None and directory["domains"].keys() != self.domains.keys():
+        domains = _index_domains(snapshot)
+        if upn_domains is None and domains.keys() != self.domains.keys():
             upn_domains = _index_users_domains(new_users)  # the tenant's domains changed: which are the UPNs' own?
         users["upn_domains"] = self.known_domains if upn_domains is None else upn_domains
         old_members, new_members = self.snapshot.members, snapshot.members
@@ -628,7 +598,7 @@ class DirectoryView:
                     for member in before_ids - after_ids:
                         changes[member] = tuple(g for g in now_in(member) if g != gid)
                 member_of = member_of.patched(changes)
-        patched = self._assemble(snapshot, now, users, member_of, directory, vocabulary)
+        patched = self._assemble(snapshot, now, users, member_of, domains, vocabulary)
         # the derived indexes are keyed by the very collections they read: those of collections the reload reused
         # stay valid (the others would only keep the older collections alive until their next use)
         live = {id(c) for c in (*snapshot.collections.values(), snapshot.users, snapshot.groups, snapshot.members,
@@ -648,6 +618,82 @@ class DirectoryView:
         value = make()
         self._derived[name] = (sources, value)
         return value
+
+    # ------------------------------------------------------------ indexed on first use
+    # Groups, apps and app role assignments are indexed the first time a group, app or ticket answer needs them (tens
+    # of ms on a large tenant), not in build(): a server's first answer is most often a user's, and a cold start
+    # indexes everything else before it. Kept in `_derived` with the collections they were made from, so a freshness
+    # refresh and a patch over the same collections keep them, and the prepared index carries them (derive_indexes).
+
+    ON_FIRST_USE = ("group_keys", "group_names", "group_name_set", "sp_by_app_id", "app_by_app_id", "app_keys",
+                    "app_names", "app_name_set", "longest_name", "assignments_by_principal")
+
+    def _groups_index(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return self.derived("view.groups", (snap.groups,), lambda: _index_groups(snap))  # type: ignore[no-any-return]
+
+    def _apps_index(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return self.derived(  # type: ignore[no-any-return]
+            "view.apps", (snap.applications, snap.service_principals), lambda: _index_apps(snap))
+
+    @property
+    def group_keys(self) -> dict[str, Any]:
+        """casefolded id / folded name / mail -> group id(s)"""
+        return self._groups_index()["group_keys"]  # type: ignore[no-any-return]
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """folded group names, sorted (suggestions)"""
+        return self._groups_index()["group_names"]  # type: ignore[no-any-return]
+
+    @property
+    def group_name_set(self) -> frozenset[str]:
+        """folded group names, for mention matching"""
+        return self._groups_index()["group_name_set"]  # type: ignore[no-any-return]
+
+    @property
+    def sp_by_app_id(self) -> dict[str, str]:
+        """casefolded appId -> service principal id"""
+        return self._apps_index()["sp_by_app_id"]  # type: ignore[no-any-return]
+
+    @property
+    def app_by_app_id(self) -> dict[str, str]:
+        """casefolded appId -> application id"""
+        return self._apps_index()["app_by_app_id"]  # type: ignore[no-any-return]
+
+    @property
+    def app_keys(self) -> dict[str, Any]:
+        """casefolded object id / appId / folded name -> appId(s)"""
+        return self._apps_index()["app_keys"]  # type: ignore[no-any-return]
+
+    @property
+    def app_names(self) -> tuple[str, ...]:
+        """folded app names, sorted"""
+        return self._apps_index()["app_names"]  # type: ignore[no-any-return]
+
+    @property
+    def app_name_set(self) -> frozenset[str]:
+        return self._apps_index()["app_name_set"]  # type: ignore[no-any-return]
+
+    @property
+    def longest_name(self) -> int:
+        """most tokens in a group or app name (mention matching tries n-grams up to this)"""
+        snap = self.snapshot
+        return self.derived(  # type: ignore[no-any-return]
+            "view.longest_name", (snap.groups, snap.applications, snap.service_principals),
+            lambda: min(12, max((n.count(" ") + 1 for n in (*self.group_names, *self.app_names)), default=1)))
+
+    @property
+    def assignments_by_principal(self) -> dict[str, tuple[Mapping[str, Any], ...]]:
+        snap = self.snapshot
+        return self.derived(  # type: ignore[no-any-return]
+            "view.assignments", (snap.app_role_assignments,), lambda: _index_assignments(snap))
+
+    def index_on_first_use(self) -> None:
+        """Make the indexes made on first use now (off the request path: a reload, a prepared index)."""
+        for name in self.ON_FIRST_USE:
+            getattr(self, name)
 
     # ------------------------------------------------------------ areas
 
@@ -935,7 +981,7 @@ class DirectoryView:
                     out.append(str(obj.get("displayName")))
         return out[:limit]
 
-    def assignments_of(self, principal_id: str) -> tuple[dict[str, Any], ...]:
+    def assignments_of(self, principal_id: str) -> tuple[Mapping[str, Any], ...]:
         return self.assignments_by_principal.get(principal_id, ())
 
     # ------------------------------------------------------------ misc
