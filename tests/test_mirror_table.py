@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from entra_mcp.mirror.table import ABSENT, Coded, Record, Table, concat_groups, pack, pack_groups, unpack
+from entra_mcp.mirror.table import ABSENT, Child, Coded, Record, Table, concat_groups, pack, pack_groups, unpack
 
 _EDGES = ["", "Sales", "1", "True", "2026-11-26T08:15:00Z", "2026-02-30T00:00:00Z", "0001-01-01T00:00:00Z",
           "2026-11-26T08:15:00.123Z", "9999-12-31T23:59:59Z",
@@ -402,3 +402,85 @@ def test_concat_equals_its_previous_definition_on_large_repeating_buckets(seed: 
         start += n
         parts.append(pickle.dumps(pack(bucket)))
     _concat_both_ways(parts, users[::3] + ["Sales", "Title 1"])
+
+
+def _reference_attach(table: Table, name: str, child: Table) -> Table:
+    """Table.attach's previous definition (a Python loop per row and column)."""
+    from array import array
+
+    from entra_mcp.mirror import table as T
+
+    def take(col: Any, order: list[int]) -> Any:
+        t = type(col)
+        if t is list:
+            return [col[j] if j >= 0 else ABSENT for j in order]
+        if t is array:
+            return array("q", [col[j] if j >= 0 else T._ABSENT_TS for j in order])
+        if t is Coded:
+            absent = len(col.values)
+            return Coded((*col.values, ABSENT), array("I", [col.idx[j] if j >= 0 else absent for j in order]))
+        return [T._cell(col, j) if j >= 0 else ABSENT for j in order]
+
+    lookup = child.pos
+    order = [lookup.get(oid, -1) for oid in table.ids]
+    present = bytes(j >= 0 for j in order)
+    aligned = Table(table.ids, child.fields, [take(col, order) for col in child.cols])
+    fields, cols = list(table.fields), list(table.cols)
+    if name in fields:
+        cols[fields.index(name)] = Child(aligned, present)
+    else:
+        fields.append(name)
+        cols.append(Child(aligned, present))
+    return Table(table.ids, fields, cols)
+
+
+def _assert_same_columns(a: Any, b: Any) -> None:
+    from array import array
+
+    assert type(a) is type(b)
+    if type(a) is Coded:
+        assert len(a.values) == len(b.values) and all(map(_same_stored, a.values, b.values)) and a.idx == b.idx
+    elif type(a) is array:
+        assert a == b and a.typecode == b.typecode
+    elif type(a) is Child:
+        assert a.present == b.present and a.table.fields == b.table.fields and a.table.ids is b.table.ids
+        for x, y in zip(a.table.cols, b.table.cols, strict=True):
+            _assert_same_columns(x, y)
+    else:
+        assert len(a) == len(b) and all((x == y and type(x) is type(y)) if type(x) is Record else _same_stored(x, y)
+                                        for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_attach_equals_its_previous_definition(seed: int) -> None:
+    """The joined table is the same, column by column, whether the child holds every row in the same order (the
+    sign-in activity of the users), some rows, other ids, rows in another order, or a joined table of its own."""
+    import random
+
+    rng = random.Random(seed)
+    ids = [f"u{i}" for i in range(rng.randrange(1, 400))]
+
+    def rows(keys: list[str]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for k in keys:
+            row: dict[str, Any] = {"lastSignInDateTime": rng.choice(["2026-01-02T03:04:05Z", None]),
+                                   "app": rng.choice(["a", "b", "c", None]), "n": rng.randrange(1000),
+                                   "tags": rng.choice([["x"], [], None])}
+            if rng.random() < 0.2:
+                del row["app"]
+            out[k] = row
+        return out
+
+    users = Table.from_dicts({k: {"id": k, "displayName": f"User {k}"} for k in ids})
+    layouts = [list(ids), rng.sample(ids, len(ids)), rng.sample(ids, len(ids) // 2),
+               rng.sample(ids, len(ids)) + ["other1", "other2"], []]
+    for keys in layouts:
+        child = Table.from_dicts(rows(keys)) if keys else Table([], [], [])
+        if keys and rng.random() < 0.5:
+            child = child.attach("nested", Table.from_dicts(rows(rng.sample(keys, len(keys) // 2))))
+        for name in ("signInActivity", "displayName"):
+            new, old = users.attach(name, child), _reference_attach(users, name, child)
+            assert new.fields == old.fields and new.ids is old.ids
+            for a, b in zip(new.cols, old.cols, strict=True):
+                _assert_same_columns(a, b)
+            assert new == old
