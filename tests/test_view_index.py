@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entra_mcp.identity.text import folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton
-from entra_mcp.identity.view import _add, _index_apps, _index_assignments, _index_groups, _index_users
+from entra_mcp.identity.view import _add, _upn_domains, _index_apps, _index_assignments, _index_groups, _index_users
 from entra_mcp.mirror.snapshot import DirectorySnapshot
 from entra_mcp.mirror.table import Table, concat_groups, pack_groups, records_column
 
@@ -147,6 +147,15 @@ def test_addresses_whose_casefold_changes_length() -> None:
     for built in (_index_users(users), _index_users(Table.from_dicts(users))):
         assert {k: list(v) if k in ("user_ids", "user_names") else v for k, v in built.items()} == expected
     assert expected["nicknames"] == {"strasse": ("u0", "u3"), "i\u0307la": "u1"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.builds(lambda local, domain: local + domain, st.sampled_from(["", "a", "b@", "@", "a@b"]),
+                          st.sampled_from(["", "@", "@x.example", "x.example", "@y", "@y@z"] + [f"@d{i}" for i in range(12)])),
+                max_size=40))
+def test_upn_domains_equal_their_definition(keys: list[str]) -> None:
+    """More domains than passes, UPNs without "@" or with nothing before it, "@" inside the local part."""
+    assert _upn_domains(keys) == {key.rpartition("@")[2] for key in keys if key.rpartition("@")[0]}
 
 
 # ---------------------------------------------------------------- groups, apps, assignments (made on first use)

@@ -117,7 +117,10 @@ def _folded_keys(texts: list[str]) -> list[str]:
 
 def _present(values: list[Any], user_ids: list[str]) -> tuple[list[Any], list[str]]:
     """(the values that are set, the ids of their users): two lists, no pair objects (a bulk build makes its
-    temporary objects in one block each, so freeing them leaves no holes among the kept ones)."""
+    temporary objects in one block each, so freeing them leaves no holes among the kept ones); the very lists when
+    every value is set."""
+    if all(values):
+        return values, user_ids
     return [v for v in values if v], [uid for v, uid in zip(values, user_ids) if v]
 
 
@@ -200,7 +203,8 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     # are not the local part of the user's UPN or mail
     employee_ids: dict[str, Any] = {}
     texts, ids = _present(employee_ids_col, user_ids)
-    _bulk_add(employee_ids, [e if isinstance(e, str) else str(e) for e in texts], ids, position)
+    _bulk_add(employee_ids, texts if {*map(type, texts)} <= {str} else [e if isinstance(e, str) else str(e) for e in texts],
+              ids, position)
     sam: dict[str, Any] = {}
     texts, ids = _present(accounts, user_ids)
     _bulk_add(sam, _folded_keys(texts), ids, position)
@@ -311,8 +315,21 @@ def _not_after_own_proxy(kept: list[bool], keys: list[str], uids: list[str]) -> 
 
 
 def _upn_domains(upn_keys: list[str]) -> set[str]:
-    """The domains of casefolded UPNs (the part after the last "@", when something comes before it)."""
-    return {domain for local, _, domain in map(methodcaller("rpartition", "@"), upn_keys) if local}
+    """The domains of casefolded UPNs (the part after the last "@", when something comes before it).
+
+    A tenant's UPNs share a few domains: each pass takes the first UPN left, then drops every UPN ending in "@" + a
+    domain found (one endswith each, at C speed); after a few passes the rest is split one by one."""
+    found: set[str] = set()
+    pending = upn_keys
+    for _ in range(8):
+        if not pending:
+            return found
+        local, _, domain = pending[0].rpartition("@")
+        if local:
+            found.add(domain)
+        rest = pending[1:]
+        pending = list(compress(rest, map(not_, map(str.endswith, rest, repeat(tuple(f"@{d}" for d in found))))))
+    return found | {domain for local, _, domain in map(methodcaller("rpartition", "@"), pending) if local}
 
 
 def _index_users_domains(users: Mapping[str, Mapping[str, Any]]) -> set[str]:
