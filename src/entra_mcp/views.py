@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 from entra_mcp.config import tenant_hint
 from entra_mcp.errors import InvalidArgument, NotFoundError
 from entra_mcp.logs import get_logger
+from entra_mcp.mirror.member_lists import memberships
 from entra_mcp.mirror.snapshot import UNINDEXED_AREAS, DirectorySnapshot, Freshness
 
 if TYPE_CHECKING:  # identity loads with the first view, not with this module
@@ -91,7 +92,7 @@ def estimate_view_bytes(tv: TenantView) -> int:
     if snap is None:
         return VIEW_BYTES_BASE // 4
     objects = len(snap.users) + len(snap.groups) + len(snap.applications) + len(snap.service_principals)
-    objects += sum(len(m) for m in snap.members.values()) // 4  # a membership is a small entry, not an object
+    objects += memberships(snap.members) // 4  # a membership is a small entry, not an object
     objects += sum(len(a) for a in snap.app_role_assignments.values())
     for name, coll in snap.collections.items():
         if name not in ("users", "groups", "applications", "service_principals", "members", "assignments"):

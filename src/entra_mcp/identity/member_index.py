@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from array import array
 from collections import defaultdict, deque
-from collections.abc import Iterator, Mapping
-from itertools import repeat
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain, repeat
 from typing import Any
+
+from entra_mcp.mirror.member_lists import MemberLists
 
 _EMPTY: tuple[str, ...] = ()
 
@@ -41,9 +43,15 @@ class MemberOf(Mapping[str, tuple[str, ...]]):
     def build(cls, members: Mapping[str, Mapping[str, Any]], user_ids: tuple[str, ...]) -> "MemberOf":
         """From the snapshot's member lists {group id: {member id: kind}} and its users in row order."""
         group_ids = list(members)
+        member_ids: Iterable[str]
+        if isinstance(members, MemberLists):  # as loaded from the mirror: the flat lists, no dict per group
+            member_ids, sizes = members.member_ids, members.sizes()
+        else:
+            member_ids, sizes = chain.from_iterable(members.values()), list(map(len, members.values()))
         parents: defaultdict[str, list[int]] = defaultdict(list)
-        for g, group_members in enumerate(members.values()):  # parents[member].append(g) for every member, at C speed
-            deque(map(list.append, map(parents.__getitem__, group_members), repeat(g, len(group_members))), maxlen=0)
+        # parents[member].append(g) for every membership, in member-list order, at C speed
+        deque(map(list.append, map(parents.__getitem__, member_ids), chain.from_iterable(map(repeat, range(len(sizes)), sizes))),
+              maxlen=0)
         offsets = array("I", [0])
         rows = array("I")
         pop = parents.pop

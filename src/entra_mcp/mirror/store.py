@@ -6,7 +6,8 @@ Layout (one diskcache per tenant):
                               as_of, and per area its AreaStatus, delta link, bookkeeping ("meta") and, per
                               collection, the bucket count and the revision of every bucket.
   "b/<area>/<coll>/<i>/<rev>" one bucket: the objects whose crc32(id) % n == i; for the object collections
-                              (TABLES, GROUPED) in the column form of mirror/table.py, else a pickled dict. A bucket is never rewritten in place: a changed bucket is written
+                              (TABLES, GROUPED) in the column form of mirror/table.py, member lists in the flat form
+                              of mirror/member_lists.py, else a pickled dict. A bucket is never rewritten in place: a changed bucket is written
                               under a new revision (the stamp of the commit that wrote it).
 
 Why: a full load reads a few hundred values (fast even at 100,000 users), a delta run rewrites only the buckets it
@@ -35,7 +36,6 @@ import fcntl
 import os
 import shutil
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -47,6 +47,8 @@ import diskcache
 
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
+from entra_mcp.mirror import member_lists
+from entra_mcp.mirror.member_lists import MemberLists, is_packed_members, pack_members
 from entra_mcp.mirror.open_files import DEFAULT_LIMIT, Database, OpenMirrors
 from entra_mcp.mirror.permissions import private_directory
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness, bucket_of
@@ -65,6 +67,8 @@ _FORMS: dict[str, str] = {c.name: c.form for a in REGISTRY for c in a.collection
 TABLES = frozenset(c for c, form in _FORMS.items() if form == "table")
 # collections of lists of Graph objects by key (assignments by resource), stored as columns too
 GROUPED = frozenset(c for c, form in _FORMS.items() if form == "grouped")
+# groups' member lists {group id: {member id: kind}}, stored flat (mirror/member_lists.py)
+MEMBER_LISTS = frozenset(c for c, form in _FORMS.items() if form == "members")
 _MIN_BUCKETS: dict[str, int] = {c.name: c.min_buckets for a in REGISTRY for c in a.collections}
 # the sign-in events' own mirror under cache_dir (tenant names cannot start with a dot): a 5-minute poll commits there,
 # so it never bumps the directory's version (the server's index) nor waits for the directory's writer lock
@@ -106,9 +110,12 @@ def _bucket_count(data: Mapping[str, Any], least: int = 1) -> int:
 
 
 def _stored_form(coll: str, part: dict[str, Any]) -> Any:
-    """What a bucket is written as: columns for the object collections, the dict itself for the others."""
+    """What a bucket is written as: columns for the object collections, flat lists for member lists, the dict
+    itself for the others."""
     if coll in TABLES:
         return pack(part)
+    if coll in MEMBER_LISTS:
+        return pack_members(part)
     return pack_groups(part) if coll in GROUPED else part
 
 
@@ -123,7 +130,7 @@ def _rows(bucket: Any) -> int:
     """How many objects (or groups of member lists) a stored bucket holds; 0 for an empty one (None)."""
     if bucket is None:
         return 0
-    return len(bucket[1]) if is_packed(bucket) else len(bucket)
+    return len(bucket[1]) if is_packed(bucket) or is_packed_members(bucket) else len(bucket)
 
 
 def _key(area: str, coll: str, i: int, rev: int) -> str:
@@ -368,7 +375,8 @@ class MirrorStore:
         held: DirectorySnapshot | None = None,
     ) -> tuple[Any, tuple[int, ...]]:
         """One collection of the snapshot and its objects per bucket: a Table for TABLES, lists of records for
-        GROUPED, member lists with their ids shared through `pool`, else the plain dict (domains: a handful of objects).
+        GROUPED, member lists (MemberLists) with their ids shared through `pool`, else the plain dict (domains: a
+        handful of objects).
         With `held` (a snapshot of an older version of this mirror), a collection whose buckets all kept their
         revision is `held`'s own, and a table or member lists with a few buckets rewritten are `held`'s with those
         buckets replaced: only the rewritten buckets are read (see Table.splice)."""
@@ -384,8 +392,8 @@ class MirrorStore:
                                         share=pool)
                 if spliced is not None:
                     return spliced, tuple(_rows(fresh[i]) if i in fresh else rows[i] for i in range(n))
-            elif _FORMS.get(coll) == "members":
-                return self._splice_members(before, rows, fresh, pool, n)
+            elif coll in MEMBER_LISTS and isinstance(before, MemberLists):
+                return member_lists.splice(before, rows, fresh, pool)
         stored = self._buckets(cache, area, coll, {i: rev for i, rev in enumerate(revs) if rev >= 0})
         counts = tuple(_rows(stored.get(i)) for i in range(n))
         buckets = [b for b in stored.values() if b is not None]
@@ -393,13 +401,9 @@ class MirrorStore:
             return Table.concat([b if is_packed(b) else pack(b) for b in buckets], share=pool), counts
         if coll in GROUPED:
             return concat_groups([b if is_packed_groups(b) else pack_groups(b) for b in buckets], share=pool), counts
+        if coll in MEMBER_LISTS:
+            return member_lists.load(buckets, pool), counts
         out: dict[str, Any] = {}
-        if _FORMS.get(coll) == "members":  # {group id: {member id: kind}}: ids become the tables' objects, at C speed
-            get = pool.get
-            for bucket in buckets:
-                for gid, members in bucket.items():
-                    out[get(gid, gid)] = dict(zip(map(get, members, members), map(sys.intern, members.values())))
-            return out, counts
         for bucket in buckets:
             out.update(bucket)
         return out, counts
@@ -425,35 +429,13 @@ class MirrorStore:
         if before is None or spec is None or rows is None or spec[0] != n or len(rows) != n:
             return None
         moved = [i for i, (a, b) in enumerate(zip(spec[1], revs)) if a != b]
-        if moved and not (coll in TABLES and isinstance(before, Table)) and _FORMS.get(coll) != "members":
+        if moved and not (coll in TABLES and isinstance(before, Table)) and not isinstance(before, MemberLists):
             return None
         if len(moved) * 2 > n:
             return None  # most buckets rewritten (a full re-pull): load whole
         if isinstance(before, Table):  # later collections share its id objects (at C speed)
             pool.update(zip(before.ids, before.ids))
         return before, rows, moved
-
-    @staticmethod
-    def _splice_members(before: dict[str, Any], rows: tuple[int, ...], fresh: dict[int, Any], pool: dict[Any, Any],
-                        n: int) -> tuple[dict[str, Any], tuple[int, ...]]:
-        """Member lists: `before`'s groups of the buckets not rewritten (the same dicts), the rewritten ones read."""
-        get = pool.get
-        held_items = list(before.items())
-        out: dict[str, Any] = {}
-        counts = []
-        start = 0
-        for i in range(n):
-            end = start + rows[i]
-            if i in fresh:
-                bucket = fresh[i] or {}
-                for gid, members in bucket.items():
-                    out[get(gid, gid)] = dict(zip(map(get, members, members), map(sys.intern, members.values())))
-                counts.append(len(bucket))
-            else:
-                out.update(held_items[start:end])
-                counts.append(rows[i])
-            start = end
-        return out, tuple(counts)
 
     def _consistent(self, tenant_name: str, read: Callable[[dict[str, Any], Database], _T]) -> _T | None:
         """`read(root, cache)` of the committed root, started again from the new root when a newer commit removed a

@@ -30,6 +30,8 @@ from operator import attrgetter, is_, methodcaller
 from collections.abc import ItemsView, Mapping, ValuesView
 from typing import Any, Callable, Container, Iterator, Sequence, cast
 
+from entra_mcp.mirror.member_lists import is_packed_members, unpack_members
+
 
 class _Absent:
     """A property the object does not have (unlike None, which is a property set to null)."""
@@ -690,7 +692,10 @@ def is_packed_groups(stored: Any) -> bool:
 
 
 def unpack(stored: Any) -> dict[str, Any]:
-    """A stored bucket as plain dicts: {id: object} or, for grouped objects, {key: [object, ...]} (any format)."""
+    """A stored bucket as plain dicts: {id: object} or, for grouped objects, {key: [object, ...]}, for member lists
+    {group id: {member id: kind}} (any format)."""
+    if is_packed_members(stored):
+        return unpack_members(stored)
     if is_packed(stored):
         return Table(stored[1], stored[2], stored[3]).to_dicts()
     if is_packed_groups(stored):
