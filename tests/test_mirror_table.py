@@ -158,6 +158,16 @@ def test_grouped_buckets_read_back_exactly(buckets: list[dict[str, list[dict[str
     got = concat_groups(parts, share={})
     assert list(got) == list(want)
     assert all(len(got[k]) == len(v) and all(_same(r.to_dict(), o) for r, o in zip(got[k], v)) for k, v in want.items())
+    # the records are the rows of one table in order (identity/view reads them as columns: records_column)
+    rows = [r for records in got.values() for r in records]
+    assert all(r._t is rows[0]._t for r in rows) and [r._i for r in rows] == list(range(len(rows)))
+    # keys known to the pool become its objects; others are not added to it
+    key = next(iter(want), None)
+    if key is not None:
+        mine = key.encode().decode()  # an equal string (another object unless interned)
+        pool = {mine: mine}
+        assert next(k for k in concat_groups(parts, share=pool) if k == key) is mine
+        assert set(pool) == {str(o.get("id") or "") for v in want.values() for o in v} | {mine}  # row ids only
 
 
 def test_suspicious_field_scan_of_records_matches_the_dict_scan() -> None:
@@ -378,6 +388,8 @@ def test_concat_equals_its_previous_definition_on_large_repeating_buckets(seed: 
         "accountEnabled": [True, False, None, 1],
         "createdDateTime": ["2026-11-26T08:15:00Z", None, "2025-01-02T03:04:05Z"],
         "licenses": [["a", "b"], ["a"], [], None, [{"skuId": "x"}]],
+        "otherMails": [["x@a", "y@a"], ["x@a"], [], None, "x@a", ["L", "x@a"], ("L", "x@a")],
+        "codes": [["a"], [1], [True], [1.0], ["b"], None],
         "score": [1, 2, 1.5, True, None],
         "managerId": users[:40] + [None],
         "jobTitle": [f"Title {k}" for k in range(rng.randrange(3, 60))],

@@ -654,7 +654,11 @@ def _concat_column(stored: Sequence[Any], sizes: Sequence[int]) -> Any:
         # indexes mapped through its slice of the numbering
         each = [col.values if col is not None else _ABSENT_ONLY for col in stored]
         flat = list(chain.from_iterable(each))
-        plain = _PLAIN_KEYS.issuperset(map(type, flat))  # strings, nulls and ABSENT are their own keys
+        # strings, nulls and ABSENT are their own keys, and so are tuples of strings (stored lists of strings, equal
+        # only to an equal tuple of strings): no frozen() call per value
+        kinds = set(map(type, flat))
+        plain = _PLAIN_KEYS.issuperset(kinds) or (_PLAIN_KEYS | {tuple}).issuperset(kinds) and all(
+            type(x) is str for v in flat if type(v) is tuple for x in v)
         keys = flat if plain else list(map(frozen, flat))
         first = dict.fromkeys(keys)  # the distinct keys in first-seen order (plain ones: the first value object)
         numbered = list(map(dict(zip(first, range(len(first)))).__getitem__, keys))
