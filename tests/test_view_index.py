@@ -80,7 +80,7 @@ def reference(users: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 _TEXT = st.sampled_from(["Ana", "ANA", "ana", "Ben", "Chloé", "Иван", "Петров", "محمد", "علي", "王伟", "O'Brien", "Ana Ben",
                          "", "x_y", "Łęcki"])
-_ADDRESS = st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(["ana", "ANA", "ben", "a.b", "Wei", "STRAßE", "İla"]),
+_ADDRESS = st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(["ana", "ANA", "ben", "a.b", "Wei", "STRAßE", "İla", "Ana.B"]),
                      st.sampled_from(["contoso.example", "Contoso.Example", "fabrikam.example"]))
 _PROXY = st.builds(lambda prefix, address: f"{prefix}{address}", st.sampled_from(["SMTP:", "smtp:", "sip:", "X500:smtp:", ""]),
                    _ADDRESS)
@@ -142,11 +142,12 @@ def test_addresses_whose_casefold_changes_length() -> None:
                "mailNickname": "WEI", "proxyAddresses": ["sip:w@fabrikam.example", "smtp:wei@contoso.example", "wei@x.example"]},
         "u3": {"id": "u3", "userPrincipalName": "straße@contoso.example", "mailNickname": "Straße", "mail": "",
                "proxyAddresses": ["", "SMTP:STRASSE@contoso.example"]},
+        "u4": {"id": "u4", "userPrincipalName": "Ana.B@contoso.example", "mailNickname": "ana"},  # a prefix, not the part
     }
     expected = reference(users)
     for built in (_index_users(users), _index_users(Table.from_dicts(users))):
         assert {k: list(v) if k in ("user_ids", "user_names") else v for k, v in built.items()} == expected
-    assert expected["nicknames"] == {"strasse": ("u0", "u3"), "i\u0307la": "u1"}
+    assert expected["nicknames"] == {"strasse": ("u0", "u3"), "i\u0307la": "u1", "ana": "u4"}
 
 
 @settings(max_examples=200, deadline=None)

@@ -26,7 +26,7 @@ import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
 from itertools import chain, compress, repeat
-from operator import add, is_not, itemgetter, methodcaller, ne, not_
+from operator import and_, is_not, itemgetter, methodcaller, ne, not_
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
@@ -124,11 +124,14 @@ def _present(values: list[Any], user_ids: list[str]) -> tuple[list[Any], list[st
     return [v for v in values if v], [uid for v, uid in zip(values, user_ids) if v]
 
 
-def _present_items(lists: list[Any], owners: Iterable[Any]) -> tuple[list[Any], list[Any]]:
-    """_present over list values (otherMails, proxyAddresses): each set item and its owner (a user's id or row), in
-    order."""
-    return ([item for found in lists if found for item in found if item],
-            [owner for found, owner in zip(lists, owners) if found for item in found if item])
+def _present_items(lists: list[Any], user_ids: list[str]) -> tuple[list[Any], list[str]]:
+    """_present over list values (otherMails, proxyAddresses): each set item and its user's id, in order."""
+    return [item for found in lists if found for item in found if item], _item_owners(lists, user_ids)
+
+
+def _item_owners(lists: list[Any], owners: list[Any]) -> list[Any]:
+    """The owner (a user's id, a value of the user's) of each set item of `lists`, in the order of _present_items."""
+    return [owner for found, owner in zip(lists, owners) if found for item in found if item]
 
 
 def _folded_column(texts: list[Any]) -> list[Any]:
@@ -143,11 +146,13 @@ def _not_local_part(nick_keys: list[Any], addresses: list[Any], address_keys: li
     """For each row: its nickname key is set and is not the local part of its address (`address[:len(key) + 1]`
     casefolded is not `key + "@"`); `address_keys` are the addresses casefolded (None where unset or not to check).
 
-    An ASCII address folds letter by letter, so its folded prefix is the prefix of its key: one startswith at C speed
+    An ASCII address folds letter by letter, so its folded prefix is the prefix of its key: two startswith at C speed
     per row; the rows with another address are checked by the definition."""
     starts = address_keys if all(address_keys) else [key or "" for key in address_keys]
-    ends = list(map(add, nick_keys, repeat("@"))) if all(nick_keys) else [key + "@" if key else "" for key in nick_keys]
-    out = list(map(not_, map(str.startswith, starts, ends)))  # an unset nickname: "" starts every key
+    keys = nick_keys if all(nick_keys) else [key or "" for key in nick_keys]
+    # key + "@" starts the address key: the key starts it and "@" follows (no "key@" string made per row)
+    local = map(and_, map(str.startswith, starts, keys), map(str.startswith, starts, repeat("@"), map(len, keys)))
+    out = list(map(and_, map(bool, nick_keys), map(not_, local)))
     texts = addresses if all(addresses) else [text or "" for text in addresses]
     for i in compress(range(len(texts)), map(not_, map(str.isascii, texts))):
         key = nick_keys[i]
@@ -178,26 +183,24 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     upn_domains = _upn_domains(texts)
     mail_keys = _folded_column([mail if mail is not upn else None for mail, upn in zip(mails, upns)])
     _bulk_add(exact, *_present(mail_keys, user_ids), position)
-    texts, at = _present_items(other_mails, range(n))
-    other_keys = _folded_keys(texts)
-    _bulk_add(exact, other_keys, list(map(user_ids.__getitem__, at)), position)
+    texts, ids = _present_items(other_mails, user_ids)
+    _bulk_add(exact, _folded_keys(texts), ids, position)
+    has_own = {*compress(user_ids, mail_keys), *ids}  # the few users with a key besides their UPN
     # a proxy's address part is already a key when it is the user's UPN, mail or other mail (the common "SMTP:" + UPN)
-    # or one of its earlier proxies; only the others become keys. Compared with the user's own keys row by row: the
-    # UPN for every proxy at C speed, the few users' other addresses after
-    own: dict[int, set[str]] = {}
-    for row, key in chain(zip(compress(range(n), mail_keys), filter(None, mail_keys)), zip(at, other_keys)):
-        own.setdefault(row, set()).add(key)
-    texts, at = _present_items(proxies, range(n))
+    # or one of its earlier proxies; only the others become keys. Compared with the user's UPN key for every proxy at
+    # C speed; the proxies of the users with other keys are looked up in `exact` after
+    texts, ids = _present_items(proxies, user_ids)
     keys = _folded_keys(texts)
-    ids = list(map(user_ids.__getitem__, at))
-    kept = list(map(ne, map(itemgetter(2), map(str.partition, keys, repeat(":"))), map(upn_keys.__getitem__, at)))
-    for i in compress(range(len(at)), map(own.__contains__, at)):
-        if kept[i] and keys[i].partition(":")[2] in own[at[i]]:
-            kept[i] = False
+    kept = list(map(ne, map(itemgetter(2), map(str.partition, keys, repeat(":"))), _item_owners(proxies, upn_keys)))
+    get = exact.get
+    for i in compress(range(len(ids)), map(has_own.__contains__, ids)):
+        if kept[i]:
+            held, uid = get(keys[i].partition(":")[2]), ids[i]
+            kept[i] = held != uid and not (type(held) is tuple and uid in held)
     if any(map(ne, map(str.count, compress(keys, kept), repeat(":")), repeat(1))):
         kept = _not_after_own_proxy(kept, keys, ids)  # "a@b" or "X500:smtp:a@b": may be a later proxy's address
     _bulk_add(exact, list(compress(keys, kept)), list(compress(ids, kept)), position)
-    del own, at
+    del texts, ids, keys, kept, has_own  # before the next temporary lists are made
 
     # employeeId kept as written (lookups try the query as given, upper and lower case); accounts; nicknames that
     # are not the local part of the user's UPN or mail
@@ -215,7 +218,7 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         if kept[i] and mails[i][: len(nick_keys[i]) + 1].casefold() == nick_keys[i] + "@":
             kept[i] = False
     _bulk_add(nicknames, list(compress(nick_keys, kept)), list(compress(user_ids, kept)), position)
-    del texts, ids, keys, upn_keys, mail_keys, nick_keys, kept  # the temporary lists go before the name indexes
+    del texts, ids, upn_keys, mail_keys, nick_keys, kept  # the temporary lists go before the name indexes
 
     # names: each distinct (displayName, givenName, surname) is tokenised once, then its users' positions are added;
     # users are grouped by displayName (a group with one givenName and surname, the usual case, needs no key object)
