@@ -132,20 +132,20 @@ def _check(snap: DirectorySnapshot, store: MirrorStore) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_member_lists_load_and_index_like_the_old_definitions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    """Written in the flat form, written as dicts (the previous release), then a delta that rewrites some buckets
-    (mixed forms), loaded whole and spliced over the held snapshot: the same member lists and reverse index as the
-    definitions they replace."""
+    """Written as dicts, written in the flat form (as 756fff1 wrote them), then a delta that rewrites some buckets
+    (as dicts: mixed forms), loaded whole and spliced over the held snapshot: the same member lists and reverse index
+    as the definitions they replace."""
     rnd = random.Random(seed)
     spliced_calls: list[int] = []
     splice = member_lists.splice
     monkeypatch.setattr(member_lists, "splice", lambda *a: spliced_calls.append(1) or splice(*a))
     users, groups, members = _directory(rnd, rnd.choice((0, 1, 50, 700)), rnd.choice((1, 30, 400)))
     flat, old = MirrorStore(tmp_path / "flat"), MirrorStore(tmp_path / "old")
-    _commit(flat, users, groups, members)
-    with monkeypatch.context() as m:
-        m.setattr(store_mod, "_stored_form", lambda coll, part: part if coll == "members" else store_mod.pack(part)
-                  if coll in store_mod.TABLES else store_mod.pack_groups(part) if coll in store_mod.GROUPED else part)
-        _commit(old, users, groups, members)
+    _commit(old, users, groups, members)
+    with monkeypatch.context() as m:  # as 756fff1 wrote them
+        written = store_mod._stored_form
+        m.setattr(store_mod, "_stored_form", lambda coll, part: pack_members(part) if coll == "members" else written(coll, part))
+        _commit(flat, users, groups, members)
     assert all(is_packed_members(b) for b in _stored_buckets(flat))
     assert all(type(b) is dict for b in _stored_buckets(old)) and _stored_buckets(old)
     assert [unpack(b) for b in _stored_buckets(old)] == [unpack(b) for b in _stored_buckets(flat)]
@@ -182,9 +182,11 @@ def test_member_lists_load_and_index_like_the_old_definitions(tmp_path: Path, mo
         if n == m and sum(x != y for x, y in zip(before, after)) * 2 <= n:
             assert spliced_calls  # the held lists of the buckets not rewritten were taken, not read again
         stored = _stored_buckets(store)
-        assert any(is_packed_members(b) for b in stored)
-        if store is old and len(stored) > 5:  # more buckets than the delta rewrote: the others are still dicts
-            assert any(type(b) is dict for b in stored)
+        assert any(type(b) is dict for b in stored)  # the rewritten buckets are dicts
+        if store is flat and len(stored) > 5:  # more buckets than the delta rewrote: the others are still flat
+            assert any(is_packed_members(b) for b in stored)
+        if store is old:
+            assert all(type(b) is dict for b in stored)
 
 
 def test_stored_form_round_trips() -> None:

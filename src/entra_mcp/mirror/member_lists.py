@@ -1,9 +1,10 @@
 """Groups' direct member lists as mirror buckets store them, and as a loaded snapshot holds them.
 
-A bucket of the "members" collection holds {group id: {member id: kind}} for the groups that fall in it. It is
-stored in a flat form, (marker, group ids, member counts, member ids, kind codes, kind names): a few lists that
-unpickle as a few objects, where the dict form is one dict per group. Mirrors written by earlier releases hold the
-dict itself, and keep loading: every reader here takes both forms.
+A bucket of the "members" collection holds {group id: {member id: kind}} for the groups that fall in it, stored as
+that dict. A flat form, (marker, group ids, member counts, member ids, kind codes, kind names), was written for a
+while (756fff1) and is read too: every reader here takes both forms. It is no longer written: loading it cost the
+same CPU as the dicts and left ~33 MB more resident on the large mirror (pymalloc arenas kept by a few survivors
+among its unpickled strings: 2,013 unused pools after the load against 11).
 
 A load (`load`) joins the buckets into one MemberLists: the same flat lists for the whole collection (member ids
 the tables' own string objects), read like {group id: {member id: kind}}. A large tenant's 600,000 memberships are
@@ -126,16 +127,19 @@ def unpack_members(stored: Any) -> dict[str, dict[str, str]]:
     """A stored bucket (either form) as {group id: {member id: kind}}."""
     if not is_packed_members(stored):
         return {gid: dict(found) for gid, found in stored.items()}
-    return dict(load([stored], {}).items())
+    joined = _Joined(None)
+    joined.stored(stored)
+    return dict(joined.result().items())
 
 
 class _Joined:
     """Member lists being joined, bucket after bucket (in the order of the result)."""
 
-    def __init__(self, share: Mapping[str, str], kind_names: Sequence[str] = ()) -> None:
-        self.get = share.get
+    def __init__(self, share: dict[str, str] | None, kind_names: Sequence[str] = ()) -> None:
+        self.share = share  # None: ids kept as they are
         self.group_ids: list[str] = []
-        self.counts: list[int] = []
+        # as an array: the ints the buckets unpickled are not kept (they would pin the memory of their strings)
+        self.counts = array("I")
         self.member_ids: list[str] = []
         self.kinds = bytearray()
         self.names = list(kind_names)
@@ -144,10 +148,9 @@ class _Joined:
     def stored(self, stored: Any) -> int:
         """Add a stored bucket (either form), its ids made `share`'s objects; returns its group count."""
         g, c, m, k, n = _columns(stored)
-        get = self.get
-        self.group_ids += map(get, g, g)
-        self.counts += c
-        self.member_ids += map(get, m, m)
+        self.group_ids += self._shared(g)
+        self.counts.extend(c)
+        self.member_ids += self._shared(m)
         code = self.code
         if len(n) == 1 and n[0] in code:
             self.kinds += bytes([code[n[0]]]) * len(k)
@@ -155,18 +158,22 @@ class _Joined:
         for name in n:
             if name not in code:
                 code[name] = len(self.names)
-                self.names.append(name)
+                self.names.append(sys.intern(name))
         if len(self.names) > _MAX_KINDS:
             raise ValueError(f"member lists with more than {_MAX_KINDS} member kinds")
         self.kinds += k.translate(bytes(code[name] for name in n).ljust(256, b"\0")) if n else k
         return len(g)
+
+    def _shared(self, ids: list[str]) -> list[str]:
+        share = self.share
+        return ids if share is None else list(map(share.get, ids, ids))
 
     def held(self, lists: MemberLists, sizes: list[int], first: int, end: int) -> None:
         """Add groups first..end-1 of `lists` (`sizes`: its groups' sizes), whose kind names this join started
         with, as they are."""
         a, b = lists.starts[first], lists.starts[end]
         self.group_ids += lists.group_ids[first:end]
-        self.counts += sizes[first:end]
+        self.counts.extend(sizes[first:end])
         self.member_ids += lists.member_ids[a:b]
         self.kinds += lists.kinds[a:b]
 
@@ -175,7 +182,7 @@ class _Joined:
                            tuple(self.names))
 
 
-def load(buckets: Iterable[Any], share: Mapping[str, str]) -> MemberLists:
+def load(buckets: Iterable[Any], share: dict[str, str]) -> MemberLists:
     """The member lists of stored buckets (either form), in bucket order, their ids the objects of `share` (the
     tables' ids). A bucket at a time: the strings it unpickled are dropped before the next is read."""
     joined = _Joined(share)
@@ -184,7 +191,7 @@ def load(buckets: Iterable[Any], share: Mapping[str, str]) -> MemberLists:
     return joined.result()
 
 
-def splice(held: MemberLists, rows: Sequence[int], fresh: Mapping[int, Any], share: Mapping[str, str]
+def splice(held: MemberLists, rows: Sequence[int], fresh: Mapping[int, Any], share: dict[str, str]
            ) -> tuple[MemberLists, tuple[int, ...]]:
     """`held` (loaded from buckets holding `rows[i]` groups each) with buckets `fresh` ({i: stored bucket, None
     when emptied}) read again; the others' lists are taken as they are. Returns it and its groups per bucket."""

@@ -6,8 +6,8 @@ Layout (one diskcache per tenant):
                               as_of, and per area its AreaStatus, delta link, bookkeeping ("meta") and, per
                               collection, the bucket count and the revision of every bucket.
   "b/<area>/<coll>/<i>/<rev>" one bucket: the objects whose crc32(id) % n == i; for the object collections
-                              (TABLES, GROUPED) in the column form of mirror/table.py, member lists in the flat form
-                              of mirror/member_lists.py, else a pickled dict. A bucket is never rewritten in place: a changed bucket is written
+                              (TABLES, GROUPED) in the column form of mirror/table.py, else a pickled dict (member
+                              lists written by 756fff1 in the flat form of mirror/member_lists.py, read too). A bucket is never rewritten in place: a changed bucket is written
                               under a new revision (the stamp of the commit that wrote it).
 
 Why: a full load reads a few hundred values (fast even at 100,000 users), a delta run rewrites only the buckets it
@@ -48,7 +48,7 @@ import diskcache
 from entra_mcp.errors import MirrorError
 from entra_mcp.logs import get_logger
 from entra_mcp.mirror import member_lists
-from entra_mcp.mirror.member_lists import MemberLists, is_packed_members, pack_members
+from entra_mcp.mirror.member_lists import MemberLists, is_packed_members
 from entra_mcp.mirror.open_files import DEFAULT_LIMIT, Database, OpenMirrors
 from entra_mcp.mirror.permissions import private_directory
 from entra_mcp.mirror.snapshot import AREAS, AreaStatus, DirectorySnapshot, Freshness, bucket_of
@@ -110,12 +110,10 @@ def _bucket_count(data: Mapping[str, Any], least: int = 1) -> int:
 
 
 def _stored_form(coll: str, part: dict[str, Any]) -> Any:
-    """What a bucket is written as: columns for the object collections, flat lists for member lists, the dict
-    itself for the others."""
+    """What a bucket is written as: columns for the object collections, the dict itself for the others (member
+    lists too: their flat form, which mirror/member_lists.py reads, left 33 MB more resident after a load)."""
     if coll in TABLES:
         return pack(part)
-    if coll in MEMBER_LISTS:
-        return pack_members(part)
     return pack_groups(part) if coll in GROUPED else part
 
 
