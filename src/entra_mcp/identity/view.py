@@ -221,20 +221,11 @@ def _index_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     del texts, ids, upn_keys, mail_keys, nick_keys, kept  # the temporary lists go before the name indexes
 
     # names: each distinct (displayName, givenName, surname) is tokenised once, then its users' positions are added;
-    # users are grouped by displayName (a group with one givenName and surname, the usual case, needs no key object)
-    by_display: defaultdict[Any, list[int]] = defaultdict(list)
-    deque(map(list.append, map(by_display.__getitem__, displays), range(n)), maxlen=0)
-    positions: list[tuple[Any, Any, Any, list[int]]] = []
-    for display, at in by_display.items():
-        first = at[0]
-        if len(at) == 1 or (len(set(map(givens.__getitem__, at))) == 1 and len(set(map(surnames.__getitem__, at))) == 1):
-            positions.append((display, givens[first], surnames[first], at))
-            continue
-        parts: dict[tuple[Any, Any], list[int]] = {}
-        for p in at:
-            parts.setdefault((givens[p], surnames[p]), []).append(p)
-        positions.extend((display, given, surname, part) for (given, surname), part in parts.items())
-    by_display.clear()
+    # users are grouped by the three at C speed (a key is kept per distinct name, the others are freed at once)
+    by_name: defaultdict[tuple[Any, Any, Any], list[int]] = defaultdict(list)
+    deque(map(list.append, map(by_name.__getitem__, zip(displays, givens, surnames)), range(n)), maxlen=0)
+    positions = [(display, given, surname, at) for (display, given, surname), at in by_name.items()]
+    by_name.clear()
     user_names: list[str] = [""] * n
     token_cache: dict[str, list[str]] = {}  # givenName and surname repeat a lot
     names_seen: dict[str, str] = {}
