@@ -297,8 +297,38 @@ def _reference_concat(parts: list[Any], share: dict[str, str] | None) -> Table:
                 found.append((None, n))
         cols.append(column(found))
     if share is not None:
-        T._share_columns(ids, list(fields), cols, share)
+        _reference_share_columns(ids, list(fields), cols, share)
     return Table(ids, list(fields), cols)
+
+
+def _reference_share_columns(ids: list[str], fields: list[str], cols: list[Any], share: dict[str, str]) -> None:
+    """_share_columns' previous definition (one pass keyed by the strings themselves)."""
+    from array import array
+
+    from entra_mcp.mirror import table as T
+
+    get = share.get
+    for j, col in enumerate(cols):
+        if type(col) is Coded:
+            col.values = tuple(get(v, v) if type(v) is str else v for v in col.values)
+        elif type(col) is list:
+            if fields[j] == "id" and col == ids:
+                cols[j] = ids
+                continue
+            sample = next((v for v in col if type(v) is str), None)
+            if sample is not None and sample in share:
+                plain = T._PLAIN_TYPES.issuperset(map(type, col))
+                cols[j] = list(map(get, col, col)) if plain else [get(v, v) if type(v) is str else v for v in col]
+            elif T._mostly_distinct(col):
+                continue
+            elif T._PLAIN_TYPES.issuperset(map(type, col)):
+                first: dict[Any, Any] = {}
+                shared = list(map(first.setdefault, col, col))
+                if 2 * len(first) <= len(col):
+                    where = {v: k for k, v in enumerate(first)}
+                    cols[j] = Coded(list(first), array("I", map(where.__getitem__, col)))
+                else:
+                    cols[j] = shared
 
 
 def _assert_same_tables(new: Table, old: Table, known: set[int]) -> None:
@@ -404,7 +434,9 @@ def test_concat_equals_its_previous_definition_on_large_repeating_buckets(seed: 
         rng.shuffle(have)
         bucket: dict[str, dict[str, Any]] = {}
         for oid in users[start:start + n]:
-            obj: dict[str, Any] = {"id": oid, "displayName": f"Name {rng.randrange(50)}"}
+            obj: dict[str, Any] = {"id": oid, "displayName": f"Name {rng.randrange(50)}",
+                                   "employeeId": f"E{oid}" if rng.random() < 0.9 else rng.choice([None, "E-shared"]),
+                                   "nickname": f"N{rng.randrange(len(users) // rng.choice([2, 3, 8]))}"}
             for name in have:
                 if rng.random() < 0.95:
                     obj[name] = rng.choice(pools[name])

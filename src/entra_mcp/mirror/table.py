@@ -525,6 +525,19 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
             elif _PLAIN_TYPES.issuperset(map(type, col)):  # strings, nulls and ABSENT only: hashable
                 # a bucket stores each distinct string once; a value repeated across buckets (given names, job
                 # titles) becomes one object here, and a column of repeats a coded one (all at C speed)
+                head = col[:_SAMPLE_ROWS]
+                if 20 * len(set(head)) <= 17 * len(head):
+                    # repeats seen in the first rows (names, titles): likely coded. Each row is first numbered by the
+                    # first row of its value, then coded through a map of those row numbers: ints are cheaper keys
+                    # than the strings, each equal to the first row's only after a full compare
+                    at: dict[Any, int] = {}
+                    rows = list(map(at.setdefault, col, range(len(col))))
+                    if 2 * len(at) <= len(col):
+                        where = dict(zip(at.values(), range(len(at))))
+                        cols[j] = Coded(list(at), array("I", map(where.__getitem__, rows)))
+                    else:
+                        cols[j] = list(map(col.__getitem__, rows))  # each row's value as the object of its first row
+                    continue
                 first: dict[Any, Any] = {}
                 shared = list(map(first.setdefault, col, col))  # each row's value as the object of its first row
                 if 2 * len(first) <= len(col):
