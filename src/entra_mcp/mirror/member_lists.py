@@ -100,8 +100,8 @@ def is_packed_members(stored: Any) -> bool:
 
 
 def pack_members(groups: Mapping[str, Mapping[str, str]]) -> Any:
-    """A bucket {group id: {member id: kind}} in its stored form (the dict itself in the rare bucket with more
-    kinds than a byte codes)."""
+    """A bucket {group id: {member id: kind}} in the flat form 756fff1 wrote (the dict itself in a bucket with more
+    kinds than a byte codes); the store writes dicts now (see the module's docstring)."""
     kinds = list(chain.from_iterable(m.values() for m in groups.values()))
     names = sorted(set(kinds))
     if len(names) > _MAX_KINDS:
