@@ -694,7 +694,12 @@ def _concat_column(stored: Sequence[Any], sizes: Sequence[int]) -> Any:
             end = start + len(vals)
             here = numbered[start:end]
             start = end
-            idx.extend(array("I", here) * n if col is None else array("I", map(here.__getitem__, col.idx)))
+            if col is None:
+                idx.extend(array("I", here) * n)
+            elif here and here[-1] == len(here) - 1 and here == list(range(len(here))):
+                idx.extend(col.idx)  # the bucket numbers its values as the column does (often: two or three values)
+            else:
+                idx.extend(array("I", map(here.__getitem__, col.idx)))
         return Coded(values, idx)
     out_list: list[Any] = []
     for col, n in zip(stored, sizes):
