@@ -152,7 +152,7 @@ def _not_local_part(nick_keys: list[Any], addresses: list[Any], address_keys: li
     keys = nick_keys if all(nick_keys) else [key or "" for key in nick_keys]
     # key + "@" starts the address key: the key starts it and "@" follows (no "key@" string made per row)
     local = map(and_, map(str.startswith, starts, keys), map(str.startswith, starts, repeat("@"), map(len, keys)))
-    out = list(map(and_, map(bool, nick_keys), map(not_, local)))
+    out = list(map(not_, local)) if keys is nick_keys else list(map(and_, map(bool, nick_keys), map(not_, local)))
     texts = addresses if all(addresses) else [text or "" for text in addresses]
     for i in compress(range(len(texts)), map(not_, map(str.isascii, texts))):
         key = nick_keys[i]
