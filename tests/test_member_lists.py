@@ -199,3 +199,13 @@ def test_stored_form_round_trips() -> None:
     many = {"g": {f"m{i}": f"kind{i}" for i in range(300)}}  # more kinds than a byte codes: kept as the dict
     assert pack_members(many) == many and unpack(pack_members(many)) == many
     assert pickle.loads(pickle.dumps(stored)) == stored
+
+
+def test_prepared_index_is_not_reused_across_member_list_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The view cache's fingerprint covers mirror/member_lists.py (snapshots hold MemberLists pickled)."""
+    from entra_mcp.views import ViewCache
+
+    before = ViewCache(tmp_path).fingerprint(DirectoryView)
+    read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read(self) + (b"#" if self.name == "member_lists.py" else b""))
+    assert ViewCache(tmp_path).fingerprint(DirectoryView) != before

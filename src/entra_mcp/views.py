@@ -193,18 +193,18 @@ class ViewCache:
         self._fingerprint: str | None = None
 
     def fingerprint(self, view_type: type) -> str:
-        """This release plus the source of every module that shapes a view (the view's package, the snapshot and its tables):
-        an index built by other code is never reused."""
+        """This release plus the source of every module that shapes a view (the view's package, the snapshot, its tables
+        and member lists): an index built by other code is never reused."""
         if self._fingerprint is None:
             import inspect
 
             from entra_mcp import __version__
-            from entra_mcp.mirror import snapshot, table
+            from entra_mcp.mirror import member_lists, snapshot, table
 
             digest = hashlib.sha256(f"{__version__}/index-{INDEX_FORMAT}".encode())
             try:
                 package = Path(inspect.getfile(view_type)).parent
-                for source in [*sorted(package.glob("*.py")), Path(inspect.getfile(snapshot)), Path(inspect.getfile(table))]:
+                for source in [*sorted(package.glob("*.py")), *(Path(inspect.getfile(m)) for m in (snapshot, table, member_lists))]:
                     digest.update(source.name.encode() + b"\0" + source.read_bytes())
             except (OSError, TypeError):
                 digest.update(os.urandom(16))  # sources unreadable: never trust a cached view
