@@ -78,12 +78,6 @@ def _column(objects: Mapping[str, Mapping[str, Any]], name: str) -> list[Any]:
     return [obj.get(name) for obj in objects.values()]
 
 
-def _key(text: str) -> str:
-    """Casefolded key; the original string object when it is already folded (saves a copy per key)."""
-    folded = text.casefold()
-    return text if folded == text else folded
-
-
 def _values(index: Mapping[str, Any], key: str) -> tuple[str, ...]:
     found = index.get(key)
     if found is None:
@@ -110,8 +104,8 @@ def _bulk_add(index: dict[str, Any], keys: list[str], values: list[str], positio
 
 
 def _folded_keys(texts: list[str]) -> list[str]:
-    """_key of each text (its casefolded form, the text object itself where it is already folded), without a call
-    per text."""
+    """The casefolded key of each text: the text object itself where it is already folded (saves a copy per key),
+    without a call per text."""
     return [text if text == key else key for text, key in zip(texts, map(str.casefold, texts))]
 
 
@@ -135,7 +129,8 @@ def _item_owners(lists: list[Any], owners: list[Any]) -> list[Any]:
 
 
 def _folded_column(texts: list[Any]) -> list[Any]:
-    """_key of each set text, None for each unset one: a list as long as `texts` (a column read by row)."""
+    """The casefolded key of each set text (as _folded_keys), None for each unset one: a list as long as `texts` (a
+    column read by row)."""
     if all(texts):
         return _folded_keys(texts)
     keys = iter(_folded_keys([text for text in texts if text]))
