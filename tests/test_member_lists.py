@@ -178,6 +178,32 @@ def test_member_lists_load_and_index_like_the_old_definitions(tmp_path: Path, mo
         assert whole is not None and spliced is not None and whole.members == spliced.members == changed
         _check(whole, store)
         _check(spliced, store)
+        # the patch path (a server's reload): the held view brought to the new member lists
+        patched = DirectoryView.build(held).updated(spliced)
+        if users:
+            assert patched is not None
+        if patched is not None:
+            fresh_index = DirectoryView.build(spliced).member_of
+            assert patched.member_of == fresh_index and dict(patched.member_of.items()) == dict(fresh_index.items())
+            assert all(patched.member_of.groups(m, spliced.users) == fresh_index.groups(m, spliced.users)
+                       for m in {*fresh_index, *held.users, "dev0", "sp1"})
+        # a delta that keeps every group, changing two lists: the patch overlays the members whose groups changed
+        with store.writer("t") as w:
+            change = w.begin("groups")
+            for gid in sorted(changed)[:2]:
+                after = dict(change.get("members", gid) or {})
+                after.pop(next(iter(after), None), None)  # type: ignore[arg-type]
+                after.update({uid: "user" for uid in sorted(users)[-3:]} | {"dev1": "device"})
+                change.put("members", gid, after)
+            w.commit_delta(change, delta_link="g3", status=_ON)
+        newer = store.load_snapshot("t", held=spliced)
+        assert newer is not None and list(newer.members) == list(spliced.members)
+        patched = DirectoryView.build(spliced).updated(newer)
+        assert patched is not None
+        fresh_index = DirectoryView.build(newer).member_of
+        assert patched.member_of == fresh_index
+        assert all(patched.member_of.groups(m, newer.users) == fresh_index.groups(m, newer.users)
+                   for m in {*fresh_index, *newer.users, "dev0", "dev1", "sp1"})
         (n, before), (m, after) = held.buckets["members"], spliced.buckets["members"]
         if n == m and sum(x != y for x, y in zip(before, after)) * 2 <= n:
             assert spliced_calls  # the held lists of the buckets not rewritten were taken, not read again
