@@ -80,6 +80,9 @@ class TenantView:
 VIEW_BYTES_PER_OBJECT = 1_000
 VIEW_BYTES_BASE = 300_000
 WARM_MAX = 16  # tenants loaded at start; the others at their first call
+# a first tenant with at least this many member-list buckets (~60 memberships each; the large mirror has 1,024) and no
+# prepared index gets its reverse memberships built by a child during the server's start (start_early_index)
+EARLY_MIN_MEMBER_BUCKETS = 256
 # The prepared index's layout, part of the view cache's fingerprint (with the source of the code that shapes a view):
 # a file of another layout is ignored and rebuilt, never read. 2: reverse memberships as arrays (identity/member_index.py)
 INDEX_FORMAT = 2
@@ -543,6 +546,34 @@ class ViewProvider:
         """Every tenant's view, loading those not held: for few tenants; `statuses()` reads only freshness."""
         return [self.current(name) for name in self._tenants]
 
+    def start_early_index(self, *, min_member_buckets: int = EARLY_MIN_MEMBER_BUCKETS) -> str | None:
+        """At a server's start, before the MCP SDK is imported: when the first tenant to be loaded has a large mirror
+        and no prepared index (its start will index the mirror), have a child process load its member lists and build
+        its reverse memberships meanwhile (identity/member_index_child.py: the store's load takes the member lists,
+        the view's build the reverse memberships, each only if they are the ones of the mirror it read). Returns the tenant, or None when
+        there is nothing to gain (a prepared index, a small or missing mirror, no fork, one CPU)."""
+        from entra_mcp.identity import member_index_child
+
+        if self._budget or member_index_child.cpus() < 2:
+            return None
+        for name in list(self._tenants)[:1]:
+            root = self._store.root_state(name) if hasattr(self._store, "root_state") else None
+            if not root or not int(root.get("version") or 0):
+                return None
+            spec = next((a.get("colls", {}).get("members") for a in root.get("areas", {}).values()
+                         if isinstance(a, dict) and a.get("colls", {}).get("members")), None)
+            if not spec or int(spec[0]) < min_member_buckets:
+                return None  # a small tenant: its reverse memberships take milliseconds
+            view_type = _view_type()
+            if self._cache is not None and self._cache.holds(name, int(root["version"]), view_type):
+                return None  # the start loads the prepared index
+            cache_dir = getattr(self._store, "cache_dir", None)
+            if cache_dir is None or not member_index_child.start(cache_dir, name, self._store):
+                return None
+            log.info("tenant %s: no prepared index; a child loads the member lists and builds the reverse memberships while the server starts", name)
+            return name
+        return None
+
     def warm(self, *, freeze: bool = False) -> None:
         """Load tenants now (at start-up, so the first question is answered at full speed): the first WARM_MAX, and
         with a memory budget only while it lasts; the others are loaded at their first call.
@@ -562,6 +593,9 @@ class ViewProvider:
             if freeze and self._held and not self._frozen:
                 gc.freeze()
                 self._frozen = True
+        from entra_mcp.identity import member_index_child
+
+        member_index_child.discard(self._store)  # a child no load or build took from (a prepared index after all)
 
     def thaw(self) -> None:
         """Give the objects frozen by warm(freeze=True) back to the collector (a view of the start is going, or

@@ -301,8 +301,6 @@ def _serve(
     shared: Any = None,
 ) -> None:
     from entra_mcp.mirror.store import MirrorStore
-    from entra_mcp.server.app import create_server
-    from entra_mcp.server.http import run_http
     from entra_mcp.views import ViewProvider
 
     raise_open_files_limit(min(len(settings.tenants), settings.server.max_open_mirrors))
@@ -310,6 +308,11 @@ def _serve(
     views = None
     try:
         views = ViewProvider.from_settings(settings, store, cache=view_cache)
+        # before the MCP SDK's import (~1 s): a cold start's child works on the other CPU meanwhile
+        views.start_early_index()
+        from entra_mcp.server.app import create_server
+        from entra_mcp.server.http import run_http
+
         views.warm(freeze=True)
         unsynced = [tv.name for tv in views.statuses() if not tv.synced]
         for name in unsynced[:10]:

@@ -36,6 +36,7 @@ from rapidfuzz.distance import OSA
 
 from ..mirror.snapshot import AreaStatus, DirectorySnapshot
 from ..mirror.table import records_column
+from . import member_index_child
 from .member_index import MemberOf
 from .text import folded_name, is_abjad, latin_name, latin_tokens, name_tokens, skeleton, utcnow
 
@@ -489,7 +490,11 @@ class DirectoryView:
     def _build(cls, snapshot: DirectorySnapshot, now: datetime | None) -> "DirectoryView":
         users = _index_users(snapshot.users)
         users["user_ids"] = user_ids = tuple(users["user_ids"])
-        return cls._assemble(snapshot, now, users, MemberOf.build(snapshot.members, user_ids), _index_domains(snapshot))
+        # a server's cold start may have had a child build the reverse memberships meanwhile (member_index_child)
+        member_of = member_index_child.take(snapshot, user_ids)
+        if member_of is None:
+            member_of = MemberOf.build(snapshot.members, user_ids)
+        return cls._assemble(snapshot, now, users, member_of, _index_domains(snapshot))
 
     @classmethod
     def _assemble(cls, snapshot: DirectorySnapshot, now: datetime | None, users: dict[str, Any],

@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import diskcache
 
@@ -115,6 +115,11 @@ def _stored_form(coll: str, part: dict[str, Any]) -> Any:
     if coll in TABLES:
         return pack(part)
     return pack_groups(part) if coll in GROUPED else part
+
+
+def _specs(root: dict[str, Any]) -> dict[str, Any]:
+    """Every collection's stored spec ([bucket count, bucket revisions], or None) in a committed root."""
+    return {coll: _area_of(root, area)["colls"].get(coll) for area in AREAS for coll in COLLECTIONS[area]}
 
 
 def _continues(held: DirectorySnapshot, root: dict[str, Any]) -> bool:
@@ -221,6 +226,10 @@ class MirrorStore:
         # Private to the service account, checked before anything is read from it (mirror/permissions.py); created
         # (0700) only when a mirror is first written.
         self.cache_dir = private_directory(os.fspath(cache_dir), create=False)
+        # a collection another process already loaded (a server's cold start: identity/member_index_child.py):
+        # given(tenant, collection, the root's specs, the collections loaded so far, the id pool) -> (collection,
+        # objects per bucket) when it holds exactly what the root's buckets do, else None (loaded as usual)
+        self.given: Callable[[str, str, dict[str, Any], dict[str, Any], dict[Any, Any]], tuple[Any, tuple[int, ...]] | None] | None = None
         self._open = OpenMirrors(max_open)
         # tenant -> (freshness, when it was read, the files once the mirror was found closed): see freshness()
         self._freshness_memo: dict[str, tuple[Freshness | None, float, tuple[tuple[int, int, int] | None, ...] | None]] = {}
@@ -464,9 +473,31 @@ class MirrorStore:
             data: dict[str, Any] = {}
             rows: dict[str, tuple[int, ...]] = {}
             base = held if held is not None and _continues(held, root) else None
+            specs = _specs(root)
+            given = self.given if base is None else None
             for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]), key=lambda ac: ac[1] not in TABLES):
-                data[coll], rows[coll] = self._read_coll(cache, area, coll, _area_of(root, area)["colls"].get(coll), pool, base)
+                found = given(tenant_name, coll, specs, data, pool) if given is not None else None
+                data[coll], rows[coll] = (found if found is not None else
+                                          self._read_coll(cache, area, coll, specs[coll], pool, base))
             return self._snapshot(tenant_name, root, data, rows, base)
+
+        return self._consistent(tenant_name, read)
+
+    def load_collections(self, tenant_name: str, colls: Sequence[str]
+                         ) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[int, ...]]] | None:
+        """Some collections of the committed mirror, read as load_snapshot reads them (tables first, ids shared):
+        (every collection's stored spec [bucket count, revisions], {coll: data}, {coll: objects per bucket}). Equal
+        specs mean equal buckets: another reader can tell whether its own load holds the same. None: no mirror."""
+
+        def read(root: dict[str, Any], cache: Database) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[int, ...]]]:
+            pool: dict[Any, Any] = {}
+            data: dict[str, Any] = {}
+            rows: dict[str, tuple[int, ...]] = {}
+            specs = _specs(root)
+            for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a] if c in colls),
+                                     key=lambda ac: ac[1] not in TABLES):
+                data[coll], rows[coll] = self._read_coll(cache, area, coll, specs[coll], pool)
+            return specs, data, rows
 
         return self._consistent(tenant_name, read)
 

@@ -1,0 +1,261 @@
+"""A cold start's reverse memberships (MemberOf), built by a child process while the server imports the MCP SDK
+and loads the mirror: a large tenant's first index on two CPUs instead of one.
+
+A server start with no prepared index (views.py ViewCache: the first start after an upgrade, or a cache that cannot
+be written) loads the mirror and indexes it before its first answer. On the large mirror (100,000 users, 604,157
+memberships) the reverse memberships are ~0.55 s of that and come out as what MemberOf holds anyway: two arrays
+of numbers and a small dict of the members that are not users, a few MB to hand over. So `entra-mcp serve` forks a
+child first thing (`start`, from views.ViewProvider.start_early_index, before the SDK import: the process is
+still small, so the fork is cheap and the two processes share almost no memory pages to copy afterwards). The
+child loads the same mirror by itself, builds the reverse memberships and writes them to a pipe; the server takes
+them when its own build gets there (`take`, from DirectoryView.build) if they describe the very snapshot it loaded
+(the same tenant, data version and commit stamp, so the same buckets in the same order).
+
+Anything else costs only the time, never the answer: no fork or one CPU (never started), a commit between the two
+loads, a child that failed, was killed, or has not answered within TAKE_WAIT seconds once the server needs it
+(then killed). The server builds them itself, and the result is the same MemberOf either way. A child that was never
+taken (the index came from the cache after all) is ended by `discard`, which the start calls after loading its views.
+The child's memory (a second copy of the mirror for ~2 s) is its own and is given back when it exits.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import selectors
+import signal
+import time
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from entra_mcp.logs import get_logger
+
+log = get_logger("identity")
+
+TAKE_WAIT = 2.0  # seconds the server waits for a child still at work once it needs the result (then builds it itself)
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Child:
+    tenant: str
+    pid: int
+    fd: int
+    buffer: bytearray = field(default_factory=bytearray)
+    done: bool = False  # the child closed its end
+    read: int = 0  # messages taken so far
+
+    def message(self, wait: float) -> bytes | None:
+        """The child's next message (8-byte length, then a pickle), waiting at most `wait` seconds; None when it
+        ended without one or is still at work."""
+        deadline = time.monotonic() + wait
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.fd, selectors.EVENT_READ)
+            while True:
+                if len(self.buffer) >= 8:
+                    size = int.from_bytes(self.buffer[:8], "little")
+                    if len(self.buffer) >= 8 + size:
+                        found = bytes(self.buffer[8 : 8 + size])
+                        del self.buffer[: 8 + size]
+                        self.read += 1
+                        return found
+                if self.done:
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    return None
+                chunk = os.read(self.fd, 1 << 20)
+                if chunk:
+                    self.buffer += chunk
+                else:
+                    self.done = True
+
+    def end(self) -> None:
+        """Close the pipe, kill the child unless it is done, reap it."""
+        os.close(self.fd)
+        if not self.done:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os.waitpid(self.pid, 0)
+
+
+_pending: dict[str, _Child] = {}
+taken = {"member_lists": 0, "member_of": 0}  # what loads and builds took from a child (the tests read it)
+
+
+def start(cache_dir: str | os.PathLike[str], tenant: str, store: Any = None) -> bool:
+    """Fork a child that loads `tenant`'s users and member lists from `cache_dir` and sends them, then their reverse
+    memberships; `store` (the server's MirrorStore) is told to take the member lists from it (`given`). False when
+    there is no fork, one CPU only, or a child is already under way for the tenant."""
+    if not hasattr(os, "fork") or cpus() < 2 or tenant in _pending:
+        return False
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return False
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return False
+    if pid == 0:  # the child: nothing of the parent's is used but the arguments; it leaves with os._exit
+        code = 0
+        try:
+            os.close(r)
+            for message in _child(Path(cache_dir), tenant):
+                view = memoryview(len(message).to_bytes(8, "little") + message)
+                while view:
+                    view = view[os.write(w, view):]
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(w)
+    _pending[tenant] = _Child(tenant, pid, r)
+    if store is not None:
+        store.given = given
+    return True
+
+
+def _spec(spec: Any) -> tuple[int, tuple[int, ...]] | None:
+    return (int(spec[0]), tuple(int(r) for r in spec[1])) if spec else None
+
+
+def _child(cache_dir: Path, tenant: str) -> Iterator[bytes]:
+    """In the child: the member lists (users as rows of the users table), then the reverse memberships."""
+    gc.disable()
+    from entra_mcp.identity.member_index import MemberOf
+    from entra_mcp.mirror.member_lists import MemberLists
+    from entra_mcp.mirror.store import MirrorStore
+
+    store = MirrorStore(cache_dir)  # its own connections: SQLite's of the parent are never used across a fork
+    loaded = store.load_collections(tenant, ("users", "members"))
+    if loaded is None:
+        raise LookupError("no mirror")
+    specs, data, counts = loaded
+    users, members = data["users"], data["members"]
+    if not isinstance(members, MemberLists):
+        raise LookupError("member lists of another form")
+    both = (_spec(specs["users"]), _spec(specs["members"]))
+    ids = members.member_ids
+    n = len(users.ids)
+    # each membership as a number: a user's row, or n + the position of another member (group, device...) in `others`
+    found = list(map(users.pos.get, ids))
+    others: dict[str, int] = {}
+    for j in [j for j, r in enumerate(found) if r is None]:
+        found[j] = n + others.setdefault(ids[j], len(others))
+    yield pickle.dumps((both, n, members.group_ids, members.starts, array("I", found), list(others), members.kinds,
+                        members.kind_names, counts["members"]), protocol=pickle.HIGHEST_PROTOCOL)
+    built = MemberOf.build(members, tuple(users.ids))
+    where = {gid: g for g, gid in enumerate(built.group_ids)}
+    first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1)))  # member id -> its first position in the lists
+    # the other members as (first position in the member lists, group positions): the server takes its own id objects
+    groups_of = [(first[mid], array("I", map(where.__getitem__, groups))) for mid, groups in built.others.items()]
+    yield pickle.dumps((both, len(built.user_ids), built.offsets, built.rows, groups_of), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def given(tenant: str, coll: str, specs: dict[str, Any], data: dict[str, Any], pool: dict[Any, Any]) -> Any:
+    """MirrorStore.given: the member lists from the tenant's child when they are exactly the root's (the same users
+    and member-list buckets), their ids the objects of this load (`pool`, the users table); else None."""
+    child = _pending.get(tenant)
+    users = data.get("users")
+    if coll != "members" or child is None or users is None:
+        return None
+    started = time.monotonic()
+    message = child.message(TAKE_WAIT)
+    if message is None:
+        log.info("tenant %s: the child gave no member lists within %.1f s; loading them here", tenant, time.monotonic() - started)
+        return None
+    try:
+        from entra_mcp.mirror.member_lists import MemberLists
+
+        both, n, group_ids, starts, codes, others, kinds, kind_names, counts = pickle.loads(message)  # noqa: S301 - our own child, a private pipe
+        if both != (_spec(specs.get("users")), _spec(specs.get("members"))) or n != len(users.ids):
+            log.info("tenant %s: the mirror changed since the child's load; loading the member lists here", tenant)
+            return None
+        get = pool.get
+        ids = users.ids + list(map(get, others, others))
+        lists = MemberLists(list(map(get, group_ids, group_ids)), starts, list(map(ids.__getitem__, codes)), kinds, kind_names)
+    except Exception as exc:  # noqa: BLE001 - malformed: load them here
+        log.warning("tenant %s: the child's member lists are unusable (%s); loading them here", tenant, type(exc).__name__)
+        return None
+    taken["member_lists"] += 1
+    log.info("tenant %s: member lists taken from the child (waited %.0f ms)", tenant, (time.monotonic() - started) * 1000)
+    return lists, tuple(counts)
+
+
+def take(snapshot: Any, user_ids: tuple[str, ...]) -> Any:
+    """The child's MemberOf for `snapshot` (its users in `user_ids` order) when one was started for this tenant and
+    describes this very snapshot; else None (the caller builds it). The child is reaped either way."""
+    child = _pending.pop(getattr(snapshot, "tenant", None), None)  # type: ignore[arg-type]
+    if child is None:
+        return None
+    try:
+        started = time.monotonic()
+        if child.read == 0 and child.message(TAKE_WAIT) is None:  # the member lists, not asked for: skipped
+            message = None
+        else:
+            message = child.message(TAKE_WAIT)
+        if message is None:
+            log.info("tenant %s: the child gave no reverse memberships within %.1f s; building them here",
+                     child.tenant, time.monotonic() - started)
+            return None
+        try:
+            found = _decode(message, snapshot, user_ids)
+        except Exception as exc:  # noqa: BLE001 - malformed or of another shape: build here
+            log.warning("tenant %s: the child's reverse memberships are unusable (%s); building them here", child.tenant,
+                        type(exc).__name__)
+            return None
+    finally:
+        child.end()
+    if found is None:
+        log.info("tenant %s: the mirror changed since the child's load; building the reverse memberships here", child.tenant)
+        return None
+    taken["member_of"] += 1
+    log.info("tenant %s: reverse memberships taken from the child", child.tenant)
+    return found
+
+
+def _decode(data: bytes, snapshot: Any, user_ids: tuple[str, ...]) -> Any:
+    from entra_mcp.identity.member_index import MemberOf
+    from entra_mcp.mirror.member_lists import MemberLists
+
+    both, n_users, offsets, rows, others = pickle.loads(data)  # noqa: S301 - our own child, a private pipe
+    members = snapshot.members
+    buckets = getattr(snapshot, "buckets", {})
+    if (both != (buckets.get("users"), buckets.get("members")) or not isinstance(members, MemberLists)
+            or n_users != len(user_ids)):
+        return None
+    if (not isinstance(offsets, array) or not isinstance(rows, array) or len(offsets) != n_users + 1
+            or offsets[-1] != len(rows)):
+        raise ValueError("reverse memberships of another shape")
+    group_ids = list(members)
+    ids = members.member_ids
+    get = group_ids.__getitem__
+    return MemberOf(user_ids, group_ids, offsets, rows, {ids[j]: tuple(map(get, groups)) for j, groups in others})
+
+
+def discard(store: Any = None) -> None:
+    """End the children whose result was not taken (the start loaded a prepared index after all, or failed), and
+    stop `store` asking for theirs."""
+    if store is not None and getattr(store, "given", None) is given:
+        store.given = None
+    while _pending:
+        _, child = _pending.popitem()
+        child.end()
+
+
+__all__ = ["TAKE_WAIT", "cpus", "discard", "start", "take"]
