@@ -156,3 +156,18 @@ def test_discard_ends_a_child_nobody_took(server_env: ServerEnv) -> None:  # noq
     pid = member_index_child._pending[server_env.name].pid
     member_index_child.discard()
     assert not member_index_child._pending and _reaped(pid)
+
+
+def test_ids_only_reads_a_tables_rows_in_its_order(server_env: ServerEnv) -> None:  # noqa: F811
+    """MirrorStore.load_collections(ids_only=...): the ids a Table of the same buckets holds, in its order, and the
+    same objects per bucket (the child maps member ids to the server's rows through them)."""
+    store = MirrorStore(server_env.cache_dir)
+    try:
+        whole = store.load_collections(server_env.name, ("users", "groups"))
+        ids = store.load_collections(server_env.name, ("users", "groups"), ids_only=("users",))
+        assert whole is not None and ids is not None
+        assert ids[1]["users"] == whole[1]["users"].ids and isinstance(ids[1]["users"], list)
+        assert ids[2] == whole[2] and ids[0] == whole[0]
+        assert ids[1]["groups"].ids == whole[1]["groups"].ids  # not in ids_only: the Table
+    finally:
+        store.close()

@@ -142,24 +142,25 @@ def _child(cache_dir: Path, tenant: str) -> Iterator[bytes]:
     from entra_mcp.mirror.store import MirrorStore
 
     store = MirrorStore(cache_dir)  # its own connections: SQLite's of the parent are never used across a fork
-    loaded = store.load_collections(tenant, ("users", "members"))
+    # the users' ids only (their rows), not their columns: what the server's users table will hold, in its order
+    loaded = store.load_collections(tenant, ("users", "members"), ids_only=("users",))
     if loaded is None:
         raise LookupError("no mirror")
     specs, data, counts = loaded
-    users, members = data["users"], data["members"]
+    user_ids, members = data["users"], data["members"]
     if not isinstance(members, MemberLists):
         raise LookupError("member lists of another form")
     both = (_spec(specs["users"]), _spec(specs["members"]))
     ids = members.member_ids
-    n = len(users.ids)
+    n = len(user_ids)
     # each membership as a number: a user's row, or n + the position of another member (group, device...) in `others`
-    found = list(map(users.pos.get, ids))
+    found: list[Any] = list(map(dict(zip(user_ids, range(n))).get, ids))
     others: dict[str, int] = {}
     for j in [j for j, r in enumerate(found) if r is None]:
         found[j] = n + others.setdefault(ids[j], len(others))
     yield pickle.dumps((both, n, members.group_ids, members.starts, array("I", found), list(others), members.kinds,
                         members.kind_names, counts["members"]), protocol=pickle.HIGHEST_PROTOCOL)
-    built = MemberOf.build(members, tuple(users.ids))
+    built = MemberOf.build(members, tuple(user_ids))
     where = {gid: g for g, gid in enumerate(built.group_ids)}
     first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1)))  # member id -> its first position in the lists
     # the other members as (first position in the member lists, group positions): the server takes its own id objects

@@ -377,6 +377,18 @@ class MirrorStore:
             },
         }
 
+    def _read_ids(self, cache: Database, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any]
+                  ) -> tuple[list[str], tuple[int, ...]]:
+        """A table's ids as _read_coll's Table would hold them (its buckets' ids in bucket order), shared through
+        `pool`, and its objects per bucket: what a reader that only needs the rows unpickles, without the columns."""
+        n, revs = spec if spec else (0, [])
+        stored = self._buckets(cache, area, coll, {i: rev for i, rev in enumerate(revs) if rev >= 0})
+        ids: list[str] = []
+        for bucket in stored.values():
+            if bucket is not None:
+                ids.extend(bucket[1] if is_packed(bucket) else bucket)
+        return list(map(pool.setdefault, ids, ids)), tuple(_rows(stored.get(i)) for i in range(n))
+
     def _read_coll(
         self, cache: Database, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any],
         held: DirectorySnapshot | None = None,
@@ -483,11 +495,12 @@ class MirrorStore:
 
         return self._consistent(tenant_name, read)
 
-    def load_collections(self, tenant_name: str, colls: Sequence[str]
+    def load_collections(self, tenant_name: str, colls: Sequence[str], *, ids_only: Sequence[str] = ()
                          ) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[int, ...]]] | None:
         """Some collections of the committed mirror, read as load_snapshot reads them (tables first, ids shared):
         (every collection's stored spec [bucket count, revisions], {coll: data}, {coll: objects per bucket}). Equal
-        specs mean equal buckets: another reader can tell whether its own load holds the same. None: no mirror."""
+        specs mean equal buckets: another reader can tell whether its own load holds the same. A table in `ids_only`
+        is read as the list of its ids, in the order its Table would hold them (no columns). None: no mirror."""
 
         def read(root: dict[str, Any], cache: Database) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[int, ...]]]:
             pool: dict[Any, Any] = {}
@@ -496,7 +509,10 @@ class MirrorStore:
             specs = _specs(root)
             for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a] if c in colls),
                                      key=lambda ac: ac[1] not in TABLES):
-                data[coll], rows[coll] = self._read_coll(cache, area, coll, specs[coll], pool)
+                if coll in ids_only and coll in TABLES:
+                    data[coll], rows[coll] = self._read_ids(cache, area, coll, specs[coll], pool)
+                else:
+                    data[coll], rows[coll] = self._read_coll(cache, area, coll, specs[coll], pool)
             return specs, data, rows
 
         return self._consistent(tenant_name, read)
