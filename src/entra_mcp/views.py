@@ -585,17 +585,19 @@ class ViewProvider:
         Nothing else exists yet, so nothing that could become cyclic garbage is frozen with them; the first view
         replaced or dropped later thaws them all (`gc.unfreeze()`), and from then on the collector sees everything,
         as without freezing (see _no_cyclic_gc)."""
-        with _no_cyclic_gc() if freeze else contextlib.nullcontext():  # frozen before the collector runs at all
-            for name in list(self._tenants)[:WARM_MAX]:
-                if self._budget and sum(self._sizes.values()) >= self._budget:
-                    break
-                self._load(name, self._store.version(name))
-            if freeze and self._held and not self._frozen:
-                gc.freeze()
-                self._frozen = True
         from entra_mcp.identity import member_index_child
 
-        member_index_child.discard(self._store)  # a child no load or build took from (a prepared index after all)
+        try:
+            with _no_cyclic_gc() if freeze else contextlib.nullcontext():  # frozen before the collector runs at all
+                for name in list(self._tenants)[:WARM_MAX]:
+                    if self._budget and sum(self._sizes.values()) >= self._budget:
+                        break
+                    self._load(name, self._store.version(name))
+                if freeze and self._held and not self._frozen:
+                    gc.freeze()
+                    self._frozen = True
+        finally:  # a child no load or build took from (a prepared index after all, or a failed load)
+            member_index_child.discard(self._store)
 
     def thaw(self) -> None:
         """Give the objects frozen by warm(freeze=True) back to the collector (a view of the start is going, or

@@ -1,21 +1,25 @@
-"""A cold start's reverse memberships (MemberOf), built by a child process while the server imports the MCP SDK
-and loads the mirror: a large tenant's first index on two CPUs instead of one.
+"""A cold start's member lists and reverse memberships (MemberOf), loaded and built by a child process while the
+server imports the MCP SDK and loads the rest of the mirror: a large tenant's first index on two CPUs instead of one.
 
 A server start with no prepared index (views.py ViewCache: the first start after an upgrade, or a cache that cannot
 be written) loads the mirror and indexes it before its first answer. On the large mirror (100,000 users, 604,157
-memberships) the reverse memberships are ~0.55 s of that and come out as what MemberOf holds anyway: two arrays
-of numbers and a small dict of the members that are not users, a few MB to hand over. So `entra-mcp serve` forks a
-child first thing (`start`, from views.ViewProvider.start_early_index, before the SDK import: the process is
-still small, so the fork is cheap and the two processes share almost no memory pages to copy afterwards). The
-child loads the same mirror by itself, builds the reverse memberships and writes them to a pipe; the server takes
-them when its own build gets there (`take`, from DirectoryView.build) if they describe the very snapshot it loaded
-(the same tenant, data version and commit stamp, so the same buckets in the same order).
+memberships) loading the member lists (~0.5 s) and building the reverse memberships (~0.5 s) are a third of that,
+and both can be handed over as a few arrays of numbers: member ids as rows of the users table, the reverse
+memberships as MemberOf holds them anyway (two arrays and a small dict of the members that are not users).
 
-Anything else costs only the time, never the answer: no fork or one CPU (never started), a commit between the two
-loads, a child that failed, was killed, or has not answered within TAKE_WAIT seconds once the server needs it
-(then killed). The server builds them itself, and the result is the same MemberOf either way. A child that was never
-taken (the index came from the cache after all) is ended by `discard`, which the start calls after loading its views.
-The child's memory (a second copy of the mirror for ~2 s) is its own and is given back when it exits.
+So `entra-mcp serve` forks a child first thing (`start`, from views.ViewProvider.start_early_index, before the SDK
+import: the process is still small, so the fork is cheap and the two share almost no memory pages to copy). The
+child reads the users' ids and the member lists with its own SQLite connections and writes two messages to a pipe:
+the member lists, then the reverse memberships. The server's load takes the first instead of reading the member-list
+buckets (`given`, as MirrorStore.given) and DirectoryView.build takes the second (`take`), each only when the child
+read the same users and member-list buckets (bucket counts and revisions) as the root the server read: then they
+are exactly what the server would have made, in the same order, with the server's own id objects.
+
+Anything else costs only time, never the answer: no fork or one CPU (never started), a commit between the two
+loads that rewrote users or member lists, a child that failed, was killed, or has not answered within TAKE_WAIT
+seconds once the server needs a result (then killed): the server does that part itself. A child nobody took from
+(the start loaded a prepared index after all) is ended by `discard`, which the start's warm() calls. The child's
+memory (the users' ids and the member lists, ~1 s) is its own and goes back to the system when it exits.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from entra_mcp.logs import get_logger
 
 log = get_logger("identity")
 
-TAKE_WAIT = 2.0  # seconds the server waits for a child still at work once it needs the result (then builds it itself)
+# seconds the server waits for a child still at work once it needs a result, then does the work itself: about what
+# that work costs it on the large mirror (~0.5 s each), so a late child never costs much more than no child
+TAKE_WAIT = 1.0
 
 
 def cpus() -> int:

@@ -382,12 +382,15 @@ class MirrorStore:
         """A table's ids as _read_coll's Table would hold them (its buckets' ids in bucket order), shared through
         `pool`, and its objects per bucket: what a reader that only needs the rows unpickles, without the columns."""
         n, revs = spec if spec else (0, [])
-        stored = self._buckets(cache, area, coll, {i: rev for i, rev in enumerate(revs) if rev >= 0})
+        wanted = [(i, rev) for i, rev in enumerate(revs) if rev >= 0]
         ids: list[str] = []
-        for bucket in stored.values():
-            if bucket is not None:
-                ids.extend(bucket[1] if is_packed(bucket) else bucket)
-        return list(map(pool.setdefault, ids, ids)), tuple(_rows(stored.get(i)) for i in range(n))
+        counts = [0] * n
+        for start in range(0, len(wanted), 64):  # 64 buckets at a time: their columns are dropped as soon as read
+            for i, bucket in self._buckets(cache, area, coll, dict(wanted[start : start + 64])).items():
+                if bucket is not None:
+                    ids.extend(bucket[1] if is_packed(bucket) else bucket)
+                    counts[i] = _rows(bucket)
+        return list(map(pool.setdefault, ids, ids)), tuple(counts)
 
     def _read_coll(
         self, cache: Database, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any],
