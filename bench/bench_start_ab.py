@@ -6,7 +6,8 @@ Usage: python bench/bench_start_ab.py [--cold] ROUNDS LABEL=SRC|CONFIG|QUERY [LA
           with its own prepared index), QUERY the lookup_user query.
   --cold  every start without a prepared index: before each run, once the previous start's index writer (a forked
           child that outlives its server) has finished, the config's view cache files are deleted.
-Prints per label the median CPU (user + system of the server), wall and RSS, and each run's CPU.
+Prints per label the median wall (spawn to the answer), CPU (user + system of the server process; a child it forks
+counts in the wall only) and RSS, with each run's wall and CPU.
 
 Each SRC is byte-compiled first (`compileall`, writing its __pycache__ as `pip install` does): a start from a
 source tree that has none compiles every module it imports on each start (PYTHONDONTWRITEBYTECODE=1, set on this
@@ -82,7 +83,8 @@ def main() -> int:
             results[label].append(run(src, config, query, cold))
     for label, runs in results.items():
         wall, cpu, rss = (statistics.median(r[i] for r in runs) for i in range(3))
-        print(f"{label:12s} CPU {cpu:.2f} s (runs {', '.join(f'{r[1]:.2f}' for r in runs)}), wall {wall:.2f} s, RSS {rss:.0f} MB")
+        print(f"{label:12s} wall {wall:.2f} s (runs {', '.join(f'{r[0]:.2f}' for r in runs)}), "
+              f"CPU {cpu:.2f} s (runs {', '.join(f'{r[1]:.2f}' for r in runs)}), RSS {rss:.0f} MB")
     return 0
 
 
