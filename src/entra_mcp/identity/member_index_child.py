@@ -31,7 +31,9 @@ import selectors
 import signal
 import time
 from array import array
+from collections import deque
 from collections.abc import Iterator
+from itertools import accumulate, chain, repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ class _Child:
     buffer: bytearray = field(default_factory=bytearray)
     done: bool = False  # the child closed its end
     read: int = 0  # messages taken so far
+    other_ids: list[str] = field(default_factory=list)  # the members that are not users, as the first message lists them
 
     def message(self, wait: float) -> bytes | None:
         """The child's next message (8-byte length, then a pickle), waiting at most `wait` seconds; None when it
@@ -143,7 +146,6 @@ def _spec(spec: Any) -> tuple[int, tuple[int, ...]] | None:
 def _child(cache_dir: Path, tenant: str) -> Iterator[bytes]:
     """In the child: the member lists (users as rows of the users table), then the reverse memberships."""
     gc.disable()
-    from entra_mcp.identity.member_index import MemberOf
     from entra_mcp.mirror.member_lists import MemberLists
     from entra_mcp.mirror.store import MirrorStore
 
@@ -166,12 +168,17 @@ def _child(cache_dir: Path, tenant: str) -> Iterator[bytes]:
         found[j] = n + others.setdefault(ids[j], len(others))
     yield pickle.dumps((both, n, members.group_ids, members.starts, array("I", found), list(others), members.kinds,
                         members.kind_names, counts["members"]), protocol=pickle.HIGHEST_PROTOCOL)
-    built = MemberOf.build(members, tuple(user_ids))
-    where = {gid: g for g, gid in enumerate(built.group_ids)}
-    first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1)))  # member id -> its first position in the lists
-    # the other members as (first position in the member lists, group positions): the server takes its own id objects
-    groups_of = [(first[mid], array("I", map(where.__getitem__, groups))) for mid, groups in built.others.items()]
-    yield pickle.dumps((both, len(built.user_ids), built.offsets, built.rows, groups_of), protocol=pickle.HIGHEST_PROTOCOL)
+    # the reverse memberships from those numbers (as MemberOf.build makes them from the ids: each member's groups in
+    # member-list order; the other members in the order they first appear), list positions instead of id lookups
+    sizes = members.sizes()
+    lists: list[list[int]] = [[] for _ in range(n + len(others))]
+    deque(map(list.append, map(lists.__getitem__, found), chain.from_iterable(map(repeat, range(len(sizes)), sizes))),
+          maxlen=0)
+    offsets = array("I", accumulate(map(len, lists[:n]), initial=0))
+    rows = array("I", chain.from_iterable(lists[:n]))
+    # the other members by their place in the first message's list: the server takes its own id objects
+    groups_of = [(k, array("I", lists[n + k])) for k in range(len(others))]
+    yield pickle.dumps((both, n, offsets, rows, groups_of), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def given(tenant: str, coll: str, specs: dict[str, Any], data: dict[str, Any], pool: dict[Any, Any]) -> Any:
@@ -194,7 +201,8 @@ def given(tenant: str, coll: str, specs: dict[str, Any], data: dict[str, Any], p
             log.info("tenant %s: the mirror changed since the child's load; loading the member lists here", tenant)
             return None
         get = pool.get
-        ids = users.ids + list(map(get, others, others))
+        child.other_ids = list(map(get, others, others))
+        ids = users.ids + child.other_ids
         lists = MemberLists(list(map(get, group_ids, group_ids)), starts, list(map(ids.__getitem__, codes)), kinds, kind_names)
     except Exception as exc:  # noqa: BLE001 - malformed: load them here
         log.warning("tenant %s: the child's member lists are unusable (%s); loading them here", tenant, type(exc).__name__)
@@ -212,16 +220,19 @@ def take(snapshot: Any, user_ids: tuple[str, ...]) -> Any:
         return None
     try:
         started = time.monotonic()
-        if child.read == 0 and child.message(TAKE_WAIT) is None:  # the member lists, not asked for: skipped
-            message = None
-        else:
+        message = None
+        if child.read == 0:  # the member lists were not asked for: only their other members' ids are needed
+            first = child.message(TAKE_WAIT)
+            if first is not None:
+                child.other_ids = pickle.loads(first)[5]  # noqa: S301 - our own child, a private pipe
+        if child.read == 1:
             message = child.message(TAKE_WAIT)
         if message is None:
             log.info("tenant %s: the child gave no reverse memberships within %.1f s; building them here",
                      child.tenant, time.monotonic() - started)
             return None
         try:
-            found = _decode(message, snapshot, user_ids)
+            found = _decode(message, snapshot, user_ids, child.other_ids)
         except Exception as exc:  # noqa: BLE001 - malformed or of another shape: build here
             log.warning("tenant %s: the child's reverse memberships are unusable (%s); building them here", child.tenant,
                         type(exc).__name__)
@@ -236,7 +247,7 @@ def take(snapshot: Any, user_ids: tuple[str, ...]) -> Any:
     return found
 
 
-def _decode(data: bytes, snapshot: Any, user_ids: tuple[str, ...]) -> Any:
+def _decode(data: bytes, snapshot: Any, user_ids: tuple[str, ...], other_ids: list[str]) -> Any:
     from entra_mcp.identity.member_index import MemberOf
     from entra_mcp.mirror.member_lists import MemberLists
 
@@ -247,12 +258,11 @@ def _decode(data: bytes, snapshot: Any, user_ids: tuple[str, ...]) -> Any:
             or n_users != len(user_ids)):
         return None
     if (not isinstance(offsets, array) or not isinstance(rows, array) or len(offsets) != n_users + 1
-            or offsets[-1] != len(rows)):
+            or offsets[-1] != len(rows) or len(others) != len(other_ids)):
         raise ValueError("reverse memberships of another shape")
     group_ids = list(members)
-    ids = members.member_ids
     get = group_ids.__getitem__
-    return MemberOf(user_ids, group_ids, offsets, rows, {ids[j]: tuple(map(get, groups)) for j, groups in others})
+    return MemberOf(user_ids, group_ids, offsets, rows, {other_ids[k]: tuple(map(get, groups)) for k, groups in others})
 
 
 def discard(store: Any = None) -> None:

@@ -490,7 +490,10 @@ class MirrorStore:
             base = held if held is not None and _continues(held, root) else None
             specs = _specs(root)
             given = self.given if base is None else None
-            for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]), key=lambda ac: ac[1] not in TABLES):
+            # tables first (their ids are the pool); member lists last: a cold start's child (`given`) has the longest
+            # time to send them
+            for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a]),
+                                     key=lambda ac: (ac[1] not in TABLES, ac[1] in MEMBER_LISTS)):
                 found = given(tenant_name, coll, specs, data, pool) if given is not None else None
                 data[coll], rows[coll] = (found if found is not None else
                                           self._read_coll(cache, area, coll, specs[coll], pool, base))
