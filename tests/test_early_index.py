@@ -58,6 +58,7 @@ def test_a_cold_start_takes_the_childs_reverse_memberships(server_env: ServerEnv
         own = store.load_snapshot(server_env.name)  # loaded here, whole
         assert own is not None and own.version == snapshot.version
         assert snapshot.members == own.members and snapshot.bucket_rows == own.bucket_rows
+        assert snapshot.users.to_dicts() == own.users.to_dicts() and snapshot.users.ids == own.users.ids
         ids = {id(oid): oid for oid in snapshot.users.ids}
         assert all(ids.get(id(mid)) is mid for mid in snapshot.members.member_ids if mid in snapshot.users)  # shared
         _same(view.member_of, MemberOf.build(own.members, view.user_ids))
@@ -96,6 +97,14 @@ def test_reverse_memberships_of_other_buckets_are_not_taken(server_env: ServerEn
             assert member_index_child.start(server_env.cache_dir, server_env.name)
             assert member_index_child.given(server_env.name, "members", changed, data, {}) is None
             member_index_child.discard()
+        assert member_index_child.start(server_env.cache_dir, server_env.name)  # the users table likewise
+        assert member_index_child.given(server_env.name, "users", {**specs, "users": [1, [7]]}, {}, {}) is None
+        member_index_child.discard()
+        assert member_index_child.start(server_env.cache_dir, server_env.name)
+        pool: dict[str, str] = {}
+        table, counts = member_index_child.given(server_env.name, "users", specs, {}, pool)
+        assert table.ids == data["users"].ids and counts == snapshot.bucket_rows["users"] and set(pool) == set(table.ids)
+        member_index_child.discard()
         assert member_index_child.start(server_env.cache_dir, server_env.name)
         lists, counts = member_index_child.given(server_env.name, "members", specs, data, {})
         assert lists == snapshot.members and counts == snapshot.bucket_rows["members"]

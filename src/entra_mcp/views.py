@@ -548,9 +548,9 @@ class ViewProvider:
 
     def start_early_index(self, *, min_member_buckets: int = EARLY_MIN_MEMBER_BUCKETS) -> str | None:
         """At a server's start, before the MCP SDK is imported: when the first tenant to be loaded has a large mirror
-        and no prepared index (its start will index the mirror), have a child process load its member lists and build
-        its reverse memberships meanwhile (identity/member_index_child.py: the store's load takes the member lists,
-        the view's build the reverse memberships, each only if they are the ones of the mirror it read). Returns the tenant, or None when
+        and no prepared index (its start will index the mirror), have a child process load its users table and member
+        lists and build its reverse memberships meanwhile (identity/member_index_child.py: the store's load takes the
+        table and the lists, the view's build the reverse memberships, each only if they come from the same buckets). Returns the tenant, or None when
         there is nothing to gain (a prepared index, a small or missing mirror, no fork, one CPU)."""
         from entra_mcp.identity import member_index_child
 
@@ -570,7 +570,7 @@ class ViewProvider:
             cache_dir = getattr(self._store, "cache_dir", None)
             if cache_dir is None or not member_index_child.start(cache_dir, name, self._store):
                 return None
-            log.info("tenant %s: no prepared index; a child loads the member lists and builds the reverse memberships while the server starts", name)
+            log.info("tenant %s: no prepared index; a child loads the users and member lists and builds the reverse memberships while the server starts", name)
             return name
         return None
 

@@ -1,25 +1,25 @@
-"""A cold start's member lists and reverse memberships (MemberOf), loaded and built by a child process while the
-server imports the MCP SDK and loads the rest of the mirror: a large tenant's first index on two CPUs instead of one.
+"""A cold start's users table, member lists and reverse memberships (MemberOf), loaded and built by a child process
+while the server imports the MCP SDK and loads the rest of the mirror: a large tenant's first index on two CPUs.
 
 A server start with no prepared index (views.py ViewCache: the first start after an upgrade, or a cache that cannot
 be written) loads the mirror and indexes it before its first answer. On the large mirror (100,000 users, 604,157
-memberships) loading the member lists (~0.5 s) and building the reverse memberships (~0.5 s) are a third of that,
-and both can be handed over as a few arrays of numbers: member ids as rows of the users table, the reverse
-memberships as MemberOf holds them anyway (two arrays and a small dict of the members that are not users).
+memberships) three parts of that hand over cheaply: the users table (its 1,024 buckets load in ~0.45 s; the whole
+table, one pickle of concatenated columns, unpickles in ~0.07 s), the member lists (~0.5 s to load; sent as users'
+rows, 2.4 MB of numbers) and the reverse memberships (~0.5 s to build; two arrays and a small list).
 
 So `entra-mcp serve` forks a child first thing (`start`, from views.ViewProvider.start_early_index, before the SDK
 import: the process is still small, so the fork is cheap and the two share almost no memory pages to copy). The
-child reads the users' ids and the member lists with its own SQLite connections and writes two messages to a pipe:
-the member lists, then the reverse memberships. The server's load takes the first instead of reading the member-list
-buckets (`given`, as MirrorStore.given) and DirectoryView.build takes the second (`take`), each only when the child
-read the same users and member-list buckets (bucket counts and revisions) as the root the server read: then they
-are exactly what the server would have made, in the same order, with the server's own id objects.
+child reads with its own SQLite connections and sends three messages on a pipe: the users table, the member lists,
+the reverse memberships. The server's load takes the first two instead of reading those buckets (`given`, as
+MirrorStore.given) and DirectoryView.build takes the third (`take`), each only when the child read the same buckets
+(bucket counts and revisions) as the root the server read: then they are exactly what the server would have made,
+in the same order, with shared id objects (the pool of the server's load starts from the users table it took).
 
 Anything else costs only time, never the answer: no fork or one CPU (never started), a commit between the two
-loads that rewrote users or member lists, a child that failed, was killed, or has not answered within TAKE_WAIT
-seconds once the server needs a result (then killed): the server does that part itself. A child nobody took from
+loads that rewrote users or member lists, a child that failed, was killed, or has not sent a part within TAKE_WAIT
+seconds once the server needs it (then killed): the server does that part itself. A child nobody took from
 (the start loaded a prepared index after all) is ended by `discard`, which the start's warm() calls. The child's
-memory (the users' ids and the member lists, ~1 s) is its own and goes back to the system when it exits.
+memory (~140-190 MB for ~1.5 s) is its own and goes back to the system when it exits.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
+_TAGS = ("users", "members", "member_of")  # the child's messages, in the order it sends them
+
+
 @dataclass
 class _Child:
     tenant: str
@@ -62,33 +65,34 @@ class _Child:
     fd: int
     buffer: bytearray = field(default_factory=bytearray)
     done: bool = False  # the child closed its end
-    read: int = 0  # messages taken so far
-    other_ids: list[str] = field(default_factory=list)  # the members that are not users, as the first message lists them
+    got: dict[str, bytes] = field(default_factory=dict)  # messages read, not yet taken: tag -> pickle
+    other_ids: list[str] | None = None  # the members that are not users, as the member lists' message names them
 
-    def message(self, wait: float) -> bytes | None:
-        """The child's next message (8-byte length, then a pickle), waiting at most `wait` seconds; None when it
-        ended without one or is still at work."""
+    def wait_for(self, tag: str, wait: float) -> Any:
+        """The payload of the child's `tag` message (each frame: 8-byte length, a tag byte, a pickle), waiting at
+        most `wait` seconds for it; None when the child ended without it or is still at work. Messages before it
+        are kept, unread, for whoever asks for them."""
         deadline = time.monotonic() + wait
         with selectors.DefaultSelector() as sel:
             sel.register(self.fd, selectors.EVENT_READ)
-            while True:
-                if len(self.buffer) >= 8:
+            while tag not in self.got:
+                if len(self.buffer) >= 9:
                     size = int.from_bytes(self.buffer[:8], "little")
-                    if len(self.buffer) >= 8 + size:
-                        found = bytes(self.buffer[8 : 8 + size])
-                        del self.buffer[: 8 + size]
-                        self.read += 1
-                        return found
+                    if len(self.buffer) >= 9 + size:
+                        self.got[_TAGS[self.buffer[8]]] = bytes(self.buffer[9 : 9 + size])
+                        del self.buffer[: 9 + size]
+                        continue
                 if self.done:
                     return None
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     return None
-                chunk = os.read(self.fd, 1 << 20)
+                chunk = os.read(self.fd, 1 << 22)
                 if chunk:
                     self.buffer += chunk
                 else:
                     self.done = True
+        return pickle.loads(self.got.pop(tag))  # noqa: S301 - our own child's, over a private pipe
 
     def end(self) -> None:
         """Close the pipe, kill the child unless it is done, reap it."""
@@ -102,13 +106,13 @@ class _Child:
 
 
 _pending: dict[str, _Child] = {}
-taken = {"member_lists": 0, "member_of": 0}  # what loads and builds took from a child (the tests read it)
+taken = {"users": 0, "member_lists": 0, "member_of": 0}  # what loads and builds took from a child (tests read it)
 
 
 def start(cache_dir: str | os.PathLike[str], tenant: str, store: Any = None) -> bool:
-    """Fork a child that loads `tenant`'s users and member lists from `cache_dir` and sends them, then their reverse
-    memberships; `store` (the server's MirrorStore) is told to take the member lists from it (`given`). False when
-    there is no fork, one CPU only, or a child is already under way for the tenant."""
+    """Fork a child that loads `tenant`'s users table and member lists from `cache_dir` and sends them, then their
+    reverse memberships; `store` (the server's MirrorStore) is told to take the first two from it (`given`). False
+    when there is no fork, one CPU only, or a child is already under way for the tenant."""
     if not hasattr(os, "fork") or cpus() < 2 or tenant in _pending:
         return False
     try:
@@ -125,8 +129,9 @@ def start(cache_dir: str | os.PathLike[str], tenant: str, store: Any = None) -> 
         code = 0
         try:
             os.close(r)
-            for message in _child(Path(cache_dir), tenant):
-                view = memoryview(len(message).to_bytes(8, "little") + message)
+            for tag, payload in _child(Path(cache_dir), tenant):
+                data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+                view = memoryview(len(data).to_bytes(8, "little") + bytes([_TAGS.index(tag)]) + data)
                 while view:
                     view = view[os.write(w, view):]
         except BaseException:
@@ -143,19 +148,32 @@ def _spec(spec: Any) -> tuple[int, tuple[int, ...]] | None:
     return (int(spec[0]), tuple(int(r) for r in spec[1])) if spec else None
 
 
-def _child(cache_dir: Path, tenant: str) -> Iterator[bytes]:
-    """In the child: the member lists (users as rows of the users table), then the reverse memberships."""
+def _child(cache_dir: Path, tenant: str) -> Iterator[tuple[str, Any]]:
+    """In the child: the users table, the member lists (users as rows of that table), the reverse memberships."""
     gc.disable()
     from entra_mcp.mirror.member_lists import MemberLists
     from entra_mcp.mirror.store import MirrorStore
 
     store = MirrorStore(cache_dir)  # its own connections: SQLite's of the parent are never used across a fork
-    # the users' ids only (their rows), not their columns: what the server's users table will hold, in its order
-    loaded = store.load_collections(tenant, ("users", "members"), ids_only=("users",))
+    loaded = store.load_collections(tenant, ("users",))
     if loaded is None:
         raise LookupError("no mirror")
     specs, data, counts = loaded
-    user_ids, members = data["users"], data["members"]
+    users_spec, user_ids = _spec(specs["users"]), data["users"].ids
+    # the whole table: one pickle of concatenated columns unpickles ~6x faster than the table's 1,024 buckets load
+    yield "users", (users_spec, data["users"], counts["users"])
+    data = None  # type: ignore[assignment]
+    loaded = store.load_collections(tenant, ("members",))  # another read: a commit may have come in between
+    if loaded is None:
+        raise LookupError("no mirror")
+    specs, data, counts = loaded
+    if _spec(specs["users"]) != users_spec:  # the users changed meanwhile: their rows as of this read
+        reread = store.load_collections(tenant, ("users", "members"), ids_only=("users",))
+        if reread is None:
+            raise LookupError("no mirror")
+        specs, data, counts = reread
+        user_ids = data["users"]
+    members = data["members"]
     if not isinstance(members, MemberLists):
         raise LookupError("member lists of another form")
     both = (_spec(specs["users"]), _spec(specs["members"]))
@@ -166,8 +184,8 @@ def _child(cache_dir: Path, tenant: str) -> Iterator[bytes]:
     others: dict[str, int] = {}
     for j in [j for j, r in enumerate(found) if r is None]:
         found[j] = n + others.setdefault(ids[j], len(others))
-    yield pickle.dumps((both, n, members.group_ids, members.starts, array("I", found), list(others), members.kinds,
-                        members.kind_names, counts["members"]), protocol=pickle.HIGHEST_PROTOCOL)
+    yield "members", (both, n, members.group_ids, members.starts, array("I", found), list(others), members.kinds,
+                      members.kind_names, counts["members"])
     # the reverse memberships from those numbers (as MemberOf.build makes them from the ids: each member's groups in
     # member-list order; the other members in the order they first appear), list positions instead of id lookups
     sizes = members.sizes()
@@ -176,63 +194,70 @@ def _child(cache_dir: Path, tenant: str) -> Iterator[bytes]:
           maxlen=0)
     offsets = array("I", accumulate(map(len, lists[:n]), initial=0))
     rows = array("I", chain.from_iterable(lists[:n]))
-    # the other members by their place in the first message's list: the server takes its own id objects
-    groups_of = [(k, array("I", lists[n + k])) for k in range(len(others))]
-    yield pickle.dumps((both, n, offsets, rows, groups_of), protocol=pickle.HIGHEST_PROTOCOL)
+    # the other members by their place in the member lists' message: the server takes its own id objects
+    yield "member_of", (both, n, offsets, rows, [(k, array("I", lists[n + k])) for k in range(len(others))])
 
 
 def given(tenant: str, coll: str, specs: dict[str, Any], data: dict[str, Any], pool: dict[Any, Any]) -> Any:
-    """MirrorStore.given: the member lists from the tenant's child when they are exactly the root's (the same users
-    and member-list buckets), their ids the objects of this load (`pool`, the users table); else None."""
+    """MirrorStore.given: the users table, then the member lists, from the tenant's child when they are exactly
+    the root's (the same buckets), their ids this load's objects (`pool`); else None (the store loads them)."""
     child = _pending.get(tenant)
-    users = data.get("users")
-    if coll != "members" or child is None or users is None:
+    if child is None or coll not in ("users", "members") or (coll == "members" and "users" not in data):
         return None
     started = time.monotonic()
-    message = child.message(TAKE_WAIT)
-    if message is None:
-        log.info("tenant %s: the child gave no member lists within %.1f s; loading them here", tenant, time.monotonic() - started)
-        return None
     try:
-        from entra_mcp.mirror.member_lists import MemberLists
-
-        both, n, group_ids, starts, codes, others, kinds, kind_names, counts = pickle.loads(message)  # noqa: S301 - our own child, a private pipe
-        if both != (_spec(specs.get("users")), _spec(specs.get("members"))) or n != len(users.ids):
-            log.info("tenant %s: the mirror changed since the child's load; loading the member lists here", tenant)
+        found = child.wait_for(coll, TAKE_WAIT)
+        if found is None:
+            log.info("tenant %s: the child gave no %s within %.1f s; loading them here", tenant, coll, time.monotonic() - started)
             return None
-        get = pool.get
-        child.other_ids = list(map(get, others, others))
-        ids = users.ids + child.other_ids
-        lists = MemberLists(list(map(get, group_ids, group_ids)), starts, list(map(ids.__getitem__, codes)), kinds, kind_names)
-    except Exception as exc:  # noqa: BLE001 - malformed: load them here
-        log.warning("tenant %s: the child's member lists are unusable (%s); loading them here", tenant, type(exc).__name__)
+        if coll == "users":
+            spec, table, counts = found
+            if spec != _spec(specs.get("users")) or any(oid in pool for oid in table.ids[:1]):
+                log.info("tenant %s: the mirror changed since the child's load; loading the users here", tenant)
+                return None
+            pool.update(zip(table.ids, table.ids))  # as the store's own load of the first table leaves it
+            result: Any = (table, tuple(counts))
+        else:
+            from entra_mcp.mirror.member_lists import MemberLists
+
+            both, n, group_ids, starts, codes, others, kinds, kind_names, counts = found
+            users = data["users"]
+            if both != (_spec(specs.get("users")), _spec(specs.get("members"))) or n != len(users.ids):
+                log.info("tenant %s: the mirror changed since the child's load; loading the member lists here", tenant)
+                return None
+            get = pool.get
+            child.other_ids = list(map(get, others, others))
+            ids = users.ids + child.other_ids
+            result = (MemberLists(list(map(get, group_ids, group_ids)), starts, list(map(ids.__getitem__, codes)), kinds,
+                                  kind_names), tuple(counts))
+    except Exception as exc:  # noqa: BLE001 - malformed: the store loads it
+        log.warning("tenant %s: the child's %s are unusable (%s); loading them here", tenant, coll, type(exc).__name__)
         return None
-    taken["member_lists"] += 1
-    log.info("tenant %s: member lists taken from the child (waited %.0f ms)", tenant, (time.monotonic() - started) * 1000)
-    return lists, tuple(counts)
+    taken["users" if coll == "users" else "member_lists"] += 1
+    log.info("tenant %s: %s taken from the child (%.0f ms)", tenant, "users table" if coll == "users" else "member lists",
+             (time.monotonic() - started) * 1000)
+    return result
 
 
 def take(snapshot: Any, user_ids: tuple[str, ...]) -> Any:
     """The child's MemberOf for `snapshot` (its users in `user_ids` order) when one was started for this tenant and
-    describes this very snapshot; else None (the caller builds it). The child is reaped either way."""
+    read the same users and member-list buckets; else None (the caller builds it). The child is reaped either way."""
     child = _pending.pop(getattr(snapshot, "tenant", None), None)  # type: ignore[arg-type]
     if child is None:
         return None
     try:
         started = time.monotonic()
-        message = None
-        if child.read == 0:  # the member lists were not asked for: only their other members' ids are needed
-            first = child.message(TAKE_WAIT)
-            if first is not None:
-                child.other_ids = pickle.loads(first)[5]  # noqa: S301 - our own child, a private pipe
-        if child.read == 1:
-            message = child.message(TAKE_WAIT)
+        if child.other_ids is None:  # the member lists were not taken: only their other members' names are needed
+            lists = child.wait_for("members", TAKE_WAIT)
+            if lists is not None:
+                child.other_ids = lists[5]
+        message = child.wait_for("member_of", TAKE_WAIT) if child.other_ids is not None else None
         if message is None:
             log.info("tenant %s: the child gave no reverse memberships within %.1f s; building them here",
                      child.tenant, time.monotonic() - started)
             return None
         try:
-            found = _decode(message, snapshot, user_ids, child.other_ids)
+            found = _decode(message, snapshot, user_ids, child.other_ids)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - malformed or of another shape: build here
             log.warning("tenant %s: the child's reverse memberships are unusable (%s); building them here", child.tenant,
                         type(exc).__name__)
@@ -247,11 +272,11 @@ def take(snapshot: Any, user_ids: tuple[str, ...]) -> Any:
     return found
 
 
-def _decode(data: bytes, snapshot: Any, user_ids: tuple[str, ...], other_ids: list[str]) -> Any:
+def _decode(message: Any, snapshot: Any, user_ids: tuple[str, ...], other_ids: list[str]) -> Any:
     from entra_mcp.identity.member_index import MemberOf
     from entra_mcp.mirror.member_lists import MemberLists
 
-    both, n_users, offsets, rows, others = pickle.loads(data)  # noqa: S301 - our own child, a private pipe
+    both, n_users, offsets, rows, others = message
     members = snapshot.members
     buckets = getattr(snapshot, "buckets", {})
     if (both != (buckets.get("users"), buckets.get("members")) or not isinstance(members, MemberLists)
