@@ -180,3 +180,17 @@ def test_ids_only_reads_a_tables_rows_in_its_order(server_env: ServerEnv) -> Non
         assert ids[1]["groups"].ids == whole[1]["groups"].ids  # not in ids_only: the Table
     finally:
         store.close()
+
+
+def test_a_mirror_it_cannot_read_is_left_to_the_load(server_env: ServerEnv) -> None:  # noqa: F811
+    """start_early_index never fails a start: an unreadable mirror is the load's to report, with its own message."""
+    from entra_mcp.errors import MirrorError
+
+    class Unreadable:
+        cache_dir = server_env.cache_dir
+
+        def root_state(self, name: str) -> Any:
+            raise MirrorError(f"cannot read the mirror of tenant {name}")
+
+    views = ViewProvider.from_settings(server_env.settings, Unreadable())  # type: ignore[arg-type]
+    assert views.start_early_index(min_member_buckets=1) is None and not member_index_child._pending

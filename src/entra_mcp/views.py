@@ -550,29 +550,33 @@ class ViewProvider:
         """At a server's start, before the MCP SDK is imported: when the first tenant to be loaded has a large mirror
         and no prepared index (its start will index the mirror), have a child process load its users table and member
         lists and build its reverse memberships meanwhile (identity/member_index_child.py: the store's load takes the
-        table and the lists, the view's build the reverse memberships, each only if they come from the same buckets). Returns the tenant, or None when
-        there is nothing to gain (a prepared index, a small or missing mirror, no fork, one CPU)."""
+        table and the lists, the view's build the reverse memberships, each only if they come from the same
+        buckets). Returns the tenant, or None when there is nothing to gain (a prepared index, a small or missing
+        mirror, no fork, one CPU). Never fails the start: a mirror it cannot read is the load's to report."""
         from entra_mcp.identity import member_index_child
 
-        if self._budget or member_index_child.cpus() < 2:
+        if self._budget or member_index_child.cpus() < 2 or not self._tenants:
             return None
-        for name in list(self._tenants)[:1]:
+        name = next(iter(self._tenants))
+        try:
             root = self._store.root_state(name) if hasattr(self._store, "root_state") else None
             if not root or not int(root.get("version") or 0):
                 return None
             spec = next((a.get("colls", {}).get("members") for a in root.get("areas", {}).values()
                          if isinstance(a, dict) and a.get("colls", {}).get("members")), None)
             if not spec or int(spec[0]) < min_member_buckets:
-                return None  # a small tenant: its reverse memberships take milliseconds
-            view_type = _view_type()
-            if self._cache is not None and self._cache.holds(name, int(root["version"]), view_type):
+                return None  # a small tenant: its member lists take milliseconds
+            if self._cache is not None and self._cache.holds(name, int(root["version"]), _view_type()):
                 return None  # the start loads the prepared index
             cache_dir = getattr(self._store, "cache_dir", None)
             if cache_dir is None or not member_index_child.start(cache_dir, name, self._store):
                 return None
-            log.info("tenant %s: no prepared index; a child loads the users and member lists and builds the reverse memberships while the server starts", name)
-            return name
-        return None
+        except Exception as exc:  # noqa: BLE001 - only a head start is lost
+            log.debug("tenant %s: no child for the cold start (%s)", name, type(exc).__name__)
+            return None
+        log.info("tenant %s: no prepared index; a child loads the users and member lists and builds the reverse "
+                 "memberships while the server starts", name)
+        return name
 
     def warm(self, *, freeze: bool = False) -> None:
         """Load tenants now (at start-up, so the first question is answered at full speed): the first WARM_MAX, and
