@@ -194,3 +194,26 @@ def test_a_mirror_it_cannot_read_is_left_to_the_load(server_env: ServerEnv) -> N
 
     views = ViewProvider.from_settings(server_env.settings, Unreadable())  # type: ignore[arg-type]
     assert views.start_early_index(min_member_buckets=1) is None and not member_index_child._pending
+
+
+def test_a_stopping_server_leaves_no_index_writer_behind(server_env: ServerEnv, tmp_path: Path,  # noqa: F811
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """ViewCache.finish (serve's end): the forked writers finish within the bound, or are ended after it; either way
+    none is left running (a stopped server must not keep writing into its cache: the disk-fault test remounts it)."""
+    from entra_mcp.identity.view import DirectoryView
+
+    store = MirrorStore(server_env.cache_dir)
+    try:
+        view = DirectoryView.build(store.load_snapshot(server_env.name))  # type: ignore[arg-type]
+    finally:
+        store.close()
+    cache = ViewCache(tmp_path / "views")
+    cache.save(server_env.name, 1, view)
+    cache.finish(30)
+    assert not cache._writers and cache.holds(server_env.name, 1, DirectoryView)
+    slow = ViewCache(tmp_path / "slow")
+    monkeypatch.setattr(ViewCache, "_write", lambda self, *args: signal.pause())  # the child never finishes
+    slow.save(server_env.name, 1, view)
+    (pid,) = list(slow._writers)
+    slow.finish(0.2)
+    assert not slow._writers and _reaped(pid) and not slow.path(server_env.name).exists()

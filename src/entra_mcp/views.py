@@ -22,6 +22,7 @@ import gc
 import hashlib
 import os
 import pickle
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -194,6 +195,7 @@ class ViewCache:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._fingerprint: str | None = None
+        self._writers: dict[int, threading.Thread] = {}  # forked writers still at work: pid -> the thread reaping it
 
     def fingerprint(self, view_type: type) -> str:
         """This release plus the source of every module that shapes a view (the view's package, the snapshot, its tables
@@ -253,7 +255,9 @@ class ViewCache:
                 except BaseException:
                     code = 1
                 os._exit(code)
-            threading.Thread(target=self._reap, args=(pid, tenant), daemon=True).start()
+            reaper = threading.Thread(target=self._reap, args=(pid, tenant), daemon=True)
+            self._writers[pid] = reaper
+            reaper.start()
         else:  # pragma: no cover - non-POSIX
             self._write(tenant, header, view)
 
@@ -266,11 +270,29 @@ class ViewCache:
             pickle.dump(view, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, self.path(tenant))
 
-    @staticmethod
-    def _reap(pid: int, tenant: str) -> None:
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
+    def _reap(self, pid: int, tenant: str) -> None:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return
+        finally:
+            self._writers.pop(pid, None)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            log.info("tenant %s: the view cache's writer was ended with the server; the next start indexes the mirror", tenant)
+        elif status != 0:
             log.warning("tenant %s: writing the view cache failed; the next start rebuilds the view", tenant)
+
+    def finish(self, timeout: float) -> None:
+        """Let the forked writers still at work finish, for at most `timeout` seconds, then end them (a server that
+        stops leaves no process behind writing into its cache; a writer ended mid-write leaves only its temporary
+        file, and the next start indexes the mirror)."""
+        deadline = time.monotonic() + timeout
+        for pid, reaper in list(self._writers.items()):
+            reaper.join(max(0.0, deadline - time.monotonic()))
+            if reaper.is_alive():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                reaper.join(5)
 
 
 def _load_and_index(
@@ -602,6 +624,11 @@ class ViewProvider:
                     self._frozen = True
         finally:  # a child no load or build took from (a prepared index after all, or a failed load)
             member_index_child.discard(self._store)
+
+    def finish_writes(self, timeout: float = 10.0) -> None:
+        """At the server's end: the view cache's writers finish (or are ended after `timeout` seconds)."""
+        if self._cache is not None:
+            self._cache.finish(timeout)
 
     def thaw(self) -> None:
         """Give the objects frozen by warm(freeze=True) back to the collector (a view of the start is going, or

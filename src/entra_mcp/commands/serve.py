@@ -360,6 +360,7 @@ def _serve(
             _close_hooks(hooks)
     finally:
         if views is not None:
+            views.finish_writes()  # no forked index writer outlives the server
             views.thaw()  # serving ended: a process that goes on (a test, the demo) collects as usual again
         store.close()
 
