@@ -24,15 +24,18 @@ import resource
 import shutil
 import statistics
 import subprocess
+import os
 import sys
 import tempfile
-import threading
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _peak import PeakRSS  # noqa: E402
 
 _SHOWN = ("users", "members", "registration", "assignments", "devices", "sign_in", "owners", "groups",
           "service_principals", "applications")
@@ -107,20 +110,11 @@ def _delta(config: Path, changes: int) -> dict[str, float]:
             change.put("users", uid, {**change.get("users", uid), "jobTitle": f"Bench title {k}"})
         w.commit_delta(change, delta_link=w.delta_link("users"), status=w.status("users"))
     commit_cpu = time.process_time() - c0
-    me = psutil.Process()
-    peak = before = me.memory_info().rss
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.01):
-            peak = max(peak, me.memory_info().rss)
-
-    threading.Thread(target=sample, daemon=True).start()
-    c0 = time.process_time()
-    now = views.current(name)
-    reload_cpu = time.process_time() - c0
-    stop.set()
+    with PeakRSS() as rss:
+        c0 = time.process_time()
+        now = views.current(name)
+        reload_cpu = time.process_time() - c0
+    peak, before = rss.peak, rss.before
     assert now.view is not None and now.view.snapshot.users[users[0]]["jobTitle"] == "Bench title 0"
     return {"commit_cpu": commit_cpu, "buckets": float(len(change.changed_buckets())), "reload_cpu": reload_cpu,
             "rss_before_mb": before / 2**20, "peak_mb": peak / 2**20}

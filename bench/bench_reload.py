@@ -19,14 +19,17 @@ import json
 import shutil
 import statistics
 import subprocess
+import os
 import sys
 import tempfile
-import threading
 import time
 import tomllib
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _peak import PeakRSS  # noqa: E402
 
 
 def _child(config: Path) -> dict[str, float]:
@@ -57,21 +60,11 @@ def _child(config: Path) -> dict[str, float]:
         change.put("members", group, {**change.get("members", group), users[7]: "user"})
         w.commit_delta(change, delta_link=w.delta_link("groups"), status=w.status("groups"))
 
-    me = psutil.Process()
-    peak = me.memory_info().rss
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.01):
-            peak = max(peak, me.memory_info().rss)
-
-    threading.Thread(target=sample, daemon=True).start()
-    before_rss = me.memory_info().rss
-    t0, c0 = time.perf_counter(), time.process_time()
-    now = views.current(name)
-    reload_s, reload_cpu = time.perf_counter() - t0, time.process_time() - c0
-    stop.set()
+    with PeakRSS() as rss:
+        t0, c0 = time.perf_counter(), time.process_time()
+        now = views.current(name)
+        reload_s, reload_cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak, before_rss = rss.peak, rss.before
     assert now.version > held.version and now.view is not None and now.view is not held.view
     assert now.view.exact_users("BENCH-0002") == (users[2],)
     c0 = time.process_time()

@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from pathlib import Path
@@ -32,6 +31,9 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _stdio import first_lookup_answer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _peak import PeakRSS  # noqa: E402
 
 ENTRA_MCP = Path(sys.executable).parent / "entra-mcp"
 
@@ -64,32 +66,24 @@ def _reload_child(config: Path) -> None:
     store = MirrorStore(settings.server.cache_dir)
     views = ViewProvider.from_settings(settings, store, background_reload=False)
     me = psutil.Process()
-    peak = 0.0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.02):
-            peak = max(peak, me.memory_info().rss / 2**20)
-
-    threading.Thread(target=sample, daemon=True).start()
-    name = views.names[0]
-    t0 = time.perf_counter()
-    views.warm()
-    first_s = time.perf_counter() - t0
-    first_rss = me.memory_info().rss / 2**20
-    # as if the store's version had moved after a big change: the old view stays held (and answering) until the new
-    # one replaces it, and every bucket is read again (without bucket_rows the held snapshot's columns cannot be
-    # reused; a small delta reuses them: bench_reload.py measures that case)
-    held = views._held[name]
-    assert held.snapshot is not None
-    views._held[name] = dataclasses.replace(held, version=-1, snapshot=dataclasses.replace(held.snapshot, bucket_rows={}))
-    del held  # the provider's reference is the only one: the old view goes when the new one replaces it
-    t0 = time.perf_counter()
-    views._load(name, store.version(name))
-    reload_s = time.perf_counter() - t0
-    after = me.memory_info().rss / 2**20
-    stop.set()
+    with PeakRSS(0.02) as rss:
+        name = views.names[0]
+        t0 = time.perf_counter()
+        views.warm()
+        first_s = time.perf_counter() - t0
+        first_rss = me.memory_info().rss / 2**20
+        # as if the store's version had moved after a big change: the old view stays held (and answering) until the new
+        # one replaces it, and every bucket is read again (without bucket_rows the held snapshot's columns cannot be
+        # reused; a small delta reuses them: bench_reload.py measures that case)
+        held = views._held[name]
+        assert held.snapshot is not None
+        views._held[name] = dataclasses.replace(held, version=-1, snapshot=dataclasses.replace(held.snapshot, bucket_rows={}))
+        del held  # the provider's reference is the only one: the old view goes when the new one replaces it
+        t0 = time.perf_counter()
+        views._load(name, store.version(name))
+        reload_s = time.perf_counter() - t0
+        after = me.memory_info().rss / 2**20
+    peak = rss.peak / 2**20
     from entra_mcp.views import prepare_views
 
     t0 = time.perf_counter()
