@@ -24,6 +24,13 @@ from entra_mcp.views import VIEW_CACHE_DIR, ViewCache, ViewProvider, prepare_vie
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or member_index_child.cpus() < 2, reason="needs fork and 2 CPUs")
 
 
+@pytest.fixture(autouse=True)
+def _patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child's parts are waited for up to 30 s here (1 s in the product), so that a loaded CI machine cannot turn
+    "taken" into "built here"; the tests of a late child set their own bound."""
+    monkeypatch.setattr(member_index_child, "TAKE_WAIT", 30.0)
+
+
 def _reaped(pid: int) -> bool:
     try:
         os.waitpid(pid, os.WNOHANG)
