@@ -301,6 +301,19 @@ def _reference_concat(parts: list[Any], share: dict[str, str] | None) -> Table:
     return Table(ids, list(fields), cols)
 
 
+def _previous_mostly_distinct(col: list[Any]) -> bool:
+    """The previous test of a column nearly all distinct in its first rows (now table._head_distinct's figures)."""
+    from entra_mcp.mirror import table as T
+
+    head = col[: T._SAMPLE_ROWS]
+    if len(head) < T._SAMPLE_ROWS:
+        return False
+    try:
+        return 20 * len(set(head)) > 19 * len(head)
+    except TypeError:
+        return False
+
+
 def _reference_share_columns(ids: list[str], fields: list[str], cols: list[Any], share: dict[str, str]) -> None:
     """_share_columns' previous definition (one pass keyed by the strings themselves)."""
     from array import array
@@ -319,7 +332,7 @@ def _reference_share_columns(ids: list[str], fields: list[str], cols: list[Any],
             if sample is not None and sample in share:
                 plain = T._PLAIN_TYPES.issuperset(map(type, col))
                 cols[j] = list(map(get, col, col)) if plain else [get(v, v) if type(v) is str else v for v in col]
-            elif T._mostly_distinct(col):
+            elif _previous_mostly_distinct(col):
                 continue
             elif T._PLAIN_TYPES.issuperset(map(type, col)):
                 first: dict[Any, Any] = {}

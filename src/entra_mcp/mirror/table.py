@@ -520,13 +520,14 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
             if sample is not None and sample in share:
                 plain = _PLAIN_TYPES.issuperset(map(type, col))  # strings, nulls and ABSENT only: hashable
                 cols[j] = list(map(get, col, col)) if plain else [get(v, v) if type(v) is str else v for v in col]
-            elif _mostly_distinct(col):
+                continue
+            sampled = _head_distinct(col)  # (distinct values, rows) of its first rows; None: unhashable values
+            if sampled is not None and sampled[1] == _SAMPLE_ROWS and 20 * sampled[0] > 19 * sampled[1]:
                 continue  # one value per object (addresses, employee ids...): nothing repeats across buckets
-            elif _PLAIN_TYPES.issuperset(map(type, col)):  # strings, nulls and ABSENT only: hashable
+            if _PLAIN_TYPES.issuperset(map(type, col)):  # strings, nulls and ABSENT only: hashable
                 # a bucket stores each distinct string once; a value repeated across buckets (given names, job
                 # titles) becomes one object here, and a column of repeats a coded one (all at C speed)
-                head = col[:_SAMPLE_ROWS]
-                if 20 * len(set(head)) <= 17 * len(head):
+                if sampled is not None and 20 * sampled[0] <= 17 * sampled[1]:
                     # repeats seen in the first rows (names, titles): likely coded. Each row is first numbered by the
                     # first row of its value, then coded through a map of those row numbers: ints are cheaper keys
                     # than the strings, each equal to the first row's only after a full compare
@@ -547,16 +548,15 @@ def _share_columns(ids: list[str], fields: list[str], cols: list[Any], share: di
                     cols[j] = shared
 
 
-def _mostly_distinct(col: list[Any]) -> bool:
-    """Whether a large column's values are nearly all different, judged on its first rows (buckets hold objects by
-    a hash of their id, so the first rows are a fair sample): sharing equal values across buckets would find none."""
+def _head_distinct(col: list[Any]) -> tuple[int, int] | None:
+    """(distinct values, rows) among a column's first _SAMPLE_ROWS rows (buckets hold objects by a hash of their id,
+    so the first rows are a fair sample: a large column nearly all distinct there has nothing to share across
+    buckets; one with repeats there is likely coded); None for unhashable values (lists of dicts)."""
     head = col[:_SAMPLE_ROWS]
-    if len(head) < _SAMPLE_ROWS:
-        return False
     try:
-        return 20 * len(set(head)) > 19 * len(head)
-    except TypeError:  # unhashable values (lists of dicts): not plain either
-        return False
+        return len(set(head)), len(head)
+    except TypeError:
+        return None
 
 
 _SAMPLE_ROWS = 2048
