@@ -584,9 +584,10 @@ class ViewProvider:
             root = self._store.root_state(name) if hasattr(self._store, "root_state") else None
             if not root or not int(root.get("version") or 0):
                 return None
-            spec = next((a.get("colls", {}).get("members") for a in root.get("areas", {}).values()
-                         if isinstance(a, dict) and a.get("colls", {}).get("members")), None)
-            if not spec or int(spec[0]) < min_member_buckets:
+            from entra_mcp.mirror.store import collection_specs
+
+            spec = collection_specs(root).get("members")
+            if spec is None or spec[0] < min_member_buckets:
                 return None  # a small tenant: its member lists take milliseconds
             if self._cache is not None and self._cache.holds(name, int(root["version"]), _view_type()):
                 return None  # the start loads the prepared index

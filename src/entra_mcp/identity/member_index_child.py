@@ -144,10 +144,6 @@ def start(cache_dir: str | os.PathLike[str], tenant: str, store: Any = None) -> 
     return True
 
 
-def _spec(spec: Any) -> tuple[int, tuple[int, ...]] | None:
-    return (int(spec[0]), tuple(int(r) for r in spec[1])) if spec else None
-
-
 def _child(cache_dir: Path, tenant: str) -> Iterator[tuple[str, Any]]:
     """In the child: the users table, the member lists (users as rows of that table), the reverse memberships."""
     gc.disable()
@@ -159,7 +155,7 @@ def _child(cache_dir: Path, tenant: str) -> Iterator[tuple[str, Any]]:
     if loaded is None:
         raise LookupError("no mirror")
     specs, data, counts = loaded
-    users_spec, user_ids = _spec(specs["users"]), data["users"].ids
+    users_spec, user_ids = specs["users"], data["users"].ids
     # the whole table: one pickle of concatenated columns unpickles ~6x faster than the table's 1,024 buckets load
     yield "users", (users_spec, data["users"], counts["users"])
     data = None  # type: ignore[assignment]
@@ -167,7 +163,7 @@ def _child(cache_dir: Path, tenant: str) -> Iterator[tuple[str, Any]]:
     if loaded is None:
         raise LookupError("no mirror")
     specs, data, counts = loaded
-    if _spec(specs["users"]) != users_spec:  # the users changed meanwhile: their rows as of this read
+    if specs["users"] != users_spec:  # the users changed meanwhile: their rows as of this read
         reread = store.load_collections(tenant, ("users", "members"), ids_only=("users",))
         if reread is None:
             raise LookupError("no mirror")
@@ -176,7 +172,7 @@ def _child(cache_dir: Path, tenant: str) -> Iterator[tuple[str, Any]]:
     members = data["members"]
     if not isinstance(members, MemberLists):
         raise LookupError("member lists of another form")
-    both = (_spec(specs["users"]), _spec(specs["members"]))
+    both = (specs["users"], specs["members"])
     ids = members.member_ids
     n = len(user_ids)
     # each membership as a number: a user's row, or n + the position of another member (group, device...) in `others`
@@ -212,7 +208,7 @@ def given(tenant: str, coll: str, specs: dict[str, Any], data: dict[str, Any], p
             return None
         if coll == "users":
             spec, table, counts = found
-            if spec != _spec(specs.get("users")) or any(oid in pool for oid in table.ids[:1]):
+            if spec != specs.get("users") or any(oid in pool for oid in table.ids[:1]):
                 log.info("tenant %s: the mirror changed since the child's load; loading the users here", tenant)
                 return None
             pool.update(zip(table.ids, table.ids))  # as the store's own load of the first table leaves it
@@ -222,7 +218,7 @@ def given(tenant: str, coll: str, specs: dict[str, Any], data: dict[str, Any], p
 
             both, n, group_ids, starts, codes, others, kinds, kind_names, counts = found
             users = data["users"]
-            if both != (_spec(specs.get("users")), _spec(specs.get("members"))) or n != len(users.ids):
+            if both != (specs.get("users"), specs.get("members")) or n != len(users.ids):
                 log.info("tenant %s: the mirror changed since the child's load; loading the member lists here", tenant)
                 return None
             get = pool.get

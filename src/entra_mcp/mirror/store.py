@@ -117,9 +117,16 @@ def _stored_form(coll: str, part: dict[str, Any]) -> Any:
     return pack_groups(part) if coll in GROUPED else part
 
 
-def _specs(root: dict[str, Any]) -> dict[str, Any]:
-    """Every collection's stored spec ([bucket count, bucket revisions], or None) in a committed root."""
-    return {coll: _area_of(root, area)["colls"].get(coll) for area in AREAS for coll in COLLECTIONS[area]}
+def collection_specs(root: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...]] | None]:
+    """Every collection's stored spec in a committed root: (bucket count, bucket revisions), as
+    DirectorySnapshot.buckets holds them, or None (never written). Equal specs mean equal buckets."""
+    out: dict[str, tuple[int, tuple[int, ...]] | None] = {}
+    for area in AREAS:
+        colls = _area_of(root, area)["colls"]
+        for coll in COLLECTIONS[area]:
+            spec = colls.get(coll)
+            out[coll] = (int(spec[0]), tuple(int(rev) for rev in spec[1])) if spec else None
+    return out
 
 
 def _continues(held: DirectorySnapshot, root: dict[str, Any]) -> bool:
@@ -377,7 +384,7 @@ class MirrorStore:
             },
         }
 
-    def _read_ids(self, cache: Database, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any]
+    def _read_ids(self, cache: Database, area: str, coll: str, spec: Sequence[Any] | None, pool: dict[Any, Any]
                   ) -> tuple[list[str], tuple[int, ...]]:
         """A table's ids as _read_coll's Table would hold them (its buckets' ids in bucket order), shared through
         `pool`, and its objects per bucket: what a reader that only needs the rows unpickles, without the columns."""
@@ -393,7 +400,7 @@ class MirrorStore:
         return list(map(pool.setdefault, ids, ids)), tuple(counts)
 
     def _read_coll(
-        self, cache: Database, area: str, coll: str, spec: list[Any] | None, pool: dict[Any, Any],
+        self, cache: Database, area: str, coll: str, spec: Sequence[Any] | None, pool: dict[Any, Any],
         held: DirectorySnapshot | None = None,
     ) -> tuple[Any, tuple[int, ...]]:
         """One collection of the snapshot and its objects per bucket: a Table for TABLES, lists of records for
@@ -441,7 +448,7 @@ class MirrorStore:
         return {i: found[keys[i]] if rev >= 0 else None for i, rev in revs.items()}
 
     @staticmethod
-    def _reuse(held: DirectorySnapshot | None, coll: str, n: int, revs: list[int],
+    def _reuse(held: DirectorySnapshot | None, coll: str, n: int, revs: Sequence[int],
                pool: dict[Any, Any]) -> tuple[Any, tuple[int, ...], list[int]] | None:
         """(held collection, its objects per bucket, the buckets rewritten since) when `held`'s `coll` can be reused
         (the same bucket count; a table or member lists, or nothing rewritten); its ids join `pool`."""
@@ -488,7 +495,7 @@ class MirrorStore:
             data: dict[str, Any] = {}
             rows: dict[str, tuple[int, ...]] = {}
             base = held if held is not None and _continues(held, root) else None
-            specs = _specs(root)
+            specs = collection_specs(root)
             given = self.given if base is None else None
             # tables first (their ids are the pool); member lists last: a cold start's child (`given`) has the longest
             # time to send them
@@ -512,7 +519,7 @@ class MirrorStore:
             pool: dict[Any, Any] = {}
             data: dict[str, Any] = {}
             rows: dict[str, tuple[int, ...]] = {}
-            specs = _specs(root)
+            specs = collection_specs(root)
             for area, coll in sorted(((a, c) for a in AREAS for c in COLLECTIONS[a] if c in colls),
                                      key=lambda ac: ac[1] not in TABLES):
                 if coll in ids_only and coll in TABLES:
