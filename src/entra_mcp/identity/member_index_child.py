@@ -79,7 +79,8 @@ class _Child:
                 if len(self.buffer) >= 9:
                     size = int.from_bytes(self.buffer[:8], "little")
                     if len(self.buffer) >= 9 + size:
-                        self.got[_TAGS[self.buffer[8]]] = bytes(self.buffer[9 : 9 + size])
+                        with memoryview(self.buffer) as view:  # one copy of a message (the users table: ~30 MB)
+                            self.got[_TAGS[view[8]]] = bytes(view[9 : 9 + size])
                         del self.buffer[: 9 + size]
                         continue
                 if self.done:
